@@ -1,0 +1,1060 @@
+// client.cpp - libstoreclient: the connection, the region mapping, readers and writers.
+//
+// A store_client owns a Conn: the socket, the mapping of the server's region and the state
+// needed to match replies to requests. Readers and writers hold a reference to the Conn, so
+// they stay safe to close after store_client_free (their other calls then give STORE_ECONN).
+//
+// Threads: several threads may call on one client. Sending is serialised by send_mu. Receiving
+// is done by whichever waiting thread takes the "reader" role: it reads from the socket, hands
+// every complete reply to the thread waiting for that seq, and wakes the others, so a get that
+// waits for a seal never blocks the other threads' replies.
+//
+// Nothing here prints, aborts or lets an exception out: every exported function catches.
+#include <errno.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "framing.h"
+#include "sha1.h"
+#include "storeclient.h"
+
+namespace {
+
+using store::proto::Body;
+namespace proto = store::proto;
+
+// ---- errors --------------------------------------------------------------------------------
+
+thread_local std::string t_message;
+
+int Fail(int code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+int Fail(int code, const char* fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  t_message = buf;
+  return code;
+}
+
+int FailMsg(int code, const std::string& message) {
+  t_message = message;
+  return code;
+}
+
+// Runs f, turning any exception into an error code (nothing crosses the C ABI).
+template <class F>
+int Guard(F&& f) noexcept {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return Fail(STORE_ENOMEM, "out of memory");
+  } catch (const std::exception& e) {
+    return Fail(STORE_EINVAL, "unexpected error: %s", e.what());
+  } catch (...) {
+    return Fail(STORE_EINVAL, "unexpected error");
+  }
+}
+
+// ---- a received reply ----------------------------------------------------------------------
+
+struct Reply {
+  std::unique_ptr<uint64_t[]> storage;  // 8-aligned copy of the message
+  size_t len = 0;
+  std::vector<int> fds;
+  const proto::Message* msg = nullptr;
+  ~Reply() {
+    for (int fd : fds) close(fd);
+  }
+};
+
+struct Slot {
+  bool done = false;
+  Reply* reply = nullptr;
+};
+
+// ---- the connection ------------------------------------------------------------------------
+
+struct Conn {
+  std::atomic<int> refs{1};
+  int fd = -1;
+  std::mutex send_mu;
+  std::mutex mu;  // guards everything below
+  std::condition_variable cv;
+  bool reading = false;
+  bool broken = false;
+  int broken_code = STORE_ECONN;
+  std::string broken_message;
+  bool freed = false;  // store_client_free was called
+  proto::FrameBuffer in{proto::kMaxReplyBytes};
+  std::deque<int> fds;
+  std::unordered_map<uint64_t, Slot*> waiting;
+  std::atomic<uint64_t> next_seq{1};
+  // The server's region, mapped once.
+  uint64_t region_id = 0;
+  uint8_t* base = nullptr;
+  uint64_t region_size = 0;
+  uint64_t client_id = 0;
+
+  ~Conn() {
+    if (base) munmap(base, region_size);
+    if (fd >= 0) close(fd);
+    for (int f : fds) close(f);
+  }
+};
+
+void Ref(Conn* c) { c->refs.fetch_add(1, std::memory_order_relaxed); }
+void Unref(Conn* c) {
+  if (c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete c;
+}
+
+// REQUIRES: c->mu held.
+void MarkBrokenLocked(Conn* c, int code, const std::string& message) {
+  if (c->broken) return;
+  c->broken = true;
+  c->broken_code = code;
+  c->broken_message = message;
+  shutdown(c->fd, SHUT_RDWR);
+  c->cv.notify_all();
+}
+
+void MarkBroken(Conn* c, int code, const std::string& message) {
+  std::lock_guard<std::mutex> lk(c->mu);
+  MarkBrokenLocked(c, code, message);
+}
+
+int BrokenError(Conn* c) {
+  std::lock_guard<std::mutex> lk(c->mu);
+  if (c->freed) return Fail(STORE_ECONN, "the client was freed");
+  return FailMsg(STORE_ECONN, c->broken_message.empty() ? "the connection to the store is lost"
+                                                        : c->broken_message);
+}
+
+bool Usable(Conn* c) {
+  std::lock_guard<std::mutex> lk(c->mu);
+  return !c->broken && !c->freed;
+}
+
+// Sends a whole buffer. Returns STORE_OK or STORE_ECONN (the connection is then broken).
+int SendAll(Conn* c, const uint8_t* data, size_t len) {
+  std::lock_guard<std::mutex> lk(c->send_mu);
+  while (len > 0) {
+    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      MarkBroken(c, STORE_ECONN, std::string("the connection to the store is lost: ") +
+                                     std::strerror(e));
+      return BrokenError(c);
+    }
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return STORE_OK;
+}
+
+// Receives once into c->in, queueing any descriptors. Called by the thread in the reader role,
+// without c->mu. Returns false when the connection is lost or broke the rules (*why says how).
+bool ReceiveSome(Conn* c, std::string* why, int* code) {
+  size_t avail = 0;
+  uint8_t* p = c->in.Reserve(std::max<size_t>(c->in.Pending(), 64 * 1024), &avail);
+  if (!p) {
+    *code = STORE_ENOMEM;
+    *why = "out of memory receiving a reply";
+    return false;
+  }
+  iovec iov{p, avail};
+  alignas(cmsghdr) char control[CMSG_SPACE(16 * sizeof(int))];
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    *code = STORE_ECONN;
+    *why = std::string("the connection to the store is lost: ") + std::strerror(errno);
+    return false;
+  }
+  std::vector<int> got;
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+      size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; i++) {
+        int f;
+        std::memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof f);
+        got.push_back(f);
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(c->mu);
+    for (int f : got) c->fds.push_back(f);
+  }
+  if (mh.msg_flags & MSG_CTRUNC) {
+    *code = STORE_EPROTO;
+    *why = "the store sent more descriptors than expected";
+    return false;
+  }
+  if (n == 0) {
+    *code = STORE_ECONN;
+    *why = "the store closed the connection";
+    return false;
+  }
+  c->in.Commit(static_cast<size_t>(n));
+  return true;
+}
+
+// Hands every complete buffered message to its waiting slot. REQUIRES: c->mu held and the
+// caller in the reader role. Returns false (and breaks the connection) on a bad message.
+bool DeliverLocked(Conn* c) {
+  for (;;) {
+    const uint8_t* data;
+    size_t len;
+    auto next = c->in.Pop(&data, &len);
+    if (next == proto::FrameBuffer::Next::kNone) return true;
+    if (next == proto::FrameBuffer::Next::kTooLarge) {
+      MarkBrokenLocked(c, STORE_EPROTO, "the store sent a reply of an impossible size");
+      return false;
+    }
+    auto r = std::make_unique<Reply>();
+    r->storage.reset(new uint64_t[(len + 7) / 8]);
+    std::memcpy(r->storage.get(), data, len);
+    r->len = len;
+    r->msg = proto::VerifyMessage(reinterpret_cast<const uint8_t*>(r->storage.get()), len);
+    if (!r->msg) {
+      MarkBrokenLocked(c, STORE_EPROTO, "the store sent a malformed reply");
+      return false;
+    }
+    uint32_t nfds = r->msg->num_fds();
+    if (nfds > proto::kMaxFdsPerMessage || nfds > c->fds.size()) {
+      MarkBrokenLocked(c, STORE_EPROTO, "a reply's descriptors did not arrive");
+      return false;
+    }
+    for (uint32_t i = 0; i < nfds; i++) {
+      r->fds.push_back(c->fds.front());
+      c->fds.pop_front();
+    }
+    auto it = c->waiting.find(r->msg->seq());
+    if (it == c->waiting.end()) {
+      // Unsolicited: the server reports why it is closing the connection.
+      std::string why = r->msg->error() ? r->msg->error()->str() : "unexpected reply";
+      int code = r->msg->status() != 0 ? r->msg->status() : STORE_EPROTO;
+      MarkBrokenLocked(c, code == STORE_EPERM ? STORE_EPERM : STORE_ECONN,
+                       "the store closed the connection: " + why);
+      return false;
+    }
+    it->second->reply = r.release();
+    it->second->done = true;
+    c->waiting.erase(it);
+  }
+}
+
+// Waits for the reply registered under seq. On success *out owns it.
+int WaitReply(Conn* c, uint64_t seq, Slot* slot, std::unique_ptr<Reply>* out) {
+  std::unique_lock<std::mutex> lk(c->mu);
+  while (!slot->done) {
+    if (c->broken) {
+      c->waiting.erase(seq);
+      lk.unlock();
+      return BrokenError(c);
+    }
+    if (c->reading) {
+      c->cv.wait(lk);
+      continue;
+    }
+    c->reading = true;
+    // Messages already buffered by the previous reader come first.
+    bool ok = DeliverLocked(c);
+    if (ok && !slot->done) {
+      lk.unlock();
+      std::string why;
+      int code = STORE_ECONN;
+      ok = ReceiveSome(c, &why, &code);
+      lk.lock();
+      if (!ok) MarkBrokenLocked(c, code, why);
+      else ok = DeliverLocked(c);
+    }
+    c->reading = false;
+    c->cv.notify_all();
+  }
+  out->reset(slot->reply);
+  return STORE_OK;
+}
+
+void FinishMessage(flatbuffers::FlatBufferBuilder& fbb, uint64_t seq, Body type,
+                   flatbuffers::Offset<void> body) {
+  fbb.FinishSizePrefixed(proto::CreateMessage(fbb, seq, 0, 0, 0, type, body),
+                         proto::MessageIdentifier());
+}
+
+// Sends one request and waits for its reply; checks the reply's status and body type.
+// The builder must hold a body not yet finished; Call finishes it with a fresh seq.
+int Call(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::Offset<void> body,
+         Body want, std::unique_ptr<Reply>* out) {
+  if (!Usable(c)) return BrokenError(c);
+  uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+  FinishMessage(fbb, seq, type, body);
+  Slot slot;
+  {
+    std::lock_guard<std::mutex> lk(c->mu);
+    c->waiting.emplace(seq, &slot);
+  }
+  int rc = SendAll(c, fbb.GetBufferPointer(), fbb.GetSize());
+  if (rc != STORE_OK) {
+    std::lock_guard<std::mutex> lk(c->mu);
+    if (!slot.done) {
+      c->waiting.erase(seq);
+    } else {
+      delete slot.reply;
+    }
+    return rc;
+  }
+  rc = WaitReply(c, seq, &slot, out);
+  if (rc != STORE_OK) return rc;
+  const proto::Message* m = (*out)->msg;
+  if (m->status() != 0) {
+    int code = m->status();
+    if (code > 0 || code < STORE_ERRNO_MIN_) code = STORE_EPROTO;
+    return FailMsg(code, m->error() ? m->error()->str() : store_errstr(code));
+  }
+  if (m->body_type() != want) {
+    MarkBroken(c, STORE_EPROTO, "the store sent a reply of the wrong type");
+    return BrokenError(c);
+  }
+  return STORE_OK;
+}
+
+// Sends a request that has no reply (release).
+int SendOneWay(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type,
+               flatbuffers::Offset<void> body) {
+  if (!Usable(c)) return BrokenError(c);
+  FinishMessage(fbb, c->next_seq.fetch_add(1, std::memory_order_relaxed), type, body);
+  return SendAll(c, fbb.GetBufferPointer(), fbb.GetSize());
+}
+
+proto::ObjectId ProtoId(const store_object_id* id) { return proto::ToProto(id->bytes); }
+
+void FromProto(const proto::ObjectInfo& p, store_object_info* out) {
+  std::memset(out, 0, sizeof *out);
+  std::memcpy(out->id.bytes, p.id().bytes()->Data(), STORE_OBJECT_ID_SIZE);
+  out->data_size = p.data_size();
+  out->metadata_size = p.metadata_size();
+  out->state = p.state();
+  out->level = p.level();
+  out->device = p.device();
+  out->importance = p.importance();
+  out->pin_count = p.pin_count();
+  out->reader_count = p.reader_count();
+  out->create_time_ns = p.create_time_ns();
+  out->last_access_ns = p.last_access_ns();
+  out->creator_pid = p.creator_pid();
+}
+
+int SeekImpl(uint64_t* pos, uint64_t size, int64_t offset, int whence, uint64_t* out) {
+  int64_t origin;
+  switch (whence) {
+    case SEEK_SET: origin = 0; break;
+    case SEEK_CUR: origin = static_cast<int64_t>(*pos); break;
+    case SEEK_END: origin = static_cast<int64_t>(size); break;
+    default: return Fail(STORE_EINVAL, "whence must be SEEK_SET, SEEK_CUR or SEEK_END");
+  }
+  __int128 target = static_cast<__int128>(origin) + offset;
+  if (target < 0 || target > static_cast<__int128>(size)) {
+    return Fail(STORE_EINVAL, "seek to %lld is outside the object (0..%llu)",
+                static_cast<long long>(target), static_cast<unsigned long long>(size));
+  }
+  *pos = static_cast<uint64_t>(target);
+  if (out) *out = *pos;
+  return STORE_OK;
+}
+
+}  // namespace
+
+// ---- public handles ------------------------------------------------------------------------
+
+struct store_client {
+  Conn* conn;
+};
+
+struct store_writer {
+  Conn* conn;
+  store_object_id id;
+  uint64_t uid;
+  uint8_t* data;
+  uint64_t size;
+  uint64_t pos;
+};
+
+struct store_reader {
+  Conn* conn;
+  store_object_id id;
+  uint64_t uid;
+  const uint8_t* data;
+  uint64_t size;
+  const uint8_t* metadata;
+  uint64_t metadata_size;
+  uint64_t pos;
+};
+
+extern "C" {
+
+// ---- errors and versions -------------------------------------------------------------------
+
+const char* store_errstr(int code) {
+  switch (code) {
+    case STORE_OK: return "ok";
+#define STORE_XX_STR_(name, value, text) \
+    case STORE_##name: return text;
+    STORE_ERRNO_MAP(STORE_XX_STR_)
+#undef STORE_XX_STR_
+    default: return "unknown error";
+  }
+}
+
+const char* store_last_error_message(void) { return t_message.c_str(); }
+
+const char* store_version_string(void) { return STORE_VERSION_STRING; }
+
+// ---- connecting ----------------------------------------------------------------------------
+
+int store_client_connect(store_client** out, const char* socket_path,
+                         const store_connect_options* opts) {
+  return Guard([&]() -> int {
+    if (!out) return Fail(STORE_EINVAL, "out is NULL");
+    *out = nullptr;
+    if (opts && opts->version != STORE_CONNECT_OPTIONS_VERSION) {
+      return Fail(STORE_EINVAL, "store_connect_options.version is %u; this library knows %u",
+                  opts->version, STORE_CONNECT_OPTIONS_VERSION);
+    }
+    std::string path = socket_path ? socket_path : proto::DefaultSocketPath();
+    sockaddr_un addr{};
+    if (path.empty() || path.size() >= sizeof addr.sun_path) {
+      return Fail(STORE_EINVAL, "socket path '%s' is empty or too long", path.c_str());
+    }
+    std::string name;
+    if (opts && opts->client_name) {
+      name = opts->client_name;
+    } else {
+      extern char* program_invocation_short_name;
+      name = program_invocation_short_name ? program_invocation_short_name : "";
+    }
+    if (name.size() > proto::kMaxClientName) name.resize(proto::kMaxClientName);
+
+    auto conn = std::unique_ptr<Conn>(new Conn);
+    conn->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (conn->fd < 0) return Fail(STORE_ECONN, "socket: %s", std::strerror(errno));
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size());
+    int rc;
+    do {
+      rc = connect(conn->fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      return Fail(STORE_ECONN, "cannot connect to the store at %s: %s", path.c_str(),
+                  std::strerror(errno));
+    }
+    flatbuffers::FlatBufferBuilder fbb(256);
+    auto n = fbb.CreateString(name);
+    auto body = proto::CreateConnectRequest(fbb, proto::kProtocolVersion, n,
+                                            static_cast<int32_t>(getpid()));
+    std::unique_ptr<Reply> reply;
+    rc = Call(conn.get(), fbb, Body::ConnectRequest, body.Union(), Body::ConnectReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* r = reply->msg->body_as_ConnectReply();
+    if (reply->fds.size() != 1) return Fail(STORE_EPROTO, "the store sent no memory descriptor");
+    uint64_t size = r->region()->size();
+    void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, reply->fds[0], 0);
+    if (base == MAP_FAILED) {
+      return Fail(STORE_ENOMEM, "cannot map the store's %llu bytes of shared memory: %s",
+                  static_cast<unsigned long long>(size), std::strerror(errno));
+    }
+    conn->base = static_cast<uint8_t*>(base);
+    conn->region_size = size;
+    conn->region_id = r->region()->region_id();
+    conn->client_id = r->client_id();
+    auto* client = new store_client{conn.release()};
+    *out = client;
+    return STORE_OK;
+  });
+}
+
+void store_client_free(store_client* client) {
+  if (!client) return;
+  Conn* c = client->conn;
+  try {
+    if (Usable(c)) {
+      flatbuffers::FlatBufferBuilder fbb(64);
+      SendOneWay(c, fbb, Body::DisconnectRequest, proto::CreateDisconnectRequest(fbb).Union());
+    }
+  } catch (...) {
+  }
+  {
+    std::lock_guard<std::mutex> lk(c->mu);
+    c->freed = true;
+    MarkBrokenLocked(c, STORE_ECONN, "the client was freed");
+  }
+  delete client;
+  Unref(c);
+}
+
+// ---- writing -------------------------------------------------------------------------------
+
+namespace {
+
+int CheckCreateOptions(const store_create_options* o) {
+  if (!o) return STORE_OK;
+  if (o->version != STORE_CREATE_OPTIONS_VERSION) {
+    return Fail(STORE_EINVAL, "store_create_options.version is %u; this library knows %u",
+                o->version, STORE_CREATE_OPTIONS_VERSION);
+  }
+  if (o->metadata_size > 0 && !o->metadata) return Fail(STORE_EINVAL, "metadata is NULL");
+  if (o->metadata_size > STORE_MAX_METADATA_SIZE) {
+    return Fail(STORE_EINVAL, "metadata of %llu bytes is over the limit of %u",
+                static_cast<unsigned long long>(o->metadata_size), STORE_MAX_METADATA_SIZE);
+  }
+  if (o->timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
+  return STORE_OK;
+}
+
+flatbuffers::Offset<proto::CreateRequest> BuildCreate(flatbuffers::FlatBufferBuilder& fbb,
+                                                      const store_object_id* id,
+                                                      uint64_t size,
+                                                      const store_create_options* o,
+                                                      const void* inline_data) {
+  static const store_create_options kDefaults = STORE_CREATE_OPTIONS_INIT;
+  if (!o) o = &kDefaults;
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> meta, data;
+  if (o->metadata_size) {
+    meta = fbb.CreateVector(static_cast<const uint8_t*>(o->metadata), o->metadata_size);
+  }
+  if (inline_data) data = fbb.CreateVector(static_cast<const uint8_t*>(inline_data), size);
+  proto::ObjectId pid = ProtoId(id);
+  proto::CreateRequestBuilder b(fbb);
+  b.add_id(&pid);
+  b.add_data_size(size);
+  if (o->metadata_size) b.add_metadata(meta);
+  b.add_importance(o->importance);
+  b.add_device(o->device);
+  b.add_timeout_ms(o->timeout_ms);
+  if (inline_data) b.add_data(data);
+  return b.Finish();
+}
+
+bool InRegion(Conn* c, uint64_t offset, uint64_t len) {
+  return offset <= c->region_size && len <= c->region_size - offset;
+}
+
+}  // namespace
+
+int store_create(store_client* client, store_writer** out, const store_object_id* id,
+                 uint64_t data_size, const store_create_options* opts) {
+  return Guard([&]() -> int {
+    if (!out) return Fail(STORE_EINVAL, "out is NULL");
+    *out = nullptr;
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    if (data_size == 0) return Fail(STORE_EINVAL, "an object must have at least one byte");
+    if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
+    Conn* c = client->conn;
+    flatbuffers::FlatBufferBuilder fbb(256 + (opts ? opts->metadata_size : 0));
+    auto body = BuildCreate(fbb, id, data_size, opts, nullptr);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(c, fbb, Body::CreateRequest, body.Union(), Body::CreateReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* r = reply->msg->body_as_CreateReply();
+    if (r->region_id() != c->region_id || r->data_size() != data_size ||
+        !InRegion(c, r->offset(), r->data_size() + r->metadata_size())) {
+      MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
+      return BrokenError(c);
+    }
+    auto* w = new store_writer{c, *id, r->uid(), c->base + r->offset(), data_size, 0};
+    Ref(c);
+    *out = w;
+    return STORE_OK;
+  });
+}
+
+int store_writer_write(store_writer* w, const void* data, size_t size) {
+  if (!w || (!data && size)) return Fail(STORE_EINVAL, "writer or data is NULL");
+  if (!Usable(w->conn)) return BrokenError(w->conn);
+  if (size > w->size - w->pos) {
+    return Fail(STORE_EINVAL, "writing %zu bytes at %llu would pass the end of the object (%llu)",
+                size, static_cast<unsigned long long>(w->pos),
+                static_cast<unsigned long long>(w->size));
+  }
+  if (size) std::memcpy(w->data + w->pos, data, size);
+  w->pos += size;
+  return STORE_OK;
+}
+
+int store_writer_seek(store_writer* w, int64_t offset, int whence, uint64_t* pos) {
+  if (!w) return Fail(STORE_EINVAL, "writer is NULL");
+  return SeekImpl(&w->pos, w->size, offset, whence, pos);
+}
+
+uint64_t store_writer_tell(const store_writer* w) { return w ? w->pos : 0; }
+uint64_t store_writer_size(const store_writer* w) { return w ? w->size : 0; }
+
+void* store_writer_data(store_writer* w) {
+  if (!w || !Usable(w->conn)) return nullptr;
+  return w->data;
+}
+
+namespace {
+int FinishWriter(store_writer* w, bool seal) {
+  Conn* c = w->conn;
+  int rc = Guard([&]() -> int {
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(&w->id);
+    std::unique_ptr<Reply> reply;
+    if (seal) {
+      auto body = proto::CreateSealRequest(fbb, &pid, w->uid);
+      return Call(c, fbb, Body::SealRequest, body.Union(), Body::SealReply, &reply);
+    }
+    auto body = proto::CreateAbortRequest(fbb, &pid, w->uid);
+    return Call(c, fbb, Body::AbortRequest, body.Union(), Body::AbortReply, &reply);
+  });
+  delete w;
+  Unref(c);
+  return rc;
+}
+}  // namespace
+
+int store_writer_seal(store_writer* w) {
+  if (!w) return Fail(STORE_EINVAL, "writer is NULL");
+  return FinishWriter(w, true);
+}
+
+int store_writer_abort(store_writer* w) {
+  if (!w) return STORE_OK;
+  int rc = FinishWriter(w, false);
+  // A writer whose client is gone was aborted by the server already.
+  return rc == STORE_ECONN ? STORE_OK : rc;
+}
+
+int store_put(store_client* client, const store_object_id* id, const void* data,
+              uint64_t data_size, const store_create_options* opts) {
+  return Guard([&]() -> int {
+    if (!client || !id || !data) return Fail(STORE_EINVAL, "client, id or data is NULL");
+    if (data_size == 0) return Fail(STORE_EINVAL, "an object must have at least one byte");
+    if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
+    if (data_size <= proto::kInlinePutMax) {
+      flatbuffers::FlatBufferBuilder fbb(256 + data_size + (opts ? opts->metadata_size : 0));
+      auto body = BuildCreate(fbb, id, data_size, opts, data);
+      std::unique_ptr<Reply> reply;
+      return Call(client->conn, fbb, Body::CreateRequest, body.Union(), Body::CreateReply,
+                  &reply);
+    }
+    store_writer* w = nullptr;
+    int rc = store_create(client, &w, id, data_size, opts);
+    if (rc != STORE_OK) return rc;
+    std::memcpy(w->data, data, data_size);
+    return store_writer_seal(w);
+  });
+}
+
+int store_put_many(store_client* client, const store_object_id* ids, const void* const* datas,
+                   const uint64_t* sizes, size_t n, const store_create_options* opts,
+                   size_t* done) {
+  if (done) *done = 0;
+  return Guard([&]() -> int {
+    if (!client || (n && (!ids || !datas || !sizes))) {
+      return Fail(STORE_EINVAL, "client, ids, datas or sizes is NULL");
+    }
+    for (size_t i = 0; i < n; i++) {
+      int rc = store_put(client, &ids[i], datas[i], sizes[i], opts);
+      if (rc != STORE_OK) return rc;
+      if (done) *done = i + 1;
+    }
+    return STORE_OK;
+  });
+}
+
+// ---- reading -------------------------------------------------------------------------------
+
+namespace {
+
+void SendRelease(Conn* c, const uint64_t* uids, size_t n) {
+  try {
+    flatbuffers::FlatBufferBuilder fbb(64 + 8 * n);
+    auto v = fbb.CreateVector(uids, n);
+    SendOneWay(c, fbb, Body::ReleaseRequest, proto::CreateReleaseRequest(fbb, v).Union());
+  } catch (...) {
+  }
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// One get request for up to kMaxIdsPerRequest ids.
+int OpenBatch(store_client* client, store_reader** out, const store_object_id* ids, size_t n,
+              int64_t timeout_ms) {
+  Conn* c = client->conn;
+  flatbuffers::FlatBufferBuilder fbb(64 + 24 * n);
+  proto::ObjectId* slots = nullptr;
+  auto vec = fbb.CreateUninitializedVectorOfStructs(n, &slots);
+  for (size_t i = 0; i < n; i++) slots[i] = ProtoId(&ids[i]);
+  auto body = proto::CreateGetRequest(fbb, vec, timeout_ms);
+  std::unique_ptr<Reply> reply;
+  int rc = Call(c, fbb, Body::GetRequest, body.Union(), Body::GetReply, &reply);
+  if (rc != STORE_OK) return rc;
+  auto* locs = reply->msg->body_as_GetReply()->objects();
+  if (locs->size() != n) {
+    MarkBroken(c, STORE_EPROTO, "the store answered a get with the wrong number of objects");
+    return BrokenError(c);
+  }
+  std::vector<uint64_t> taken;
+  try {
+    for (size_t i = 0; i < n; i++) {
+      const proto::ObjectLocation* l = locs->Get(static_cast<flatbuffers::uoffset_t>(i));
+      out[i] = nullptr;
+      if (l->status() != 0) continue;
+      taken.push_back(l->uid());
+      if (l->region_id() != c->region_id ||
+          !InRegion(c, l->offset(), l->data_size() + l->metadata_size())) {
+        throw std::runtime_error("the store placed an object outside its memory");
+      }
+      const uint8_t* d = c->base + l->offset();
+      out[i] = new store_reader{c,  ids[i], l->uid(), d, l->data_size(),
+                                d + l->data_size(), l->metadata_size(), 0};
+      Ref(c);
+    }
+  } catch (...) {
+    for (size_t i = 0; i < n; i++) {
+      if (out[i]) {
+        delete out[i];
+        Unref(c);
+        out[i] = nullptr;
+      }
+    }
+    SendRelease(c, taken.data(), taken.size());
+    throw;
+  }
+  return STORE_OK;
+}
+
+}  // namespace
+
+int store_open_readers(store_client* client, store_reader** out, const store_object_id* ids,
+                       size_t n, int64_t timeout_ms) {
+  return Guard([&]() -> int {
+    if (!client || (n && (!out || !ids))) return Fail(STORE_EINVAL, "client, out or ids is NULL");
+    if (timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
+    for (size_t i = 0; i < n; i++) out[i] = nullptr;
+    int64_t deadline = timeout_ms > 0 ? NowMs() + timeout_ms : 0;
+    for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
+      size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
+      int64_t t = timeout_ms;
+      if (timeout_ms > 0) t = std::max<int64_t>(0, deadline - NowMs());
+      int rc = OpenBatch(client, out + start, ids + start, k, t);
+      if (rc != STORE_OK) {
+        for (size_t i = 0; i < start; i++) {
+          store_reader_close(out[i]);
+          out[i] = nullptr;
+        }
+        return rc;
+      }
+    }
+    return STORE_OK;
+  });
+}
+
+int store_open_reader(store_client* client, store_reader** out, const store_object_id* id,
+                      int64_t timeout_ms) {
+  return Guard([&]() -> int {
+    if (!out) return Fail(STORE_EINVAL, "out is NULL");
+    *out = nullptr;
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    if (timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
+    Conn* c = client->conn;
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    auto vec = fbb.CreateVectorOfStructs(&pid, 1);
+    auto body = proto::CreateGetRequest(fbb, vec, timeout_ms);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(c, fbb, Body::GetRequest, body.Union(), Body::GetReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* locs = reply->msg->body_as_GetReply()->objects();
+    if (locs->size() != 1) {
+      MarkBroken(c, STORE_EPROTO, "the store answered a get with the wrong number of objects");
+      return BrokenError(c);
+    }
+    const proto::ObjectLocation* l = locs->Get(0);
+    if (l->status() != 0) {
+      char hex[41];
+      store_object_id_to_hex(id, hex, sizeof hex);
+      if (l->status() == STORE_ETIMEDOUT) {
+        return Fail(STORE_ETIMEDOUT, "object %s was not sealed within %lld ms", hex,
+                    static_cast<long long>(timeout_ms));
+      }
+      return Fail(STORE_ENOTFOUND, "object %s is not in the store (or not sealed yet)", hex);
+    }
+    if (l->region_id() != c->region_id ||
+        !InRegion(c, l->offset(), l->data_size() + l->metadata_size())) {
+      uint64_t uid = l->uid();
+      SendRelease(c, &uid, 1);
+      MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
+      return BrokenError(c);
+    }
+    const uint8_t* d = c->base + l->offset();
+    *out = new store_reader{c, *id, l->uid(), d, l->data_size(), d + l->data_size(),
+                            l->metadata_size(), 0};
+    Ref(c);
+    return STORE_OK;
+  });
+}
+
+int store_reader_read(store_reader* r, void* buf, size_t size, size_t* nread) {
+  if (nread) *nread = 0;
+  if (!r || (!buf && size)) return Fail(STORE_EINVAL, "reader or buffer is NULL");
+  if (!Usable(r->conn)) return BrokenError(r->conn);
+  size_t n = static_cast<size_t>(std::min<uint64_t>(size, r->size - r->pos));
+  if (n) std::memcpy(buf, r->data + r->pos, n);
+  r->pos += n;
+  if (nread) *nread = n;
+  return STORE_OK;
+}
+
+int store_reader_seek(store_reader* r, int64_t offset, int whence, uint64_t* pos) {
+  if (!r) return Fail(STORE_EINVAL, "reader is NULL");
+  return SeekImpl(&r->pos, r->size, offset, whence, pos);
+}
+
+uint64_t store_reader_tell(const store_reader* r) { return r ? r->pos : 0; }
+uint64_t store_reader_size(const store_reader* r) { return r ? r->size : 0; }
+
+const void* store_reader_data(const store_reader* r) {
+  if (!r || !Usable(r->conn)) return nullptr;
+  return r->data;
+}
+
+const void* store_reader_metadata(const store_reader* r, uint64_t* size) {
+  if (size) *size = 0;
+  if (!r || !Usable(r->conn) || r->metadata_size == 0) return nullptr;
+  if (size) *size = r->metadata_size;
+  return r->metadata;
+}
+
+const store_object_id* store_reader_id(const store_reader* r) { return r ? &r->id : nullptr; }
+
+void store_reader_close(store_reader* r) {
+  if (!r) return;
+  Conn* c = r->conn;
+  if (Usable(c)) SendRelease(c, &r->uid, 1);
+  delete r;
+  Unref(c);
+}
+
+// ---- management ----------------------------------------------------------------------------
+
+int store_contains(store_client* client, const store_object_id* id, int* present) {
+  return Guard([&]() -> int {
+    if (present) *present = 0;
+    if (!client || !id || !present) return Fail(STORE_EINVAL, "client, id or present is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    auto vec = fbb.CreateVectorOfStructs(&pid, 1);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::ContainsRequest,
+                  proto::CreateContainsRequest(fbb, vec).Union(), Body::ContainsReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* p = reply->msg->body_as_ContainsReply()->present();
+    if (p->size() != 1) return Fail(STORE_EPROTO, "bad contains reply");
+    *present = p->Get(0) ? 1 : 0;
+    return STORE_OK;
+  });
+}
+
+int store_delete(store_client* client, const store_object_id* id) {
+  return Guard([&]() -> int {
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    auto vec = fbb.CreateVectorOfStructs(&pid, 1);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::DeleteRequest,
+                  proto::CreateDeleteRequest(fbb, vec).Union(), Body::DeleteReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* s = reply->msg->body_as_DeleteReply()->statuses();
+    if (s->size() != 1) return Fail(STORE_EPROTO, "bad delete reply");
+    int st = s->Get(0);
+    if (st == STORE_OK) return STORE_OK;
+    char hex[41];
+    store_object_id_to_hex(id, hex, sizeof hex);
+    if (st == STORE_ENOTSEALED) {
+      return Fail(st, "object %s is still being written; its creator can abort it", hex);
+    }
+    if (st == STORE_ENOTFOUND) return Fail(st, "object %s is not in the store", hex);
+    return Fail(st < 0 && st >= STORE_ERRNO_MIN_ ? st : STORE_EPROTO, "cannot delete %s", hex);
+  });
+}
+
+int store_info(store_client* client, const store_object_id* id, store_object_info* info) {
+  return Guard([&]() -> int {
+    if (!client || !id || !info) return Fail(STORE_EINVAL, "client, id or info is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::InfoRequest, proto::CreateInfoRequest(fbb, &pid).Union(),
+                  Body::InfoReply, &reply);
+    if (rc != STORE_OK) return rc;
+    FromProto(*reply->msg->body_as_InfoReply()->info(), info);
+    return STORE_OK;
+  });
+}
+
+int store_list(store_client* client, store_object_info** out, size_t* count) {
+  return Guard([&]() -> int {
+    if (out) *out = nullptr;
+    if (count) *count = 0;
+    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    flatbuffers::FlatBufferBuilder fbb(64);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::ListRequest, proto::CreateListRequest(fbb).Union(),
+                  Body::ListReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* objs = reply->msg->body_as_ListReply()->objects();
+    if (objs->size() == 0) return STORE_OK;
+    auto* arr = static_cast<store_object_info*>(std::malloc(objs->size() * sizeof(store_object_info)));
+    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u objects", objs->size());
+    for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) FromProto(*objs->Get(i), &arr[i]);
+    *out = arr;
+    *count = objs->size();
+    return STORE_OK;
+  });
+}
+
+void store_free(void* p) { std::free(p); }
+
+int store_pin(store_client* client, const store_object_id* id) {
+  return Guard([&]() -> int {
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    std::unique_ptr<Reply> reply;
+    return Call(client->conn, fbb, Body::PinRequest, proto::CreatePinRequest(fbb, &pid).Union(),
+                Body::PinReply, &reply);
+  });
+}
+
+int store_unpin(store_client* client, const store_object_id* id) {
+  return Guard([&]() -> int {
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    std::unique_ptr<Reply> reply;
+    return Call(client->conn, fbb, Body::UnpinRequest,
+                proto::CreateUnpinRequest(fbb, &pid).Union(), Body::UnpinReply, &reply);
+  });
+}
+
+int store_stats_get(store_client* client, store_stats* stats) {
+  return Guard([&]() -> int {
+    if (!client || !stats) return Fail(STORE_EINVAL, "client or stats is NULL");
+    flatbuffers::FlatBufferBuilder fbb(64);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::StatsRequest, proto::CreateStatsRequest(fbb).Union(),
+                  Body::StatsReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* s = reply->msg->body_as_StatsReply();
+    std::memset(stats, 0, sizeof *stats);
+    stats->capacity_bytes = s->capacity_bytes();
+    stats->used_bytes = s->used_bytes();
+    stats->object_count = s->object_count();
+    stats->client_count = s->client_count();
+    stats->created_count = s->created_count();
+    stats->sealed_count = s->sealed_count();
+    stats->created_bytes = s->created_bytes();
+    stats->sealed_bytes = s->sealed_bytes();
+    stats->pinned_count = s->pinned_count();
+    stats->pinned_bytes = s->pinned_bytes();
+    stats->open_count = s->open_count();
+    stats->open_bytes = s->open_bytes();
+    stats->deleted_pending_count = s->deleted_pending_count();
+    stats->deleted_pending_bytes = s->deleted_pending_bytes();
+    stats->waiting_gets = s->waiting_gets();
+    stats->waiting_creates = s->waiting_creates();
+    stats->total_creates = s->total_creates();
+    stats->total_seals = s->total_seals();
+    stats->total_gets = s->total_gets();
+    stats->total_releases = s->total_releases();
+    stats->total_deletes = s->total_deletes();
+    stats->total_aborts = s->total_aborts();
+    stats->total_full = s->total_full();
+    stats->uptime_ns = s->uptime_ns();
+    stats->server_pid = s->server_pid();
+    return STORE_OK;
+  });
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+int store_object_id_from_string(const char* str, size_t len, store_object_id* out) {
+  if (!out || (!str && len)) return Fail(STORE_EINVAL, "str or out is NULL");
+  store::Sha1(str, len, out->bytes);
+  return STORE_OK;
+}
+
+int store_object_id_to_hex(const store_object_id* id, char* hex, size_t hex_size) {
+  if (!id || !hex) return Fail(STORE_EINVAL, "id or hex is NULL");
+  if (hex_size < 2 * STORE_OBJECT_ID_SIZE + 1) {
+    return Fail(STORE_EINVAL, "hex needs %d bytes, got %zu", 2 * STORE_OBJECT_ID_SIZE + 1,
+                hex_size);
+  }
+  static const char* d = "0123456789abcdef";
+  for (int i = 0; i < STORE_OBJECT_ID_SIZE; i++) {
+    hex[2 * i] = d[id->bytes[i] >> 4];
+    hex[2 * i + 1] = d[id->bytes[i] & 15];
+  }
+  hex[2 * STORE_OBJECT_ID_SIZE] = '\0';
+  return STORE_OK;
+}
+
+int store_object_id_from_hex(const char* hex, store_object_id* out) {
+  if (!hex || !out) return Fail(STORE_EINVAL, "hex or out is NULL");
+  auto val = [](char ch) -> int {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+  };
+  store_object_id id;
+  for (int i = 0; i < STORE_OBJECT_ID_SIZE; i++) {
+    int hi = val(hex[2 * i]);
+    int lo = hi < 0 ? -1 : val(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return Fail(STORE_EINVAL, "not 40 hex digits: '%.41s'", hex);
+    id.bytes[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  if (hex[2 * STORE_OBJECT_ID_SIZE] != '\0') {
+    return Fail(STORE_EINVAL, "more than 40 hex digits: '%.48s'", hex);
+  }
+  *out = id;
+  return STORE_OK;
+}
+
+}  // extern "C"

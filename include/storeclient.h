@@ -1,0 +1,337 @@
+/*
+ * storeclient.h - the C interface of libstoreclient, the client of a `store` server.
+ *
+ * A `store` server owns a region of shared memory. Clients create immutable objects in it,
+ * write them in place, seal them, and read them from other processes without copies.
+ *
+ * Conventions
+ * -----------
+ * Errors:    every function that can fail returns an int: STORE_OK (0) or a negative STORE_E*
+ *            code. store_errstr() names a code; store_last_error_message() gives the details of
+ *            the last failure on the calling thread. The library never prints, aborts or throws.
+ * Ownership: "Caller owns *out; free with X" means the caller must release the result with X.
+ *            "Borrowed" means the pointer stays valid only as long as the object it came from.
+ * Threading: a store_client may be used from several threads at once; one thread's blocking
+ *            call (a get waiting for a seal) does not stall the others. A store_writer or
+ *            store_reader must be used by one thread at a time.
+ * NULL:      destructors accept NULL. Any other NULL where a pointer is required gives
+ *            STORE_EINVAL.
+ * Lost connection: once the server is gone, every call that needs it returns STORE_ECONN;
+ *            nothing hangs and no SIGPIPE is raised.
+ *
+ * Object lifecycle
+ * ----------------
+ *  1. store_create() reserves an object of a fixed data size (plus optional metadata) in shared
+ *     memory and returns a store_writer. The object is CREATED: only its creator sees it.
+ *  2. The creator fills it with store_writer_write()/store_writer_seek(), or directly through
+ *     store_writer_data().
+ *  3. store_writer_seal() makes it SEALED: immutable and visible to every client. Or
+ *     store_writer_abort() throws it away and frees the id.
+ *     store_put() does steps 1-3 in one call.
+ *  4. Any client opens it with store_open_reader() (waiting for the seal if asked to), reads it
+ *     with store_reader_read() or store_reader_data(), and store_reader_close()s it.
+ *  5. store_delete() removes it from view at once (unlink semantics); its memory returns to the
+ *     store when the last reader closes.
+ *  A client that disconnects or dies releases everything it held: its unsealed objects are
+ *  aborted, its readers and pins released.
+ */
+#ifndef STORECLIENT_H
+#define STORECLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define STORE_VERSION_MAJOR 0
+#define STORE_VERSION_MINOR 1
+#define STORE_VERSION_PATCH 0
+#define STORE_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define STORE_API __attribute__((visibility("default")))
+#else
+#define STORE_API
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors. One table: the enum below, store_errstr() and the server's statuses all come from it.
+ * ------------------------------------------------------------------------------------------- */
+#define STORE_ERRNO_MAP(XX)                                                             \
+    XX(EINVAL, -1, "invalid argument")                                                  \
+    XX(ENOTFOUND, -2, "object not found")                                               \
+    XX(EEXISTS, -3, "object already exists")                                            \
+    XX(ENOSPACE, -4, "store is full")                                                   \
+    XX(ENODISK, -5, "no spill disk space")                                              \
+    XX(ETIMEDOUT, -6, "timed out")                                                      \
+    XX(ESEALED, -7, "object is already sealed")                                         \
+    XX(ENOTSEALED, -8, "object is not sealed")                                          \
+    XX(EMISUSE, -9, "library misuse")                                                   \
+    XX(ECONN, -10, "cannot connect or connection lost")                                 \
+    XX(EPROTO, -11, "protocol error")                                                   \
+    XX(ENOTSUP, -12, "not supported")                                                   \
+    XX(ENOMEM, -13, "out of memory")                                                    \
+    XX(ECORRUPT, -14, "data corrupt")                                                   \
+    XX(EPERM, -15, "permission denied")
+
+typedef enum store_status {
+    STORE_OK = 0,
+#define STORE_XX_ENUM_(name, code, text) STORE_##name = code,
+    STORE_ERRNO_MAP(STORE_XX_ENUM_)
+#undef STORE_XX_ENUM_
+    STORE_ERRNO_MIN_ = -15
+} store_status;
+
+/* A short constant description of a code ("store is full"). Never NULL. */
+STORE_API const char *store_errstr(int code);
+
+/* Details of the last failure on this thread (e.g. "object 3fa2... is 100 bytes but 200 were
+ * written"). Borrowed; valid until the next failing call on this thread. Never NULL. */
+STORE_API const char *store_last_error_message(void);
+
+/* "0.1.0". Static; never NULL. */
+STORE_API const char *store_version_string(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Types
+ * ------------------------------------------------------------------------------------------- */
+typedef struct store_client store_client; /* a connection to a store server */
+typedef struct store_writer store_writer; /* one object being created */
+typedef struct store_reader store_reader; /* one sealed object held open for reading */
+
+#define STORE_OBJECT_ID_SIZE 20
+typedef struct store_object_id {
+    uint8_t bytes[STORE_OBJECT_ID_SIZE];
+} store_object_id;
+
+/* Object states, as reported by store_info() and store_list(). */
+#define STORE_STATE_CREATED 1   /* being written by its creator, not visible to others */
+#define STORE_STATE_SEALED 2    /* immutable, in memory, readable */
+#define STORE_STATE_SPILLING 3  /* being written to disk */
+#define STORE_STATE_SPILLED 4   /* only on disk; a reader restores it */
+#define STORE_STATE_RESTORING 5 /* being read back into memory */
+
+/* Storage levels (bit set): where an object's bytes are now. */
+#define STORE_LEVEL_GPU 1
+#define STORE_LEVEL_MEMORY 2
+#define STORE_LEVEL_DISK 4
+#define STORE_LEVEL_REMOTE 8
+
+typedef struct store_object_info {
+    store_object_id id;
+    uint64_t data_size;
+    uint64_t metadata_size;
+    uint32_t state;          /* STORE_STATE_* */
+    uint32_t level;          /* STORE_LEVEL_* bits */
+    int32_t device;          /* -1 = host memory */
+    int32_t importance;      /* higher is kept in memory longer */
+    uint32_t pin_count;      /* pins held by all clients */
+    uint32_t reader_count;   /* readers open in all clients */
+    int64_t create_time_ns;  /* CLOCK_REALTIME, nanoseconds */
+    int64_t last_access_ns;  /* CLOCK_REALTIME of the last create, seal, get or reader close */
+    int32_t creator_pid;     /* pid of the creating client, 0 if unknown */
+    uint32_t reserved_;
+} store_object_info;
+
+typedef struct store_stats {
+    uint64_t capacity_bytes;      /* size of the shared memory region */
+    uint64_t used_bytes;          /* bytes allocated to objects (allocator size classes) */
+    uint64_t object_count;        /* objects in the table, all states */
+    uint64_t client_count;        /* connected clients, this one included */
+    uint64_t created_count;       /* objects being written (CREATED) */
+    uint64_t sealed_count;        /* sealed objects in memory */
+    uint64_t created_bytes;       /* bytes held by CREATED objects */
+    uint64_t sealed_bytes;        /* bytes held by sealed objects */
+    uint64_t pinned_count;        /* objects with at least one pin */
+    uint64_t pinned_bytes;
+    uint64_t open_count;          /* objects with at least one open reader */
+    uint64_t open_bytes;
+    uint64_t deleted_pending_count; /* deleted objects whose memory waits for readers to close */
+    uint64_t deleted_pending_bytes;
+    uint64_t waiting_gets;        /* get requests waiting for a seal */
+    uint64_t waiting_creates;     /* create requests waiting for space */
+    uint64_t total_creates;       /* counters since start */
+    uint64_t total_seals;
+    uint64_t total_gets;          /* objects handed out by get */
+    uint64_t total_releases;
+    uint64_t total_deletes;
+    uint64_t total_aborts;
+    uint64_t total_full;          /* creates refused for lack of space */
+    uint64_t uptime_ns;
+    int32_t server_pid;
+    uint32_t reserved_;
+} store_stats;
+
+#define STORE_CONNECT_OPTIONS_VERSION 1
+typedef struct store_connect_options {
+    uint32_t version;        /* STORE_CONNECT_OPTIONS_VERSION */
+    const char *client_name; /* shown in the server's client list; NULL = the program name */
+} store_connect_options;
+#define STORE_CONNECT_OPTIONS_INIT {STORE_CONNECT_OPTIONS_VERSION, NULL}
+
+#define STORE_CREATE_OPTIONS_VERSION 1
+typedef struct store_create_options {
+    uint32_t version;       /* STORE_CREATE_OPTIONS_VERSION */
+    const void *metadata;   /* copied into the object, after the data; may be NULL */
+    uint64_t metadata_size; /* at most STORE_MAX_METADATA_SIZE */
+    int32_t importance;     /* higher values are evicted later; default 0 */
+    int32_t device;         /* -1 = host memory; >= 0 = that GPU */
+    int64_t timeout_ms;     /* wait for space when full: 0 = fail at once, -1 = forever */
+} store_create_options;
+#define STORE_CREATE_OPTIONS_INIT {STORE_CREATE_OPTIONS_VERSION, NULL, 0, 0, -1, 0}
+
+#define STORE_MAX_METADATA_SIZE (1u << 20)  /* 1 MiB */
+
+/* ---------------------------------------------------------------------------------------------
+ * Connecting
+ * ------------------------------------------------------------------------------------------- */
+
+/* Connects to the server listening on socket_path (NULL = the default: $XDG_RUNTIME_DIR/store.sock
+ * if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock) and maps its shared memory.
+ * opts may be NULL for defaults. Caller owns *out; free with store_client_free().
+ * STORE_ECONN if nothing listens there, STORE_EPROTO on a protocol version mismatch. */
+STORE_API int store_client_connect(store_client **out, const char *socket_path,
+                                   const store_connect_options *opts);
+
+/* Disconnects and frees the client. NULL-safe. Writers not yet sealed are aborted by the server.
+ * Readers and writers of this client stay valid to close, but every other call on them returns
+ * STORE_ECONN. */
+STORE_API void store_client_free(store_client *client);
+
+/* ---------------------------------------------------------------------------------------------
+ * Writing
+ * ------------------------------------------------------------------------------------------- */
+
+/* Creates an object of data_size bytes (> 0) under id. opts may be NULL (no metadata,
+ * importance 0, host memory, fail at once when full). Caller owns *out; it must end with
+ * store_writer_seal() or store_writer_abort().
+ * STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not fit (after waiting
+ * timeout_ms); STORE_EINVAL for a zero size, a size above the store's capacity or bad options. */
+STORE_API int store_create(store_client *client, store_writer **out, const store_object_id *id,
+                           uint64_t data_size, const store_create_options *opts);
+
+/* Copies size bytes at the current position and advances it. STORE_EINVAL if that would pass
+ * the end of the object (nothing is written then). */
+STORE_API int store_writer_write(store_writer *w, const void *data, size_t size);
+
+/* Moves the position: whence is SEEK_SET, SEEK_CUR or SEEK_END (0, 1, 2). The new position must
+ * lie within [0, size]. *pos (may be NULL) receives it. */
+STORE_API int store_writer_seek(store_writer *w, int64_t offset, int whence, uint64_t *pos);
+
+/* The current position, or 0 for NULL. */
+STORE_API uint64_t store_writer_tell(const store_writer *w);
+
+/* The object's data size, or 0 for NULL. */
+STORE_API uint64_t store_writer_size(const store_writer *w);
+
+/* The object's data in shared memory, writable. Borrowed; valid until seal or abort.
+ * NULL for NULL, for a device object, or once the client is gone. */
+STORE_API void *store_writer_data(store_writer *w);
+
+/* Seals the object (immutable, visible to all) and frees the writer, whatever the result.
+ * STORE_ECONN if the connection is lost (the server then aborts the object). */
+STORE_API int store_writer_seal(store_writer *w);
+
+/* Throws the object away, frees its memory and the writer. NULL-safe (returns STORE_OK). */
+STORE_API int store_writer_abort(store_writer *w);
+
+/* Creates, copies data_size bytes and seals in one call (one round trip for small objects). */
+STORE_API int store_put(store_client *client, const store_object_id *id, const void *data,
+                        uint64_t data_size, const store_create_options *opts);
+
+/* Puts n objects: ids[i] gets sizes[i] bytes from datas[i], all with the same opts. Stops at the
+ * first failure; *done (may be NULL) receives how many were put. */
+STORE_API int store_put_many(store_client *client, const store_object_id *ids,
+                             const void *const *datas, const uint64_t *sizes, size_t n,
+                             const store_create_options *opts, size_t *done);
+
+/* ---------------------------------------------------------------------------------------------
+ * Reading
+ * ------------------------------------------------------------------------------------------- */
+
+/* Opens a sealed object for reading. timeout_ms: 0 = do not wait (STORE_ENOTFOUND if it is not
+ * sealed now), > 0 = wait that long for it to be created and sealed (then STORE_ETIMEDOUT),
+ * -1 = wait forever. Caller owns *out; free with store_reader_close(). */
+STORE_API int store_open_reader(store_client *client, store_reader **out,
+                                const store_object_id *id, int64_t timeout_ms);
+
+/* Opens n objects in one request, waiting at most timeout_ms in all. out has n slots: each gets a
+ * reader, or NULL where that object was not sealed in time. Returns STORE_OK even when some are
+ * missing; an error means no reader was opened. The caller owns each non-NULL reader. */
+STORE_API int store_open_readers(store_client *client, store_reader **out,
+                                 const store_object_id *ids, size_t n, int64_t timeout_ms);
+
+/* Copies up to size bytes from the current position and advances it. *nread (may be NULL)
+ * receives the count, 0 at the end. */
+STORE_API int store_reader_read(store_reader *r, void *buf, size_t size, size_t *nread);
+
+/* As store_writer_seek(). */
+STORE_API int store_reader_seek(store_reader *r, int64_t offset, int whence, uint64_t *pos);
+STORE_API uint64_t store_reader_tell(const store_reader *r);
+STORE_API uint64_t store_reader_size(const store_reader *r);
+
+/* The object's data, read-only. Borrowed; valid until store_reader_close(). NULL for NULL, for
+ * a device object, or once the client is gone. */
+STORE_API const void *store_reader_data(const store_reader *r);
+
+/* The object's metadata; *size (may be NULL) receives its length. Borrowed; valid until
+ * store_reader_close(). NULL if there is none. */
+STORE_API const void *store_reader_metadata(const store_reader *r, uint64_t *size);
+
+/* The object's id. Borrowed; valid until store_reader_close(). */
+STORE_API const store_object_id *store_reader_id(const store_reader *r);
+
+/* Releases the object and frees the reader. NULL-safe. */
+STORE_API void store_reader_close(store_reader *r);
+
+/* ---------------------------------------------------------------------------------------------
+ * Management
+ * ------------------------------------------------------------------------------------------- */
+
+/* *present = 1 if id is sealed and visible, else 0. */
+STORE_API int store_contains(store_client *client, const store_object_id *id, int *present);
+
+/* Deletes a sealed object: it disappears at once; its memory returns when its last reader closes.
+ * STORE_ENOTFOUND if absent, STORE_ENOTSEALED if it is still being written. */
+STORE_API int store_delete(store_client *client, const store_object_id *id);
+
+/* Fills *info for id (any state, the caller's unsealed objects included). */
+STORE_API int store_info(store_client *client, const store_object_id *id,
+                         store_object_info *info);
+
+/* Lists every visible object. Caller owns *out (NULL when *count is 0); free with store_free(). */
+STORE_API int store_list(store_client *client, store_object_info **out, size_t *count);
+
+/* Frees memory returned by the library (store_list). NULL-safe. */
+STORE_API void store_free(void *p);
+
+/* Pins a sealed object: it is never evicted while pinned. Pins are counted per client and
+ * dropped when the client disconnects. */
+STORE_API int store_pin(store_client *client, const store_object_id *id);
+
+/* Drops one pin of this client. STORE_EMISUSE if this client holds none on id. */
+STORE_API int store_unpin(store_client *client, const store_object_id *id);
+
+/* Fills *stats with a snapshot of the server. */
+STORE_API int store_stats_get(store_client *client, store_stats *stats);
+
+/* ---------------------------------------------------------------------------------------------
+ * Helpers
+ * ------------------------------------------------------------------------------------------- */
+
+/* A stable 20-byte id derived from the bytes of str (a hash; the same on every machine). */
+STORE_API int store_object_id_from_string(const char *str, size_t len, store_object_id *out);
+
+/* Writes 40 lowercase hex digits and a NUL into hex (at least 41 bytes). */
+STORE_API int store_object_id_to_hex(const store_object_id *id, char *hex, size_t hex_size);
+
+/* Parses 40 hex digits into *out. */
+STORE_API int store_object_id_from_hex(const char *hex, store_object_id *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* STORECLIENT_H */

@@ -1,0 +1,79 @@
+// region.h - the store's shared memory: one memfd region managed by a jemalloc arena.
+//
+// Owns: the memfd, its one MAP_SHARED mapping in the server, and a manual jemalloc arena whose
+// nine extent hooks are ours (bump allocation over the region; purge = punch hole; the arena's
+// own metadata lives outside the region). See ../shared/notes/allocator-cuda-fds.md section 1.
+// Called by: the server loop (one thread). Allocate/Free are not meant to be called from
+// several threads at once, although jemalloc itself would allow it.
+// Every mallocx/dallocx passes MALLOCX_ARENA(arena) | MALLOCX_TCACHE_NONE, so no heap memory
+// ever lands in the region and no region memory is ever handed to malloc().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace store {
+
+struct RegionOptions {
+  uint64_t capacity = 0;     // bytes; rounded up to a multiple of the page size
+  bool prefault = false;     // touch every page at start (MADV_POPULATE_WRITE, else a write loop)
+  bool hugepages = false;    // try MFD_HUGETLB, else madvise(MADV_HUGEPAGE); logs what it got
+  int64_t dirty_decay_ms = -1;  // jemalloc dirty decay; -1 = keep freed pages resident
+};
+
+class Region {
+ public:
+  // Creates the memfd (CLOEXEC, sealing allowed), sizes it, fallocates it (so no SIGBUS later),
+  // seals it against shrink and grow, maps it, creates and primes the arena.
+  // Returns nullptr and fills *error on failure.
+  static std::unique_ptr<Region> Create(const RegionOptions& options, std::string* error);
+  ~Region();
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+
+  int fd() const { return fd_; }
+  uint8_t* base() const { return base_; }
+  uint64_t capacity() const { return capacity_; }
+  // A process-wide id, never reused within one server run (starts at 1).
+  uint64_t id() const { return id_; }
+
+  // Allocates size bytes (size > 0), 64-byte aligned (page-aligned from 64 KiB up).
+  // Returns nullptr when the region cannot hold it. *usable receives the bytes actually
+  // taken (the allocator's size class), which is what allocated_bytes() counts.
+  void* Allocate(uint64_t size, uint64_t* usable);
+  // Frees a pointer returned by Allocate. REQUIRES: p came from this region.
+  void Free(void* p);
+
+  uint64_t allocated_bytes() const { return allocated_; }
+  uint64_t allocation_count() const { return allocations_; }
+  bool Contains(const void* p) const {
+    auto u = reinterpret_cast<const uint8_t*>(p);
+    return u >= base_ && u < base_ + capacity_;
+  }
+  uint64_t OffsetOf(const void* p) const { return static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(p) - base_); }
+  // Resident bytes of the memfd (st_blocks * 512).
+  uint64_t ResidentBytes() const;
+  // Hands freed dirty pages back to the OS now (arena.<i>.purge -> punch hole).
+  void Purge();
+  // Runs one jemalloc decay step; call from a periodic timer when dirty_decay_ms >= 0.
+  void Decay();
+  bool hugepages_active() const { return hugepages_active_; }
+  unsigned arena() const { return arena_; }
+
+ private:
+  Region() = default;
+  int fd_ = -1;
+  uint8_t* base_ = nullptr;
+  uint64_t capacity_ = 0;
+  uint64_t id_ = 0;
+  unsigned arena_ = 0;
+  int flags_ = 0;
+  uint64_t allocated_ = 0;
+  uint64_t allocations_ = 0;
+  bool hugepages_active_ = false;
+  struct HookState;
+  std::unique_ptr<HookState> hooks_;
+};
+
+}  // namespace store

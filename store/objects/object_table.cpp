@@ -1,0 +1,92 @@
+#include "objects/object_table.h"
+
+namespace store {
+
+namespace {
+inline void Bump(uint64_t& count, uint64_t& bytes, uint64_t size, int sign) {
+  if (sign > 0) {
+    count += 1;
+    bytes += size;
+  } else {
+    count -= 1;
+    bytes -= size;
+  }
+}
+}  // namespace
+
+void ObjectTable::CountState(const Object* o, int sign) {
+  if (o->deleted) {
+    Bump(c_.deleted_pending_count, c_.deleted_pending_bytes, o->alloc_size, sign);
+    return;
+  }
+  if (o->state == ObjectState::kCreated) {
+    Bump(c_.created_count, c_.created_bytes, o->alloc_size, sign);
+  } else {
+    Bump(c_.sealed_count, c_.sealed_bytes, o->alloc_size, sign);
+  }
+  if (o->pins > 0) Bump(c_.pinned_count, c_.pinned_bytes, o->alloc_size, sign);
+  if (o->readers > 0) Bump(c_.open_count, c_.open_bytes, o->alloc_size, sign);
+}
+
+Object* ObjectTable::Insert(const Object& proto) {
+  auto owned = std::make_unique<Object>(proto);
+  Object* o = owned.get();
+  o->uid = next_uid_++;
+  o->state = ObjectState::kCreated;
+  o->deleted = false;
+  o->readers = 0;
+  o->pins = 0;
+  by_uid_.emplace(o->uid, std::move(owned));
+  by_id_.emplace(o->id, o);
+  c_.objects = by_id_.size();
+  CountState(o, +1);
+  return o;
+}
+
+void ObjectTable::Seal(Object* o) {
+  CountState(o, -1);
+  o->state = ObjectState::kSealed;
+  CountState(o, +1);
+}
+
+void ObjectTable::AddReader(Object* o) {
+  CountState(o, -1);
+  o->readers++;
+  CountState(o, +1);
+}
+
+void ObjectTable::RemoveReader(Object* o) {
+  CountState(o, -1);
+  o->readers--;
+  CountState(o, +1);
+}
+
+void ObjectTable::AddPin(Object* o) {
+  CountState(o, -1);
+  o->pins++;
+  CountState(o, +1);
+}
+
+void ObjectTable::RemovePin(Object* o) {
+  CountState(o, -1);
+  o->pins--;
+  CountState(o, +1);
+}
+
+void ObjectTable::Unlink(Object* o) {
+  if (o->deleted) return;
+  CountState(o, -1);
+  by_id_.erase(o->id);
+  o->deleted = true;
+  c_.objects = by_id_.size();
+  CountState(o, +1);
+}
+
+void ObjectTable::Erase(Object* o) {
+  CountState(o, -1);
+  if (!o->deleted) by_id_.erase(o->id);
+  c_.objects = by_id_.size();
+  by_uid_.erase(o->uid);  // destroys o
+}
+
+}  // namespace store

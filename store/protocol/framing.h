@@ -1,0 +1,144 @@
+// framing.h - limits, framing and verification of protocol messages (protocol.fbs).
+//
+// Shared by the server (store/server) and the client library (capi/); header-only.
+// A message on the wire is [u32 LE length L][L bytes of flatbuffer]; the flatbuffer itself is
+// built with FinishSizePrefixed, so the length prefix is part of the verified buffer.
+// FrameBuffer accumulates bytes from a stream and yields whole messages at 8-aligned addresses
+// (flatbuffers checks alignment relative to the buffer start), after checking L against a cap
+// before anything is allocated for it.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "protocol_generated.h"
+
+namespace store::proto {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+// Largest request the server accepts (bounded before allocation). Covers the biggest legal
+// create (1 MiB metadata + inline data) and get (kMaxIdsPerRequest ids).
+inline constexpr uint32_t kMaxRequestBytes = 4u << 20;
+// Largest reply the client accepts (a list of every object in a very full store).
+inline constexpr uint32_t kMaxReplyBytes = 1u << 30;
+inline constexpr uint32_t kMaxIdsPerRequest = 65536;
+// store_put sends objects up to this size inside the create request (one round trip).
+inline constexpr uint64_t kInlinePutMax = 64u << 10;
+inline constexpr uint32_t kMaxClientName = 256;
+inline constexpr uint32_t kMaxFdsPerMessage = 4;
+
+// $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
+inline std::string DefaultSocketPath() {
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  if (xdg && *xdg) return std::string(xdg) + "/store.sock";
+  return "/tmp/store-" + std::to_string(getuid()) + ".sock";
+}
+
+// Verifies a whole size-prefixed message (prefix included). Returns the root or nullptr.
+inline const Message* VerifyMessage(const uint8_t* buf, size_t len) {
+  flatbuffers::Verifier::Options o;
+  o.max_depth = 16;
+  o.max_tables = 4u << 20;  // ListReply holds structs, not tables; requests have few tables
+  flatbuffers::Verifier v(buf, len, o);
+  if (!VerifySizePrefixedMessageBuffer(v)) return nullptr;
+  return GetSizePrefixedMessage(buf);
+}
+
+// A growable byte buffer whose storage is 8-aligned; holds the unread part of a stream.
+class FrameBuffer {
+ public:
+  explicit FrameBuffer(uint32_t max_message) : max_(max_message) {}
+  ~FrameBuffer() {
+    std::free(data_);
+    std::free(scratch_);
+  }
+  FrameBuffer(const FrameBuffer&) = delete;
+  FrameBuffer& operator=(const FrameBuffer&) = delete;
+
+  // Space to receive at least want bytes; returns the write pointer. nullptr on ENOMEM.
+  uint8_t* Reserve(size_t want, size_t* avail) {
+    Compact();
+    if (cap_ - end_ < want) {
+      size_t ncap = cap_ ? cap_ : 4096;
+      while (ncap - end_ < want) ncap *= 2;
+      void* p = std::aligned_alloc(8, (ncap + 7) & ~size_t{7});
+      if (!p) return nullptr;
+      if (end_ > begin_) std::memcpy(p, data_ + begin_, end_ - begin_);
+      end_ -= begin_;
+      begin_ = 0;
+      std::free(data_);
+      data_ = static_cast<uint8_t*>(p);
+      cap_ = ncap;
+    }
+    *avail = cap_ - end_;
+    return data_ + end_;
+  }
+  void Commit(size_t n) { end_ += n; }
+
+  enum class Next { kNone, kMessage, kTooLarge };
+  // If a whole message is buffered, points *msg/*len at it (8-aligned) and returns kMessage;
+  // the message stays valid until the next call. kTooLarge if the length exceeds the cap.
+  Next Pop(const uint8_t** msg, size_t* len) {
+    size_t have = end_ - begin_;
+    if (have < 4) return Next::kNone;
+    uint32_t l;
+    std::memcpy(&l, data_ + begin_, 4);
+    l = flatbuffers::EndianScalar(l);
+    if (l > max_ || l < 8) return Next::kTooLarge;
+    if (have < 4 + size_t{l}) return Next::kNone;
+    *len = 4 + size_t{l};
+    if ((begin_ & 7) == 0) {
+      *msg = data_ + begin_;
+    } else {  // unaligned: copy this one message to aligned scratch space
+      if (scratch_cap_ < *len) {
+        size_t ncap = (*len + 4095) & ~size_t{4095};
+        void* p = std::aligned_alloc(8, ncap);
+        if (!p) return Next::kTooLarge;
+        std::free(scratch_);
+        scratch_ = static_cast<uint8_t*>(p);
+        scratch_cap_ = ncap;
+      }
+      std::memcpy(scratch_, data_ + begin_, *len);
+      *msg = scratch_;
+    }
+    begin_ += *len;
+    return Next::kMessage;
+  }
+  // Bytes a partially received message still needs (0 if unknown); lets readers size recvs.
+  size_t Pending() const {
+    size_t have = end_ - begin_;
+    if (have < 4) return 0;
+    uint32_t l;
+    std::memcpy(&l, data_ + begin_, 4);
+    l = flatbuffers::EndianScalar(l);
+    return have < 4 + size_t{l} ? 4 + size_t{l} - have : 0;
+  }
+  size_t size() const { return end_ - begin_; }
+
+ private:
+  void Compact() {
+    if (begin_ == end_) {
+      begin_ = end_ = 0;
+    } else if (begin_ > cap_ / 2) {
+      std::memmove(data_, data_ + begin_, end_ - begin_);
+      end_ -= begin_;
+      begin_ = 0;
+    }
+  }
+  uint8_t* data_ = nullptr;
+  size_t cap_ = 0, begin_ = 0, end_ = 0;
+  uint8_t* scratch_ = nullptr;
+  size_t scratch_cap_ = 0;
+  uint32_t max_;
+};
+
+inline ObjectId ToProto(const uint8_t* id20) {
+  return ObjectId(flatbuffers::span<const uint8_t, 20>(id20, 20));
+}
+
+}  // namespace store::proto

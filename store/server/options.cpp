@@ -1,0 +1,157 @@
+#include "server/options.h"
+
+#include "framing.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+namespace store {
+
+std::string DefaultSocketPath() { return proto::DefaultSocketPath(); }
+
+bool ParseSize(const std::string& text, uint64_t* out) {
+  if (text.empty() || text[0] == '-' || text[0] == '+') return false;
+  const char* s = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  bool fractional = text.find('.') != std::string::npos;
+  long double value;
+  if (fractional) {
+    value = std::strtold(s, &end);
+  } else {
+    unsigned long long v = std::strtoull(s, &end, 10);
+    if (errno == ERANGE) return false;
+    value = static_cast<long double>(v);
+  }
+  if (end == s || errno == ERANGE) return false;
+  std::string suffix(end);
+  for (auto& ch : suffix) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  long double mult;
+  if (suffix.empty() || suffix == "B") {
+    mult = 1;
+    if (fractional) return false;
+  } else if (suffix == "K" || suffix == "KIB") {
+    mult = 1024.0L;
+  } else if (suffix == "M" || suffix == "MIB") {
+    mult = 1024.0L * 1024;
+  } else if (suffix == "G" || suffix == "GIB") {
+    mult = 1024.0L * 1024 * 1024;
+  } else if (suffix == "T" || suffix == "TIB") {
+    mult = 1024.0L * 1024 * 1024 * 1024;
+  } else if (suffix == "KB") {
+    mult = 1e3L;
+  } else if (suffix == "MB") {
+    mult = 1e6L;
+  } else if (suffix == "GB") {
+    mult = 1e9L;
+  } else if (suffix == "TB") {
+    mult = 1e12L;
+  } else {
+    return false;
+  }
+  long double bytes = value * mult;
+  if (!(bytes >= 1) || bytes > 18446744073709551615.0L) return false;
+  *out = static_cast<uint64_t>(std::floor(bytes));
+  if (!fractional && mult == 1) *out = static_cast<uint64_t>(value);
+  return *out > 0;
+}
+
+const char* HelpText() {
+  return "Usage: store [OPTIONS]\n"
+         "A node-local shared-memory object store server.\n"
+         "\n"
+         "  --socket PATH        Unix socket to listen on (default: $XDG_RUNTIME_DIR/store.sock,\n"
+         "                       else /tmp/store-$UID.sock)\n"
+         "  --memory SIZE        shared memory for objects (default: 1G)\n"
+         "  --spill-dir DIR      directory for spill files (repeatable); spilling itself is not\n"
+         "                       available in this version, the directory is only checked\n"
+         "  --log-level LEVEL    error, warn, info or debug (default: info)\n"
+         "  --prefault           touch all of the memory at start, so first writes run at full speed\n"
+         "  --hugepages          back the memory with huge pages when the system allows it\n"
+         "  --help               show this help and exit\n"
+         "  --version            show the version and exit\n"
+         "\n"
+         "SIZE is a number of bytes, optionally with a suffix: K, M, G, T (and KiB, MiB, GiB, TiB)\n"
+         "are 1024-based; KB, MB, GB, TB are 1000-based. Example: --memory 4G, --memory 1.5GiB.\n"
+         "\n"
+         "The server stops cleanly on SIGINT or SIGTERM and removes its socket.\n";
+}
+
+bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error) {
+  ServerOptions o;
+  auto value_of = [&](int& i, const std::string& flag, std::string* v) -> bool {
+    std::string a = argv[i];
+    size_t eq = a.find('=');
+    if (eq != std::string::npos) {
+      *v = a.substr(eq + 1);
+      return true;
+    }
+    if (i + 1 >= argc) {
+      *error = "store: option " + flag + " needs a value (see --help)";
+      return false;
+    }
+    *v = argv[++i];
+    return true;
+  };
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    std::string flag = a.substr(0, a.find('='));
+    std::string v;
+    if (flag == "--help" || flag == "-h") {
+      o.help = true;
+    } else if (flag == "--version" || flag == "-V") {
+      o.version = true;
+    } else if (flag == "--prefault") {
+      o.prefault = true;
+    } else if (flag == "--hugepages") {
+      o.hugepages = true;
+    } else if (flag == "--socket") {
+      if (!value_of(i, flag, &v)) return false;
+      if (v.empty()) {
+        *error = "store: --socket needs a non-empty path";
+        return false;
+      }
+      if (v.size() >= 108) {
+        *error = "store: socket path is too long (" + std::to_string(v.size()) +
+                 " bytes; Unix sockets allow 107): " + v;
+        return false;
+      }
+      o.socket_path = v;
+    } else if (flag == "--memory") {
+      if (!value_of(i, flag, &v)) return false;
+      if (!ParseSize(v, &o.memory)) {
+        *error = "store: invalid size for --memory: '" + v + "' (examples: 1073741824, 512M, 4G)";
+        return false;
+      }
+      if (o.memory < (1ull << 20)) {
+        *error = "store: --memory must be at least 1M, got '" + v + "'";
+        return false;
+      }
+    } else if (flag == "--spill-dir") {
+      if (!value_of(i, flag, &v)) return false;
+      if (v.empty()) {
+        *error = "store: --spill-dir needs a non-empty path";
+        return false;
+      }
+      o.spill_dirs.push_back(v);
+    } else if (flag == "--log-level") {
+      if (!value_of(i, flag, &v)) return false;
+      if (!ParseLogLevel(v.c_str(), &o.log_level)) {
+        *error = "store: invalid --log-level '" + v + "' (use error, warn, info or debug)";
+        return false;
+      }
+    } else {
+      *error = "store: unknown option '" + a + "' (see --help)";
+      return false;
+    }
+  }
+  if (o.socket_path.empty()) o.socket_path = DefaultSocketPath();
+  *out = o;
+  return true;
+}
+
+}  // namespace store

@@ -1,0 +1,37 @@
+// options.h - the server's command line: parsing, defaults and help text.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "server/log.h"
+
+namespace store {
+
+struct ServerOptions {
+  std::string socket_path;              // default: DefaultSocketPath()
+  uint64_t memory = 1ull << 30;         // --memory, bytes
+  std::vector<std::string> spill_dirs;  // --spill-dir (repeatable)
+  LogLevel log_level = LogLevel::kInfo;
+  bool prefault = false;
+  bool hugepages = false;
+  bool help = false;
+  bool version = false;
+};
+
+// $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
+std::string DefaultSocketPath();
+
+// Parses a size: plain bytes, or a number with K, M, G, T (1024-based; also KiB, MiB, GiB,
+// TiB) or KB, MB, GB, TB (1000-based). Fractions are allowed with a suffix ("1.5G").
+// Returns false for anything else, for 0, and on overflow.
+bool ParseSize(const std::string& text, uint64_t* out);
+
+// Parses argv. Returns true on success; on failure fills *error with one line (the caller
+// prints it and exits with 2).
+bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error);
+
+const char* HelpText();
+
+}  // namespace store

@@ -1,0 +1,1067 @@
+#include "server/server.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstring>
+#include <ctime>
+
+#include "server/log.h"
+#include "storeclient.h"
+
+namespace store {
+
+using proto::Body;
+
+namespace {
+
+int64_t RealtimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+int64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+ObjectKey KeyOf(const proto::ObjectId* id) {
+  ObjectKey k;
+  std::memcpy(k.bytes, id->bytes()->Data(), 20);
+  return k;
+}
+
+std::string Hex(const ObjectKey& k) {
+  static const char* d = "0123456789abcdef";
+  std::string s(40, '0');
+  for (int i = 0; i < 20; i++) {
+    s[2 * i] = d[k.bytes[i] >> 4];
+    s[2 * i + 1] = d[k.bytes[i] & 15];
+  }
+  return s;
+}
+
+std::string Bytes(uint64_t n) {
+  char buf[64];
+  if (n >= (1ull << 30)) {
+    std::snprintf(buf, sizeof buf, "%.1f GiB", n / double(1ull << 30));
+  } else if (n >= (1ull << 20)) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", n / double(1ull << 20));
+  } else if (n >= 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", n / 1024.0);
+  } else {
+    std::snprintf(buf, sizeof buf, "%" PRIu64 " B", n);
+  }
+  return buf;
+}
+
+// Largest total write backlog a client may accumulate by not reading its replies.
+constexpr size_t kMaxWriteBacklog = 512u << 20;
+
+struct WriteReq {
+  uv_write_t req;
+  flatbuffers::DetachedBuffer data;
+  uv_pipe_t* fd_wrap = nullptr;
+};
+
+void OnWritten(uv_write_t* req, int /*status*/) {
+  auto* w = reinterpret_cast<WriteReq*>(req);
+  if (w->fd_wrap) {
+    uv_close(reinterpret_cast<uv_handle_t*>(w->fd_wrap),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+  }
+  delete w;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Per-connection and waiting-request state.
+
+struct Server::Client {
+  Server* server = nullptr;
+  uint64_t id = 0;
+  uv_pipe_t pipe{};
+  proto::FrameBuffer in{proto::kMaxRequestBytes};
+  bool handshaken = false;
+  bool closing = false;
+  std::string name;
+  int32_t pid = 0;
+  uid_t uid = 0;
+  std::unordered_map<uint64_t, uint32_t> readers;  // object uid -> readers held
+  std::unordered_map<uint64_t, uint32_t> pins;     // object uid -> pins held
+  std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
+  std::unordered_set<WaitingGet*> gets;
+  std::unordered_set<WaitingCreate*> creates;
+};
+
+struct Server::WaitingGet {
+  Client* client = nullptr;
+  uint64_t seq = 0;
+  std::vector<ObjectKey> ids;
+  std::vector<ObjectKey> waiting_on;  // distinct ids not sealed when the request came
+  size_t missing = 0;
+  uv_timer_t timer{};
+  bool has_timer = false;
+};
+
+struct Server::CreateArgs {
+  ObjectKey id;
+  uint64_t data_size = 0;
+  std::vector<uint8_t> metadata;
+  std::vector<uint8_t> inline_data;
+  bool inline_put = false;
+  int32_t importance = 0;
+  int32_t device = -1;
+};
+
+struct Server::WaitingCreate {
+  Client* client = nullptr;
+  uint64_t seq = 0;
+  CreateArgs args;
+  uv_timer_t timer{};
+  bool has_timer = false;
+};
+
+// ------------------------------------------------------------------------------------------
+// Start-up and shutdown.
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+Server::~Server() = default;
+
+bool Server::PrepareSocket() {
+  const std::string& path = options_.socket_path;
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return true;
+    LOG_ERROR("cannot use socket path %s: %s", path.c_str(), std::strerror(errno));
+    return false;
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    LOG_ERROR("cannot use socket path %s: it exists and is not a socket", path.c_str());
+    return false;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    LOG_ERROR("socket: %s", std::strerror(errno));
+    return false;
+  }
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  int rc = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  int err = errno;
+  close(fd);
+  if (rc == 0) {
+    LOG_ERROR("another store is already listening on %s; not starting", path.c_str());
+    return false;
+  }
+  if (err != ECONNREFUSED) {
+    LOG_ERROR("cannot tell whether a store is listening on %s: %s", path.c_str(),
+              std::strerror(err));
+    return false;
+  }
+  if (unlink(path.c_str()) != 0) {
+    LOG_ERROR("cannot remove the stale socket %s: %s", path.c_str(), std::strerror(errno));
+    return false;
+  }
+  LOG_INFO("removed the stale socket %s left by a store that is gone", path.c_str());
+  return true;
+}
+
+bool Server::Listen() {
+  uv_pipe_init(&loop_, &listener_, 0);
+  listener_.data = this;
+  mode_t old = umask(0177);  // the socket is created 0600: owner only
+  int rc = uv_pipe_bind(&listener_, options_.socket_path.c_str());
+  umask(old);
+  if (rc != 0) {
+    LOG_ERROR("cannot bind %s: %s", options_.socket_path.c_str(), uv_strerror(rc));
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+    return false;
+  }
+  rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 1024, OnConnection);
+  if (rc != 0) {
+    LOG_ERROR("cannot listen on %s: %s", options_.socket_path.c_str(), uv_strerror(rc));
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+    unlink(options_.socket_path.c_str());
+    return false;
+  }
+  listening_ = true;
+  return true;
+}
+
+int Server::Run() {
+  signal(SIGPIPE, SIG_IGN);
+  start_ns_ = MonotonicNs();
+  for (const auto& d : options_.spill_dirs) {
+    struct stat st;
+    if (stat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      LOG_ERROR("--spill-dir %s is not a directory", d.c_str());
+      return 1;
+    }
+  }
+  if (!options_.spill_dirs.empty()) {
+    LOG_WARN("spilling to disk is not available in this version; --spill-dir is checked but unused");
+  }
+  if (!PrepareSocket()) return 1;
+
+  RegionOptions ro;
+  ro.capacity = options_.memory;
+  ro.prefault = options_.prefault;
+  ro.hugepages = options_.hugepages;
+  std::string error;
+  region_ = Region::Create(ro, &error);
+  if (!region_) {
+    LOG_ERROR("cannot set up %s of shared memory: %s", Bytes(options_.memory).c_str(),
+              error.c_str());
+    return 1;
+  }
+
+  uv_loop_init(&loop_);
+  loop_.data = this;
+  if (!Listen()) {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    region_.reset();
+    return 1;
+  }
+  uv_signal_init(&loop_, &sigint_);
+  uv_signal_init(&loop_, &sigterm_);
+  sigint_.data = sigterm_.data = this;
+  uv_signal_start(&sigint_, OnSignal, SIGINT);
+  uv_signal_start(&sigterm_, OnSignal, SIGTERM);
+  uv_async_init(&loop_, &async_stop_, OnAsyncStop);
+  async_stop_.data = this;
+
+  LOG_INFO("store %s listening on %s with %s of shared memory%s%s", STORE_VERSION_STRING,
+           options_.socket_path.c_str(), Bytes(region_->capacity()).c_str(),
+           options_.prefault ? ", prefaulted" : "",
+           region_->hugepages_active() ? ", huge pages" : "");
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&loop_);
+  if (rc != 0) LOG_WARN("event loop closed with handles still open: %s", uv_strerror(rc));
+  region_.reset();
+  LOG_INFO("stopped");
+  return 0;
+}
+
+void Server::Stop() { uv_async_send(&async_stop_); }
+
+void Server::OnAsyncStop(uv_async_t* h) { static_cast<Server*>(h->data)->Shutdown(); }
+
+void Server::OnSignal(uv_signal_t* h, int signum) {
+  auto* s = static_cast<Server*>(h->data);
+  LOG_INFO("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  s->Shutdown();
+}
+
+void Server::Shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (listening_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+    unlink(options_.socket_path.c_str());
+    listening_ = false;
+  }
+  std::vector<Client*> all;
+  for (auto& [id, c] : clients_) all.push_back(c);
+  for (Client* c : all) CloseClient(c, "server shutting down");
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
+}
+
+// ------------------------------------------------------------------------------------------
+// Connections.
+
+void Server::OnConnection(uv_stream_t* listener, int status) {
+  auto* s = static_cast<Server*>(listener->data);
+  if (status < 0) {
+    LOG_WARN("accept failed: %s", uv_strerror(status));
+    return;
+  }
+  auto* c = new Client;
+  c->server = s;
+  uv_pipe_init(&s->loop_, &c->pipe, 1);  // ipc: lets uv_write2 send the region fd
+  c->pipe.data = c;
+  if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&c->pipe)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->pipe),
+             [](uv_handle_t* h) { delete static_cast<Client*>(h->data); });
+    return;
+  }
+  c->id = s->next_client_id_++;
+  s->clients_.emplace(c->id, c);
+
+  uv_os_fd_t fd;
+  uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd);
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    c->pid = cred.pid;
+    c->uid = cred.uid;
+    if (cred.uid != geteuid() && cred.uid != 0) {
+      LOG_WARN("refusing a client of uid %u (pid %d): only uid %u may connect",
+               static_cast<unsigned>(cred.uid), static_cast<int>(cred.pid),
+               static_cast<unsigned>(geteuid()));
+      s->SendError(c, 0, STORE_EPERM, "this store accepts only clients of its own user");
+      s->CloseClient(c, "permission denied");
+      return;
+    }
+  }
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&c->pipe), OnAlloc, OnRead);
+  LOG_DEBUG("client %" PRIu64 " connected (pid %d)", c->id, static_cast<int>(c->pid));
+}
+
+void Server::OnAlloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* buf) {
+  auto* c = static_cast<Client*>(h->data);
+  size_t want = std::max<size_t>(c->in.Pending(), 64 * 1024);
+  size_t avail = 0;
+  uint8_t* p = c->in.Reserve(want, &avail);
+  *buf = uv_buf_init(reinterpret_cast<char*>(p), p ? static_cast<unsigned>(avail) : 0);
+}
+
+void Server::OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* /*buf*/) {
+  auto* c = static_cast<Client*>(stream->data);
+  Server* s = c->server;
+  auto* pipe = reinterpret_cast<uv_pipe_t*>(stream);
+  // A client has no business sending descriptors: accept and close any, so they cannot pile up.
+  while (uv_pipe_pending_count(pipe) > 0) {
+    auto* tmp = new uv_pipe_t;
+    uv_pipe_init(&s->loop_, tmp, 0);
+    if (uv_accept(stream, reinterpret_cast<uv_stream_t*>(tmp)) != 0) {
+      delete tmp;
+      break;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(tmp),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+  }
+  if (nread < 0) {
+    s->CloseClient(c, nread == UV_EOF ? "disconnected" : uv_strerror(static_cast<int>(nread)));
+    return;
+  }
+  if (nread == 0) return;
+  if (c->closing) return;
+  c->in.Commit(static_cast<size_t>(nread));
+  s->ProcessInput(c);
+}
+
+void Server::ProcessInput(Client* c) {
+  while (!c->closing) {
+    const uint8_t* msg;
+    size_t len;
+    auto next = c->in.Pop(&msg, &len);
+    if (next == proto::FrameBuffer::Next::kNone) return;
+    if (next == proto::FrameBuffer::Next::kTooLarge) {
+      ProtocolError(c, 0,
+                    "message length is out of bounds (at most " +
+                        std::to_string(proto::kMaxRequestBytes) + " bytes per request)");
+      return;
+    }
+    const proto::Message* m = proto::VerifyMessage(msg, len);
+    if (!m) {
+      ProtocolError(c, 0, "malformed message (it failed verification)");
+      return;
+    }
+    Dispatch(c, m);
+  }
+}
+
+void Server::CloseClient(Client* c, const char* why) {
+  if (c->closing) return;
+  c->closing = true;
+  LOG_DEBUG("client %" PRIu64 " (%s, pid %d) closing: %s", c->id, c->name.c_str(),
+            static_cast<int>(c->pid), why);
+  ReleaseClientState(c);
+  clients_.erase(c->id);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->pipe),
+           [](uv_handle_t* h) { delete static_cast<Client*>(h->data); });
+}
+
+void Server::ReleaseClientState(Client* c) {
+  // Waiting gets and creates are cancelled: nobody is left to answer.
+  for (WaitingGet* g : std::vector<WaitingGet*>(c->gets.begin(), c->gets.end())) CancelGet(g);
+  for (WaitingCreate* w : std::vector<WaitingCreate*>(c->creates.begin(), c->creates.end())) {
+    FinishCreateWait(w, STORE_ECONN, "");
+  }
+  bool freed = false;
+  // Readers.
+  for (auto& [uid, count] : c->readers) {
+    Object* o = table_.FindUid(uid);
+    if (!o) continue;
+    for (uint32_t i = 0; i < count; i++) table_.RemoveReader(o);
+    totals_.releases += count;
+    if (o->deleted && o->readers == 0) {
+      FreeObject(o);
+      freed = true;
+    }
+  }
+  c->readers.clear();
+  // Pins.
+  for (auto& [uid, count] : c->pins) {
+    Object* o = table_.FindUid(uid);
+    if (!o) continue;
+    for (uint32_t i = 0; i < count; i++) table_.RemovePin(o);
+  }
+  c->pins.clear();
+  // Objects it was still writing are aborted.
+  for (uint64_t uid : c->creating) {
+    Object* o = table_.FindUid(uid);
+    if (!o || o->state != ObjectState::kCreated) continue;
+    totals_.aborts++;
+    FreeObject(o);
+    freed = true;
+  }
+  c->creating.clear();
+  if (freed) ServeWaitingCreates();
+}
+
+// ------------------------------------------------------------------------------------------
+// Replies.
+
+void Server::Send(Client* c, int fd) {
+  if (c->closing) {
+    fbb_.Clear();
+    return;
+  }
+  auto* w = new WriteReq;
+  w->data = fbb_.Release();
+  uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(w->data.data()),
+                             static_cast<unsigned>(w->data.size()));
+  auto* stream = reinterpret_cast<uv_stream_t*>(&c->pipe);
+  int rc;
+  if (fd >= 0) {
+    w->fd_wrap = new uv_pipe_t;
+    uv_pipe_init(&loop_, w->fd_wrap, 0);
+    int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup_fd < 0 || uv_pipe_open(w->fd_wrap, dup_fd) != 0) {
+      if (dup_fd >= 0) close(dup_fd);
+      delete w->fd_wrap;
+      delete w;
+      CloseClient(c, "cannot pass the region descriptor");
+      return;
+    }
+    rc = uv_write2(&w->req, stream, &buf, 1, reinterpret_cast<uv_stream_t*>(w->fd_wrap),
+                   OnWritten);
+  } else {
+    rc = uv_write(&w->req, stream, &buf, 1, OnWritten);
+  }
+  if (rc != 0) {
+    if (w->fd_wrap) {
+      uv_close(reinterpret_cast<uv_handle_t*>(w->fd_wrap),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+    }
+    delete w;
+    CloseClient(c, uv_strerror(rc));
+    return;
+  }
+  if (uv_stream_get_write_queue_size(stream) > kMaxWriteBacklog) {
+    CloseClient(c, "it does not read its replies");
+  }
+}
+
+void Server::SendError(Client* c, uint64_t seq, int code, const std::string& message) {
+  fbb_.Clear();
+  auto err = fbb_.CreateString(message);
+  proto::MessageBuilder mb(fbb_);
+  mb.add_seq(seq);
+  mb.add_status(code);
+  mb.add_error(err);
+  fbb_.FinishSizePrefixed(mb.Finish(), proto::MessageIdentifier());
+  Send(c);
+}
+
+void Server::SendEmpty(Client* c, uint64_t seq, Body type, flatbuffers::Offset<void> body) {
+  fbb_.FinishSizePrefixed(proto::CreateMessage(fbb_, seq, 0, 0, 0, type, body),
+                          proto::MessageIdentifier());
+  Send(c);
+}
+
+void Server::ProtocolError(Client* c, uint64_t seq, const std::string& message) {
+  LOG_WARN("client %" PRIu64 " (%s, pid %d): %s; closing its connection", c->id,
+           c->name.c_str(), static_cast<int>(c->pid), message.c_str());
+  SendError(c, seq, STORE_EPROTO, message);
+  CloseClient(c, "protocol error");
+}
+
+// ------------------------------------------------------------------------------------------
+// Dispatch.
+
+void Server::Dispatch(Client* c, const proto::Message* m) {
+  uint64_t seq = m->seq();
+  Body type = m->body_type();
+  if (!c->handshaken && type != Body::ConnectRequest) {
+    ProtocolError(c, seq, "the first message must be a connect request");
+    return;
+  }
+  switch (type) {
+    case Body::ConnectRequest:
+      if (c->handshaken) return ProtocolError(c, seq, "already connected");
+      return HandleConnect(c, seq, m->body_as_ConnectRequest());
+    case Body::CreateRequest:
+      return HandleCreate(c, seq, m->body_as_CreateRequest());
+    case Body::SealRequest:
+      return HandleSeal(c, seq, m->body_as_SealRequest());
+    case Body::AbortRequest:
+      return HandleAbort(c, seq, m->body_as_AbortRequest());
+    case Body::GetRequest:
+      return HandleGet(c, seq, m->body_as_GetRequest());
+    case Body::ReleaseRequest:
+      return HandleRelease(c, seq, m->body_as_ReleaseRequest());
+    case Body::ContainsRequest:
+      return HandleContains(c, seq, m->body_as_ContainsRequest());
+    case Body::DeleteRequest:
+      return HandleDelete(c, seq, m->body_as_DeleteRequest());
+    case Body::InfoRequest:
+      return HandleInfo(c, seq, m->body_as_InfoRequest());
+    case Body::ListRequest:
+      return HandleList(c, seq);
+    case Body::PinRequest:
+      return HandlePin(c, seq, m->body_as_PinRequest());
+    case Body::UnpinRequest:
+      return HandleUnpin(c, seq, m->body_as_UnpinRequest());
+    case Body::StatsRequest:
+      return HandleStats(c, seq);
+    case Body::DisconnectRequest:
+      return CloseClient(c, "said goodbye");
+    default:
+      return ProtocolError(c, seq,
+                           "unexpected message type " + std::to_string(static_cast<int>(type)));
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Connect.
+
+void Server::HandleConnect(Client* c, uint64_t seq, const proto::ConnectRequest* r) {
+  if (r->protocol_version() != proto::kProtocolVersion) {
+    return ProtocolError(c, seq,
+                         "protocol version " + std::to_string(r->protocol_version()) +
+                             " is not supported; this server speaks version " +
+                             std::to_string(proto::kProtocolVersion));
+  }
+  if (r->client_name()) {
+    if (r->client_name()->size() > proto::kMaxClientName) {
+      return ProtocolError(c, seq, "client name is longer than " +
+                                       std::to_string(proto::kMaxClientName) + " bytes");
+    }
+    c->name.assign(r->client_name()->c_str(), r->client_name()->size());
+  }
+  c->handshaken = true;
+  fbb_.Clear();
+  auto version = fbb_.CreateString(STORE_VERSION_STRING);
+  auto region = proto::CreateRegion(fbb_, region_->id(), region_->capacity());
+  auto body = proto::CreateConnectReply(fbb_, proto::kProtocolVersion, version, c->id, region,
+                                        region_->capacity());
+  fbb_.FinishSizePrefixed(
+      proto::CreateMessage(fbb_, seq, 0, 0, 1, Body::ConnectReply, body.Union()),
+      proto::MessageIdentifier());
+  Send(c, region_->fd());
+  LOG_DEBUG("client %" PRIu64 " is '%s' (pid %d)", c->id, c->name.c_str(),
+            static_cast<int>(c->pid));
+}
+
+// ------------------------------------------------------------------------------------------
+// Create, seal, abort.
+
+std::string Server::FullMessage(uint64_t want) const {
+  const auto& t = table_.counters();
+  return "the store is full: " + Bytes(want) + " requested, " +
+         Bytes(region_->allocated_bytes()) + " of " + Bytes(region_->capacity()) +
+         " in use (" + Bytes(t.open_bytes) + " held by open readers, " + Bytes(t.pinned_bytes) +
+         " pinned, " + Bytes(t.created_bytes) + " being written, " +
+         Bytes(t.deleted_pending_bytes) + " deleted but still read)";
+}
+
+int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message) {
+  if (table_.Find(a.id)) {
+    *message = "object " + Hex(a.id) + " already exists";
+    return STORE_EEXISTS;
+  }
+  uint64_t total = a.data_size + a.metadata.size();
+  uint64_t usable = 0;
+  void* p = region_->Allocate(total, &usable);
+  if (!p) {
+    *message = FullMessage(total);
+    return STORE_ENOSPACE;
+  }
+  Object proto;
+  proto.id = a.id;
+  proto.data = static_cast<uint8_t*>(p);
+  proto.offset = region_->OffsetOf(p);
+  proto.region_id = region_->id();
+  proto.data_size = a.data_size;
+  proto.metadata_size = a.metadata.size();
+  proto.alloc_size = usable;
+  proto.creator = c->id;
+  proto.creator_pid = c->pid;
+  proto.create_ns = proto.access_ns = RealtimeNs();
+  proto.importance = a.importance;
+  proto.device = a.device;
+  Object* o = table_.Insert(proto);
+  if (!a.metadata.empty()) {
+    std::memcpy(o->data + o->data_size, a.metadata.data(), a.metadata.size());
+  }
+  totals_.creates++;
+  if (a.inline_put) {
+    std::memcpy(o->data, a.inline_data.data(), a.data_size);
+    SealObject(o);
+  } else {
+    c->creating.insert(o->uid);
+  }
+  *out = o;
+  return STORE_OK;
+}
+
+void Server::ReplyCreated(Client* c, uint64_t seq, const Object* o) {
+  fbb_.Clear();
+  auto body = proto::CreateCreateReply(fbb_, o->uid, o->region_id, o->offset, o->data_size,
+                                       o->metadata_size);
+  SendEmpty(c, seq, Body::CreateReply, body.Union());
+}
+
+void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r) {
+  CreateArgs a;
+  a.id = KeyOf(r->id());
+  a.data_size = r->data_size();
+  a.importance = r->importance();
+  a.device = r->device();
+  int64_t timeout = r->timeout_ms();
+  if (a.data_size == 0) {
+    return SendError(c, seq, STORE_EINVAL, "an object must have at least one byte of data");
+  }
+  uint64_t meta = r->metadata() ? r->metadata()->size() : 0;
+  if (meta > STORE_MAX_METADATA_SIZE) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "metadata of " + Bytes(meta) + " is larger than the limit of " +
+                         Bytes(STORE_MAX_METADATA_SIZE));
+  }
+  if (a.data_size > region_->capacity() || a.data_size + meta > region_->capacity()) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "an object of " + Bytes(a.data_size + meta) +
+                         " can never fit in this store's " + Bytes(region_->capacity()));
+  }
+  if (a.device != -1) {
+    if (a.device < -1) return SendError(c, seq, STORE_EINVAL, "device must be -1 or >= 0");
+    return SendError(c, seq, STORE_ENOTSUP,
+                     "GPU objects are not available: this server has no GPU memory configured");
+  }
+  if (timeout < -1) {
+    return SendError(c, seq, STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
+  }
+  if (r->data()) {
+    if (r->data()->size() != a.data_size || a.data_size > proto::kInlinePutMax) {
+      return SendError(c, seq, STORE_EINVAL,
+                       "inline data must be exactly data_size bytes and at most " +
+                           std::to_string(proto::kInlinePutMax));
+    }
+    a.inline_put = true;
+  }
+  Object* o = nullptr;
+  std::string message;
+  int rc;
+  // Creates that already wait keep their turn: a new one queues behind them unless it will
+  // not wait at all.
+  if (!create_queue_.empty() && timeout != 0) {
+    rc = STORE_ENOSPACE;
+    if (table_.Find(a.id)) {
+      rc = STORE_EEXISTS;
+      message = "object " + Hex(a.id) + " already exists";
+    }
+  } else {
+    // Copy only now: the request's bytes are used in place when the create is served at once.
+    if (a.inline_put) a.inline_data.assign(r->data()->begin(), r->data()->end());
+    if (meta) a.metadata.assign(r->metadata()->begin(), r->metadata()->end());
+    rc = TryCreate(c, a, &o, &message);
+  }
+  if (rc == STORE_OK) return ReplyCreated(c, seq, o);
+  if (rc != STORE_ENOSPACE || timeout == 0) {
+    if (rc == STORE_ENOSPACE) totals_.full++;
+    return SendError(c, seq, rc, message);
+  }
+  // Wait for space, in arrival order.
+  auto* w = new WaitingCreate;
+  w->client = c;
+  w->seq = seq;
+  w->args = std::move(a);
+  if (w->args.inline_put && w->args.inline_data.empty()) {
+    w->args.inline_data.assign(r->data()->begin(), r->data()->end());
+  }
+  if (meta && w->args.metadata.empty()) {
+    w->args.metadata.assign(r->metadata()->begin(), r->metadata()->end());
+  }
+  if (timeout > 0) {
+    uv_timer_init(&loop_, &w->timer);
+    w->timer.data = w;
+    w->has_timer = true;
+    uv_timer_start(
+        &w->timer,
+        [](uv_timer_t* t) {
+          auto* wc = static_cast<WaitingCreate*>(t->data);
+          wc->client->server->totals_.full++;
+          wc->client->server->FinishCreateWait(
+              wc, STORE_ETIMEDOUT, "no space was freed in time: " +
+                                       wc->client->server->FullMessage(
+                                           wc->args.data_size + wc->args.metadata.size()));
+        },
+        static_cast<uint64_t>(timeout), 0);
+  }
+  c->creates.insert(w);
+  create_queue_.push_back(w);
+}
+
+void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& message) {
+  auto it = std::find(create_queue_.begin(), create_queue_.end(), w);
+  if (it != create_queue_.end()) create_queue_.erase(it);
+  w->client->creates.erase(w);
+  if (status != STORE_OK && status != STORE_ECONN) SendError(w->client, w->seq, status, message);
+  if (w->has_timer) {
+    uv_timer_stop(&w->timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->timer),
+             [](uv_handle_t* h) { delete static_cast<WaitingCreate*>(h->data); });
+  } else {
+    delete w;
+  }
+}
+
+void Server::ServeWaitingCreates() {
+  while (!create_queue_.empty()) {
+    WaitingCreate* w = create_queue_.front();
+    Object* o = nullptr;
+    std::string message;
+    int rc = TryCreate(w->client, w->args, &o, &message);
+    if (rc == STORE_ENOSPACE) return;  // the head still does not fit: everyone keeps waiting
+    if (rc == STORE_OK) ReplyCreated(w->client, w->seq, o);
+    FinishCreateWait(w, rc, message);
+  }
+}
+
+void Server::SealObject(Object* o) {
+  table_.Seal(o);
+  o->access_ns = RealtimeNs();
+  totals_.seals++;
+  auto it = get_waiters_.find(o->id);
+  if (it == get_waiters_.end()) return;
+  std::vector<WaitingGet*> ready;
+  for (WaitingGet* g : it->second) {
+    if (--g->missing == 0) ready.push_back(g);
+  }
+  for (WaitingGet* g : ready) CompleteGet(g, false);
+}
+
+void Server::HandleSeal(Client* c, uint64_t seq, const proto::SealRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (!o || (r->uid() != 0 && o->uid != r->uid())) {
+    return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  }
+  if (o->state != ObjectState::kCreated) {
+    return SendError(c, seq, STORE_ESEALED, "object " + Hex(id) + " is already sealed");
+  }
+  if (o->creator != c->id) {
+    return SendError(c, seq, STORE_EPERM,
+                     "object " + Hex(id) + " is being written by another client");
+  }
+  c->creating.erase(o->uid);
+  SealObject(o);
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::SealReply, proto::CreateSealReply(fbb_).Union());
+}
+
+void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (!o || (r->uid() != 0 && o->uid != r->uid())) {
+    return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  }
+  if (o->state != ObjectState::kCreated) {
+    return SendError(c, seq, STORE_ESEALED,
+                     "object " + Hex(id) + " is sealed and cannot be aborted; delete it");
+  }
+  if (o->creator != c->id) {
+    return SendError(c, seq, STORE_EPERM,
+                     "object " + Hex(id) + " is being written by another client");
+  }
+  c->creating.erase(o->uid);
+  totals_.aborts++;
+  FreeObject(o);
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::AbortReply, proto::CreateAbortReply(fbb_).Union());
+  ServeWaitingCreates();
+}
+
+void Server::FreeObject(Object* o) {
+  region_->Free(o->data);
+  table_.Erase(o);
+}
+
+// ------------------------------------------------------------------------------------------
+// Get and release.
+
+void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
+  auto ids = r->ids();
+  if (ids->size() == 0 || ids->size() > proto::kMaxIdsPerRequest) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "a get names 1 to " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
+  }
+  int64_t timeout = r->timeout_ms();
+  if (timeout < -1) return SendError(c, seq, STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
+  auto* g = new WaitingGet;
+  g->client = c;
+  g->seq = seq;
+  g->ids.reserve(ids->size());
+  for (const proto::ObjectId* id : *ids) g->ids.push_back(KeyOf(id));
+  if (timeout != 0) {
+    for (const ObjectKey& k : g->ids) {
+      Object* o = table_.Find(k);
+      if (o && o->state != ObjectState::kCreated) continue;
+      if (std::find(g->waiting_on.begin(), g->waiting_on.end(), k) != g->waiting_on.end()) {
+        continue;
+      }
+      g->waiting_on.push_back(k);
+    }
+  }
+  g->missing = g->waiting_on.size();
+  if (g->missing == 0) return CompleteGet(g, false);
+  for (const ObjectKey& k : g->waiting_on) get_waiters_[k].push_back(g);
+  c->gets.insert(g);
+  waiting_gets_++;
+  if (timeout > 0) {
+    uv_timer_init(&loop_, &g->timer);
+    g->timer.data = g;
+    g->has_timer = true;
+    uv_timer_start(
+        &g->timer,
+        [](uv_timer_t* t) {
+          auto* wg = static_cast<WaitingGet*>(t->data);
+          wg->client->server->CompleteGet(wg, true);
+        },
+        static_cast<uint64_t>(timeout), 0);
+  }
+}
+
+void Server::CancelGet(WaitingGet* g) {
+  if (!g->waiting_on.empty() || g->client->gets.count(g)) {
+    for (const ObjectKey& k : g->waiting_on) {
+      auto it = get_waiters_.find(k);
+      if (it == get_waiters_.end()) continue;
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), g), v.end());
+      if (v.empty()) get_waiters_.erase(it);
+    }
+  }
+  if (g->client->gets.erase(g)) waiting_gets_--;
+  if (g->has_timer) {
+    uv_timer_stop(&g->timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&g->timer),
+             [](uv_handle_t* h) { delete static_cast<WaitingGet*>(h->data); });
+  } else {
+    delete g;
+  }
+}
+
+void Server::CompleteGet(WaitingGet* g, bool timed_out) {
+  Client* c = g->client;
+  int64_t now = RealtimeNs();
+  fbb_.Clear();
+  proto::ObjectLocation* locs = nullptr;
+  auto vec = fbb_.CreateUninitializedVectorOfStructs(g->ids.size(), &locs);
+  for (size_t i = 0; i < g->ids.size(); i++) {
+    Object* o = table_.Find(g->ids[i]);
+    if (o && o->state == ObjectState::kSealed) {
+      table_.AddReader(o);
+      c->readers[o->uid]++;
+      o->access_ns = now;
+      totals_.gets++;
+      locs[i] = proto::ObjectLocation(o->uid, o->region_id, o->offset, o->data_size,
+                                      o->metadata_size, 0, o->device);
+    } else {
+      locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND,
+                                      -1);
+    }
+  }
+  auto body = proto::CreateGetReply(fbb_, vec);
+  fbb_.FinishSizePrefixed(proto::CreateMessage(fbb_, g->seq, 0, 0, 0, Body::GetReply,
+                                               body.Union()),
+                          proto::MessageIdentifier());
+  Send(c);
+  CancelGet(g);  // unregisters and frees
+}
+
+void Server::ReleaseReader(Client* c, Object* o) {
+  auto it = c->readers.find(o->uid);
+  if (--it->second == 0) c->readers.erase(it);
+  table_.RemoveReader(o);
+  o->access_ns = RealtimeNs();
+  totals_.releases++;
+}
+
+void Server::HandleRelease(Client* c, uint64_t seq, const proto::ReleaseRequest* r) {
+  auto uids = r->uids();
+  if (uids->size() > proto::kMaxIdsPerRequest) {
+    return ProtocolError(c, seq, "a release names at most " +
+                                     std::to_string(proto::kMaxIdsPerRequest) + " objects");
+  }
+  bool freed = false;
+  for (uint64_t uid : *uids) {
+    auto it = c->readers.find(uid);
+    Object* o = it == c->readers.end() ? nullptr : table_.FindUid(uid);
+    if (!o) {
+      return ProtocolError(c, seq, "release of object instance " + std::to_string(uid) +
+                                       ", which this client does not hold");
+    }
+    ReleaseReader(c, o);
+    if (o->deleted && o->readers == 0) {
+      FreeObject(o);
+      freed = true;
+    }
+  }
+  if (freed) ServeWaitingCreates();
+}
+
+// ------------------------------------------------------------------------------------------
+// Management.
+
+void Server::HandleContains(Client* c, uint64_t seq, const proto::ContainsRequest* r) {
+  auto ids = r->ids();
+  if (ids->size() > proto::kMaxIdsPerRequest) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "contains names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
+  }
+  fbb_.Clear();
+  std::vector<uint8_t> present(ids->size());
+  for (size_t i = 0; i < ids->size(); i++) {
+    Object* o = table_.Find(KeyOf(ids->Get(i)));
+    present[i] = o && o->state != ObjectState::kCreated;
+  }
+  auto vec = fbb_.CreateVector(present);
+  SendEmpty(c, seq, Body::ContainsReply, proto::CreateContainsReply(fbb_, vec).Union());
+}
+
+void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r) {
+  auto ids = r->ids();
+  if (ids->size() > proto::kMaxIdsPerRequest) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "delete names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
+  }
+  std::vector<int32_t> statuses(ids->size());
+  bool freed = false;
+  for (size_t i = 0; i < ids->size(); i++) {
+    Object* o = table_.Find(KeyOf(ids->Get(i)));
+    if (!o) {
+      statuses[i] = STORE_ENOTFOUND;
+    } else if (o->state == ObjectState::kCreated) {
+      statuses[i] = STORE_ENOTSEALED;
+    } else {
+      statuses[i] = STORE_OK;
+      totals_.deletes++;
+      table_.Unlink(o);
+      if (o->readers == 0) {
+        FreeObject(o);
+        freed = true;
+      }
+    }
+  }
+  fbb_.Clear();
+  auto vec = fbb_.CreateVector(statuses);
+  SendEmpty(c, seq, Body::DeleteReply, proto::CreateDeleteReply(fbb_, vec).Union());
+  if (freed) ServeWaitingCreates();
+}
+
+proto::ObjectInfo Server::InfoOf(const Object& o) const {
+  uint32_t level = o.device >= 0 ? STORE_LEVEL_GPU : STORE_LEVEL_MEMORY;
+  return proto::ObjectInfo(proto::ToProto(o.id.bytes), o.data_size, o.metadata_size,
+                           static_cast<uint32_t>(o.state), level, o.device, o.importance, o.pins,
+                           o.readers, o.create_ns, o.access_ns, o.creator_pid);
+}
+
+void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  fbb_.Clear();
+  proto::ObjectInfo info = InfoOf(*o);
+  SendEmpty(c, seq, Body::InfoReply, proto::CreateInfoReply(fbb_, &info).Union());
+}
+
+void Server::HandleList(Client* c, uint64_t seq) {
+  fbb_.Clear();
+  proto::ObjectInfo* infos = nullptr;
+  auto vec = fbb_.CreateUninitializedVectorOfStructs(table_.visible(), &infos);
+  size_t i = 0;
+  table_.ForEachVisible([&](const Object& o) { infos[i++] = InfoOf(o); });
+  SendEmpty(c, seq, Body::ListReply, proto::CreateListReply(fbb_, vec).Union());
+}
+
+void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  if (o->state == ObjectState::kCreated) {
+    return SendError(c, seq, STORE_ENOTSEALED, "object " + Hex(id) + " is not sealed yet");
+  }
+  c->pins[o->uid]++;
+  table_.AddPin(o);
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::PinReply, proto::CreatePinReply(fbb_).Union());
+}
+
+void Server::HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  auto it = c->pins.find(o->uid);
+  if (it == c->pins.end()) {
+    return SendError(c, seq, STORE_EMISUSE,
+                     "this client holds no pin on object " + Hex(id));
+  }
+  if (--it->second == 0) c->pins.erase(it);
+  table_.RemovePin(o);
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::UnpinReply, proto::CreateUnpinReply(fbb_).Union());
+}
+
+void Server::HandleStats(Client* c, uint64_t seq) {
+  const auto& t = table_.counters();
+  fbb_.Clear();
+  proto::StatsReplyBuilder b(fbb_);
+  b.add_capacity_bytes(region_->capacity());
+  b.add_used_bytes(region_->allocated_bytes());
+  b.add_object_count(t.objects);
+  b.add_client_count(clients_.size());
+  b.add_created_count(t.created_count);
+  b.add_sealed_count(t.sealed_count);
+  b.add_created_bytes(t.created_bytes);
+  b.add_sealed_bytes(t.sealed_bytes);
+  b.add_pinned_count(t.pinned_count);
+  b.add_pinned_bytes(t.pinned_bytes);
+  b.add_open_count(t.open_count);
+  b.add_open_bytes(t.open_bytes);
+  b.add_deleted_pending_count(t.deleted_pending_count);
+  b.add_deleted_pending_bytes(t.deleted_pending_bytes);
+  b.add_waiting_gets(waiting_gets_);
+  b.add_waiting_creates(create_queue_.size());
+  b.add_total_creates(totals_.creates);
+  b.add_total_seals(totals_.seals);
+  b.add_total_gets(totals_.gets);
+  b.add_total_releases(totals_.releases);
+  b.add_total_deletes(totals_.deletes);
+  b.add_total_aborts(totals_.aborts);
+  b.add_total_full(totals_.full);
+  b.add_uptime_ns(static_cast<uint64_t>(MonotonicNs() - start_ns_));
+  b.add_server_pid(static_cast<int32_t>(getpid()));
+  auto body = b.Finish();
+  SendEmpty(c, seq, Body::StatsReply, body.Union());
+}
+
+}  // namespace store

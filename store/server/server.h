@@ -1,0 +1,124 @@
+// server.h - the store server: one libuv loop that owns every piece of state.
+//
+// Owns: the listening socket, the connected clients, the shared memory Region, the
+// ObjectTable, the gets waiting for seals and the creates waiting for space.
+// Called by: tools/store_main.cpp (Run blocks until SIGINT/SIGTERM or Stop()).
+// Threads: everything runs on the loop thread. Stop() may be called from any thread.
+//
+// Requests flow one way: socket -> OnRead (framing, length cap) -> VerifyMessage (flatbuffers
+// Verifier) -> Dispatch (semantic checks) -> a Handle* method (state change) -> a reply.
+// A request that breaks the protocol gets an error reply and its connection is closed; a
+// request that is well formed but cannot be served gets an error reply only. Nothing a client
+// sends can stop the server.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "framing.h"
+#include "memory/region.h"
+#include "objects/object_table.h"
+#include "server/options.h"
+
+namespace store {
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Sets up memory and the socket, serves until stopped, cleans up. Returns the process exit
+  // code: 0 after a clean stop, 1 if it could not start (the reason is logged).
+  int Run();
+  // Asks the loop to stop (async-signal-safe enough for tests: uses uv_async_send).
+  void Stop();
+
+ private:
+  struct Client;
+  struct WaitingGet;
+  struct WaitingCreate;
+  struct CreateArgs;
+
+  // Start-up and shutdown.
+  bool PrepareSocket();
+  bool Listen();
+  void Shutdown();
+  static void OnSignal(uv_signal_t* h, int signum);
+  static void OnAsyncStop(uv_async_t* h);
+
+  // Connections.
+  static void OnConnection(uv_stream_t* server, int status);
+  static void OnAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  void ProcessInput(Client* c);
+  void CloseClient(Client* c, const char* why);
+  void ReleaseClientState(Client* c);
+
+  // Replies.
+  void Send(Client* c, int fd = -1);
+  void SendError(Client* c, uint64_t seq, int code, const std::string& message);
+  void SendEmpty(Client* c, uint64_t seq, proto::Body type, flatbuffers::Offset<void> body);
+  // Sends an error and closes the connection: for requests that break the protocol.
+  void ProtocolError(Client* c, uint64_t seq, const std::string& message);
+
+  // Requests.
+  void Dispatch(Client* c, const proto::Message* m);
+  void HandleConnect(Client* c, uint64_t seq, const proto::ConnectRequest* r);
+  void HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r);
+  void HandleSeal(Client* c, uint64_t seq, const proto::SealRequest* r);
+  void HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r);
+  void HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r);
+  void HandleRelease(Client* c, uint64_t seq, const proto::ReleaseRequest* r);
+  void HandleContains(Client* c, uint64_t seq, const proto::ContainsRequest* r);
+  void HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r);
+  void HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r);
+  void HandleList(Client* c, uint64_t seq);
+  void HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r);
+  void HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r);
+  void HandleStats(Client* c, uint64_t seq);
+
+  // Object operations shared by several requests.
+  // Tries to allocate and insert; returns STORE_OK, or an error with *message set.
+  int TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message);
+  void ReplyCreated(Client* c, uint64_t seq, const Object* o);
+  void SealObject(Object* o);
+  void FreeObject(Object* o);
+  void ReleaseReader(Client* c, Object* o);
+  void ServeWaitingCreates();
+  void CompleteGet(WaitingGet* g, bool timed_out);
+  void CancelGet(WaitingGet* g);
+  void FinishCreateWait(WaitingCreate* w, int status, const std::string& message);
+  std::string FullMessage(uint64_t want) const;
+  proto::ObjectInfo InfoOf(const Object& o) const;
+
+  ServerOptions options_;
+  uv_loop_t loop_{};
+  uv_pipe_t listener_{};
+  uv_signal_t sigint_{}, sigterm_{};
+  uv_async_t async_stop_{};
+  bool listening_ = false;
+  bool stopping_ = false;
+  std::unique_ptr<Region> region_;
+  ObjectTable table_;
+  std::unordered_map<uint64_t, Client*> clients_;
+  uint64_t next_client_id_ = 1;
+  std::unordered_map<ObjectKey, std::vector<WaitingGet*>, ObjectKeyHash> get_waiters_;
+  size_t waiting_gets_ = 0;
+  std::deque<WaitingCreate*> create_queue_;
+  flatbuffers::FlatBufferBuilder fbb_{1024};
+  int64_t start_ns_ = 0;
+  struct Totals {
+    uint64_t creates = 0, seals = 0, gets = 0, releases = 0, deletes = 0, aborts = 0, full = 0;
+  } totals_;
+};
+
+}  // namespace store

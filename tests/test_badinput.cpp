@@ -1,0 +1,1305 @@
+// test_badinput.cpp - a hostile client against a real store server.
+//
+// A raw Unix-socket client (plain socket/connect/send/recv, helpers below) sends malformed,
+// out-of-bounds and misbehaving messages. After every attack the test shows that
+//   (a) the server process is still alive,
+//   (b) a libstoreclient client connected before the attack still works (put, open, read back,
+//       delete) and a new client can connect, and
+//   (c) where the protocol says so, the attacker got an error reply (a size-prefixed Message
+//       with a STORE_E* status and a message) and, for protocol errors, its connection was
+//       closed; for semantic errors the connection stays open.
+#include <doctest.h>
+
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framing.h"
+#include "harness.h"
+#include "storeclient.h"
+
+namespace {
+
+namespace proto = store::proto;
+using proto::Body;
+using Bytes = std::vector<uint8_t>;
+using Ms = std::chrono::milliseconds;
+
+constexpr Ms kReplyTimeout{5000};
+
+// ------------------------------------------------------------------------------------------
+// Building messages.
+
+proto::ObjectId IdOf(const std::string& key) {
+  store_object_id id;
+  store_object_id_from_string(key.data(), key.size(), &id);
+  return proto::ToProto(id.bytes);
+}
+
+store_object_id CIdOf(const std::string& key) {
+  store_object_id id;
+  store_object_id_from_string(key.data(), key.size(), &id);
+  return id;
+}
+
+Bytes Finish(flatbuffers::FlatBufferBuilder& b, uint64_t seq, Body type,
+             flatbuffers::Offset<void> body, const char* identifier = proto::MessageIdentifier()) {
+  auto m = proto::CreateMessage(b, seq, 0, 0, 0, type, body);
+  b.FinishSizePrefixed(m, identifier);
+  return Bytes(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+}
+
+Bytes ConnectMsg(uint64_t seq, uint32_t version = proto::kProtocolVersion,
+                 const std::string& name = "attacker",
+                 const char* identifier = proto::MessageIdentifier()) {
+  flatbuffers::FlatBufferBuilder b(256);
+  auto n = b.CreateString(name);
+  auto body = proto::CreateConnectRequest(b, version, n, static_cast<int32_t>(getpid()));
+  return Finish(b, seq, Body::ConnectRequest, body.Union(), identifier);
+}
+
+Bytes StatsMsg(uint64_t seq, const char* identifier = proto::MessageIdentifier()) {
+  flatbuffers::FlatBufferBuilder b(64);
+  return Finish(b, seq, Body::StatsRequest, proto::CreateStatsRequest(b).Union(), identifier);
+}
+
+Bytes NoneMsg(uint64_t seq) {
+  flatbuffers::FlatBufferBuilder b(64);
+  return Finish(b, seq, Body::NONE, 0);
+}
+
+struct CreateArgs {
+  std::string key = "object";
+  uint64_t data_size = 16;
+  std::optional<Bytes> metadata;
+  int32_t device = -1;
+  int64_t timeout_ms = 0;
+  std::optional<Bytes> data;
+};
+
+Bytes CreateMsg(uint64_t seq, const CreateArgs& a) {
+  flatbuffers::FlatBufferBuilder b(1024);
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> meta = 0, data = 0;
+  if (a.metadata) meta = b.CreateVector(*a.metadata);
+  if (a.data) data = b.CreateVector(*a.data);
+  proto::ObjectId id = IdOf(a.key);
+  auto body =
+      proto::CreateCreateRequest(b, &id, a.data_size, meta, 0, a.device, a.timeout_ms, data);
+  return Finish(b, seq, Body::CreateRequest, body.Union());
+}
+
+Bytes SealMsg(uint64_t seq, const std::string& key, uint64_t uid) {
+  flatbuffers::FlatBufferBuilder b(128);
+  proto::ObjectId id = IdOf(key);
+  return Finish(b, seq, Body::SealRequest, proto::CreateSealRequest(b, &id, uid).Union());
+}
+
+Bytes AbortMsg(uint64_t seq, const std::string& key, uint64_t uid) {
+  flatbuffers::FlatBufferBuilder b(128);
+  proto::ObjectId id = IdOf(key);
+  return Finish(b, seq, Body::AbortRequest, proto::CreateAbortRequest(b, &id, uid).Union());
+}
+
+Bytes GetMsg(uint64_t seq, const std::vector<proto::ObjectId>& ids, int64_t timeout_ms = 0) {
+  flatbuffers::FlatBufferBuilder b(1024 + ids.size() * 20);
+  auto v = b.CreateVectorOfStructs(ids);
+  return Finish(b, seq, Body::GetRequest, proto::CreateGetRequest(b, v, timeout_ms).Union());
+}
+
+Bytes ContainsMsg(uint64_t seq, const std::vector<proto::ObjectId>& ids) {
+  flatbuffers::FlatBufferBuilder b(1024 + ids.size() * 20);
+  auto v = b.CreateVectorOfStructs(ids);
+  return Finish(b, seq, Body::ContainsRequest, proto::CreateContainsRequest(b, v).Union());
+}
+
+Bytes DeleteMsg(uint64_t seq, const std::vector<proto::ObjectId>& ids) {
+  flatbuffers::FlatBufferBuilder b(1024 + ids.size() * 20);
+  auto v = b.CreateVectorOfStructs(ids);
+  return Finish(b, seq, Body::DeleteRequest, proto::CreateDeleteRequest(b, v).Union());
+}
+
+Bytes ReleaseMsg(uint64_t seq, const std::vector<uint64_t>& uids) {
+  flatbuffers::FlatBufferBuilder b(256);
+  auto v = b.CreateVector(uids);
+  return Finish(b, seq, Body::ReleaseRequest, proto::CreateReleaseRequest(b, v).Union());
+}
+
+// A message whose body is a reply table (or any other type the server must not accept).
+Bytes ReplyTypeMsg(uint64_t seq, Body type) {
+  flatbuffers::FlatBufferBuilder b(512);
+  flatbuffers::Offset<void> body;
+  switch (type) {
+    case Body::ConnectReply: {
+      auto v = b.CreateString("9.9.9");
+      auto region = proto::CreateRegion(b, 1, 1 << 20);
+      body = proto::CreateConnectReply(b, proto::kProtocolVersion, v, 1, region, 1 << 20).Union();
+      break;
+    }
+    case Body::CreateReply: body = proto::CreateCreateReply(b, 1, 1, 0, 16, 0).Union(); break;
+    case Body::SealReply: body = proto::CreateSealReply(b).Union(); break;
+    case Body::AbortReply: body = proto::CreateAbortReply(b).Union(); break;
+    case Body::GetReply: {
+      std::vector<proto::ObjectLocation> locs(2);
+      body = proto::CreateGetReply(b, b.CreateVectorOfStructs(locs)).Union();
+      break;
+    }
+    case Body::ContainsReply: {
+      std::vector<uint8_t> present = {1, 0};
+      body = proto::CreateContainsReply(b, b.CreateVector(present)).Union();
+      break;
+    }
+    case Body::DeleteReply: {
+      std::vector<int32_t> st = {0};
+      body = proto::CreateDeleteReply(b, b.CreateVector(st)).Union();
+      break;
+    }
+    case Body::InfoReply: {
+      proto::ObjectInfo info{};
+      body = proto::CreateInfoReply(b, &info).Union();
+      break;
+    }
+    case Body::ListReply: {
+      std::vector<proto::ObjectInfo> infos(1);
+      body = proto::CreateListReply(b, b.CreateVectorOfStructs(infos)).Union();
+      break;
+    }
+    case Body::PinReply: body = proto::CreatePinReply(b).Union(); break;
+    case Body::UnpinReply: body = proto::CreateUnpinReply(b).Union(); break;
+    case Body::StatsReply: body = proto::CreateStatsReply(b, 1, 2, 3).Union(); break;
+    default: FAIL("no builder for body type " << static_cast<int>(type));
+  }
+  return Finish(b, seq, type, body);
+}
+
+// A copy of the size-prefixed message m with its Message.body_type byte set to type. The body
+// offset is left as it is, so the verifier (which skips unknown union types) still accepts it.
+Bytes WithBodyType(Bytes m, uint8_t type) {
+  auto* msg = proto::GetSizePrefixedMessage(m.data());
+  const uint8_t* p = reinterpret_cast<const flatbuffers::Table*>(msg)->GetAddressOf(
+      proto::Message::VT_BODY_TYPE);
+  REQUIRE(p != nullptr);
+  m[static_cast<size_t>(p - m.data())] = type;
+  return m;
+}
+
+Bytes Prefix(uint32_t len) {
+  Bytes b(4);
+  uint32_t le = flatbuffers::EndianScalar(len);
+  std::memcpy(b.data(), &le, 4);
+  return b;
+}
+
+Bytes Concat(std::initializer_list<Bytes> parts) {
+  Bytes out;
+  for (const Bytes& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------
+// The raw client.
+
+// One message from the server: the whole size-prefixed buffer, 8-aligned, verified.
+struct Reply {
+  std::vector<uint64_t> storage;
+  size_t size = 0;
+  const proto::Message* msg = nullptr;
+  size_t fds = 0;  // descriptors that came with the bytes of this message (closed on arrival)
+};
+
+enum class Got { kMessage, kEof, kReset, kTimeout, kError, kBadMessage };
+
+const char* Name(Got g) {
+  switch (g) {
+    case Got::kMessage: return "a message";
+    case Got::kEof: return "end of stream";
+    case Got::kReset: return "connection reset";
+    case Got::kTimeout: return "nothing (timeout)";
+    case Got::kError: return "a socket error";
+    case Got::kBadMessage: return "bytes that are not a valid message";
+  }
+  return "?";
+}
+
+class RawConn {
+ public:
+  explicit RawConn(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return;
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~RawConn() { Close(); }
+  RawConn(const RawConn&) = delete;
+  RawConn& operator=(const RawConn&) = delete;
+
+  bool ok() const { return fd_ >= 0; }
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+  void ShutdownWrite() { shutdown(fd_, SHUT_WR); }
+
+  // Sends every byte (optionally with descriptors attached to the first byte).
+  bool Send(const uint8_t* p, size_t n, const std::vector<int>& fds = {}) {
+    bool fds_pending = !fds.empty();
+    while (n > 0 || fds_pending) {
+      pollfd pfd{fd_, POLLOUT, 0};
+      int pr = poll(&pfd, 1, static_cast<int>(kReplyTimeout.count()));
+      if (pr <= 0) return false;
+      iovec iov{const_cast<uint8_t*>(p), n};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      std::vector<char> control;
+      if (fds_pending) {
+        control.resize(CMSG_SPACE(sizeof(int) * fds.size()));
+        mh.msg_control = control.data();
+        mh.msg_controllen = control.size();
+        cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+        std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+      }
+      ssize_t w = sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w < 0) {
+        if (errno == EAGAIN || errno == EINTR) continue;
+        return false;
+      }
+      fds_pending = false;
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  }
+  bool Send(const Bytes& b, const std::vector<int>& fds = {}) {
+    return Send(b.data(), b.size(), fds);
+  }
+
+  // Waits for the next whole message, the end of the stream, or the timeout.
+  Got Next(Reply* out, Ms timeout = kReplyTimeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      if (in_.size() >= 4) {
+        uint32_t l;
+        std::memcpy(&l, in_.data(), 4);
+        l = flatbuffers::EndianScalar(l);
+        if (l < 8 || l > proto::kMaxReplyBytes) return Got::kBadMessage;
+        if (in_.size() >= 4 + size_t{l}) {
+          out->size = 4 + size_t{l};
+          out->storage.assign((out->size + 7) / 8, 0);
+          std::memcpy(out->storage.data(), in_.data(), out->size);
+          in_.erase(in_.begin(), in_.begin() + static_cast<ptrdiff_t>(out->size));
+          out->fds = fds_received_;
+          fds_received_ = 0;
+          out->msg = proto::VerifyMessage(reinterpret_cast<const uint8_t*>(out->storage.data()),
+                                          out->size);
+          return out->msg ? Got::kMessage : Got::kBadMessage;
+        }
+      }
+      auto left = std::chrono::duration_cast<Ms>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return Got::kTimeout;
+      pollfd pfd{fd_, POLLIN, 0};
+      int pr = poll(&pfd, 1, static_cast<int>(left.count()));
+      if (pr < 0 && errno != EINTR) return Got::kError;
+      if (pr <= 0) continue;
+      uint8_t buf[65536];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+      iovec iov{buf, sizeof buf};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = control;
+      mh.msg_controllen = sizeof control;
+      ssize_t n = recvmsg(fd_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) continue;
+        return errno == ECONNRESET ? Got::kReset : Got::kError;
+      }
+      for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+          close(fd);
+          fds_received_++;
+        }
+      }
+      if (n == 0) return in_.empty() ? Got::kEof : Got::kBadMessage;
+      in_.insert(in_.end(), buf, buf + n);
+    }
+  }
+
+  // Reads and verifies messages until the server ends the stream; returns how it ended.
+  Got Drain(size_t* messages, Ms timeout = kReplyTimeout) {
+    *messages = 0;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<Ms>(deadline - std::chrono::steady_clock::now());
+      Reply r;
+      Got g = Next(&r, std::max(left, Ms{0}));
+      if (g != Got::kMessage) return g;
+      ++*messages;
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  Bytes in_;
+  size_t fds_received_ = 0;
+};
+
+// The next message must be an error reply with this seq and status, a message and no body.
+// Returns the error text ("" if the reply was not as expected).
+std::string ExpectError(RawConn& c, uint64_t seq, int status) {
+  Reply r;
+  Got g = c.Next(&r);
+  CHECK_MESSAGE(g == Got::kMessage, "expected an error reply, got " << Name(g));
+  if (g != Got::kMessage) return "";
+  CHECK(r.msg->status() == status);
+  CHECK(r.msg->seq() == seq);
+  CHECK(r.msg->body_type() == Body::NONE);
+  CHECK(r.msg->error() != nullptr);
+  if (!r.msg->error()) return "";
+  CHECK(r.msg->error()->size() > 0);
+  return r.msg->error()->str();
+}
+
+// The server must close the connection now: recv returns 0 with nothing more to read.
+void ExpectClosed(RawConn& c) {
+  Reply r;
+  Got g = c.Next(&r);
+  CHECK_MESSAGE(g == Got::kEof, "expected the server to close the connection, got " << Name(g));
+}
+
+// A protocol error: an STORE_EPROTO reply, then the connection is closed.
+std::string ExpectProtocolError(RawConn& c, uint64_t seq) {
+  std::string e = ExpectError(c, seq, STORE_EPROTO);
+  ExpectClosed(c);
+  return e;
+}
+
+// The next message must be a successful reply of this type and seq.
+bool ExpectReply(RawConn& c, uint64_t seq, Body type, Reply* out) {
+  Got g = c.Next(out);
+  CHECK_MESSAGE(g == Got::kMessage, "expected a reply, got " << Name(g));
+  if (g != Got::kMessage) return false;
+  CHECK_MESSAGE(out->msg->status() == 0,
+                "error reply " << out->msg->status() << ": "
+                               << (out->msg->error() ? out->msg->error()->str() : ""));
+  CHECK(out->msg->seq() == seq);
+  CHECK(out->msg->body_type() == type);
+  return out->msg->status() == 0 && out->msg->seq() == seq && out->msg->body_type() == type;
+}
+
+// Connect handshake on a raw connection; returns the server's capacity (0 on failure).
+uint64_t Handshake(RawConn& c, uint64_t seq = 1) {
+  REQUIRE(c.ok());
+  REQUIRE(c.Send(ConnectMsg(seq)));
+  Reply r;
+  if (!ExpectReply(c, seq, Body::ConnectReply, &r)) return 0;
+  CHECK(r.fds == 1);
+  CHECK(r.msg->body_as_ConnectReply()->protocol_version() == proto::kProtocolVersion);
+  return r.msg->body_as_ConnectReply()->capacity();
+}
+
+// Sends a StatsRequest and waits for its reply: the connection is open and served.
+std::optional<uint64_t> RawObjectCount(RawConn& c, uint64_t seq) {
+  if (!c.Send(StatsMsg(seq))) {
+    FAIL_CHECK("cannot send a stats request");
+    return std::nullopt;
+  }
+  Reply r;
+  if (!ExpectReply(c, seq, Body::StatsReply, &r)) return std::nullopt;
+  return r.msg->body_as_StatsReply()->object_count();
+}
+
+// ------------------------------------------------------------------------------------------
+// The server's side.
+
+size_t OpenFds(pid_t pid) {
+  size_t n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    n++;
+  }
+  return n;
+}
+
+// Resident set of the process in KiB (VmRSS), 0 if unknown.
+uint64_t RssKib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+// A store with a well-behaved client connected before any attack.
+struct Attacked {
+  test::TestStore store;
+  store_client* good = nullptr;
+  unsigned checks = 0;
+
+  explicit Attacked(const std::string& memory = "64M") : store(memory) {
+    REQUIRE(store.started());
+    store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
+    o.client_name = "good";
+    REQUIRE(store_client_connect(&good, store.socket().c_str(), &o) == STORE_OK);
+  }
+  ~Attacked() { store_client_free(good); }
+  Attacked(const Attacked&) = delete;
+  Attacked& operator=(const Attacked&) = delete;
+
+  store_stats Stats() {
+    store_stats st{};
+    CHECK(store_stats_get(good, &st) == STORE_OK);
+    return st;
+  }
+  uint64_t Clients() { return Stats().client_count; }
+  size_t ServerFds() { return OpenFds(store.pid()); }
+
+  // (a) alive, (b) the earlier client still works end to end and a new client can connect.
+  void CheckServes() {
+    REQUIRE_MESSAGE(store.Alive(), "the server died; its log:\n" << store.Log());
+    std::string key = "health-check-" + std::to_string(++checks);
+    store_object_id id = CIdOf(key);
+    std::string payload = "payload of " + key;
+    REQUIRE(store_put(good, &id, payload.data(), payload.size(), nullptr) == STORE_OK);
+    store_reader* r = nullptr;
+    REQUIRE(store_open_reader(good, &r, &id, 0) == STORE_OK);
+    std::string back(payload.size(), '\0');
+    size_t n = 0;
+    CHECK(store_reader_read(r, back.data(), back.size(), &n) == STORE_OK);
+    CHECK(n == payload.size());
+    CHECK(back == payload);
+    store_reader_close(r);
+    CHECK(store_delete(good, &id) == STORE_OK);
+
+    store_client* fresh = nullptr;
+    REQUIRE(store_client_connect(&fresh, store.socket().c_str(), nullptr) == STORE_OK);
+    store_stats st{};
+    CHECK(store_stats_get(fresh, &st) == STORE_OK);
+    CHECK(st.server_pid == store.pid());
+    store_client_free(fresh);
+  }
+
+  // Every attacker is gone: only the good client remains and no descriptor is left over.
+  void CheckBaseline(size_t fds) {
+    CHECK(test::WaitFor([&] { return Clients() == 1; }));
+    CHECK(test::WaitFor([&] { return ServerFds() == fds; }));
+    CHECK(ServerFds() == fds);
+  }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Framing.
+
+TEST_CASE("a length prefix above kMaxRequestBytes is refused before anything is allocated") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  const uint64_t rss_before = RssKib(s.store.pid());
+  for (uint32_t len : {0xFFFFFFFFu, proto::kMaxRequestBytes + 1, 0x80000000u}) {
+    for (bool handshake : {false, true}) {
+      INFO("length prefix " << len << (handshake ? " after" : " before") << " the handshake");
+      RawConn c(s.store.socket());
+      REQUIRE(c.ok());
+      if (handshake) Handshake(c);
+      // The prefix and a few bytes of a body that never comes in full.
+      REQUIRE(c.Send(Concat({Prefix(len), Bytes(64, 0xAB)})));
+      std::string e = ExpectProtocolError(c, 0);
+      CHECK(e.find(std::to_string(proto::kMaxRequestBytes)) != std::string::npos);
+      s.CheckServes();
+    }
+  }
+  // Nothing close to the announced sizes was ever taken.
+  const uint64_t rss_after = RssKib(s.store.pid());
+  CHECK(rss_after < rss_before + 32 * 1024);
+  s.CheckBaseline(fds);
+}
+
+TEST_CASE("a message of exactly kMaxRequestBytes passes the length check") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  Handshake(c);
+  // A stats request padded with trailing bytes up to the limit: still a valid buffer.
+  Bytes m = StatsMsg(2);
+  m.resize(4 + size_t{proto::kMaxRequestBytes}, 0);
+  Bytes prefix = Prefix(proto::kMaxRequestBytes);
+  std::copy(prefix.begin(), prefix.end(), m.begin());
+  REQUIRE(proto::VerifyMessage(m.data(), m.size()) != nullptr);
+  REQUIRE(c.Send(m));
+  Reply r;
+  CHECK(ExpectReply(c, 2, Body::StatsReply, &r));
+  CHECK(RawObjectCount(c, 3).has_value());
+  s.CheckServes();
+}
+
+TEST_CASE("a length prefix smaller than 8 is a protocol error") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  for (uint32_t len : {0u, 1u, 4u, 7u}) {
+    for (bool handshake : {false, true}) {
+      INFO("length prefix " << len << (handshake ? " after" : " before") << " the handshake");
+      RawConn c(s.store.socket());
+      REQUIRE(c.ok());
+      if (handshake) Handshake(c);
+      REQUIRE(c.Send(Concat({Prefix(len), Bytes(len, 0x5A)})));
+      ExpectProtocolError(c, 0);
+      s.CheckServes();
+    }
+  }
+  s.CheckBaseline(fds);
+}
+
+TEST_CASE("a truncated message followed by a close is dropped") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  const Bytes connect = ConnectMsg(1);
+  const Bytes stats = StatsMsg(2);
+  SUBCASE("a prefix announcing more than ever comes") {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(Concat({Prefix(200), Bytes(100, 0x11)})));
+    c.Close();
+  }
+  SUBCASE("the first half of a connect request") {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(connect.data(), connect.size() / 2));
+    c.Close();
+  }
+  SUBCASE("all of a connect request but its last byte") {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(connect.data(), connect.size() - 1));
+    c.Close();
+  }
+  SUBCASE("half of a stats request after the handshake") {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(stats.data(), stats.size() / 2));
+    c.Close();
+  }
+  SUBCASE("a truncated message, then the client only shuts down its sending side") {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(stats.data(), stats.size() - 3));
+    c.ShutdownWrite();
+    // Nothing is owed for an incomplete request: the server just closes.
+    size_t n = 0;
+    CHECK(c.Drain(&n) == Got::kEof);
+    CHECK(n == 0);
+  }
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("random garbage with a valid small length prefix is refused, connection by connection") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  std::mt19937 rng(20240611);
+  for (int i = 0; i < 200; i++) {
+    INFO("iteration " << i);
+    const bool handshake = i % 2 == 1;
+    std::uniform_int_distribution<uint32_t> len_dist(8, 600);
+    uint32_t len = len_dist(rng);
+    Bytes body(len);
+    for (auto& b : body) b = static_cast<uint8_t>(rng());
+    RawConn c(s.store.socket());
+    REQUIRE(c.ok());
+    if (handshake) Handshake(c);
+    REQUIRE(c.Send(Concat({Prefix(len), body})));
+    ExpectProtocolError(c, 0);
+    REQUIRE_MESSAGE(s.store.Alive(), s.store.Log());
+    if (i % 50 == 49) s.CheckServes();
+  }
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("random byte streams: every reply is a valid message and the server survives") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  std::mt19937 rng(7);
+  for (int i = 0; i < 100; i++) {
+    INFO("iteration " << i);
+    std::uniform_int_distribution<size_t> len_dist(1, 2000);
+    Bytes junk(len_dist(rng));
+    for (auto& b : junk) b = static_cast<uint8_t>(rng());
+    RawConn c(s.store.socket());
+    REQUIRE(c.ok());
+    if (i % 2 == 1) Handshake(c);
+    REQUIRE(c.Send(junk));
+    c.ShutdownWrite();
+    size_t n = 0;
+    Got end = c.Drain(&n);
+    CHECK_MESSAGE((end == Got::kEof || end == Got::kReset), "stream ended with " << Name(end));
+    CHECK(n <= 1);
+    REQUIRE_MESSAGE(s.store.Alive(), s.store.Log());
+  }
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("messages split into single bytes or packed together at odd offsets are served") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  REQUIRE(c.ok());
+  // The handshake one byte per send.
+  Bytes connect = ConnectMsg(1);
+  for (uint8_t b : connect) REQUIRE(c.Send(&b, 1));
+  Reply r;
+  CHECK(ExpectReply(c, 1, Body::ConnectReply, &r));
+  // 50 stats requests in one send; every other one carries 3 trailing bytes (counted in its
+  // length prefix), so the ones after it start at offsets that are not 8-aligned.
+  Bytes batch;
+  for (uint64_t seq = 10; seq < 60; seq++) {
+    Bytes m = StatsMsg(seq);
+    if (seq % 2 == 0) {
+      m.insert(m.end(), {0xEE, 0xEE, 0xEE});
+      Bytes p = Prefix(static_cast<uint32_t>(m.size() - 4));
+      std::copy(p.begin(), p.end(), m.begin());
+    }
+    batch.insert(batch.end(), m.begin(), m.end());
+  }
+  REQUIRE(c.Send(batch));
+  for (uint64_t seq = 10; seq < 60; seq++) CHECK(ExpectReply(c, seq, Body::StatsReply, &r));
+  s.CheckServes();
+}
+
+// ------------------------------------------------------------------------------------------
+// Verification.
+
+TEST_CASE("a valid flatbuffer with the wrong file identifier is refused") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  SUBCASE("connect with identifier ROTS") {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(ConnectMsg(1, proto::kProtocolVersion, "attacker", "ROTS")));
+    ExpectProtocolError(c, 0);
+  }
+  SUBCASE("connect without an identifier") {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(ConnectMsg(1, proto::kProtocolVersion, "attacker", nullptr)));
+    ExpectProtocolError(c, 0);
+  }
+  SUBCASE("stats with identifier stor after the handshake") {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(StatsMsg(2, "stor")));
+    ExpectProtocolError(c, 0);
+  }
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("a table missing a required field fails verification") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  Handshake(c);
+  // A SealRequest without its required id, built by hand (the generated builder refuses).
+  flatbuffers::FlatBufferBuilder b(128);
+  auto start = b.StartTable();
+  b.AddElement<uint64_t>(proto::SealRequest::VT_UID, 42, 0);
+  flatbuffers::Offset<void> body(b.EndTable(start));
+  Bytes m = Finish(b, 2, Body::SealRequest, body);
+  REQUIRE(proto::VerifyMessage(m.data(), m.size()) == nullptr);
+  REQUIRE(c.Send(m));
+  ExpectProtocolError(c, 0);
+  s.CheckServes();
+}
+
+TEST_CASE("random bit flips in a connect + create sequence never hurt the server") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  CreateArgs a;
+  a.key = "bit-flip-target";
+  a.data_size = 100;
+  a.metadata = Bytes{'m', 'e', 't', 'a'};
+  const Bytes base = Concat({ConnectMsg(1), CreateMsg(2, a)});
+  std::mt19937 rng(4242);
+  std::uniform_int_distribution<size_t> pos(0, base.size() * 8 - 1);
+  std::uniform_int_distribution<int> nflips(1, 3);
+  size_t served = 0, refused = 0;
+  for (int i = 0; i < 500; i++) {
+    INFO("iteration " << i);
+    Bytes m = base;
+    for (int k = nflips(rng); k > 0; k--) {
+      size_t bit = pos(rng);
+      m[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    }
+    RawConn c(s.store.socket());
+    REQUIRE(c.ok());
+    REQUIRE(c.Send(m));
+    c.ShutdownWrite();
+    size_t n = 0;
+    Got end = c.Drain(&n);
+    // Whatever came back must be whole, valid messages; then the server ends the stream.
+    CHECK_MESSAGE((end == Got::kEof || end == Got::kReset), "stream ended with " << Name(end));
+    (n >= 2 ? served : refused)++;
+    REQUIRE_MESSAGE(s.store.Alive(), s.store.Log());
+    if (i % 100 == 99) s.CheckServes();
+  }
+  MESSAGE("bit flips: " << served << " sequences fully answered, " << refused << " refused");
+  CHECK(refused > 0);
+  s.CheckBaseline(fds);
+  // Every object a flipped create made was unsealed and went with its connection.
+  CHECK(test::WaitFor([&] { return s.Stats().object_count == 0; }));
+  s.CheckServes();
+}
+
+// ------------------------------------------------------------------------------------------
+// Handshake and dispatch.
+
+TEST_CASE("a request before the connect handshake is a protocol error") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  CreateArgs a;
+  std::vector<std::pair<const char*, Bytes>> cases = {
+      {"stats", StatsMsg(7)},
+      {"create", CreateMsg(7, a)},
+      {"release", ReleaseMsg(7, {1})},
+      {"get", GetMsg(7, {IdOf("x")}, -1)},
+      {"body NONE", NoneMsg(7)},
+  };
+  for (auto& [name, m] : cases) {
+    INFO(name);
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(m));
+    ExpectProtocolError(c, 7);
+    s.CheckServes();
+  }
+  s.CheckBaseline(fds);
+}
+
+TEST_CASE("a connect with the wrong protocol version names both versions") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  for (uint32_t v : {0u, proto::kProtocolVersion + 1, 777u, 0xFFFFFFFFu}) {
+    INFO("version " << v);
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(ConnectMsg(3, v)));
+    std::string e = ExpectProtocolError(c, 3);
+    CHECK(e.find("version " + std::to_string(v)) != std::string::npos);
+    CHECK(e.find("version " + std::to_string(proto::kProtocolVersion)) != std::string::npos);
+    s.CheckServes();
+  }
+  s.CheckBaseline(fds);
+}
+
+TEST_CASE("a client name over the limit is a protocol error; one at the limit is fine") {
+  Attacked s;
+  {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(ConnectMsg(1, proto::kProtocolVersion,
+                              std::string(proto::kMaxClientName + 1, 'n'))));
+    ExpectProtocolError(c, 1);
+  }
+  {
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(ConnectMsg(1, proto::kProtocolVersion,
+                              std::string(proto::kMaxClientName, 'n'))));
+    Reply r;
+    CHECK(ExpectReply(c, 1, Body::ConnectReply, &r));
+    CHECK(RawObjectCount(c, 2).has_value());
+  }
+  s.CheckServes();
+}
+
+TEST_CASE("a second connect on the same connection is a protocol error") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  RawConn c(s.store.socket());
+  Handshake(c, 1);
+  REQUIRE(c.Send(ConnectMsg(2)));
+  ExpectProtocolError(c, 2);
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("reply types and an empty body sent as requests are protocol errors") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  const Body replies[] = {Body::ConnectReply, Body::CreateReply,   Body::SealReply,
+                          Body::AbortReply,   Body::GetReply,      Body::ContainsReply,
+                          Body::DeleteReply,  Body::InfoReply,     Body::ListReply,
+                          Body::PinReply,     Body::UnpinReply,    Body::StatsReply};
+  for (Body type : replies) {
+    INFO("body type " << proto::EnumNameBody(type));
+    RawConn c(s.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(ReplyTypeMsg(5, type)));
+    ExpectProtocolError(c, 5);
+    REQUIRE_MESSAGE(s.store.Alive(), s.store.Log());
+  }
+  {
+    INFO("body NONE");
+    RawConn c(s.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(NoneMsg(6)));
+    ExpectProtocolError(c, 6);
+  }
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("an unknown union type passes the verifier and is then a protocol error") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  for (uint8_t type : {uint8_t{200}, static_cast<uint8_t>(static_cast<int>(Body::MAX) + 1),
+                       uint8_t{255}}) {
+    for (bool handshake : {true, false}) {
+      INFO("body type " << int{type} << (handshake ? " after" : " before") << " the handshake");
+      Bytes m = WithBodyType(StatsMsg(9), type);
+      REQUIRE(proto::VerifyMessage(m.data(), m.size()) != nullptr);
+      RawConn c(s.store.socket());
+      if (handshake) Handshake(c);
+      REQUIRE(c.Send(m));
+      ExpectProtocolError(c, 9);
+      s.CheckServes();
+    }
+  }
+  s.CheckBaseline(fds);
+}
+
+// ------------------------------------------------------------------------------------------
+// Semantic errors: an error reply, the connection stays open.
+
+TEST_CASE("bad create requests get an error reply and the connection stays open") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  const uint64_t capacity = Handshake(c);
+  REQUIRE(capacity > 0);
+  const uint64_t objects_before = s.Stats().object_count;
+
+  struct Case {
+    const char* name;
+    CreateArgs args;
+    int status;
+  };
+  auto with = [](auto change) {
+    CreateArgs a;
+    a.key = "bad-create";
+    change(a);
+    return a;
+  };
+  std::vector<Case> cases = {
+      {"data_size 0", with([](CreateArgs& a) { a.data_size = 0; }), STORE_EINVAL},
+      {"data_size 0 with metadata",
+       with([](CreateArgs& a) {
+         a.data_size = 0;
+         a.metadata = Bytes(10, 1);
+       }),
+       STORE_EINVAL},
+      {"data_size capacity + 1", with([&](CreateArgs& a) { a.data_size = capacity + 1; }),
+       STORE_EINVAL},
+      {"data_size UINT64_MAX", with([](CreateArgs& a) { a.data_size = UINT64_MAX; }),
+       STORE_EINVAL},
+      {"data_size capacity with 1 byte of metadata",
+       with([&](CreateArgs& a) {
+         a.data_size = capacity;
+         a.metadata = Bytes(1, 1);
+       }),
+       STORE_EINVAL},
+      {"metadata of 1 MiB + 1",
+       with([](CreateArgs& a) { a.metadata = Bytes(STORE_MAX_METADATA_SIZE + 1, 7); }),
+       STORE_EINVAL},
+      {"metadata of 3 MiB",
+       with([](CreateArgs& a) { a.metadata = Bytes(3u << 20, 7); }),
+       STORE_EINVAL},
+      {"device 3", with([](CreateArgs& a) { a.device = 3; }), STORE_ENOTSUP},
+      {"device -2", with([](CreateArgs& a) { a.device = -2; }), STORE_EINVAL},
+      {"timeout_ms -5", with([](CreateArgs& a) { a.timeout_ms = -5; }), STORE_EINVAL},
+      {"inline data shorter than data_size",
+       with([](CreateArgs& a) {
+         a.data_size = 11;
+         a.data = Bytes(10, 3);
+       }),
+       STORE_EINVAL},
+      {"inline data longer than data_size",
+       with([](CreateArgs& a) {
+         a.data_size = 11;
+         a.data = Bytes(12, 3);
+       }),
+       STORE_EINVAL},
+      {"empty inline data",
+       with([](CreateArgs& a) {
+         a.data_size = 5;
+         a.data = Bytes();
+       }),
+       STORE_EINVAL},
+      {"inline data above kInlinePutMax",
+       with([](CreateArgs& a) {
+         a.data_size = proto::kInlinePutMax + 1;
+         a.data = Bytes(proto::kInlinePutMax + 1, 3);
+       }),
+       STORE_EINVAL},
+  };
+  uint64_t seq = 100;
+  for (const Case& k : cases) {
+    INFO(k.name);
+    Bytes m = CreateMsg(++seq, k.args);
+    REQUIRE(m.size() <= 4 + size_t{proto::kMaxRequestBytes});
+    REQUIRE(c.Send(m));
+    ExpectError(c, seq, k.status);
+    // Same connection, next request: answered.
+    auto count = RawObjectCount(c, ++seq);
+    CHECK(count == objects_before);
+    s.CheckServes();
+  }
+
+  // At the limits the same request is accepted: 1 MiB of metadata, kInlinePutMax inline bytes.
+  CreateArgs ok;
+  ok.key = "limits";
+  ok.data_size = proto::kInlinePutMax;
+  ok.data = Bytes(proto::kInlinePutMax, 0xC3);
+  ok.metadata = Bytes(STORE_MAX_METADATA_SIZE, 0x3C);
+  REQUIRE(c.Send(CreateMsg(++seq, ok)));
+  Reply r;
+  REQUIRE(ExpectReply(c, seq, Body::CreateReply, &r));
+  CHECK(r.msg->body_as_CreateReply()->metadata_size() == STORE_MAX_METADATA_SIZE);
+  store_object_id id = CIdOf("limits");
+  store_reader* rd = nullptr;
+  REQUIRE(store_open_reader(s.good, &rd, &id, 0) == STORE_OK);
+  uint64_t msize = 0;
+  const auto* meta = static_cast<const uint8_t*>(store_reader_metadata(rd, &msize));
+  CHECK(msize == STORE_MAX_METADATA_SIZE);
+  CHECK(store_reader_size(rd) == proto::kInlinePutMax);
+  const auto* data = static_cast<const uint8_t*>(store_reader_data(rd));
+  REQUIRE(data != nullptr);
+  REQUIRE(meta != nullptr);
+  CHECK(std::all_of(data, data + proto::kInlinePutMax, [](uint8_t b) { return b == 0xC3; }));
+  CHECK(std::all_of(meta, meta + msize, [](uint8_t b) { return b == 0x3C; }));
+  store_reader_close(rd);
+  CHECK(store_delete(s.good, &id) == STORE_OK);
+  s.CheckServes();
+}
+
+TEST_CASE("get, contains and delete with a bad number of ids get EINVAL") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  Handshake(c);
+  std::vector<proto::ObjectId> none;
+  std::vector<proto::ObjectId> too_many(proto::kMaxIdsPerRequest + 1, IdOf("many"));
+  uint64_t seq = 10;
+
+  struct Case {
+    const char* name;
+    Bytes msg;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"get with 0 ids", GetMsg(++seq, none)});
+  cases.push_back({"get with kMaxIdsPerRequest + 1 ids", GetMsg(++seq, too_many)});
+  cases.push_back({"get with timeout_ms -5", GetMsg(++seq, {IdOf("x")}, -5)});
+  cases.push_back({"contains with kMaxIdsPerRequest + 1 ids", ContainsMsg(++seq, too_many)});
+  cases.push_back({"delete with kMaxIdsPerRequest + 1 ids", DeleteMsg(++seq, too_many)});
+  uint64_t expect = 10;
+  for (Case& k : cases) {
+    INFO(k.name);
+    ++expect;
+    REQUIRE(k.msg.size() <= 4 + size_t{proto::kMaxRequestBytes});
+    REQUIRE(c.Send(k.msg));
+    ExpectError(c, expect, STORE_EINVAL);
+    CHECK(RawObjectCount(c, 1000 + expect).has_value());
+    s.CheckServes();
+  }
+
+  // kMaxIdsPerRequest ids is allowed: every one is reported missing.
+  std::vector<proto::ObjectId> max(proto::kMaxIdsPerRequest, IdOf("absent"));
+  REQUIRE(c.Send(GetMsg(50, max, 0)));
+  Reply r;
+  REQUIRE(ExpectReply(c, 50, Body::GetReply, &r));
+  auto* objs = r.msg->body_as_GetReply()->objects();
+  REQUIRE(objs->size() == proto::kMaxIdsPerRequest);
+  CHECK(objs->Get(0)->status() == STORE_ENOTFOUND);
+  CHECK(objs->Get(proto::kMaxIdsPerRequest - 1)->status() == STORE_ENOTFOUND);
+  s.CheckServes();
+}
+
+TEST_CASE("releasing a uid the client does not hold is a protocol error; other readers keep theirs") {
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  const std::string key = "shared-object";
+  store_object_id id = CIdOf(key);
+  const std::string payload = "read by two clients";
+  REQUIRE(store_put(s.good, &id, payload.data(), payload.size(), nullptr) == STORE_OK);
+  store_reader* good_reader = nullptr;
+  REQUIRE(store_open_reader(s.good, &good_reader, &id, 0) == STORE_OK);
+
+  // A second, raw reader of the same object; its uid is what the attackers name.
+  RawConn holder(s.store.socket());
+  Handshake(holder);
+  REQUIRE(holder.Send(GetMsg(2, {IdOf(key)}, 0)));
+  Reply r;
+  REQUIRE(ExpectReply(holder, 2, Body::GetReply, &r));
+  const uint64_t uid = r.msg->body_as_GetReply()->objects()->Get(0)->uid();
+  REQUIRE(r.msg->body_as_GetReply()->objects()->Get(0)->status() == 0);
+  REQUIRE(uid != 0);
+
+  auto readers = [&] {
+    store_object_info info{};
+    CHECK(store_info(s.good, &id, &info) == STORE_OK);
+    return info.reader_count;
+  };
+  CHECK(readers() == 2);
+
+  SUBCASE("a uid held by another client") {
+    RawConn a(s.store.socket());
+    Handshake(a);
+    REQUIRE(a.Send(ReleaseMsg(3, {uid})));
+    ExpectProtocolError(a, 3);
+  }
+  SUBCASE("uid 0 and a uid that never existed") {
+    for (uint64_t bogus : {uint64_t{0}, uid + 100000}) {
+      RawConn a(s.store.socket());
+      Handshake(a);
+      REQUIRE(a.Send(ReleaseMsg(3, {bogus})));
+      ExpectProtocolError(a, 3);
+    }
+  }
+  SUBCASE("a uid released twice by a client that held it once") {
+    RawConn a(s.store.socket());
+    Handshake(a);
+    REQUIRE(a.Send(GetMsg(2, {IdOf(key)}, 0)));
+    Reply g;
+    REQUIRE(ExpectReply(a, 2, Body::GetReply, &g));
+    REQUIRE(g.msg->body_as_GetReply()->objects()->Get(0)->uid() == uid);
+    CHECK(readers() == 3);
+    REQUIRE(a.Send(ReleaseMsg(3, {uid, uid})));
+    ExpectProtocolError(a, 3);
+  }
+  // The attacker is gone; the two honest readers are intact.
+  CHECK(test::WaitFor([&] { return readers() == 2; }));
+  CHECK(readers() == 2);
+  std::string back(payload.size(), '\0');
+  size_t n = 0;
+  CHECK(store_reader_read(good_reader, back.data(), back.size(), &n) == STORE_OK);
+  CHECK(back == payload);
+  CHECK(std::memcmp(store_reader_data(good_reader), payload.data(), payload.size()) == 0);
+
+  // The raw holder still holds its reader: it can release it exactly once.
+  REQUIRE(holder.Send(ReleaseMsg(4, {uid})));
+  CHECK(RawObjectCount(holder, 5).has_value());  // the release was processed before this
+  CHECK(readers() == 1);
+  store_reader_close(good_reader);
+  CHECK(readers() == 0);
+  CHECK(store_delete(s.good, &id) == STORE_OK);
+  holder.Close();
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
+TEST_CASE("seal and abort of an object created by another client get EPERM") {
+  Attacked s;
+  const std::string key = "someone-elses";
+  store_object_id id = CIdOf(key);
+  store_writer* w = nullptr;
+  REQUIRE(store_create(s.good, &w, &id, 32, nullptr) == STORE_OK);
+
+  // A raw creator too, so the attacker can also name the exact uid.
+  RawConn creator(s.store.socket());
+  Handshake(creator);
+  CreateArgs a;
+  a.key = "raw-created";
+  a.data_size = 8;
+  REQUIRE(creator.Send(CreateMsg(2, a)));
+  Reply r;
+  REQUIRE(ExpectReply(creator, 2, Body::CreateReply, &r));
+  const uint64_t raw_uid = r.msg->body_as_CreateReply()->uid();
+
+  RawConn attacker(s.store.socket());
+  Handshake(attacker);
+  uint64_t seq = 10;
+  for (auto [k, uid] : {std::pair<std::string, uint64_t>{key, 0}, {"raw-created", 0},
+                        {"raw-created", raw_uid}}) {
+    INFO(k << " uid " << uid);
+    REQUIRE(attacker.Send(SealMsg(++seq, k, uid)));
+    ExpectError(attacker, seq, STORE_EPERM);
+    REQUIRE(attacker.Send(AbortMsg(++seq, k, uid)));
+    ExpectError(attacker, seq, STORE_EPERM);
+    CHECK(RawObjectCount(attacker, ++seq).has_value());  // still connected
+    s.CheckServes();
+  }
+
+  // Both objects are untouched: still being written by their creators, who can finish them.
+  store_object_info info{};
+  REQUIRE(store_info(s.good, &id, &info) == STORE_OK);
+  CHECK(info.state == STORE_STATE_CREATED);
+  int present = 1;
+  CHECK(store_contains(s.good, &id, &present) == STORE_OK);
+  CHECK(present == 0);
+  const std::string payload(32, 'w');
+  CHECK(store_writer_write(w, payload.data(), payload.size()) == STORE_OK);
+  REQUIRE(store_writer_seal(w) == STORE_OK);
+  store_reader* rd = nullptr;
+  REQUIRE(store_open_reader(s.good, &rd, &id, 0) == STORE_OK);
+  CHECK(std::memcmp(store_reader_data(rd), payload.data(), payload.size()) == 0);
+  store_reader_close(rd);
+  CHECK(store_delete(s.good, &id) == STORE_OK);
+
+  REQUIRE(creator.Send(SealMsg(3, "raw-created", raw_uid)));
+  CHECK(ExpectReply(creator, 3, Body::SealReply, &r));
+  store_object_id raw_id = CIdOf("raw-created");
+  CHECK(store_contains(s.good, &raw_id, &present) == STORE_OK);
+  CHECK(present == 1);
+  CHECK(store_delete(s.good, &raw_id) == STORE_OK);
+  s.CheckServes();
+}
+
+// ------------------------------------------------------------------------------------------
+// Descriptors and connections.
+
+TEST_CASE("descriptors sent by a client are closed, not kept") {
+  Attacked s;
+  const size_t base = s.ServerFds();
+
+  // Descriptors of several kinds to pass.
+  int pipefd[2];
+  REQUIRE(pipe2(pipefd, O_CLOEXEC) == 0);
+  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int efd = eventfd(0, EFD_CLOEXEC);
+  int sp[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0);
+  int mfd = memfd_create("attack", MFD_CLOEXEC);
+  std::vector<int> all = {pipefd[0], pipefd[1], devnull, efd, sp[0], sp[1], mfd};
+  for (int fd : all) REQUIRE(fd >= 0);
+
+  {
+    RawConn c(s.store.socket());
+    REQUIRE(c.ok());
+    CHECK(test::WaitFor([&] { return s.ServerFds() == base + 1; }));
+    // One descriptor with the connect request.
+    REQUIRE(c.Send(ConnectMsg(1), {devnull}));
+    Reply r;
+    REQUIRE(ExpectReply(c, 1, Body::ConnectReply, &r));
+    CHECK(test::WaitFor([&] { return s.ServerFds() == base + 1; }));
+    // Three with a stats request, then all seven with the next one.
+    REQUIRE(c.Send(StatsMsg(2), {pipefd[0], efd, sp[0]}));
+    CHECK(ExpectReply(c, 2, Body::StatsReply, &r));
+    REQUIRE(c.Send(StatsMsg(3), all));
+    CHECK(ExpectReply(c, 3, Body::StatsReply, &r));
+    CHECK(test::WaitFor([&] { return s.ServerFds() == base + 1; }));
+    CHECK(s.ServerFds() == base + 1);
+    s.CheckServes();
+  }
+  s.CheckBaseline(base);
+
+  {
+    // Descriptors with garbage: protocol error, descriptors gone with the connection.
+    RawConn c(s.store.socket());
+    REQUIRE(c.Send(Concat({Prefix(16), Bytes(16, 0x77)}), {pipefd[1], mfd}));
+    ExpectProtocolError(c, 0);
+  }
+  s.CheckBaseline(base);
+  {
+    // Descriptors with half a message, then the client goes away.
+    RawConn c(s.store.socket());
+    Bytes m = ConnectMsg(1);
+    REQUIRE(c.Send(m.data(), m.size() / 2, {sp[1], efd}));
+    c.Close();
+  }
+  s.CheckBaseline(base);
+  for (int fd : all) close(fd);
+  s.CheckServes();
+}
+
+TEST_CASE("idle clients and half a length prefix do not disturb the server") {
+  Attacked s;
+  const size_t base = s.ServerFds();
+  {
+    RawConn idle(s.store.socket());
+    REQUIRE(idle.ok());
+    CHECK(test::WaitFor([&] { return s.Clients() == 2; }));
+    s.CheckServes();
+    {
+      RawConn half(s.store.socket());
+      REQUIRE(half.ok());
+      Bytes p = Prefix(64);
+      REQUIRE(half.Send(p.data(), 2));
+      CHECK(test::WaitFor([&] { return s.Clients() == 3; }));
+      s.CheckServes();
+    }  // half disconnects
+    CHECK(test::WaitFor([&] { return s.Clients() == 2; }));
+    s.CheckServes();
+    // The idle one is still connected and can still do its handshake.
+    Handshake(idle);
+    CHECK(RawObjectCount(idle, 2).has_value());
+  }
+  s.CheckBaseline(base);
+  s.CheckServes();
+}
+
+TEST_CASE("a client that never reads its replies does not stall the others") {
+  Attacked s;
+  const size_t base = s.ServerFds();
+  {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    // Far more reply bytes than a socket buffer holds.
+    Bytes batch;
+    for (uint64_t seq = 10; seq < 20010; seq++) {
+      Bytes m = StatsMsg(seq);
+      batch.insert(batch.end(), m.begin(), m.end());
+    }
+    REQUIRE(c.Send(batch));
+    s.CheckServes();
+    // It can still read them all, in order.
+    for (uint64_t seq = 10; seq < 20010; seq++) {
+      Reply r;
+      Got g = c.Next(&r);
+      REQUIRE_MESSAGE(g == Got::kMessage, "reply " << seq << ": " << Name(g));
+      REQUIRE(r.msg->seq() == seq);
+    }
+  }
+  s.CheckBaseline(base);
+  s.CheckServes();
+}
+
+TEST_CASE("hundreds of connections opened and closed quickly leave nothing behind") {
+  Attacked s;
+  const size_t base = s.ServerFds();
+  SUBCASE("connect and close at once, 200 times") {
+    for (int i = 0; i < 200; i++) {
+      RawConn c(s.store.socket());
+      REQUIRE(c.ok());
+    }
+  }
+  SUBCASE("connect, handshake and close, 200 times") {
+    for (int i = 0; i < 200; i++) {
+      RawConn c(s.store.socket());
+      Handshake(c);
+    }
+  }
+  SUBCASE("200 open at once, half of them handshaken, then all closed") {
+    std::vector<std::unique_ptr<RawConn>> conns;
+    for (int i = 0; i < 200; i++) {
+      conns.push_back(std::make_unique<RawConn>(s.store.socket()));
+      REQUIRE(conns.back()->ok());
+      if (i % 2 == 0) Handshake(*conns.back());
+    }
+    CHECK(test::WaitFor([&] { return s.Clients() == 201; }));
+    conns.clear();
+  }
+  s.CheckBaseline(base);
+  CHECK(s.Clients() == 1);
+  s.CheckServes();
+}

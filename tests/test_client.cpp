@@ -1,0 +1,1416 @@
+// test_client.cpp - the C API (storeclient.h) end to end against a real store server, with one
+// client or two.
+#include <doctest.h>
+
+#include <time.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness.h"
+#include "storeclient.h"
+
+namespace {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kMiB = 1ull << 20;
+
+struct ClientDeleter {
+  void operator()(store_client* c) const { store_client_free(c); }
+};
+struct ReaderDeleter {
+  void operator()(store_reader* r) const { store_reader_close(r); }
+};
+struct WriterDeleter {
+  void operator()(store_writer* w) const { store_writer_abort(w); }
+};
+using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
+using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
+using WriterPtr = std::unique_ptr<store_writer, WriterDeleter>;
+
+ClientPtr Connect(const test::TestStore& s, const char* name = "test_client") {
+  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
+  o.client_name = name;
+  store_client* c = nullptr;
+  int rc = store_client_connect(&c, s.socket().c_str(), &o);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+  REQUIRE(c != nullptr);
+  return ClientPtr(c);
+}
+
+store_object_id Id(const std::string& s) {
+  store_object_id id{};
+  REQUIRE(store_object_id_from_string(s.data(), s.size(), &id) == STORE_OK);
+  return id;
+}
+
+std::string Hex(const store_object_id& id) {
+  char hex[2 * STORE_OBJECT_ID_SIZE + 1];
+  REQUIRE(store_object_id_to_hex(&id, hex, sizeof hex) == STORE_OK);
+  return hex;
+}
+
+bool SameId(const store_object_id& a, const store_object_id& b) {
+  return std::memcmp(a.bytes, b.bytes, STORE_OBJECT_ID_SIZE) == 0;
+}
+
+// Deterministic bytes seeded by seed: an object's content can always be recomputed and checked.
+std::vector<uint8_t> Pattern(uint64_t seed, size_t n) {
+  std::vector<uint8_t> v(n);
+  uint64_t x = (seed + 1) * 0x9E3779B97F4A7C15ull;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    v[i] = static_cast<uint8_t>(x >> 32);
+  }
+  return v;
+}
+
+bool SameBytes(const void* p, const std::vector<uint8_t>& want) {
+  return p != nullptr && std::memcmp(p, want.data(), want.size()) == 0;
+}
+
+store_stats Stats(store_client* c) {
+  store_stats st{};
+  int rc = store_stats_get(c, &st);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+  return st;
+}
+
+store_object_info Info(store_client* c, const store_object_id& id) {
+  store_object_info info{};
+  int rc = store_info(c, &id, &info);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+  return info;
+}
+
+int Contains(store_client* c, const store_object_id& id) {
+  int present = -1;
+  REQUIRE(store_contains(c, &id, &present) == STORE_OK);
+  return present;
+}
+
+ReaderPtr Open(store_client* c, const store_object_id& id, int64_t timeout_ms = 0) {
+  store_reader* r = nullptr;
+  int rc = store_open_reader(c, &r, &id, timeout_ms);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+  REQUIRE(r != nullptr);
+  return ReaderPtr(r);
+}
+
+void Put(store_client* c, const store_object_id& id, const std::vector<uint8_t>& data,
+         const store_create_options* opts = nullptr) {
+  int rc = store_put(c, &id, data.data(), data.size(), opts);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+}
+
+void Delete(store_client* c, const store_object_id& id) {
+  int rc = store_delete(c, &id);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+}
+
+// Everything the test made is gone: no objects and no memory in use.
+void CheckEmpty(store_client* c) {
+  store_stats st = Stats(c);
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == 0);
+  CHECK(st.created_count == 0);
+  CHECK(st.deleted_pending_count == 0);
+}
+
+int64_t RealtimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+// Puts 1 MiB objects named prefix-<i> until the store is full. Returns their ids; the content of
+// object i is Pattern(i, 1 MiB).
+std::vector<store_object_id> FillWithMiB(store_client* c, const std::string& prefix) {
+  std::vector<store_object_id> ids;
+  for (int i = 0; i < 1000; i++) {
+    store_object_id id = Id(prefix + "-" + std::to_string(i));
+    std::vector<uint8_t> data = Pattern(i, kMiB);
+    int rc = store_put(c, &id, data.data(), data.size(), nullptr);
+    if (rc == STORE_ENOSPACE) return ids;
+    INFO(store_last_error_message());
+    REQUIRE(rc == STORE_OK);
+    ids.push_back(id);
+  }
+  FAIL("the store never became full");
+  return ids;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Writing and reading one object.
+
+TEST_CASE("create, write, seal and open: data, metadata, read, seek and tell") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const store_object_id id = Id("roundtrip");
+  const std::vector<uint8_t> data = Pattern(1, 1000);
+  const char meta[] = {'m', 'e', '\0', 't', 'a', '\xff'};
+  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+  opts.metadata = meta;
+  opts.metadata_size = sizeof meta;
+
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(c.get(), &raw, &id, data.size(), &opts) == STORE_OK);
+  WriterPtr w(raw);
+  CHECK(store_writer_size(w.get()) == 1000);
+  CHECK(store_writer_tell(w.get()) == 0);
+
+  // The second half first, then the first half: writes land where the position says.
+  uint64_t pos = 12345;
+  REQUIRE(store_writer_seek(w.get(), 500, SEEK_SET, &pos) == STORE_OK);
+  CHECK(pos == 500);
+  REQUIRE(store_writer_write(w.get(), data.data() + 500, 300) == STORE_OK);
+  CHECK(store_writer_tell(w.get()) == 800);
+  REQUIRE(store_writer_write(w.get(), data.data() + 800, 200) == STORE_OK);
+  CHECK(store_writer_tell(w.get()) == 1000);
+  REQUIRE(store_writer_seek(w.get(), -1000, SEEK_CUR, &pos) == STORE_OK);
+  CHECK(pos == 0);
+  REQUIRE(store_writer_write(w.get(), data.data(), 500) == STORE_OK);
+  CHECK(store_writer_tell(w.get()) == 500);
+  // Writer seeks outside [0, size] fail and leave the position alone.
+  CHECK(store_writer_seek(w.get(), 1, SEEK_END, &pos) == STORE_EINVAL);
+  CHECK(store_writer_seek(w.get(), -501, SEEK_CUR, nullptr) == STORE_EINVAL);
+  CHECK(store_writer_seek(w.get(), -1, SEEK_SET, nullptr) == STORE_EINVAL);
+  CHECK(store_writer_seek(w.get(), 0, 42, nullptr) == STORE_EINVAL);
+  CHECK(store_writer_tell(w.get()) == 500);
+  REQUIRE(store_writer_seek(w.get(), 0, SEEK_END, nullptr) == STORE_OK);
+  CHECK(store_writer_tell(w.get()) == 1000);
+
+  // Not visible before the seal.
+  CHECK(Contains(c.get(), id) == 0);
+  REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+  CHECK(Contains(c.get(), id) == 1);
+
+  {
+    ReaderPtr r = Open(c.get(), id, 0);
+    CHECK(store_reader_size(r.get()) == 1000);
+    CHECK(store_reader_tell(r.get()) == 0);
+    CHECK(SameBytes(store_reader_data(r.get()), data));
+    const store_object_id* rid = store_reader_id(r.get());
+    REQUIRE(rid != nullptr);
+    CHECK(SameId(*rid, id));
+
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    REQUIRE(m != nullptr);
+    CHECK(msize == sizeof meta);
+    CHECK(std::memcmp(m, meta, sizeof meta) == 0);
+    CHECK(store_reader_metadata(r.get(), nullptr) == m);
+
+    // Read in pieces of 300: 300, 300, 300, 100, then 0 at the end.
+    std::vector<uint8_t> got;
+    const size_t expect[] = {300, 300, 300, 100, 0};
+    for (size_t want : expect) {
+      uint8_t buf[300];
+      size_t n = 9999;
+      REQUIRE(store_reader_read(r.get(), buf, sizeof buf, &n) == STORE_OK);
+      CHECK(n == want);
+      got.insert(got.end(), buf, buf + n);
+    }
+    CHECK(got == data);
+    CHECK(store_reader_tell(r.get()) == 1000);
+
+    // Seeks.
+    REQUIRE(store_reader_seek(r.get(), 250, SEEK_SET, &pos) == STORE_OK);
+    CHECK(pos == 250);
+    uint8_t buf[16];
+    size_t n = 0;
+    REQUIRE(store_reader_read(r.get(), buf, 10, &n) == STORE_OK);
+    CHECK(n == 10);
+    CHECK(std::memcmp(buf, data.data() + 250, 10) == 0);
+    CHECK(store_reader_tell(r.get()) == 260);
+    REQUIRE(store_reader_seek(r.get(), -20, SEEK_CUR, &pos) == STORE_OK);
+    CHECK(pos == 240);
+    REQUIRE(store_reader_read(r.get(), buf, 4, &n) == STORE_OK);
+    CHECK(n == 4);
+    CHECK(std::memcmp(buf, data.data() + 240, 4) == 0);
+    REQUIRE(store_reader_seek(r.get(), -1, SEEK_END, &pos) == STORE_OK);
+    CHECK(pos == 999);
+    REQUIRE(store_reader_read(r.get(), buf, sizeof buf, &n) == STORE_OK);
+    CHECK(n == 1);
+    CHECK(buf[0] == data[999]);
+    REQUIRE(store_reader_read(r.get(), buf, sizeof buf, &n) == STORE_OK);
+    CHECK(n == 0);
+    REQUIRE(store_reader_read(r.get(), buf, sizeof buf, nullptr) == STORE_OK);
+
+    // Outside [0, size]: STORE_EINVAL, position unchanged.
+    REQUIRE(store_reader_seek(r.get(), 100, SEEK_SET, nullptr) == STORE_OK);
+    CHECK(store_reader_seek(r.get(), -1, SEEK_SET, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), 1001, SEEK_SET, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), 1, SEEK_END, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), -101, SEEK_CUR, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), 901, SEEK_CUR, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), INT64_MAX, SEEK_CUR, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), INT64_MIN, SEEK_END, &pos) == STORE_EINVAL);
+    CHECK(store_reader_seek(r.get(), 0, 3, &pos) == STORE_EINVAL);
+    CHECK(store_reader_tell(r.get()) == 100);
+    // The end itself is a valid position; reading there gives nothing.
+    REQUIRE(store_reader_seek(r.get(), 1000, SEEK_SET, &pos) == STORE_OK);
+    CHECK(pos == 1000);
+    REQUIRE(store_reader_read(r.get(), buf, sizeof buf, &n) == STORE_OK);
+    CHECK(n == 0);
+    REQUIRE(store_reader_seek(r.get(), 0, SEEK_SET, &pos) == STORE_OK);
+    CHECK(pos == 0);
+    // A zero-byte read with a NULL buffer is fine.
+    REQUIRE(store_reader_read(r.get(), nullptr, 0, &n) == STORE_OK);
+    CHECK(n == 0);
+  }
+
+  // An object without metadata has none.
+  const store_object_id bare = Id("roundtrip-bare");
+  Put(c.get(), bare, Pattern(2, 7));
+  {
+    ReaderPtr r = Open(c.get(), bare);
+    uint64_t msize = 99;
+    CHECK(store_reader_metadata(r.get(), &msize) == nullptr);
+    CHECK(msize == 0);
+    CHECK(SameBytes(store_reader_data(r.get()), Pattern(2, 7)));
+  }
+
+  Delete(c.get(), id);
+  Delete(c.get(), bare);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("store_writer_data: writing in place through the pointer") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const store_object_id id = Id("zero-copy");
+  const size_t size = 3 * kMiB + 17;
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(c.get(), &raw, &id, size, nullptr) == STORE_OK);
+  WriterPtr w(raw);
+  auto* p = static_cast<uint8_t*>(store_writer_data(w.get()));
+  REQUIRE(p != nullptr);
+  CHECK(store_writer_data(w.get()) == p);
+  std::memset(p, 0xA5, size);
+  const std::vector<uint8_t> tail = Pattern(3, 4096);
+  std::memcpy(p + size - tail.size(), tail.data(), tail.size());
+  CHECK(store_writer_tell(w.get()) == 0);  // writing through the pointer moves nothing
+  REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+
+  {
+    ReaderPtr r = Open(c.get(), id);
+    REQUIRE(store_reader_size(r.get()) == size);
+    std::vector<uint8_t> want(size, 0xA5);
+    std::memcpy(want.data() + size - tail.size(), tail.data(), tail.size());
+    CHECK(SameBytes(store_reader_data(r.get()), want));
+    // The same bytes through a second client's mapping.
+    ClientPtr c2 = Connect(s, "second");
+    ReaderPtr r2 = Open(c2.get(), id);
+    CHECK(SameBytes(store_reader_data(r2.get()), want));
+  }
+
+  Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("writing past the end fails and writes nothing") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const store_object_id id = Id("past-the-end");
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(c.get(), &raw, &id, 16, nullptr) == STORE_OK);
+  WriterPtr w(raw);
+  const std::vector<uint8_t> a(16, 'a'), x(17, 'X');
+  REQUIRE(store_writer_write(w.get(), a.data(), 16) == STORE_OK);
+  CHECK(store_writer_tell(w.get()) == 16);
+  CHECK(store_writer_write(w.get(), x.data(), 1) == STORE_EINVAL);
+  REQUIRE(store_writer_seek(w.get(), 10, SEEK_SET, nullptr) == STORE_OK);
+  CHECK(store_writer_write(w.get(), x.data(), 7) == STORE_EINVAL);
+  CHECK(store_writer_tell(w.get()) == 10);
+  REQUIRE(store_writer_seek(w.get(), 0, SEEK_SET, nullptr) == STORE_OK);
+  CHECK(store_writer_write(w.get(), x.data(), 17) == STORE_EINVAL);
+  CHECK(store_writer_tell(w.get()) == 0);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+  // A zero-byte write at the end is fine.
+  REQUIRE(store_writer_seek(w.get(), 0, SEEK_END, nullptr) == STORE_OK);
+  CHECK(store_writer_write(w.get(), x.data(), 0) == STORE_OK);
+  REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+
+  {
+    ReaderPtr r = Open(c.get(), id);
+    REQUIRE(store_reader_size(r.get()) == 16);
+    CHECK(SameBytes(store_reader_data(r.get()), a));  // no 'X' landed anywhere
+  }
+  Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("store_put: a small and a large object") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const store_object_id small = Id("put-small"), large = Id("put-large");
+  const std::vector<uint8_t> sdata = Pattern(100, 100), ldata = Pattern(8, 8 * kMiB);
+  const char meta[] = "put metadata";
+  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+  opts.metadata = meta;
+  opts.metadata_size = sizeof meta;
+  Put(c.get(), small, sdata, &opts);
+  Put(c.get(), large, ldata, &opts);
+  CHECK(Stats(c.get()).object_count == 2);
+  CHECK(Stats(c.get()).sealed_count == 2);
+
+  for (auto& [id, data] : {std::pair{small, sdata}, std::pair{large, ldata}}) {
+    CHECK(Contains(c.get(), id) == 1);
+    ReaderPtr r = Open(c.get(), id);
+    CHECK(store_reader_size(r.get()) == data.size());
+    CHECK(SameBytes(store_reader_data(r.get()), data));
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    CHECK(msize == sizeof meta);
+    CHECK((m != nullptr && std::memcmp(m, meta, sizeof meta) == 0));
+    store_object_info info = Info(c.get(), id);
+    CHECK(info.data_size == data.size());
+    CHECK(info.metadata_size == sizeof meta);
+    CHECK(info.state == STORE_STATE_SEALED);
+  }
+
+  Delete(c.get(), small);
+  Delete(c.get(), large);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("store_put_many 1000 small objects, then store_open_readers on all of them") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const size_t n = 1000;
+  std::vector<store_object_id> ids;
+  std::vector<std::vector<uint8_t>> datas;
+  std::vector<const void*> ptrs;
+  std::vector<uint64_t> sizes;
+  for (size_t i = 0; i < n; i++) {
+    ids.push_back(Id("many-" + std::to_string(i)));
+    datas.push_back(Pattern(i, 1 + i % 300));
+  }
+  for (auto& d : datas) {
+    ptrs.push_back(d.data());
+    sizes.push_back(d.size());
+  }
+  size_t done = 12345;
+  int rc = store_put_many(c.get(), ids.data(), ptrs.data(), sizes.data(), n, nullptr, &done);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+  CHECK(done == n);
+  CHECK(Stats(c.get()).object_count == n);
+  CHECK(Stats(c.get()).sealed_count == n);
+
+  std::vector<store_reader*> readers(n, nullptr);
+  REQUIRE(store_open_readers(c.get(), readers.data(), ids.data(), n, 0) == STORE_OK);
+  size_t good = 0;
+  for (size_t i = 0; i < n; i++) {
+    store_reader* r = readers[i];
+    if (r && store_reader_size(r) == datas[i].size() &&
+        SameBytes(store_reader_data(r), datas[i]) && SameId(*store_reader_id(r), ids[i])) {
+      good++;
+    }
+  }
+  CHECK(good == n);
+  CHECK(Stats(c.get()).open_count == n);
+  for (store_reader* r : readers) store_reader_close(r);
+
+  // put_many stops at the first failure and says how many were put.
+  std::vector<store_object_id> again = {Id("many-new-0"), ids[5], Id("many-new-2")};
+  done = 12345;
+  CHECK(store_put_many(c.get(), again.data(), ptrs.data(), sizes.data(), 3, nullptr, &done) ==
+        STORE_EEXISTS);
+  CHECK(done == 1);
+  CHECK(Contains(c.get(), again[0]) == 1);
+  CHECK(Contains(c.get(), again[2]) == 0);
+  Delete(c.get(), again[0]);
+
+  for (auto& id : ids) Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for objects.
+
+TEST_CASE("open timeouts: 0 and finite on a missing id") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+  const store_object_id id = Id("never-there");
+
+  store_reader* r = reinterpret_cast<store_reader*>(0x1);
+  CHECK(store_open_reader(c.get(), &r, &id, 0) == STORE_ENOTFOUND);
+  CHECK(r == nullptr);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+
+  r = reinterpret_cast<store_reader*>(0x1);
+  auto t0 = Clock::now();
+  CHECK(store_open_reader(c.get(), &r, &id, 50) == STORE_ETIMEDOUT);
+  auto waited = Clock::now() - t0;
+  CHECK(r == nullptr);
+  CHECK(waited >= milliseconds(45));
+  CHECK(waited < milliseconds(5000));
+  CHECK(Stats(c.get()).waiting_gets == 0);
+
+  CHECK(store_open_reader(c.get(), &r, &id, -2) == STORE_EINVAL);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("open with timeout -1 waits for a seal done by another client") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr waiter = Connect(s, "waiter");
+  ClientPtr maker = Connect(s, "maker");
+
+  SUBCASE("the object does not exist yet") {
+    const store_object_id id = Id("awaited");
+    const std::vector<uint8_t> data = Pattern(77, 5000);
+    std::atomic<bool> returned{false};
+    int rc = -100;
+    std::vector<uint8_t> got;
+    std::thread t([&] {
+      store_reader* r = nullptr;
+      rc = store_open_reader(waiter.get(), &r, &id, -1);
+      if (rc == STORE_OK) {
+        auto* p = static_cast<const uint8_t*>(store_reader_data(r));
+        if (p) got.assign(p, p + store_reader_size(r));
+        store_reader_close(r);
+      }
+      returned = true;
+    });
+    CHECK(test::WaitFor([&] { return Stats(maker.get()).waiting_gets == 1; }));
+    CHECK_FALSE(returned.load());
+    Put(maker.get(), id, data);
+    t.join();
+    CHECK(rc == STORE_OK);
+    CHECK(got == data);
+    CHECK(test::WaitFor([&] { return Info(maker.get(), id).reader_count == 0; }));
+    CHECK(Stats(maker.get()).waiting_gets == 0);
+    Delete(maker.get(), id);
+  }
+
+  SUBCASE("the object is created but not sealed yet") {
+    const store_object_id id = Id("awaited-unsealed");
+    const std::vector<uint8_t> data = Pattern(78, 64 * 1024 + 3);
+    store_writer* raw = nullptr;
+    REQUIRE(store_create(maker.get(), &raw, &id, data.size(), nullptr) == STORE_OK);
+    WriterPtr w(raw);
+    REQUIRE(store_writer_write(w.get(), data.data(), data.size() / 2) == STORE_OK);
+    store_reader* none = nullptr;
+    CHECK(store_open_reader(waiter.get(), &none, &id, 0) == STORE_ENOTFOUND);
+    CHECK(none == nullptr);
+
+    std::atomic<bool> returned{false};
+    int rc = -100;
+    std::vector<uint8_t> got;
+    std::thread t([&] {
+      store_reader* r = nullptr;
+      rc = store_open_reader(waiter.get(), &r, &id, -1);
+      if (rc == STORE_OK) {
+        auto* p = static_cast<const uint8_t*>(store_reader_data(r));
+        if (p) got.assign(p, p + store_reader_size(r));
+        store_reader_close(r);
+      }
+      returned = true;
+    });
+    CHECK(test::WaitFor([&] { return Stats(maker.get()).waiting_gets == 1; }));
+    REQUIRE(store_writer_write(w.get(), data.data() + data.size() / 2,
+                               data.size() - data.size() / 2) == STORE_OK);
+    CHECK_FALSE(returned.load());
+    REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+    t.join();
+    CHECK(rc == STORE_OK);
+    CHECK(got == data);
+    CHECK(test::WaitFor([&] { return Info(maker.get(), id).reader_count == 0; }));
+    Delete(maker.get(), id);
+  }
+
+  CheckEmpty(maker.get());
+}
+
+TEST_CASE("store_open_readers with some ids missing gives NULL slots") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  std::vector<store_object_id> ids;
+  for (int i = 0; i < 5; i++) ids.push_back(Id("some-" + std::to_string(i)));
+  for (int i : {0, 2, 4}) Put(c.get(), ids[i], Pattern(i, 100 + i));
+
+  for (int64_t timeout : {int64_t{0}, int64_t{30}}) {
+    CAPTURE(timeout);
+    store_reader* out[5];
+    for (auto& o : out) o = reinterpret_cast<store_reader*>(0x1);
+    REQUIRE(store_open_readers(c.get(), out, ids.data(), 5, timeout) == STORE_OK);
+    CHECK(out[1] == nullptr);
+    CHECK(out[3] == nullptr);
+    for (int i : {0, 2, 4}) {
+      REQUIRE(out[i] != nullptr);
+      CHECK(store_reader_size(out[i]) == 100u + i);
+      CHECK(SameBytes(store_reader_data(out[i]), Pattern(i, 100 + i)));
+      CHECK(SameId(*store_reader_id(out[i]), ids[i]));
+    }
+    CHECK(Stats(c.get()).open_count == 3);
+    for (auto* r : out) store_reader_close(r);
+  }
+  // Zero ids is fine and opens nothing.
+  CHECK(store_open_readers(c.get(), nullptr, nullptr, 0, 0) == STORE_OK);
+
+  for (int i : {0, 2, 4}) Delete(c.get(), ids[i]);
+  CheckEmpty(c.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two clients.
+
+TEST_CASE("two clients: one puts, the other reads the same bytes") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  CHECK(Stats(a.get()).client_count == 2);
+
+  const store_object_id put_id = Id("shared-put");
+  const std::vector<uint8_t> pdata = Pattern(5, 2 * kMiB + 5);
+  Put(a.get(), put_id, pdata);
+  {
+    ReaderPtr ra = Open(a.get(), put_id);
+    ReaderPtr rb = Open(b.get(), put_id);
+    CHECK(SameBytes(store_reader_data(ra.get()), pdata));
+    CHECK(SameBytes(store_reader_data(rb.get()), pdata));
+    CHECK(Info(a.get(), put_id).reader_count == 2);
+  }
+
+  // A writer in A, a reader in B.
+  const store_object_id wid = Id("shared-writer");
+  const std::vector<uint8_t> wdata = Pattern(6, 12345);
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(a.get(), &raw, &wid, wdata.size(), nullptr) == STORE_OK);
+  WriterPtr w(raw);
+  REQUIRE(store_writer_write(w.get(), wdata.data(), wdata.size()) == STORE_OK);
+  CHECK(Contains(b.get(), wid) == 0);  // not visible to B before the seal
+  REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+  CHECK(Contains(b.get(), wid) == 1);
+  {
+    ReaderPtr rb = Open(b.get(), wid);
+    CHECK(store_reader_size(rb.get()) == wdata.size());
+    CHECK(SameBytes(store_reader_data(rb.get()), wdata));
+    std::vector<uint8_t> buf(wdata.size());
+    size_t n = 0;
+    REQUIRE(store_reader_read(rb.get(), buf.data(), buf.size(), &n) == STORE_OK);
+    CHECK(n == wdata.size());
+    CHECK(buf == wdata);
+    CHECK(Info(a.get(), wid).reader_count == 1);
+  }
+  // The release is one-way: wait for A to see it.
+  CHECK(test::WaitFor([&] { return Info(a.get(), wid).reader_count == 0; }));
+  // B may delete A's object.
+  Delete(b.get(), wid);
+  CHECK(Contains(a.get(), wid) == 0);
+  Delete(b.get(), put_id);
+  CheckEmpty(a.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors of the object lifecycle.
+
+TEST_CASE("duplicate create: STORE_EEXISTS, the original untouched") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+
+  // Sealed.
+  const store_object_id sealed = Id("dup-sealed");
+  const std::vector<uint8_t> sdata = Pattern(10, 4096), other = Pattern(11, 4096);
+  Put(a.get(), sealed, sdata);
+  store_writer* w2 = reinterpret_cast<store_writer*>(0x1);
+  CHECK(store_create(a.get(), &w2, &sealed, 4096, nullptr) == STORE_EEXISTS);
+  CHECK(w2 == nullptr);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+  CHECK(store_create(b.get(), &w2, &sealed, 100, nullptr) == STORE_EEXISTS);
+  CHECK(store_put(b.get(), &sealed, other.data(), other.size(), nullptr) == STORE_EEXISTS);
+  {
+    ReaderPtr r = Open(b.get(), sealed);
+    CHECK(store_reader_size(r.get()) == sdata.size());
+    CHECK(SameBytes(store_reader_data(r.get()), sdata));
+  }
+
+  // Unsealed.
+  const store_object_id open_id = Id("dup-unsealed");
+  const std::vector<uint8_t> udata = Pattern(12, 3000);
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(a.get(), &raw, &open_id, udata.size(), nullptr) == STORE_OK);
+  WriterPtr w(raw);
+  REQUIRE(store_writer_write(w.get(), udata.data(), 1000) == STORE_OK);
+  CHECK(store_create(a.get(), &w2, &open_id, udata.size(), nullptr) == STORE_EEXISTS);
+  CHECK(w2 == nullptr);
+  CHECK(store_create(b.get(), &w2, &open_id, 10, nullptr) == STORE_EEXISTS);
+  CHECK(w2 == nullptr);
+  CHECK(store_put(b.get(), &open_id, other.data(), other.size(), nullptr) == STORE_EEXISTS);
+  CHECK(Stats(a.get()).created_count == 1);
+  // The original writer still works.
+  REQUIRE(store_writer_write(w.get(), udata.data() + 1000, 2000) == STORE_OK);
+  REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+  {
+    ReaderPtr r = Open(b.get(), open_id);
+    CHECK(store_reader_size(r.get()) == udata.size());
+    CHECK(SameBytes(store_reader_data(r.get()), udata));
+  }
+
+  Delete(a.get(), sealed);
+  Delete(a.get(), open_id);
+  CheckEmpty(a.get());
+}
+
+TEST_CASE("abort, then the same id can be created again") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const store_object_id id = Id("aborted");
+  const uint64_t used0 = Stats(c.get()).used_bytes;
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(c.get(), &raw, &id, kMiB, nullptr) == STORE_OK);
+  const std::vector<uint8_t> first = Pattern(20, kMiB);
+  REQUIRE(store_writer_write(raw, first.data(), first.size()) == STORE_OK);
+  CHECK(Stats(c.get()).created_count == 1);
+  CHECK(Stats(c.get()).used_bytes > used0);
+  REQUIRE(store_writer_abort(raw) == STORE_OK);
+
+  store_stats st = Stats(c.get());
+  CHECK(st.created_count == 0);
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == used0);
+  CHECK(st.total_aborts == 1);
+  CHECK(Contains(c.get(), id) == 0);
+  store_object_info info{};
+  CHECK(store_info(c.get(), &id, &info) == STORE_ENOTFOUND);
+
+  const std::vector<uint8_t> second = Pattern(21, 100);
+  REQUIRE(store_create(c.get(), &raw, &id, second.size(), nullptr) == STORE_OK);
+  REQUIRE(store_writer_write(raw, second.data(), second.size()) == STORE_OK);
+  REQUIRE(store_writer_seal(raw) == STORE_OK);
+  {
+    ReaderPtr r = Open(c.get(), id);
+    CHECK(store_reader_size(r.get()) == second.size());
+    CHECK(SameBytes(store_reader_data(r.get()), second));
+  }
+
+  CHECK(store_writer_abort(nullptr) == STORE_OK);
+  Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("delete while a reader is open: unlink semantics") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+
+  const store_object_id id = Id("unlinked");
+  const std::vector<uint8_t> old_data = Pattern(30, kMiB), new_data = Pattern(31, kMiB);
+  Put(a.get(), id, old_data);
+  const uint64_t used_one = Stats(a.get()).used_bytes;
+  REQUIRE(used_one >= kMiB);
+
+  ReaderPtr old_reader = Open(b.get(), id);
+  Delete(a.get(), id);
+  CHECK(Contains(a.get(), id) == 0);
+  CHECK(Contains(b.get(), id) == 0);
+  store_object_info info{};
+  CHECK(store_info(a.get(), &id, &info) == STORE_ENOTFOUND);
+  store_reader* none = nullptr;
+  CHECK(store_open_reader(a.get(), &none, &id, 0) == STORE_ENOTFOUND);
+  CHECK(store_delete(a.get(), &id) == STORE_ENOTFOUND);
+  store_stats st = Stats(a.get());
+  CHECK(st.deleted_pending_count == 1);
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == used_one);  // still held by the reader
+
+  // A new object under the same id, while the old one is still read.
+  Put(a.get(), id, new_data);
+  CHECK(Contains(b.get(), id) == 1);
+  CHECK(SameBytes(store_reader_data(old_reader.get()), old_data));
+  {
+    std::vector<uint8_t> buf(old_data.size());
+    size_t n = 0;
+    REQUIRE(store_reader_read(old_reader.get(), buf.data(), buf.size(), &n) == STORE_OK);
+    CHECK(n == old_data.size());
+    CHECK(buf == old_data);
+    ReaderPtr new_reader = Open(b.get(), id);
+    CHECK(SameBytes(store_reader_data(new_reader.get()), new_data));
+    CHECK(SameBytes(store_reader_data(old_reader.get()), old_data));
+  }
+  st = Stats(a.get());
+  CHECK(st.deleted_pending_count == 1);
+  CHECK(st.object_count == 1);
+  CHECK(st.used_bytes == 2 * used_one);
+
+  old_reader.reset();
+  CHECK(test::WaitFor([&] { return Stats(a.get()).deleted_pending_count == 0; }));
+  st = Stats(a.get());
+  CHECK(st.used_bytes == used_one);  // only the new object remains
+  CHECK(st.object_count == 1);
+  {
+    ReaderPtr r = Open(a.get(), id);
+    CHECK(SameBytes(store_reader_data(r.get()), new_data));
+  }
+
+  Delete(a.get(), id);
+  CheckEmpty(a.get());
+}
+
+TEST_CASE("store_contains and store_delete of sealed, unsealed and missing objects") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  const store_object_id sealed = Id("c-sealed"), unsealed = Id("c-unsealed"),
+                        missing = Id("c-missing");
+  Put(c.get(), sealed, Pattern(40, 10));
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(c.get(), &raw, &unsealed, 10, nullptr) == STORE_OK);
+  WriterPtr w(raw);
+
+  CHECK(Contains(c.get(), sealed) == 1);
+  CHECK(Contains(c.get(), unsealed) == 0);
+  CHECK(Contains(c.get(), missing) == 0);
+
+  CHECK(store_delete(c.get(), &unsealed) == STORE_ENOTSEALED);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+  CHECK(Info(c.get(), unsealed).state == STORE_STATE_CREATED);  // still there
+  CHECK(store_delete(c.get(), &missing) == STORE_ENOTFOUND);
+  CHECK(Stats(c.get()).object_count == 2);
+
+  Delete(c.get(), sealed);
+  CHECK(Contains(c.get(), sealed) == 0);
+  CHECK(store_delete(c.get(), &sealed) == STORE_ENOTFOUND);
+  REQUIRE(store_writer_abort(w.release()) == STORE_OK);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("store_list and store_info fields") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+
+  {
+    store_object_info* list = reinterpret_cast<store_object_info*>(0x1);
+    size_t count = 99;
+    REQUIRE(store_list(a.get(), &list, &count) == STORE_OK);
+    CHECK(count == 0);
+    CHECK(list == nullptr);
+  }
+
+  const int64_t before = RealtimeNs();
+  const store_object_id sid = Id("info-sealed"), cid = Id("info-created");
+  const std::vector<uint8_t> smeta = Pattern(50, 33), cmeta = Pattern(51, 5);
+  store_create_options so = STORE_CREATE_OPTIONS_INIT;
+  so.metadata = smeta.data();
+  so.metadata_size = smeta.size();
+  so.importance = 7;
+  Put(a.get(), sid, Pattern(52, 1234), &so);
+  store_create_options co = STORE_CREATE_OPTIONS_INIT;
+  co.metadata = cmeta.data();
+  co.metadata_size = cmeta.size();
+  co.importance = -3;
+  store_writer* raw = nullptr;
+  REQUIRE(store_create(a.get(), &raw, &cid, 777, &co) == STORE_OK);
+  WriterPtr w(raw);
+
+  ReaderPtr r1 = Open(a.get(), sid);
+  ReaderPtr r2 = Open(b.get(), sid);
+
+  auto check_common = [&](const store_object_info& i) {
+    CHECK(i.level == STORE_LEVEL_MEMORY);
+    CHECK(i.device == -1);
+    CHECK(i.creator_pid == getpid());
+    const int64_t now = RealtimeNs();
+    CHECK(i.create_time_ns >= before - 60'000'000'000);
+    CHECK(i.create_time_ns <= now + 60'000'000'000);
+    CHECK(i.last_access_ns >= i.create_time_ns);
+    CHECK(i.last_access_ns <= now + 60'000'000'000);
+  };
+  auto check_sealed = [&](const store_object_info& i) {
+    CHECK(SameId(i.id, sid));
+    CHECK(i.data_size == 1234);
+    CHECK(i.metadata_size == 33);
+    CHECK(i.state == STORE_STATE_SEALED);
+    CHECK(i.importance == 7);
+    CHECK(i.pin_count == 0);
+    CHECK(i.reader_count == 2);
+    check_common(i);
+  };
+  auto check_created = [&](const store_object_info& i) {
+    CHECK(SameId(i.id, cid));
+    CHECK(i.data_size == 777);
+    CHECK(i.metadata_size == 5);
+    CHECK(i.state == STORE_STATE_CREATED);
+    CHECK(i.importance == -3);
+    CHECK(i.pin_count == 0);
+    CHECK(i.reader_count == 0);
+    check_common(i);
+  };
+
+  store_object_info* list = nullptr;
+  size_t count = 0;
+  REQUIRE(store_list(a.get(), &list, &count) == STORE_OK);
+  std::unique_ptr<store_object_info, void (*)(void*)> owned(list, store_free);
+  REQUIRE(count == 2);
+  REQUIRE(list != nullptr);
+  int seen_sealed = 0, seen_created = 0;
+  for (size_t i = 0; i < count; i++) {
+    if (SameId(list[i].id, sid)) {
+      seen_sealed++;
+      check_sealed(list[i]);
+    } else if (SameId(list[i].id, cid)) {
+      seen_created++;
+      check_created(list[i]);
+    } else {
+      FAIL("store_list returned an unknown id " << Hex(list[i].id));
+    }
+  }
+  CHECK(seen_sealed == 1);
+  CHECK(seen_created == 1);
+
+  check_sealed(Info(a.get(), sid));
+  check_created(Info(a.get(), cid));
+
+  // Closing readers brings reader_count down and touches last_access_ns.
+  const int64_t access_before = Info(a.get(), sid).last_access_ns;
+  r1.reset();
+  r2.reset();
+  CHECK(test::WaitFor([&] { return Info(a.get(), sid).reader_count == 0; }));
+  CHECK(Info(a.get(), sid).last_access_ns >= access_before);
+
+  store_object_info info{};
+  const store_object_id missing = Id("info-missing");
+  CHECK(store_info(a.get(), &missing, &info) == STORE_ENOTFOUND);
+
+  REQUIRE(store_writer_abort(w.release()) == STORE_OK);
+  Delete(a.get(), sid);
+  CheckEmpty(a.get());
+}
+
+TEST_CASE("pin and unpin") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+
+  const store_object_id id = Id("pinned"), missing = Id("pin-missing");
+  Put(a.get(), id, Pattern(60, 4096));
+
+  REQUIRE(store_pin(a.get(), &id) == STORE_OK);
+  CHECK(Info(a.get(), id).pin_count == 1);
+  CHECK(Stats(a.get()).pinned_count == 1);
+  REQUIRE(store_pin(a.get(), &id) == STORE_OK);
+  CHECK(Info(a.get(), id).pin_count == 2);
+  CHECK(Stats(a.get()).pinned_count == 1);
+  REQUIRE(store_unpin(a.get(), &id) == STORE_OK);
+  CHECK(Info(a.get(), id).pin_count == 1);
+  REQUIRE(store_unpin(a.get(), &id) == STORE_OK);
+  CHECK(Info(a.get(), id).pin_count == 0);
+  CHECK(Stats(a.get()).pinned_count == 0);
+  CHECK(store_unpin(a.get(), &id) == STORE_EMISUSE);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+  CHECK(Info(a.get(), id).pin_count == 0);
+
+  CHECK(store_pin(a.get(), &missing) == STORE_ENOTFOUND);
+  CHECK(store_unpin(a.get(), &missing) == STORE_ENOTFOUND);
+
+  // Pins are per client: B's pins cannot be dropped by A, and go away with B.
+  {
+    ClientPtr b = Connect(s, "b");
+    REQUIRE(store_pin(b.get(), &id) == STORE_OK);
+    REQUIRE(store_pin(b.get(), &id) == STORE_OK);
+    REQUIRE(store_pin(b.get(), &id) == STORE_OK);
+    CHECK(Info(a.get(), id).pin_count == 3);
+    CHECK(store_unpin(a.get(), &id) == STORE_EMISUSE);
+    CHECK(Info(a.get(), id).pin_count == 3);
+    REQUIRE(store_unpin(b.get(), &id) == STORE_OK);
+    CHECK(Info(a.get(), id).pin_count == 2);
+  }
+  CHECK(test::WaitFor([&] { return Info(a.get(), id).pin_count == 0; }));
+  CHECK(Stats(a.get()).pinned_count == 0);
+  CHECK(Stats(a.get()).client_count == 1);
+
+  Delete(a.get(), id);
+  CheckEmpty(a.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full store.
+
+TEST_CASE("a full store: STORE_ENOSPACE without a ghost, and size limits") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  std::vector<store_object_id> ids = FillWithMiB(c.get(), "full");
+  REQUIRE(ids.size() >= 8);
+  REQUIRE(ids.size() <= 16);
+
+  // The create that failed left nothing behind.
+  const store_object_id extra = Id("full-extra");
+  store_writer* w = reinterpret_cast<store_writer*>(0x1);
+  CHECK(store_create(c.get(), &w, &extra, kMiB, nullptr) == STORE_ENOSPACE);
+  CHECK(w == nullptr);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+  CHECK(Contains(c.get(), extra) == 0);
+  store_object_info info{};
+  CHECK(store_info(c.get(), &extra, &info) == STORE_ENOTFOUND);
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == ids.size());
+  CHECK(st.sealed_count == ids.size());
+  CHECK(st.created_count == 0);
+  CHECK(st.waiting_creates == 0);
+  CHECK(st.total_full >= 2);
+
+  // Every object kept its bytes.
+  for (size_t i = 0; i < ids.size(); i++) {
+    ReaderPtr r = Open(c.get(), ids[i]);
+    CHECK(SameBytes(store_reader_data(r.get()), Pattern(i, kMiB)));
+  }
+
+  // Deleting one makes room for one.
+  Delete(c.get(), ids.front());
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).object_count == ids.size() - 1; }));
+  const std::vector<uint8_t> edata = Pattern(999, kMiB);
+  REQUIRE(store_create(c.get(), &w, &extra, kMiB, nullptr) == STORE_OK);
+  REQUIRE(store_writer_write(w, edata.data(), edata.size()) == STORE_OK);
+  REQUIRE(store_writer_seal(w) == STORE_OK);
+  {
+    ReaderPtr r = Open(c.get(), extra);
+    CHECK(SameBytes(store_reader_data(r.get()), edata));
+  }
+  ids.front() = extra;
+
+  // Sizes that can never be stored.
+  const uint64_t capacity = Stats(c.get()).capacity_bytes;
+  CHECK(capacity >= 16 * kMiB);
+  const store_object_id big = Id("too-big");
+  w = reinterpret_cast<store_writer*>(0x1);
+  CHECK(store_create(c.get(), &w, &big, capacity + 1, nullptr) == STORE_EINVAL);
+  CHECK(w == nullptr);
+  CHECK(store_create(c.get(), &w, &big, UINT64_MAX, nullptr) == STORE_EINVAL);
+  const char meta[64] = {};
+  store_create_options mo = STORE_CREATE_OPTIONS_INIT;
+  mo.metadata = meta;
+  mo.metadata_size = sizeof meta;
+  CHECK(store_create(c.get(), &w, &big, capacity - 10, &mo) == STORE_EINVAL);
+  CHECK(store_create(c.get(), &w, &big, 0, nullptr) == STORE_EINVAL);
+  CHECK(store_put(c.get(), &big, meta, 0, nullptr) == STORE_EINVAL);
+  mo.metadata_size = STORE_MAX_METADATA_SIZE + 1;
+  std::vector<uint8_t> huge_meta(mo.metadata_size);
+  mo.metadata = huge_meta.data();
+  CHECK(store_create(c.get(), &w, &big, 10, &mo) == STORE_EINVAL);
+  st = Stats(c.get());
+  CHECK(Contains(c.get(), big) == 0);
+  CHECK(st.object_count == ids.size());
+  CHECK(st.created_count == 0);
+
+  for (auto& id : ids) Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("a create waiting for space on a full store") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+
+  std::vector<store_object_id> ids = FillWithMiB(a.get(), "wait");
+  REQUIRE(ids.size() >= 2);
+
+  // timeout -1: waits until B deletes an object.
+  const store_object_id waited = Id("wait-for-space");
+  const std::vector<uint8_t> wdata = Pattern(1234, kMiB);
+  std::atomic<bool> returned{false};
+  int rc = -100;
+  std::thread t([&] {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = -1;
+    rc = store_put(a.get(), &waited, wdata.data(), wdata.size(), &o);
+    returned = true;
+  });
+  CHECK(test::WaitFor([&] { return Stats(b.get()).waiting_creates == 1; }));
+  CHECK_FALSE(returned.load());
+  CHECK(Contains(b.get(), waited) == 0);
+  Delete(b.get(), ids.back());
+  ids.pop_back();
+  t.join();
+  CHECK(rc == STORE_OK);
+  CHECK(Stats(b.get()).waiting_creates == 0);
+  {
+    ReaderPtr r = Open(b.get(), waited);
+    CHECK(SameBytes(store_reader_data(r.get()), wdata));
+  }
+  ids.push_back(waited);
+
+  // timeout 100 ms on a store that is full again: STORE_ETIMEDOUT, and nothing left behind.
+  const store_object_id late = Id("wait-timeout");
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.timeout_ms = 100;
+  store_writer* w = reinterpret_cast<store_writer*>(0x1);
+  auto t0 = Clock::now();
+  CHECK(store_create(a.get(), &w, &late, kMiB, &o) == STORE_ETIMEDOUT);
+  auto waited_for = Clock::now() - t0;
+  CHECK(w == nullptr);
+  CHECK(waited_for >= milliseconds(90));
+  CHECK(waited_for < milliseconds(5000));
+  store_stats st = Stats(b.get());
+  CHECK(st.waiting_creates == 0);
+  CHECK(st.created_count == 0);
+  CHECK(st.object_count == ids.size());
+  CHECK(Contains(b.get(), late) == 0);
+
+  for (auto& id : ids) Delete(b.get(), id);
+  CheckEmpty(b.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments, errors and helpers.
+
+TEST_CASE("NULL arguments give STORE_EINVAL; destructors accept NULL") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr cp = Connect(s);
+  store_client* c = cp.get();
+
+  const store_object_id id = Id("null-args");
+  const uint8_t byte = 7;
+  store_reader* r = nullptr;
+  store_writer* w = nullptr;
+  store_object_info info{};
+  store_stats st{};
+  int present = 0;
+  uint64_t size = 1;
+
+  CHECK(store_client_connect(nullptr, s.socket().c_str(), nullptr) == STORE_EINVAL);
+  store_client_free(nullptr);
+
+  CHECK(store_create(nullptr, &w, &id, 10, nullptr) == STORE_EINVAL);
+  CHECK(store_create(c, nullptr, &id, 10, nullptr) == STORE_EINVAL);
+  CHECK(store_create(c, &w, nullptr, 10, nullptr) == STORE_EINVAL);
+  CHECK(w == nullptr);
+  store_create_options bad = STORE_CREATE_OPTIONS_INIT;
+  bad.metadata_size = 10;  // with a NULL metadata pointer
+  CHECK(store_create(c, &w, &id, 10, &bad) == STORE_EINVAL);
+
+  CHECK(store_writer_write(nullptr, &byte, 1) == STORE_EINVAL);
+  CHECK(store_writer_seek(nullptr, 0, SEEK_SET, &size) == STORE_EINVAL);
+  CHECK(store_writer_tell(nullptr) == 0);
+  CHECK(store_writer_size(nullptr) == 0);
+  CHECK(store_writer_data(nullptr) == nullptr);
+  CHECK(store_writer_seal(nullptr) == STORE_EINVAL);
+  CHECK(store_writer_abort(nullptr) == STORE_OK);
+  {
+    REQUIRE(store_create(c, &w, &id, 10, nullptr) == STORE_OK);
+    WriterPtr wp(w);
+    CHECK(store_writer_write(wp.get(), nullptr, 1) == STORE_EINVAL);
+    CHECK(store_writer_tell(wp.get()) == 0);
+  }
+  CHECK(Stats(c).object_count == 0);
+
+  CHECK(store_put(nullptr, &id, &byte, 1, nullptr) == STORE_EINVAL);
+  CHECK(store_put(c, nullptr, &byte, 1, nullptr) == STORE_EINVAL);
+  CHECK(store_put(c, &id, nullptr, 1, nullptr) == STORE_EINVAL);
+  const void* datas[1] = {&byte};
+  const uint64_t sizes[1] = {1};
+  size_t done = 99;
+  CHECK(store_put_many(nullptr, &id, datas, sizes, 1, nullptr, &done) == STORE_EINVAL);
+  CHECK(done == 0);
+  CHECK(store_put_many(c, nullptr, datas, sizes, 1, nullptr, &done) == STORE_EINVAL);
+  CHECK(store_put_many(c, &id, nullptr, sizes, 1, nullptr, &done) == STORE_EINVAL);
+  CHECK(store_put_many(c, &id, datas, nullptr, 1, nullptr, &done) == STORE_EINVAL);
+  CHECK(done == 0);
+
+  CHECK(store_open_reader(nullptr, &r, &id, 0) == STORE_EINVAL);
+  CHECK(store_open_reader(c, nullptr, &id, 0) == STORE_EINVAL);
+  CHECK(store_open_reader(c, &r, nullptr, 0) == STORE_EINVAL);
+  CHECK(r == nullptr);
+  store_reader* slots[1] = {nullptr};
+  CHECK(store_open_readers(nullptr, slots, &id, 1, 0) == STORE_EINVAL);
+  CHECK(store_open_readers(c, nullptr, &id, 1, 0) == STORE_EINVAL);
+  CHECK(store_open_readers(c, slots, nullptr, 1, 0) == STORE_EINVAL);
+
+  uint8_t buf[4];
+  size_t nread = 5;
+  CHECK(store_reader_read(nullptr, buf, sizeof buf, &nread) == STORE_EINVAL);
+  CHECK(nread == 0);
+  CHECK(store_reader_seek(nullptr, 0, SEEK_SET, &size) == STORE_EINVAL);
+  CHECK(store_reader_tell(nullptr) == 0);
+  CHECK(store_reader_size(nullptr) == 0);
+  CHECK(store_reader_data(nullptr) == nullptr);
+  size = 5;
+  CHECK(store_reader_metadata(nullptr, &size) == nullptr);
+  CHECK(size == 0);
+  CHECK(store_reader_id(nullptr) == nullptr);
+  store_reader_close(nullptr);
+  {
+    Put(c, id, std::vector<uint8_t>(4, 9));
+    ReaderPtr rp = Open(c, id);
+    CHECK(store_reader_read(rp.get(), nullptr, 1, &nread) == STORE_EINVAL);
+    CHECK(store_reader_tell(rp.get()) == 0);
+  }
+  Delete(c, id);
+
+  CHECK(store_contains(nullptr, &id, &present) == STORE_EINVAL);
+  CHECK(store_contains(c, nullptr, &present) == STORE_EINVAL);
+  CHECK(store_contains(c, &id, nullptr) == STORE_EINVAL);
+  CHECK(store_delete(nullptr, &id) == STORE_EINVAL);
+  CHECK(store_delete(c, nullptr) == STORE_EINVAL);
+  CHECK(store_info(nullptr, &id, &info) == STORE_EINVAL);
+  CHECK(store_info(c, nullptr, &info) == STORE_EINVAL);
+  CHECK(store_info(c, &id, nullptr) == STORE_EINVAL);
+  store_object_info* list = nullptr;
+  size_t count = 0;
+  CHECK(store_list(nullptr, &list, &count) == STORE_EINVAL);
+  CHECK(store_list(c, nullptr, &count) == STORE_EINVAL);
+  CHECK(store_list(c, &list, nullptr) == STORE_EINVAL);
+  store_free(nullptr);
+  CHECK(store_pin(nullptr, &id) == STORE_EINVAL);
+  CHECK(store_pin(c, nullptr) == STORE_EINVAL);
+  CHECK(store_unpin(nullptr, &id) == STORE_EINVAL);
+  CHECK(store_unpin(c, nullptr) == STORE_EINVAL);
+  CHECK(store_stats_get(nullptr, &st) == STORE_EINVAL);
+  CHECK(store_stats_get(c, nullptr) == STORE_EINVAL);
+
+  store_object_id out{};
+  char hex[41];
+  CHECK(store_object_id_from_string(nullptr, 3, &out) == STORE_EINVAL);
+  CHECK(store_object_id_from_string("abc", 3, nullptr) == STORE_EINVAL);
+  CHECK(store_object_id_to_hex(nullptr, hex, sizeof hex) == STORE_EINVAL);
+  CHECK(store_object_id_to_hex(&id, nullptr, sizeof hex) == STORE_EINVAL);
+  CHECK(store_object_id_from_hex(nullptr, &out) == STORE_EINVAL);
+  CHECK(store_object_id_from_hex("a9993e364706816aba3e25717850c26c9cd0d89d", nullptr) ==
+        STORE_EINVAL);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+
+  // The server is unharmed and the store is empty.
+  CHECK(s.Alive());
+  CheckEmpty(c);
+}
+
+TEST_CASE("store_errstr, store_last_error_message and store_version_string") {
+  std::set<std::string> texts;
+  for (int code = STORE_ERRNO_MIN_; code <= STORE_OK; code++) {
+    const char* t = store_errstr(code);
+    REQUIRE(t != nullptr);
+    CHECK(std::strlen(t) > 0);
+    texts.insert(t);
+  }
+  CHECK(texts.size() == size_t(STORE_OK - STORE_ERRNO_MIN_ + 1));
+  CHECK(std::string(store_errstr(STORE_ENOSPACE)) == "store is full");
+  REQUIRE(store_errstr(12345) != nullptr);
+  REQUIRE(store_errstr(-12345) != nullptr);
+  CHECK(std::string(store_version_string()) == STORE_VERSION_STRING);
+
+  // A failure leaves a message on this thread; a failure in the server too.
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+  const store_object_id id = Id("errmsg");
+  store_reader* r = nullptr;
+  REQUIRE(store_open_reader(c.get(), &r, &id, 0) == STORE_ENOTFOUND);
+  const std::string m1 = store_last_error_message();
+  CHECK_FALSE(m1.empty());
+  CHECK(m1.find(Hex(id)) != std::string::npos);
+  REQUIRE(store_object_id_from_hex("zz", nullptr) == STORE_EINVAL);
+  const std::string m2 = store_last_error_message();
+  CHECK_FALSE(m2.empty());
+  CHECK(m2 != m1);
+  Put(c.get(), id, Pattern(1, 8));
+  REQUIRE(store_put(c.get(), &id, "x", 1, nullptr) == STORE_EEXISTS);
+  CHECK(std::strlen(store_last_error_message()) > 0);
+  Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("object ids: from a string (SHA-1), to and from hex") {
+  store_object_id a{}, a2{}, b{}, empty{};
+  REQUIRE(store_object_id_from_string("abc", 3, &a) == STORE_OK);
+  REQUIRE(store_object_id_from_string("abc", 3, &a2) == STORE_OK);
+  REQUIRE(store_object_id_from_string("abd", 3, &b) == STORE_OK);
+  REQUIRE(store_object_id_from_string("", 0, &empty) == STORE_OK);
+  CHECK(SameId(a, a2));
+  CHECK_FALSE(SameId(a, b));
+  CHECK(Hex(a) == "a9993e364706816aba3e25717850c26c9cd0d89d");
+  CHECK(Hex(empty) == "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+  const std::string fox = "The quick brown fox jumps over the lazy dog";
+  store_object_id f{};
+  REQUIRE(store_object_id_from_string(fox.data(), fox.size(), &f) == STORE_OK);
+  CHECK(Hex(f) == "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12");
+  // Only len bytes count.
+  REQUIRE(store_object_id_from_string("abcdef", 3, &a2) == STORE_OK);
+  CHECK(SameId(a, a2));
+
+  // Hex round trip, both cases accepted.
+  store_object_id back{};
+  REQUIRE(store_object_id_from_hex(Hex(a).c_str(), &back) == STORE_OK);
+  CHECK(SameId(a, back));
+  REQUIRE(store_object_id_from_hex("A9993E364706816ABA3E25717850C26C9CD0D89D", &back) ==
+          STORE_OK);
+  CHECK(SameId(a, back));
+  for (int i = 0; i < 50; i++) {
+    store_object_id x = Id("hex-" + std::to_string(i)), y{};
+    REQUIRE(store_object_id_from_hex(Hex(x).c_str(), &y) == STORE_OK);
+    CHECK(SameId(x, y));
+  }
+
+  // Too small a buffer.
+  char small[40];
+  CHECK(store_object_id_to_hex(&a, small, sizeof small) == STORE_EINVAL);
+
+  // Bad hex leaves *out alone.
+  const char* bad[] = {
+      "",
+      "abc",
+      "a9993e364706816aba3e25717850c26c9cd0d89",    // 39 digits
+      "a9993e364706816aba3e25717850c26c9cd0d89d0",  // 41 digits
+      "g9993e364706816aba3e25717850c26c9cd0d89d",   // not a digit
+      "a9993e364706816aba3e25717850c26c9cd0d89 ",   // a space
+      "0xa9993e364706816aba3e25717850c26c9cd0d8",   // a prefix
+  };
+  for (const char* h : bad) {
+    CAPTURE(h);
+    store_object_id out = b;
+    CHECK(store_object_id_from_hex(h, &out) == STORE_EINVAL);
+    CHECK(SameId(out, b));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One client shared by several threads.
+
+TEST_CASE("a client shared by 4 threads doing put/open/close/delete cycles") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  constexpr int kThreads = 4, kCycles = 500;
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; t++) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCycles; i++) {
+        const std::string name = "thread-" + std::to_string(t) + "-" + std::to_string(i);
+        store_object_id id{};
+        store_object_id_from_string(name.data(), name.size(), &id);
+        const std::vector<uint8_t> data = Pattern(t * 100000 + i, 64 + (i * 37) % 5000);
+        bool good = store_put(c.get(), &id, data.data(), data.size(), nullptr) == STORE_OK;
+        store_reader* r = nullptr;
+        good = good && store_open_reader(c.get(), &r, &id, 0) == STORE_OK;
+        good = good && store_reader_size(r) == data.size() &&
+               SameBytes(store_reader_data(r), data);
+        store_reader_close(r);
+        good = store_delete(c.get(), &id) == STORE_OK && good;
+        (good ? ok : failed)++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failed.load() == 0);
+  CHECK(ok.load() == kThreads * kCycles);
+  store_stats st = Stats(c.get());
+  CHECK(st.total_creates == kThreads * kCycles);
+  CHECK(st.total_deletes == kThreads * kCycles);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("a thread blocked in an open does not stall the other threads of the client") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+  ClientPtr watcher = Connect(s, "watcher");
+
+  const store_object_id blocked_id = Id("blocked");
+  const std::vector<uint8_t> bdata = Pattern(4242, 10000);
+  std::atomic<bool> returned{false};
+  int brc = -100;
+  std::vector<uint8_t> got;
+  std::thread blocked([&] {
+    store_reader* r = nullptr;
+    brc = store_open_reader(c.get(), &r, &blocked_id, -1);
+    if (brc == STORE_OK) {
+      auto* p = static_cast<const uint8_t*>(store_reader_data(r));
+      if (p) got.assign(p, p + store_reader_size(r));
+      store_reader_close(r);
+    }
+    returned = true;
+  });
+  REQUIRE(test::WaitFor([&] { return Stats(watcher.get()).waiting_gets == 1; }));
+
+  constexpr int kThreads = 3, kCycles = 200;
+  std::atomic<int> ok{0}, failed{0}, finished{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; t++) {
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < kCycles; i++) {
+        const std::string name = "worker-" + std::to_string(t) + "-" + std::to_string(i);
+        store_object_id id{};
+        store_object_id_from_string(name.data(), name.size(), &id);
+        const std::vector<uint8_t> data = Pattern(t * 1000 + i, 100 + i);
+        bool good = store_put(c.get(), &id, data.data(), data.size(), nullptr) == STORE_OK;
+        store_reader* r = nullptr;
+        good = good && store_open_reader(c.get(), &r, &id, 0) == STORE_OK;
+        good = good && SameBytes(store_reader_data(r), data);
+        store_reader_close(r);
+        store_stats st{};
+        good = good && store_stats_get(c.get(), &st) == STORE_OK && st.waiting_gets == 1;
+        good = store_delete(c.get(), &id) == STORE_OK && good;
+        (good ? ok : failed)++;
+      }
+      finished++;
+    });
+  }
+  // The workers finish while the blocked thread still waits.
+  const bool all_finished = test::WaitFor([&] { return finished.load() == kThreads; },
+                                          std::chrono::seconds(60));
+  CHECK(all_finished);
+  CHECK_FALSE(returned.load());
+  CHECK(ok.load() == kThreads * kCycles);
+  CHECK(failed.load() == 0);
+
+  // A put on the same client unblocks it (through the other client if the first is stalled,
+  // so that the test ends either way).
+  Put(all_finished ? c.get() : watcher.get(), blocked_id, bdata);
+  blocked.join();
+  for (auto& t : workers) t.join();
+  CHECK(brc == STORE_OK);
+  CHECK(got == bdata);
+  CHECK(test::WaitFor([&] { return Info(watcher.get(), blocked_id).reader_count == 0; }));
+  CHECK(Stats(watcher.get()).waiting_gets == 0);
+
+  Delete(c.get(), blocked_id);
+  CheckEmpty(watcher.get());
+}

@@ -1,0 +1,1033 @@
+// store_bench.cpp - store-bench: measures a running store server against limits of the same
+// machine, measured in the same run.
+//
+// Every figure is printed beside its limit and the ratio of the two. Each figure runs in
+// rounds; a round measures the limit right before the figure, so both see the same machine
+// load. The reported value is the median of the rounds, with their minimum and maximum.
+//
+// Figures and limits:
+//   small_put        store_put of 64 B objects, ops/s         vs a 64 B Unix socket round trip
+//   small_get        store_open_reader + store_reader_close   vs the same round trip
+//   batch_get        store_open_readers of 1000 ids + closes   vs the same round trip
+//   batch_put        store_put_many of 1000 objects            vs the same round trip
+//   large_put_first  the first 64 MiB create + memcpy + seal   vs memcpy (touched / fresh)
+//   large_put        64 MiB create + memcpy + seal, repeated   vs memcpy (touched / fresh)
+//   large_get        64 MiB open + memcpy out + close          vs memcpy between private buffers
+//
+// The round trip limit is a forked echo process on a socketpair: send 64 B, get 64 B back.
+// The bench starts no server. Every object it makes carries an id prefix unique to the run
+// and is deleted before it exits, on failure too whenever the server is still reachable.
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "storeclient.h"
+
+namespace {
+
+// ---- settings ------------------------------------------------------------------------------
+
+constexpr uint64_t kSmallSize = 64;
+constexpr size_t kBatch = 1000;
+constexpr size_t kGetSetSize = 1000;  // objects small_get cycles over
+constexpr uint64_t kLargeSize = 64ull << 20;
+constexpr uint64_t kLargeNeed = 140ull << 20;  // capacity the 64 MiB figures need
+constexpr uint64_t kSmallNeed = 16ull << 20;   // generous bound for the small figures
+constexpr uint64_t kMaxSmallPerRound = 500000;  // bounds the objects one round may create
+
+struct Settings {
+  const char* socket = nullptr;
+  bool json = false;
+  bool quick = false;
+  std::string only;
+  int rounds = 5;           // measured rounds per figure
+  double round_s = 0.3;     // target duration of one small-object round (figure or limit)
+  int large_per_round = 3;  // 64 MiB operations per large round
+};
+
+Settings g_set;
+
+const char* const kFigureNames[] = {"small_put", "small_get", "batch_get",
+                                    "batch_put", "large_put", "large_get"};
+
+// ---- state shared with the failure path ----------------------------------------------------
+
+store_client* g_client = nullptr;
+uint8_t g_prefix[12];
+uint64_t g_next_id = 0;     // counter part of the next id; never reused within a run
+uint64_t g_created = 0;     // objects this run sealed
+uint64_t g_deleted = 0;     // objects this run deleted
+int g_echo_fd = -1;
+pid_t g_echo_pid = -1;
+volatile sig_atomic_t g_stop = 0;
+
+void OnSignal(int) { g_stop = 1; }
+
+store_object_id MakeId(uint64_t n) {
+  store_object_id id;
+  memcpy(id.bytes, g_prefix, sizeof g_prefix);
+  memcpy(id.bytes + sizeof g_prefix, &n, sizeof n);
+  return id;
+}
+
+bool HasPrefix(const store_object_id& id) {
+  return memcmp(id.bytes, g_prefix, sizeof g_prefix) == 0;
+}
+
+std::string PrefixHex() {
+  char buf[2 * sizeof g_prefix + 1];
+  for (size_t i = 0; i < sizeof g_prefix; i++) snprintf(buf + 2 * i, 3, "%02x", g_prefix[i]);
+  return buf;
+}
+
+// Deletes every sealed object carrying this run's prefix. Returns how many are left after
+// it (-1 if the store could not be listed). quiet: print nothing on errors.
+long DeleteAllOfRun(bool quiet) {
+  if (!g_client) return -1;
+  store_object_info* infos = nullptr;
+  size_t count = 0;
+  int rc = store_list(g_client, &infos, &count);
+  if (rc != STORE_OK) {
+    if (!quiet) {
+      fprintf(stderr, "store-bench: store_list failed: %s: %s\n", store_errstr(rc),
+              store_last_error_message());
+    }
+    return -1;
+  }
+  long left = 0;
+  for (size_t i = 0; i < count; i++) {
+    if (!HasPrefix(infos[i].id)) continue;
+    if (infos[i].state == STORE_STATE_CREATED) {
+      left++;  // aborted by the server when this client disconnects
+      continue;
+    }
+    rc = store_delete(g_client, &infos[i].id);
+    if (rc == STORE_OK) {
+      g_deleted++;
+    } else if (rc != STORE_ENOTFOUND) {
+      left++;
+      if (!quiet) {
+        fprintf(stderr, "store-bench: store_delete failed: %s: %s\n", store_errstr(rc),
+                store_last_error_message());
+      }
+    }
+  }
+  store_free(infos);
+  return left;
+}
+
+void CloseEcho() {
+  if (g_echo_fd >= 0) {
+    close(g_echo_fd);
+    g_echo_fd = -1;
+  }
+  if (g_echo_pid > 0) {
+    int st;
+    while (waitpid(g_echo_pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    g_echo_pid = -1;
+  }
+}
+
+// Exits with status 1 after removing what the run left in the store.
+[[noreturn]] void FailExit() {
+  if (g_client) {
+    long left = DeleteAllOfRun(true);
+    if (left > 0) {
+      fprintf(stderr, "store-bench: %ld objects with id prefix %s could not be deleted\n", left,
+              PrefixHex().c_str());
+    } else if (left < 0) {
+      fprintf(stderr,
+              "store-bench: could not clean up: objects with id prefix %s may be left\n",
+              PrefixHex().c_str());
+    }
+    store_client_free(g_client);
+    g_client = nullptr;
+  }
+  CloseEcho();
+  exit(1);
+}
+
+void Check(int rc, const char* what) {
+  if (rc == STORE_OK) return;
+  // Print before cleaning up: the cleanup's calls replace the last error message.
+  fprintf(stderr, "store-bench: %s failed: %s: %s\n", what, store_errstr(rc),
+          store_last_error_message());
+  FailExit();
+}
+
+[[noreturn]] void DieErrno(const char* what) {
+  fprintf(stderr, "store-bench: %s: %s\n", what, strerror(errno));
+  FailExit();
+}
+
+[[noreturn]] void Die(const char* what) {
+  fprintf(stderr, "store-bench: %s\n", what);
+  FailExit();
+}
+
+void CheckStop() {
+  if (g_stop) Die("interrupted");
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Keeps the compiler from dropping stores into memory it cannot see used.
+inline void Clobber(void* p) { asm volatile("" : : "r"(p) : "memory"); }
+
+void Put(const store_object_id& id, const void* data, uint64_t size, const char* what) {
+  Check(store_put(g_client, &id, data, size, nullptr), what);
+  g_created++;
+}
+
+void Delete(const store_object_id& id) {
+  Check(store_delete(g_client, &id), "store_delete");
+  g_deleted++;
+}
+
+void DeleteRange(uint64_t first, uint64_t end) {
+  for (uint64_t n = first; n < end; n++) {
+    store_object_id id = MakeId(n);
+    Delete(id);
+  }
+}
+
+// A private, page-aligned buffer, every page written (so no fault is left in it).
+uint8_t* TouchedBuffer(size_t size, uint8_t fill) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) DieErrno("mmap of a private buffer");
+  memset(p, fill, size);
+  return static_cast<uint8_t*>(p);
+}
+
+void FillPattern(uint8_t* p, size_t size) {
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i + 8 <= size; i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    memcpy(p + i, &x, 8);
+  }
+}
+
+// ---- samples and results -------------------------------------------------------------------
+
+struct Series {
+  std::string name;
+  std::string unit;
+  std::vector<double> v;
+
+  double Median() const {
+    if (v.empty()) return 0;
+    std::vector<double> s = v;
+    std::sort(s.begin(), s.end());
+    size_t m = s.size() / 2;
+    return s.size() % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  }
+  double Min() const { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
+  double Max() const { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
+};
+
+struct Result {
+  std::string name;
+  std::string description;
+  Series figure;
+  std::vector<Series> limits;
+  bool skipped = false;
+  std::string reason;
+  std::string note;
+};
+
+std::vector<Result> g_results;
+
+std::string FormatValue(double v, const std::string& unit) {
+  char buf[64];
+  if (unit == "GB/s") {
+    snprintf(buf, sizeof buf, "%.2f", v);
+  } else {
+    snprintf(buf, sizeof buf, "%.0f", v);
+  }
+  return buf;
+}
+
+std::string Spread(const Series& s) {
+  if (s.v.size() <= 1) return "(1 sample)";
+  return "(min " + FormatValue(s.Min(), s.unit) + " max " + FormatValue(s.Max(), s.unit) + ")";
+}
+
+double Ratio(const Series& fig, const Series& lim) {
+  double l = lim.Median();
+  return l > 0 ? fig.Median() / l : 0;
+}
+
+void PrintLine(const Result& r) {
+  if (g_set.json) return;
+  if (r.skipped) {
+    printf("%-16s skipped: %s\n", r.name.c_str(), r.reason.c_str());
+    fflush(stdout);
+    return;
+  }
+  const Series& f = r.figure;
+  printf("%-16s %10s %-9s %-32s", r.name.c_str(), FormatValue(f.Median(), f.unit).c_str(),
+         f.unit.c_str(), Spread(f).c_str());
+  for (const Series& l : r.limits) {
+    printf("   limit %-14s %10s %-6s %-32s ratio %.2f", l.name.c_str(),
+           FormatValue(l.Median(), l.unit).c_str(), l.unit.c_str(), Spread(l).c_str(),
+           Ratio(f, l));
+  }
+  printf("\n");
+  if (!r.note.empty()) printf("%-16s   note: %s\n", "", r.note.c_str());
+  fflush(stdout);
+}
+
+void Add(Result r) {
+  PrintLine(r);
+  g_results.push_back(std::move(r));
+}
+
+bool Wanted(const char* name) { return g_set.only.empty() || g_set.only == name; }
+
+// ---- the round trip limit ------------------------------------------------------------------
+
+bool SendAll(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    c += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// Returns 1 when n bytes were read, 0 at a clean end of stream, -1 on an error.
+int RecvAll(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t k = recv(fd, c + got, n - got, 0);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (k == 0) return got == 0 ? 0 : -1;
+    got += static_cast<size_t>(k);
+  }
+  return 1;
+}
+
+// Forks the echo process. Called before anything else, so the child holds no store connection.
+void StartEcho() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) DieErrno("socketpair");
+  pid_t pid = fork();
+  if (pid < 0) DieErrno("fork");
+  if (pid == 0) {
+    // The child lives until the parent closes its end (or exits).
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    close(sv[0]);
+    char buf[kSmallSize];
+    for (;;) {
+      int r = RecvAll(sv[1], buf, sizeof buf);
+      if (r <= 0) _exit(r == 0 ? 0 : 1);
+      if (!SendAll(sv[1], buf, sizeof buf)) _exit(1);
+    }
+  }
+  close(sv[1]);
+  g_echo_fd = sv[0];
+  g_echo_pid = pid;
+}
+
+// One round of 64 B round trips; returns round trips per second.
+double RttRound(double seconds) {
+  char buf[kSmallSize];
+  memset(buf, 0x5a, sizeof buf);
+  uint64_t n = 0;
+  double t0 = Now(), t;
+  do {
+    for (int k = 0; k < 16; k++) {
+      if (!SendAll(g_echo_fd, buf, sizeof buf)) DieErrno("send to the echo process");
+      if (RecvAll(g_echo_fd, buf, sizeof buf) != 1) DieErrno("recv from the echo process");
+    }
+    n += 16;
+    CheckStop();
+    t = Now();
+  } while (t - t0 < seconds);
+  return static_cast<double>(n) / (t - t0);
+}
+
+Series RttSeries() { return Series{"socket_rtt", "ops/s", {}}; }
+
+// ---- small objects -------------------------------------------------------------------------
+
+void SmallPut() {
+  Result r{"small_put", "store_put of 64 B objects, one client, synchronous", {}, {}, false, "", ""};
+  r.figure = Series{"small_put", "ops/s", {}};
+  r.limits.push_back(RttSeries());
+  uint8_t data[kSmallSize];
+  memset(data, 0xa5, sizeof data);
+
+  for (int round = -1; round < g_set.rounds; round++) {  // round -1 warms up, not counted
+    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
+    double rtt = RttRound(dur);
+    uint64_t first = g_next_id;
+    double t0 = Now(), t;
+    do {
+      store_object_id id = MakeId(g_next_id++);
+      Put(id, data, sizeof data, "store_put of a 64 B object");
+      CheckStop();
+      t = Now();
+    } while (t - t0 < dur && g_next_id - first < kMaxSmallPerRound);
+    double rate = static_cast<double>(g_next_id - first) / (t - t0);
+    DeleteRange(first, g_next_id);
+    if (round >= 0) {
+      r.limits[0].v.push_back(rtt);
+      r.figure.v.push_back(rate);
+    }
+  }
+  Add(std::move(r));
+}
+
+// Puts kGetSetSize 64 B objects; returns the first counter.
+uint64_t PutSmallSet(std::vector<store_object_id>* ids) {
+  uint8_t data[kSmallSize];
+  memset(data, 0x3c, sizeof data);
+  uint64_t first = g_next_id;
+  ids->clear();
+  for (size_t i = 0; i < kGetSetSize; i++) {
+    store_object_id id = MakeId(g_next_id++);
+    Put(id, data, sizeof data, "store_put of a 64 B object");
+    ids->push_back(id);
+  }
+  return first;
+}
+
+void SmallGet() {
+  Result r{"small_get", "store_open_reader (timeout 0) + store_reader_close of 64 B objects",
+           {}, {}, false, "", ""};
+  r.figure = Series{"small_get", "ops/s", {}};
+  r.limits.push_back(RttSeries());
+  std::vector<store_object_id> ids;
+  uint64_t first = PutSmallSet(&ids);
+
+  size_t i = 0;
+  for (int round = -1; round < g_set.rounds; round++) {
+    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
+    double rtt = RttRound(dur);
+    uint64_t n = 0;
+    double t0 = Now(), t;
+    do {
+      store_reader* rd = nullptr;
+      Check(store_open_reader(g_client, &rd, &ids[i], 0), "store_open_reader");
+      if (store_reader_size(rd) != kSmallSize) {
+        store_reader_close(rd);
+        Die("store_open_reader returned an object of the wrong size");
+      }
+      store_reader_close(rd);
+      if (++i == ids.size()) i = 0;
+      n++;
+      CheckStop();
+      t = Now();
+    } while (t - t0 < dur);
+    if (round >= 0) {
+      r.limits[0].v.push_back(rtt);
+      r.figure.v.push_back(static_cast<double>(n) / (t - t0));
+    }
+  }
+  DeleteRange(first, first + ids.size());
+  Add(std::move(r));
+}
+
+void BatchGet() {
+  Result r{"batch_get", "store_open_readers of 1000 ids, then close all; objects/s", {}, {},
+           false, "", ""};
+  r.figure = Series{"batch_get", "obj/s", {}};
+  r.limits.push_back(RttSeries());
+  std::vector<store_object_id> ids;
+  static_assert(kGetSetSize == kBatch, "batch_get reuses the small_get set");
+  uint64_t first = PutSmallSet(&ids);
+  std::vector<store_reader*> out(kBatch, nullptr);
+  double batch_s_sum = 0, open_s_sum = 0, close_s_sum = 0;
+  uint64_t batches = 0;
+
+  for (int round = -1; round < g_set.rounds; round++) {
+    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
+    double rtt = RttRound(dur);
+    uint64_t n = 0;
+    double t0 = Now(), t;
+    do {
+      double o0 = Now();
+      Check(store_open_readers(g_client, out.data(), ids.data(), kBatch, 0),
+            "store_open_readers of 1000 ids");
+      double o1 = Now();
+      bool missing = false;
+      for (size_t k = 0; k < kBatch; k++) {
+        if (!out[k] || store_reader_size(out[k]) != kSmallSize) missing = true;
+      }
+      for (size_t k = 0; k < kBatch; k++) {
+        store_reader_close(out[k]);
+        out[k] = nullptr;
+      }
+      if (round >= 0) {
+        open_s_sum += o1 - o0;
+        close_s_sum += Now() - o1;
+      }
+      if (missing) Die("store_open_readers missed a sealed object or gave a wrong size");
+      n += kBatch;
+      CheckStop();
+      t = Now();
+    } while (t - t0 < dur);
+    if (round >= 0) {
+      r.limits[0].v.push_back(rtt);
+      r.figure.v.push_back(static_cast<double>(n) / (t - t0));
+      batch_s_sum += t - t0;
+      batches += n / kBatch;
+    }
+  }
+  DeleteRange(first, first + ids.size());
+  char note[200];
+  double nb = static_cast<double>(batches);
+  snprintf(note, sizeof note,
+           "one batch of 1000 takes %.0f us on average (%.1f round trips): "
+           "open_readers %.0f us, 1000 closes %.0f us",
+           1e6 * batch_s_sum / nb, batch_s_sum / nb * r.limits[0].Median(),
+           1e6 * open_s_sum / nb, 1e6 * close_s_sum / nb);
+  r.note = note;
+  Add(std::move(r));
+}
+
+void BatchPut() {
+  Result r{"batch_put", "store_put_many of 1000 64 B objects; objects/s", {}, {}, false, "", ""};
+  r.figure = Series{"batch_put", "obj/s", {}};
+  r.limits.push_back(RttSeries());
+  uint8_t data[kSmallSize];
+  memset(data, 0x69, sizeof data);
+  std::vector<store_object_id> ids(kBatch);
+  std::vector<const void*> datas(kBatch, data);
+  std::vector<uint64_t> sizes(kBatch, kSmallSize);
+
+  for (int round = -1; round < g_set.rounds; round++) {
+    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
+    double rtt = RttRound(dur);
+    uint64_t first = g_next_id;
+    double timed = 0;
+    uint64_t n = 0;
+    do {
+      for (size_t k = 0; k < kBatch; k++) ids[k] = MakeId(g_next_id + k);
+      size_t done = 0;
+      double t0 = Now();
+      int rc = store_put_many(g_client, ids.data(), datas.data(), sizes.data(), kBatch, nullptr,
+                              &done);
+      timed += Now() - t0;
+      g_next_id += kBatch;
+      g_created += done;
+      Check(rc, "store_put_many of 1000 64 B objects");
+      n += kBatch;
+      CheckStop();
+    } while (timed < dur && n < kMaxSmallPerRound);
+    DeleteRange(first, g_next_id);
+    if (round >= 0) {
+      r.limits[0].v.push_back(rtt);
+      r.figure.v.push_back(static_cast<double>(n) / timed);
+    }
+  }
+  Add(std::move(r));
+}
+
+// ---- 64 MiB objects ------------------------------------------------------------------------
+
+constexpr double kGB = 1e9;
+
+// memcpy of kLargeSize between two touched private buffers; seconds.
+double MemcpyTouched(uint8_t* dst, const uint8_t* src) {
+  double t0 = Now();
+  memcpy(dst, src, kLargeSize);
+  Clobber(dst);
+  return Now() - t0;
+}
+
+// memcpy of kLargeSize into a fresh anonymous mapping no one has touched; seconds.
+double MemcpyFresh(const uint8_t* src) {
+  void* p = mmap(nullptr, kLargeSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) DieErrno("mmap of a fresh buffer");
+  double t0 = Now();
+  memcpy(p, src, kLargeSize);
+  Clobber(p);
+  double t = Now() - t0;
+  if (munmap(p, kLargeSize) != 0) DieErrno("munmap");
+  return t;
+}
+
+long MinorFaults() {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return ru.ru_minflt;
+}
+
+// create + memcpy + seal of one 64 MiB object, timed; the delete after it is not. Seconds.
+// *faults (may be NULL) receives the minor page faults this process took meanwhile.
+double LargePutOnce(const uint8_t* src, long* faults = nullptr) {
+  store_object_id id = MakeId(g_next_id++);
+  long f0 = MinorFaults();
+  double t0 = Now();
+  store_writer* w = nullptr;
+  Check(store_create(g_client, &w, &id, kLargeSize, nullptr), "store_create of 64 MiB");
+  void* p = store_writer_data(w);
+  if (!p) {
+    store_writer_abort(w);
+    Die("store_writer_data returned NULL");
+  }
+  memcpy(p, src, kLargeSize);
+  Clobber(p);
+  Check(store_writer_seal(w), "store_writer_seal of 64 MiB");
+  double t = Now() - t0;
+  if (faults) *faults = MinorFaults() - f0;
+  g_created++;
+  Delete(id);
+  return t;
+}
+
+bool LargeFits(Result* r, const store_stats& st) {
+  uint64_t free_bytes = st.capacity_bytes > st.used_bytes ? st.capacity_bytes - st.used_bytes : 0;
+  if (st.capacity_bytes < kLargeNeed || free_bytes < kLargeNeed) {
+    char why[200];
+    snprintf(why, sizeof why,
+             "needs %llu MiB of free store memory; capacity %llu MiB, %llu MiB free",
+             static_cast<unsigned long long>(kLargeNeed >> 20),
+             static_cast<unsigned long long>(st.capacity_bytes >> 20),
+             static_cast<unsigned long long>(free_bytes >> 20));
+    r->skipped = true;
+    r->reason = why;
+    return false;
+  }
+  return true;
+}
+
+void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t creates_before) {
+  Result first{"large_put_first",
+               "the run's first 64 MiB store_create + memcpy into store_writer_data + seal",
+               {}, {}, false, "", ""};
+  Result steady{"large_put", "64 MiB store_create + memcpy + seal, repeated (create/delete)",
+                {}, {}, false, "", ""};
+  if (!LargeFits(&first, st)) {
+    steady.skipped = true;
+    steady.reason = first.reason;
+    Add(std::move(first));
+    Add(std::move(steady));
+    return;
+  }
+  for (Result* r : {&first, &steady}) {
+    r->figure = Series{r->name, "GB/s", {}};
+    r->limits.push_back(Series{"memcpy_touched", "GB/s", {}});
+    r->limits.push_back(Series{"memcpy_fresh", "GB/s", {}});
+  }
+  // The first one is measured alone; its limits are sampled right before it.
+  first.limits[0].v.push_back(static_cast<double>(kLargeSize) / MemcpyTouched(dst, src) / kGB);
+  first.limits[1].v.push_back(static_cast<double>(kLargeSize) / MemcpyFresh(src) / kGB);
+  long first_faults = 0;
+  first.figure.v.push_back(static_cast<double>(kLargeSize) / LargePutOnce(src, &first_faults) /
+                           kGB);
+  first.note = (creates_before == 0
+                    ? std::string("the server had created no object before this run")
+                    : "the server had created " + std::to_string(creates_before) +
+                          " objects before this run: its memory may have been used before; "
+                          "only this process's mapping is fresh") +
+               "; " + std::to_string(first_faults) + " minor page faults in this process";
+  long steady_faults = 0;
+
+  for (int round = 0; round < g_set.rounds; round++) {
+    double touched = 0, fresh = 0, put = 0;
+    for (int k = 0; k < g_set.large_per_round; k++) {
+      touched += MemcpyTouched(dst, src);
+      fresh += MemcpyFresh(src);
+      long f = 0;
+      put += LargePutOnce(src, &f);
+      steady_faults += f;
+      CheckStop();
+    }
+    double bytes = static_cast<double>(kLargeSize) * g_set.large_per_round;
+    steady.limits[0].v.push_back(bytes / touched / kGB);
+    steady.limits[1].v.push_back(bytes / fresh / kGB);
+    steady.figure.v.push_back(bytes / put / kGB);
+  }
+  steady.note = std::to_string(steady_faults / (g_set.rounds * g_set.large_per_round)) +
+                " minor page faults per put in this process on average";
+  Add(std::move(first));
+  Add(std::move(steady));
+}
+
+void LargeGet(uint8_t* src, uint8_t* dst, const store_stats& st) {
+  Result r{"large_get", "64 MiB store_open_reader + memcpy out of store_reader_data + close",
+           {}, {}, false, "", ""};
+  if (!LargeFits(&r, st)) {
+    Add(std::move(r));
+    return;
+  }
+  r.figure = Series{"large_get", "GB/s", {}};
+  r.limits.push_back(Series{"memcpy_touched", "GB/s", {}});
+
+  store_object_id id = MakeId(g_next_id++);
+  {
+    store_writer* w = nullptr;
+    Check(store_create(g_client, &w, &id, kLargeSize, nullptr), "store_create of 64 MiB");
+    void* p = store_writer_data(w);
+    if (!p) {
+      store_writer_abort(w);
+      Die("store_writer_data returned NULL");
+    }
+    memcpy(p, src, kLargeSize);
+    Check(store_writer_seal(w), "store_writer_seal of 64 MiB");
+    g_created++;
+  }
+  bool verified = false;
+  for (int round = -1; round < g_set.rounds; round++) {  // round -1 warms up, not counted
+    double touched = 0, get = 0;
+    for (int k = 0; k < g_set.large_per_round; k++) {
+      touched += MemcpyTouched(dst, src);
+      memset(dst, 0, 4096);
+      double t0 = Now();
+      store_reader* rd = nullptr;
+      Check(store_open_reader(g_client, &rd, &id, 0), "store_open_reader of 64 MiB");
+      const void* p = store_reader_data(rd);
+      if (!p || store_reader_size(rd) != kLargeSize) {
+        store_reader_close(rd);
+        Die("store_reader_data returned NULL or the wrong size");
+      }
+      memcpy(dst, p, kLargeSize);
+      Clobber(dst);
+      store_reader_close(rd);
+      get += Now() - t0;
+      if (!verified) {
+        if (memcmp(dst, src, kLargeSize) != 0) Die("the 64 MiB object read back differs");
+        verified = true;
+      }
+      CheckStop();
+    }
+    if (round >= 0) {
+      double bytes = static_cast<double>(kLargeSize) * g_set.large_per_round;
+      r.limits[0].v.push_back(bytes / touched / kGB);
+      r.figure.v.push_back(bytes / get / kGB);
+    }
+  }
+  Delete(id);
+  Add(std::move(r));
+}
+
+// ---- output --------------------------------------------------------------------------------
+
+std::string JsonString(const std::string& s) {
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char b[8];
+      snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += static_cast<char>(c);
+    }
+  }
+  return o + "\"";
+}
+
+std::string JsonNumber(double v) {
+  char b[64];
+  snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+
+std::string JsonSeries(const Series& s) {
+  std::string o = "{\"name\": " + JsonString(s.name) + ", \"unit\": " + JsonString(s.unit) +
+                  ", \"median\": " + JsonNumber(s.Median()) + ", \"min\": " +
+                  JsonNumber(s.Min()) + ", \"max\": " + JsonNumber(s.Max()) + ", \"samples\": [";
+  for (size_t i = 0; i < s.v.size(); i++) o += (i ? ", " : "") + JsonNumber(s.v[i]);
+  return o + "]";
+}
+
+struct Machine {
+  int nproc = 0;
+  std::string kernel;
+  std::string cpu;
+  std::string thp;
+};
+
+std::string ReadFirstLine(const char* path, const char* starts_with) {
+  FILE* f = fopen(path, "r");
+  if (!f) return "";
+  char line[512];
+  std::string out;
+  while (fgets(line, sizeof line, f)) {
+    if (!starts_with || strncmp(line, starts_with, strlen(starts_with)) == 0) {
+      out = line;
+      break;
+    }
+  }
+  fclose(f);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  if (starts_with) {
+    size_t colon = out.find(':');
+    out = colon == std::string::npos ? "" : out.substr(colon + 1);
+    while (!out.empty() && out.front() == ' ') out.erase(0, 1);
+  }
+  return out;
+}
+
+Machine GetMachine() {
+  Machine m;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    m.nproc = CPU_COUNT(&set);
+  } else {
+    m.nproc = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  }
+  struct utsname u;
+  if (uname(&u) == 0) m.kernel = std::string(u.sysname) + " " + u.release + " " + u.machine;
+  m.cpu = ReadFirstLine("/proc/cpuinfo", "model name");
+  m.thp = ReadFirstLine("/sys/kernel/mm/transparent_hugepage/enabled", nullptr);
+  return m;
+}
+
+void PrintJson(const Machine& m, const store_stats& st, uint64_t creates_before, double elapsed,
+               long left) {
+  std::string o = "{\n";
+  o += "  \"tool\": \"store-bench\",\n";
+  o += "  \"library_version\": " + JsonString(store_version_string()) + ",\n";
+  o += "  \"machine\": {\"nproc\": " + std::to_string(m.nproc) + ", \"kernel\": " +
+       JsonString(m.kernel) + ", \"cpu\": " + JsonString(m.cpu) +
+       ", \"transparent_hugepage\": " + JsonString(m.thp) + "},\n";
+  o += "  \"store\": {\"socket\": " +
+       (g_set.socket ? JsonString(g_set.socket) : std::string("null")) +
+       ", \"server_pid\": " + std::to_string(st.server_pid) +
+       ", \"capacity_bytes\": " + std::to_string(st.capacity_bytes) +
+       ", \"used_bytes_at_start\": " + std::to_string(st.used_bytes) +
+       ", \"objects_at_start\": " + std::to_string(st.object_count) +
+       ", \"creates_before_run\": " + std::to_string(creates_before) + "},\n";
+  o += "  \"mode\": " + JsonString(g_set.quick ? "quick" : "full") + ",\n";
+  o += "  \"rounds\": " + std::to_string(g_set.rounds) + ",\n";
+  o += "  \"id_prefix\": " + JsonString(PrefixHex()) + ",\n";
+  o += "  \"figures\": [";
+  for (size_t i = 0; i < g_results.size(); i++) {
+    const Result& r = g_results[i];
+    o += i ? ",\n    {" : "\n    {";
+    o += "\"name\": " + JsonString(r.name) + ", \"description\": " + JsonString(r.description);
+    if (r.skipped) {
+      o += ", \"skipped\": true, \"reason\": " + JsonString(r.reason) + "}";
+      continue;
+    }
+    o += ", \"skipped\": false,\n     \"figure\": " + JsonSeries(r.figure) + "},\n";
+    o += "     \"limits\": [";
+    for (size_t k = 0; k < r.limits.size(); k++) {
+      o += (k ? ",\n                " : "") + JsonSeries(r.limits[k]) +
+           ", \"ratio\": " + JsonNumber(Ratio(r.figure, r.limits[k])) + "}";
+    }
+    o += "]";
+    if (!r.note.empty()) o += ",\n     \"note\": " + JsonString(r.note);
+    o += "}";
+  }
+  o += "\n  ],\n";
+  o += "  \"cleanup\": {\"created\": " + std::to_string(g_created) +
+       ", \"deleted\": " + std::to_string(g_deleted) +
+       ", \"left\": " + std::to_string(left) + "},\n";
+  o += "  \"elapsed_s\": " + JsonNumber(elapsed) + "\n}\n";
+  fputs(o.c_str(), stdout);
+}
+
+void Usage(FILE* f) {
+  fprintf(f,
+          "Usage: store-bench [OPTIONS]\n"
+          "Measures a running store server and prints each figure beside a limit of this\n"
+          "machine measured in the same run, and their ratio. Starts no server.\n"
+          "\n"
+          "  --socket PATH   the server's socket (default: the library default,\n"
+          "                  $XDG_RUNTIME_DIR/store.sock, else /tmp/store-$UID.sock)\n"
+          "  --json          print one JSON document instead of text\n"
+          "  --quick         fewer and shorter rounds (a smoke run of a few seconds)\n"
+          "  --only NAME     run one figure: small_put, small_get, batch_get, batch_put,\n"
+          "                  large_put (with large_put_first), large_get\n"
+          "  --help          show this help and exit\n"
+          "\n"
+          "Figures are medians of several rounds (min and max shown). Limits: socket_rtt is a\n"
+          "64 B send + 64 B echo over a socketpair to a forked process; memcpy_touched copies\n"
+          "64 MiB between private buffers already written; memcpy_fresh copies into a new,\n"
+          "never touched anonymous mapping. GB/s is 10^9 bytes per second.\n"
+          "The 64 MiB figures need 140 MiB of free store memory and are skipped otherwise.\n"
+          "Every object made is deleted before exit. Exit status: 0 ok, 1 failure, 2 usage.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    auto value = [&](const char* opt, std::string* out) -> bool {
+      size_t n = strlen(opt);
+      if (a == opt) {
+        if (i + 1 >= argc) {
+          fprintf(stderr, "store-bench: %s needs a value\n", opt);
+          exit(2);
+        }
+        *out = argv[++i];
+        return true;
+      }
+      if (a.compare(0, n, opt) == 0 && a.size() > n && a[n] == '=') {
+        *out = a.substr(n + 1);
+        return true;
+      }
+      return false;
+    };
+    static std::string socket_path;
+    std::string v;
+    if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      return 0;
+    } else if (a == "--json") {
+      g_set.json = true;
+    } else if (a == "--quick") {
+      g_set.quick = true;
+    } else if (value("--socket", &v)) {
+      socket_path = v;
+      g_set.socket = socket_path.c_str();
+    } else if (value("--only", &v)) {
+      if (v == "large_put_first") v = "large_put";
+      bool known = false;
+      for (const char* n : kFigureNames) known = known || v == n;
+      if (!known) {
+        fprintf(stderr, "store-bench: unknown figure '%s'; see --help\n", v.c_str());
+        return 2;
+      }
+      g_set.only = v;
+    } else {
+      fprintf(stderr, "store-bench: unknown argument '%s'; see --help\n", a.c_str());
+      return 2;
+    }
+  }
+  if (g_set.quick) {
+    g_set.rounds = 3;
+    g_set.round_s = 0.05;
+    g_set.large_per_round = 1;
+  }
+
+  double start = Now();
+  StartEcho();
+
+  struct sigaction sa{};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+
+  // A prefix unique to this run: "sb", the pid and a nonce from the clock.
+  {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint32_t pid = static_cast<uint32_t>(getpid());
+    uint64_t nonce = static_cast<uint64_t>(ts.tv_sec) * 1000000007ull +
+                     static_cast<uint64_t>(ts.tv_nsec);
+    g_prefix[0] = 's';
+    g_prefix[1] = 'b';
+    memcpy(g_prefix + 2, &pid, 4);
+    memcpy(g_prefix + 6, &nonce, 6);
+  }
+
+  store_connect_options copts = STORE_CONNECT_OPTIONS_INIT;
+  copts.client_name = "store-bench";
+  store_client* client = nullptr;
+  Check(store_client_connect(&client, g_set.socket, &copts), "store_client_connect");
+  g_client = client;
+
+  store_stats st{};
+  Check(store_stats_get(g_client, &st), "store_stats_get");
+  uint64_t creates_before = st.total_creates;
+  Machine m = GetMachine();
+
+  if (!g_set.json) {
+    printf("store-bench %s   %s mode, median of %d rounds (min/max in brackets)\n",
+           store_version_string(), g_set.quick ? "quick" : "full", g_set.rounds);
+    printf("machine: nproc %d, kernel %s, cpu %s, transparent_hugepage %s\n", m.nproc,
+           m.kernel.c_str(), m.cpu.empty() ? "?" : m.cpu.c_str(),
+           m.thp.empty() ? "?" : m.thp.c_str());
+    printf("store:   socket %s, server pid %d, capacity %.1f MiB, used %.1f MiB, %llu objects, "
+           "%llu creates before this run\n",
+           g_set.socket ? g_set.socket : "(default)", st.server_pid,
+           static_cast<double>(st.capacity_bytes) / (1 << 20),
+           static_cast<double>(st.used_bytes) / (1 << 20),
+           static_cast<unsigned long long>(st.object_count),
+           static_cast<unsigned long long>(creates_before));
+    printf("ids:     prefix %s\n\n", PrefixHex().c_str());
+    fflush(stdout);
+  }
+
+  uint64_t free_bytes = st.capacity_bytes > st.used_bytes ? st.capacity_bytes - st.used_bytes : 0;
+  bool small_fits = free_bytes >= kSmallNeed;
+  auto SkipSmall = [&](const char* name) {
+    Result r;
+    r.name = name;
+    r.skipped = true;
+    r.reason = "needs " + std::to_string(kSmallNeed >> 20) + " MiB of free store memory; " +
+               std::to_string(free_bytes >> 20) + " MiB free";
+    Add(std::move(r));
+  };
+  if (Wanted("small_put")) small_fits ? SmallPut() : SkipSmall("small_put");
+  if (Wanted("small_get")) small_fits ? SmallGet() : SkipSmall("small_get");
+  if (Wanted("batch_get")) small_fits ? BatchGet() : SkipSmall("batch_get");
+  if (Wanted("batch_put")) small_fits ? BatchPut() : SkipSmall("batch_put");
+  if (Wanted("large_put") || Wanted("large_get")) {
+    store_stats now{};
+    Check(store_stats_get(g_client, &now), "store_stats_get");
+    uint8_t* src = TouchedBuffer(kLargeSize, 0);
+    FillPattern(src, kLargeSize);
+    uint8_t* dst = TouchedBuffer(kLargeSize, 1);
+    if (Wanted("large_put")) LargePut(src, dst, now, creates_before);
+    if (Wanted("large_get")) LargeGet(src, dst, now);
+    munmap(src, kLargeSize);
+    munmap(dst, kLargeSize);
+  }
+
+  // Every object of the run must be gone: the figures deleted theirs; check the store agrees.
+  long left = DeleteAllOfRun(false);
+  if (left != 0) {
+    fprintf(stderr, "store-bench: %ld objects with id prefix %s are left in the store\n", left,
+            PrefixHex().c_str());
+    FailExit();
+  }
+  double elapsed = Now() - start;
+  if (g_set.json) {
+    PrintJson(m, st, creates_before, elapsed, left);
+  } else {
+    printf("\ncleanup: %llu objects created, %llu deleted, 0 left; elapsed %.1f s\n",
+           static_cast<unsigned long long>(g_created),
+           static_cast<unsigned long long>(g_deleted), elapsed);
+  }
+  store_client_free(g_client);
+  g_client = nullptr;
+  CloseEcho();
+  return 0;
+}
