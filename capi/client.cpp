@@ -94,6 +94,8 @@ struct Slot {
 
 // ---- the connection ------------------------------------------------------------------------
 
+constexpr uint64_t kPopulateChunk = 2u << 20;
+
 struct Conn {
   std::atomic<int> refs{1};
   int fd = -1;
@@ -114,6 +116,10 @@ struct Conn {
   uint8_t* base = nullptr;
   uint64_t region_size = 0;
   uint64_t client_id = 0;
+  // Per 2 MiB chunk of the region: 0 = not yet populated in this process, 1 = for reading,
+  // 2 = for writing.
+  std::unique_ptr<std::atomic<uint8_t>[]> populated;
+  uint64_t chunks = 0;
 
   ~Conn() {
     if (base) munmap(base, region_size);
@@ -495,6 +501,8 @@ int store_client_connect(store_client** out, const char* socket_path,
     conn->region_size = size;
     conn->region_id = r->region()->region_id();
     conn->client_id = r->client_id();
+    conn->chunks = (size + kPopulateChunk - 1) / kPopulateChunk;
+    conn->populated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
     auto* client = new store_client{conn.release()};
     *out = client;
     return STORE_OK;
@@ -567,6 +575,39 @@ bool InRegion(Conn* c, uint64_t offset, uint64_t len) {
   return offset <= c->region_size && len <= c->region_size - offset;
 }
 
+// Objects from this size up get their pages mapped in one call when opened, instead of one page
+// fault per 4 KiB on first touch.
+constexpr uint64_t kPopulateMin = 1u << 20;
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+// Each chunk of the region is populated once per process: its pages then stay mapped here.
+// Best effort: on kernels without MADV_POPULATE_* the pages simply fault in on first touch.
+void Populate(Conn* c, uint64_t offset, uint64_t len, bool write) {
+  if (len < kPopulateMin || !c->populated) return;
+  uint64_t first = offset / kPopulateChunk;
+  uint64_t last = std::min<uint64_t>((offset + len - 1) / kPopulateChunk, c->chunks - 1);
+  uint64_t i = first;
+  while (i <= last) {
+    if (c->populated[i].load(std::memory_order_relaxed) >= (write ? 2 : 1)) {
+      i++;
+      continue;
+    }
+    uint64_t j = i;
+    while (j + 1 <= last && c->populated[j + 1].load(std::memory_order_relaxed) < (write ? 2 : 1)) j++;
+    uint64_t begin = i * kPopulateChunk;
+    uint64_t end = std::min(c->region_size, (j + 1) * kPopulateChunk);
+    if (madvise(c->base + begin, end - begin, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0) {
+      for (uint64_t k = i; k <= j; k++) c->populated[k].store(write ? 2 : 1, std::memory_order_relaxed);
+    }
+    i = j + 1;
+  }
+}
+
 }  // namespace
 
 int store_create(store_client* client, store_writer** out, const store_object_id* id,
@@ -589,6 +630,7 @@ int store_create(store_client* client, store_writer** out, const store_object_id
       MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
       return BrokenError(c);
     }
+    Populate(c, r->offset(), data_size, true);
     auto* w = new store_writer{c, *id, r->uid(), c->base + r->offset(), data_size, 0};
     Ref(c);
     *out = w;
@@ -675,21 +717,101 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
   });
 }
 
+namespace {
+
+// Puts ids[0..k) of inline size with pipelined requests: all are sent in one write, then every
+// reply is collected (each must be, or it would arrive later as an unsolicited message).
+int PutPipelined(Conn* c, const store_object_id* ids, const void* const* datas,
+                 const uint64_t* sizes, size_t k, const store_create_options* opts,
+                 size_t* put) {
+  if (!Usable(c)) return BrokenError(c);
+  std::vector<uint8_t> wire;
+  std::vector<uint64_t> seqs(k);
+  std::vector<Slot> slots(k);
+  flatbuffers::FlatBufferBuilder fbb(1024);
+  for (size_t i = 0; i < k; i++) {
+    fbb.Clear();
+    auto body = BuildCreate(fbb, &ids[i], sizes[i], opts, datas[i]);
+    seqs[i] = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+    FinishMessage(fbb, seqs[i], Body::CreateRequest, body.Union());
+    wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  }
+  {
+    std::lock_guard<std::mutex> lk(c->mu);
+    for (size_t i = 0; i < k; i++) c->waiting.emplace(seqs[i], &slots[i]);
+  }
+  int first = SendAll(c, wire.data(), wire.size());
+  std::string first_message = first == STORE_OK ? "" : t_message;
+  for (size_t i = 0; i < k; i++) {
+    std::unique_ptr<Reply> reply;
+    int rc = WaitReply(c, seqs[i], &slots[i], &reply);
+    if (rc == STORE_OK) {
+      const proto::Message* m = reply->msg;
+      if (m->status() != 0) {
+        rc = m->status() < 0 && m->status() >= STORE_ERRNO_MIN_ ? m->status() : STORE_EPROTO;
+        char hex[41];
+        store_object_id_to_hex(&ids[i], hex, sizeof hex);
+        Fail(rc, "object %s: %s", hex, m->error() ? m->error()->c_str() : store_errstr(rc));
+      } else if (m->body_type() != Body::CreateReply) {
+        MarkBroken(c, STORE_EPROTO, "the store sent a reply of the wrong type");
+        rc = BrokenError(c);
+      } else {
+        (*put)++;
+      }
+    }
+    if (rc != STORE_OK && first == STORE_OK) {
+      first = rc;
+      first_message = t_message;
+    }
+  }
+  if (first != STORE_OK) t_message = first_message;
+  return first;
+}
+
+}  // namespace
+
 int store_put_many(store_client* client, const store_object_id* ids, const void* const* datas,
                    const uint64_t* sizes, size_t n, const store_create_options* opts,
                    size_t* done) {
   if (done) *done = 0;
-  return Guard([&]() -> int {
+  size_t put = 0;
+  int rc = Guard([&]() -> int {
     if (!client || (n && (!ids || !datas || !sizes))) {
       return Fail(STORE_EINVAL, "client, ids, datas or sizes is NULL");
     }
+    if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
     for (size_t i = 0; i < n; i++) {
-      int rc = store_put(client, &ids[i], datas[i], sizes[i], opts);
-      if (rc != STORE_OK) return rc;
-      if (done) *done = i + 1;
+      if (!datas[i] || sizes[i] == 0) {
+        return Fail(STORE_EINVAL, "object %zu has no data or a zero size", i);
+      }
     }
-    return STORE_OK;
+    constexpr size_t kBatch = 128;
+    int first = STORE_OK;
+    std::string first_message;
+    size_t i = 0;
+    while (i < n) {
+      int rc;
+      if (sizes[i] > proto::kInlinePutMax) {
+        rc = store_put(client, &ids[i], datas[i], sizes[i], opts);
+        if (rc == STORE_OK) put++;
+        i++;
+      } else {
+        size_t k = 0;
+        while (i + k < n && k < kBatch && sizes[i + k] <= proto::kInlinePutMax) k++;
+        rc = PutPipelined(client->conn, ids + i, datas + i, sizes + i, k, opts, &put);
+        i += k;
+      }
+      if (rc != STORE_OK && first == STORE_OK) {
+        first = rc;
+        first_message = t_message;
+      }
+      if (rc == STORE_ECONN) break;
+    }
+    if (first != STORE_OK) t_message = first_message;
+    return first;
   });
+  if (done) *done = put;
+  return rc;
 }
 
 // ---- reading -------------------------------------------------------------------------------
@@ -739,6 +861,7 @@ int OpenBatch(store_client* client, store_reader** out, const store_object_id* i
           !InRegion(c, l->offset(), l->data_size() + l->metadata_size())) {
         throw std::runtime_error("the store placed an object outside its memory");
       }
+      Populate(c, l->offset(), l->data_size(), false);
       const uint8_t* d = c->base + l->offset();
       out[i] = new store_reader{c,  ids[i], l->uid(), d, l->data_size(),
                                 d + l->data_size(), l->metadata_size(), 0};
@@ -821,6 +944,7 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
       MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
       return BrokenError(c);
     }
+    Populate(c, l->offset(), l->data_size(), false);
     const uint8_t* d = c->base + l->offset();
     *out = new store_reader{c, *id, l->uid(), d, l->data_size(), d + l->data_size(),
                             l->metadata_size(), 0};
@@ -868,6 +992,44 @@ void store_reader_close(store_reader* r) {
   if (Usable(c)) SendRelease(c, &r->uid, 1);
   delete r;
   Unref(c);
+}
+
+void store_readers_close(store_reader** readers, size_t n) {
+  if (!readers) return;
+  try {
+    // Group by connection (readers normally share one), one release message per group.
+    std::vector<uint64_t> uids;
+    size_t i = 0;
+    while (i < n) {
+      if (!readers[i]) {
+        i++;
+        continue;
+      }
+      Conn* c = readers[i]->conn;
+      uids.clear();
+      for (size_t j = i; j < n; j++) {
+        if (readers[j] && readers[j]->conn == c) uids.push_back(readers[j]->uid);
+      }
+      if (Usable(c)) {
+        for (size_t k = 0; k < uids.size(); k += proto::kMaxIdsPerRequest) {
+          SendRelease(c, uids.data() + k, std::min<size_t>(proto::kMaxIdsPerRequest, uids.size() - k));
+        }
+      }
+      for (size_t j = i; j < n; j++) {
+        if (readers[j] && readers[j]->conn == c) {
+          delete readers[j];
+          readers[j] = nullptr;
+          Unref(c);
+        }
+      }
+    }
+  } catch (...) {
+    // Out of memory while grouping: fall back to one release per reader.
+    for (size_t i = 0; i < n; i++) {
+      store_reader_close(readers[i]);
+      readers[i] = nullptr;
+    }
+  }
 }
 
 // ---- management ----------------------------------------------------------------------------

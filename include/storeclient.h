@@ -241,8 +241,10 @@ STORE_API int store_writer_abort(store_writer *w);
 STORE_API int store_put(store_client *client, const store_object_id *id, const void *data,
                         uint64_t data_size, const store_create_options *opts);
 
-/* Puts n objects: ids[i] gets sizes[i] bytes from datas[i], all with the same opts. Stops at the
- * first failure; *done (may be NULL) receives how many were put. */
+/* Puts n objects: ids[i] gets sizes[i] bytes from datas[i], all with the same opts. Small objects
+ * travel many to a round trip. Every object is tried: returns STORE_OK if all were put, else the
+ * code of the first that failed (store_last_error_message() tells which); *done (may be NULL)
+ * receives how many were put in all. */
 STORE_API int store_put_many(store_client *client, const store_object_id *ids,
                              const void *const *datas, const uint64_t *sizes, size_t n,
                              const store_create_options *opts, size_t *done);
@@ -285,6 +287,10 @@ STORE_API const store_object_id *store_reader_id(const store_reader *r);
 
 /* Releases the object and frees the reader. NULL-safe. */
 STORE_API void store_reader_close(store_reader *r);
+
+/* Closes n readers (NULL entries are skipped) with one message per client instead of one per
+ * reader: the cheap way to end a store_open_readers() batch. */
+STORE_API void store_readers_close(store_reader **readers, size_t n);
 
 /* ---------------------------------------------------------------------------------------------
  * Management

@@ -2,8 +2,9 @@
 // machine, measured in the same run.
 //
 // Every figure is printed beside its limit and the ratio of the two. Each figure runs in
-// rounds; a round measures the limit right before the figure, so both see the same machine
-// load. The reported value is the median of the rounds, with their minimum and maximum.
+// rounds; within a round the limit and the figure alternate (in short slices for the small
+// objects, one operation each for the 64 MiB ones), so both see the same machine load.
+// The reported value is the median of the rounds, with their minimum and maximum.
 //
 // Figures and limits:
 //   small_put        store_put of 64 B objects, ops/s         vs a 64 B Unix socket round trip
@@ -57,7 +58,7 @@ struct Settings {
   bool quick = false;
   std::string only;
   int rounds = 5;           // measured rounds per figure
-  double round_s = 0.3;     // target duration of one small-object round (figure or limit)
+  double round_s = 0.3;     // small-object round: seconds of the figure (and of the limit)
   int large_per_round = 3;  // 64 MiB operations per large round
 };
 
@@ -363,27 +364,52 @@ void StartEcho() {
   g_echo_pid = pid;
 }
 
-// One round of 64 B round trips; returns round trips per second.
-double RttRound(double seconds) {
+// Operations counted and the seconds they took.
+struct Tally {
+  uint64_t ops = 0;
+  double seconds = 0;
+  double Rate() const { return seconds > 0 ? static_cast<double>(ops) / seconds : 0; }
+};
+
+// 64 B round trips to the echo process for about `seconds`.
+void RttSlice(double seconds, Tally* t) {
   char buf[kSmallSize];
   memset(buf, 0x5a, sizeof buf);
-  uint64_t n = 0;
-  double t0 = Now(), t;
+  double t0 = Now(), t1;
   do {
     for (int k = 0; k < 16; k++) {
       if (!SendAll(g_echo_fd, buf, sizeof buf)) DieErrno("send to the echo process");
       if (RecvAll(g_echo_fd, buf, sizeof buf) != 1) DieErrno("recv from the echo process");
     }
-    n += 16;
+    t->ops += 16;
     CheckStop();
-    t = Now();
-  } while (t - t0 < seconds);
-  return static_cast<double>(n) / (t - t0);
+    t1 = Now();
+  } while (t1 - t0 < seconds);
+  t->seconds += t1 - t0;
 }
 
 Series RttSeries() { return Series{"socket_rtt", "ops/s", {}}; }
 
-// ---- small objects -------------------------------------------------------------------------
+// Runs a small-object figure: one warm-up round, then the measured rounds. A round alternates
+// the round trip limit and the figure in short slices, so both see the same machine load.
+// slice(seconds, tally) runs the figure for about that long; after_round() runs untimed.
+template <class Slice, class After>
+void RunSmallRounds(Result* r, Slice&& slice, After&& after_round) {
+  constexpr int kSlices = 5;
+  for (int round = -1; round < g_set.rounds; round++) {  // round -1 warms up, not counted
+    double dur = (round < 0 ? g_set.round_s / 4 : g_set.round_s) / kSlices;
+    Tally rtt, fig;
+    for (int s = 0; s < kSlices; s++) {
+      RttSlice(dur, &rtt);
+      slice(dur, &fig);
+    }
+    after_round(round >= 0);
+    if (round >= 0) {
+      r->limits[0].v.push_back(rtt.Rate());
+      r->figure.v.push_back(fig.Rate());
+    }
+  }
+}
 
 void SmallPut() {
   Result r{"small_put", "store_put of 64 B objects, one client, synchronous", {}, {}, false, "", ""};
@@ -391,25 +417,25 @@ void SmallPut() {
   r.limits.push_back(RttSeries());
   uint8_t data[kSmallSize];
   memset(data, 0xa5, sizeof data);
-
-  for (int round = -1; round < g_set.rounds; round++) {  // round -1 warms up, not counted
-    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
-    double rtt = RttRound(dur);
-    uint64_t first = g_next_id;
-    double t0 = Now(), t;
-    do {
-      store_object_id id = MakeId(g_next_id++);
-      Put(id, data, sizeof data, "store_put of a 64 B object");
-      CheckStop();
-      t = Now();
-    } while (t - t0 < dur && g_next_id - first < kMaxSmallPerRound);
-    double rate = static_cast<double>(g_next_id - first) / (t - t0);
-    DeleteRange(first, g_next_id);
-    if (round >= 0) {
-      r.limits[0].v.push_back(rtt);
-      r.figure.v.push_back(rate);
-    }
-  }
+  uint64_t first = g_next_id;
+  RunSmallRounds(
+      &r,
+      [&](double seconds, Tally* t) {
+        uint64_t start = g_next_id;
+        double t0 = Now(), t1;
+        do {
+          store_object_id id = MakeId(g_next_id++);
+          Put(id, data, sizeof data, "store_put of a 64 B object");
+          CheckStop();
+          t1 = Now();
+        } while (t1 - t0 < seconds && g_next_id - first < kMaxSmallPerRound);
+        t->ops += g_next_id - start;
+        t->seconds += t1 - t0;
+      },
+      [&](bool) {
+        DeleteRange(first, g_next_id);
+        first = g_next_id;
+      });
   Add(std::move(r));
 }
 
@@ -434,37 +460,33 @@ void SmallGet() {
   r.limits.push_back(RttSeries());
   std::vector<store_object_id> ids;
   uint64_t first = PutSmallSet(&ids);
-
   size_t i = 0;
-  for (int round = -1; round < g_set.rounds; round++) {
-    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
-    double rtt = RttRound(dur);
-    uint64_t n = 0;
-    double t0 = Now(), t;
-    do {
-      store_reader* rd = nullptr;
-      Check(store_open_reader(g_client, &rd, &ids[i], 0), "store_open_reader");
-      if (store_reader_size(rd) != kSmallSize) {
-        store_reader_close(rd);
-        Die("store_open_reader returned an object of the wrong size");
-      }
-      store_reader_close(rd);
-      if (++i == ids.size()) i = 0;
-      n++;
-      CheckStop();
-      t = Now();
-    } while (t - t0 < dur);
-    if (round >= 0) {
-      r.limits[0].v.push_back(rtt);
-      r.figure.v.push_back(static_cast<double>(n) / (t - t0));
-    }
-  }
+  RunSmallRounds(
+      &r,
+      [&](double seconds, Tally* t) {
+        double t0 = Now(), t1;
+        do {
+          store_reader* rd = nullptr;
+          Check(store_open_reader(g_client, &rd, &ids[i], 0), "store_open_reader");
+          if (store_reader_size(rd) != kSmallSize) {
+            store_reader_close(rd);
+            Die("store_open_reader returned an object of the wrong size");
+          }
+          store_reader_close(rd);
+          if (++i == ids.size()) i = 0;
+          t->ops++;
+          CheckStop();
+          t1 = Now();
+        } while (t1 - t0 < seconds);
+        t->seconds += t1 - t0;
+      },
+      [](bool) {});
   DeleteRange(first, first + ids.size());
   Add(std::move(r));
 }
 
 void BatchGet() {
-  Result r{"batch_get", "store_open_readers of 1000 ids, then close all; objects/s", {}, {},
+  Result r{"batch_get", "store_open_readers of 1000 ids, then store_readers_close; objects/s", {}, {},
            false, "", ""};
   r.figure = Series{"batch_get", "obj/s", {}};
   r.limits.push_back(RttSeries());
@@ -472,51 +494,41 @@ void BatchGet() {
   static_assert(kGetSetSize == kBatch, "batch_get reuses the small_get set");
   uint64_t first = PutSmallSet(&ids);
   std::vector<store_reader*> out(kBatch, nullptr);
-  double batch_s_sum = 0, open_s_sum = 0, close_s_sum = 0;
-  uint64_t batches = 0;
-
-  for (int round = -1; round < g_set.rounds; round++) {
-    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
-    double rtt = RttRound(dur);
-    uint64_t n = 0;
-    double t0 = Now(), t;
-    do {
-      double o0 = Now();
-      Check(store_open_readers(g_client, out.data(), ids.data(), kBatch, 0),
-            "store_open_readers of 1000 ids");
-      double o1 = Now();
-      bool missing = false;
-      for (size_t k = 0; k < kBatch; k++) {
-        if (!out[k] || store_reader_size(out[k]) != kSmallSize) missing = true;
-      }
-      for (size_t k = 0; k < kBatch; k++) {
-        store_reader_close(out[k]);
-        out[k] = nullptr;
-      }
-      if (round >= 0) {
-        open_s_sum += o1 - o0;
-        close_s_sum += Now() - o1;
-      }
-      if (missing) Die("store_open_readers missed a sealed object or gave a wrong size");
-      n += kBatch;
-      CheckStop();
-      t = Now();
-    } while (t - t0 < dur);
-    if (round >= 0) {
-      r.limits[0].v.push_back(rtt);
-      r.figure.v.push_back(static_cast<double>(n) / (t - t0));
-      batch_s_sum += t - t0;
-      batches += n / kBatch;
-    }
-  }
+  Tally opens, closes;  // over every round, the warm-up included
+  RunSmallRounds(
+      &r,
+      [&](double seconds, Tally* t) {
+        double s0 = Now(), t1;
+        do {
+          double b0 = Now();
+          Check(store_open_readers(g_client, out.data(), ids.data(), kBatch, 0),
+                "store_open_readers of 1000 ids");
+          double o1 = Now();
+          bool missing = false;
+          for (size_t k = 0; k < kBatch; k++) {
+            if (!out[k] || store_reader_size(out[k]) != kSmallSize) missing = true;
+          }
+          store_readers_close(out.data(), kBatch);
+          t1 = Now();
+          if (missing) Die("store_open_readers missed a sealed object or gave a wrong size");
+          opens.ops++;
+          opens.seconds += o1 - b0;
+          closes.seconds += t1 - o1;
+          t->ops += kBatch;
+          CheckStop();
+        } while (t1 - s0 < seconds);
+        t->seconds += t1 - s0;
+      },
+      [](bool) {});
   DeleteRange(first, first + ids.size());
   char note[200];
-  double nb = static_cast<double>(batches);
+  double nb = static_cast<double>(opens.ops);
+  double batch_s = (opens.seconds + closes.seconds) / nb;
   snprintf(note, sizeof note,
            "one batch of 1000 takes %.0f us on average (%.1f round trips): "
-           "open_readers %.0f us, 1000 closes %.0f us",
-           1e6 * batch_s_sum / nb, batch_s_sum / nb * r.limits[0].Median(),
-           1e6 * open_s_sum / nb, 1e6 * close_s_sum / nb);
+           "open_readers %.0f us, store_readers_close %.0f us",
+           1e6 * batch_s, batch_s * r.limits[0].Median(), 1e6 * opens.seconds / nb,
+           1e6 * closes.seconds / nb);
   r.note = note;
   Add(std::move(r));
 }
@@ -530,32 +542,30 @@ void BatchPut() {
   std::vector<store_object_id> ids(kBatch);
   std::vector<const void*> datas(kBatch, data);
   std::vector<uint64_t> sizes(kBatch, kSmallSize);
-
-  for (int round = -1; round < g_set.rounds; round++) {
-    double dur = round < 0 ? g_set.round_s / 4 : g_set.round_s;
-    double rtt = RttRound(dur);
-    uint64_t first = g_next_id;
-    double timed = 0;
-    uint64_t n = 0;
-    do {
-      for (size_t k = 0; k < kBatch; k++) ids[k] = MakeId(g_next_id + k);
-      size_t done = 0;
-      double t0 = Now();
-      int rc = store_put_many(g_client, ids.data(), datas.data(), sizes.data(), kBatch, nullptr,
-                              &done);
-      timed += Now() - t0;
-      g_next_id += kBatch;
-      g_created += done;
-      Check(rc, "store_put_many of 1000 64 B objects");
-      n += kBatch;
-      CheckStop();
-    } while (timed < dur && n < kMaxSmallPerRound);
-    DeleteRange(first, g_next_id);
-    if (round >= 0) {
-      r.limits[0].v.push_back(rtt);
-      r.figure.v.push_back(static_cast<double>(n) / timed);
-    }
-  }
+  uint64_t first = g_next_id;
+  RunSmallRounds(
+      &r,
+      [&](double seconds, Tally* t) {
+        double timed = 0;
+        do {  // at least one batch per slice
+          for (size_t k = 0; k < kBatch; k++) ids[k] = MakeId(g_next_id + k);
+          size_t done = 0;
+          double t0 = Now();
+          int rc = store_put_many(g_client, ids.data(), datas.data(), sizes.data(), kBatch,
+                                  nullptr, &done);
+          timed += Now() - t0;
+          g_next_id += kBatch;
+          g_created += done;
+          Check(rc, "store_put_many of 1000 64 B objects");
+          t->ops += kBatch;
+          CheckStop();
+        } while (timed < seconds && g_next_id - first < kMaxSmallPerRound);
+        t->seconds += timed;
+      },
+      [&](bool) {
+        DeleteRange(first, g_next_id);
+        first = g_next_id;
+      });
   Add(std::move(r));
 }
 
@@ -652,12 +662,12 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
   long first_faults = 0;
   first.figure.v.push_back(static_cast<double>(kLargeSize) / LargePutOnce(src, &first_faults) /
                            kGB);
-  first.note = (creates_before == 0
-                    ? std::string("the server had created no object before this run")
-                    : "the server had created " + std::to_string(creates_before) +
-                          " objects before this run: its memory may have been used before; "
-                          "only this process's mapping is fresh") +
-               "; " + std::to_string(first_faults) + " minor page faults in this process";
+  // Only a fresh server guarantees memory no object ever used; this process's mapping of
+  // the region is fresh either way.
+  first.note = std::to_string(st.total_creates) + " objects created in the server before it (" +
+               std::to_string(creates_before) + " before this run" +
+               (creates_before == 0 ? ", a fresh server" : "") + "); " +
+               std::to_string(first_faults) + " minor page faults in this process";
   long steady_faults = 0;
 
   for (int round = 0; round < g_set.rounds; round++) {
@@ -969,7 +979,7 @@ int main(int argc, char** argv) {
   Machine m = GetMachine();
 
   if (!g_set.json) {
-    printf("store-bench %s   %s mode, median of %d rounds (min/max in brackets)\n",
+    printf("store-bench %s   %s mode, median of %d rounds (min and max in parentheses)\n",
            store_version_string(), g_set.quick ? "quick" : "full", g_set.rounds);
     printf("machine: nproc %d, kernel %s, cpu %s, transparent_hugepage %s\n", m.nproc,
            m.kernel.c_str(), m.cpu.empty() ? "?" : m.cpu.c_str(),

@@ -228,6 +228,10 @@ int Server::Run() {
     return 1;
   }
 
+  if (options_.hugepages && !region_->hugepages_active()) {
+    LOG_WARN("--hugepages: the system gave no huge pages (none reserved in hugetlbfs and "
+             "transparent huge pages for shared memory are off); using normal pages");
+  }
   uv_loop_init(&loop_);
   loop_.data = this;
   if (!Listen()) {
