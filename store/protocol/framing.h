@@ -46,7 +46,28 @@ inline const Message* VerifyMessage(const uint8_t* buf, size_t len) {
   o.max_tables = 4u << 20;  // ListReply holds structs, not tables; requests have few tables
   flatbuffers::Verifier v(buf, len, o);
   if (!VerifySizePrefixedMessageBuffer(v)) return nullptr;
-  return GetSizePrefixedMessage(buf);
+  const Message* m = GetSizePrefixedMessage(buf);
+  // A body type without a body passes the verifier; no message of ours is like that.
+  if (m->body_type() != Body::NONE && m->body() == nullptr) return nullptr;
+  // The 2.0.8 verifier checks a vector's length field but not that its elements are aligned
+  // for their type: check the vectors of 8-byte elements here.
+  auto aligned = [buf](const void* data) {
+    return (static_cast<const uint8_t*>(data) - buf) % 8 == 0;
+  };
+  switch (m->body_type()) {
+    case Body::ReleaseRequest:
+      if (!aligned(m->body_as_ReleaseRequest()->uids()->Data())) return nullptr;
+      break;
+    case Body::GetReply:
+      if (!aligned(m->body_as_GetReply()->objects()->Data())) return nullptr;
+      break;
+    case Body::ListReply:
+      if (!aligned(m->body_as_ListReply()->objects()->Data())) return nullptr;
+      break;
+    default:
+      break;
+  }
+  return m;
 }
 
 // A growable byte buffer whose storage is 8-aligned; holds the unread part of a stream.
