@@ -22,7 +22,8 @@
  * Object lifecycle
  * ----------------
  *  1. store_create() reserves an object of a fixed data size (plus optional metadata) in shared
- *     memory and returns a store_writer. The object is CREATED: only its creator sees it.
+ *     memory and returns a store_writer. The object is CREATED: only its creator can write or
+ *     seal it, nobody can open it yet (store_info and store_list show it, in state CREATED).
  *  2. The creator fills it with store_writer_write()/store_writer_seek(), or directly through
  *     store_writer_data().
  *  3. store_writer_seal() makes it SEALED: immutable and visible to every client. Or
@@ -207,8 +208,10 @@ STORE_API void store_client_free(store_client *client);
 /* Creates an object of data_size bytes (> 0) under id. opts may be NULL (no metadata,
  * importance 0, host memory, fail at once when full). Caller owns *out; it must end with
  * store_writer_seal() or store_writer_abort().
- * STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not fit (after waiting
- * timeout_ms); STORE_EINVAL for a zero size, a size above the store's capacity or bad options. */
+ * STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not fit and timeout_ms
+ * is 0; STORE_ETIMEDOUT if it still does not fit after waiting timeout_ms (waiting creates are
+ * served in arrival order); STORE_EINVAL for a zero size, a size above the store's capacity or
+ * bad options. */
 STORE_API int store_create(store_client *client, store_writer **out, const store_object_id *id,
                            uint64_t data_size, const store_create_options *opts);
 
@@ -242,9 +245,10 @@ STORE_API int store_put(store_client *client, const store_object_id *id, const v
                         uint64_t data_size, const store_create_options *opts);
 
 /* Puts n objects: ids[i] gets sizes[i] bytes from datas[i], all with the same opts. Small objects
- * travel many to a round trip. Every object is tried: returns STORE_OK if all were put, else the
- * code of the first that failed (store_last_error_message() tells which); *done (may be NULL)
- * receives how many were put in all. */
+ * travel many to a round trip. An entry with NULL data or a zero size fails the call with
+ * STORE_EINVAL before anything is put. Otherwise every object is tried: returns STORE_OK if all
+ * were put, else the code of the first that failed (store_last_error_message() tells which);
+ * *done (may be NULL) receives how many were put in all. */
 STORE_API int store_put_many(store_client *client, const store_object_id *ids,
                              const void *const *datas, const uint64_t *sizes, size_t n,
                              const store_create_options *opts, size_t *done);
@@ -307,7 +311,7 @@ STORE_API int store_delete(store_client *client, const store_object_id *id);
 STORE_API int store_info(store_client *client, const store_object_id *id,
                          store_object_info *info);
 
-/* Lists every visible object. Caller owns *out (NULL when *count is 0); free with store_free(). */
+/* Lists every object in the table (CREATED ones included; deleted ones not). Caller owns *out (NULL when *count is 0); free with store_free(). */
 STORE_API int store_list(store_client *client, store_object_info **out, size_t *count);
 
 /* Frees memory returned by the library (store_list). NULL-safe. */

@@ -42,7 +42,8 @@ ClientPtr Connect(const test::TestStore& s, const char* name = "test_client") {
   o.client_name = name;
   store_client* c = nullptr;
   int rc = store_client_connect(&c, s.socket().c_str(), &o);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   REQUIRE(c != nullptr);
   return ClientPtr(c);
@@ -84,7 +85,8 @@ bool SameBytes(const void* p, const std::vector<uint8_t>& want) {
 store_stats Stats(store_client* c) {
   store_stats st{};
   int rc = store_stats_get(c, &st);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   return st;
 }
@@ -92,7 +94,8 @@ store_stats Stats(store_client* c) {
 store_object_info Info(store_client* c, const store_object_id& id) {
   store_object_info info{};
   int rc = store_info(c, &id, &info);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   return info;
 }
@@ -106,7 +109,8 @@ int Contains(store_client* c, const store_object_id& id) {
 ReaderPtr Open(store_client* c, const store_object_id& id, int64_t timeout_ms = 0) {
   store_reader* r = nullptr;
   int rc = store_open_reader(c, &r, &id, timeout_ms);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   REQUIRE(r != nullptr);
   return ReaderPtr(r);
@@ -115,13 +119,15 @@ ReaderPtr Open(store_client* c, const store_object_id& id, int64_t timeout_ms = 
 void Put(store_client* c, const store_object_id& id, const std::vector<uint8_t>& data,
          const store_create_options* opts = nullptr) {
   int rc = store_put(c, &id, data.data(), data.size(), opts);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
 }
 
 void Delete(store_client* c, const store_object_id& id) {
   int rc = store_delete(c, &id);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
 }
 
@@ -149,13 +155,44 @@ std::vector<store_object_id> FillWithMiB(store_client* c, const std::string& pre
     std::vector<uint8_t> data = Pattern(i, kMiB);
     int rc = store_put(c, &id, data.data(), data.size(), nullptr);
     if (rc == STORE_ENOSPACE) return ids;
-    INFO(store_last_error_message());
+    const std::string err = store_last_error_message();
+    INFO(err);
     REQUIRE(rc == STORE_OK);
     ids.push_back(id);
   }
   FAIL("the store never became full");
   return ids;
 }
+
+// The threads of a test. Join() waits for them. If the test leaves early (a failed REQUIRE)
+// while one still blocks in a call, the server is stopped first so that the call returns; no
+// thread outlives the test. Declare it after everything its threads use.
+class Threads {
+ public:
+  explicit Threads(test::TestStore& s) : s_(s) {}
+  ~Threads() {
+    for (auto& t : threads_) {
+      if (t.joinable()) {
+        s_.Stop();
+        break;
+      }
+    }
+    Join();
+  }
+  template <class F>
+  void Start(F&& f) {
+    threads_.emplace_back(std::forward<F>(f));
+  }
+  void Join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  test::TestStore& s_;
+  std::vector<std::thread> threads_;
+};
 
 }  // namespace
 
@@ -422,11 +459,14 @@ TEST_CASE("store_put_many 1000 small objects, then store_open_readers on all of 
   }
   size_t done = 12345;
   int rc = store_put_many(c.get(), ids.data(), ptrs.data(), sizes.data(), n, nullptr, &done);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   CHECK(done == n);
-  CHECK(Stats(c.get()).object_count == n);
-  CHECK(Stats(c.get()).sealed_count == n);
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == n);
+  CHECK(st.sealed_count == n);
+  CHECK(st.created_count == 0);
 
   std::vector<store_reader*> readers(n, nullptr);
   REQUIRE(store_open_readers(c.get(), readers.data(), ids.data(), n, 0) == STORE_OK);
@@ -439,20 +479,102 @@ TEST_CASE("store_put_many 1000 small objects, then store_open_readers on all of 
     }
   }
   CHECK(good == n);
-  CHECK(Stats(c.get()).open_count == n);
-  for (store_reader* r : readers) store_reader_close(r);
-
-  // put_many stops at the first failure and says how many were put.
-  std::vector<store_object_id> again = {Id("many-new-0"), ids[5], Id("many-new-2")};
-  done = 12345;
-  CHECK(store_put_many(c.get(), again.data(), ptrs.data(), sizes.data(), 3, nullptr, &done) ==
-        STORE_EEXISTS);
-  CHECK(done == 1);
-  CHECK(Contains(c.get(), again[0]) == 1);
-  CHECK(Contains(c.get(), again[2]) == 0);
-  Delete(c.get(), again[0]);
+  st = Stats(c.get());
+  CHECK(st.open_count == n);
+  CHECK(Info(c.get(), ids[n - 1]).reader_count == 1);
+  store_readers_close(readers.data(), n);
+  // The release travels before the next request on the same connection.
+  st = Stats(c.get());
+  CHECK(st.open_count == 0);
+  CHECK(st.total_releases == n);
+  CHECK(Info(c.get(), ids[0]).reader_count == 0);
+  CHECK(Info(c.get(), ids[n - 1]).reader_count == 0);
 
   for (auto& id : ids) Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("store_put_many: objects small and large, and failures in the middle") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+  const size_t kInline = 64 * 1024;
+
+  // Sizes on both sides of the one-round-trip limit, all put.
+  const std::vector<size_t> mix_sizes = {10, 100 * 1024, kInline, kInline + 1, 1, 3 * kMiB};
+  std::vector<store_object_id> mix_ids;
+  std::vector<std::vector<uint8_t>> mix_datas;
+  std::vector<const void*> ptrs;
+  std::vector<uint64_t> sizes;
+  for (size_t i = 0; i < mix_sizes.size(); i++) {
+    mix_ids.push_back(Id("mix-" + std::to_string(i)));
+    mix_datas.push_back(Pattern(500 + i, mix_sizes[i]));
+  }
+  for (auto& d : mix_datas) {
+    ptrs.push_back(d.data());
+    sizes.push_back(d.size());
+  }
+  const char meta[] = "many-meta";
+  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+  opts.metadata = meta;
+  opts.metadata_size = sizeof meta;
+  opts.importance = 4;
+  size_t done = 0;
+  REQUIRE(store_put_many(c.get(), mix_ids.data(), ptrs.data(), sizes.data(), mix_ids.size(),
+                         &opts, &done) == STORE_OK);
+  CHECK(done == mix_ids.size());
+  for (size_t i = 0; i < mix_ids.size(); i++) {
+    CAPTURE(i);
+    ReaderPtr r = Open(c.get(), mix_ids[i]);
+    CHECK(store_reader_size(r.get()) == mix_sizes[i]);
+    CHECK(SameBytes(store_reader_data(r.get()), mix_datas[i]));
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    CHECK(msize == sizeof meta);
+    CHECK((m != nullptr && std::memcmp(m, meta, sizeof meta) == 0));
+    CHECK(Info(c.get(), mix_ids[i]).importance == 4);
+  }
+
+  // Every object is tried; the first failure is reported; done counts what was put.
+  // [new small, existing small, new small, existing large, new large]
+  const std::vector<store_object_id> ids = {Id("again-0"), mix_ids[0], Id("again-2"), mix_ids[1],
+                                            Id("again-4")};
+  const std::vector<std::vector<uint8_t>> datas = {Pattern(600, 50), Pattern(601, 60),
+                                                   Pattern(602, 70), Pattern(603, 200 * 1024),
+                                                   Pattern(604, 300 * 1024)};
+  ptrs.clear();
+  sizes.clear();
+  for (auto& d : datas) {
+    ptrs.push_back(d.data());
+    sizes.push_back(d.size());
+  }
+  done = 12345;
+  CHECK(store_put_many(c.get(), ids.data(), ptrs.data(), sizes.data(), ids.size(), nullptr,
+                       &done) == STORE_EEXISTS);
+  CHECK(done == 3);
+  const std::string msg = store_last_error_message();
+  CHECK(msg.find(Hex(mix_ids[0])) != std::string::npos);  // the first failure, not the second
+  CHECK(msg.find(Hex(mix_ids[1])) == std::string::npos);
+  for (size_t i : {0u, 2u, 4u}) {
+    CAPTURE(i);
+    ReaderPtr r = Open(c.get(), ids[i]);
+    CHECK(SameBytes(store_reader_data(r.get()), datas[i]));
+  }
+  // The existing objects are untouched.
+  for (size_t i : {0u, 1u}) {
+    ReaderPtr r = Open(c.get(), mix_ids[i]);
+    CHECK(store_reader_size(r.get()) == mix_sizes[i]);
+    CHECK(SameBytes(store_reader_data(r.get()), mix_datas[i]));
+  }
+  CHECK(Stats(c.get()).object_count == mix_ids.size() + 3);
+
+  // Nothing to put is fine.
+  done = 7;
+  CHECK(store_put_many(c.get(), nullptr, nullptr, nullptr, 0, nullptr, &done) == STORE_OK);
+  CHECK(done == 0);
+
+  for (auto& id : mix_ids) Delete(c.get(), id);
+  for (size_t i : {0u, 2u, 4u}) Delete(c.get(), ids[i]);
   CheckEmpty(c.get());
 }
 
@@ -495,7 +617,8 @@ TEST_CASE("open with timeout -1 waits for a seal done by another client") {
     std::atomic<bool> returned{false};
     int rc = -100;
     std::vector<uint8_t> got;
-    std::thread t([&] {
+    Threads th(s);
+    th.Start([&] {
       store_reader* r = nullptr;
       rc = store_open_reader(waiter.get(), &r, &id, -1);
       if (rc == STORE_OK) {
@@ -508,7 +631,7 @@ TEST_CASE("open with timeout -1 waits for a seal done by another client") {
     CHECK(test::WaitFor([&] { return Stats(maker.get()).waiting_gets == 1; }));
     CHECK_FALSE(returned.load());
     Put(maker.get(), id, data);
-    t.join();
+    th.Join();
     CHECK(rc == STORE_OK);
     CHECK(got == data);
     CHECK(test::WaitFor([&] { return Info(maker.get(), id).reader_count == 0; }));
@@ -530,7 +653,8 @@ TEST_CASE("open with timeout -1 waits for a seal done by another client") {
     std::atomic<bool> returned{false};
     int rc = -100;
     std::vector<uint8_t> got;
-    std::thread t([&] {
+    Threads th(s);
+    th.Start([&] {
       store_reader* r = nullptr;
       rc = store_open_reader(waiter.get(), &r, &id, -1);
       if (rc == STORE_OK) {
@@ -545,7 +669,7 @@ TEST_CASE("open with timeout -1 waits for a seal done by another client") {
                                data.size() - data.size() / 2) == STORE_OK);
     CHECK_FALSE(returned.load());
     REQUIRE(store_writer_seal(w.release()) == STORE_OK);
-    t.join();
+    th.Join();
     CHECK(rc == STORE_OK);
     CHECK(got == data);
     CHECK(test::WaitFor([&] { return Info(maker.get(), id).reader_count == 0; }));
@@ -578,7 +702,8 @@ TEST_CASE("store_open_readers with some ids missing gives NULL slots") {
       CHECK(SameId(*store_reader_id(out[i]), ids[i]));
     }
     CHECK(Stats(c.get()).open_count == 3);
-    for (auto* r : out) store_reader_close(r);
+    store_readers_close(out, 5);  // NULL slots are skipped
+    CHECK(Stats(c.get()).open_count == 0);
   }
   // Zero ids is fine and opens nothing.
   CHECK(store_open_readers(c.get(), nullptr, nullptr, 0, 0) == STORE_OK);
@@ -606,6 +731,20 @@ TEST_CASE("two clients: one puts, the other reads the same bytes") {
     CHECK(SameBytes(store_reader_data(ra.get()), pdata));
     CHECK(SameBytes(store_reader_data(rb.get()), pdata));
     CHECK(Info(a.get(), put_id).reader_count == 2);
+  }
+  CHECK(test::WaitFor([&] { return Info(a.get(), put_id).reader_count == 0; }));
+  {
+    // One store_readers_close for readers of both clients, with a NULL among them.
+    store_reader* mixed[4] = {nullptr, nullptr, nullptr, nullptr};
+    REQUIRE(store_open_reader(a.get(), &mixed[0], &put_id, 0) == STORE_OK);
+    REQUIRE(store_open_reader(b.get(), &mixed[2], &put_id, 0) == STORE_OK);
+    REQUIRE(store_open_reader(a.get(), &mixed[3], &put_id, 0) == STORE_OK);
+    CHECK(SameBytes(store_reader_data(mixed[2]), pdata));
+    CHECK(SameBytes(store_reader_data(mixed[3]), pdata));
+    CHECK(Info(a.get(), put_id).reader_count == 3);
+    store_readers_close(mixed, 4);
+    CHECK(test::WaitFor([&] { return Info(a.get(), put_id).reader_count == 0; }));
+    CHECK(Stats(a.get()).open_count == 0);
   }
 
   // A writer in A, a reader in B.
@@ -1056,7 +1195,8 @@ TEST_CASE("a create waiting for space on a full store") {
   const std::vector<uint8_t> wdata = Pattern(1234, kMiB);
   std::atomic<bool> returned{false};
   int rc = -100;
-  std::thread t([&] {
+  Threads th(s);
+  th.Start([&] {
     store_create_options o = STORE_CREATE_OPTIONS_INIT;
     o.timeout_ms = -1;
     rc = store_put(a.get(), &waited, wdata.data(), wdata.size(), &o);
@@ -1067,7 +1207,7 @@ TEST_CASE("a create waiting for space on a full store") {
   CHECK(Contains(b.get(), waited) == 0);
   Delete(b.get(), ids.back());
   ids.pop_back();
-  t.join();
+  th.Join();
   CHECK(rc == STORE_OK);
   CHECK(Stats(b.get()).waiting_creates == 0);
   {
@@ -1095,6 +1235,68 @@ TEST_CASE("a create waiting for space on a full store") {
 
   for (auto& id : ids) Delete(b.get(), id);
   CheckEmpty(b.get());
+}
+
+TEST_CASE("a create queued behind a waiting create that times out is served when it fits") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  ClientPtr watcher = Connect(s, "watcher");
+
+  std::vector<store_object_id> ids = FillWithMiB(a.get(), "queue");
+  REQUIRE(ids.size() >= 9);
+  // Room for exactly one more 1 MiB object.
+  Delete(a.get(), ids.back());
+  ids.pop_back();
+
+  // B waits (250 ms) for 8 MiB, which cannot fit; A then waits (forever) for 1 MiB behind it.
+  const store_object_id big = Id("queue-big"), small = Id("queue-small");
+  const std::vector<uint8_t> sdata = Pattern(4321, kMiB);
+  std::atomic<int> big_rc{-100}, small_rc{-100};
+  Threads th(s);
+  th.Start([&] {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = 250;
+    store_writer* w = nullptr;
+    big_rc = store_create(b.get(), &w, &big, 8 * kMiB, &o);
+    store_writer_abort(w);
+  });
+  REQUIRE(test::WaitFor([&] { return Stats(watcher.get()).waiting_creates == 1; }));
+  th.Start([&] {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = -1;
+    small_rc = store_put(a.get(), &small, sdata.data(), sdata.size(), &o);
+  });
+  // Either A queued behind B, or B already timed out and A went straight in.
+  REQUIRE(test::WaitFor([&] {
+    return Stats(watcher.get()).waiting_creates == 2 || small_rc.load() != -100;
+  }));
+  REQUIRE(test::WaitFor([&] { return big_rc.load() != -100; }));
+  CHECK(big_rc.load() == STORE_ETIMEDOUT);
+
+  // Once B has given up, A's create fits and must be served without any further delete.
+  const bool served = test::WaitFor([&] { return small_rc.load() != -100; },
+                                    std::chrono::seconds(5));
+  CHECK_MESSAGE(served, "the 1 MiB create still waits although it fits (waiting_creates = "
+                            << Stats(watcher.get()).waiting_creates << ")");
+  if (!served) {
+    // Free more space so that the waiting thread returns and the test can end.
+    Delete(watcher.get(), ids.back());
+    ids.pop_back();
+  }
+  th.Join();
+  CHECK(small_rc.load() == STORE_OK);
+  ids.push_back(small);
+  {
+    ReaderPtr r = Open(watcher.get(), small);
+    CHECK(SameBytes(store_reader_data(r.get()), sdata));
+  }
+  CHECK(Stats(watcher.get()).waiting_creates == 0);
+  CHECK(Contains(watcher.get(), big) == 0);
+
+  for (auto& id : ids) Delete(watcher.get(), id);
+  CheckEmpty(watcher.get());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1176,6 +1378,9 @@ TEST_CASE("NULL arguments give STORE_EINVAL; destructors accept NULL") {
   CHECK(size == 0);
   CHECK(store_reader_id(nullptr) == nullptr);
   store_reader_close(nullptr);
+  store_readers_close(nullptr, 3);
+  store_reader* nulls[3] = {nullptr, nullptr, nullptr};
+  store_readers_close(nulls, 3);
   {
     Put(c, id, std::vector<uint8_t>(4, 9));
     ReaderPtr rp = Open(c, id);
@@ -1319,9 +1524,9 @@ TEST_CASE("a client shared by 4 threads doing put/open/close/delete cycles") {
 
   constexpr int kThreads = 4, kCycles = 500;
   std::atomic<int> ok{0}, failed{0};
-  std::vector<std::thread> threads;
+  Threads threads(s);
   for (int t = 0; t < kThreads; t++) {
-    threads.emplace_back([&, t] {
+    threads.Start([&, t] {
       for (int i = 0; i < kCycles; i++) {
         const std::string name = "thread-" + std::to_string(t) + "-" + std::to_string(i);
         store_object_id id{};
@@ -1338,12 +1543,85 @@ TEST_CASE("a client shared by 4 threads doing put/open/close/delete cycles") {
       }
     });
   }
-  for (auto& t : threads) t.join();
+  threads.Join();
   CHECK(failed.load() == 0);
   CHECK(ok.load() == kThreads * kCycles);
   store_stats st = Stats(c.get());
   CHECK(st.total_creates == kThreads * kCycles);
   CHECK(st.total_deletes == kThreads * kCycles);
+  CheckEmpty(c.get());
+}
+
+TEST_CASE("store_put_many from 4 threads of one client at once") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  constexpr int kThreads = 4, kBatches = 10, kPerBatch = 150;
+  auto name = [](int t, int b, int i) {
+    return "pm-" + std::to_string(t) + "-" + std::to_string(b) + "-" + std::to_string(i);
+  };
+  // Every 50th object is above the one-round-trip size.
+  auto size_of = [](int i) -> size_t { return i % 50 == 49 ? 70 * 1024 : 1 + (i * 13) % 700; };
+  auto seed_of = [](int t, int b, int i) -> uint64_t { return (t * 100 + b) * 1000 + i; };
+  std::atomic<int> failed{0};
+  std::atomic<size_t> put{0};
+  Threads threads(s);
+  for (int t = 0; t < kThreads; t++) {
+    threads.Start([&, t] {
+      for (int b = 0; b < kBatches; b++) {
+        std::vector<store_object_id> ids(kPerBatch);
+        std::vector<std::vector<uint8_t>> datas;
+        std::vector<const void*> ptrs;
+        std::vector<uint64_t> sizes;
+        for (int i = 0; i < kPerBatch; i++) {
+          const std::string n = name(t, b, i);
+          store_object_id_from_string(n.data(), n.size(), &ids[i]);
+          datas.push_back(Pattern(seed_of(t, b, i), size_of(i)));
+        }
+        for (auto& d : datas) {
+          ptrs.push_back(d.data());
+          sizes.push_back(d.size());
+        }
+        size_t done = 0;
+        if (store_put_many(c.get(), ids.data(), ptrs.data(), sizes.data(), kPerBatch, nullptr,
+                           &done) != STORE_OK) {
+          failed++;
+        }
+        put += done;
+      }
+    });
+  }
+  threads.Join();
+  CHECK(failed.load() == 0);
+  const size_t total = size_t{kThreads} * kBatches * kPerBatch;
+  CHECK(put.load() == total);
+  CHECK(Stats(c.get()).object_count == total);
+
+  // Every object holds its own bytes.
+  std::vector<store_object_id> ids;
+  for (int t = 0; t < kThreads; t++) {
+    for (int b = 0; b < kBatches; b++) {
+      for (int i = 0; i < kPerBatch; i++) ids.push_back(Id(name(t, b, i)));
+    }
+  }
+  std::vector<store_reader*> readers(ids.size(), nullptr);
+  REQUIRE(store_open_readers(c.get(), readers.data(), ids.data(), ids.size(), 0) == STORE_OK);
+  size_t good = 0, k = 0;
+  for (int t = 0; t < kThreads; t++) {
+    for (int b = 0; b < kBatches; b++) {
+      for (int i = 0; i < kPerBatch; i++, k++) {
+        store_reader* r = readers[k];
+        if (r && store_reader_size(r) == size_of(i) &&
+            SameBytes(store_reader_data(r), Pattern(seed_of(t, b, i), size_of(i)))) {
+          good++;
+        }
+      }
+    }
+  }
+  CHECK(good == total);
+  store_readers_close(readers.data(), readers.size());
+  for (auto& id : ids) Delete(c.get(), id);
   CheckEmpty(c.get());
 }
 
@@ -1355,10 +1633,13 @@ TEST_CASE("a thread blocked in an open does not stall the other threads of the c
 
   const store_object_id blocked_id = Id("blocked");
   const std::vector<uint8_t> bdata = Pattern(4242, 10000);
+  constexpr int kThreads = 3, kCycles = 200;
   std::atomic<bool> returned{false};
   int brc = -100;
   std::vector<uint8_t> got;
-  std::thread blocked([&] {
+  std::atomic<int> ok{0}, failed{0}, finished{0};
+  Threads threads(s);
+  threads.Start([&] {
     store_reader* r = nullptr;
     brc = store_open_reader(c.get(), &r, &blocked_id, -1);
     if (brc == STORE_OK) {
@@ -1370,11 +1651,8 @@ TEST_CASE("a thread blocked in an open does not stall the other threads of the c
   });
   REQUIRE(test::WaitFor([&] { return Stats(watcher.get()).waiting_gets == 1; }));
 
-  constexpr int kThreads = 3, kCycles = 200;
-  std::atomic<int> ok{0}, failed{0}, finished{0};
-  std::vector<std::thread> workers;
   for (int t = 0; t < kThreads; t++) {
-    workers.emplace_back([&, t] {
+    threads.Start([&, t] {
       for (int i = 0; i < kCycles; i++) {
         const std::string name = "worker-" + std::to_string(t) + "-" + std::to_string(i);
         store_object_id id{};
@@ -1404,8 +1682,7 @@ TEST_CASE("a thread blocked in an open does not stall the other threads of the c
   // A put on the same client unblocks it (through the other client if the first is stalled,
   // so that the test ends either way).
   Put(all_finished ? c.get() : watcher.get(), blocked_id, bdata);
-  blocked.join();
-  for (auto& t : workers) t.join();
+  threads.Join();
   CHECK(brc == STORE_OK);
   CHECK(got == bdata);
   CHECK(test::WaitFor([&] { return Info(watcher.get(), blocked_id).reader_count == 0; }));

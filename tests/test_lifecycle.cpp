@@ -46,7 +46,8 @@ ClientPtr Connect(const test::TestStore& s, const char* name = "test_lifecycle")
   o.client_name = name;
   store_client* c = nullptr;
   int rc = store_client_connect(&c, s.socket().c_str(), &o);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   REQUIRE(c != nullptr);
   return ClientPtr(c);
@@ -78,7 +79,8 @@ bool SameBytes(const void* p, const std::vector<uint8_t>& want) {
 store_stats Stats(store_client* c) {
   store_stats st{};
   int rc = store_stats_get(c, &st);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   return st;
 }
@@ -86,7 +88,8 @@ store_stats Stats(store_client* c) {
 store_object_info Info(store_client* c, const store_object_id& id) {
   store_object_info info{};
   int rc = store_info(c, &id, &info);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
   return info;
 }
@@ -99,13 +102,15 @@ int Contains(store_client* c, const store_object_id& id) {
 
 void Put(store_client* c, const store_object_id& id, const std::vector<uint8_t>& data) {
   int rc = store_put(c, &id, data.data(), data.size(), nullptr);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
 }
 
 void Delete(store_client* c, const store_object_id& id) {
   int rc = store_delete(c, &id);
-  INFO(store_last_error_message());
+  const std::string err = store_last_error_message();
+  INFO(err);
   REQUIRE(rc == STORE_OK);
 }
 
@@ -210,6 +215,36 @@ store_client* ChildConnect(const std::string& socket, const char* name) {
   if (store_client_connect(&c, socket.c_str(), &o) != STORE_OK) return nullptr;
   return c;
 }
+
+// The threads of a test. Join() waits for them. If the test leaves early (a failed REQUIRE)
+// while one still blocks in a call, the server is stopped first so that the call returns; no
+// thread outlives the test. Declare it after everything its threads use.
+class Threads {
+ public:
+  explicit Threads(test::TestStore& s) : s_(s) {}
+  ~Threads() {
+    for (auto& t : threads_) {
+      if (t.joinable()) {
+        s_.Stop();
+        break;
+      }
+    }
+    Join();
+  }
+  template <class F>
+  void Start(F&& f) {
+    threads_.emplace_back(std::forward<F>(f));
+  }
+  void Join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  test::TestStore& s_;
+  std::vector<std::thread> threads_;
+};
 
 }  // namespace
 
@@ -475,6 +510,89 @@ TEST_CASE("a process killed while waiting in a create for space") {
   CheckEmpty(c.get());
 }
 
+TEST_CASE("a killed process at the head of the create queue does not hold up the creates behind") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+  ClientPtr waiter = Connect(s, "waiter");
+
+  std::vector<store_object_id> ids;
+  for (int i = 0; i < 1000; i++) {
+    store_object_id id = Id("head-" + std::to_string(i));
+    std::vector<uint8_t> data = Pattern(i, kMiB);
+    int rc = store_put(c.get(), &id, data.data(), data.size(), nullptr);
+    if (rc == STORE_ENOSPACE) break;
+    REQUIRE(rc == STORE_OK);
+    ids.push_back(id);
+  }
+  REQUIRE(ids.size() >= 9);
+  REQUIRE(ids.size() < 1000);
+  // Room for exactly one more 1 MiB object.
+  Delete(c.get(), ids.back());
+  ids.pop_back();
+
+  // The child waits forever for 8 MiB, which cannot fit.
+  const store_object_id big = Id("head-big"), small = Id("head-small");
+  const std::string sock = s.socket();
+  Pipe p;
+  Child child(test::ForkChild([&]() -> int {
+    close(p.fds[0]);
+    store_client* cc = ChildConnect(sock, "head-of-queue");
+    if (!cc) {
+      p.Signal('c');
+      return 1;
+    }
+    p.Signal('r');
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = -1;
+    store_writer* w = nullptr;
+    store_create(cc, &w, &big, 8 * kMiB, &o);
+    p.Signal('x');  // it should never get here
+    BlockForever();
+  }));
+  REQUIRE(child.pid > 0);
+  REQUIRE(p.Await() == 'r');
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).waiting_creates == 1; }));
+
+  // The parent waits for 1 MiB behind it.
+  const std::vector<uint8_t> sdata = Pattern(555, kMiB);
+  std::atomic<int> small_rc{-100};
+  Threads th(s);
+  th.Start([&] {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = -1;
+    small_rc = store_put(waiter.get(), &small, sdata.data(), sdata.size(), &o);
+  });
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).waiting_creates == 2; }));
+  CHECK(small_rc.load() == -100);
+
+  child.Kill();
+  // The dead child's create is gone; the parent's fits and must be served.
+  const bool served = test::WaitFor([&] { return small_rc.load() != -100; },
+                                    std::chrono::seconds(5));
+  CHECK_MESSAGE(served, "the 1 MiB create still waits although it fits (waiting_creates = "
+                            << Stats(c.get()).waiting_creates << ")");
+  if (!served) {
+    // Free more space so that the waiting thread returns and the test can end.
+    Delete(c.get(), ids.back());
+    ids.pop_back();
+  }
+  th.Join();
+  CHECK(small_rc.load() == STORE_OK);
+  ids.push_back(small);
+  store_stats st = Stats(c.get());
+  CHECK(st.waiting_creates == 0);
+  CHECK(st.client_count == 2);
+  CHECK(Contains(c.get(), big) == 0);
+  store_reader* r = nullptr;
+  REQUIRE(store_open_reader(c.get(), &r, &small, 0) == STORE_OK);
+  CHECK(SameBytes(store_reader_data(r), sdata));
+  store_reader_close(r);
+
+  for (auto& id : ids) Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
 // ---------------------------------------------------------------------------------------------
 // A lost connection.
 
@@ -497,23 +615,57 @@ TEST_CASE("the server goes away: every call gives STORE_ECONN at once") {
   const store_object_id third = Id("lost-third");
   REQUIRE(store_create(c.get(), &w_abort, &third, 100, nullptr) == STORE_OK);
 
-  // A thread blocked in an open when the server goes.
-  std::atomic<bool> returned{false};
-  int blocked_rc = -100;
-  std::thread blocked([&] {
+  // A sealed object fills half the store, so that a second half waits for space.
+  const uint64_t capacity = Stats(c.get()).capacity_bytes;
+  ClientPtr filler = Connect(s, "filler");
+  const store_object_id fill = Id("lost-fill");
+  store_writer* fill_writer = nullptr;
+  REQUIRE(store_create(filler.get(), &fill_writer, &fill, capacity / 2 + 4096, nullptr) ==
+          STORE_OK);
+  REQUIRE(store_writer_data(fill_writer) != nullptr);
+  std::memset(store_writer_data(fill_writer), 0x5A, capacity / 2 + 4096);
+  REQUIRE(store_writer_seal(fill_writer) == STORE_OK);  // sealed: closing clients frees nothing
+
+  // Threads blocked in opens (forever, and with a long timeout) and in a create waiting for
+  // space (with a long timeout) when the server goes.
+  int blocked_rc = -100, timed_rc = -100, create_rc = -100;
+  Threads th(s);
+  th.Start([&] {
     store_reader* br = nullptr;
     const store_object_id never = Id("lost-never");
     blocked_rc = store_open_reader(c.get(), &br, &never, -1);
     store_reader_close(br);
-    returned = true;
   });
-  CHECK(test::WaitFor([&] { return Stats(c.get()).waiting_gets == 1; }));
+  th.Start([&] {
+    store_reader* br = nullptr;
+    const store_object_id never = Id("lost-never-2");
+    timed_rc = store_open_reader(c.get(), &br, &never, 600000);
+    store_reader_close(br);
+  });
+  th.Start([&] {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = 600000;
+    store_writer* cw = nullptr;
+    const store_object_id half = Id("lost-half");
+    create_rc = store_create(c.get(), &cw, &half, capacity / 2 + 4096, &o);
+    store_writer_abort(cw);
+  });
+  CHECK(test::WaitFor([&] {
+    store_stats now = Stats(c.get());
+    return now.waiting_gets == 2 && now.waiting_creates == 1;
+  }));
 
+  auto stop_start = Clock::now();
   const int st = s.Stop();
+  CHECK(Clock::now() - stop_start < milliseconds(5000));
   CHECK(st != -1);
   CHECK(WIFEXITED(st));
-  blocked.join();
+  CHECK(WEXITSTATUS(st) == 0);
+  th.Join();
   CHECK(blocked_rc == STORE_ECONN);
+  CHECK(timed_rc == STORE_ECONN);
+  CHECK(create_rc == STORE_ECONN);
+  filler.reset();
 
   auto t0 = Clock::now();
   store_stats stats{};

@@ -395,10 +395,10 @@ void Server::CloseClient(Client* c, const char* why) {
 void Server::ReleaseClientState(Client* c) {
   // Waiting gets and creates are cancelled: nobody is left to answer.
   for (WaitingGet* g : std::vector<WaitingGet*>(c->gets.begin(), c->gets.end())) CancelGet(g);
+  bool freed = !c->creates.empty();  // the creates behind its waiting ones may fit now
   for (WaitingCreate* w : std::vector<WaitingCreate*>(c->creates.begin(), c->creates.end())) {
     FinishCreateWait(w, STORE_ECONN, "");
   }
-  bool freed = false;
   // Readers.
   for (auto& [uid, count] : c->readers) {
     Object* o = table_.FindUid(uid);
@@ -713,10 +713,13 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
         [](uv_timer_t* t) {
           auto* wc = static_cast<WaitingCreate*>(t->data);
           wc->client->server->totals_.full++;
-          wc->client->server->FinishCreateWait(
-              wc, STORE_ETIMEDOUT, "no space was freed in time: " +
-                                       wc->client->server->FullMessage(
-                                           wc->args.data_size + wc->args.metadata.size()));
+          Server* server = wc->client->server;
+          server->FinishCreateWait(
+              wc, STORE_ETIMEDOUT,
+              "no space was freed in time: " +
+                  server->FullMessage(wc->args.data_size + wc->args.metadata.size()));
+          // The creates that waited behind it may fit.
+          server->ServeWaitingCreates();
         },
         static_cast<uint64_t>(timeout), 0);
   }
