@@ -1170,6 +1170,119 @@ int store_stats_get(store_client* client, store_stats* stats) {
     stats->total_full = s->total_full();
     stats->uptime_ns = s->uptime_ns();
     stats->server_pid = s->server_pid();
+    stats->largest_free_bytes = s->largest_free_bytes();
+    stats->resident_bytes = s->resident_bytes();
+    stats->total_contains = s->total_contains();
+    stats->total_infos = s->total_infos();
+    stats->total_lists = s->total_lists();
+    stats->total_pins = s->total_pins();
+    stats->total_unpins = s->total_unpins();
+    stats->total_requests = s->total_requests();
+    stats->total_bad_requests = s->total_bad_requests();
+    stats->spilling_count = s->spilling_count();
+    stats->spilling_bytes = s->spilling_bytes();
+    stats->spilled_count = s->spilled_count();
+    stats->spilled_bytes = s->spilled_bytes();
+    stats->restoring_count = s->restoring_count();
+    stats->restoring_bytes = s->restoring_bytes();
+    return STORE_OK;
+  });
+}
+
+int store_list_clients(store_client* client, store_client_info** out, size_t* count) {
+  return Guard([&]() -> int {
+    if (out) *out = nullptr;
+    if (count) *count = 0;
+    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    flatbuffers::FlatBufferBuilder fbb(64);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::ClientsRequest, proto::CreateClientsRequest(fbb).Union(),
+                  Body::ClientsReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* r = reply->msg->body_as_ClientsReply();
+    auto* list = r->clients();
+    if (list->size() == 0) return STORE_OK;
+    auto* arr = static_cast<store_client_info*>(std::calloc(list->size(), sizeof(store_client_info)));
+    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u clients", list->size());
+    for (flatbuffers::uoffset_t i = 0; i < list->size(); i++) {
+      const proto::ClientInfo* k = list->Get(i);
+      store_client_info* o = &arr[i];
+      o->client_id = k->client_id();
+      if (k->name()) {
+        size_t n = std::min<size_t>(k->name()->size(), sizeof o->name - 1);
+        std::memcpy(o->name, k->name()->data(), n);
+        o->name[n] = '\0';
+      }
+      o->pid = k->pid();
+      o->uid = k->uid();
+      o->objects_created = k->objects_created();
+      o->creating_count = k->creating();
+      o->readers_held = k->readers();
+      o->pins_held = k->pins();
+      o->bytes_held = k->bytes_held();
+      o->connect_time_ns = k->connect_time_ns();
+      o->requests = k->requests();
+      o->is_self = k->client_id() == r->self_id();
+    }
+    *out = arr;
+    *count = list->size();
+    return STORE_OK;
+  });
+}
+
+int store_list_page(store_client* client, const store_list_options* opts, store_object_info** out,
+                    size_t* count, uint64_t* total) {
+  return Guard([&]() -> int {
+    if (out) *out = nullptr;
+    if (count) *count = 0;
+    if (total) *total = 0;
+    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    static const store_list_options kDefaults = STORE_LIST_OPTIONS_INIT;
+    if (!opts) opts = &kDefaults;
+    if (opts->version != STORE_LIST_OPTIONS_VERSION) {
+      return Fail(STORE_EINVAL, "store_list_options.version is %u; this library knows %u",
+                  opts->version, STORE_LIST_OPTIONS_VERSION);
+    }
+    if (opts->sort > STORE_SORT_STATE) return Fail(STORE_EINVAL, "unknown sort key %u", opts->sort);
+    if (opts->limit > STORE_MAX_PAGE_OBJECTS) {
+      return Fail(STORE_EINVAL, "limit %u is over STORE_MAX_PAGE_OBJECTS", opts->limit);
+    }
+    std::vector<uint8_t> prefix;
+    size_t nibbles = 0;
+    if (opts->id_prefix) {
+      for (const char* p = opts->id_prefix; *p; p++, nibbles++) {
+        char ch = *p;
+        int v = ch >= '0' && ch <= '9' ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+        if (v < 0 || nibbles >= 40) {
+          return Fail(STORE_EINVAL, "id_prefix must be at most 40 hex digits: '%.48s'",
+                      opts->id_prefix);
+        }
+        if (nibbles % 2 == 0) {
+          prefix.push_back(static_cast<uint8_t>(v << 4));
+        } else {
+          prefix.back() |= static_cast<uint8_t>(v);
+        }
+      }
+    }
+    flatbuffers::FlatBufferBuilder fbb(128);
+    auto pv = fbb.CreateVector(prefix);
+    auto body = proto::CreateObjectsRequest(fbb, static_cast<proto::SortKey>(opts->sort),
+                                            opts->descending != 0, opts->offset, opts->limit, pv,
+                                            static_cast<uint32_t>(nibbles));
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::ObjectsRequest, body.Union(), Body::ObjectsReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* r = reply->msg->body_as_ObjectsReply();
+    if (total) *total = r->total();
+    auto* objs = r->objects();
+    if (objs->size() == 0) return STORE_OK;
+    auto* arr = static_cast<store_object_info*>(std::malloc(objs->size() * sizeof(store_object_info)));
+    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u objects", objs->size());
+    for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) FromProto(*objs->Get(i), &arr[i]);
+    *out = arr;
+    *count = objs->size();
     return STORE_OK;
   });
 }

@@ -163,7 +163,60 @@ typedef struct store_stats {
     uint64_t uptime_ns;
     int32_t server_pid;
     uint32_t reserved_;
+    /* Added in 0.1: observability. */
+    uint64_t largest_free_bytes;  /* the largest object that would fit now (fragmentation) */
+    uint64_t resident_bytes;      /* memory the region really holds */
+    uint64_t total_contains;
+    uint64_t total_infos;
+    uint64_t total_lists;
+    uint64_t total_pins;
+    uint64_t total_unpins;
+    uint64_t total_requests;      /* every request from every client */
+    uint64_t total_bad_requests;  /* requests refused as protocol errors */
+    uint64_t spilling_count;      /* objects by spill state (0 until spilling is enabled) */
+    uint64_t spilling_bytes;
+    uint64_t spilled_count;
+    uint64_t spilled_bytes;
+    uint64_t restoring_count;
+    uint64_t restoring_bytes;
 } store_stats;
+
+/* One connected client, as store_list_clients() reports it. */
+typedef struct store_client_info {
+    uint64_t client_id;        /* unique for the server's lifetime */
+    char name[64];             /* the name given at connect, NUL-terminated, maybe cut short */
+    int32_t pid;               /* from the socket's peer credentials */
+    uint32_t uid;
+    uint64_t objects_created;  /* creates made since it connected */
+    uint64_t creating_count;   /* its objects still being written */
+    uint64_t readers_held;
+    uint64_t pins_held;
+    uint64_t bytes_held;       /* bytes of the objects it writes, reads or pins (each once) */
+    int64_t connect_time_ns;   /* CLOCK_REALTIME */
+    uint64_t requests;         /* requests it sent */
+    int32_t is_self;           /* 1 for the client that asked */
+    uint32_t reserved_;
+} store_client_info;
+
+/* Sort keys for store_list_page(). */
+#define STORE_SORT_ID 0
+#define STORE_SORT_SIZE 1
+#define STORE_SORT_CREATED 2
+#define STORE_SORT_LAST_ACCESS 3
+#define STORE_SORT_IMPORTANCE 4
+#define STORE_SORT_STATE 5
+
+#define STORE_LIST_OPTIONS_VERSION 1
+typedef struct store_list_options {
+    uint32_t version;      /* STORE_LIST_OPTIONS_VERSION */
+    uint32_t sort;         /* STORE_SORT_*; ties are broken by id */
+    int32_t descending;    /* non-zero: largest first */
+    uint32_t limit;        /* objects per page, at most STORE_MAX_PAGE_OBJECTS */
+    uint64_t offset;       /* objects to skip in that order */
+    const char *id_prefix; /* hex digits the ids must start with; NULL or "" = all */
+} store_list_options;
+#define STORE_LIST_OPTIONS_INIT {STORE_LIST_OPTIONS_VERSION, STORE_SORT_ID, 0, 100, 0, NULL}
+#define STORE_MAX_PAGE_OBJECTS 100000
 
 #define STORE_CONNECT_OPTIONS_VERSION 1
 typedef struct store_connect_options {
@@ -324,8 +377,17 @@ STORE_API int store_pin(store_client *client, const store_object_id *id);
 /* Drops one pin of this client. STORE_EMISUSE if this client holds none on id. */
 STORE_API int store_unpin(store_client *client, const store_object_id *id);
 
-/* Fills *stats with a snapshot of the server. */
+/* Fills *stats with a snapshot of the server. Cheap: the server keeps its figures as it goes. */
 STORE_API int store_stats_get(store_client *client, store_stats *stats);
+
+/* Lists the connected clients. Caller owns *out (NULL when *count is 0); free with store_free(). */
+STORE_API int store_list_clients(store_client *client, store_client_info **out, size_t *count);
+
+/* One page of the object table, filtered by id prefix and sorted by the server. opts may be NULL
+ * (STORE_LIST_OPTIONS_INIT). *total (may be NULL) receives how many objects match in all.
+ * Caller owns *out (NULL when *count is 0); free with store_free(). */
+STORE_API int store_list_page(store_client *client, const store_list_options *opts,
+                              store_object_info **out, size_t *count, uint64_t *total);
 
 /* ---------------------------------------------------------------------------------------------
  * Helpers

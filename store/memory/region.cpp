@@ -409,6 +409,30 @@ void Region::Free(void* p) {
   allocations_--;
 }
 
+uint64_t Region::LargestFree() {
+  // Binary search on trial allocations, to 4 KiB: a free block only counts if the allocator can
+  // really hand it out, which is what a create needs.
+  uint64_t lo = 0, hi = capacity_ - allocated_;
+  if (hi == 0) return 0;
+  int f = flags_ | MALLOCX_ALIGN(4096);
+  auto fits = [&](uint64_t n) {
+    void* p = mallocx(static_cast<size_t>(n), f);
+    if (p == nullptr) return false;
+    dallocx(p, f);
+    return true;
+  };
+  if (fits(hi)) return hi;
+  while (hi - lo > 4096) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (fits(mid)) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 uint64_t Region::ResidentBytes() const {
   struct stat st;
   if (fstat(fd_, &st) != 0) return 0;

@@ -52,6 +52,9 @@ class Region {
     return u >= base_ && u < base_ + capacity_;
   }
   uint64_t OffsetOf(const void* p) const { return static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(p) - base_); }
+  // The size of the largest object that could be allocated now (to 4 KiB), by trial
+  // allocations that are freed at once. About 20 allocator calls.
+  uint64_t LargestFree();
   // Resident bytes of the memfd (st_blocks * 512).
   uint64_t ResidentBytes() const;
   // Hands freed dirty pages back to the OS now (arena.<i>.purge -> punch hole).

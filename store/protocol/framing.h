@@ -31,6 +31,8 @@ inline constexpr uint32_t kMaxIdsPerRequest = 65536;
 inline constexpr uint64_t kInlinePutMax = 64u << 10;
 inline constexpr uint32_t kMaxClientName = 256;
 inline constexpr uint32_t kMaxFdsPerMessage = 4;
+// Most objects in one page of an ObjectsRequest.
+inline constexpr uint32_t kMaxPageObjects = 100000;
 
 // $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
 inline std::string DefaultSocketPath() {
@@ -63,6 +65,9 @@ inline const Message* VerifyMessage(const uint8_t* buf, size_t len) {
       break;
     case Body::ListReply:
       if (!aligned(m->body_as_ListReply()->objects()->Data())) return nullptr;
+      break;
+    case Body::ObjectsReply:
+      if (!aligned(m->body_as_ObjectsReply()->objects()->Data())) return nullptr;
       break;
     default:
       break;

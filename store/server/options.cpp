@@ -70,6 +70,9 @@ const char* HelpText() {
          "  --spill-dir DIR      directory for spill files (repeatable); spilling itself is not\n"
          "                       available in this version, the directory is only checked\n"
          "  --log-level LEVEL    error, warn, info or debug (default: info)\n"
+         "  --metrics-file PATH  write the store's figures to PATH in the Prometheus text\n"
+         "                       format every interval (replaced atomically)\n"
+         "  --metrics-interval SECONDS  how often to write it (default: 1)\n"
          "  --prefault           touch all of the memory at start, so first writes run at full speed\n"
          "  --hugepages          back the memory with huge pages when the system allows it\n"
          "  --help               show this help and exit\n"
@@ -138,6 +141,22 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
         return false;
       }
       o.spill_dirs.push_back(v);
+    } else if (flag == "--metrics-file") {
+      if (!value_of(i, flag, &v)) return false;
+      if (v.empty()) {
+        *error = "store: --metrics-file needs a non-empty path";
+        return false;
+      }
+      o.metrics_file = v;
+    } else if (flag == "--metrics-interval") {
+      if (!value_of(i, flag, &v)) return false;
+      char* end = nullptr;
+      double secs = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(secs >= 0.05) || secs > 86400) {
+        *error = "store: invalid --metrics-interval '" + v + "' (seconds, 0.05 to 86400)";
+        return false;
+      }
+      o.metrics_interval_ms = static_cast<uint64_t>(secs * 1000);
     } else if (flag == "--log-level") {
       if (!value_of(i, flag, &v)) return false;
       if (!ParseLogLevel(v.c_str(), &o.log_level)) {

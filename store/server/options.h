@@ -14,6 +14,8 @@ struct ServerOptions {
   uint64_t memory = 1ull << 30;         // --memory, bytes
   std::vector<std::string> spill_dirs;  // --spill-dir (repeatable)
   LogLevel log_level = LogLevel::kInfo;
+  std::string metrics_file;             // --metrics-file: Prometheus text, replaced atomically
+  uint64_t metrics_interval_ms = 1000;  // --metrics-interval SECONDS
   bool prefault = false;
   bool hugepages = false;
   bool help = false;

@@ -102,6 +102,9 @@ struct Server::Client {
   std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
+  int64_t connect_ns = 0;
+  uint64_t objects_created = 0;
+  uint64_t requests = 0;
 };
 
 struct Server::WaitingGet {
@@ -228,6 +231,8 @@ int Server::Run() {
     return 1;
   }
 
+  // Allocator size classes: the largest object is a little under the capacity.
+  max_object_ = region_->LargestFree();
   if (options_.hugepages && !region_->hugepages_active()) {
     LOG_WARN("--hugepages: the system gave no huge pages (none reserved in hugetlbfs and "
              "transparent huge pages for shared memory are off); using normal pages");
@@ -247,9 +252,18 @@ int Server::Run() {
   uv_signal_start(&sigterm_, OnSignal, SIGTERM);
   uv_async_init(&loop_, &async_stop_, OnAsyncStop);
   async_stop_.data = this;
+  if (!options_.metrics_file.empty()) {
+    uv_timer_init(&loop_, &metrics_timer_);
+    metrics_timer_.data = this;
+    WriteMetrics();
+    uv_timer_start(&metrics_timer_, OnMetricsTimer, options_.metrics_interval_ms,
+                   options_.metrics_interval_ms);
+    metrics_active_ = true;
+  }
 
-  LOG_INFO("store %s listening on %s with %s of shared memory%s%s", STORE_VERSION_STRING,
-           options_.socket_path.c_str(), Bytes(region_->capacity()).c_str(),
+  LOG_INFO("store %s listening on %s with %s of shared memory (objects up to %s)%s%s",
+           STORE_VERSION_STRING, options_.socket_path.c_str(), Bytes(region_->capacity()).c_str(),
+           Bytes(max_object_).c_str(),
            options_.prefault ? ", prefaulted" : "",
            region_->hugepages_active() ? ", huge pages" : "");
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -284,6 +298,12 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
+  if (metrics_active_) {
+    uv_timer_stop(&metrics_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
+    metrics_active_ = false;
+    unlink(options_.metrics_file.c_str());  // figures of a stopped store would mislead
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -305,6 +325,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
     return;
   }
   c->id = s->next_client_id_++;
+  c->connect_ns = RealtimeNs();
   s->clients_.emplace(c->id, c);
 
   uv_os_fd_t fd;
@@ -494,6 +515,7 @@ void Server::SendEmpty(Client* c, uint64_t seq, Body type, flatbuffers::Offset<v
 void Server::ProtocolError(Client* c, uint64_t seq, const std::string& message) {
   LOG_WARN("client %" PRIu64 " (%s, pid %d): %s; closing its connection", c->id,
            c->name.c_str(), static_cast<int>(c->pid), message.c_str());
+  totals_.bad_requests++;
   SendError(c, seq, STORE_EPROTO, message);
   CloseClient(c, "protocol error");
 }
@@ -504,6 +526,8 @@ void Server::ProtocolError(Client* c, uint64_t seq, const std::string& message) 
 void Server::Dispatch(Client* c, const proto::Message* m) {
   uint64_t seq = m->seq();
   Body type = m->body_type();
+  c->requests++;
+  totals_.requests++;
   if (!c->handshaken && type != Body::ConnectRequest) {
     ProtocolError(c, seq, "the first message must be a connect request");
     return;
@@ -536,6 +560,10 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
       return HandleUnpin(c, seq, m->body_as_UnpinRequest());
     case Body::StatsRequest:
       return HandleStats(c, seq);
+    case Body::ClientsRequest:
+      return HandleClients(c, seq);
+    case Body::ObjectsRequest:
+      return HandleObjects(c, seq, m->body_as_ObjectsRequest());
     case Body::DisconnectRequest:
       return CloseClient(c, "said goodbye");
     default:
@@ -617,6 +645,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
     std::memcpy(o->data + o->data_size, a.metadata.data(), a.metadata.size());
   }
   totals_.creates++;
+  c->objects_created++;
   if (a.inline_put) {
     std::memcpy(o->data, a.inline_data.data(), a.data_size);
     SealObject(o);
@@ -650,10 +679,11 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
                      "metadata of " + Bytes(meta) + " is larger than the limit of " +
                          Bytes(STORE_MAX_METADATA_SIZE));
   }
-  if (a.data_size > region_->capacity() || a.data_size + meta > region_->capacity()) {
+  if (a.data_size > max_object_ || a.data_size + meta > max_object_) {
     return SendError(c, seq, STORE_EINVAL,
                      "an object of " + Bytes(a.data_size + meta) +
-                         " can never fit in this store's " + Bytes(region_->capacity()));
+                         " can never fit in this store: the largest it can hold is " +
+                         Bytes(max_object_) + " (of " + Bytes(region_->capacity()) + ")");
   }
   if (a.device != -1) {
     if (a.device < -1) return SendError(c, seq, STORE_EINVAL, "device must be -1 or >= 0");
@@ -945,6 +975,7 @@ void Server::HandleContains(Client* c, uint64_t seq, const proto::ContainsReques
     return SendError(c, seq, STORE_EINVAL,
                      "contains names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
   }
+  totals_.contains += ids->size();
   fbb_.Clear();
   std::vector<uint8_t> present(ids->size());
   for (size_t i = 0; i < ids->size(); i++) {
@@ -993,6 +1024,7 @@ proto::ObjectInfo Server::InfoOf(const Object& o) const {
 }
 
 void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
+  totals_.infos++;
   ObjectKey id = KeyOf(r->id());
   Object* o = table_.Find(id);
   if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
@@ -1002,6 +1034,7 @@ void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
 }
 
 void Server::HandleList(Client* c, uint64_t seq) {
+  totals_.lists++;
   fbb_.Clear();
   proto::ObjectInfo* infos = nullptr;
   auto vec = fbb_.CreateUninitializedVectorOfStructs(table_.visible(), &infos);
@@ -1019,6 +1052,7 @@ void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
   }
   c->pins[o->uid]++;
   table_.AddPin(o);
+  totals_.pins++;
   fbb_.Clear();
   SendEmpty(c, seq, Body::PinReply, proto::CreatePinReply(fbb_).Union());
 }
@@ -1034,12 +1068,14 @@ void Server::HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r) 
   }
   if (--it->second == 0) c->pins.erase(it);
   table_.RemovePin(o);
+  totals_.unpins++;
   fbb_.Clear();
   SendEmpty(c, seq, Body::UnpinReply, proto::CreateUnpinReply(fbb_).Union());
 }
 
 void Server::HandleStats(Client* c, uint64_t seq) {
   const auto& t = table_.counters();
+  uint64_t largest_free = region_->LargestFree();
   fbb_.Clear();
   proto::StatsReplyBuilder b(fbb_);
   b.add_capacity_bytes(region_->capacity());
@@ -1067,8 +1103,205 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_total_full(totals_.full);
   b.add_uptime_ns(static_cast<uint64_t>(MonotonicNs() - start_ns_));
   b.add_server_pid(static_cast<int32_t>(getpid()));
+  b.add_largest_free_bytes(largest_free);
+  b.add_resident_bytes(region_->ResidentBytes());
+  b.add_total_contains(totals_.contains);
+  b.add_total_infos(totals_.infos);
+  b.add_total_lists(totals_.lists);
+  b.add_total_pins(totals_.pins);
+  b.add_total_unpins(totals_.unpins);
+  b.add_total_requests(totals_.requests);
+  b.add_total_bad_requests(totals_.bad_requests);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
+}
+
+void Server::HandleClients(Client* c, uint64_t seq) {
+  fbb_.Clear();
+  std::vector<flatbuffers::Offset<proto::ClientInfo>> infos;
+  infos.reserve(clients_.size());
+  for (auto& [id, k] : clients_) {
+    // Bytes held: every object it writes, reads or pins, each counted once.
+    std::unordered_set<uint64_t> seen;
+    uint64_t bytes = 0, readers = 0, pins = 0;
+    auto add = [&](uint64_t uid) {
+      if (!seen.insert(uid).second) return;
+      if (Object* o = table_.FindUid(uid)) bytes += o->alloc_size;
+    };
+    for (auto& [uid, n] : k->readers) {
+      readers += n;
+      add(uid);
+    }
+    for (auto& [uid, n] : k->pins) {
+      pins += n;
+      add(uid);
+    }
+    for (uint64_t uid : k->creating) add(uid);
+    auto name = fbb_.CreateString(k->name);
+    proto::ClientInfoBuilder b(fbb_);
+    b.add_client_id(k->id);
+    b.add_name(name);
+    b.add_pid(k->pid);
+    b.add_uid(static_cast<uint32_t>(k->uid));
+    b.add_objects_created(k->objects_created);
+    b.add_creating(k->creating.size());
+    b.add_readers(readers);
+    b.add_pins(pins);
+    b.add_bytes_held(bytes);
+    b.add_connect_time_ns(k->connect_ns);
+    b.add_requests(k->requests);
+    infos.push_back(b.Finish());
+  }
+  auto vec = fbb_.CreateVector(infos);
+  SendEmpty(c, seq, Body::ClientsReply, proto::CreateClientsReply(fbb_, vec, c->id).Union());
+}
+
+void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest* r) {
+  if (r->limit() > proto::kMaxPageObjects) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "a page holds at most " + std::to_string(proto::kMaxPageObjects) + " objects");
+  }
+  uint32_t nibbles = r->prefix_nibbles();
+  const auto* prefix = r->prefix();
+  uint32_t have = prefix ? prefix->size() : 0;
+  if (nibbles > 40 || (nibbles + 1) / 2 > have) {
+    return SendError(c, seq, STORE_EINVAL, "the id prefix is longer than its bytes or than an id");
+  }
+  auto matches = [&](const Object& o) {
+    for (uint32_t i = 0; i < nibbles; i++) {
+      uint8_t want = prefix->Get(i / 2), got = o.id.bytes[i / 2];
+      if (i % 2 == 0 ? (want >> 4) != (got >> 4) : (want & 15) != (got & 15)) return false;
+    }
+    return true;
+  };
+  std::vector<const Object*> all;
+  all.reserve(nibbles ? 1024 : table_.visible());
+  table_.ForEachVisible([&](const Object& o) {
+    if (matches(o)) all.push_back(&o);
+  });
+  auto key = r->sort();
+  bool desc = r->descending();
+  auto less = [key](const Object* a, const Object* b) {
+    switch (key) {
+      case proto::SortKey::Size:
+        if (a->data_size != b->data_size) return a->data_size < b->data_size;
+        break;
+      case proto::SortKey::Created:
+        if (a->create_ns != b->create_ns) return a->create_ns < b->create_ns;
+        break;
+      case proto::SortKey::LastAccess:
+        if (a->access_ns != b->access_ns) return a->access_ns < b->access_ns;
+        break;
+      case proto::SortKey::Importance:
+        if (a->importance != b->importance) return a->importance < b->importance;
+        break;
+      case proto::SortKey::State:
+        if (a->state != b->state) return a->state < b->state;
+        break;
+      default:
+        break;
+    }
+    return std::memcmp(a->id.bytes, b->id.bytes, 20) < 0;
+  };
+  auto order = [&](const Object* a, const Object* b) { return desc ? less(b, a) : less(a, b); };
+  uint64_t total = all.size();
+  uint64_t begin = std::min<uint64_t>(r->offset(), total);
+  uint64_t end = std::min<uint64_t>(begin + r->limit(), total);
+  // Only the first `end` need ordering: O(n log end).
+  std::partial_sort(all.begin(), all.begin() + static_cast<ptrdiff_t>(end), all.end(), order);
+  fbb_.Clear();
+  proto::ObjectInfo* infos = nullptr;
+  auto vec = fbb_.CreateUninitializedVectorOfStructs(end - begin, &infos);
+  for (uint64_t i = begin; i < end; i++) infos[i - begin] = InfoOf(*all[i]);
+  SendEmpty(c, seq, Body::ObjectsReply, proto::CreateObjectsReply(fbb_, total, vec).Union());
+}
+
+// ------------------------------------------------------------------------------------------
+// Metrics file: the same figures as stats, in the Prometheus text format, replaced atomically
+// (write a temporary file, then rename) so a node exporter's textfile collector never reads half.
+
+void Server::OnMetricsTimer(uv_timer_t* t) { static_cast<Server*>(t->data)->WriteMetrics(); }
+
+void Server::WriteMetrics() {
+  const auto& t = table_.counters();
+  std::string out;
+  out.reserve(4096);
+  auto metric = [&](const char* name, const char* type, const char* help, uint64_t value,
+                    const char* labels = nullptr) {
+    if (!labels || std::strstr(labels, "first")) {
+      out += "# HELP store_";
+      out += name;
+      out += ' ';
+      out += help;
+      out += "\n# TYPE store_";
+      out += name;
+      out += ' ';
+      out += type;
+      out += '\n';
+    }
+    out += "store_";
+    out += name;
+    if (labels) {
+      const char* l = std::strchr(labels, '{');
+      out += l ? l : "";
+    }
+    out += ' ';
+    out += std::to_string(value);
+    out += '\n';
+  };
+  metric("capacity_bytes", "gauge", "Shared memory for objects.", region_->capacity());
+  metric("used_bytes", "gauge", "Bytes allocated to objects.", region_->allocated_bytes());
+  metric("resident_bytes", "gauge", "Memory the region holds.", region_->ResidentBytes());
+  metric("objects", "gauge", "Objects in the table.", t.objects);
+  metric("clients", "gauge", "Connected clients.", clients_.size());
+  metric("objects_by_state", "gauge", "Objects by state.", t.created_count,
+         "first{state=\"created\"}");
+  metric("objects_by_state", "gauge", "", t.sealed_count, "{state=\"sealed\"}");
+  metric("objects_by_state", "gauge", "", t.open_count, "{state=\"open\"}");
+  metric("objects_by_state", "gauge", "", t.pinned_count, "{state=\"pinned\"}");
+  metric("objects_by_state", "gauge", "", t.deleted_pending_count, "{state=\"deleted_pending\"}");
+  metric("bytes_by_state", "gauge", "Object bytes by state.", t.created_bytes,
+         "first{state=\"created\"}");
+  metric("bytes_by_state", "gauge", "", t.sealed_bytes, "{state=\"sealed\"}");
+  metric("bytes_by_state", "gauge", "", t.open_bytes, "{state=\"open\"}");
+  metric("bytes_by_state", "gauge", "", t.pinned_bytes, "{state=\"pinned\"}");
+  metric("bytes_by_state", "gauge", "", t.deleted_pending_bytes, "{state=\"deleted_pending\"}");
+  metric("waiting_gets", "gauge", "Get requests waiting for a seal.", waiting_gets_);
+  metric("waiting_creates", "gauge", "Create requests waiting for space.", create_queue_.size());
+  metric("operations_total", "counter", "Operations since start.", totals_.creates,
+         "first{op=\"create\"}");
+  metric("operations_total", "counter", "", totals_.seals, "{op=\"seal\"}");
+  metric("operations_total", "counter", "", totals_.gets, "{op=\"get\"}");
+  metric("operations_total", "counter", "", totals_.releases, "{op=\"release\"}");
+  metric("operations_total", "counter", "", totals_.deletes, "{op=\"delete\"}");
+  metric("operations_total", "counter", "", totals_.aborts, "{op=\"abort\"}");
+  metric("requests_total", "counter", "Requests from all clients.", totals_.requests);
+  metric("bad_requests_total", "counter", "Requests refused as protocol errors.",
+         totals_.bad_requests);
+  metric("full_total", "counter", "Creates refused for lack of space.", totals_.full);
+
+  std::string tmp = options_.metrics_file + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bool ok = fd >= 0;
+  size_t done = 0;
+  while (ok && done < out.size()) {
+    ssize_t n = write(fd, out.data() + done, out.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<size_t>(n);
+  }
+  if (fd >= 0) close(fd);
+  ok = ok && rename(tmp.c_str(), options_.metrics_file.c_str()) == 0;
+  if (!ok) {
+    if (!metrics_failing_) {
+      LOG_WARN("cannot write the metrics file %s: %s", options_.metrics_file.c_str(),
+               std::strerror(errno));
+    }
+    metrics_failing_ = true;
+    unlink(tmp.c_str());
+  } else {
+    metrics_failing_ = false;
+  }
 }
 
 }  // namespace store

@@ -54,6 +54,8 @@ class Server {
   void Shutdown();
   static void OnSignal(uv_signal_t* h, int signum);
   static void OnAsyncStop(uv_async_t* h);
+  static void OnMetricsTimer(uv_timer_t* t);
+  void WriteMetrics();
 
   // Connections.
   static void OnConnection(uv_stream_t* server, int status);
@@ -85,6 +87,8 @@ class Server {
   void HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r);
   void HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r);
   void HandleStats(Client* c, uint64_t seq);
+  void HandleClients(Client* c, uint64_t seq);
+  void HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest* r);
 
   // Object operations shared by several requests.
   // Tries to allocate and insert; returns STORE_OK, or an error with *message set.
@@ -105,6 +109,9 @@ class Server {
   uv_pipe_t listener_{};
   uv_signal_t sigint_{}, sigterm_{};
   uv_async_t async_stop_{};
+  uv_timer_t metrics_timer_{};
+  bool metrics_active_ = false;
+  bool metrics_failing_ = false;
   bool listening_ = false;
   bool stopping_ = false;
   std::unique_ptr<Region> region_;
@@ -116,8 +123,11 @@ class Server {
   std::deque<WaitingCreate*> create_queue_;
   flatbuffers::FlatBufferBuilder fbb_{1024};
   int64_t start_ns_ = 0;
+  uint64_t max_object_ = 0;  // the largest allocation the empty region allowed
   struct Totals {
     uint64_t creates = 0, seals = 0, gets = 0, releases = 0, deletes = 0, aborts = 0, full = 0;
+    uint64_t contains = 0, infos = 0, lists = 0, pins = 0, unpins = 0;
+    uint64_t requests = 0, bad_requests = 0;
   } totals_;
 };
 

@@ -1,0 +1,281 @@
+// test_observe.cpp - the figures a store reports about itself (stats, client list, object pages,
+// metrics file), checked against a workload whose figures are known exactly.
+#include <doctest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+#include "storeclient.h"
+
+namespace {
+
+store_object_id Id(int i) {
+  std::string s = "observe-" + std::to_string(i);
+  store_object_id id;
+  store_object_id_from_string(s.data(), s.size(), &id);
+  return id;
+}
+
+store_client* Connect(const test::TestStore& s, const char* name) {
+  store_client* c = nullptr;
+  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
+  o.client_name = name;
+  REQUIRE(store_client_connect(&c, s.socket().c_str(), &o) == STORE_OK);
+  return c;
+}
+
+store_stats Stats(store_client* c) {
+  store_stats st;
+  REQUIRE(store_stats_get(c, &st) == STORE_OK);
+  return st;
+}
+
+std::string Hex(const store_object_id& id) {
+  char h[41];
+  store_object_id_to_hex(&id, h, sizeof h);
+  return h;
+}
+
+std::map<std::string, std::string> ReadMetrics(const std::string& path) {
+  std::map<std::string, std::string> m;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    auto sp = line.rfind(' ');
+    m[line.substr(0, sp)] = line.substr(sp + 1);
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("stats, clients and pages match a known workload") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  store_client* a = Connect(s, "writer-a");
+  store_client* b = Connect(s, "reader-b");
+
+  // 10 sealed objects of 1..10 KiB, importance i; object 0 and 1 pinned by b; object 2 held
+  // open by b twice; one unsealed 100 KiB writer in a.
+  std::vector<uint8_t> buf(10 * 1024, 7);
+  for (int i = 0; i < 10; i++) {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.importance = i;
+    store_object_id id = Id(i);
+    REQUIRE(store_put(a, &id, buf.data(), uint64_t(i + 1) * 1024, &o) == STORE_OK);
+  }
+  store_object_id id0 = Id(0), id1 = Id(1), id2 = Id(2), idw = Id(100);
+  REQUIRE(store_pin(b, &id0) == STORE_OK);
+  REQUIRE(store_pin(b, &id1) == STORE_OK);
+  store_reader *r1 = nullptr, *r2 = nullptr;
+  REQUIRE(store_open_reader(b, &r1, &id2, 0) == STORE_OK);
+  REQUIRE(store_open_reader(b, &r2, &id2, 0) == STORE_OK);
+  store_writer* w = nullptr;
+  REQUIRE(store_create(a, &w, &idw, 100 * 1024, nullptr) == STORE_OK);
+
+  store_stats st = Stats(b);
+  CHECK(st.object_count == 11);
+  CHECK(st.client_count == 2);
+  CHECK(st.sealed_count == 10);
+  CHECK(st.created_count == 1);
+  CHECK(st.pinned_count == 2);
+  CHECK(st.open_count == 1);
+  CHECK(st.deleted_pending_count == 0);
+  // Bytes are allocator size classes: at least the object's size, and they add up.
+  CHECK(st.created_bytes >= 100 * 1024);
+  CHECK(st.sealed_bytes >= 55 * 1024);
+  CHECK(st.used_bytes == st.created_bytes + st.sealed_bytes);
+  CHECK(st.pinned_bytes >= 3 * 1024);
+  CHECK(st.open_bytes >= 3 * 1024);
+  CHECK(st.open_bytes < 8 * 1024);
+  CHECK(st.total_creates == 11);
+  CHECK(st.total_seals == 10);
+  CHECK(st.total_gets == 2);
+  CHECK(st.total_pins == 2);
+  // Allocator size classes are 4 per doubling, so the largest block of an empty 64 MiB region
+  // is the 56 MiB class (a 64 MiB block would need the region plus a page).
+  CHECK(st.largest_free_bytes >= 48ull << 20);
+  CHECK(st.largest_free_bytes <= st.capacity_bytes - st.used_bytes);
+  CHECK(st.resident_bytes >= st.used_bytes);
+  CHECK(st.total_requests >= 16);
+  CHECK(st.server_pid == s.pid());
+
+  // Clients.
+  store_client_info* cl = nullptr;
+  size_t ncl = 0;
+  REQUIRE(store_list_clients(b, &cl, &ncl) == STORE_OK);
+  REQUIRE(ncl == 2);
+  const store_client_info* ia = std::strcmp(cl[0].name, "writer-a") == 0 ? &cl[0] : &cl[1];
+  const store_client_info* ib = ia == &cl[0] ? &cl[1] : &cl[0];
+  CHECK(std::string(ia->name) == "writer-a");
+  CHECK(std::string(ib->name) == "reader-b");
+  CHECK(ia->pid == getpid());
+  CHECK(ia->objects_created == 11);
+  CHECK(ia->creating_count == 1);
+  CHECK(ia->readers_held == 0);
+  CHECK(ia->bytes_held >= 100 * 1024);
+  CHECK(ib->objects_created == 0);
+  CHECK(ib->readers_held == 2);
+  CHECK(ib->pins_held == 2);
+  // b holds objects 0, 1 (pins) and 2 (two readers): each counted once.
+  CHECK(ib->bytes_held == st.pinned_bytes + st.open_bytes);
+  CHECK(ib->is_self == 1);
+  CHECK(ia->is_self == 0);
+  CHECK(ia->connect_time_ns > 0);
+  store_free(cl);
+
+  // Pages: sorted by size, largest first.
+  store_list_options lo = STORE_LIST_OPTIONS_INIT;
+  lo.sort = STORE_SORT_SIZE;
+  lo.descending = 1;
+  lo.limit = 3;
+  store_object_info* page = nullptr;
+  size_t n = 0;
+  uint64_t total = 0;
+  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  CHECK(total == 11);
+  REQUIRE(n == 3);
+  CHECK(page[0].data_size == 100 * 1024);
+  CHECK(page[0].state == STORE_STATE_CREATED);
+  CHECK(page[1].data_size == 10 * 1024);
+  CHECK(page[2].data_size == 9 * 1024);
+  store_free(page);
+  // The next page continues where it stopped.
+  lo.offset = 3;
+  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(n == 3);
+  CHECK(page[0].data_size == 8 * 1024);
+  store_free(page);
+  // By importance ascending: 0 first, with its pins.
+  lo = STORE_LIST_OPTIONS_INIT;
+  lo.sort = STORE_SORT_IMPORTANCE;
+  lo.limit = 2;
+  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(n == 2);
+  CHECK(page[0].importance == 0);  // the unsealed writer has importance 0 too; ties by id
+  store_free(page);
+  // Filter by an id prefix: the full hex of object 2 finds exactly it, with 2 readers.
+  std::string hex2 = Hex(id2);
+  lo = STORE_LIST_OPTIONS_INIT;
+  lo.id_prefix = hex2.c_str();
+  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(n == 1);
+  CHECK(total == 1);
+  CHECK(std::memcmp(page[0].id.bytes, id2.bytes, 20) == 0);
+  CHECK(page[0].reader_count == 2);
+  store_free(page);
+  // A short prefix matches what the ids say.
+  std::string p1 = hex2.substr(0, 1);
+  lo.id_prefix = p1.c_str();
+  lo.limit = 100;
+  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  size_t expect = 0;
+  for (int i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100}) expect += Hex(Id(i))[0] == p1[0];
+  CHECK(n == expect);
+  for (size_t i = 0; i < n; i++) CHECK(Hex(page[i].id)[0] == p1[0]);
+  store_free(page);
+  // Bad options.
+  lo.id_prefix = "xyz";
+  CHECK(store_list_page(b, &lo, &page, &n, &total) == STORE_EINVAL);
+  lo = STORE_LIST_OPTIONS_INIT;
+  lo.limit = STORE_MAX_PAGE_OBJECTS + 1;
+  CHECK(store_list_page(b, &lo, &page, &n, &total) == STORE_EINVAL);
+  lo = STORE_LIST_OPTIONS_INIT;
+  lo.sort = 99;
+  CHECK(store_list_page(b, &lo, &page, &n, &total) == STORE_EINVAL);
+
+  // Undo everything: figures return to zero.
+  store_readers_close(&r1, 1);
+  store_reader_close(r2);
+  REQUIRE(store_writer_abort(w) == STORE_OK);
+  REQUIRE(store_unpin(b, &id0) == STORE_OK);
+  REQUIRE(store_unpin(b, &id1) == STORE_OK);
+  for (int i = 0; i < 10; i++) {
+    store_object_id id = Id(i);
+    REQUIRE(store_delete(a, &id) == STORE_OK);
+  }
+  st = Stats(b);
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == 0);
+  CHECK(st.pinned_count == 0);
+  CHECK(st.open_count == 0);
+  CHECK(st.total_releases == 2);
+  CHECK(st.total_aborts == 1);
+  CHECK(st.total_deletes == 10);
+  CHECK(st.largest_free_bytes >= 48ull << 20);
+  store_client_free(a);
+  store_client_free(b);
+}
+
+TEST_CASE("the largest free block shows fragmentation") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  store_client* c = Connect(s, "frag");
+  // Fill with 1 MiB objects, then free every other one: plenty free, but no 2 MiB block.
+  std::vector<store_object_id> ids;
+  std::vector<uint8_t> mib(1 << 20, 1);
+  for (int i = 0;; i++) {
+    store_object_id id = Id(1000 + i);
+    if (store_put(c, &id, mib.data(), mib.size(), nullptr) != STORE_OK) break;
+    ids.push_back(id);
+  }
+  REQUIRE(ids.size() >= 8);
+  for (size_t i = 0; i < ids.size(); i += 2) REQUIRE(store_delete(c, &ids[i]) == STORE_OK);
+  store_stats st = Stats(c);
+  CHECK(st.capacity_bytes - st.used_bytes >= 4ull << 20);
+  CHECK(st.largest_free_bytes < 2ull << 20);
+  CHECK(st.largest_free_bytes >= 1ull << 20);
+  for (size_t i = 1; i < ids.size(); i += 2) REQUIRE(store_delete(c, &ids[i]) == STORE_OK);
+  st = Stats(c);
+  CHECK(st.used_bytes == 0);
+  CHECK(st.largest_free_bytes >= 12ull << 20);
+  store_client_free(c);
+}
+
+TEST_CASE("the metrics file follows the store and goes away with it") {
+  std::string dir = test::MakeTempDir();
+  std::string path = dir + "/store.prom";
+  {
+    test::TestStore s("32M", {"--metrics-file", path, "--metrics-interval", "0.05"});
+    REQUIRE(s.started());
+    REQUIRE(test::WaitFor([&] { return ReadMetrics(path).count("store_capacity_bytes") == 1; }));
+    auto m = ReadMetrics(path);
+    CHECK(m["store_capacity_bytes"] == std::to_string(32 << 20));
+    CHECK(m["store_objects"] == "0");
+    store_client* c = Connect(s, "metrics");
+    std::vector<uint8_t> data(4096, 3);
+    for (int i = 0; i < 3; i++) {
+      store_object_id id = Id(2000 + i);
+      REQUIRE(store_put(c, &id, data.data(), data.size(), nullptr) == STORE_OK);
+    }
+    CHECK(test::WaitFor([&] {
+      auto mm = ReadMetrics(path);
+      return mm["store_objects"] == "3" && mm["store_clients"] == "1" &&
+             mm["store_operations_total{op=\"create\"}"] == "3" &&
+             mm["store_objects_by_state{state=\"sealed\"}"] == "3";
+    }));
+    for (int i = 0; i < 3; i++) {
+      store_object_id id = Id(2000 + i);
+      REQUIRE(store_delete(c, &id) == STORE_OK);
+    }
+    store_client_free(c);
+    CHECK(test::WaitFor([&] { return ReadMetrics(path)["store_used_bytes"] == "0"; }));
+    // Every sample line is "name value" with a number.
+    for (auto& [k, v] : ReadMetrics(path)) {
+      CHECK(k.rfind("store_", 0) == 0);
+      CHECK(!v.empty());
+      CHECK(v.find_first_not_of("0123456789") == std::string::npos);
+    }
+    CHECK(s.Stop() == 0);
+  }
+  CHECK(access(path.c_str(), F_OK) != 0);
+  CHECK(access((path + ".tmp").c_str(), F_OK) != 0);
+  std::filesystem::remove_all(dir);
+}
