@@ -931,11 +931,23 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
     if (l->status() != 0) {
       char hex[41];
       store_object_id_to_hex(id, hex, sizeof hex);
-      if (l->status() == STORE_ETIMEDOUT) {
-        return Fail(STORE_ETIMEDOUT, "object %s was not sealed within %lld ms", hex,
-                    static_cast<long long>(timeout_ms));
+      switch (l->status()) {
+        case STORE_ETIMEDOUT:
+          return Fail(STORE_ETIMEDOUT, "object %s was not sealed within %lld ms", hex,
+                      static_cast<long long>(timeout_ms));
+        case STORE_ENOTFOUND:
+          return Fail(STORE_ENOTFOUND, "object %s is not in the store (or not sealed yet)", hex);
+        case STORE_ECORRUPT:
+          return Fail(STORE_ECORRUPT,
+                      "object %s could not be read back from disk intact (the server's log "
+                      "says why); it is not served", hex);
+        case STORE_ENOSPACE:
+        case STORE_ENODISK:
+          return Fail(l->status(), "object %s is on disk and there is no memory to restore it "
+                      "into: %s", hex, store_errstr(l->status()));
+        default:
+          return Fail(STORE_EPROTO, "object %s: unexpected status %d", hex, l->status());
       }
-      return Fail(STORE_ENOTFOUND, "object %s is not in the store (or not sealed yet)", hex);
     }
     if (l->region_id() != c->region_id ||
         !InRegion(c, l->offset(), l->data_size() + l->metadata_size())) {
@@ -1185,6 +1197,88 @@ int store_stats_get(store_client* client, store_stats* stats) {
     stats->spilled_bytes = s->spilled_bytes();
     stats->restoring_count = s->restoring_count();
     stats->restoring_bytes = s->restoring_bytes();
+    stats->evictable_bytes = s->evictable_bytes();
+    stats->spill_enabled = s->spill_enabled() ? 1 : 0;
+    stats->spill_files = s->spill_files();
+    stats->spill_disk_bytes = s->spill_disk_bytes();
+    stats->spill_dead_bytes = s->spill_dead_bytes();
+    stats->total_spilled_objects = s->total_spilled_objects();
+    stats->total_spilled_bytes = s->total_spilled_bytes();
+    stats->total_spill_ns = s->total_spill_ns();
+    stats->total_restored_objects = s->total_restored_objects();
+    stats->total_restored_bytes = s->total_restored_bytes();
+    stats->total_restore_ns = s->total_restore_ns();
+    stats->total_spill_failures = s->total_spill_failures();
+    stats->total_restore_failures = s->total_restore_failures();
+    return STORE_OK;
+  });
+}
+
+int store_set_importance(store_client* client, const store_object_id* id, int32_t importance) {
+  return Guard([&]() -> int {
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    std::unique_ptr<Reply> reply;
+    return Call(client->conn, fbb, Body::SetImportanceRequest,
+                proto::CreateSetImportanceRequest(fbb, &pid, importance).Union(),
+                Body::SetImportanceReply, &reply);
+  });
+}
+
+int store_prefetch(store_client* client, const store_object_id* ids, size_t n) {
+  return Guard([&]() -> int {
+    if (!client || (n && !ids)) return Fail(STORE_EINVAL, "client or ids is NULL");
+    for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
+      size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
+      flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);
+      proto::ObjectId* slots = nullptr;
+      auto vec = fbb.CreateUninitializedVectorOfStructs(k, &slots);
+      for (size_t i = 0; i < k; i++) slots[i] = ProtoId(&ids[start + i]);
+      std::unique_ptr<Reply> reply;
+      int rc = Call(client->conn, fbb, Body::PrefetchRequest,
+                    proto::CreatePrefetchRequest(fbb, vec).Union(), Body::PrefetchReply, &reply);
+      if (rc != STORE_OK) return rc;
+    }
+    return STORE_OK;
+  });
+}
+
+int store_evict(store_client* client, uint64_t bytes, uint64_t* spilled) {
+  return Guard([&]() -> int {
+    if (spilled) *spilled = 0;
+    if (!client) return Fail(STORE_EINVAL, "client is NULL");
+    flatbuffers::FlatBufferBuilder fbb(64);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::EvictRequest,
+                  proto::CreateEvictRequest(fbb, bytes).Union(), Body::EvictReply, &reply);
+    if (rc != STORE_OK) return rc;
+    if (spilled) *spilled = reply->msg->body_as_EvictReply()->spilled();
+    return STORE_OK;
+  });
+}
+
+int store_spill_url(store_client* client, const store_object_id* id, char* buf, size_t len) {
+  return Guard([&]() -> int {
+    if (buf && len) buf[0] = '\0';
+    if (!client || !id || !buf) return Fail(STORE_EINVAL, "client, id or buf is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::InfoRequest, proto::CreateInfoRequest(fbb, &pid).Union(),
+                  Body::InfoReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* url = reply->msg->body_as_InfoReply()->spill_url();
+    if (!url || url->size() == 0) {
+      char hex[41];
+      store_object_id_to_hex(id, hex, sizeof hex);
+      return Fail(STORE_ENOTFOUND, "object %s has no copy on disk", hex);
+    }
+    if (url->size() + 1 > len) {
+      return Fail(STORE_EINVAL, "the URL needs %u bytes, the buffer has %zu", url->size() + 1, len);
+    }
+    std::memcpy(buf, url->data(), url->size());
+    buf[url->size()] = '\0';
     return STORE_OK;
   });
 }

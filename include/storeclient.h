@@ -179,6 +179,19 @@ typedef struct store_stats {
     uint64_t spilled_bytes;
     uint64_t restoring_count;
     uint64_t restoring_bytes;
+    uint64_t evictable_bytes;     /* sealed bytes in memory that nobody reads or pins */
+    uint64_t spill_enabled;       /* 1 when the server has spill directories */
+    uint64_t spill_files;         /* spill files on disk */
+    uint64_t spill_disk_bytes;    /* their bytes */
+    uint64_t spill_dead_bytes;    /* of which records of deleted objects */
+    uint64_t total_spilled_objects;
+    uint64_t total_spilled_bytes;
+    uint64_t total_spill_ns;      /* time spent writing spill files (rate = bytes / time) */
+    uint64_t total_restored_objects;
+    uint64_t total_restored_bytes;
+    uint64_t total_restore_ns;
+    uint64_t total_spill_failures;   /* spill files that could not be written (no object lost) */
+    uint64_t total_restore_failures; /* restores that failed (I/O error or corrupt data) */
 } store_stats;
 
 /* One connected client, as store_list_clients() reports it. */
@@ -379,6 +392,25 @@ STORE_API int store_unpin(store_client *client, const store_object_id *id);
 
 /* Fills *stats with a snapshot of the server. Cheap: the server keeps its figures as it goes. */
 STORE_API int store_stats_get(store_client *client, store_stats *stats);
+
+/* Sets an object's importance: objects of lower importance are spilled first. */
+STORE_API int store_set_importance(store_client *client, const store_object_id *id,
+                                   int32_t importance);
+
+/* Starts bringing spilled objects back into memory, without waiting for them (objects already
+ * in memory, or missing, are skipped). */
+STORE_API int store_prefetch(store_client *client, const store_object_id *ids, size_t n);
+
+/* Spills at least `bytes` of evictable objects to disk now, or all there are, and waits until
+ * they are written. *spilled (may be NULL) receives the memory freed, in bytes. STORE_ENOTSUP if
+ * the server has no spill directory. */
+STORE_API int store_evict(store_client *client, uint64_t bytes, uint64_t *spilled);
+
+/* Writes the URL of the object's copy on disk ("file://PATH?offset=O&size=S", size including
+ * the 16-byte record header) into buf, NUL-terminated. STORE_ENOTFOUND if the object has no copy
+ * on disk; STORE_EINVAL if len is too small. */
+STORE_API int store_spill_url(store_client *client, const store_object_id *id, char *buf,
+                              size_t len);
 
 /* Lists the connected clients. Caller owns *out (NULL when *count is 0); free with store_free(). */
 STORE_API int store_list_clients(store_client *client, store_client_info **out, size_t *count);

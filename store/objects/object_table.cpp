@@ -14,18 +14,30 @@ inline void Bump(uint64_t& count, uint64_t& bytes, uint64_t size, int sign) {
 }
 }  // namespace
 
-void ObjectTable::CountState(const Object* o, int sign) {
+void ObjectTable::CountState(Object* o, int sign) {
+  uint64_t b = o->bytes();
+  if (o->evictable()) {
+    Bump(c_.evictable_count, c_.evictable_bytes, b, sign);
+    EvictKey k{o->importance, o->access_ns, o->uid, o};
+    if (sign > 0) {
+      evictable_.insert(k);
+    } else {
+      evictable_.erase(k);
+    }
+  }
   if (o->deleted) {
-    Bump(c_.deleted_pending_count, c_.deleted_pending_bytes, o->alloc_size, sign);
+    Bump(c_.deleted_pending_count, c_.deleted_pending_bytes, b, sign);
     return;
   }
-  if (o->state == ObjectState::kCreated) {
-    Bump(c_.created_count, c_.created_bytes, o->alloc_size, sign);
-  } else {
-    Bump(c_.sealed_count, c_.sealed_bytes, o->alloc_size, sign);
+  switch (o->state) {
+    case ObjectState::kCreated: Bump(c_.created_count, c_.created_bytes, b, sign); break;
+    case ObjectState::kSealed: Bump(c_.sealed_count, c_.sealed_bytes, b, sign); break;
+    case ObjectState::kSpilling: Bump(c_.spilling_count, c_.spilling_bytes, b, sign); break;
+    case ObjectState::kSpilled: Bump(c_.spilled_count, c_.spilled_bytes, b, sign); break;
+    case ObjectState::kRestoring: Bump(c_.restoring_count, c_.restoring_bytes, b, sign); break;
   }
-  if (o->pins > 0) Bump(c_.pinned_count, c_.pinned_bytes, o->alloc_size, sign);
-  if (o->readers > 0) Bump(c_.open_count, c_.open_bytes, o->alloc_size, sign);
+  if (o->pins > 0) Bump(c_.pinned_count, c_.pinned_bytes, b, sign);
+  if (o->readers > 0) Bump(c_.open_count, c_.open_bytes, b, sign);
 }
 
 Object* ObjectTable::Insert(const Object& proto) {

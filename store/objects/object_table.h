@@ -11,10 +11,13 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
 namespace store {
+
+struct SpillFile;  // owned by the server's spiller; objects only point at it
 
 struct ObjectKey {
   uint8_t bytes[20];
@@ -63,12 +66,32 @@ struct Object {
   uint32_t pins = 0;            // pins over all clients
   ObjectState state = ObjectState::kCreated;
   bool deleted = false;         // unlinked from the id index; freed when readers reach 0
+  // A copy on disk, if any: a record of a spill file. Kept after a restore, so evicting the
+  // object again writes nothing.
+  SpillFile* spill_file = nullptr;
+  uint64_t spill_offset = 0;
+  uint64_t spill_size = 0;
+  uint64_t spill_checksum = 0;
+  int restore_error = 0;        // why the last restore failed (0 = it did not)
+
+  bool in_memory() const { return data != nullptr; }
+  // Bytes it accounts for: its allocation in memory, else its size on disk.
+  uint64_t bytes() const { return alloc_size ? alloc_size : data_size + metadata_size; }
+  // May the spiller take it? Sealed, in memory, not read, not pinned, not deleted.
+  bool evictable() const {
+    return !deleted && state == ObjectState::kSealed && readers == 0 && pins == 0 &&
+           data != nullptr;
+  }
 };
 
 struct TableCounters {
   uint64_t objects = 0;          // visible objects (id index size)
   uint64_t created_count = 0, created_bytes = 0;
-  uint64_t sealed_count = 0, sealed_bytes = 0;
+  uint64_t sealed_count = 0, sealed_bytes = 0;        // sealed and in memory
+  uint64_t spilling_count = 0, spilling_bytes = 0;
+  uint64_t spilled_count = 0, spilled_bytes = 0;      // only on disk (bytes = size on disk)
+  uint64_t restoring_count = 0, restoring_bytes = 0;
+  uint64_t evictable_count = 0, evictable_bytes = 0;  // what the spiller may take now
   uint64_t pinned_count = 0, pinned_bytes = 0;
   uint64_t open_count = 0, open_bytes = 0;
   uint64_t deleted_pending_count = 0, deleted_pending_bytes = 0;
@@ -96,6 +119,23 @@ class ObjectTable {
   void RemovePin(Object* o);
   // Removes o from the id index (unlink); it stays findable by uid until Erase.
   void Unlink(Object* o);
+  // Any other change to an object's state, importance, access time, memory or spill copy goes
+  // through Mutate, so the counters and the eviction order follow it.
+  template <class F>
+  void Mutate(Object* o, F f) {
+    CountState(o, -1);
+    f(o);
+    CountState(o, +1);
+  }
+
+  // Evictable objects in eviction order: lowest importance first, then least recently used.
+  // O(log n) to keep up to date; iterate with ForEachEvictable until f returns false.
+  template <class F>
+  void ForEachEvictable(F f) const {
+    for (const EvictKey& k : evictable_) {
+      if (!f(k.object)) return;
+    }
+  }
   // Removes o entirely and destroys it. The caller frees its memory first.
   void Erase(Object* o);
 
@@ -108,7 +148,19 @@ class ObjectTable {
   }
 
  private:
-  void CountState(const Object* o, int sign);
+  void CountState(Object* o, int sign);
+  struct EvictKey {
+    int32_t importance;
+    int64_t access_ns;
+    uint64_t uid;
+    Object* object;
+    bool operator<(const EvictKey& k) const {
+      if (importance != k.importance) return importance < k.importance;
+      if (access_ns != k.access_ns) return access_ns < k.access_ns;
+      return uid < k.uid;
+    }
+  };
+  std::set<EvictKey> evictable_;
   std::unordered_map<ObjectKey, Object*, ObjectKeyHash> by_id_;
   std::unordered_map<uint64_t, std::unique_ptr<Object>> by_uid_;
   uint64_t next_uid_ = 1;

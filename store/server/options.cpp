@@ -67,8 +67,15 @@ const char* HelpText() {
          "  --socket PATH        Unix socket to listen on (default: $XDG_RUNTIME_DIR/store.sock,\n"
          "                       else /tmp/store-$UID.sock)\n"
          "  --memory SIZE        shared memory for objects (default: 1G)\n"
-         "  --spill-dir DIR      directory for spill files (repeatable); spilling itself is not\n"
-         "                       available in this version, the directory is only checked\n"
+         "  --spill-dir DIR      spill objects to files in DIR when memory runs short\n"
+         "                       (repeatable: directories are used in turn)\n"
+         "  --spill-high F       start spilling when use passes F of the memory (default 0.8)\n"
+         "  --spill-low F        spill down to F of the memory (default 0.6)\n"
+         "  --spill-file-max-size SIZE     largest spill file (default 256M)\n"
+         "  --spill-file-max-objects N     most objects per spill file (default 2000)\n"
+         "  --disk-threshold F   skip a spill directory whose disk is fuller than F (default 0.95)\n"
+         "  --recover            serve the objects that a previous store left in the spill\n"
+         "                       directories (without it they are removed at start)\n"
          "  --log-level LEVEL    error, warn, info or debug (default: info)\n"
          "  --metrics-file PATH  write the store's figures to PATH in the Prometheus text\n"
          "                       format every interval (replaced atomically)\n"
@@ -141,6 +148,33 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
         return false;
       }
       o.spill_dirs.push_back(v);
+    } else if (flag == "--recover") {
+      o.recover = true;
+    } else if (flag == "--spill-high" || flag == "--spill-low" || flag == "--disk-threshold") {
+      if (!value_of(i, flag, &v)) return false;
+      char* end = nullptr;
+      double f = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(f > 0) || f > 1) {
+        *error = "store: invalid " + flag + " '" + v + "' (a fraction, 0 < f <= 1)";
+        return false;
+      }
+      (flag == "--spill-high" ? o.spill_high : flag == "--spill-low" ? o.spill_low
+                                                                      : o.disk_threshold) = f;
+    } else if (flag == "--spill-file-max-size") {
+      if (!value_of(i, flag, &v)) return false;
+      if (!ParseSize(v, &o.spill_file_max_size)) {
+        *error = "store: invalid size for --spill-file-max-size: '" + v + "'";
+        return false;
+      }
+    } else if (flag == "--spill-file-max-objects") {
+      if (!value_of(i, flag, &v)) return false;
+      char* end = nullptr;
+      unsigned long n = std::strtoul(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || n == 0 || n > 1000000) {
+        *error = "store: invalid --spill-file-max-objects '" + v + "' (1 to 1000000)";
+        return false;
+      }
+      o.spill_file_max_objects = static_cast<uint32_t>(n);
     } else if (flag == "--metrics-file") {
       if (!value_of(i, flag, &v)) return false;
       if (v.empty()) {
@@ -167,6 +201,10 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       *error = "store: unknown option '" + a + "' (see --help)";
       return false;
     }
+  }
+  if (o.spill_low >= o.spill_high) {
+    *error = "store: --spill-low must be below --spill-high";
+    return false;
   }
   if (o.socket_path.empty()) o.socket_path = DefaultSocketPath();
   *out = o;

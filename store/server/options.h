@@ -13,6 +13,12 @@ struct ServerOptions {
   std::string socket_path;              // default: DefaultSocketPath()
   uint64_t memory = 1ull << 30;         // --memory, bytes
   std::vector<std::string> spill_dirs;  // --spill-dir (repeatable)
+  double spill_high = 0.8;              // --spill-high
+  double spill_low = 0.6;               // --spill-low
+  uint64_t spill_file_max_size = 256ull << 20;  // --spill-file-max-size
+  uint32_t spill_file_max_objects = 2000;       // --spill-file-max-objects
+  double disk_threshold = 0.95;         // --disk-threshold
+  bool recover = false;                 // --recover
   LogLevel log_level = LogLevel::kInfo;
   std::string metrics_file;             // --metrics-file: Prometheus text, replaced atomically
   uint64_t metrics_interval_ms = 1000;  // --metrics-interval SECONDS

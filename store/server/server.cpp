@@ -14,6 +14,9 @@
 #include <ctime>
 
 #include "server/log.h"
+#include "server/server_internal.h"
+#include "server/util.h"
+#include "spill/spill_file.h"
 #include "storeclient.h"
 
 namespace store {
@@ -21,48 +24,6 @@ namespace store {
 using proto::Body;
 
 namespace {
-
-int64_t RealtimeNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-int64_t MonotonicNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-ObjectKey KeyOf(const proto::ObjectId* id) {
-  ObjectKey k;
-  std::memcpy(k.bytes, id->bytes()->Data(), 20);
-  return k;
-}
-
-std::string Hex(const ObjectKey& k) {
-  static const char* d = "0123456789abcdef";
-  std::string s(40, '0');
-  for (int i = 0; i < 20; i++) {
-    s[2 * i] = d[k.bytes[i] >> 4];
-    s[2 * i + 1] = d[k.bytes[i] & 15];
-  }
-  return s;
-}
-
-std::string Bytes(uint64_t n) {
-  char buf[64];
-  if (n >= (1ull << 30)) {
-    std::snprintf(buf, sizeof buf, "%.1f GiB", n / double(1ull << 30));
-  } else if (n >= (1ull << 20)) {
-    std::snprintf(buf, sizeof buf, "%.1f MiB", n / double(1ull << 20));
-  } else if (n >= 1024) {
-    std::snprintf(buf, sizeof buf, "%.1f KiB", n / 1024.0);
-  } else {
-    std::snprintf(buf, sizeof buf, "%" PRIu64 " B", n);
-  }
-  return buf;
-}
 
 // Largest total write backlog a client may accumulate by not reading its replies.
 constexpr size_t kMaxWriteBacklog = 512u << 20;
@@ -85,60 +46,15 @@ void OnWritten(uv_write_t* req, int /*status*/) {
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
-// Per-connection and waiting-request state.
-
-struct Server::Client {
-  Server* server = nullptr;
-  uint64_t id = 0;
-  uv_pipe_t pipe{};
-  proto::FrameBuffer in{proto::kMaxRequestBytes};
-  bool handshaken = false;
-  bool closing = false;
-  std::string name;
-  int32_t pid = 0;
-  uid_t uid = 0;
-  std::unordered_map<uint64_t, uint32_t> readers;  // object uid -> readers held
-  std::unordered_map<uint64_t, uint32_t> pins;     // object uid -> pins held
-  std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
-  std::unordered_set<WaitingGet*> gets;
-  std::unordered_set<WaitingCreate*> creates;
-  int64_t connect_ns = 0;
-  uint64_t objects_created = 0;
-  uint64_t requests = 0;
-};
-
-struct Server::WaitingGet {
-  Client* client = nullptr;
-  uint64_t seq = 0;
-  std::vector<ObjectKey> ids;
-  std::vector<ObjectKey> waiting_on;  // distinct ids not sealed when the request came
-  size_t missing = 0;
-  uv_timer_t timer{};
-  bool has_timer = false;
-};
-
-struct Server::CreateArgs {
-  ObjectKey id;
-  uint64_t data_size = 0;
-  std::vector<uint8_t> metadata;
-  std::vector<uint8_t> inline_data;
-  bool inline_put = false;
-  int32_t importance = 0;
-  int32_t device = -1;
-};
-
-struct Server::WaitingCreate {
-  Client* client = nullptr;
-  uint64_t seq = 0;
-  CreateArgs args;
-  uv_timer_t timer{};
-  bool has_timer = false;
-};
-
-// ------------------------------------------------------------------------------------------
 // Start-up and shutdown.
 
-Server::Server(ServerOptions options) : options_(std::move(options)) {}
+Server::Server(ServerOptions options, spill::Env* env)
+    : options_(std::move(options)), env_(env ? env : spill::Env::Default()) {
+  policy_.high = options_.spill_high;
+  policy_.low = options_.spill_low;
+  policy_.max_file_bytes = options_.spill_file_max_size;
+  policy_.max_file_objects = options_.spill_file_max_objects;
+}
 
 Server::~Server() = default;
 
@@ -214,9 +130,6 @@ int Server::Run() {
       return 1;
     }
   }
-  if (!options_.spill_dirs.empty()) {
-    LOG_WARN("spilling to disk is not available in this version; --spill-dir is checked but unused");
-  }
   if (!PrepareSocket()) return 1;
 
   RegionOptions ro;
@@ -233,6 +146,11 @@ int Server::Run() {
 
   // Allocator size classes: the largest object is a little under the capacity.
   max_object_ = region_->LargestFree();
+  if (!OpenSpill(&error)) {
+    LOG_ERROR("cannot use the spill directories: %s", error.c_str());
+    region_.reset();
+    return 1;
+  }
   if (options_.hugepages && !region_->hugepages_active()) {
     LOG_WARN("--hugepages: the system gave no huge pages (none reserved in hugetlbfs and "
              "transparent huge pages for shared memory are off); using normal pages");
@@ -269,6 +187,7 @@ int Server::Run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
   if (rc != 0) LOG_WARN("event loop closed with handles still open: %s", uv_strerror(rc));
+  dirs_.reset();  // releases the spill directories (spill files of live objects stay)
   region_.reset();
   LOG_INFO("stopped");
   return 0;
@@ -426,10 +345,7 @@ void Server::ReleaseClientState(Client* c) {
     if (!o) continue;
     for (uint32_t i = 0; i < count; i++) table_.RemoveReader(o);
     totals_.releases += count;
-    if (o->deleted && o->readers == 0) {
-      FreeObject(o);
-      freed = true;
-    }
+    freed |= MaybeFree(o);
   }
   c->readers.clear();
   // Pins.
@@ -437,8 +353,12 @@ void Server::ReleaseClientState(Client* c) {
     Object* o = table_.FindUid(uid);
     if (!o) continue;
     for (uint32_t i = 0; i < count; i++) table_.RemovePin(o);
+    freed = true;  // it may be evictable now
   }
   c->pins.clear();
+  for (EvictWaiter* ew : evict_waiters_) {
+    if (ew->client == c) ew->client = nullptr;
+  }
   // Objects it was still writing are aborted.
   for (uint64_t uid : c->creating) {
     Object* o = table_.FindUid(uid);
@@ -448,7 +368,7 @@ void Server::ReleaseClientState(Client* c) {
     freed = true;
   }
   c->creating.clear();
-  if (freed) ServeWaitingCreates();
+  if (freed) Pump();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -564,6 +484,12 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
       return HandleClients(c, seq);
     case Body::ObjectsRequest:
       return HandleObjects(c, seq, m->body_as_ObjectsRequest());
+    case Body::PrefetchRequest:
+      return HandlePrefetch(c, seq, m->body_as_PrefetchRequest());
+    case Body::EvictRequest:
+      return HandleEvict(c, seq, m->body_as_EvictRequest());
+    case Body::SetImportanceRequest:
+      return HandleSetImportance(c, seq, m->body_as_SetImportanceRequest());
     case Body::DisconnectRequest:
       return CloseClient(c, "said goodbye");
     default:
@@ -720,7 +646,14 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   }
   if (rc == STORE_OK) return ReplyCreated(c, seq, o);
   if (rc != STORE_ENOSPACE || timeout == 0) {
-    if (rc == STORE_ENOSPACE) totals_.full++;
+    if (rc == STORE_ENOSPACE) {
+      totals_.full++;
+      if (dirs_) {
+        // It will not wait, but the next one may fit: spill down to the low mark now.
+        SpillStep(a.data_size + a.metadata.size(), nullptr);
+        message += "; spilling has started to make room";
+      }
+    }
     return SendError(c, seq, rc, message);
   }
   // Wait for space, in arrival order.
@@ -749,12 +682,13 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
               "no space was freed in time: " +
                   server->FullMessage(wc->args.data_size + wc->args.metadata.size()));
           // The creates that waited behind it may fit.
-          server->ServeWaitingCreates();
+          server->Pump();
         },
         static_cast<uint64_t>(timeout), 0);
   }
   c->creates.insert(w);
   create_queue_.push_back(w);
+  Pump();
 }
 
 void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& message) {
@@ -771,23 +705,29 @@ void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& m
   }
 }
 
-void Server::ServeWaitingCreates() {
+bool Server::ServeWaitingCreates() {
   while (!create_queue_.empty()) {
     WaitingCreate* w = create_queue_.front();
     Object* o = nullptr;
     std::string message;
     int rc = TryCreate(w->client, w->args, &o, &message);
-    if (rc == STORE_ENOSPACE) return;  // the head still does not fit: everyone keeps waiting
+    if (rc == STORE_ENOSPACE) return false;  // the head does not fit: everyone keeps waiting
     if (rc == STORE_OK) ReplyCreated(w->client, w->seq, o);
     FinishCreateWait(w, rc, message);
   }
+  return true;
 }
 
 void Server::SealObject(Object* o) {
+  o->access_ns = RealtimeNs();  // before Seal: the eviction order reads it
   table_.Seal(o);
-  o->access_ns = RealtimeNs();
   totals_.seals++;
-  auto it = get_waiters_.find(o->id);
+  NotifyWaiters(o->id);
+  if (dirs_) Pump();  // over the high-water mark?
+}
+
+void Server::NotifyWaiters(const ObjectKey& id) {
+  auto it = get_waiters_.find(id);
   if (it == get_waiters_.end()) return;
   std::vector<WaitingGet*> ready;
   for (WaitingGet* g : it->second) {
@@ -834,12 +774,24 @@ void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) 
   FreeObject(o);
   fbb_.Clear();
   SendEmpty(c, seq, Body::AbortReply, proto::CreateAbortReply(fbb_).Union());
-  ServeWaitingCreates();
+  Pump();
 }
 
 void Server::FreeObject(Object* o) {
-  region_->Free(o->data);
+  auto pending = std::find(pending_restores_.begin(), pending_restores_.end(), o);
+  if (pending != pending_restores_.end()) pending_restores_.erase(pending);
+  if (o->spill_file) DropSpillCopy(o, true);
+  if (o->data) region_->Free(o->data);
   table_.Erase(o);
+}
+
+bool Server::MaybeFree(Object* o) {
+  if (!o->deleted || o->readers > 0 || o->state == ObjectState::kSpilling ||
+      o->state == ObjectState::kRestoring) {
+    return false;
+  }
+  FreeObject(o);
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -858,15 +810,17 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   g->seq = seq;
   g->ids.reserve(ids->size());
   for (const proto::ObjectId* id : *ids) g->ids.push_back(KeyOf(id));
-  if (timeout != 0) {
-    for (const ObjectKey& k : g->ids) {
-      Object* o = table_.Find(k);
-      if (o && o->state != ObjectState::kCreated) continue;
-      if (std::find(g->waiting_on.begin(), g->waiting_on.end(), k) != g->waiting_on.end()) {
-        continue;
-      }
-      g->waiting_on.push_back(k);
+  for (const ObjectKey& k : g->ids) {
+    Object* o = table_.Find(k);
+    if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) continue;
+    bool on_disk = o && (o->state == ObjectState::kSpilled || o->state == ObjectState::kRestoring);
+    // An object on disk is brought back whatever the timeout; a missing or unsealed one is
+    // waited for only when the caller asked to wait.
+    if (!on_disk && timeout == 0) continue;
+    if (std::find(g->waiting_on.begin(), g->waiting_on.end(), k) != g->waiting_on.end()) {
+      continue;
     }
+    g->waiting_on.push_back(k);
   }
   g->missing = g->waiting_on.size();
   if (g->missing == 0) return CompleteGet(g, false);
@@ -885,6 +839,13 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
         },
         static_cast<uint64_t>(timeout), 0);
   }
+  std::vector<Object*> to_restore;
+  for (const ObjectKey& k : g->waiting_on) {
+    Object* o = table_.Find(k);
+    if (o && o->state == ObjectState::kSpilled) to_restore.push_back(o);
+  }
+  g = nullptr;  // a restore that fails at once completes (and frees) the get
+  for (Object* o : to_restore) StartRestore(o);
 }
 
 void Server::CancelGet(WaitingGet* g) {
@@ -915,7 +876,7 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
   auto vec = fbb_.CreateUninitializedVectorOfStructs(g->ids.size(), &locs);
   for (size_t i = 0; i < g->ids.size(); i++) {
     Object* o = table_.Find(g->ids[i]);
-    if (o && o->state == ObjectState::kSealed) {
+    if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) {
       table_.AddReader(o);
       c->readers[o->uid]++;
       o->access_ns = now;
@@ -923,8 +884,9 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
       locs[i] = proto::ObjectLocation(o->uid, o->region_id, o->offset, o->data_size,
                                       o->metadata_size, 0, o->device);
     } else {
-      locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND,
-                                      -1);
+      int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
+      if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
+      locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1);
     }
   }
   auto body = proto::CreateGetReply(fbb_, vec);
@@ -938,8 +900,8 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
 void Server::ReleaseReader(Client* c, Object* o) {
   auto it = c->readers.find(o->uid);
   if (--it->second == 0) c->readers.erase(it);
+  o->access_ns = RealtimeNs();  // before RemoveReader: the eviction order reads it
   table_.RemoveReader(o);
-  o->access_ns = RealtimeNs();
   totals_.releases++;
 }
 
@@ -958,12 +920,9 @@ void Server::HandleRelease(Client* c, uint64_t seq, const proto::ReleaseRequest*
                                        ", which this client does not hold");
     }
     ReleaseReader(c, o);
-    if (o->deleted && o->readers == 0) {
-      FreeObject(o);
-      freed = true;
-    }
+    freed |= MaybeFree(o) || o->evictable();
   }
-  if (freed) ServeWaitingCreates();
+  if (freed) Pump();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1003,21 +962,23 @@ void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r
     } else {
       statuses[i] = STORE_OK;
       totals_.deletes++;
+      bool on_disk = o->state == ObjectState::kSpilled;
+      ObjectKey key = o->id;
       table_.Unlink(o);
-      if (o->readers == 0) {
-        FreeObject(o);
-        freed = true;
-      }
+      freed |= MaybeFree(o);
+      if (on_disk) NotifyWaiters(key);  // gets waiting for its restore: it is gone
     }
   }
   fbb_.Clear();
   auto vec = fbb_.CreateVector(statuses);
   SendEmpty(c, seq, Body::DeleteReply, proto::CreateDeleteReply(fbb_, vec).Union());
-  if (freed) ServeWaitingCreates();
+  if (freed) Pump();
 }
 
 proto::ObjectInfo Server::InfoOf(const Object& o) const {
-  uint32_t level = o.device >= 0 ? STORE_LEVEL_GPU : STORE_LEVEL_MEMORY;
+  uint32_t level = 0;
+  if (o.in_memory()) level |= o.device >= 0 ? STORE_LEVEL_GPU : STORE_LEVEL_MEMORY;
+  if (o.spill_file) level |= STORE_LEVEL_DISK;
   return proto::ObjectInfo(proto::ToProto(o.id.bytes), o.data_size, o.metadata_size,
                            static_cast<uint32_t>(o.state), level, o.device, o.importance, o.pins,
                            o.readers, o.create_ns, o.access_ns, o.creator_pid);
@@ -1030,7 +991,11 @@ void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
   if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
   fbb_.Clear();
   proto::ObjectInfo info = InfoOf(*o);
-  SendEmpty(c, seq, Body::InfoReply, proto::CreateInfoReply(fbb_, &info).Union());
+  flatbuffers::Offset<flatbuffers::String> url;
+  if (o->spill_file) {
+    url = fbb_.CreateString(spill::SpillUrl(o->spill_file->path, o->spill_offset, o->spill_size));
+  }
+  SendEmpty(c, seq, Body::InfoReply, proto::CreateInfoReply(fbb_, &info, url).Union());
 }
 
 void Server::HandleList(Client* c, uint64_t seq) {
@@ -1112,6 +1077,30 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_total_unpins(totals_.unpins);
   b.add_total_requests(totals_.requests);
   b.add_total_bad_requests(totals_.bad_requests);
+  b.add_spilling_count(t.spilling_count);
+  b.add_spilling_bytes(t.spilling_bytes);
+  b.add_spilled_count(t.spilled_count);
+  b.add_spilled_bytes(t.spilled_bytes);
+  b.add_restoring_count(t.restoring_count);
+  b.add_restoring_bytes(t.restoring_bytes);
+  b.add_evictable_bytes(t.evictable_bytes);
+  b.add_spill_enabled(dirs_ != nullptr);
+  uint64_t disk = 0, dead = 0;
+  for (auto& [id, f] : spill_files_) {
+    disk += f->size;
+    dead += f->dead_bytes;
+  }
+  b.add_spill_files(spill_files_.size());
+  b.add_spill_disk_bytes(disk);
+  b.add_spill_dead_bytes(dead);
+  b.add_total_spilled_objects(spill_totals_.objects);
+  b.add_total_spilled_bytes(spill_totals_.bytes);
+  b.add_total_spill_ns(spill_totals_.ns);
+  b.add_total_restored_objects(spill_totals_.restored_objects);
+  b.add_total_restored_bytes(spill_totals_.restored_bytes);
+  b.add_total_restore_ns(spill_totals_.restore_ns);
+  b.add_total_spill_failures(spill_totals_.failures);
+  b.add_total_restore_failures(spill_totals_.restore_failures);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }

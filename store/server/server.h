@@ -22,16 +22,32 @@
 #include <unordered_set>
 #include <vector>
 
+#include "eviction/policy.h"
 #include "framing.h"
 #include "memory/region.h"
 #include "objects/object_table.h"
 #include "server/options.h"
+#include "spill/env.h"
+#include "spill/spill_dir.h"
 
 namespace store {
 
+// One spill file, as the server accounts for it. Objects point at it while they have a copy
+// in it; it is deleted when the last of them goes.
+struct SpillFile {
+  uint64_t id = 0;
+  std::string path;
+  uint64_t size = 0;
+  uint64_t live_objects = 0;  // objects whose copy is here
+  uint64_t live_bytes = 0;
+  uint64_t dead_bytes = 0;    // records of deleted objects
+  int64_t created_ns = 0;
+};
+
 class Server {
  public:
-  explicit Server(ServerOptions options);
+  // env: the filesystem for spilling (nullptr = the real one); tests pass a fault injector.
+  explicit Server(ServerOptions options, spill::Env* env = nullptr);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -47,6 +63,9 @@ class Server {
   struct WaitingGet;
   struct WaitingCreate;
   struct CreateArgs;
+  struct SpillJob;
+  struct RestoreJob;
+  struct EvictWaiter;
 
   // Start-up and shutdown.
   bool PrepareSocket();
@@ -95,9 +114,37 @@ class Server {
   int TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message);
   void ReplyCreated(Client* c, uint64_t seq, const Object* o);
   void SealObject(Object* o);
+  // Wakes the gets waiting for o (sealed, restored, or failed to restore).
+  void NotifyWaiters(const ObjectKey& id);
   void FreeObject(Object* o);
+  // Frees o if it is deleted, unread and not in the middle of IO.
+  bool MaybeFree(Object* o);
   void ReleaseReader(Client* c, Object* o);
-  void ServeWaitingCreates();
+  // Serves what waits for memory (restores, then creates, in order), spilling to make room;
+  // the one place that decides. Reentrant calls are folded into the running one.
+  void Pump();
+  bool ServeWaitingCreates();
+
+  // Spilling (server/spiller.cpp).
+  bool OpenSpill(std::string* error);
+  void RecoverFile(const std::string& path);
+  uint64_t NeedNow() const;
+  bool CanSpillMore() const;
+  void SpillStep(uint64_t bytes, EvictWaiter* ew);
+  void DropToDisk(Object* o);
+  void StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew);
+  static void SpillWork(uv_work_t* req);
+  static void SpillDone(uv_work_t* req, int status);
+  void StartRestore(Object* o);
+  bool TryStartRestore(Object* o);
+  static void RestoreWork(uv_work_t* req);
+  static void RestoreDone(uv_work_t* req, int status);
+  void FailRestore(Object* o, int code, const std::string& message);
+  void DropSpillCopy(Object* o, bool dead);
+  void FinishEvict(EvictWaiter* ew);
+  void HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r);
+  void HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r);
+  void HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r);
   void CompleteGet(WaitingGet* g, bool timed_out);
   void CancelGet(WaitingGet* g);
   void FinishCreateWait(WaitingCreate* w, int status, const std::string& message);
@@ -122,6 +169,27 @@ class Server {
   size_t waiting_gets_ = 0;
   std::deque<WaitingCreate*> create_queue_;
   flatbuffers::FlatBufferBuilder fbb_{1024};
+  bool pumping_ = false, pump_again_ = false;
+
+  // Spilling.
+  spill::Env* env_;
+  std::unique_ptr<spill::SpillDirs> dirs_;
+  SpillPolicy policy_;
+  std::unordered_map<uint64_t, std::unique_ptr<SpillFile>> spill_files_;
+  uint64_t next_spill_file_ = 1;
+  int spill_jobs_ = 0;              // spill files being written
+  uint64_t spill_in_flight_ = 0;    // memory they will free
+  int64_t spill_backoff_until_ = 0;  // after a failed write, monotonic ns
+  int last_spill_error_ = 0;
+  bool nodisk_logged_ = false;
+  std::string last_spill_message_;
+  std::deque<Object*> pending_restores_;  // spilled objects waiting for memory to restore into
+  std::unordered_map<ObjectKey, std::string, ObjectKeyHash> restore_errors_;
+  std::vector<EvictWaiter*> evict_waiters_;
+  struct SpillTotals {
+    uint64_t objects = 0, bytes = 0, ns = 0, failures = 0;
+    uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;
+  } spill_totals_;
   int64_t start_ns_ = 0;
   uint64_t max_object_ = 0;  // the largest allocation the empty region allowed
   struct Totals {

@@ -1,0 +1,298 @@
+#include "spill/env.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+namespace store::spill {
+
+namespace {
+
+#ifdef IOV_MAX
+constexpr int kIovMax = IOV_MAX;
+#else
+constexpr int kIovMax = 1024;
+#endif
+
+inline int Err() { return errno != 0 ? -errno : -EIO; }
+
+// Advances a private copy of an iovec array past `n` transferred bytes.
+void Advance(std::vector<iovec>& v, size_t& first, size_t n) {
+  while (n > 0 && first < v.size()) {
+    if (n >= v[first].iov_len) {
+      n -= v[first].iov_len;
+      v[first].iov_len = 0;
+      first++;
+    } else {
+      v[first].iov_base = static_cast<uint8_t*>(v[first].iov_base) + n;
+      v[first].iov_len -= n;
+      n = 0;
+    }
+  }
+  while (first < v.size() && v[first].iov_len == 0) first++;
+}
+
+size_t TotalLen(const iovec* iov, int iovcnt) {
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+  return total;
+}
+
+// pwritev/preadv over the whole array: retries EINTR, continues after short transfers and
+// passes at most IOV_MAX entries per call. A read stops at end of file.
+template <typename Fn>
+ssize_t TransferAll(Fn fn, const iovec* iov, int iovcnt, off_t off, bool is_write) {
+  if (iovcnt < 0) return -EINVAL;
+  std::vector<iovec> v(iov, iov + iovcnt);
+  size_t first = 0;
+  Advance(v, first, 0);
+  size_t done = 0;
+  while (first < v.size()) {
+    int cnt = static_cast<int>(std::min<size_t>(v.size() - first, kIovMax));
+    ssize_t n = fn(v.data() + first, cnt, off + static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Err();
+    }
+    if (n == 0) {
+      if (is_write) return -EIO;  // no progress on a regular file: give up rather than spin
+      break;                      // end of file
+    }
+    done += static_cast<size_t>(n);
+    Advance(v, first, static_cast<size_t>(n));
+  }
+  return static_cast<ssize_t>(done);
+}
+
+class PosixEnv final : public Env {
+ public:
+  int Open(const std::string& path, int flags, int mode) override {
+    for (;;) {
+      int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+      if (fd >= 0) return fd;
+      if (errno != EINTR) return Err();
+    }
+  }
+
+  int Close(int fd) override {
+    // Not retried on EINTR: on Linux the descriptor is released either way.
+    if (::close(fd) != 0 && errno != EINTR) return Err();
+    return 0;
+  }
+
+  ssize_t PWritev(int fd, const iovec* iov, int iovcnt, off_t off) override {
+    return TransferAll([fd](const iovec* v, int c, off_t o) { return ::pwritev(fd, v, c, o); }, iov,
+                       iovcnt, off, true);
+  }
+
+  ssize_t PReadv(int fd, const iovec* iov, int iovcnt, off_t off) override {
+    return TransferAll([fd](const iovec* v, int c, off_t o) { return ::preadv(fd, v, c, o); }, iov,
+                       iovcnt, off, false);
+  }
+
+  int Fdatasync(int fd) override {
+    for (;;) {
+      if (::fdatasync(fd) == 0) return 0;
+      if (errno != EINTR) return Err();
+    }
+  }
+
+  int Unlink(const std::string& path) override { return ::unlink(path.c_str()) == 0 ? 0 : Err(); }
+
+  int Rename(const std::string& from, const std::string& to) override {
+    return ::rename(from.c_str(), to.c_str()) == 0 ? 0 : Err();
+  }
+
+  int Mkdir(const std::string& path, int mode) override {
+    return ::mkdir(path.c_str(), static_cast<mode_t>(mode)) == 0 ? 0 : Err();
+  }
+
+  int Rmdir(const std::string& path) override { return ::rmdir(path.c_str()) == 0 ? 0 : Err(); }
+
+  int ListDir(const std::string& dir, std::vector<std::string>* names) override {
+    names->clear();
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return Err();
+    int rc = 0;
+    for (;;) {
+      errno = 0;
+      dirent* e = ::readdir(d);
+      if (e == nullptr) {
+        if (errno != 0) rc = Err();
+        break;
+      }
+      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+      names->emplace_back(e->d_name);
+    }
+    ::closedir(d);
+    return rc;
+  }
+
+  int FileSize(const std::string& path, uint64_t* size) override {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return Err();
+    *size = static_cast<uint64_t>(st.st_size);
+    return 0;
+  }
+
+  int DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) override {
+    struct statvfs sv;
+    if (::statvfs(path.c_str(), &sv) != 0) return Err();
+    *total = static_cast<uint64_t>(sv.f_blocks) * sv.f_frsize;
+    *avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+    return 0;
+  }
+
+  int TryLock(int fd) override {
+    for (;;) {
+      if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
+      if (errno != EINTR) return Err();
+    }
+  }
+};
+
+}  // namespace
+
+Env* Env::Default() {
+  static Env* env = new PosixEnv();
+  return env;
+}
+
+// ---- FaultInjectionEnv: a test double ----
+
+struct FaultInjectionEnv::State {
+  mutable std::mutex mu;
+  uint64_t written = 0;
+  bool write_limit_set = false;
+  uint64_t write_limit = 0;  // fail once `written` reaches this
+  int write_err = 28;
+  int read_err = 0;
+  int64_t corrupt_at = -1;
+  double used_fraction = -1.0;
+};
+
+std::shared_ptr<FaultInjectionEnv::State> FaultInjectionEnv::MakeState() {
+  return std::make_shared<State>();
+}
+
+void FaultInjectionEnv::FailWritesAfter(int64_t bytes, int err) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->write_limit_set = bytes >= 0;
+  state_->write_limit = bytes >= 0 ? state_->written + static_cast<uint64_t>(bytes) : 0;
+  state_->write_err = err;
+}
+
+void FaultInjectionEnv::FailReads(int err) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->read_err = err;
+}
+
+void FaultInjectionEnv::CorruptReadsAt(int64_t offset) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->corrupt_at = offset;
+}
+
+void FaultInjectionEnv::SetDiskUsedFraction(double f) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->used_fraction = f;
+}
+
+uint64_t FaultInjectionEnv::bytes_written() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->written;
+}
+
+int FaultInjectionEnv::Open(const std::string& path, int flags, int mode) {
+  return base_->Open(path, flags, mode);
+}
+
+int FaultInjectionEnv::Close(int fd) { return base_->Close(fd); }
+
+ssize_t FaultInjectionEnv::PWritev(int fd, const iovec* iov, int iovcnt, off_t off) {
+  // The lock is held across the write so that concurrent writers see one exact byte limit.
+  std::lock_guard<std::mutex> lock(state_->mu);
+  State& s = *state_;
+  size_t total = TotalLen(iov, iovcnt);
+  if (!s.write_limit_set || s.written + total <= s.write_limit) {
+    ssize_t n = base_->PWritev(fd, iov, iovcnt, off);
+    if (n > 0) s.written += static_cast<uint64_t>(n);
+    return n;
+  }
+  // The "disk" fills up inside this request: write what still fits, then fail.
+  uint64_t room = s.write_limit > s.written ? s.write_limit - s.written : 0;
+  std::vector<iovec> part;
+  for (int i = 0; i < iovcnt && room > 0; i++) {
+    size_t len = static_cast<size_t>(std::min<uint64_t>(iov[i].iov_len, room));
+    part.push_back({iov[i].iov_base, len});
+    room -= len;
+  }
+  if (!part.empty()) {
+    ssize_t n = base_->PWritev(fd, part.data(), static_cast<int>(part.size()), off);
+    if (n < 0) return n;
+    s.written += static_cast<uint64_t>(n);
+  }
+  return -s.write_err;
+}
+
+ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t off) {
+  int read_err;
+  int64_t corrupt_at;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    read_err = state_->read_err;
+    corrupt_at = state_->corrupt_at;
+  }
+  if (read_err != 0) return -read_err;
+  ssize_t n = base_->PReadv(fd, iov, iovcnt, off);
+  if (n > 0 && corrupt_at >= 0 && corrupt_at >= off && corrupt_at < off + n) {
+    uint64_t pos = static_cast<uint64_t>(corrupt_at - off);
+    for (int i = 0; i < iovcnt; i++) {
+      if (pos < iov[i].iov_len) {
+        static_cast<uint8_t*>(iov[i].iov_base)[pos] ^= 1;
+        break;
+      }
+      pos -= iov[i].iov_len;
+    }
+  }
+  return n;
+}
+
+int FaultInjectionEnv::Fdatasync(int fd) { return base_->Fdatasync(fd); }
+int FaultInjectionEnv::Unlink(const std::string& path) { return base_->Unlink(path); }
+int FaultInjectionEnv::Rename(const std::string& from, const std::string& to) {
+  return base_->Rename(from, to);
+}
+int FaultInjectionEnv::Mkdir(const std::string& path, int mode) { return base_->Mkdir(path, mode); }
+int FaultInjectionEnv::Rmdir(const std::string& path) { return base_->Rmdir(path); }
+int FaultInjectionEnv::ListDir(const std::string& dir, std::vector<std::string>* names) {
+  return base_->ListDir(dir, names);
+}
+int FaultInjectionEnv::FileSize(const std::string& path, uint64_t* size) {
+  return base_->FileSize(path, size);
+}
+
+int FaultInjectionEnv::DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) {
+  double f;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    f = state_->used_fraction;
+  }
+  int rc = base_->DiskSpace(path, total, avail);
+  if (rc != 0 || f < 0) return rc;
+  if (f > 1) f = 1;
+  *avail = static_cast<uint64_t>(static_cast<double>(*total) * (1.0 - f));
+  return 0;
+}
+
+int FaultInjectionEnv::TryLock(int fd) { return base_->TryLock(fd); }
+
+}  // namespace store::spill

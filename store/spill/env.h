@@ -1,0 +1,81 @@
+// env.h - the filesystem as the spiller sees it, behind an interface (LevelDB's Env), so that
+// tests can inject faults (a full disk, EIO, corrupted reads) without root.
+//
+// Owns: nothing. Called by: spill files (spill_file.cpp) on the libuv threadpool and by the
+// spill directory logic (spill_dir.cpp) on the loop thread. Implementations must be thread-safe.
+// Every call returns 0 (or a byte count) on success and -errno on failure; none throws.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace store::spill {
+
+class Env {
+ public:
+  virtual ~Env() = default;
+  virtual int Open(const std::string& path, int flags, int mode) = 0;  // fd or -errno
+  virtual int Close(int fd) = 0;
+  // Writes all of iov at off (loops over short writes); bytes written or -errno.
+  virtual ssize_t PWritev(int fd, const iovec* iov, int iovcnt, off_t off) = 0;
+  // Reads all of iov at off (loops over short reads); bytes read (less at end of file) or -errno.
+  virtual ssize_t PReadv(int fd, const iovec* iov, int iovcnt, off_t off) = 0;
+  virtual int Fdatasync(int fd) = 0;
+  virtual int Unlink(const std::string& path) = 0;
+  virtual int Rename(const std::string& from, const std::string& to) = 0;
+  virtual int Mkdir(const std::string& path, int mode) = 0;
+  virtual int Rmdir(const std::string& path) = 0;
+  // Names in dir, without "." and "..".
+  virtual int ListDir(const std::string& dir, std::vector<std::string>* names) = 0;
+  virtual int FileSize(const std::string& path, uint64_t* size) = 0;
+  // Size and free space of the filesystem holding path.
+  virtual int DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) = 0;
+  // An exclusive advisory lock on an open fd (flock LOCK_EX|LOCK_NB): 0, or -EWOULDBLOCK if
+  // another process holds it.
+  virtual int TryLock(int fd) = 0;
+
+  // The real filesystem (POSIX calls). Never freed.
+  static Env* Default();
+};
+
+// Wraps another Env and injects faults: for tests (named as such; not used in production).
+class FaultInjectionEnv : public Env {
+ public:
+  explicit FaultInjectionEnv(Env* base) : base_(base) {}
+  // Writes fail with -ENOSPC once this many more bytes have been written (-1 = never).
+  void FailWritesAfter(int64_t bytes, int err = 28 /* ENOSPC */);
+  // Reads fail with -err (0 = no failure).
+  void FailReads(int err);
+  // Flip one bit in every byte range read that covers file offset `offset` (-1 = off).
+  void CorruptReadsAt(int64_t offset);
+  // DiskSpace reports this fraction used (negative = ask the base Env).
+  void SetDiskUsedFraction(double f);
+  uint64_t bytes_written() const;
+
+  int Open(const std::string& path, int flags, int mode) override;
+  int Close(int fd) override;
+  ssize_t PWritev(int fd, const iovec* iov, int iovcnt, off_t off) override;
+  ssize_t PReadv(int fd, const iovec* iov, int iovcnt, off_t off) override;
+  int Fdatasync(int fd) override;
+  int Unlink(const std::string& path) override;
+  int Rename(const std::string& from, const std::string& to) override;
+  int Mkdir(const std::string& path, int mode) override;
+  int Rmdir(const std::string& path) override;
+  int ListDir(const std::string& dir, std::vector<std::string>* names) override;
+  int FileSize(const std::string& path, uint64_t* size) override;
+  int DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) override;
+  int TryLock(int fd) override;
+
+ private:
+  Env* base_;
+  struct State;
+  std::shared_ptr<State> state_ = MakeState();
+  static std::shared_ptr<State> MakeState();
+};
+
+}  // namespace store::spill

@@ -1,0 +1,215 @@
+#include "spill/spill_dir.h"
+
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "spill/spill_file.h"
+
+namespace store::spill {
+
+namespace {
+
+constexpr const char* kLockName = "LOCK";
+constexpr const char* kInstancePrefix = "store-";
+// An instance directory is created under this prefix and renamed to "store-..." only once its
+// LOCK is held, so a starting store never sees another's directory without a held LOCK.
+constexpr const char* kCreatingPrefix = "tmp-store-";
+
+bool StartsWith(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+bool EndsWith(const std::string& s, const char* suffix) {
+  size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+bool IsSpillFileName(const std::string& name) {
+  return StartsWith(name, "spill-") && EndsWith(name, ".bin");
+}
+
+std::string Join(const std::string& dir, const std::string& name) {
+  return dir == "/" ? "/" + name : dir + "/" + name;
+}
+
+std::string Parent(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// An absolute, lexically normal path without a trailing slash; "" if the cwd is unknown.
+std::string Absolute(const std::string& dir) {
+  std::filesystem::path p(dir);
+  if (!p.is_absolute()) {
+    std::error_code ec;
+    std::filesystem::path cwd = std::filesystem::current_path(ec);
+    if (ec) return "";
+    p = cwd / p;
+  }
+  std::string s = p.lexically_normal().string();
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  return s;
+}
+
+std::string ErrnoText(int neg) { return std::strerror(-neg); }
+
+}  // namespace
+
+SpillDirs::~SpillDirs() {
+  // Unlink each LOCK while still holding it, then drop the lock. Non-empty directories stay:
+  // they hold spilled data (a later start with recover adopts them).
+  for (size_t i = 0; i < owned_.size(); i++) {
+    env_->Unlink(Join(owned_[i], kLockName));
+    env_->Rmdir(owned_[i]);
+    env_->Close(lock_fds_[i]);
+  }
+  for (const Adopted& a : adopted_) {
+    env_->Unlink(Join(a.dir, kLockName));
+    env_->Rmdir(a.dir);
+    env_->Close(a.lock_fd);
+  }
+}
+
+bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold, bool recover,
+                     std::vector<RecoveredFile>* recovered, std::string* error) {
+  threshold_ = disk_threshold;
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  const uint64_t start_ns =
+      static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+  const std::string name =
+      kInstancePrefix + std::to_string(getpid()) + "-" + std::to_string(start_ns);
+  auto fail = [&](const std::string& msg) {
+    if (error) *error = msg;
+    return false;
+  };
+
+  std::vector<std::string> parents;
+  for (const std::string& given : dirs) {
+    const std::string dir = Absolute(given);
+    if (given.empty() || dir.empty()) return fail("spill dir '" + given + "': bad path");
+    bool dup = false;
+    for (const std::string& p : parents) dup = dup || p == dir;
+    if (dup) continue;
+    parents.push_back(dir);
+
+    int rc = env_->Mkdir(dir, 0700);
+    if (rc < 0 && rc != -EEXIST) return fail("spill dir " + dir + ": mkdir: " + ErrnoText(rc));
+    std::vector<std::string> names;
+    rc = env_->ListDir(dir, &names);
+    if (rc < 0) return fail("spill dir " + dir + ": " + ErrnoText(rc));
+
+    // Subdirectories of other instances: live ones hold their LOCK; the rest are stale.
+    for (const std::string& n : names) {
+      if (!StartsWith(n, kInstancePrefix) || n == name) continue;
+      const std::string sub = Join(dir, n);
+      int fd = env_->Open(Join(sub, kLockName), O_RDWR | O_CREAT, 0600);
+      if (fd < 0) continue;          // not a directory, or not ours to touch
+      if (env_->TryLock(fd) != 0) {  // a live store
+        env_->Close(fd);
+        continue;
+      }
+      std::vector<std::string> files;
+      if (env_->ListDir(sub, &files) < 0) {
+        env_->Close(fd);
+        continue;
+      }
+      bool kept = false;
+      for (const std::string& f : files) {
+        if (f == kLockName) continue;
+        const std::string path = Join(sub, f);
+        if (!recover) {
+          env_->Unlink(path);
+        } else if (IsSpillFileName(f)) {
+          std::vector<IndexedRecord> index;
+          std::string ignored;
+          uint64_t size = 0;
+          int irc = ReadIndex(env_, path, &index, &ignored);
+          if (irc == 0 && env_->FileSize(path, &size) == 0) {
+            if (recovered) recovered->push_back({path, size});
+            kept = true;
+          } else if (irc == kCorrupt) {
+            env_->Unlink(path);  // partial (a crash mid-write) or damaged
+          } else {
+            kept = true;  // unreadable now (EIO, EACCES...): not served, but not deleted either
+          }
+        } else if (EndsWith(f, ".tmp")) {
+          env_->Unlink(path);
+        }
+      }
+      if (kept) {
+        adopted_.push_back({sub, fd});
+      } else {
+        env_->Unlink(Join(sub, kLockName));
+        env_->Rmdir(sub);
+        env_->Close(fd);
+      }
+    }
+
+    // This instance's subdirectory, visible under its final name only with the LOCK held.
+    const std::string creating =
+        Join(dir, kCreatingPrefix + name.substr(std::strlen(kInstancePrefix)));
+    const std::string mine = Join(dir, name);
+    rc = env_->Mkdir(creating, 0700);
+    if (rc < 0) return fail("spill dir " + creating + ": mkdir: " + ErrnoText(rc));
+    const std::string lock_path = Join(creating, kLockName);
+    int fd = env_->Open(lock_path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) {
+      env_->Rmdir(creating);
+      return fail("spill dir " + lock_path + ": open: " + ErrnoText(fd));
+    }
+    const char* step = "flock";
+    rc = env_->TryLock(fd);
+    if (rc == 0) {
+      step = "rename";
+      rc = env_->Rename(creating, mine);
+    }
+    if (rc < 0) {
+      env_->Unlink(lock_path);
+      env_->Rmdir(creating);
+      env_->Close(fd);
+      return fail("spill dir " + mine + ": " + step + ": " + ErrnoText(rc));
+    }
+    owned_.push_back(mine);
+    lock_fds_.push_back(fd);
+  }
+  if (owned_.empty()) return fail("no spill directory given");
+  return true;
+}
+
+std::string SpillDirs::NextFile(uint64_t bytes) {
+  const size_t n = owned_.size();
+  for (size_t k = 0; k < n; k++) {
+    const size_t i = (next_dir_ + k) % n;
+    uint64_t total = 0, avail = 0;
+    if (env_->DiskSpace(owned_[i], &total, &avail) != 0 || total == 0) continue;
+    const double used = 1.0 - static_cast<double>(avail) / static_cast<double>(total);
+    if (used > threshold_ || avail < bytes) continue;
+    next_dir_ = (i + 1) % n;
+    return Join(owned_[i], "spill-" + std::to_string(next_file_++) + ".bin");
+  }
+  return "";
+}
+
+void SpillDirs::Remove(const std::string& path) {
+  env_->Unlink(path);
+  const std::string dir = Parent(path);
+  for (size_t i = 0; i < adopted_.size(); i++) {
+    if (adopted_[i].dir != dir) continue;
+    std::vector<std::string> names;
+    if (env_->ListDir(dir, &names) < 0) return;
+    for (const std::string& n : names) {
+      if (IsSpillFileName(n)) return;  // still holds recovered data
+    }
+    env_->Unlink(Join(dir, kLockName));
+    env_->Rmdir(dir);
+    env_->Close(adopted_[i].lock_fd);
+    adopted_.erase(adopted_.begin() + static_cast<std::ptrdiff_t>(i));
+    return;
+  }
+}
+
+}  // namespace store::spill

@@ -1,0 +1,60 @@
+// spill_dir.h - the directories a store spills into, and the part of each it owns.
+//
+// Each --spill-dir gets a subdirectory owned by this store instance, "store-<pid>-<start ns>",
+// holding a LOCK file (flock'ed while the store runs) and the spill files "spill-<n>.bin".
+// At start, subdirectories of dead stores (their LOCK is free) are either removed or, with
+// --recover, adopted: their intact files are listed for the caller to register.
+// Directories are chosen round-robin; one whose filesystem is fuller than the threshold is
+// skipped.
+// Called by: the server loop thread only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "spill/env.h"
+
+namespace store::spill {
+
+struct RecoveredFile {
+  std::string path;  // absolute
+  uint64_t size = 0;
+};
+
+class SpillDirs {
+ public:
+  explicit SpillDirs(Env* env) : env_(env) {}
+  ~SpillDirs();  // releases the locks; removes this instance's (then empty) directories
+
+  // Sets up one owned subdirectory per dir (absolute paths are kept). With recover, stale
+  // subdirectories' complete spill files are returned in *recovered (partial ones are removed);
+  // without, stale subdirectories are removed. Returns false with *error on failure.
+  bool Open(const std::vector<std::string>& dirs, double disk_threshold, bool recover,
+            std::vector<RecoveredFile>* recovered, std::string* error);
+
+  // A new file path in the next directory (round-robin) whose filesystem is at most
+  // disk_threshold full and has room for `bytes`; "" when none can take it.
+  std::string NextFile(uint64_t bytes);
+
+  // Removes a spill file (and, for an adopted stale directory, the directory once empty).
+  void Remove(const std::string& path);
+
+  bool empty() const { return owned_.empty(); }
+  const std::vector<std::string>& owned() const { return owned_; }
+
+ private:
+  Env* env_;
+  double threshold_ = 0.95;
+  std::vector<std::string> owned_;  // this instance's subdirectories
+  std::vector<int> lock_fds_;
+  struct Adopted {
+    std::string dir;  // a stale subdirectory taken over by Open(recover = true)
+    int lock_fd = -1;  // its LOCK, held so that no other store removes or adopts it too
+  };
+  std::vector<Adopted> adopted_;
+  size_t next_dir_ = 0;
+  uint64_t next_file_ = 1;
+};
+
+}  // namespace store::spill

@@ -1,0 +1,353 @@
+#include "spill/spill_file.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace store::spill {
+
+namespace {
+
+#ifdef IOV_MAX
+constexpr size_t kIovMax = IOV_MAX;
+#else
+constexpr size_t kIovMax = 1024;
+#endif
+
+constexpr char kMagic[8] = {'S', 'T', 'S', 'P', 'I', 'L', 'L', '1'};
+
+void PutU64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void PutU32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t GetU64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+uint32_t GetU32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+
+std::string ErrnoText(int neg) { return std::strerror(-neg); }
+
+struct StateDeleter {
+  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+};
+using HashState = std::unique_ptr<XXH3_state_t, StateDeleter>;
+
+// XXH3-64 of a record: header, then metadata, then data (the on-disk order).
+uint64_t RecordChecksum(XXH3_state_t* st, const uint8_t* header, const uint8_t* metadata,
+                        uint64_t metadata_size, const uint8_t* data, uint64_t data_size) {
+  XXH3_64bits_reset(st);
+  XXH3_64bits_update(st, header, kRecordHeader);
+  if (metadata_size > 0) XXH3_64bits_update(st, metadata, metadata_size);
+  if (data_size > 0) XXH3_64bits_update(st, data, data_size);
+  return XXH3_64bits_digest(st);
+}
+
+// Closes an fd on scope exit (read paths).
+struct FdCloser {
+  Env* env;
+  int fd;
+  ~FdCloser() {
+    if (fd >= 0) env->Close(fd);
+  }
+};
+
+int Corrupt(std::string* error, const std::string& path, const std::string& what) {
+  if (error) *error = "spill file " + path + ": " + what;
+  return kCorrupt;
+}
+
+}  // namespace
+
+int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRecord>& records,
+                   std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error) {
+  HashState st(XXH3_createState());
+  if (!st) {
+    if (error) *error = "write spill file " + path + ": out of memory";
+    return -ENOMEM;
+  }
+  int fd = env->Open(path, O_CREAT | O_EXCL | O_WRONLY, 0600);
+  if (fd < 0) {
+    if (error) *error = "write spill file " + path + ": open: " + ErrnoText(fd);
+    return fd;
+  }
+  // Any failure after the open: close, remove the partial file, report.
+  auto fail = [&](int rc, const char* what) {
+    env->Close(fd);
+    env->Unlink(path);
+    if (error) *error = "write spill file " + path + ": " + what + ": " + ErrnoText(rc);
+    return rc;
+  };
+
+  const size_t n = records.size();
+  std::vector<RecordLocation> locs(n);
+  std::vector<std::array<uint8_t, kRecordHeader>> headers(n);
+  std::vector<iovec> iov;
+  iov.reserve(3 * n);
+  uint64_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    const SpillRecord& r = records[i];
+    uint8_t* h = headers[i].data();
+    PutU64(h, r.metadata_size);
+    PutU64(h + 8, r.data_size);
+    constexpr uint64_t kMax = static_cast<uint64_t>(INT64_MAX);
+    if (r.metadata_size > kMax - kRecordHeader ||
+        r.data_size > kMax - kRecordHeader - r.metadata_size ||
+        off > kMax - (kRecordHeader + r.metadata_size + r.data_size)) {
+      return fail(-EFBIG, "records too large");
+    }
+    uint64_t size = kRecordHeader + r.metadata_size + r.data_size;
+    std::memcpy(locs[i].id, r.id, sizeof(r.id));
+    locs[i].offset = off;
+    locs[i].size = size;
+    locs[i].checksum =
+        RecordChecksum(st.get(), h, r.metadata, r.metadata_size, r.data, r.data_size);
+    iov.push_back({h, kRecordHeader});
+    // iovecs point straight at the caller's memory: no copies.
+    if (r.metadata_size > 0) iov.push_back({const_cast<uint8_t*>(r.metadata), r.metadata_size});
+    if (r.data_size > 0) iov.push_back({const_cast<uint8_t*>(r.data), r.data_size});
+    off += size;
+  }
+
+  // The records: one gathered write per IOV_MAX iovecs.
+  uint64_t pos = 0;
+  for (size_t first = 0; first < iov.size(); first += kIovMax) {
+    size_t cnt = std::min(kIovMax, iov.size() - first);
+    uint64_t want = 0;
+    for (size_t k = first; k < first + cnt; k++) want += iov[k].iov_len;
+    ssize_t w =
+        env->PWritev(fd, iov.data() + first, static_cast<int>(cnt), static_cast<off_t>(pos));
+    if (w < 0) return fail(static_cast<int>(w), "write records");
+    if (static_cast<uint64_t>(w) != want) return fail(-EIO, "write records (short write)");
+    pos += want;
+  }
+
+  // The index and the trailer.
+  const uint64_t index_offset = off;
+  std::vector<uint8_t> index(n * kIndexEntry);
+  for (size_t i = 0; i < n; i++) {
+    uint8_t* e = index.data() + i * kIndexEntry;
+    std::memcpy(e, locs[i].id, 20);
+    PutU64(e + 20, locs[i].offset);
+    PutU64(e + 28, locs[i].size);
+    PutU64(e + 36, locs[i].checksum);
+  }
+  uint8_t trailer[kTrailer];
+  PutU64(trailer, index_offset);
+  PutU64(trailer + 8, n);
+  PutU64(trailer + 16, XXH3_64bits(index.data(), index.size()));
+  PutU32(trailer + 24, kFileVersion);
+  PutU32(trailer + 28, static_cast<uint32_t>(kTrailer));
+  std::memcpy(trailer + 32, kMagic, sizeof(kMagic));
+  iovec tail[2] = {{index.data(), index.size()}, {trailer, kTrailer}};
+  const uint64_t tail_size = index.size() + kTrailer;
+  ssize_t w = env->PWritev(fd, tail, 2, static_cast<off_t>(index_offset));
+  if (w < 0) return fail(static_cast<int>(w), "write index");
+  if (static_cast<uint64_t>(w) != tail_size) return fail(-EIO, "write index (short write)");
+
+  int rc = env->Fdatasync(fd);
+  if (rc < 0) return fail(rc, "fdatasync");
+  rc = env->Close(fd);
+  if (rc < 0) {
+    env->Unlink(path);
+    if (error) *error = "write spill file " + path + ": close: " + ErrnoText(rc);
+    return rc;
+  }
+  if (out) *out = std::move(locs);
+  if (file_size) *file_size = index_offset + tail_size;
+  return 0;
+}
+
+int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uint8_t* dst,
+               uint64_t data_size, uint64_t metadata_size, std::string* error) {
+  const uint64_t expect = kRecordHeader + data_size + metadata_size;
+  if (data_size > UINT64_MAX - kRecordHeader ||
+      metadata_size > UINT64_MAX - kRecordHeader - data_size || loc.size != expect) {
+    return Corrupt(error, path,
+                   "size mismatch at offset " + std::to_string(loc.offset) + ": record size " +
+                       std::to_string(loc.size) + ", object needs " +
+                       std::to_string(kRecordHeader) + "+" + std::to_string(metadata_size) + "+" +
+                       std::to_string(data_size));
+  }
+  int fd = env->Open(path, O_RDONLY, 0);
+  if (fd < 0) {
+    if (error) *error = "read spill file " + path + ": open: " + ErrnoText(fd);
+    return fd;
+  }
+  FdCloser closer{env, fd};
+  uint8_t header[kRecordHeader];
+  iovec iov[3];
+  int cnt = 0;
+  iov[cnt++] = {header, kRecordHeader};
+  if (metadata_size > 0) iov[cnt++] = {dst + data_size, metadata_size};
+  if (data_size > 0) iov[cnt++] = {dst, data_size};
+  ssize_t r = env->PReadv(fd, iov, cnt, static_cast<off_t>(loc.offset));
+  if (r < 0) {
+    if (error) {
+      *error = "read spill file " + path + " at offset " + std::to_string(loc.offset) + ": " +
+               ErrnoText(static_cast<int>(r));
+    }
+    return static_cast<int>(r);
+  }
+  if (static_cast<uint64_t>(r) != loc.size) {
+    return Corrupt(error, path,
+                   "size mismatch at offset " + std::to_string(loc.offset) + ": read " +
+                       std::to_string(r) + " of " + std::to_string(loc.size) + " bytes");
+  }
+  const uint64_t hm = GetU64(header), hd = GetU64(header + 8);
+  if (hm != metadata_size || hd != data_size) {
+    return Corrupt(error, path,
+                   "size mismatch at offset " + std::to_string(loc.offset) +
+                       ": header says metadata " + std::to_string(hm) + ", data " +
+                       std::to_string(hd) + "; expected " + std::to_string(metadata_size) + ", " +
+                       std::to_string(data_size));
+  }
+  HashState st(XXH3_createState());
+  if (!st) {
+    if (error) *error = "read spill file " + path + ": out of memory";
+    return -ENOMEM;
+  }
+  uint64_t sum = RecordChecksum(st.get(), header, dst + data_size, metadata_size, dst, data_size);
+  if (sum != loc.checksum) {
+    return Corrupt(error, path,
+                   "checksum mismatch for the record at offset " + std::to_string(loc.offset));
+  }
+  return 0;
+}
+
+int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out,
+              std::string* error) {
+  out->clear();
+  uint64_t file_size = 0;
+  int rc = env->FileSize(path, &file_size);
+  if (rc < 0) {
+    if (error) *error = "spill file " + path + ": stat: " + ErrnoText(rc);
+    return rc;
+  }
+  if (file_size < kTrailer) {
+    return Corrupt(error, path,
+                   "too short for a trailer (" + std::to_string(file_size) + " bytes)");
+  }
+  int fd = env->Open(path, O_RDONLY, 0);
+  if (fd < 0) {
+    if (error) *error = "spill file " + path + ": open: " + ErrnoText(fd);
+    return fd;
+  }
+  FdCloser closer{env, fd};
+  auto read_at = [&](void* buf, size_t len, uint64_t off, const char* what) -> int {
+    iovec v = {buf, len};
+    ssize_t r = env->PReadv(fd, &v, 1, static_cast<off_t>(off));
+    if (r < 0) {
+      if (error)
+        *error = "spill file " + path + ": read " + what + ": " + ErrnoText(static_cast<int>(r));
+      return static_cast<int>(r);
+    }
+    if (static_cast<size_t>(r) != len) {
+      return Corrupt(error, path, std::string("short read of the ") + what);
+    }
+    return 0;
+  };
+
+  uint8_t trailer[kTrailer];
+  rc = read_at(trailer, kTrailer, file_size - kTrailer, "trailer");
+  if (rc != 0) return rc;
+  if (std::memcmp(trailer + 32, kMagic, sizeof(kMagic)) != 0) {
+    return Corrupt(error, path, "bad magic (not a spill file, or partial)");
+  }
+  const uint32_t version = GetU32(trailer + 24);
+  if (version != kFileVersion) {
+    return Corrupt(error, path, "unsupported version " + std::to_string(version));
+  }
+  const uint32_t tsize = GetU32(trailer + 28);
+  if (tsize != kTrailer) {
+    return Corrupt(error, path, "bad trailer size " + std::to_string(tsize));
+  }
+  const uint64_t index_offset = GetU64(trailer);
+  const uint64_t count = GetU64(trailer + 8);
+  const uint64_t index_checksum = GetU64(trailer + 16);
+  const uint64_t body = file_size - kTrailer;
+  if (count > body / kIndexEntry || index_offset > body ||
+      index_offset + count * kIndexEntry != body) {
+    return Corrupt(error, path,
+                   "index at " + std::to_string(index_offset) + " with " + std::to_string(count) +
+                       " entries does not end at the trailer (file size " +
+                       std::to_string(file_size) + ")");
+  }
+  std::vector<uint8_t> index(count * kIndexEntry);
+  if (!index.empty()) {
+    rc = read_at(index.data(), index.size(), index_offset, "index");
+    if (rc != 0) return rc;
+  }
+  if (XXH3_64bits(index.data(), index.size()) != index_checksum) {
+    return Corrupt(error, path, "index checksum mismatch");
+  }
+
+  std::vector<IndexedRecord> recs(count);
+  for (uint64_t i = 0; i < count; i++) {
+    const uint8_t* e = index.data() + i * kIndexEntry;
+    RecordLocation& loc = recs[i].loc;
+    std::memcpy(loc.id, e, 20);
+    loc.offset = GetU64(e + 20);
+    loc.size = GetU64(e + 28);
+    loc.checksum = GetU64(e + 36);
+    if (loc.size < kRecordHeader || loc.offset > index_offset ||
+        loc.size > index_offset - loc.offset) {
+      return Corrupt(error, path,
+                     "index entry " + std::to_string(i) + " (offset " + std::to_string(loc.offset) +
+                         ", size " + std::to_string(loc.size) + ") lies outside the records");
+    }
+  }
+  // No two records may overlap.
+  std::vector<size_t> order(count);
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return recs[a].loc.offset < recs[b].loc.offset; });
+  for (size_t k = 1; k < order.size(); k++) {
+    const RecordLocation& prev = recs[order[k - 1]].loc;
+    const RecordLocation& cur = recs[order[k]].loc;
+    if (prev.offset + prev.size > cur.offset) {
+      return Corrupt(error, path,
+                     "index entries overlap at offsets " + std::to_string(prev.offset) + " and " +
+                         std::to_string(cur.offset));
+    }
+  }
+  for (uint64_t i = 0; i < count; i++) {
+    RecordLocation& loc = recs[i].loc;
+    uint8_t header[kRecordHeader];
+    rc = read_at(header, kRecordHeader, loc.offset, "record header");
+    if (rc != 0) return rc;
+    const uint64_t m = GetU64(header), d = GetU64(header + 8);
+    const uint64_t payload = loc.size - kRecordHeader;
+    if (m > payload || d != payload - m) {
+      return Corrupt(error, path,
+                     "size mismatch at offset " + std::to_string(loc.offset) +
+                         ": header says metadata " + std::to_string(m) + ", data " +
+                         std::to_string(d) + "; index says record size " +
+                         std::to_string(loc.size));
+    }
+    recs[i].metadata_size = m;
+    recs[i].data_size = d;
+  }
+  *out = std::move(recs);
+  return 0;
+}
+
+std::string SpillUrl(const std::string& absolute_path, uint64_t offset, uint64_t size) {
+  return "file://" + absolute_path + "?offset=" + std::to_string(offset) +
+         "&size=" + std::to_string(size);
+}
+
+}  // namespace store::spill

@@ -1,0 +1,74 @@
+// spill_file.h - fused spill files: many objects per file, and the index that finds them again.
+//
+// File layout (all integers little-endian):
+//   record*   each record is [u64 metadata_len][u64 data_len][metadata][data], back to back
+//             from offset 0, so any reader of that layout can walk the file from the start.
+//   index     one entry per record: [20-byte object id][u64 offset][u64 size][u64 checksum]
+//             where size includes the 16-byte record header and checksum is XXH3-64 of the
+//             whole record (header, metadata, data).
+//   trailer   [u64 index_offset][u64 record_count][u64 XXH3-64 of the index][u32 version]
+//             [u32 trailer size = 40][8 bytes magic "STSPILL1"], the last 40 bytes of the file.
+// A file without an intact trailer and index (a crash mid-write) is partial and is ignored.
+// An object is addressed by file://<absolute path>?offset=<o>&size=<s>.
+//
+// Called by: the spiller, on the libuv threadpool (these functions block on IO). Thread-safe:
+// they share no state. Every failure returns a negative errno (or kCorrupt) and a message.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "spill/env.h"
+
+namespace store::spill {
+
+inline constexpr int kCorrupt = -100000;  // checksum, size or layout mismatch
+inline constexpr uint32_t kFileVersion = 1;
+inline constexpr size_t kRecordHeader = 16;
+inline constexpr size_t kIndexEntry = 44;
+inline constexpr size_t kTrailer = 40;
+
+struct SpillRecord {
+  uint8_t id[20];
+  const uint8_t* data = nullptr;      // data_size bytes (in the shared region)
+  uint64_t data_size = 0;
+  const uint8_t* metadata = nullptr;  // metadata_size bytes (in the region, after the data)
+  uint64_t metadata_size = 0;
+};
+
+struct RecordLocation {
+  uint8_t id[20];
+  uint64_t offset = 0;    // of the record header in the file
+  uint64_t size = 0;      // 16 + metadata_size + data_size
+  uint64_t checksum = 0;  // XXH3-64 of the record
+};
+
+// Writes records to a new file at path (O_CREAT|O_EXCL), then the index and trailer, then
+// fdatasync. On success fills *out (one location per record, same order) and returns 0. On
+// failure removes the partial file and returns -errno (e.g. -ENOSPC, -EIO) with *error set.
+int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRecord>& records,
+                   std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error);
+
+// Reads the record at loc into memory laid out as the store keeps objects: data at dst, metadata
+// at dst + data_size. Checks the header's lengths against the expected sizes and the checksum;
+// returns 0, -errno, or kCorrupt with *error saying what did not match. dst is written even on
+// failure (the caller must not serve it then).
+int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uint8_t* dst,
+               uint64_t data_size, uint64_t metadata_size, std::string* error);
+
+struct IndexedRecord {
+  RecordLocation loc;
+  uint64_t metadata_size = 0;
+  uint64_t data_size = 0;
+};
+
+// Reads a file's trailer and index (and each record's header, for its sizes). Returns 0, or
+// kCorrupt for a partial or damaged file, or -errno.
+int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out,
+              std::string* error);
+
+// "file://<path>?offset=<o>&size=<s>"
+std::string SpillUrl(const std::string& absolute_path, uint64_t offset, uint64_t size);
+
+}  // namespace store::spill
