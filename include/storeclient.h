@@ -383,7 +383,8 @@ STORE_API int store_list(store_client *client, store_object_info **out, size_t *
 /* Frees memory returned by the library (store_list). NULL-safe. */
 STORE_API void store_free(void *p);
 
-/* Pins a sealed object: it is never evicted while pinned. Pins are counted per client and
+/* Pins a sealed object: it is never evicted while pinned (one already on disk is brought back
+ * into memory, without waiting). Pins are counted per client and
  * dropped when the client disconnects. */
 STORE_API int store_pin(store_client *client, const store_object_id *id);
 

@@ -14,11 +14,18 @@
 //   large_put_first  the first 64 MiB create + memcpy + seal   vs memcpy (touched / fresh)
 //   large_put        64 MiB create + memcpy + seal, repeated   vs memcpy (touched / fresh)
 //   large_get        64 MiB open + memcpy out + close          vs memcpy between private buffers
+//   spill            store_evict of 8 MiB objects, wall time   vs write + fdatasync of a file
+//   restore          sequential open of spilled objects        vs read of a file (cold, warm)
+//   restore_prefetch store_prefetch of all, then open each     vs the same reads
+//   restore_cold     sequential open, spill files dropped from the page cache first
 //
 // The round trip limit is a forked echo process on a socketpair: send 64 B, get 64 B back.
+// The spill figures run only when the store spills (stats spill_enabled) and --spill-dir names
+// the directory it spills into: their limits are plain file IO in that directory.
 // The bench starts no server. Every object it makes carries an id prefix unique to the run
 // and is deleted before it exits, on failure too whenever the server is still reachable.
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,6 +34,9 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -34,7 +44,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -60,12 +72,15 @@ struct Settings {
   int rounds = 5;           // measured rounds per figure
   double round_s = 0.3;     // small-object round: seconds of the figure (and of the limit)
   int large_per_round = 3;  // 64 MiB operations per large round
+  std::string spill_dir;    // the directory the server spills into ("" = skip the spill figures)
+  int spill_rounds = 3;     // fill + spill + restore cycles
+  uint64_t spill_bytes = 1536ull << 20;  // bytes to spill per round, at most (capacity bounds it)
 };
 
 Settings g_set;
 
-const char* const kFigureNames[] = {"small_put", "small_get", "batch_get",
-                                    "batch_put", "large_put", "large_get"};
+const char* const kFigureNames[] = {"small_put", "small_get", "batch_get", "batch_put",
+                                    "large_put", "large_get", "spill"};
 
 // ---- state shared with the failure path ----------------------------------------------------
 
@@ -76,6 +91,7 @@ uint64_t g_created = 0;     // objects this run sealed
 uint64_t g_deleted = 0;     // objects this run deleted
 int g_echo_fd = -1;
 pid_t g_echo_pid = -1;
+std::string g_scratch;      // the limit's file in the spill directory while it exists
 volatile sig_atomic_t g_stop = 0;
 
 void OnSignal(int) { g_stop = 1; }
@@ -161,6 +177,7 @@ void CloseEcho() {
     store_client_free(g_client);
     g_client = nullptr;
   }
+  if (!g_scratch.empty()) unlink(g_scratch.c_str());
   CloseEcho();
   exit(1);
 }
@@ -258,6 +275,7 @@ struct Result {
   bool skipped = false;
   std::string reason;
   std::string note;
+  std::vector<Series> also;  // related figures shown without a ratio (e.g. the server's own)
 };
 
 std::vector<Result> g_results;
@@ -298,6 +316,10 @@ void PrintLine(const Result& r) {
            Ratio(f, l));
   }
   printf("\n");
+  for (const Series& a : r.also) {
+    printf("%-16s   also: %s %s %s %s\n", "", a.name.c_str(),
+           FormatValue(a.Median(), a.unit).c_str(), a.unit.c_str(), Spread(a).c_str());
+  }
   if (!r.note.empty()) printf("%-16s   note: %s\n", "", r.note.c_str());
   fflush(stdout);
 }
@@ -412,7 +434,7 @@ void RunSmallRounds(Result* r, Slice&& slice, After&& after_round) {
 }
 
 void SmallPut() {
-  Result r{"small_put", "store_put of 64 B objects, one client, synchronous", {}, {}, false, "", ""};
+  Result r{"small_put", "store_put of 64 B objects, one client, synchronous", {}, {}, false, "", "", {}};
   r.figure = Series{"small_put", "ops/s", {}};
   r.limits.push_back(RttSeries());
   uint8_t data[kSmallSize];
@@ -455,7 +477,7 @@ uint64_t PutSmallSet(std::vector<store_object_id>* ids) {
 
 void SmallGet() {
   Result r{"small_get", "store_open_reader (timeout 0) + store_reader_close of 64 B objects",
-           {}, {}, false, "", ""};
+           {}, {}, false, "", "", {}};
   r.figure = Series{"small_get", "ops/s", {}};
   r.limits.push_back(RttSeries());
   std::vector<store_object_id> ids;
@@ -487,7 +509,7 @@ void SmallGet() {
 
 void BatchGet() {
   Result r{"batch_get", "store_open_readers of 1000 ids, then store_readers_close; objects/s", {}, {},
-           false, "", ""};
+           false, "", "", {}};
   r.figure = Series{"batch_get", "obj/s", {}};
   r.limits.push_back(RttSeries());
   std::vector<store_object_id> ids;
@@ -534,7 +556,7 @@ void BatchGet() {
 }
 
 void BatchPut() {
-  Result r{"batch_put", "store_put_many of 1000 64 B objects; objects/s", {}, {}, false, "", ""};
+  Result r{"batch_put", "store_put_many of 1000 64 B objects; objects/s", {}, {}, false, "", "", {}};
   r.figure = Series{"batch_put", "obj/s", {}};
   r.limits.push_back(RttSeries());
   uint8_t data[kSmallSize];
@@ -641,9 +663,9 @@ bool LargeFits(Result* r, const store_stats& st) {
 void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t creates_before) {
   Result first{"large_put_first",
                "the run's first 64 MiB store_create + memcpy into store_writer_data + seal",
-               {}, {}, false, "", ""};
+               {}, {}, false, "", "", {}};
   Result steady{"large_put", "64 MiB store_create + memcpy + seal, repeated (create/delete)",
-                {}, {}, false, "", ""};
+                {}, {}, false, "", "", {}};
   if (!LargeFits(&first, st)) {
     steady.skipped = true;
     steady.reason = first.reason;
@@ -693,7 +715,7 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
 
 void LargeGet(uint8_t* src, uint8_t* dst, const store_stats& st) {
   Result r{"large_get", "64 MiB store_open_reader + memcpy out of store_reader_data + close",
-           {}, {}, false, "", ""};
+           {}, {}, false, "", "", {}};
   if (!LargeFits(&r, st)) {
     Add(std::move(r));
     return;
@@ -746,6 +768,526 @@ void LargeGet(uint8_t* src, uint8_t* dst, const store_stats& st) {
   }
   Delete(id);
   Add(std::move(r));
+}
+
+// ---- spilling to disk ----------------------------------------------------------------------
+//
+// One round: fill the store with 8 MiB objects, write a file of the same size into the spill
+// directory and delete it (the spill limit; deleted first so that the spill finds the page
+// cache as the limit did), store_evict them all (the spill figure), write that file again
+// untimed and read it back after dropping it from the page cache and again warm (the restore
+// limits), delete it, then open each object (the restore figure: the spill files are as the
+// server left them, usually still in the page cache). Then twice more from disk: evicted again (their copies on disk are kept, so
+// nothing is written) and restored with store_prefetch of all first, and, with the spill files
+// dropped from the page cache, sequentially. Every object is deleted at the end of the round.
+
+constexpr uint64_t kSpillObject = 8ull << 20;
+constexpr uint64_t kSpillMin = 32ull << 20;             // below this the figures say too little
+constexpr int32_t kSpillImportance = INT32_MIN / 2;    // spilled before anything else
+constexpr double kSpillFill = 0.75;  // of the capacity: below the server's default high mark
+constexpr int64_t kRestoreTimeoutMs = 120000;
+
+std::string FsType(const std::string& dir) {
+  struct statfs sf;
+  if (statfs(dir.c_str(), &sf) != 0) return "?";
+  switch (static_cast<unsigned long>(sf.f_type)) {
+    case 0xEF53: return "ext2/3/4";
+    case 0x58465342: return "xfs";
+    case 0x9123683E: return "btrfs";
+    case 0x01021994: return "tmpfs";
+    case 0x794c7630: return "overlayfs";
+    case 0x2FC12FC1: return "zfs";
+    case 0x6969: return "nfs";
+    case 0x65735546: return "fuse";
+    default: {
+      char b[32];
+      snprintf(b, sizeof b, "0x%lx", static_cast<unsigned long>(sf.f_type));
+      return b;
+    }
+  }
+}
+
+// Writes `bytes` (a multiple of kSpillObject) from src into a new file at g_scratch, then
+// fdatasync and close. Seconds from the open to the end of the fdatasync.
+double WriteScratch(const uint8_t* src, uint64_t bytes) {
+  double t0 = Now();
+  int fd = open(g_scratch.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0) DieErrno(("create " + g_scratch).c_str());
+  for (uint64_t done = 0; done < bytes;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kSpillObject, bytes - done));
+    ssize_t k = write(fd, src, n);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      DieErrno(("write " + g_scratch).c_str());
+    }
+    done += static_cast<uint64_t>(k);
+  }
+  if (fdatasync(fd) != 0) DieErrno(("fdatasync " + g_scratch).c_str());
+  double t = Now() - t0;
+  close(fd);
+  CheckStop();
+  return t;
+}
+
+// Reads the whole of g_scratch sequentially into buf (kSpillObject bytes). Seconds.
+double ReadScratch(uint8_t* buf, uint64_t expect) {
+  double t0 = Now();
+  int fd = open(g_scratch.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) DieErrno(("open " + g_scratch).c_str());
+  uint64_t done = 0;
+  for (;;) {
+    ssize_t k = read(fd, buf, kSpillObject);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      DieErrno(("read " + g_scratch).c_str());
+    }
+    if (k == 0) break;
+    done += static_cast<uint64_t>(k);
+  }
+  Clobber(buf);
+  double t = Now() - t0;
+  close(fd);
+  if (done != expect) Die("the limit's file read back has the wrong size");
+  CheckStop();
+  return t;
+}
+
+void RemoveScratch() {
+  if (unlink(g_scratch.c_str()) != 0) DieErrno(("unlink " + g_scratch).c_str());
+}
+
+// Drops a file's (clean) pages from the page cache.
+void DropFromCache(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) DieErrno(("open " + path).c_str());
+  int rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+  if (rc != 0) {
+    errno = rc;
+    DieErrno(("posix_fadvise DONTNEED " + path).c_str());
+  }
+}
+
+// Pages of [off, off + len) of a file in the page cache, and pages in all; adds to *resident
+// and *total. Does nothing when the file cannot be mapped.
+void CountResident(const std::string& path, uint64_t off, uint64_t len, uint64_t* resident,
+                   uint64_t* total) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  uint64_t lo = off / page * page;
+  uint64_t hi = off + len;
+  if (hi <= lo) return;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  void* p = mmap(nullptr, hi - lo, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(lo));
+  close(fd);
+  if (p == MAP_FAILED) return;
+  std::vector<unsigned char> vec((hi - lo + page - 1) / page);
+  if (mincore(p, hi - lo, vec.data()) == 0) {
+    for (unsigned char v : vec) *resident += v & 1;
+    *total += vec.size();
+  }
+  munmap(p, hi - lo);
+}
+
+// Where an object's copy on disk lies (store_spill_url).
+struct SpillRecordAt {
+  std::string path;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+bool ParseSpillUrl(const char* url, SpillRecordAt* out) {
+  std::string u = url;
+  if (u.compare(0, 7, "file://") != 0) return false;
+  size_t q = u.rfind('?');
+  if (q == std::string::npos) return false;
+  out->path = u.substr(7, q - 7);
+  unsigned long long o = 0, z = 0;
+  if (sscanf(u.c_str() + q, "?offset=%llu&size=%llu", &o, &z) != 2) return false;
+  out->offset = o;
+  out->size = z;
+  return true;
+}
+
+std::vector<SpillRecordAt> SpillRecords(const std::vector<store_object_id>& ids) {
+  std::vector<SpillRecordAt> recs;
+  char url[4096];
+  for (const store_object_id& id : ids) {
+    Check(store_spill_url(g_client, &id, url, sizeof url), "store_spill_url");
+    SpillRecordAt r;
+    if (!ParseSpillUrl(url, &r)) Die((std::string("cannot parse the spill URL ") + url).c_str());
+    recs.push_back(r);
+  }
+  return recs;
+}
+
+// Percent of the spill records' pages in the page cache; -1 if none could be checked.
+double ResidentPercent(const std::vector<SpillRecordAt>& recs) {
+  uint64_t resident = 0, total = 0;
+  for (const SpillRecordAt& r : recs) CountResident(r.path, r.offset, r.size, &resident, &total);
+  return total ? 100.0 * static_cast<double>(resident) / static_cast<double>(total) : -1;
+}
+
+double ScratchResidentPercent(uint64_t bytes) {
+  uint64_t resident = 0, total = 0;
+  CountResident(g_scratch, 0, bytes, &resident, &total);
+  return total ? 100.0 * static_cast<double>(resident) / static_cast<double>(total) : -1;
+}
+
+store_stats Stats() {
+  store_stats s{};
+  Check(store_stats_get(g_client, &s), "store_stats_get");
+  return s;
+}
+
+// Waits until no spill or restore is in flight in the server (the server may spill on its own
+// once use passes its high mark).
+void WaitSpillIdle() {
+  double t0 = Now();
+  for (;;) {
+    store_stats s = Stats();
+    if (s.spilling_count == 0 && s.restoring_count == 0) return;
+    if (Now() - t0 > 60) Die("the server kept spilling or restoring for 60 s");
+    CheckStop();
+    usleep(5000);
+  }
+}
+
+// Counts the objects of ids by state: in memory (sealed), spilled, other.
+void CountStates(const std::vector<store_object_id>& ids, size_t* in_memory, size_t* spilled) {
+  *in_memory = *spilled = 0;
+  for (const store_object_id& id : ids) {
+    store_object_info info{};
+    Check(store_info(g_client, &id, &info), "store_info");
+    if (info.state == STORE_STATE_SEALED) ++*in_memory;
+    if (info.state == STORE_STATE_SPILLED) ++*spilled;
+  }
+}
+
+// Stamps object i's first 8 bytes into a copy of the pattern.
+void StampObject(uint8_t* dst, uint64_t i) { memcpy(dst, &i, sizeof i); }
+
+bool SameAsObject(const uint8_t* p, const uint8_t* pattern, uint64_t i) {
+  uint64_t got;
+  memcpy(&got, p, sizeof got);
+  return got == i && memcmp(p + 8, pattern + 8, kSpillObject - 8) == 0;
+}
+
+// Opens every object in turn (it is restored from disk on the way), checks it untimed, closes
+// it. Seconds of the opens and closes.
+double RestoreSequential(const std::vector<store_object_id>& ids, const uint8_t* pattern,
+                         bool verify) {
+  double timed = 0;
+  for (size_t i = 0; i < ids.size(); i++) {
+    double t0 = Now();
+    store_reader* rd = nullptr;
+    Check(store_open_reader(g_client, &rd, &ids[i], kRestoreTimeoutMs),
+          "store_open_reader of a spilled object");
+    double t1 = Now();
+    const uint8_t* p = static_cast<const uint8_t*>(store_reader_data(rd));
+    if (!p || store_reader_size(rd) != kSpillObject) {
+      store_reader_close(rd);
+      Die("a restored object has no data or the wrong size");
+    }
+    if (verify && !SameAsObject(p, pattern, i)) {
+      store_reader_close(rd);
+      Die("an object restored from disk differs from what was written");
+    }
+    double t2 = Now();
+    store_reader_close(rd);
+    timed += (t1 - t0) + (Now() - t2);
+    CheckStop();
+  }
+  return timed;
+}
+
+// store_prefetch of all, then opens and closes each. Seconds in all.
+double RestorePrefetched(const std::vector<store_object_id>& ids) {
+  double t0 = Now();
+  Check(store_prefetch(g_client, ids.data(), ids.size()), "store_prefetch");
+  for (size_t i = 0; i < ids.size(); i++) {
+    store_reader* rd = nullptr;
+    Check(store_open_reader(g_client, &rd, &ids[i], kRestoreTimeoutMs),
+          "store_open_reader of a prefetched object");
+    if (store_reader_size(rd) != kSpillObject) {
+      store_reader_close(rd);
+      Die("a prefetched object has the wrong size");
+    }
+    store_reader_close(rd);
+  }
+  double t = Now() - t0;
+  CheckStop();
+  return t;
+}
+
+// Evicts objects restored before: their copies on disk are kept, so this writes nothing.
+// Returns the bytes written (0 expected).
+uint64_t EvictAgain(uint64_t target, const std::vector<store_object_id>& ids) {
+  store_stats before = Stats();
+  uint64_t freed = 0;
+  Check(store_evict(g_client, target, &freed), "store_evict of restored objects");
+  WaitSpillIdle();
+  size_t in_memory = 0, spilled = 0;
+  CountStates(ids, &in_memory, &spilled);
+  if (spilled != ids.size()) {
+    Die("store_evict left restored objects of this run in memory");
+  }
+  return Stats().total_spilled_bytes - before.total_spilled_bytes;
+}
+
+double Rate(uint64_t bytes, double seconds) {
+  return seconds > 0 ? static_cast<double>(bytes) / seconds / kGB : 0;
+}
+
+std::string Mib(uint64_t b) { return std::to_string(b >> 20) + " MiB"; }
+
+std::string Pct(double p) {
+  if (p < 0) return "unknown";
+  char b[32];
+  snprintf(b, sizeof b, "%.0f%%", p);
+  return b;
+}
+
+void SpillRestore(const store_stats& st) {
+  Result spill{"spill", "store_evict of all the run's 8 MiB objects (written + fdatasync), "
+               "wall time around the call", {}, {}, false, "", "", {}};
+  Result restore{"restore", "store_open_reader + close of each spilled 8 MiB object in turn, "
+                 "spill files as the server left them", {}, {}, false, "", "", {}};
+  Result prefetch{"restore_prefetch", "store_prefetch of all the spilled objects, then open + "
+                  "close of each", {}, {}, false, "", "", {}};
+  Result cold{"restore_cold", "open + close of each spilled object in turn, spill files "
+              "dropped from the page cache first", {}, {}, false, "", "", {}};
+  auto skip = [&](const std::string& why) {
+    for (Result* r : {&spill, &restore}) {
+      r->skipped = true;
+      r->reason = why;
+      Add(std::move(*r));
+    }
+  };
+  if (!st.spill_enabled) {
+    return skip("the store does not spill (started without --spill-dir)");
+  }
+  if (g_set.spill_dir.empty()) {
+    return skip("pass --spill-dir DIR, the directory the store spills into, to measure the "
+                "disk's own rate");
+  }
+  const std::string& dir = g_set.spill_dir;
+  struct stat dst;
+  if (stat(dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
+    return skip("--spill-dir " + dir + " is not a directory");
+  }
+  if (access(dir.c_str(), W_OK | X_OK) != 0) {
+    return skip("cannot write into --spill-dir " + dir + ": " + strerror(errno));
+  }
+
+  // How much: the setting, bounded by the memory free below the high mark and by the disk.
+  uint64_t bytes = g_set.spill_bytes;
+  uint64_t fill_cap = static_cast<uint64_t>(kSpillFill * static_cast<double>(st.capacity_bytes));
+  uint64_t mem_room = fill_cap > st.used_bytes ? fill_cap - st.used_bytes : 0;
+  bytes = std::min(bytes, mem_room);
+  struct statvfs sv;
+  uint64_t disk_room = 0;
+  if (statvfs(dir.c_str(), &sv) == 0) {
+    // The limit's file and the spill files exist at once; keep a tenth of the disk free.
+    uint64_t total = static_cast<uint64_t>(sv.f_blocks) * sv.f_frsize;
+    uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+    disk_room = avail > total / 10 ? (avail - total / 10) / 2 : 0;
+    bytes = std::min(bytes, disk_room);
+  }
+  bytes = bytes / kSpillObject * kSpillObject;
+  if (bytes < kSpillMin) {
+    return skip("needs " + Mib(kSpillMin) + " of store memory below " +
+                std::to_string(static_cast<int>(kSpillFill * 100)) + "% of the capacity (" +
+                Mib(mem_room) + " there) and twice that on the disk of " + dir + " (" +
+                Mib(disk_room) + " usable)");
+  }
+  const size_t n = bytes / kSpillObject;
+
+  for (Result* r : {&spill, &restore, &prefetch, &cold}) r->figure = Series{r->name, "GB/s", {}};
+  spill.limits.push_back(Series{"file_write", "GB/s", {}});
+  spill.also.push_back(Series{"spill_server", "GB/s", {}});
+  for (Result* r : {&restore, &prefetch, &cold}) {
+    r->limits.push_back(Series{"file_read_cold", "GB/s", {}});
+    r->limits.push_back(Series{"file_read_warm", "GB/s", {}});
+    r->also.push_back(Series{r->name + "_server", "GB/s", {}});
+  }
+
+  uint8_t* pattern = TouchedBuffer(kSpillObject, 0);
+  FillPattern(pattern, kSpillObject);
+  uint8_t* rbuf = TouchedBuffer(kSpillObject, 1);
+  {
+    char name[64];
+    snprintf(name, sizeof name, "/.store-bench-%d-%s.tmp", static_cast<int>(getpid()),
+             PrefixHex().substr(16).c_str());
+    g_scratch = dir + name;
+  }
+
+  std::vector<store_object_id> ids(n);
+  uint64_t object_spill_bytes = 0, spill_files = 0;
+  double scratch_cold_resident = 0, warm_resident_first = -1, cold_resident_first = -1;
+  size_t early = 0;  // objects the server spilled on its own during the fill
+  uint64_t prefetch_rewritten = 0;
+  bool outside_dir = false, other_fs = false;
+  std::string spill_path_example;
+  for (int round = 0; round < g_set.spill_rounds; round++) {
+    // Fill.
+    store_stats s0 = Stats();
+    store_create_options co = STORE_CREATE_OPTIONS_INIT;
+    co.importance = kSpillImportance;
+    co.timeout_ms = 10000;
+    for (size_t i = 0; i < n; i++) {
+      ids[i] = MakeId(g_next_id++);
+      store_writer* w = nullptr;
+      Check(store_create(g_client, &w, &ids[i], kSpillObject, &co), "store_create of 8 MiB");
+      uint8_t* p = static_cast<uint8_t*>(store_writer_data(w));
+      if (!p) {
+        store_writer_abort(w);
+        Die("store_writer_data returned NULL");
+      }
+      memcpy(p, pattern, kSpillObject);
+      StampObject(p, i);
+      Check(store_writer_seal(w), "store_writer_seal of 8 MiB");
+      g_created++;
+      CheckStop();
+    }
+    WaitSpillIdle();
+    store_stats s1 = Stats();
+    size_t in_memory = 0, spilled = 0;
+    CountStates(ids, &in_memory, &spilled);
+    early += n - in_memory;
+    // The memory the objects still in memory hold: all of it when nothing was spilled yet.
+    uint64_t target = in_memory == n && s1.used_bytes > s0.used_bytes
+                          ? s1.used_bytes - s0.used_bytes
+                          : static_cast<uint64_t>(in_memory) * kSpillObject;
+
+    // Spill: the limit right before the figure.
+    double wt = WriteScratch(pattern, bytes);
+    RemoveScratch();
+    spill.limits[0].v.push_back(Rate(bytes, wt));
+    store_stats a = Stats();
+    uint64_t freed = 0;
+    double t0 = Now();
+    Check(store_evict(g_client, target, &freed), "store_evict");
+    double et = Now() - t0;
+    store_stats b = Stats();
+    uint64_t written = b.total_spilled_bytes - a.total_spilled_bytes;
+    spill.figure.v.push_back(Rate(written, et));
+    spill.also[0].v.push_back(
+        Rate(written, static_cast<double>(b.total_spill_ns - a.total_spill_ns) / 1e9));
+    spill_files = b.spill_files - a.spill_files;
+    object_spill_bytes = written;
+    CountStates(ids, &in_memory, &spilled);
+    if (spilled != n) {
+      Die(("store_evict left " + std::to_string(n - spilled) + " of " + std::to_string(n) +
+           " objects of this run in memory")
+              .c_str());
+    }
+    std::vector<SpillRecordAt> recs = SpillRecords(ids);
+    if (round == 0 && !recs.empty()) {
+      spill_path_example = recs[0].path;
+      char real[PATH_MAX];
+      std::string base = realpath(dir.c_str(), real) ? real : dir;
+      for (const SpillRecordAt& r : recs) {
+        if (r.path.compare(0, base.size() + 1, base + "/") != 0) outside_dir = true;
+        struct stat fst;
+        if (stat(r.path.c_str(), &fst) == 0 && fst.st_dev != dst.st_dev) other_fs = true;
+      }
+    }
+
+    // Restore, as the spill left the files: the limits right before the figure.
+    WriteScratch(pattern, bytes);
+    DropFromCache(g_scratch);
+    double cold_pct = ScratchResidentPercent(bytes);
+    if (round == 0) scratch_cold_resident = cold_pct;
+    double rc_t = ReadScratch(rbuf, bytes);
+    double rw_t = ReadScratch(rbuf, bytes);
+    RemoveScratch();
+    double warm_pct = ResidentPercent(recs);
+    if (round == 0) warm_resident_first = warm_pct;
+    a = Stats();
+    double rt = RestoreSequential(ids, pattern, true);
+    b = Stats();
+    for (Result* r : {&restore, &prefetch, &cold}) {
+      r->limits[0].v.push_back(Rate(bytes, rc_t));
+      r->limits[1].v.push_back(Rate(bytes, rw_t));
+    }
+    restore.figure.v.push_back(Rate(bytes, rt));
+    restore.also[0].v.push_back(Rate(b.total_restored_bytes - a.total_restored_bytes,
+                                     static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9));
+
+    // Prefetched: evicted again (nothing to write), then all asked for at once.
+    prefetch_rewritten += EvictAgain(target, ids);
+    a = Stats();
+    double pt = RestorePrefetched(ids);
+    b = Stats();
+    prefetch.figure.v.push_back(Rate(bytes, pt));
+    prefetch.also[0].v.push_back(Rate(b.total_restored_bytes - a.total_restored_bytes,
+                                      static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9));
+
+    // Cold: evicted again, the spill files dropped from the page cache.
+    prefetch_rewritten += EvictAgain(target, ids);
+    recs = SpillRecords(ids);
+    std::vector<std::string> files;
+    for (const SpillRecordAt& r : recs) {
+      if (std::find(files.begin(), files.end(), r.path) == files.end()) files.push_back(r.path);
+    }
+    for (const std::string& f : files) DropFromCache(f);
+    double cpct = ResidentPercent(recs);
+    if (round == 0) cold_resident_first = cpct;
+    a = Stats();
+    double ct = RestoreSequential(ids, pattern, true);
+    b = Stats();
+    cold.figure.v.push_back(Rate(bytes, ct));
+    cold.also[0].v.push_back(Rate(b.total_restored_bytes - a.total_restored_bytes,
+                                  static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9));
+
+    for (const store_object_id& id : ids) Delete(id);
+  }
+  g_scratch.clear();
+  munmap(pattern, kSpillObject);
+  munmap(rbuf, kSpillObject);
+
+  // Spill files of deleted objects go with the last of them.
+  store_stats end{};
+  for (int k = 0; k < 100; k++) {
+    end = Stats();
+    if (end.spill_disk_bytes <= st.spill_disk_bytes) break;
+    usleep(10000);
+  }
+
+  std::string where = " into " + FsType(dir) + " at " + dir;
+  if (outside_dir) where += " (but the store spills elsewhere: " + spill_path_example + ")";
+  if (other_fs) where += " (but the spill files are on another filesystem)";
+  spill.note = std::to_string(n) + " objects, " + Mib(bytes) + " per round" + where + ", " +
+               std::to_string(object_spill_bytes) + " bytes written into " +
+               std::to_string(spill_files) +
+               " spill files by one store_evict; spill_server = bytes / the sum of the server's "
+               "spill job times (jobs may overlap)";
+  if (early > 0) {
+    spill.note += "; " + std::to_string(early) +
+                  " objects were spilled by the server on its own during the fill (its high "
+                  "mark) and are not in the figure";
+  }
+  if (end.spill_disk_bytes > st.spill_disk_bytes) {
+    spill.note += "; " + std::to_string(end.spill_disk_bytes - st.spill_disk_bytes) +
+                  " bytes of spill files still on disk after every object was deleted";
+  }
+  restore.note = "the spill files were " + Pct(warm_resident_first) +
+                 " in the page cache before the restore (written through it), the limit's file " +
+                 Pct(scratch_cold_resident) +
+                 " before its cold read: compare with file_read_warm; restore_cold below is "
+                 "the disk-bound case";
+  prefetch.note = "the spill files as the restore left them (in the page cache)";
+  if (prefetch_rewritten > 0) {
+    prefetch.note += "; evicting restored objects wrote " + std::to_string(prefetch_rewritten) +
+                     " bytes again";
+  }
+  cold.note = "posix_fadvise DONTNEED on the spill files first: " + Pct(cold_resident_first) +
+              " of their pages left in the page cache";
+  Add(std::move(spill));
+  Add(std::move(restore));
+  Add(std::move(prefetch));
+  Add(std::move(cold));
 }
 
 // ---- output --------------------------------------------------------------------------------
@@ -841,6 +1383,9 @@ void PrintJson(const Machine& m, const store_stats& st, uint64_t creates_before,
        ", \"creates_before_run\": " + std::to_string(creates_before) + "},\n";
   o += "  \"mode\": " + JsonString(g_set.quick ? "quick" : "full") + ",\n";
   o += "  \"rounds\": " + std::to_string(g_set.rounds) + ",\n";
+  o += "  \"spill_rounds\": " + std::to_string(g_set.spill_rounds) + ",\n";
+  o += "  \"spill_dir\": " +
+       (g_set.spill_dir.empty() ? std::string("null") : JsonString(g_set.spill_dir)) + ",\n";
   o += "  \"id_prefix\": " + JsonString(PrefixHex()) + ",\n";
   o += "  \"figures\": [";
   for (size_t i = 0; i < g_results.size(); i++) {
@@ -858,6 +1403,13 @@ void PrintJson(const Machine& m, const store_stats& st, uint64_t creates_before,
            ", \"ratio\": " + JsonNumber(Ratio(r.figure, r.limits[k])) + "}";
     }
     o += "]";
+    if (!r.also.empty()) {
+      o += ",\n     \"also\": [";
+      for (size_t k = 0; k < r.also.size(); k++) {
+        o += (k ? ",\n              " : "") + JsonSeries(r.also[k]) + "}";
+      }
+      o += "]";
+    }
     if (!r.note.empty()) o += ",\n     \"note\": " + JsonString(r.note);
     o += "}";
   }
@@ -880,7 +1432,10 @@ void Usage(FILE* f) {
           "  --json          print one JSON document instead of text\n"
           "  --quick         fewer and shorter rounds (a smoke run of a few seconds)\n"
           "  --only NAME     run one figure: small_put, small_get, batch_get, batch_put,\n"
-          "                  large_put (with large_put_first), large_get\n"
+          "                  large_put (with large_put_first), large_get, spill (with the\n"
+          "                  restore figures; restore is a synonym)\n"
+          "  --spill-dir DIR the directory the store spills into (its --spill-dir): enables\n"
+          "                  the spill and restore figures, whose limits are file IO in DIR\n"
           "  --help          show this help and exit\n"
           "\n"
           "Figures are medians of several rounds (min and max shown). Limits: socket_rtt is a\n"
@@ -888,6 +1443,18 @@ void Usage(FILE* f) {
           "64 MiB between private buffers already written; memcpy_fresh copies into a new,\n"
           "never touched anonymous mapping. GB/s is 10^9 bytes per second.\n"
           "The 64 MiB figures need 140 MiB of free store memory and are skipped otherwise.\n"
+          "\n"
+          "The spill figures run when the store spills (its stats say spill_enabled) and\n"
+          "--spill-dir is given. Each round fills the store with 8 MiB objects (up to 1.5 GiB,\n"
+          "at most 75%% of its capacity; 256 MiB with --quick), times store_evict of them all\n"
+          "against writing + fdatasync of a file of the same size in DIR (file_write), then\n"
+          "times reading them back: opened in turn (restore), after store_prefetch of all\n"
+          "(restore_prefetch), and in turn with the spill files dropped from the page cache\n"
+          "(restore_cold), against reading that file after posix_fadvise DONTNEED\n"
+          "(file_read_cold) and again from the page cache (file_read_warm). The server's own\n"
+          "rates (bytes over the summed time of its spill or restore jobs) are shown as 'also'.\n"
+          "The limits' file lives only while measured; with the spill files it needs twice the\n"
+          "bytes free on DIR's disk.\n"
           "Every object made is deleted before exit. Exit status: 0 ok, 1 failure, 2 usage.\n");
 }
 
@@ -924,8 +1491,16 @@ int main(int argc, char** argv) {
     } else if (value("--socket", &v)) {
       socket_path = v;
       g_set.socket = socket_path.c_str();
+    } else if (value("--spill-dir", &v)) {
+      if (v.empty()) {
+        fprintf(stderr, "store-bench: --spill-dir needs a directory\n");
+        return 2;
+      }
+      while (v.size() > 1 && v.back() == '/') v.pop_back();
+      g_set.spill_dir = v;
     } else if (value("--only", &v)) {
       if (v == "large_put_first") v = "large_put";
+      if (v == "restore" || v == "restore_prefetch" || v == "restore_cold") v = "spill";
       bool known = false;
       for (const char* n : kFigureNames) known = known || v == n;
       if (!known) {
@@ -942,6 +1517,8 @@ int main(int argc, char** argv) {
     g_set.rounds = 3;
     g_set.round_s = 0.05;
     g_set.large_per_round = 1;
+    g_set.spill_rounds = 1;
+    g_set.spill_bytes = 256ull << 20;
   }
 
   double start = Now();
@@ -979,8 +1556,12 @@ int main(int argc, char** argv) {
   Machine m = GetMachine();
 
   if (!g_set.json) {
-    printf("store-bench %s   %s mode, median of %d rounds (min and max in parentheses)\n",
+    printf("store-bench %s   %s mode, median of %d rounds (min and max in parentheses)",
            store_version_string(), g_set.quick ? "quick" : "full", g_set.rounds);
+    if (Wanted("spill") && !g_set.spill_dir.empty()) {
+      printf("; spill figures: %d round%s", g_set.spill_rounds, g_set.spill_rounds == 1 ? "" : "s");
+    }
+    printf("\n");
     printf("machine: nproc %d, kernel %s, cpu %s, transparent_hugepage %s\n", m.nproc,
            m.kernel.c_str(), m.cpu.empty() ? "?" : m.cpu.c_str(),
            m.thp.empty() ? "?" : m.thp.c_str());
@@ -1020,6 +1601,7 @@ int main(int argc, char** argv) {
     munmap(src, kLargeSize);
     munmap(dst, kLargeSize);
   }
+  if (Wanted("spill")) SpillRestore(Stats());
 
   // Every object of the run must be gone: the figures deleted theirs; check the store agrees.
   long left = DeleteAllOfRun(false);

@@ -1018,6 +1018,8 @@ void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
   c->pins[o->uid]++;
   table_.AddPin(o);
   totals_.pins++;
+  // A pin keeps an object in memory: one on disk comes back.
+  if (o->state == ObjectState::kSpilled) StartRestore(o);
   fbb_.Clear();
   SendEmpty(c, seq, Body::PinReply, proto::CreatePinReply(fbb_).Union());
 }

@@ -130,7 +130,9 @@ class Server {
   void RecoverFile(const std::string& path);
   uint64_t NeedNow() const;
   bool CanSpillMore() const;
-  void SpillStep(uint64_t bytes, EvictWaiter* ew);
+  // Spills what the water marks and the waiting requests call for, and at least `at_least`
+  // bytes (or, for an evict request, its target).
+  void SpillStep(uint64_t at_least, EvictWaiter* ew);
   void DropToDisk(Object* o);
   void StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew);
   static void SpillWork(uv_work_t* req);

@@ -159,6 +159,11 @@ void Server::Pump() {
     if (!dirs_ || stopping_) continue;  // without spilling, waiters wait for deletes
     SpillStep(0, nullptr);
     if (!blocked || pump_again_) continue;
+    if (spill_jobs_ == 0 && MonotonicNs() >= spill_backoff_until_ && CanSpillMore()) {
+      // Enough bytes are free in all but not in one piece: spill what the head needs anyway.
+      SpillStep(NeedNow(), nullptr);
+      if (pump_again_ || spill_jobs_ > 0) continue;
+    }
     // Something waits for memory. Fail it only when no spill can ever make room.
     int64_t now = MonotonicNs();
     bool backoff = now < spill_backoff_until_;
@@ -190,15 +195,16 @@ void Server::Pump() {
   pumping_ = false;
 }
 
-void Server::SpillStep(uint64_t extra_need, EvictWaiter* ew) {
+void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
   if (!dirs_ || stopping_) return;
   if (MonotonicNs() < spill_backoff_until_) return;
   uint64_t need;
   if (ew) {
     need = ew->target;
   } else {
-    need = BytesToFree(region_->allocated_bytes(), region_->capacity(), policy_,
-                       NeedNow() + extra_need, spill_in_flight_);
+    need = BytesToFree(region_->allocated_bytes(), region_->capacity(), policy_, NeedNow(),
+                       spill_in_flight_);
+    need = std::max(need, at_least);
   }
   last_spill_error_ = 0;
   while (need > 0 && (ew || spill_jobs_ < kMaxSpillJobs)) {

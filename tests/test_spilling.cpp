@@ -1,0 +1,1283 @@
+// test_spilling.cpp - spilling to disk end to end, against a real store server started with
+// --spill-dir: many times more data than memory, eviction order (importance, LRU, pins, open
+// readers), storage levels, spill URLs and the file layout behind them, the life of spill files,
+// prefetch, shared restores, corrupted files, creates waiting for spills, recovery after a
+// crash, and the disk threshold.
+#include <doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness.h"
+#include "storeclient.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr uint64_t kKiB = 1ull << 10;
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kAll = UINT64_MAX;  // store_evict: everything evictable
+
+// A fresh directory under /tmp, removed with everything in it at the end of the test. Declare it
+// before the TestStore that uses it, so that the store stops first.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/store-spilling-test-XXXXXX";
+    char* p = mkdtemp(tmpl);
+    REQUIRE(p != nullptr);
+    path = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  // Creates (if needed) and returns the subdirectory `name`.
+  std::string Sub(const std::string& name) const {
+    std::string p = path + "/" + name;
+    std::error_code ec;
+    fs::create_directories(p, ec);
+    REQUIRE(!ec);
+    return p;
+  }
+};
+
+struct ClientDeleter {
+  void operator()(store_client* c) const { store_client_free(c); }
+};
+struct ReaderDeleter {
+  void operator()(store_reader* r) const { store_reader_close(r); }
+};
+using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
+using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
+
+ClientPtr Connect(const std::string& socket, const char* name = "test_spilling") {
+  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
+  o.client_name = name;
+  store_client* c = nullptr;
+  int rc = store_client_connect(&c, socket.c_str(), &o);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  REQUIRE(c != nullptr);
+  return ClientPtr(c);
+}
+
+store_object_id Id(const std::string& s) {
+  store_object_id id{};
+  REQUIRE(store_object_id_from_string(s.data(), s.size(), &id) == STORE_OK);
+  return id;
+}
+
+std::string Hex(const store_object_id& id) {
+  char hex[2 * STORE_OBJECT_ID_SIZE + 1];
+  REQUIRE(store_object_id_to_hex(&id, hex, sizeof hex) == STORE_OK);
+  return hex;
+}
+
+// ---- Content: every byte of an object follows from a seed, so it can be checked anywhere. ----
+
+uint64_t Mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t Word(uint64_t seed, uint64_t i) { return Mix(seed * 0x100000001B3ull ^ Mix(i)); }
+
+void Fill(uint64_t seed, uint8_t* p, size_t n) {
+  size_t words = n / 8;
+  for (size_t i = 0; i < words; i++) {
+    uint64_t w = Word(seed, i);
+    std::memcpy(p + 8 * i, &w, 8);
+  }
+  if (n % 8) {
+    uint64_t w = Word(seed, words);
+    std::memcpy(p + 8 * words, &w, n % 8);
+  }
+}
+
+std::vector<uint8_t> Bytes(uint64_t seed, size_t n) {
+  std::vector<uint8_t> v(n);
+  Fill(seed, v.data(), n);
+  return v;
+}
+
+bool Matches(uint64_t seed, const uint8_t* p, size_t n) {
+  if (p == nullptr) return false;
+  size_t words = n / 8;
+  for (size_t i = 0; i < words; i++) {
+    uint64_t w = Word(seed, i), got;
+    std::memcpy(&got, p + 8 * i, 8);
+    if (got != w) return false;
+  }
+  if (n % 8) {
+    uint64_t w = Word(seed, words);
+    if (std::memcmp(p + 8 * words, &w, n % 8) != 0) return false;
+  }
+  return true;
+}
+
+uint64_t MetaSeed(uint64_t seed) { return seed ^ 0x5EED0000000000A5ull; }
+
+// One test object: its id and how to recompute its bytes.
+struct Obj {
+  store_object_id id;
+  uint64_t seed = 0;
+  uint64_t size = 0;
+  uint64_t meta = 0;
+};
+
+Obj MakeObj(const std::string& name, uint64_t seed, uint64_t size, uint64_t meta = 0) {
+  return Obj{Id(name), seed, size, meta};
+}
+
+// Creates and seals obj (data written in place); returns the status of the first failing step.
+int TryPut(store_client* c, const Obj& obj, int32_t importance = 0, int64_t timeout_ms = -1) {
+  std::vector<uint8_t> m = Bytes(MetaSeed(obj.seed), obj.meta);
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.metadata = obj.meta ? m.data() : nullptr;
+  o.metadata_size = obj.meta;
+  o.importance = importance;
+  o.timeout_ms = timeout_ms;
+  store_writer* w = nullptr;
+  int rc = store_create(c, &w, &obj.id, obj.size, &o);
+  if (rc != STORE_OK) return rc;
+  void* p = store_writer_data(w);
+  if (!p) {
+    store_writer_abort(w);
+    return STORE_EMISUSE;
+  }
+  Fill(obj.seed, static_cast<uint8_t*>(p), obj.size);
+  return store_writer_seal(w);
+}
+
+void Put(store_client* c, const Obj& obj, int32_t importance = 0, int64_t timeout_ms = -1) {
+  int rc = TryPut(c, obj, importance, timeout_ms);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+}
+
+// Opens obj (timeout 0: a spilled object is restored), checks every byte of data and metadata
+// and closes it. Returns the open's status; *intact tells whether the bytes were right.
+int TryRead(store_client* c, const Obj& obj, bool* intact) {
+  *intact = false;
+  store_reader* r = nullptr;
+  int rc = store_open_reader(c, &r, &obj.id, 0);
+  if (rc != STORE_OK) return rc;
+  ReaderPtr rp(r);
+  uint64_t msize = 0;
+  const void* m = store_reader_metadata(r, &msize);
+  bool meta_ok = obj.meta == 0
+                     ? msize == 0
+                     : (msize == obj.meta &&
+                        Matches(MetaSeed(obj.seed), static_cast<const uint8_t*>(m), msize));
+  *intact = store_reader_size(r) == obj.size &&
+            Matches(obj.seed, static_cast<const uint8_t*>(store_reader_data(r)), obj.size) &&
+            meta_ok;
+  return STORE_OK;
+}
+
+void ReadBack(store_client* c, const Obj& obj) {
+  bool intact = false;
+  int rc = TryRead(c, obj, &intact);
+  const std::string err = store_last_error_message();
+  INFO("object ", Hex(obj.id), ": ", err);
+  REQUIRE(rc == STORE_OK);
+  CHECK(intact);
+}
+
+ReaderPtr Open(store_client* c, const Obj& obj) {
+  store_reader* r = nullptr;
+  int rc = store_open_reader(c, &r, &obj.id, 0);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return ReaderPtr(r);
+}
+
+void Delete(store_client* c, const Obj& obj) {
+  int rc = store_delete(c, &obj.id);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+}
+
+store_stats Stats(store_client* c) {
+  store_stats st{};
+  int rc = store_stats_get(c, &st);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return st;
+}
+
+store_object_info Info(store_client* c, const Obj& obj) {
+  store_object_info info{};
+  int rc = store_info(c, &obj.id, &info);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return info;
+}
+
+bool IsSpilled(store_client* c, const Obj& obj) {
+  store_object_info i = Info(c, obj);
+  return i.state == STORE_STATE_SPILLED && i.level == STORE_LEVEL_DISK;
+}
+
+bool InMemoryOnly(store_client* c, const Obj& obj) {
+  store_object_info i = Info(c, obj);
+  return i.state == STORE_STATE_SEALED && i.level == STORE_LEVEL_MEMORY;
+}
+
+uint64_t Evict(store_client* c, uint64_t bytes) {
+  uint64_t spilled = 0;
+  int rc = store_evict(c, bytes, &spilled);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return spilled;
+}
+
+// No spill write or restore in flight.
+bool Quiet(store_client* c) {
+  store_stats st = Stats(c);
+  return st.spilling_count == 0 && st.restoring_count == 0;
+}
+
+struct SpillUrl {
+  std::string path;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+// Parses "file://PATH?offset=O&size=S".
+SpillUrl ParseUrl(const std::string& url) {
+  INFO("url: ", url);
+  SpillUrl u;
+  REQUIRE(url.rfind("file://", 0) == 0);
+  size_t q = url.rfind("?offset=");
+  REQUIRE(q != std::string::npos);
+  size_t amp = url.find("&size=", q);
+  REQUIRE(amp != std::string::npos);
+  u.path = url.substr(7, q - 7);
+  std::string off = url.substr(q + 8, amp - (q + 8));
+  std::string size = url.substr(amp + 6);
+  REQUIRE(!off.empty());
+  REQUIRE(!size.empty());
+  REQUIRE(off.find_first_not_of("0123456789") == std::string::npos);
+  REQUIRE(size.find_first_not_of("0123456789") == std::string::npos);
+  u.offset = std::stoull(off);
+  u.size = std::stoull(size);
+  return u;
+}
+
+SpillUrl UrlOf(store_client* c, const Obj& obj) {
+  char buf[4096];
+  int rc = store_spill_url(c, &obj.id, buf, sizeof buf);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return ParseUrl(buf);
+}
+
+bool StartsWith(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+
+// Subdirectories of a spill directory owned by store instances ("store-<pid>-<ns>").
+std::vector<std::string> InstanceDirs(const std::string& spill_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(spill_dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (StartsWith(name, "store-") && e.is_directory()) out.push_back(e.path().string());
+  }
+  return out;
+}
+
+// Every spill file under a spill directory, and their total size.
+std::vector<std::string> SpillFiles(const std::string& spill_dir, uint64_t* total = nullptr) {
+  std::vector<std::string> out;
+  if (total) *total = 0;
+  for (const std::string& d : InstanceDirs(spill_dir)) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(d, ec)) {
+      std::string name = e.path().filename().string();
+      if (StartsWith(name, "spill-") && name.size() > 4 &&
+          name.compare(name.size() - 4, 4, ".bin") == 0) {
+        out.push_back(e.path().string());
+        if (total) *total += fs::file_size(e.path(), ec);
+      }
+    }
+  }
+  return out;
+}
+
+// Everything in a directory tree, for messages.
+std::string Tree(const std::string& dir) {
+  std::string s;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    s += it->path().string() + "\n";
+  }
+  return s;
+}
+
+uint64_t LoadU64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+std::vector<uint8_t> ReadFileAt(const std::string& path, uint64_t offset, uint64_t n) {
+  std::vector<uint8_t> buf(n);
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  INFO(path);
+  REQUIRE(fd >= 0);
+  ssize_t r = pread(fd, buf.data(), n, static_cast<off_t>(offset));
+  close(fd);
+  REQUIRE(r == static_cast<ssize_t>(n));
+  return buf;
+}
+
+// Flips the low bit of the byte at `offset` of a file.
+void FlipByte(const std::string& path, uint64_t offset) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  INFO(path);
+  REQUIRE(fd >= 0);
+  uint8_t b = 0;
+  REQUIRE(pread(fd, &b, 1, static_cast<off_t>(offset)) == 1);
+  b ^= 1;
+  REQUIRE(pwrite(fd, &b, 1, static_cast<off_t>(offset)) == 1);
+  close(fd);
+}
+
+bool ExitedZero(int status) { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+
+// Kills the server with SIGKILL and reaps it through Stop(), which then reports the signal.
+void Crash(test::TestStore& s) {
+  REQUIRE(s.pid() > 0);
+  REQUIRE(kill(s.pid(), SIGKILL) == 0);
+  int status = s.Stop();
+  INFO("wait status ", status);
+  CHECK(status != -1);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+  CHECK_FALSE(s.Alive());
+  CHECK(s.Stop() == status);  // stopping again (as the destructor does) changes nothing
+}
+
+std::vector<std::string> SpillArgs(const std::string& dir, std::vector<std::string> more = {}) {
+  std::vector<std::string> a = {"--spill-dir", dir};
+  for (auto& m : more) a.push_back(m);
+  return a;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Volume.
+
+TEST_CASE("512 MiB of mixed sizes through a 64 MiB store: everything reads back byte-exact") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  // Sizes from 4 KiB to 8 MiB (a fixed sequence), some with metadata.
+  std::vector<Obj> objs;
+  uint64_t total = 0;
+  for (uint64_t i = 0; total < 512 * kMiB; i++) {
+    uint64_t r = Mix(0xB0B + i);
+    uint64_t base = 4 * kKiB << (r % 12);  // 4 KiB .. 8 MiB
+    uint64_t size = std::min<uint64_t>(8 * kMiB, base + (r >> 20) % base);
+    uint64_t meta = i % 4 == 0 ? 1 + (r >> 40) % 4096 : 0;
+    objs.push_back(MakeObj("bulk-" + std::to_string(i), 1000 + i, size, meta));
+    total += size;
+  }
+  INFO(objs.size(), " objects, ", total, " bytes");
+
+  auto t0 = std::chrono::steady_clock::now();
+  for (const Obj& o : objs) Put(c.get(), o, 0, -1);
+  auto t1 = std::chrono::steady_clock::now();
+
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  store_stats st = Stats(c.get());
+  CHECK(st.spill_enabled == 1);
+  CHECK(st.object_count == objs.size());
+  CHECK(st.sealed_count + st.spilled_count == objs.size());
+  CHECK(st.spilled_count > 0);
+  CHECK(st.total_spilled_objects > 0);
+  CHECK(st.total_spilled_bytes > 0);
+  CHECK(st.total_spill_failures == 0);
+  CHECK(st.used_bytes <= st.capacity_bytes);
+  // The files the server counts are the files on disk.
+  uint64_t disk_bytes = 0;
+  std::vector<std::string> files = SpillFiles(dir, &disk_bytes);
+  CHECK(!files.empty());
+  CHECK(files.size() == st.spill_files);
+  CHECK(disk_bytes == st.spill_disk_bytes);
+
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  auto t2 = std::chrono::steady_clock::now();
+  MESSAGE("wrote ", total >> 20, " MiB in ", objs.size(), " objects in ",
+          std::chrono::duration<double>(t1 - t0).count(), " s, read back in ",
+          std::chrono::duration<double>(t2 - t1).count(), " s");
+
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  st = Stats(c.get());
+  CHECK(st.total_restored_objects > 0);
+  CHECK(st.total_restored_bytes > 0);
+  CHECK(st.total_restore_failures == 0);
+  CHECK(st.object_count == objs.size());
+
+  // Deleting everything removes every spill file.
+  for (const Obj& o : objs) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+  st = Stats(c.get());
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == 0);
+  CHECK(st.spill_files == 0);
+  CHECK(st.spill_disk_bytes == 0);
+  CHECK(ExitedZero(s.Stop()));
+  CHECK(InstanceDirs(dir).empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eviction order.
+
+TEST_CASE("eviction order: low importance first, never pinned or open objects; set_importance") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  // 1 MiB is one allocator size class: each object frees exactly 1 MiB. The pinned and the
+  // open object come first and have the lowest importance: only the rules keep them in memory.
+  const Obj pinned = MakeObj("pinned", 1, kMiB);
+  const Obj open = MakeObj("open", 2, kMiB);
+  Put(c.get(), pinned, 0);
+  Put(c.get(), open, 0);
+  REQUIRE(store_pin(c.get(), &pinned.id) == STORE_OK);
+  ReaderPtr reader = Open(c.get(), open);
+  std::vector<Obj> low, high;
+  for (int i = 0; i < 10; i++) {
+    low.push_back(MakeObj("low-" + std::to_string(i), 100 + i, kMiB));
+    high.push_back(MakeObj("high-" + std::to_string(i), 200 + i, kMiB));
+    Put(c.get(), low.back(), 0);   // interleaved: creation order alone would mix them
+    Put(c.get(), high.back(), 10);
+  }
+  CHECK(Info(c.get(), high[0]).importance == 10);
+  CHECK(Stats(c.get()).total_spilled_objects == 0);
+
+  // Half of what is in memory: the low ones, and only them.
+  uint64_t spilled = Evict(c.get(), 10 * kMiB);
+  CHECK(spilled >= 10 * kMiB);
+  for (const Obj& o : low) CHECK(IsSpilled(c.get(), o));
+  for (const Obj& o : high) CHECK(InMemoryOnly(c.get(), o));
+  CHECK(InMemoryOnly(c.get(), pinned));
+  CHECK(InMemoryOnly(c.get(), open));
+
+  // More: among the high ones (equal importance), the least recently used go first.
+  CHECK(Evict(c.get(), 3 * kMiB) >= 3 * kMiB);
+  for (int i = 0; i < 10; i++) {
+    INFO("high-", i);
+    CHECK(Info(c.get(), high[i]).state == (i < 3 ? STORE_STATE_SPILLED : STORE_STATE_SEALED));
+  }
+
+  // Everything: the pinned object and the open one never leave memory.
+  Evict(c.get(), kAll);
+  for (const Obj& o : high) CHECK(IsSpilled(c.get(), o));
+  store_object_info pi = Info(c.get(), pinned), oi = Info(c.get(), open);
+  CHECK(pi.state == STORE_STATE_SEALED);
+  CHECK(pi.level == STORE_LEVEL_MEMORY);
+  CHECK(pi.pin_count == 1);
+  CHECK(oi.state == STORE_STATE_SEALED);
+  CHECK(oi.level == STORE_LEVEL_MEMORY);
+  CHECK(oi.reader_count == 1);
+  CHECK(Matches(open.seed, static_cast<const uint8_t*>(store_reader_data(reader.get())), kMiB));
+  store_stats st = Stats(c.get());
+  CHECK(st.evictable_bytes == 0);
+  CHECK(st.spilled_count == 20);
+  CHECK(st.total_spilled_objects == 20);
+  // Nothing left to spill: the evict succeeds and frees nothing.
+  CHECK(Evict(c.get(), kAll) == 0);
+
+  // store_set_importance reorders: the oldest low object raised to 20 is spilled last.
+  std::vector<Obj> more;
+  for (int i = 0; i < 6; i++) {
+    more.push_back(MakeObj("more-" + std::to_string(i), 300 + i, kMiB));
+    Put(c.get(), more.back(), 0);
+  }
+  REQUIRE(store_set_importance(c.get(), &more[0].id, 20) == STORE_OK);
+  CHECK(Info(c.get(), more[0]).importance == 20);
+  CHECK(Evict(c.get(), 5 * kMiB) >= 5 * kMiB);
+  CHECK(InMemoryOnly(c.get(), more[0]));
+  for (int i = 1; i < 6; i++) CHECK(IsSpilled(c.get(), more[i]));
+  CHECK(Evict(c.get(), kMiB) >= kMiB);
+  CHECK(IsSpilled(c.get(), more[0]));
+  // Lowering works too, and on a spilled object; a missing id is STORE_ENOTFOUND.
+  REQUIRE(store_set_importance(c.get(), &more[0].id, -5) == STORE_OK);
+  CHECK(Info(c.get(), more[0]).importance == -5);
+  const store_object_id missing = Id("no-such-object");
+  CHECK(store_set_importance(c.get(), &missing, 1) == STORE_ENOTFOUND);
+
+  // Everything still reads back.
+  reader.reset();
+  for (const Obj& o : low) ReadBack(c.get(), o);
+  for (const Obj& o : high) ReadBack(c.get(), o);
+  for (const Obj& o : more) ReadBack(c.get(), o);
+  ReadBack(c.get(), pinned);
+  REQUIRE(store_unpin(c.get(), &pinned.id) == STORE_OK);
+  CHECK(ExitedZero(s.Stop()));
+}
+
+TEST_CASE("LRU within equal importance: recently read objects stay in memory longer") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  std::vector<Obj> objs;
+  for (int i = 0; i < 10; i++) {
+    objs.push_back(MakeObj("lru-" + std::to_string(i), 10 + i, kMiB));
+    Put(c.get(), objs.back(), 3);
+  }
+  // Read the even ones, newest first: 8, 6, 4, 2, 0 (0 is the most recently used).
+  for (int i = 8; i >= 0; i -= 2) ReadBack(c.get(), objs[i]);
+
+  CHECK(Evict(c.get(), 5 * kMiB) >= 5 * kMiB);
+  for (int i = 0; i < 10; i++) {
+    INFO("lru-", i);
+    if (i % 2) {
+      CHECK(IsSpilled(c.get(), objs[i]));
+    } else {
+      CHECK(InMemoryOnly(c.get(), objs[i]));
+    }
+  }
+  // Next: the least recently read of the even ones.
+  CHECK(Evict(c.get(), 2 * kMiB) >= 2 * kMiB);
+  CHECK(IsSpilled(c.get(), objs[8]));
+  CHECK(IsSpilled(c.get(), objs[6]));
+  CHECK(InMemoryOnly(c.get(), objs[4]));
+  CHECK(InMemoryOnly(c.get(), objs[2]));
+  CHECK(InMemoryOnly(c.get(), objs[0]));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Levels, URLs and files.
+
+TEST_CASE("levels: DISK when spilled, MEMORY|DISK after a restore; evicting again writes nothing") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  const Obj x = MakeObj("levels", 7, 3 * kMiB + 5, 77);
+  Put(c.get(), x);
+  store_object_info i = Info(c.get(), x);
+  CHECK(i.state == STORE_STATE_SEALED);
+  CHECK(i.level == STORE_LEVEL_MEMORY);
+  char url[1024];
+  CHECK(store_spill_url(c.get(), &x.id, url, sizeof url) == STORE_ENOTFOUND);
+
+  CHECK(Evict(c.get(), kAll) >= 3 * kMiB);
+  i = Info(c.get(), x);
+  CHECK(i.state == STORE_STATE_SPILLED);
+  CHECK(i.level == STORE_LEVEL_DISK);
+  CHECK(i.data_size == x.size);
+  CHECK(i.metadata_size == x.meta);
+  store_stats st1 = Stats(c.get());
+  CHECK(st1.total_spilled_objects == 1);
+  CHECK(st1.total_spilled_bytes == 16 + x.size + x.meta);
+  CHECK(st1.spilled_count == 1);
+  CHECK(st1.spilled_bytes == x.size + x.meta);
+  CHECK(st1.used_bytes == 0);
+  const std::string url1 = UrlOf(c.get(), x).path;
+
+  ReadBack(c.get(), x);  // restores
+  i = Info(c.get(), x);
+  CHECK(i.state == STORE_STATE_SEALED);
+  CHECK(i.level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK));
+  store_stats st2 = Stats(c.get());
+  CHECK(st2.total_restored_objects == st1.total_restored_objects + 1);
+  CHECK(st2.total_restored_bytes == st1.total_restored_bytes + 16 + x.size + x.meta);
+  CHECK(st2.spill_files == 1);
+  CHECK(UrlOf(c.get(), x).path == url1);  // the copy on disk is kept
+
+  // Evicting it again drops it from memory without writing.
+  CHECK(Evict(c.get(), kAll) >= 3 * kMiB);
+  i = Info(c.get(), x);
+  CHECK(i.state == STORE_STATE_SPILLED);
+  CHECK(i.level == STORE_LEVEL_DISK);
+  store_stats st3 = Stats(c.get());
+  CHECK(st3.total_spilled_bytes == st2.total_spilled_bytes);
+  CHECK(st3.total_spilled_objects == st2.total_spilled_objects);
+  CHECK(st3.spill_files == 1);
+  CHECK(st3.used_bytes == 0);
+  CHECK(SpillFiles(dir).size() == 1);
+  ReadBack(c.get(), x);
+}
+
+TEST_CASE("store_spill_url: the record at that offset holds the header, metadata and data") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  std::vector<Obj> objs = {MakeObj("url-a", 41, 100 * kKiB + 3, 333),
+                           MakeObj("url-b", 42, 2 * kMiB, 0),
+                           MakeObj("url-c", 43, 17, 1000)};
+  for (const Obj& o : objs) Put(c.get(), o);
+  Evict(c.get(), kAll);
+
+  std::string path;
+  for (const Obj& o : objs) {
+    INFO("object ", Hex(o.id));
+    SpillUrl u = UrlOf(c.get(), o);
+    CHECK(u.path.front() == '/');
+    CHECK(StartsWith(u.path, dir + "/store-"));
+    if (path.empty()) path = u.path;
+    CHECK(u.path == path);  // spilled together: one fused file
+    CHECK(u.size == 16 + o.meta + o.size);
+    std::vector<uint8_t> rec = ReadFileAt(u.path, u.offset, u.size);
+    CHECK(LoadU64(rec.data()) == o.meta);
+    CHECK(LoadU64(rec.data() + 8) == o.size);
+    CHECK(Matches(MetaSeed(o.seed), rec.data() + 16, o.meta));
+    CHECK(Matches(o.seed, rec.data() + 16 + o.meta, o.size));
+  }
+
+  // The buffer must hold the URL and its NUL.
+  char url[4096];
+  REQUIRE(store_spill_url(c.get(), &objs[0].id, url, sizeof url) == STORE_OK);
+  size_t n = std::strlen(url);
+  CHECK(store_spill_url(c.get(), &objs[0].id, url, n) == STORE_EINVAL);
+  CHECK(store_spill_url(c.get(), &objs[0].id, url, n + 1) == STORE_OK);
+  CHECK(std::strlen(url) == n);
+  const store_object_id missing = Id("no-such-object");
+  CHECK(store_spill_url(c.get(), &missing, url, sizeof url) == STORE_ENOTFOUND);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+}
+
+TEST_CASE("a spill file is deleted with the last object in it; the store's directory at stop") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  // Before any spill: this store's own subdirectory exists, with no spill file.
+  std::vector<std::string> mine = InstanceDirs(dir);
+  REQUIRE(mine.size() == 1);
+  CHECK(fs::exists(mine[0] + "/LOCK"));
+  CHECK(SpillFiles(dir).empty());
+
+  std::vector<Obj> objs;
+  for (int i = 0; i < 4; i++) {
+    objs.push_back(MakeObj("file-" + std::to_string(i), 50 + i, kMiB + 100 * i, i));
+    Put(c.get(), objs.back());
+  }
+  Evict(c.get(), kAll);
+  const std::string path = UrlOf(c.get(), objs[0]).path;
+  for (const Obj& o : objs) CHECK(UrlOf(c.get(), o).path == path);
+  REQUIRE(fs::exists(path));
+  store_stats st = Stats(c.get());
+  CHECK(st.spill_files == 1);
+  CHECK(st.spill_disk_bytes == fs::file_size(path));
+  CHECK(st.spill_dead_bytes == 0);
+
+  // One object restored (it keeps its copy), then all deleted one by one: the file stays while
+  // any object still has its copy there.
+  ReadBack(c.get(), objs[3]);
+  for (int i = 0; i < 3; i++) {
+    Delete(c.get(), objs[i]);
+    CHECK(fs::exists(path));
+  }
+  st = Stats(c.get());
+  CHECK(st.spill_files == 1);
+  CHECK(st.spill_dead_bytes > 0);
+  Delete(c.get(), objs[3]);
+  CHECK(test::WaitFor([&] { return !fs::exists(path); }));
+  st = Stats(c.get());
+  CHECK(st.spill_files == 0);
+  CHECK(st.spill_disk_bytes == 0);
+  CHECK(st.spill_dead_bytes == 0);
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == 0);
+  CHECK(SpillFiles(dir).empty());
+
+  // The subdirectory stays while the store runs, and goes at a clean stop.
+  INFO(Tree(dir));
+  CHECK(fs::is_directory(mine[0]));
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  CHECK(!fs::exists(mine[0]));
+  CHECK(fs::is_directory(dir));  // the given directory itself is not the store's
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restores.
+
+TEST_CASE("store_prefetch restores in the background") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  const Obj a = MakeObj("prefetch-a", 61, 5 * kMiB, 10), b = MakeObj("prefetch-b", 62, kMiB);
+  Put(c.get(), a);
+  Evict(c.get(), kAll);
+  Put(c.get(), b);  // in memory only
+  REQUIRE(IsSpilled(c.get(), a));
+  store_stats before = Stats(c.get());
+
+  // Objects in memory and missing ones are skipped.
+  store_object_id ids[3] = {a.id, b.id, Id("no-such-object")};
+  REQUIRE(store_prefetch(c.get(), ids, 3) == STORE_OK);
+  CHECK(test::WaitFor([&] {
+    store_object_info i = Info(c.get(), a);
+    return i.state == STORE_STATE_SEALED &&
+           i.level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK);
+  }));
+  store_stats after = Stats(c.get());
+  CHECK(after.total_restored_objects == before.total_restored_objects + 1);
+  CHECK(InMemoryOnly(c.get(), b));
+  // Reading it now restores nothing more.
+  ReadBack(c.get(), a);
+  CHECK(Stats(c.get()).total_restored_objects == after.total_restored_objects);
+  CHECK(store_prefetch(c.get(), ids, 0) == STORE_OK);
+  CHECK(store_prefetch(c.get(), nullptr, 1) == STORE_EINVAL);
+}
+
+TEST_CASE("4 threads opening one spilled object restore it once and all read the right bytes") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  std::vector<ClientPtr> clients;
+  for (int t = 0; t < 4; t++) clients.push_back(Connect(s.socket(), "reader"));
+
+  const Obj x = MakeObj("shared", 71, 24 * kMiB + 9, 500);
+  Put(c.get(), x);
+  for (int round = 0; round < 3; round++) {
+    INFO("round ", round);
+    Evict(c.get(), kAll);  // the first writes, the others drop the restored copy
+    REQUIRE(IsSpilled(c.get(), x));
+    store_stats before = Stats(c.get());
+    std::atomic<int> ready{0};
+    std::atomic<bool> go{false};
+    int rcs[4] = {-100, -100, -100, -100};
+    bool intact[4] = {false, false, false, false};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++) {
+      threads.emplace_back([&, t] {
+        ready++;
+        while (!go.load()) std::this_thread::yield();
+        rcs[t] = TryRead(clients[t].get(), x, &intact[t]);
+      });
+    }
+    while (ready.load() < 4) std::this_thread::yield();
+    go = true;
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < 4; t++) {
+      INFO("thread ", t);
+      CHECK(rcs[t] == STORE_OK);
+      CHECK(intact[t]);
+    }
+    store_stats after = Stats(c.get());
+    CHECK(after.total_restored_objects == before.total_restored_objects + 1);
+    CHECK(after.total_gets == before.total_gets + 4);
+    CHECK(after.open_count == 0);
+  }
+  CHECK(Stats(c.get()).total_spilled_objects == 1);
+}
+
+TEST_CASE("a corrupted spill file: STORE_ECORRUPT for that object, never wrong bytes") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  std::vector<Obj> objs = {MakeObj("corrupt-0", 81, 2 * kMiB, 20),
+                           MakeObj("corrupt-1", 82, 3 * kMiB + 1, 30),
+                           MakeObj("corrupt-2", 83, 700 * kKiB, 0)};
+  for (const Obj& o : objs) Put(c.get(), o);
+  Evict(c.get(), kAll);
+  const Obj& bad = objs[1];
+  SpillUrl u = UrlOf(c.get(), bad);
+  for (const Obj& o : objs) REQUIRE(UrlOf(c.get(), o).path == u.path);
+  FlipByte(u.path, u.offset + 16 + bad.meta + bad.size / 2);
+  store_stats before = Stats(c.get());
+
+  for (int attempt = 0; attempt < 2; attempt++) {
+    INFO("attempt ", attempt);
+    store_reader* r = nullptr;
+    CHECK(store_open_reader(c.get(), &r, &bad.id, 0) == STORE_ECORRUPT);
+    CHECK(r == nullptr);
+    store_reader_close(r);
+    CHECK(IsSpilled(c.get(), bad));
+  }
+  store_stats after = Stats(c.get());
+  CHECK(after.total_restore_failures == before.total_restore_failures + 2);
+  CHECK(after.total_restored_objects == before.total_restored_objects);
+  CHECK(after.used_bytes == before.used_bytes);  // the memory taken for the restore is back
+
+  // The other objects of the same file are fine, and the server is up.
+  ReadBack(c.get(), objs[0]);
+  ReadBack(c.get(), objs[2]);
+  CHECK(s.Alive());
+  // A corrupt object can still be deleted.
+  Delete(c.get(), bad);
+  CHECK(store_info(c.get(), &bad.id, nullptr) == STORE_EINVAL);
+  store_object_info gone{};
+  CHECK(store_info(c.get(), &bad.id, &gone) == STORE_ENOTFOUND);
+  CHECK(ExitedZero(s.Stop()));
+}
+
+TEST_CASE("a spilled object with no memory to restore into: STORE_ENOSPACE, then it reads") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  const Obj x = MakeObj("restore-me", 700, 16 * kMiB, 12);
+  Put(c.get(), x);
+  Evict(c.get(), kAll);
+  REQUIRE(IsSpilled(c.get(), x));
+  // Fill the memory with pinned objects: nothing can be spilled to make room for the restore.
+  std::vector<Obj> pinned;
+  for (int i = 0; i < 200; i++) {
+    Obj o = MakeObj("pinned-" + std::to_string(i), 710 + i, kMiB);
+    int rc = TryPut(c.get(), o, 0, 0);
+    if (rc == STORE_ENOSPACE) break;
+    REQUIRE(rc == STORE_OK);
+    REQUIRE(store_pin(c.get(), &o.id) == STORE_OK);
+    pinned.push_back(o);
+  }
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  store_stats st = Stats(c.get());
+  REQUIRE(st.capacity_bytes - st.used_bytes < x.size);
+  store_reader* r = nullptr;
+  int rc = store_open_reader(c.get(), &r, &x.id, 0);
+  {
+    const std::string err = store_last_error_message();
+    INFO(err);
+    CHECK(rc == STORE_ENOSPACE);
+    CHECK(r == nullptr);
+  }
+  CHECK(IsSpilled(c.get(), x));
+  CHECK(Stats(c.get()).used_bytes == st.used_bytes);
+  // With the pins gone, the restore spills them to make room.
+  for (const Obj& o : pinned) REQUIRE(store_unpin(c.get(), &o.id) == STORE_OK);
+  ReadBack(c.get(), x);
+  for (const Obj& o : pinned) ReadBack(c.get(), o);
+}
+
+TEST_CASE("an object opened while it is being spilled stays in memory, with its copy on disk") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  ClientPtr evictor = Connect(s.socket(), "evictor");
+
+  // Large enough that its write takes a while; tried a few times in case a write is too quick
+  // to be caught.
+  bool caught = false;
+  for (int attempt = 0; attempt < 5 && !caught; attempt++) {
+    const Obj x = MakeObj("while-spilling-" + std::to_string(attempt), 800 + attempt, 40 * kMiB, 9);
+    Put(c.get(), x);
+    int evict_rc = -100;
+    uint64_t spilled = 0;
+    std::thread t([&] { evict_rc = store_evict(evictor.get(), kAll, &spilled); });
+    bool spilling = test::WaitFor(
+        [&] { return Info(c.get(), x).state != STORE_STATE_SEALED; }, std::chrono::seconds(10));
+    ReaderPtr r;
+    if (spilling && Info(c.get(), x).state == STORE_STATE_SPILLING) {
+      store_reader* raw = nullptr;
+      int rc = store_open_reader(c.get(), &raw, &x.id, 0);
+      r.reset(raw);
+      CHECK(rc == STORE_OK);
+    }
+    t.join();
+    CHECK(evict_rc == STORE_OK);
+    if (!r) {
+      MESSAGE("attempt ", attempt, ": the write finished before the open");
+      Delete(c.get(), x);
+      continue;
+    }
+    caught = true;
+    CHECK(Matches(x.seed, static_cast<const uint8_t*>(store_reader_data(r.get())), x.size));
+    store_object_info i = Info(c.get(), x);
+    CHECK(i.state == STORE_STATE_SEALED);
+    CHECK(i.level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK));
+    CHECK(i.reader_count == 1);
+    CHECK(spilled == 0);  // written, but its memory was not freed
+    store_stats st = Stats(c.get());
+    CHECK(st.total_spilled_objects == 1 + static_cast<uint64_t>(attempt));
+    r.reset();
+    // Evicting it now writes nothing more.
+    CHECK(Evict(c.get(), kAll) >= x.size);
+    CHECK(IsSpilled(c.get(), x));
+    CHECK(Stats(c.get()).total_spilled_bytes == st.total_spilled_bytes);
+    ReadBack(c.get(), x);
+  }
+  CHECK(caught);
+}
+
+TEST_CASE("an object deleted while it is being spilled leaves no file and no memory behind") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  ClientPtr evictor = Connect(s.socket(), "evictor");
+
+  bool caught = false;
+  for (int attempt = 0; attempt < 5 && !caught; attempt++) {
+    const Obj x = MakeObj("deleted-while-spilling-" + std::to_string(attempt), 900 + attempt,
+                          40 * kMiB);
+    Put(c.get(), x);
+    int evict_rc = -100;
+    uint64_t spilled = 12345;
+    std::thread t([&] { evict_rc = store_evict(evictor.get(), kAll, &spilled); });
+    test::WaitFor([&] { return Info(c.get(), x).state != STORE_STATE_SEALED; },
+                  std::chrono::seconds(10));
+    if (Info(c.get(), x).state == STORE_STATE_SPILLING) {
+      Delete(c.get(), x);
+      caught = true;
+    }
+    t.join();
+    CHECK(evict_rc == STORE_OK);
+    if (!caught) {
+      MESSAGE("attempt ", attempt, ": the write finished before the delete");
+      Delete(c.get(), x);
+      REQUIRE(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+      continue;
+    }
+    // *spilled is in bytes: the object's memory counts whole or not at all.
+    INFO("spilled ", spilled);
+    CHECK((spilled == 0 || spilled >= x.size));
+    store_object_info none{};
+    CHECK(store_info(c.get(), &x.id, &none) == STORE_ENOTFOUND);
+    CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+    store_stats st = Stats(c.get());
+    CHECK(st.object_count == 0);
+    CHECK(st.used_bytes == 0);
+    CHECK(st.deleted_pending_count == 0);
+    CHECK(st.spill_files == 0);
+    CHECK(st.spill_disk_bytes == 0);
+  }
+  CHECK(caught);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creates that need spilling.
+
+TEST_CASE("a create larger than what is free waits for spilling (timeout -1) and succeeds") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  // 40 MiB in memory: under the high mark (80%), so nothing is spilled yet.
+  std::vector<Obj> objs;
+  for (int i = 0; i < 40; i++) {
+    objs.push_back(MakeObj("fill-" + std::to_string(i), 90 + i, kMiB));
+    Put(c.get(), objs.back());
+  }
+  store_stats st = Stats(c.get());
+  CHECK(st.total_spilled_objects == 0);
+  REQUIRE(st.capacity_bytes - st.used_bytes < 32 * kMiB);
+
+  // 32 MiB does not fit: with timeout -1 the create waits until spilling has made room.
+  const Obj big = MakeObj("big", 99, 32 * kMiB);
+  Put(c.get(), big, 0, -1);
+  st = Stats(c.get());
+  CHECK(st.total_spilled_objects > 0);
+  CHECK(st.waiting_creates == 0);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  ReadBack(c.get(), big);
+}
+
+TEST_CASE("a create whose size is not a size class waits for spilling and succeeds") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  std::vector<Obj> objs;
+  for (int i = 0; i < 40; i++) {
+    objs.push_back(MakeObj("fill-" + std::to_string(i), 190 + i, kMiB));
+    Put(c.get(), objs.back());
+  }
+  // 30 MiB of data: the allocator rounds it up, to more than the 24 MiB that are free.
+  const Obj big = MakeObj("big", 199, 30 * kMiB);
+  CHECK(TryPut(c.get(), big, 0, 10000) == STORE_OK);
+  CHECK(Stats(c.get()).waiting_creates == 0);
+  ReadBack(c.get(), big);
+}
+
+TEST_CASE("a create that needs spilling when everything else is pinned: STORE_ENOSPACE") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  std::vector<Obj> objs;
+  for (int i = 0; i < 40; i++) {
+    objs.push_back(MakeObj("pin-" + std::to_string(i), 110 + i, kMiB));
+    Put(c.get(), objs.back());
+    REQUIRE(store_pin(c.get(), &objs.back().id) == STORE_OK);
+  }
+  store_stats st = Stats(c.get());
+  CHECK(st.pinned_count == 40);
+  CHECK(st.pinned_bytes == 40 * kMiB);
+  CHECK(st.evictable_bytes == 0);
+
+  const Obj big = MakeObj("big", 150, 32 * kMiB);
+  int rc = TryPut(c.get(), big, 0, -1);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  CHECK(rc == STORE_ENOSPACE);
+  CHECK(err.find("pinned") != std::string::npos);
+  CHECK(err.find("40.0 MiB pinned") != std::string::npos);
+  st = Stats(c.get());
+  CHECK(st.waiting_creates == 0);
+  CHECK(st.total_spilled_objects == 0);
+  store_object_info none{};
+  CHECK(store_info(c.get(), &big.id, &none) == STORE_ENOTFOUND);
+  // Nothing can be evicted either.
+  CHECK(Evict(c.get(), kAll) == 0);
+
+  // Unpinned, the same create succeeds.
+  for (const Obj& o : objs) REQUIRE(store_unpin(c.get(), &o.id) == STORE_OK);
+  Put(c.get(), big, 0, -1);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  ReadBack(c.get(), big);
+}
+
+TEST_CASE("without --spill-dir: store_evict is STORE_ENOTSUP") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  const Obj x = MakeObj("nospill", 5, kMiB);
+  Put(c.get(), x);
+  uint64_t spilled = 123;
+  CHECK(store_evict(c.get(), kAll, &spilled) == STORE_ENOTSUP);
+  CHECK(spilled == 0);
+  CHECK(store_evict(c.get(), 1, nullptr) == STORE_ENOTSUP);
+  CHECK(InMemoryOnly(c.get(), x));
+  char url[256];
+  CHECK(store_spill_url(c.get(), &x.id, url, sizeof url) == STORE_ENOTFOUND);
+  CHECK(store_prefetch(c.get(), &x.id, 1) == STORE_OK);
+  store_stats st = Stats(c.get());
+  CHECK(st.spill_enabled == 0);
+  CHECK(st.spill_files == 0);
+  ReadBack(c.get(), x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery.
+
+TEST_CASE("--recover after a crash serves every object that was spilled") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  std::vector<Obj> spilled, restored, memory_only;
+  for (int i = 0; i < 12; i++) {
+    spilled.push_back(MakeObj("rec-" + std::to_string(i), 300 + i, 512 * kKiB * (1 + i % 4) + i,
+                              i % 3 == 0 ? 0 : 100 + i));
+  }
+  restored.push_back(MakeObj("rec-restored", 320, 2 * kMiB, 8));
+  memory_only.push_back(MakeObj("rec-memory", 321, kMiB));
+  std::string stale;
+  {
+    test::TestStore s("64M", SpillArgs(dir));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    // Two files: the first evict writes one, the second another.
+    for (int i = 0; i < 6; i++) Put(c.get(), spilled[i]);
+    Put(c.get(), restored[0]);
+    Evict(c.get(), kAll);
+    for (int i = 6; i < 12; i++) Put(c.get(), spilled[i]);
+    Evict(c.get(), kAll);
+    ReadBack(c.get(), restored[0]);  // in memory and on disk
+    Put(c.get(), memory_only[0]);    // never spilled: lost with the process
+    CHECK(SpillFiles(dir).size() == 2);
+    std::vector<std::string> inst = InstanceDirs(dir);
+    REQUIRE(inst.size() == 1);
+    stale = inst[0];
+    c.reset();
+    Crash(s);
+  }
+  REQUIRE(fs::is_directory(stale));
+  // A partial file (as a crash mid-write leaves) is ignored and removed.
+  const std::string partial = stale + "/spill-999.bin";
+  {
+    FILE* f = std::fopen(partial.c_str(), "wb");
+    REQUIRE(f != nullptr);
+    std::vector<uint8_t> junk = Bytes(1, 5000);
+    REQUIRE(std::fwrite(junk.data(), 1, junk.size(), f) == junk.size());
+    std::fclose(f);
+  }
+
+  test::TestStore s("64M", SpillArgs(dir, {"--recover"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  CHECK(!fs::exists(partial));
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == 13);
+  CHECK(st.spilled_count == 13);
+  CHECK(st.spill_files == 2);
+  CHECK(st.used_bytes == 0);
+  std::vector<Obj> back = spilled;
+  back.push_back(restored[0]);
+  for (const Obj& o : back) {
+    INFO("object ", Hex(o.id));
+    store_object_info i = Info(c.get(), o);
+    CHECK(i.state == STORE_STATE_SPILLED);
+    CHECK(i.level == STORE_LEVEL_DISK);
+    CHECK(i.data_size == o.size);
+    CHECK(i.metadata_size == o.meta);
+    CHECK(StartsWith(UrlOf(c.get(), o).path, stale + "/"));
+  }
+  for (const Obj& o : back) ReadBack(c.get(), o);
+  for (const Obj& o : back) {
+    CHECK(Info(c.get(), o).level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK));
+  }
+  store_object_info none{};
+  CHECK(store_info(c.get(), &memory_only[0].id, &none) == STORE_ENOTFOUND);
+  st = Stats(c.get());
+  CHECK(st.total_restored_objects == 13);
+  CHECK(st.total_restore_failures == 0);
+
+  // Deleting them all removes the files and, with the last, the adopted directory.
+  for (const Obj& o : back) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return !fs::exists(stale); }));
+  CHECK(SpillFiles(dir).empty());
+  CHECK(Stats(c.get()).spill_files == 0);
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  INFO(Tree(dir));
+  CHECK(fs::is_empty(dir));
+}
+
+TEST_CASE("without --recover, a store removes the spill directory of a dead store") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  const Obj x = MakeObj("stale-x", 400, 2 * kMiB, 4);
+  std::string stale;
+  {
+    test::TestStore s("64M", SpillArgs(dir));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    Put(c.get(), x);
+    Evict(c.get(), kAll);
+    REQUIRE(SpillFiles(dir).size() == 1);
+    stale = InstanceDirs(dir).at(0);
+    c.reset();
+    Crash(s);
+  }
+  REQUIRE(fs::is_directory(stale));
+
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  CHECK(!fs::exists(stale));
+  CHECK(SpillFiles(dir).empty());
+  std::vector<std::string> inst = InstanceDirs(dir);
+  CHECK(inst.size() == 1);
+  store_object_info none{};
+  CHECK(store_info(c.get(), &x.id, &none) == STORE_ENOTFOUND);
+  store_reader* r = nullptr;
+  CHECK(store_open_reader(c.get(), &r, &x.id, 0) == STORE_ENOTFOUND);
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == 0);
+  CHECK(st.spill_files == 0);
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  CHECK(fs::is_empty(dir));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk threshold.
+
+TEST_CASE("a spill directory fuller than --disk-threshold is not used: STORE_ENODISK") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  struct statvfs sv;
+  REQUIRE(statvfs(dir.c_str(), &sv) == 0);
+  REQUIRE(sv.f_blocks > 0);
+  const double used = 1.0 - static_cast<double>(sv.f_bavail) / static_cast<double>(sv.f_blocks);
+  if (used < 0.002) {
+    MESSAGE("skipped: the filesystem of /tmp is almost empty (", used, " used)");
+    return;
+  }
+  char threshold[32];
+  std::snprintf(threshold, sizeof threshold, "%.6f", used / 2);
+  test::TestStore s("64M", SpillArgs(dir, {"--disk-threshold", threshold}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  // Past the high mark: the spiller would start, but no directory qualifies.
+  std::vector<Obj> objs;
+  for (int i = 0; i < 56; i++) {
+    objs.push_back(MakeObj("full-" + std::to_string(i), 500 + i, kMiB));
+    Put(c.get(), objs.back(), 0, 0);
+  }
+  const Obj big = MakeObj("big", 600, 16 * kMiB);
+  int rc = TryPut(c.get(), big, 0, -1);
+  {
+    const std::string err = store_last_error_message();
+    INFO(err);
+    CHECK(rc == STORE_ENODISK);
+  }
+  uint64_t spilled = 1;
+  CHECK(store_evict(c.get(), kAll, &spilled) == STORE_ENODISK);
+  CHECK(spilled == 0);
+  store_stats st = Stats(c.get());
+  CHECK(st.spilled_count == 0);
+  CHECK(st.spill_files == 0);
+  CHECK(st.total_spilled_objects == 0);
+  CHECK(st.waiting_creates == 0);
+  CHECK(SpillFiles(dir).empty());
+  for (const Obj& o : objs) CHECK(InMemoryOnly(c.get(), o));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  CHECK(s.Alive());
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+}

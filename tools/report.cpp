@@ -1,0 +1,708 @@
+// report.cpp - see report.h.
+#include "report.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace store::report {
+
+namespace {
+
+int64_t RealtimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+uint64_t Sub(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
+
+// A name as the server reported it, printable: control and non-ASCII bytes become '?'.
+std::string Printable(const char* s, size_t max) {
+  std::string r;
+  for (size_t i = 0; i < max && s[i]; i++) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    r += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+  }
+  return r;
+}
+
+std::string Scaled(uint64_t n, bool short_form) {
+  static const char* const kLong[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  static const char* const kShort[] = {"B", "K", "M", "G", "T", "P", "E"};
+  char buf[32];
+  if (n < 1024) {
+    snprintf(buf, sizeof buf, short_form ? "%" PRIu64 "B" : "%" PRIu64 " B", n);
+    return buf;
+  }
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 6) {
+    v /= 1024;
+    u++;
+  }
+  // Three significant digits, and never "1024.0" after rounding.
+  const char* unit = short_form ? kShort[u] : kLong[u];
+  const char* sep = short_form ? "" : " ";
+  if (v < 9.995) {
+    snprintf(buf, sizeof buf, "%.2f%s%s", v, sep, unit);
+  } else if (v < 99.95) {
+    snprintf(buf, sizeof buf, "%.1f%s%s", v, sep, unit);
+  } else {
+    snprintf(buf, sizeof buf, "%.0f%s%s", v, sep, unit);
+  }
+  return buf;
+}
+
+// The length of the valid UTF-8 sequence of two to four bytes at s[i], or 0.
+size_t Utf8Length(const std::string& s, size_t i) {
+  unsigned char c = static_cast<unsigned char>(s[i]);
+  size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  uint32_t cp = c & (0xFF >> (n + 1));
+  for (size_t k = 1; k < n; k++) {
+    unsigned char d = static_cast<unsigned char>(s[i + k]);
+    if ((d & 0xC0) != 0x80) return 0;
+    cp = cp << 6 | (d & 0x3F);
+  }
+  // No overlong forms, surrogates or code points past U+10FFFF.
+  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+      (cp >= 0xD800 && cp <= 0xDFFF)) {
+    return 0;
+  }
+  return n;
+}
+
+// ---- a minimal JSON writer ------------------------------------------------------------------
+
+class Json {
+ public:
+  explicit Json(FILE* out) : out_(out) {}
+  void Open(const char* key = nullptr) { Key(key); fputc('{', out_); first_ = true; }
+  void Close() { fputc('}', out_); first_ = false; }
+  void OpenArray(const char* key = nullptr) { Key(key); fputc('[', out_); first_ = true; }
+  void CloseArray() { fputc(']', out_); first_ = false; }
+  void U(const char* key, uint64_t v) { Key(key); fprintf(out_, "%" PRIu64, v); }
+  void I(const char* key, int64_t v) { Key(key); fprintf(out_, "%" PRId64, v); }
+  void B(const char* key, bool v) { Key(key); fputs(v ? "true" : "false", out_); }
+  void D(const char* key, double v) {
+    Key(key);
+    if (std::isfinite(v)) {
+      fprintf(out_, "%.6g", v);
+    } else {
+      fputs("null", out_);
+    }
+  }
+  void S(const char* key, const std::string& v) {
+    Key(key);
+    fputc('"', out_);
+    for (size_t i = 0; i < v.size(); i++) {
+      unsigned char c = static_cast<unsigned char>(v[i]);
+      switch (c) {
+        case '"': fputs("\\\"", out_); break;
+        case '\\': fputs("\\\\", out_); break;
+        case '\n': fputs("\\n", out_); break;
+        case '\r': fputs("\\r", out_); break;
+        case '\t': fputs("\\t", out_); break;
+        default:
+          if (c < 0x20 || c == 0x7f) {
+            fprintf(out_, "\\u%04x", c);
+          } else if (c < 0x80) {
+            fputc(c, out_);
+          } else if (size_t n = Utf8Length(v, i)) {
+            fwrite(v.data() + i, 1, n, out_);
+            i += n - 1;
+          } else {
+            fputs("\\ufffd", out_);  // not UTF-8: names are whatever bytes a client sent
+          }
+      }
+    }
+    fputc('"', out_);
+  }
+
+ private:
+  void Key(const char* key) {
+    if (!first_) fputc(',', out_);
+    first_ = false;
+    if (key) {
+      fputc('"', out_);
+      fputs(key, out_);
+      fputs("\":", out_);
+    }
+  }
+  FILE* out_;
+  bool first_ = true;
+};
+
+void JsonStats(Json& j, const store_stats& s) {
+  j.Open("stats");
+  j.U("capacity_bytes", s.capacity_bytes);
+  j.U("used_bytes", s.used_bytes);
+  j.U("largest_free_bytes", s.largest_free_bytes);
+  j.U("resident_bytes", s.resident_bytes);
+  j.U("object_count", s.object_count);
+  j.U("client_count", s.client_count);
+  j.U("created_count", s.created_count);
+  j.U("created_bytes", s.created_bytes);
+  j.U("sealed_count", s.sealed_count);
+  j.U("sealed_bytes", s.sealed_bytes);
+  j.U("open_count", s.open_count);
+  j.U("open_bytes", s.open_bytes);
+  j.U("pinned_count", s.pinned_count);
+  j.U("pinned_bytes", s.pinned_bytes);
+  j.U("deleted_pending_count", s.deleted_pending_count);
+  j.U("deleted_pending_bytes", s.deleted_pending_bytes);
+  j.U("spilling_count", s.spilling_count);
+  j.U("spilling_bytes", s.spilling_bytes);
+  j.U("spilled_count", s.spilled_count);
+  j.U("spilled_bytes", s.spilled_bytes);
+  j.U("restoring_count", s.restoring_count);
+  j.U("restoring_bytes", s.restoring_bytes);
+  j.U("evictable_bytes", s.evictable_bytes);
+  j.U("spill_enabled", s.spill_enabled);
+  j.U("spill_files", s.spill_files);
+  j.U("spill_disk_bytes", s.spill_disk_bytes);
+  j.U("spill_dead_bytes", s.spill_dead_bytes);
+  j.U("total_spilled_objects", s.total_spilled_objects);
+  j.U("total_spilled_bytes", s.total_spilled_bytes);
+  j.U("total_spill_ns", s.total_spill_ns);
+  j.U("total_restored_objects", s.total_restored_objects);
+  j.U("total_restored_bytes", s.total_restored_bytes);
+  j.U("total_restore_ns", s.total_restore_ns);
+  j.U("total_spill_failures", s.total_spill_failures);
+  j.U("total_restore_failures", s.total_restore_failures);
+  j.U("waiting_gets", s.waiting_gets);
+  j.U("waiting_creates", s.waiting_creates);
+  j.U("total_creates", s.total_creates);
+  j.U("total_seals", s.total_seals);
+  j.U("total_gets", s.total_gets);
+  j.U("total_releases", s.total_releases);
+  j.U("total_deletes", s.total_deletes);
+  j.U("total_aborts", s.total_aborts);
+  j.U("total_full", s.total_full);
+  j.U("total_contains", s.total_contains);
+  j.U("total_infos", s.total_infos);
+  j.U("total_lists", s.total_lists);
+  j.U("total_pins", s.total_pins);
+  j.U("total_unpins", s.total_unpins);
+  j.U("total_requests", s.total_requests);
+  j.U("total_bad_requests", s.total_bad_requests);
+  j.U("uptime_ns", s.uptime_ns);
+  j.I("server_pid", s.server_pid);
+  j.Close();
+}
+
+void JsonObject(Json& j, const store_object_info& o) {
+  j.Open();
+  j.S("id", HexId(o.id));
+  j.U("data_size", o.data_size);
+  j.U("metadata_size", o.metadata_size);
+  j.S("state", StateName(o.state));
+  j.U("level", o.level);
+  j.I("device", o.device);
+  j.I("importance", o.importance);
+  j.U("reader_count", o.reader_count);
+  j.U("pin_count", o.pin_count);
+  j.I("create_time_ns", o.create_time_ns);
+  j.I("last_access_ns", o.last_access_ns);
+  j.I("creator_pid", o.creator_pid);
+  j.Close();
+}
+
+void JsonClient(Json& j, const store_client_info& c) {
+  j.Open();
+  j.U("client_id", c.client_id);
+  j.S("name", std::string(c.name, strnlen(c.name, sizeof c.name)));
+  j.I("pid", c.pid);
+  j.U("uid", c.uid);
+  j.U("objects_created", c.objects_created);
+  j.U("creating_count", c.creating_count);
+  j.U("readers_held", c.readers_held);
+  j.U("pins_held", c.pins_held);
+  j.U("bytes_held", c.bytes_held);
+  j.I("connect_time_ns", c.connect_time_ns);
+  j.U("requests", c.requests);
+  j.B("is_self", c.is_self != 0);
+  j.Close();
+}
+
+void TextRow(FILE* out, const char* label, uint64_t count, uint64_t bytes) {
+  fprintf(out, "  %-22s %12" PRIu64 " %16" PRIu64 "  %s\n", label, count, bytes,
+          Bytes(bytes).c_str());
+}
+
+void TextBytes(FILE* out, const char* label, uint64_t bytes, const char* note = "") {
+  fprintf(out, "  %-22s %16" PRIu64 "  %s%s\n", label, bytes, Bytes(bytes).c_str(), note);
+}
+
+}  // namespace
+
+std::string DefaultSocketPath() {
+  const char* xdg = getenv("XDG_RUNTIME_DIR");
+  if (xdg && *xdg) return std::string(xdg) + "/store.sock";
+  return "/tmp/store-" + std::to_string(getuid()) + ".sock";
+}
+
+std::string ConnectError(const std::string& socket_path) {
+  std::string m = store_last_error_message();
+  if (m.find(socket_path) != std::string::npos) return m;
+  return "cannot connect to the store at " + socket_path + ": " + m;
+}
+
+Derived Derive(const store_stats& s) {
+  Derived d{};
+  d.free_bytes = Sub(s.capacity_bytes, s.used_bytes);
+  uint64_t hi = std::max(s.open_bytes, s.pinned_bytes);
+  d.evictable_min = Sub(s.sealed_bytes, s.open_bytes + s.pinned_bytes);
+  d.evictable_max = Sub(s.sealed_bytes, hi);
+  // A server without the figure reports 0; a real 0 is also exact when the bounds allow no
+  // other value. In the remaining case (0 reported, bounds wider) the bounds are shown: they
+  // hold 0 too, so they are right either way.
+  if (s.evictable_bytes > 0 || d.evictable_max == 0) {
+    d.evictable_exact = true;
+    d.evictable_min = d.evictable_max = std::min(s.evictable_bytes, s.sealed_bytes);
+  }
+  d.held_bytes = Sub(s.sealed_bytes, d.evictable_min);
+  d.used_ratio = s.capacity_bytes ? static_cast<double>(s.used_bytes) /
+                                        static_cast<double>(s.capacity_bytes)
+                                  : 0.0;
+  d.spill_write_bps = s.total_spill_ns ? static_cast<double>(s.total_spilled_bytes) * 1e9 /
+                                             static_cast<double>(s.total_spill_ns)
+                                       : 0.0;
+  d.restore_read_bps = s.total_restore_ns ? static_cast<double>(s.total_restored_bytes) * 1e9 /
+                                                static_cast<double>(s.total_restore_ns)
+                                          : 0.0;
+  d.spill_idle = s.spilling_count == 0 && s.spilled_count == 0 && s.restoring_count == 0 &&
+                 s.total_spilled_objects == 0 && s.total_restored_objects == 0 &&
+                 s.spill_files == 0;
+  return d;
+}
+
+Rates ComputeRates(const store_stats& prev, const store_stats& cur, int own_requests) {
+  Rates r;
+  if (prev.server_pid != cur.server_pid || cur.uptime_ns <= prev.uptime_ns) return r;
+  r.seconds = static_cast<double>(cur.uptime_ns - prev.uptime_ns) / 1e9;
+  auto rate = [&](uint64_t a, uint64_t b) { return static_cast<double>(Sub(b, a)) / r.seconds; };
+  r.creates = rate(prev.total_creates, cur.total_creates);
+  r.seals = rate(prev.total_seals, cur.total_seals);
+  r.gets = rate(prev.total_gets, cur.total_gets);
+  r.releases = rate(prev.total_releases, cur.total_releases);
+  r.deletes = rate(prev.total_deletes, cur.total_deletes);
+  r.aborts = rate(prev.total_aborts, cur.total_aborts);
+  r.pins = rate(prev.total_pins, cur.total_pins);
+  r.spilled_objects = rate(prev.total_spilled_objects, cur.total_spilled_objects);
+  r.spilled_bytes = rate(prev.total_spilled_bytes, cur.total_spilled_bytes);
+  r.restored_objects = rate(prev.total_restored_objects, cur.total_restored_objects);
+  r.restored_bytes = rate(prev.total_restored_bytes, cur.total_restored_bytes);
+  r.requests = rate(prev.total_requests, cur.total_requests);
+  uint64_t all = Sub(cur.total_requests, prev.total_requests);
+  r.others = static_cast<double>(Sub(all, static_cast<uint64_t>(std::max(own_requests, 0)))) /
+             r.seconds;
+  r.valid = true;
+  return r;
+}
+
+int Fetch(store_client* client, const PageRequest& page, bool with_clients, Snapshot* out) {
+  out->requests = 0;
+  out->page = page;
+  out->taken_ns = RealtimeNs();
+  out->requests++;
+  int rc = store_stats_get(client, &out->stats);
+  if (rc != STORE_OK) return rc;
+
+  out->has_clients = false;
+  out->clients.clear();
+  if (with_clients) {
+    store_client_info* list = nullptr;
+    size_t n = 0;
+    out->requests++;
+    rc = store_list_clients(client, &list, &n);
+    if (rc != STORE_OK) return rc;
+    out->clients.assign(list, list + n);
+    store_free(list);
+    std::sort(out->clients.begin(), out->clients.end(),
+              [](const store_client_info& a, const store_client_info& b) {
+                return a.client_id < b.client_id;
+              });
+    out->has_clients = true;
+  }
+
+  out->objects.clear();
+  out->objects_matching = 0;
+  if (page.limit > 0) {
+    store_list_options o = STORE_LIST_OPTIONS_INIT;
+    o.sort = page.sort;
+    o.descending = page.descending ? 1 : 0;
+    o.limit = std::min<uint32_t>(page.limit, STORE_MAX_PAGE_OBJECTS);
+    o.offset = page.offset;
+    o.id_prefix = page.prefix.empty() ? nullptr : page.prefix.c_str();
+    store_object_info* objs = nullptr;
+    size_t n = 0;
+    uint64_t total = 0;
+    out->requests++;
+    rc = store_list_page(client, &o, &objs, &n, &total);
+    if (rc != STORE_OK) return rc;
+    out->objects.assign(objs, objs + n);
+    store_free(objs);
+    out->objects_matching = total;
+  }
+  return STORE_OK;
+}
+
+// ---- formatting ---------------------------------------------------------------------------
+
+std::string Bytes(uint64_t n) { return Scaled(n, false); }
+std::string BytesShort(uint64_t n) { return Scaled(n, true); }
+
+std::string Duration(int64_t ns) {
+  char buf[32];
+  if (ns < 0) ns = 0;
+  int64_t s = ns / 1000000000;
+  if (s < 10) {
+    snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(ns) / 1e9);
+  } else if (s < 60) {
+    snprintf(buf, sizeof buf, "%" PRId64 "s", s);
+  } else if (s < 3600) {
+    snprintf(buf, sizeof buf, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+  } else if (s < 86400) {
+    snprintf(buf, sizeof buf, "%" PRId64 "h%02" PRId64 "m", s / 3600, s / 60 % 60);
+  } else {
+    snprintf(buf, sizeof buf, "%" PRId64 "d%02" PRId64 "h", s / 86400, s / 3600 % 24);
+  }
+  return buf;
+}
+
+const char* StateName(uint32_t state) {
+  switch (state) {
+    case STORE_STATE_CREATED: return "creating";
+    case STORE_STATE_SEALED: return "sealed";
+    case STORE_STATE_SPILLING: return "spilling";
+    case STORE_STATE_SPILLED: return "spilled";
+    case STORE_STATE_RESTORING: return "restoring";
+    default: return "unknown";
+  }
+}
+
+const char* SortName(uint32_t sort) {
+  switch (sort) {
+    case STORE_SORT_ID: return "id";
+    case STORE_SORT_SIZE: return "size";
+    case STORE_SORT_CREATED: return "created";
+    case STORE_SORT_LAST_ACCESS: return "last_access";
+    case STORE_SORT_IMPORTANCE: return "importance";
+    case STORE_SORT_STATE: return "state";
+    default: return nullptr;
+  }
+}
+
+bool ParseSort(const std::string& name, uint32_t* sort) {
+  for (uint32_t k = STORE_SORT_ID; k <= STORE_SORT_STATE; k++) {
+    if (name == SortName(k)) {
+      *sort = k;
+      return true;
+    }
+  }
+  if (name == "age") {
+    *sort = STORE_SORT_CREATED;
+    return true;
+  }
+  if (name == "access") {
+    *sort = STORE_SORT_LAST_ACCESS;
+    return true;
+  }
+  return false;
+}
+
+std::string HexId(const store_object_id& id) {
+  char hex[2 * STORE_OBJECT_ID_SIZE + 1];
+  if (store_object_id_to_hex(&id, hex, sizeof hex) != STORE_OK) return "?";
+  return hex;
+}
+
+void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
+  const store_stats& s = snap.stats;
+  Derived d = Derive(s);
+  fprintf(out, "store at %s: server pid %d, up %s, %" PRIu64 " client%s\n", socket.c_str(),
+          s.server_pid, Duration(static_cast<int64_t>(s.uptime_ns)).c_str(), s.client_count,
+          s.client_count == 1 ? "" : "s");
+
+  fprintf(out, "\n%-25s%16s\n", "memory", "bytes");
+  TextBytes(out, "capacity", s.capacity_bytes);
+  char pct[48];
+  snprintf(pct, sizeof pct, " (%.1f%%)", 100.0 * d.used_ratio);
+  TextBytes(out, "used", s.used_bytes, pct);
+  TextBytes(out, "free", d.free_bytes);
+  TextBytes(out, "largest free block", s.largest_free_bytes, " (the largest object that fits now)");
+  TextBytes(out, "resident", s.resident_bytes);
+  TextBytes(out, "pinned", s.pinned_bytes);
+  TextBytes(out, "open by readers", s.open_bytes);
+  if (d.evictable_exact) {
+    TextBytes(out, "evictable", d.evictable_min, " (sealed, in memory, not read or pinned)");
+  } else {
+    std::string most = " (at most " + Bytes(d.evictable_max) + ")";
+    TextBytes(out, "evictable, at least", d.evictable_min, most.c_str());
+  }
+
+  std::string objects = "objects: " + std::to_string(s.object_count);
+  fprintf(out, "\n%-25s%12s %16s\n", objects.c_str(), "count", "bytes");
+  TextRow(out, "creating", s.created_count, s.created_bytes);
+  TextRow(out, "sealed", s.sealed_count, s.sealed_bytes);
+  TextRow(out, "open by readers", s.open_count, s.open_bytes);
+  TextRow(out, "pinned", s.pinned_count, s.pinned_bytes);
+  TextRow(out, "deleted, still read", s.deleted_pending_count, s.deleted_pending_bytes);
+  TextRow(out, "spilling", s.spilling_count, s.spilling_bytes);
+  TextRow(out, "spilled", s.spilled_count, s.spilled_bytes);
+  TextRow(out, "restoring", s.restoring_count, s.restoring_bytes);
+
+  if (!s.spill_enabled && d.spill_idle) {
+    fprintf(out, "spill: off (the store has no spill directory)\n");
+  } else {
+    fprintf(out, "spill: %s\n", !s.spill_enabled ? "off (objects from before remain)"
+                                 : d.spill_idle  ? "on, none yet"
+                                                 : "on");
+    fprintf(out, "  %-22s %12" PRIu64 "\n", "files", s.spill_files);
+    TextBytes(out, "on disk", s.spill_disk_bytes);
+    TextBytes(out, "of which dead", s.spill_dead_bytes, " (records of deleted objects)");
+    TextRow(out, "written since start", s.total_spilled_objects, s.total_spilled_bytes);
+    TextRow(out, "restored since start", s.total_restored_objects, s.total_restored_bytes);
+    fprintf(out, "  %-22s %s/s writing, %s/s reading\n", "throughput",
+            Bytes(static_cast<uint64_t>(d.spill_write_bps)).c_str(),
+            Bytes(static_cast<uint64_t>(d.restore_read_bps)).c_str());
+    fprintf(out, "  %-22s %12" PRIu64 "\n", "failed spills", s.total_spill_failures);
+    fprintf(out, "  %-22s %12" PRIu64 "\n", "failed restores", s.total_restore_failures);
+  }
+  fprintf(out, "waiting: %" PRIu64 " gets, %" PRIu64 " creates\n", s.waiting_gets,
+          s.waiting_creates);
+
+  double up = static_cast<double>(s.uptime_ns) / 1e9;
+  auto avg = [&](uint64_t n) { return up > 0 ? static_cast<double>(n) / up : 0.0; };
+  fprintf(out, "\n%-25s%12s  %14s\n", "operations since start", "total", "average/s");
+  struct {
+    const char* name;
+    uint64_t n;
+  } ops[] = {{"create", s.total_creates},   {"seal", s.total_seals},
+             {"get", s.total_gets},         {"release", s.total_releases},
+             {"delete", s.total_deletes},   {"abort", s.total_aborts},
+             {"pin", s.total_pins},         {"unpin", s.total_unpins},
+             {"refused, full", s.total_full}, {"requests", s.total_requests},
+             {"bad requests", s.total_bad_requests}};
+  for (auto& op : ops) {
+    fprintf(out, "  %-22s %12" PRIu64 "  %14.1f\n", op.name, op.n, avg(op.n));
+  }
+
+  // The object table, unless no page was asked for.
+  if (snap.page.limit > 0) {
+    const char* sort = SortName(snap.page.sort);
+    fprintf(out, "\nobjects by %s, %s", sort ? sort : "?",
+            snap.page.descending ? "descending" : "ascending");
+    if (!snap.page.prefix.empty()) fprintf(out, ", id prefix %s", snap.page.prefix.c_str());
+    fprintf(out, ": %zu shown of %" PRIu64 "\n", snap.objects.size(), snap.objects_matching);
+  }
+  if (!snap.objects.empty()) {
+    fprintf(out, "  %-40s %8s %8s %-9s %5s %5s %5s %7s %9s %7s\n", "ID", "SIZE", "META", "STATE",
+            "IMP", "RDRS", "PINS", "AGE", "ACCESSED", "CREATOR");
+    for (const auto& o : snap.objects) {
+      fprintf(out, "  %-40s %8s %8s %-9s %5d %5u %5u %7s %9s %7d\n", HexId(o.id).c_str(),
+              BytesShort(o.data_size).c_str(), BytesShort(o.metadata_size).c_str(),
+              StateName(o.state), o.importance, o.reader_count, o.pin_count,
+              Duration(snap.taken_ns - o.create_time_ns).c_str(),
+              (Duration(snap.taken_ns - o.last_access_ns) + " ago").c_str(), o.creator_pid);
+    }
+  }
+
+  if (snap.has_clients) {
+    fprintf(out, "\nclients: %zu\n", snap.clients.size());
+    fprintf(out, "  %5s %-20s %8s %8s %8s %8s %8s %9s %9s %9s\n", "ID", "NAME", "PID", "CREATED",
+            "CREATING", "READERS", "PINS", "HELD", "REQUESTS", "CONNECTED");
+    for (const auto& c : snap.clients) {
+      std::string name = Printable(c.name, sizeof c.name);
+      if (c.is_self) name += " (this)";
+      fprintf(out,
+              "  %5" PRIu64 " %-20s %8d %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %8" PRIu64
+              " %9s %9" PRIu64 " %9s\n",
+              c.client_id, name.c_str(), c.pid, c.objects_created, c.creating_count,
+              c.readers_held, c.pins_held, BytesShort(c.bytes_held).c_str(), c.requests,
+              Duration(snap.taken_ns - c.connect_time_ns).c_str());
+    }
+  }
+}
+
+void PrintJson(const Snapshot& snap, const std::string& socket, FILE* out) {
+  Json j(out);
+  Derived d = Derive(snap.stats);
+  j.Open();
+  j.S("socket", socket);
+  j.S("library_version", store_version_string());
+  j.I("time_ns", snap.taken_ns);
+  JsonStats(j, snap.stats);
+  j.Open("derived");
+  j.U("free_bytes", d.free_bytes);
+  j.D("used_ratio", d.used_ratio);
+  j.B("evictable_exact", d.evictable_exact);
+  j.U("evictable_bytes_min", d.evictable_min);
+  j.U("evictable_bytes_max", d.evictable_max);
+  j.U("held_bytes", d.held_bytes);
+  j.D("spill_write_bytes_per_second", d.spill_write_bps);
+  j.D("restore_read_bytes_per_second", d.restore_read_bps);
+  j.Close();
+  if (snap.has_clients) {
+    j.OpenArray("clients");
+    for (const auto& c : snap.clients) JsonClient(j, c);
+    j.CloseArray();
+  }
+  if (snap.page.limit == 0) {  // no page was asked for
+    j.Close();
+    fputc('\n', out);
+    return;
+  }
+  j.Open("objects");
+  const char* sort = SortName(snap.page.sort);
+  j.S("sort", sort ? sort : "?");
+  j.B("descending", snap.page.descending);
+  j.U("offset", snap.page.offset);
+  j.U("limit", snap.page.limit);
+  j.S("id_prefix", snap.page.prefix);
+  j.U("matching", snap.objects_matching);
+  j.OpenArray("page");
+  for (const auto& o : snap.objects) JsonObject(j, o);
+  j.CloseArray();
+  j.Close();
+  j.Close();
+  fputc('\n', out);
+}
+
+void PrintInfoSections(const Snapshot& snap, FILE* out) {
+  const store_stats& s = snap.stats;
+  Derived d = Derive(s);
+  auto u = [&](const char* k, uint64_t v) { fprintf(out, "%s:%" PRIu64 "\n", k, v); };
+  auto h = [&](const char* k, uint64_t v) { fprintf(out, "%s:%s\n", k, BytesShort(v).c_str()); };
+
+  fputs("# memory\n", out);
+  u("capacity_bytes", s.capacity_bytes);
+  h("capacity_human", s.capacity_bytes);
+  u("used_bytes", s.used_bytes);
+  h("used_human", s.used_bytes);
+  fprintf(out, "used_ratio:%.4f\n", d.used_ratio);
+  u("free_bytes", d.free_bytes);
+  u("largest_free_bytes", s.largest_free_bytes);
+  // 0 = all free memory is one block; near 1 = free memory is in pieces too small to use.
+  double frag = d.free_bytes ? 1.0 - static_cast<double>(std::min(s.largest_free_bytes,
+                                                                  d.free_bytes)) /
+                                         static_cast<double>(d.free_bytes)
+                             : 0.0;
+  fprintf(out, "fragmentation_ratio:%.4f\n", frag);
+  u("resident_bytes", s.resident_bytes);
+  u("pinned_bytes", s.pinned_bytes);
+  u("open_bytes", s.open_bytes);
+  u("evictable_bytes", d.evictable_min);
+  u("evictable_exact", d.evictable_exact ? 1 : 0);
+  if (!d.evictable_exact) u("evictable_bytes_max", d.evictable_max);
+  fputc('\n', out);
+
+  fputs("# objects\n", out);
+  u("objects", s.object_count);
+  u("creating_count", s.created_count);
+  u("creating_bytes", s.created_bytes);
+  u("sealed_count", s.sealed_count);
+  u("sealed_bytes", s.sealed_bytes);
+  u("open_count", s.open_count);
+  u("open_bytes", s.open_bytes);
+  u("pinned_count", s.pinned_count);
+  u("pinned_bytes", s.pinned_bytes);
+  u("deleted_pending_count", s.deleted_pending_count);
+  u("deleted_pending_bytes", s.deleted_pending_bytes);
+  u("waiting_gets", s.waiting_gets);
+  u("waiting_creates", s.waiting_creates);
+  fputc('\n', out);
+
+  fputs("# clients\n", out);
+  u("connected_clients", s.client_count);
+  if (snap.has_clients) {
+    for (size_t i = 0; i < snap.clients.size(); i++) {
+      const auto& c = snap.clients[i];
+      std::string name = Printable(c.name, sizeof c.name);
+      for (char& ch : name) {
+        if (ch == ',' || ch == '=' || ch == ' ' || ch == ':') ch = '_';
+      }
+      fprintf(out,
+              "client%zu:id=%" PRIu64 ",name=%s,pid=%d,uid=%u,objects_created=%" PRIu64
+              ",creating=%" PRIu64 ",readers=%" PRIu64 ",pins=%" PRIu64 ",bytes_held=%" PRIu64
+              ",requests=%" PRIu64 ",connected_seconds=%" PRId64 ",self=%d\n",
+              i, c.client_id, name.c_str(), c.pid, c.uid, c.objects_created, c.creating_count,
+              c.readers_held, c.pins_held, c.bytes_held, c.requests,
+              std::max<int64_t>(0, (snap.taken_ns - c.connect_time_ns) / 1000000000),
+              c.is_self ? 1 : 0);
+    }
+  }
+  fputc('\n', out);
+
+  fputs("# operations\n", out);
+  u("server_pid", static_cast<uint64_t>(s.server_pid));
+  u("uptime_seconds", s.uptime_ns / 1000000000);
+  u("total_creates", s.total_creates);
+  u("total_seals", s.total_seals);
+  u("total_gets", s.total_gets);
+  u("total_releases", s.total_releases);
+  u("total_deletes", s.total_deletes);
+  u("total_aborts", s.total_aborts);
+  u("total_full", s.total_full);
+  u("total_contains", s.total_contains);
+  u("total_infos", s.total_infos);
+  u("total_lists", s.total_lists);
+  u("total_pins", s.total_pins);
+  u("total_unpins", s.total_unpins);
+  u("total_requests", s.total_requests);
+  u("total_bad_requests", s.total_bad_requests);
+  fputc('\n', out);
+
+  fputs("# spill\n", out);
+  u("spill_enabled", s.spill_enabled);
+  u("spilling_count", s.spilling_count);
+  u("spilling_bytes", s.spilling_bytes);
+  u("spilled_count", s.spilled_count);
+  u("spilled_bytes", s.spilled_bytes);
+  u("restoring_count", s.restoring_count);
+  u("restoring_bytes", s.restoring_bytes);
+  u("spill_files", s.spill_files);
+  u("spill_disk_bytes", s.spill_disk_bytes);
+  u("spill_dead_bytes", s.spill_dead_bytes);
+  u("total_spilled_objects", s.total_spilled_objects);
+  u("total_spilled_bytes", s.total_spilled_bytes);
+  u("total_restored_objects", s.total_restored_objects);
+  u("total_restored_bytes", s.total_restored_bytes);
+  fprintf(out, "spill_write_bytes_per_second:%.0f\n", d.spill_write_bps);
+  fprintf(out, "restore_read_bytes_per_second:%.0f\n", d.restore_read_bps);
+  u("total_spill_failures", s.total_spill_failures);
+  u("total_restore_failures", s.total_restore_failures);
+}
+
+int PrintInfo(const char* socket_path, FILE* out) {
+  std::string path = socket_path ? socket_path : DefaultSocketPath();
+  store_connect_options co = STORE_CONNECT_OPTIONS_INIT;
+  co.client_name = "store info";
+  store_client* client = nullptr;
+  int rc = store_client_connect(&client, path.c_str(), &co);
+  if (rc != STORE_OK) {
+    fprintf(stderr, "%s\n", ConnectError(path).c_str());
+    return 1;
+  }
+  PageRequest none;
+  none.limit = 0;
+  Snapshot snap;
+  rc = Fetch(client, none, true, &snap);
+  if (rc != STORE_OK) {
+    fprintf(stderr, "store at %s: %s\n", path.c_str(), store_last_error_message());
+    store_client_free(client);
+    return 1;
+  }
+  store_client_free(client);
+  PrintInfoSections(snap, out);
+  return 0;
+}
+
+}  // namespace store::report
