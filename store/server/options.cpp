@@ -111,6 +111,12 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
     std::string a = argv[i];
     std::string flag = a.substr(0, a.find('='));
     std::string v;
+    bool has_value = a.find('=') != std::string::npos;
+    if (has_value && (flag == "--help" || flag == "-h" || flag == "--version" || flag == "-V" ||
+                      flag == "--prefault" || flag == "--hugepages" || flag == "--recover")) {
+      *error = "store: option " + flag + " takes no value (see --help)";
+      return false;
+    }
     if (flag == "--help" || flag == "-h") {
       o.help = true;
     } else if (flag == "--version" || flag == "-V") {

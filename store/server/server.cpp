@@ -157,12 +157,7 @@ int Server::Run() {
   }
   uv_loop_init(&loop_);
   loop_.data = this;
-  if (!Listen()) {
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
-    region_.reset();
-    return 1;
-  }
+  // Signals first: once the socket accepts, a SIGTERM must find its handler.
   uv_signal_init(&loop_, &sigint_);
   uv_signal_init(&loop_, &sigterm_);
   sigint_.data = sigterm_.data = this;
@@ -170,6 +165,16 @@ int Server::Run() {
   uv_signal_start(&sigterm_, OnSignal, SIGTERM);
   uv_async_init(&loop_, &async_stop_, OnAsyncStop);
   async_stop_.data = this;
+  uv_check_init(&loop_, &closer_);
+  closer_.data = this;
+  if (!Listen()) {
+    Shutdown();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    dirs_.reset();
+    region_.reset();
+    return 1;
+  }
   if (!options_.metrics_file.empty()) {
     uv_timer_init(&loop_, &metrics_timer_);
     metrics_timer_.data = this;
@@ -217,6 +222,7 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
@@ -295,13 +301,13 @@ void Server::OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* /*buf*/)
     return;
   }
   if (nread == 0) return;
-  if (c->closing) return;
+  if (c->closing || c->doomed) return;
   c->in.Commit(static_cast<size_t>(nread));
   s->ProcessInput(c);
 }
 
 void Server::ProcessInput(Client* c) {
-  while (!c->closing) {
+  while (!c->closing && !c->doomed) {
     const uint8_t* msg;
     size_t len;
     auto next = c->in.Pop(&msg, &len);
@@ -319,6 +325,24 @@ void Server::ProcessInput(Client* c) {
     }
     Dispatch(c, m);
   }
+}
+
+void Server::DeferClose(Client* c, const char* why) {
+  if (c->closing || c->doomed) return;
+  c->doomed = true;
+  c->doom_reason = why;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->pipe));
+  doomed_.push_back(c->id);
+  uv_check_start(&closer_, [](uv_check_t* h) {
+    auto* s = static_cast<Server*>(h->data);
+    uv_check_stop(h);
+    std::vector<uint64_t> ids;
+    ids.swap(s->doomed_);
+    for (uint64_t id : ids) {
+      auto it = s->clients_.find(id);
+      if (it != s->clients_.end()) s->CloseClient(it->second, it->second->doom_reason);
+    }
+  });
 }
 
 void Server::CloseClient(Client* c, const char* why) {
@@ -375,7 +399,7 @@ void Server::ReleaseClientState(Client* c) {
 // Replies.
 
 void Server::Send(Client* c, int fd) {
-  if (c->closing) {
+  if (c->closing || c->doomed) {
     fbb_.Clear();
     return;
   }
@@ -393,7 +417,7 @@ void Server::Send(Client* c, int fd) {
       if (dup_fd >= 0) close(dup_fd);
       delete w->fd_wrap;
       delete w;
-      CloseClient(c, "cannot pass the region descriptor");
+      DeferClose(c, "cannot pass the region descriptor");
       return;
     }
     rc = uv_write2(&w->req, stream, &buf, 1, reinterpret_cast<uv_stream_t*>(w->fd_wrap),
@@ -407,11 +431,11 @@ void Server::Send(Client* c, int fd) {
                [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
     }
     delete w;
-    CloseClient(c, uv_strerror(rc));
+    DeferClose(c, "its connection failed");
     return;
   }
   if (uv_stream_get_write_queue_size(stream) > kMaxWriteBacklog) {
-    CloseClient(c, "it does not read its replies");
+    DeferClose(c, "it does not read its replies");
   }
 }
 
@@ -712,8 +736,10 @@ bool Server::ServeWaitingCreates() {
     std::string message;
     int rc = TryCreate(w->client, w->args, &o, &message);
     if (rc == STORE_ENOSPACE) return false;  // the head does not fit: everyone keeps waiting
-    if (rc == STORE_OK) ReplyCreated(w->client, w->seq, o);
-    FinishCreateWait(w, rc, message);
+    Client* c = w->client;
+    uint64_t seq = w->seq;
+    FinishCreateWait(w, rc, message);  // frees w
+    if (rc == STORE_OK) ReplyCreated(c, seq, o);
   }
   return true;
 }
@@ -893,8 +919,8 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
   fbb_.FinishSizePrefixed(proto::CreateMessage(fbb_, g->seq, 0, 0, 0, Body::GetReply,
                                                body.Union()),
                           proto::MessageIdentifier());
+  CancelGet(g);  // unregisters and frees g; the reply is built
   Send(c);
-  CancelGet(g);  // unregisters and frees
 }
 
 void Server::ReleaseReader(Client* c, Object* o) {

@@ -82,6 +82,9 @@ class Server {
   static void OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   void ProcessInput(Client* c);
   void CloseClient(Client* c, const char* why);
+  // Closes c once the current callback is done: for failures found while replying, when the
+  // caller may still be walking state that closing would free. Later replies are dropped.
+  void DeferClose(Client* c, const char* why);
   void ReleaseClientState(Client* c);
 
   // Replies.
@@ -158,6 +161,8 @@ class Server {
   uv_pipe_t listener_{};
   uv_signal_t sigint_{}, sigterm_{};
   uv_async_t async_stop_{};
+  uv_check_t closer_{};
+  std::vector<uint64_t> doomed_;
   uv_timer_t metrics_timer_{};
   bool metrics_active_ = false;
   bool metrics_failing_ = false;

@@ -24,6 +24,8 @@ struct Server::Client {
   proto::FrameBuffer in{proto::kMaxRequestBytes};
   bool handshaken = false;
   bool closing = false;
+  bool doomed = false;           // to be closed from the loop's check phase (see DeferClose)
+  const char* doom_reason = "";
   std::string name;
   int32_t pid = 0;
   uid_t uid = 0;
