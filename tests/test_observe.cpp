@@ -153,6 +153,32 @@ TEST_CASE("stats, clients and pages match a known workload") {
   REQUIRE(n == 3);
   CHECK(page[0].data_size == 8 * 1024);
   store_free(page);
+  // Pages past the middle (served from the other end) agree with one whole listing.
+  {
+    store_list_options all = STORE_LIST_OPTIONS_INIT;
+    all.sort = STORE_SORT_SIZE;
+    all.descending = 1;
+    all.limit = 100;
+    store_object_info* whole = nullptr;
+    size_t nw = 0;
+    REQUIRE(store_list_page(b, &all, &whole, &nw, &total) == STORE_OK);
+    REQUIRE(nw == 11);
+    for (uint64_t off : {6u, 8u, 9u, 10u}) {
+      all.offset = off;
+      all.limit = 3;
+      REQUIRE(store_list_page(b, &all, &page, &n, &total) == STORE_OK);
+      CHECK(n == std::min<size_t>(3, 11 - off));
+      for (size_t i = 0; i < n; i++) {
+        CHECK(std::memcmp(page[i].id.bytes, whole[off + i].id.bytes, 20) == 0);
+      }
+      store_free(page);
+    }
+    all.offset = 11;
+    REQUIRE(store_list_page(b, &all, &page, &n, &total) == STORE_OK);
+    CHECK(n == 0);
+    CHECK(total == 11);
+    store_free(whole);
+  }
   // By importance ascending: 0 first, with its pins.
   lo = STORE_LIST_OPTIONS_INIT;
   lo.sort = STORE_SORT_IMPORTANCE;

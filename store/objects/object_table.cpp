@@ -50,6 +50,7 @@ Object* ObjectTable::Insert(const Object& proto) {
   o->pins = 0;
   by_uid_.emplace(o->uid, std::move(owned));
   by_id_.emplace(o->id, o);
+  DenseAdd(o);
   c_.objects = by_id_.size();
   CountState(o, +1);
   return o;
@@ -89,6 +90,7 @@ void ObjectTable::Unlink(Object* o) {
   if (o->deleted) return;
   CountState(o, -1);
   by_id_.erase(o->id);
+  DenseRemove(o);
   o->deleted = true;
   c_.objects = by_id_.size();
   CountState(o, +1);
@@ -96,9 +98,24 @@ void ObjectTable::Unlink(Object* o) {
 
 void ObjectTable::Erase(Object* o) {
   CountState(o, -1);
-  if (!o->deleted) by_id_.erase(o->id);
+  if (!o->deleted) {
+    by_id_.erase(o->id);
+    DenseRemove(o);
+  }
   c_.objects = by_id_.size();
   by_uid_.erase(o->uid);  // destroys o
+}
+
+void ObjectTable::DenseAdd(Object* o) {
+  o->dense_index = static_cast<uint32_t>(dense_.size());
+  dense_.push_back(o);
+}
+
+void ObjectTable::DenseRemove(Object* o) {
+  Object* last = dense_.back();
+  dense_[o->dense_index] = last;
+  last->dense_index = o->dense_index;
+  dense_.pop_back();
 }
 
 }  // namespace store

@@ -1191,11 +1191,6 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
     }
     return true;
   };
-  std::vector<const Object*> all;
-  all.reserve(nibbles ? 1024 : table_.visible());
-  table_.ForEachVisible([&](const Object& o) {
-    if (matches(o)) all.push_back(&o);
-  });
   auto key = r->sort();
   bool desc = r->descending();
   auto less = [key](const Object* a, const Object* b) {
@@ -1220,12 +1215,43 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
     }
     return std::memcmp(a->id.bytes, b->id.bytes, 20) < 0;
   };
+  // A page past the middle is the same rows as a page from the other end in reverse order:
+  // keep whichever end is nearer, so the last page costs what the first does.
+  uint64_t visible = table_.visible();
+  uint64_t offset = std::min<uint64_t>(r->offset(), visible);
+  uint64_t limit = std::min<uint64_t>(r->limit(), visible - offset);
+  bool from_end = nibbles == 0 && offset > visible / 2;
+  if (from_end) {
+    desc = !desc;
+    offset = visible - offset - limit;
+  }
   auto order = [&](const Object* a, const Object* b) { return desc ? less(b, a) : less(a, b); };
-  uint64_t total = all.size();
-  uint64_t begin = std::min<uint64_t>(r->offset(), total);
-  uint64_t end = std::min<uint64_t>(begin + r->limit(), total);
-  // Only the first `end` need ordering: O(n log end).
-  std::partial_sort(all.begin(), all.begin() + static_cast<ptrdiff_t>(end), all.end(), order);
+  // Keep the first offset+limit in a bounded heap: one pass, O(n log k), no copy of the table.
+  uint64_t want = std::min<uint64_t>(offset + limit, visible);
+  std::vector<const Object*> heap;
+  heap.reserve(want);
+  uint64_t total = 0;
+  table_.ForEachVisible([&](const Object& o) {
+    if (nibbles && !matches(o)) return;
+    total++;
+    if (want == 0) return;
+    if (heap.size() < want) {
+      heap.push_back(&o);
+      std::push_heap(heap.begin(), heap.end(), order);
+    } else if (order(&o, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), order);
+      heap.back() = &o;
+      std::push_heap(heap.begin(), heap.end(), order);
+    }
+  });
+  std::sort_heap(heap.begin(), heap.end(), order);
+  uint64_t begin = std::min<uint64_t>(offset, heap.size());
+  uint64_t end = std::min<uint64_t>(heap.size(), begin + limit);
+  if (from_end) {
+    std::reverse(heap.begin() + static_cast<ptrdiff_t>(begin),
+                 heap.begin() + static_cast<ptrdiff_t>(end));
+  }
+  const auto& all = heap;
   fbb_.Clear();
   proto::ObjectInfo* infos = nullptr;
   auto vec = fbb_.CreateUninitializedVectorOfStructs(end - begin, &infos);
