@@ -1283,6 +1283,40 @@ int store_spill_url(store_client* client, const store_object_id* id, char* buf, 
   });
 }
 
+int store_list_spill_files(store_client* client, store_spill_file_info** out, size_t* count) {
+  return Guard([&]() -> int {
+    if (out) *out = nullptr;
+    if (count) *count = 0;
+    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    flatbuffers::FlatBufferBuilder fbb(64);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::SpillFilesRequest,
+                  proto::CreateSpillFilesRequest(fbb).Union(), Body::SpillFilesReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* files = reply->msg->body_as_SpillFilesReply()->files();
+    if (files->size() == 0) return STORE_OK;
+    auto* arr = static_cast<store_spill_file_info*>(
+        std::calloc(files->size(), sizeof(store_spill_file_info)));
+    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u spill files", files->size());
+    for (flatbuffers::uoffset_t i = 0; i < files->size(); i++) {
+      const proto::SpillFileInfo* f = files->Get(i);
+      store_spill_file_info* o = &arr[i];
+      if (f->path()) {
+        size_t n = std::min<size_t>(f->path()->size(), sizeof o->path - 1);
+        std::memcpy(o->path, f->path()->data(), n);
+      }
+      o->size = f->size();
+      o->live_objects = f->live_objects();
+      o->live_bytes = f->live_bytes();
+      o->dead_bytes = f->dead_bytes();
+      o->created_time_ns = f->created_ns();
+    }
+    *out = arr;
+    *count = files->size();
+    return STORE_OK;
+  });
+}
+
 int store_list_clients(store_client* client, store_client_info** out, size_t* count) {
   return Guard([&]() -> int {
     if (out) *out = nullptr;

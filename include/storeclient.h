@@ -413,6 +413,20 @@ STORE_API int store_evict(store_client *client, uint64_t bytes, uint64_t *spille
 STORE_API int store_spill_url(store_client *client, const store_object_id *id, char *buf,
                               size_t len);
 
+/* One spill file, as store_list_spill_files() reports it. */
+typedef struct store_spill_file_info {
+    char path[4096];         /* absolute, NUL-terminated */
+    uint64_t size;           /* bytes on disk */
+    uint64_t live_objects;   /* objects whose copy is in it */
+    uint64_t live_bytes;
+    uint64_t dead_bytes;     /* records of deleted objects; freed when the file is deleted */
+    int64_t created_time_ns; /* CLOCK_REALTIME */
+} store_spill_file_info;
+
+/* Lists the spill files. Caller owns *out (NULL when *count is 0); free with store_free(). */
+STORE_API int store_list_spill_files(store_client *client, store_spill_file_info **out,
+                                     size_t *count);
+
 /* Lists the connected clients. Caller owns *out (NULL when *count is 0); free with store_free(). */
 STORE_API int store_list_clients(store_client *client, store_client_info **out, size_t *count);
 

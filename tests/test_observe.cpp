@@ -305,3 +305,62 @@ TEST_CASE("the metrics file follows the store and goes away with it") {
   CHECK(access((path + ".tmp").c_str(), F_OK) != 0);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("spill files are listed with their live and dead bytes") {
+  std::string dir = test::MakeTempDir();
+  {
+    test::TestStore s("32M", {"--spill-dir", dir});
+    REQUIRE(s.started());
+    store_client* c = Connect(s, "spill-files");
+    std::vector<uint8_t> data(256 * 1024, 9);
+    for (int i = 0; i < 8; i++) {
+      store_object_id id = Id(3000 + i);
+      REQUIRE(store_put(c, &id, data.data(), data.size(), nullptr) == STORE_OK);
+    }
+    uint64_t spilled = 0;
+    REQUIRE(store_evict(c, 64ull << 20, &spilled) == STORE_OK);
+    CHECK(spilled >= 8 * data.size());
+    store_spill_file_info* files = nullptr;
+    size_t n = 0;
+    REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
+    store_stats st = Stats(c);
+    REQUIRE(n == st.spill_files);
+    REQUIRE(n >= 1);
+    uint64_t live = 0, size = 0;
+    for (size_t i = 0; i < n; i++) {
+      live += files[i].live_objects;
+      size += files[i].size;
+      CHECK(files[i].dead_bytes == 0);
+      CHECK(std::string(files[i].path).rfind(dir, 0) == 0);
+      CHECK(access(files[i].path, F_OK) == 0);
+    }
+    CHECK(live == 8);
+    CHECK(size == st.spill_disk_bytes);
+    std::string first_path = files[0].path;
+    store_free(files);
+    // Deleting one object of a file that keeps others leaves a dead record in it.
+    char url[4200];
+    store_object_id id0 = Id(3000);
+    REQUIRE(store_spill_url(c, &id0, url, sizeof url) == STORE_OK);
+    REQUIRE(store_delete(c, &id0) == STORE_OK);
+    REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
+    uint64_t dead = 0;
+    for (size_t i = 0; i < n; i++) dead += files[i].dead_bytes;
+    store_free(files);
+    st = Stats(c);
+    if (st.spill_files > 0 && live > 1) {
+      CHECK(dead == 16 + data.size());
+      CHECK(st.spill_dead_bytes == dead);
+    }
+    for (int i = 1; i < 8; i++) {
+      store_object_id id = Id(3000 + i);
+      REQUIRE(store_delete(c, &id) == STORE_OK);
+    }
+    REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
+    CHECK(n == 0);
+    CHECK(files == nullptr);
+    CHECK(access(first_path.c_str(), F_OK) != 0);
+    store_client_free(c);
+  }
+  std::filesystem::remove_all(dir);
+}

@@ -514,6 +514,8 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
       return HandleEvict(c, seq, m->body_as_EvictRequest());
     case Body::SetImportanceRequest:
       return HandleSetImportance(c, seq, m->body_as_SetImportanceRequest());
+    case Body::SpillFilesRequest:
+      return HandleSpillFiles(c, seq);
     case Body::DisconnectRequest:
       return CloseClient(c, "said goodbye");
     default:

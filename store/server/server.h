@@ -150,6 +150,7 @@ class Server {
   void HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r);
   void HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r);
   void HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r);
+  void HandleSpillFiles(Client* c, uint64_t seq);
   void CompleteGet(WaitingGet* g, bool timed_out);
   void CancelGet(WaitingGet* g);
   void FinishCreateWait(WaitingCreate* w, int status, const std::string& message);

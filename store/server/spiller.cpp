@@ -552,4 +552,16 @@ void Server::HandleSetImportance(Client* c, uint64_t seq, const proto::SetImport
   SendEmpty(c, seq, Body::SetImportanceReply, proto::CreateSetImportanceReply(fbb_).Union());
 }
 
+void Server::HandleSpillFiles(Client* c, uint64_t seq) {
+  fbb_.Clear();
+  std::vector<flatbuffers::Offset<proto::SpillFileInfo>> files;
+  for (auto& [id, f] : spill_files_) {
+    auto path = fbb_.CreateString(f->path);
+    files.push_back(proto::CreateSpillFileInfo(fbb_, path, f->size, f->live_objects,
+                                               f->live_bytes, f->dead_bytes, f->created_ns));
+  }
+  auto vec = fbb_.CreateVector(files);
+  SendEmpty(c, seq, Body::SpillFilesReply, proto::CreateSpillFilesReply(fbb_, vec).Union());
+}
+
 }  // namespace store
