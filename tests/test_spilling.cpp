@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -523,6 +524,17 @@ TEST_CASE("eviction order: low importance first, never pinned or open objects; s
   CHECK(st.evictable_bytes == 0);
   CHECK(st.spilled_count == 20);
   CHECK(st.total_spilled_objects == 20);
+  // store_list shows the spilled objects too.
+  store_object_info* list = nullptr;
+  size_t count = 0;
+  REQUIRE(store_list(c.get(), &list, &count) == STORE_OK);
+  CHECK(count == 22);
+  size_t listed_spilled = 0;
+  for (size_t k = 0; k < count; k++) {
+    if (list[k].state == STORE_STATE_SPILLED && list[k].level == STORE_LEVEL_DISK) listed_spilled++;
+  }
+  store_free(list);
+  CHECK(listed_spilled == 20);
   // Nothing left to spill: the evict succeeds and frees nothing.
   CHECK(Evict(c.get(), kAll) == 0);
 
@@ -777,6 +789,33 @@ TEST_CASE("store_prefetch restores in the background") {
   CHECK(store_prefetch(c.get(), nullptr, 1) == STORE_EINVAL);
 }
 
+TEST_CASE("pinning a spilled object brings it back and keeps it in memory") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  const Obj x = MakeObj("pin-spilled", 65, 4 * kMiB, 4);
+  Put(c.get(), x);
+  Evict(c.get(), kAll);
+  REQUIRE(IsSpilled(c.get(), x));
+  REQUIRE(store_pin(c.get(), &x.id) == STORE_OK);
+  CHECK(test::WaitFor([&] {
+    store_object_info i = Info(c.get(), x);
+    return i.state == STORE_STATE_SEALED && i.level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK);
+  }));
+  CHECK(Info(c.get(), x).pin_count == 1);
+  CHECK(Evict(c.get(), kAll) == 0);
+  CHECK(Info(c.get(), x).level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK));
+  const uint64_t written = Stats(c.get()).total_spilled_bytes;
+  REQUIRE(store_unpin(c.get(), &x.id) == STORE_OK);
+  CHECK(Evict(c.get(), kAll) >= x.size);
+  CHECK(IsSpilled(c.get(), x));
+  CHECK(Stats(c.get()).total_spilled_bytes == written);
+  ReadBack(c.get(), x);
+}
+
 TEST_CASE("4 threads opening one spilled object restore it once and all read the right bytes") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
@@ -924,6 +963,7 @@ TEST_CASE("an object opened while it is being spilled stays in memory, with its 
     bool spilling = test::WaitFor(
         [&] { return Info(c.get(), x).state != STORE_STATE_SEALED; }, std::chrono::seconds(10));
     ReaderPtr r;
+    const uint64_t restored = Stats(c.get()).total_restored_objects;
     if (spilling && Info(c.get(), x).state == STORE_STATE_SPILLING) {
       store_reader* raw = nullptr;
       int rc = store_open_reader(c.get(), &raw, &x.id, 0);
@@ -932,6 +972,9 @@ TEST_CASE("an object opened while it is being spilled stays in memory, with its 
     }
     t.join();
     CHECK(evict_rc == STORE_OK);
+    if (r && Stats(c.get()).total_restored_objects != restored) {
+      r.reset();  // the write ended between the info and the open: it was read back from disk
+    }
     if (!r) {
       MESSAGE("attempt ", attempt, ": the write finished before the open");
       Delete(c.get(), x);
@@ -1000,6 +1043,27 @@ TEST_CASE("an object deleted while it is being spilled leaves no file and no mem
     CHECK(st.spill_disk_bytes == 0);
   }
   CHECK(caught);
+}
+
+TEST_CASE("a store stopped while a spill is being written exits cleanly") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  ClientPtr evictor = Connect(s.socket(), "evictor");
+  const Obj x = MakeObj("stop-while-spilling", 950, 40 * kMiB);
+  Put(c.get(), x);
+  int evict_rc = -100;
+  std::thread t([&] { evict_rc = store_evict(evictor.get(), kAll, nullptr); });
+  test::WaitFor([&] { return Info(c.get(), x).state != STORE_STATE_SEALED; });
+  int status = s.Stop();
+  t.join();
+  INFO("wait status ", status, ", evict ", evict_rc);
+  CHECK(ExitedZero(status));
+  CHECK((evict_rc == STORE_OK || evict_rc == STORE_ECONN));
+  store_stats st{};
+  CHECK(store_stats_get(c.get(), &st) == STORE_ECONN);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1280,4 +1344,220 @@ TEST_CASE("a spill directory fuller than --disk-threshold is not used: STORE_ENO
   CHECK(s.Alive());
   c.reset();
   CHECK(ExitedZero(s.Stop()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags: file limits, several directories, water marks.
+
+TEST_CASE("--spill-file-max-objects and --spill-file-max-size split a batch into files") {
+  TempDir tmp;
+  SUBCASE("at most 3 objects per file") {
+    const std::string dir = tmp.Sub("objects");
+    test::TestStore s("64M", SpillArgs(dir, {"--spill-file-max-objects", "3"}));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    std::vector<Obj> objs;
+    for (int i = 0; i < 10; i++) {
+      objs.push_back(MakeObj("max-objects-" + std::to_string(i), 1100 + i, 256 * kKiB, 3));
+      Put(c.get(), objs.back());
+    }
+    Evict(c.get(), kAll);
+    std::map<std::string, int> per_file;
+    for (const Obj& o : objs) per_file[UrlOf(c.get(), o).path]++;
+    CHECK(per_file.size() == 4);
+    for (auto& [path, n] : per_file) {
+      INFO(path);
+      CHECK(n <= 3);
+    }
+    CHECK(SpillFiles(dir).size() == 4);
+    CHECK(Stats(c.get()).spill_files == 4);
+    for (const Obj& o : objs) ReadBack(c.get(), o);
+  }
+  SUBCASE("at most 3 MiB of records per file") {
+    const std::string dir = tmp.Sub("size");
+    test::TestStore s("64M", SpillArgs(dir, {"--spill-file-max-size", "3M"}));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    std::vector<Obj> objs;
+    for (int i = 0; i < 6; i++) {
+      objs.push_back(MakeObj("max-size-" + std::to_string(i), 1200 + i, kMiB));
+      Put(c.get(), objs.back());
+    }
+    // A single object larger than the limit still gets a file of its own.
+    objs.push_back(MakeObj("max-size-big", 1299, 5 * kMiB));
+    Put(c.get(), objs.back());
+    Evict(c.get(), kAll);
+    std::map<std::string, uint64_t> per_file;
+    for (const Obj& o : objs) {
+      SpillUrl u = UrlOf(c.get(), o);
+      per_file[u.path] += u.size;
+    }
+    uint64_t over = 0;
+    for (auto& [path, bytes] : per_file) {
+      INFO(path, ": ", bytes, " bytes of records");
+      if (bytes > 3 * kMiB) over++;
+    }
+    CHECK(over == 1);  // only the big one
+    CHECK(per_file.size() == 4);  // 2 + 2 + 2 one-MiB records, and the big one
+    for (const Obj& o : objs) ReadBack(c.get(), o);
+  }
+}
+
+TEST_CASE("several --spill-dir: files go to each in turn") {
+  TempDir tmp;
+  const std::string d1 = tmp.Sub("one"), d2 = tmp.Sub("two");
+  test::TestStore s("64M", {"--spill-dir", d1, "--spill-dir", d2, "--spill-file-max-objects", "1"});
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  CHECK(InstanceDirs(d1).size() == 1);
+  CHECK(InstanceDirs(d2).size() == 1);
+  std::vector<Obj> objs;
+  for (int i = 0; i < 6; i++) {
+    objs.push_back(MakeObj("dirs-" + std::to_string(i), 1300 + i, kMiB));
+    Put(c.get(), objs.back());
+  }
+  Evict(c.get(), kAll);
+  CHECK(SpillFiles(d1).size() == 3);
+  CHECK(SpillFiles(d2).size() == 3);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  for (const Obj& o : objs) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return SpillFiles(d1).empty() && SpillFiles(d2).empty(); }));
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  CHECK(InstanceDirs(d1).empty());
+  CHECK(InstanceDirs(d2).empty());
+}
+
+TEST_CASE("--spill-high and --spill-low: past the high mark the store spills down to the low one") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-high", "0.5", "--spill-low", "0.25"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+
+  std::vector<Obj> objs;
+  for (int i = 0; i < 45; i++) {
+    objs.push_back(MakeObj("marks-" + std::to_string(i), 1400 + i, kMiB));
+    Put(c.get(), objs.back(), 0, 0);  // never waits: the marks alone make room
+  }
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  store_stats st = Stats(c.get());
+  CHECK(st.total_spilled_objects > 0);
+  CHECK(st.used_bytes <= 32 * kMiB);
+  CHECK(st.sealed_count + st.spilled_count == 45);
+  // The oldest went first.
+  CHECK(IsSpilled(c.get(), objs[0]));
+  CHECK(InMemoryOnly(c.get(), objs[44]));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharing a spill directory; recovery edge cases.
+
+TEST_CASE("two live stores on one spill directory leave each other's files alone") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore a("64M", SpillArgs(dir));
+  REQUIRE(a.started());
+  ClientPtr ca = Connect(a.socket());
+  const Obj x = MakeObj("shared-dir-x", 1500, 3 * kMiB, 5);
+  Put(ca.get(), x);
+  Evict(ca.get(), kAll);
+  const std::string path = UrlOf(ca.get(), x).path;
+
+  // A second store, even with --recover, neither removes nor adopts the live store's files.
+  test::TestStore b("64M", SpillArgs(dir, {"--recover"}));
+  REQUIRE(b.started());
+  ClientPtr cb = Connect(b.socket());
+  CHECK(InstanceDirs(dir).size() == 2);
+  CHECK(fs::exists(path));
+  store_object_info none{};
+  CHECK(store_info(cb.get(), &x.id, &none) == STORE_ENOTFOUND);
+  CHECK(Stats(cb.get()).spill_files == 0);
+  const Obj y = MakeObj("shared-dir-y", 1501, 2 * kMiB);
+  Put(cb.get(), y);
+  Evict(cb.get(), kAll);
+  CHECK(SpillFiles(dir).size() == 2);
+  ReadBack(ca.get(), x);
+  ReadBack(cb.get(), y);
+  cb.reset();
+  CHECK(ExitedZero(b.Stop()));
+  CHECK(fs::exists(path));
+  ReadBack(ca.get(), x);
+}
+
+TEST_CASE("--recover after a clean stop serves the objects left on disk") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  std::vector<Obj> objs;
+  for (int i = 0; i < 5; i++) objs.push_back(MakeObj("clean-" + std::to_string(i), 1600 + i, kMiB + i, i));
+  {
+    test::TestStore s("64M", SpillArgs(dir));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    for (const Obj& o : objs) Put(c.get(), o);
+    Evict(c.get(), kAll);
+    c.reset();
+    CHECK(ExitedZero(s.Stop()));
+  }
+  CHECK(SpillFiles(dir).size() == 1);  // the data stays when its store stops
+  test::TestStore s("64M", SpillArgs(dir, {"--recover"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  CHECK(Stats(c.get()).spilled_count == objs.size());
+  for (const Obj& o : objs) CHECK(IsSpilled(c.get(), o));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  for (const Obj& o : objs) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  CHECK(fs::is_empty(dir));
+}
+
+TEST_CASE("--recover does not bring back deleted objects, and serves the newest copy of an id") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  // For each k: "old-k" and a companion "keep-k" are spilled together; old-k is deleted (its
+  // file lives on for keep-k), then created again with new content and spilled to another file.
+  // "gone-k" is spilled with keep-k and deleted for good.
+  // Many pairs: which copy recovery meets first depends on the order of the directory listing.
+  const int kPairs = 20;
+  std::vector<Obj> keep, gone, fresh;
+  for (int k = 0; k < kPairs; k++) {
+    keep.push_back(MakeObj("keep-" + std::to_string(k), 1700 + k, 64 * kKiB));
+    gone.push_back(MakeObj("gone-" + std::to_string(k), 1740 + k, 64 * kKiB, 4));
+    fresh.push_back(MakeObj("old-" + std::to_string(k), 1780 + k, 64 * kKiB, 6));
+  }
+  {
+    test::TestStore s("64M", SpillArgs(dir));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    for (int k = 0; k < kPairs; k++) {
+      Obj old = fresh[k];
+      old.seed = 1820 + k;  // same id, other content
+      Put(c.get(), old);
+      Put(c.get(), keep[k]);
+      Put(c.get(), gone[k]);
+      Evict(c.get(), kAll);
+      Delete(c.get(), old);
+      Delete(c.get(), gone[k]);
+      Put(c.get(), fresh[k]);
+      Evict(c.get(), kAll);
+      CHECK(UrlOf(c.get(), fresh[k]).path != UrlOf(c.get(), keep[k]).path);
+    }
+    CHECK(SpillFiles(dir).size() == 2 * kPairs);
+    c.reset();
+    Crash(s);
+  }
+  test::TestStore s("64M", SpillArgs(dir, {"--recover"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  for (int k = 0; k < kPairs; k++) {
+    INFO("k = ", k);
+    ReadBack(c.get(), keep[k]);
+    ReadBack(c.get(), fresh[k]);
+    store_object_info none{};
+    CHECK(store_info(c.get(), &gone[k].id, &none) == STORE_ENOTFOUND);
+  }
+  CHECK(Stats(c.get()).object_count == 2 * kPairs);
 }

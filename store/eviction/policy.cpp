@@ -17,7 +17,8 @@ uint64_t BytesToFree(uint64_t used, uint64_t capacity, const SpillPolicy& p, uin
   return want > in_flight ? want - in_flight : 0;
 }
 
-SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPolicy& p) {
+SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPolicy& p,
+                         bool drops_only) {
   SpillBatch b;
   uint64_t file_bytes = 0;
   table.ForEachEvictable([&](Object* o) {
@@ -27,6 +28,7 @@ SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPo
       b.bytes += o->alloc_size;
       return true;
     }
+    if (drops_only) return true;
     uint64_t record = 16 + o->data_size + o->metadata_size;
     if (!b.write.empty() &&
         (b.write.size() >= p.max_file_objects || file_bytes + record > p.max_file_bytes)) {

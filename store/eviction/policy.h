@@ -36,7 +36,9 @@ struct SpillBatch {
 uint64_t BytesToFree(uint64_t used, uint64_t capacity, const SpillPolicy& p, uint64_t need_now,
                      uint64_t in_flight);
 
-// Victims in eviction order until `bytes` are covered or one file is full.
-SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPolicy& p);
+// Victims in eviction order until `bytes` are covered or one file is full. With drops_only,
+// only objects that still have a copy on disk (nothing to write).
+SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPolicy& p,
+                         bool drops_only = false);
 
 }  // namespace store

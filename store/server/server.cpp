@@ -192,6 +192,10 @@ int Server::Run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
   if (rc != 0) LOG_WARN("event loop closed with handles still open: %s", uv_strerror(rc));
+  for (auto& [dir, log] : tomb_logs_) {
+    if (log.fd >= 0) env_->Close(log.fd);
+  }
+  tomb_logs_.clear();
   dirs_.reset();  // releases the spill directories (spill files of live objects stay)
   region_.reset();
   LOG_INFO("stopped");

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -37,6 +38,7 @@ namespace store {
 struct SpillFile {
   uint64_t id = 0;
   std::string path;
+  uint64_t number = 0;        // n of spill-<n>.bin
   uint64_t size = 0;
   uint64_t live_objects = 0;  // objects whose copy is here
   uint64_t live_bytes = 0;
@@ -146,6 +148,9 @@ class Server {
   static void RestoreDone(uv_work_t* req, int status);
   void FailRestore(Object* o, int code, const std::string& message);
   void DropSpillCopy(Object* o, bool dead);
+  void RemoveSpillFile(SpillFile* f);
+  void RecordDeletion(SpillFile* f, uint64_t offset);
+  const std::set<std::pair<uint64_t, uint64_t>>& Tombstones(const std::string& dir);
   void FinishEvict(EvictWaiter* ew);
   void HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r);
   void HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r);
@@ -194,6 +199,12 @@ class Server {
   std::deque<Object*> pending_restores_;  // spilled objects waiting for memory to restore into
   std::unordered_map<ObjectKey, std::string, ObjectKeyHash> restore_errors_;
   std::vector<EvictWaiter*> evict_waiters_;
+  struct TombLog {
+    int fd = -1;
+    uint64_t size = 0;
+  };
+  std::unordered_map<std::string, TombLog> tomb_logs_;  // spill directory -> its DELETED log
+  std::unordered_map<std::string, std::set<std::pair<uint64_t, uint64_t>>> recovered_tombstones_;
   struct SpillTotals {
     uint64_t objects = 0, bytes = 0, ns = 0, failures = 0;
     uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;

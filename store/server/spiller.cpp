@@ -21,11 +21,14 @@
 // A restored object keeps its spilled copy, so evicting it again writes nothing.
 //
 // Spill files are reference counted by the objects whose copy they hold, and deleted with the
-// last one.
+// last one. Deleting an object whose copy lives on in a file that other objects keep appends a
+// 16-byte tombstone (file number, record offset) to that directory's DELETED log, so that a
+// store restarted with --recover does not bring the deleted object back.
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cerrno>
 #include <cinttypes>
 #include <cstring>
@@ -49,6 +52,26 @@ constexpr int kMaxSpillJobs = 2;
 // After a failed spill write, new spills wait this long.
 constexpr int64_t kSpillBackoffNs = 1000000000;
 
+std::string Dirname(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+// n of ".../spill-<n>.bin", 0 if the name is not like that.
+uint64_t FileNumber(const std::string& path) {
+  size_t slash = path.rfind('/');
+  std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  if (name.rfind("spill-", 0) != 0) return 0;
+  return std::strtoull(name.c_str() + 6, nullptr, 10);
+}
+
+// ns of ".../store-<pid>-<ns>", 0 if the name is not like that.
+uint64_t InstanceStart(const std::string& dir) {
+  size_t dash = dir.rfind('-');
+  if (dash == std::string::npos) return 0;
+  return std::strtoull(dir.c_str() + dash + 1, nullptr, 10);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
@@ -66,7 +89,18 @@ bool Server::OpenSpill(std::string* error) {
     dirs_.reset();
     return false;
   }
-  for (const auto& f : recovered) RecoverFile(f.path);
+  // Newest first (instance start time, then file number): if an id is found twice, the newest
+  // record wins.
+  std::vector<spill::RecoveredFile> files = recovered;
+  std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) {
+    std::string da = Dirname(a.path), db = Dirname(b.path);
+    if (da != db) return da > db;  // "store-<pid>-<ns>": compare by start time below
+    return FileNumber(a.path) > FileNumber(b.path);
+  });
+  std::stable_sort(files.begin(), files.end(), [](const auto& a, const auto& b) {
+    return InstanceStart(Dirname(a.path)) > InstanceStart(Dirname(b.path));
+  });
+  for (const auto& f : files) RecoverFile(f.path);
   if (options_.recover) {
     LOG_INFO("recovered %" PRIu64 " spilled objects from %zu spill files",
              table_.counters().spilled_count, recovered.size());
@@ -82,12 +116,15 @@ void Server::RecoverFile(const std::string& path) {
     dirs_->Remove(path);
     return;
   }
+  const auto& deleted = Tombstones(Dirname(path));
+  uint64_t number = FileNumber(path);
   uint64_t size = 0;
   env_->FileSize(path, &size);
   auto owned = std::make_unique<SpillFile>();
   SpillFile* f = owned.get();
   f->id = next_spill_file_++;
   f->path = path;
+  f->number = number;
   f->size = size;
   f->created_ns = RealtimeNs();
   spill_files_.emplace(f->id, std::move(owned));
@@ -95,7 +132,7 @@ void Server::RecoverFile(const std::string& path) {
   for (const auto& rec : index) {
     ObjectKey key;
     std::memcpy(key.bytes, rec.loc.id, 20);
-    if (table_.Find(key) || rec.data_size == 0) {
+    if (table_.Find(key) || rec.data_size == 0 || deleted.count({number, rec.loc.offset})) {
       f->dead_bytes += rec.loc.size;  // a duplicate (or empty) record: nobody can read it
       continue;
     }
@@ -116,10 +153,7 @@ void Server::RecoverFile(const std::string& path) {
     f->live_objects++;
     f->live_bytes += rec.loc.size;
   }
-  if (f->live_objects == 0) {
-    dirs_->Remove(path);
-    spill_files_.erase(f->id);
-  }
+  if (f->live_objects == 0) RemoveSpillFile(f);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -197,7 +231,7 @@ void Server::Pump() {
 
 void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
   if (!dirs_ || stopping_) return;
-  if (MonotonicNs() < spill_backoff_until_) return;
+  bool drops_only = MonotonicNs() < spill_backoff_until_;  // writes pause after a failure
   uint64_t need;
   if (ew) {
     need = ew->target;
@@ -208,7 +242,7 @@ void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
   }
   last_spill_error_ = 0;
   while (need > 0 && (ew || spill_jobs_ < kMaxSpillJobs)) {
-    SpillBatch b = ChooseVictims(table_, need, policy_);
+    SpillBatch b = ChooseVictims(table_, need, policy_, drops_only);
     if (b.write.empty() && b.drop.empty()) break;
     for (Object* o : b.drop) DropToDisk(o);
     if (ew) ew->spilled += b.bytes;
@@ -300,6 +334,8 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
     SpillFile* f = owned.get();
     f->id = s->next_spill_file_++;
     f->path = job->path;
+    f->number = FileNumber(job->path);
+    std::vector<uint64_t> dead_offsets;
     f->size = job->file_size;
     f->created_ns = RealtimeNs();
     s->spill_files_.emplace(f->id, std::move(owned));
@@ -311,8 +347,10 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
       s->spill_totals_.bytes += loc.size;
       if (o->deleted) {
         f->dead_bytes += loc.size;
+        dead_offsets.push_back(loc.offset);
         s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
-        if (s->MaybeFree(o)) freed += 1;
+        uint64_t mem = o->alloc_size;
+        if (s->MaybeFree(o)) freed += mem;
         continue;
       }
       o->spill_file = f;
@@ -337,8 +375,9 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
       }
     }
     if (f->live_objects == 0) {
-      s->dirs_->Remove(f->path);
-      s->spill_files_.erase(f->id);
+      s->RemoveSpillFile(f);
+    } else {
+      for (uint64_t off : dead_offsets) s->RecordDeletion(f, off);
     }
     s->last_spill_error_ = 0;
     s->nodisk_logged_ = false;
@@ -373,9 +412,77 @@ void Server::DropSpillCopy(Object* o, bool dead) {
   f->live_bytes -= o->spill_size;
   if (dead) f->dead_bytes += o->spill_size;
   if (f->live_objects == 0) {
-    dirs_->Remove(f->path);
-    spill_files_.erase(f->id);
+    RemoveSpillFile(f);
+  } else if (dead) {
+    RecordDeletion(f, o->spill_offset);
   }
+}
+
+void Server::RecordDeletion(SpillFile* f, uint64_t offset) {
+  std::string dir = Dirname(f->path);
+  TombLog& log = tomb_logs_[dir];
+  if (log.fd < 0) {
+    std::string path = dir + "/DELETED";
+    log.fd = env_->Open(path, O_WRONLY | O_CREAT, 0600);
+    if (log.fd < 0) {
+      LOG_WARN("cannot open %s (%s): a store restarted with --recover could bring deleted "
+               "objects back", path.c_str(), std::strerror(-log.fd));
+      return;
+    }
+    env_->FileSize(path, &log.size);
+  }
+  uint8_t entry[16];
+  for (int i = 0; i < 8; i++) {
+    entry[i] = static_cast<uint8_t>(f->number >> (8 * i));
+    entry[8 + i] = static_cast<uint8_t>(offset >> (8 * i));
+  }
+  iovec iov{entry, sizeof entry};
+  if (env_->PWritev(log.fd, &iov, 1, static_cast<off_t>(log.size)) == 16) log.size += 16;
+}
+
+void Server::RemoveSpillFile(SpillFile* f) {
+  std::string dir = Dirname(f->path);
+  bool last_in_dir = true;
+  for (auto& [id, other] : spill_files_) {
+    if (other.get() != f && Dirname(other->path) == dir) {
+      last_in_dir = false;
+      break;
+    }
+  }
+  if (last_in_dir) {  // no file left for the tombstones to filter
+    auto it = tomb_logs_.find(dir);
+    if (it != tomb_logs_.end()) {
+      if (it->second.fd >= 0) env_->Close(it->second.fd);
+      tomb_logs_.erase(it);
+    }
+    env_->Unlink(dir + "/DELETED");
+  }
+  dirs_->Remove(f->path);
+  spill_files_.erase(f->id);
+}
+
+const std::set<std::pair<uint64_t, uint64_t>>& Server::Tombstones(const std::string& dir) {
+  auto it = recovered_tombstones_.find(dir);
+  if (it != recovered_tombstones_.end()) return it->second;
+  auto& set = recovered_tombstones_[dir];
+  std::string path = dir + "/DELETED";
+  int fd = env_->Open(path, O_RDONLY, 0);
+  if (fd < 0) return set;
+  uint64_t size = 0;
+  env_->FileSize(path, &size);
+  std::vector<uint8_t> buf(size - size % 16);
+  iovec iov{buf.data(), buf.size()};
+  ssize_t n = buf.empty() ? 0 : env_->PReadv(fd, &iov, 1, 0);
+  env_->Close(fd);
+  for (ssize_t i = 0; i + 16 <= n; i += 16) {  // a torn last entry is ignored
+    uint64_t number = 0, offset = 0;
+    for (int b = 0; b < 8; b++) {
+      number |= uint64_t{buf[i + b]} << (8 * b);
+      offset |= uint64_t{buf[i + 8 + b]} << (8 * b);
+    }
+    set.emplace(number, offset);
+  }
+  return set;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -1,0 +1,530 @@
+// test_spill_faults.cpp - spilling when the disk misbehaves. The server runs in this process on a
+// thread, with a FaultInjectionEnv between the spiller and the filesystem: a full disk, writes
+// that fail halfway, read errors, corrupted reads and a disk over the threshold. Clients talk to
+// it through the C API as usual.
+#include <doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness.h"
+#include "server/log.h"
+#include "server/options.h"
+#include "server/server.h"
+#include "spill/env.h"
+#include "storeclient.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr uint64_t kKiB = 1ull << 10;
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kAll = UINT64_MAX;
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/store-spill-faults-XXXXXX";
+    char* p = mkdtemp(tmpl);
+    REQUIRE(p != nullptr);
+    path = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+// A store server on a thread of this process, spilling through a fault injector.
+class InProcessStore {
+ public:
+  explicit InProcessStore(uint64_t memory = 64 * kMiB) : env_(store::spill::Env::Default()) {
+    socket_ = tmp_.path + "/store.sock";
+    spill_dir_ = tmp_.path + "/spill";
+    REQUIRE(mkdir(spill_dir_.c_str(), 0700) == 0);
+    store::ServerOptions o;
+    o.socket_path = socket_;
+    o.memory = memory;
+    o.spill_dirs = {spill_dir_};
+    o.log_level = store::LogLevel::kWarn;
+    store::SetLogLevel(store::LogLevel::kWarn);
+    server_ = std::make_unique<store::Server>(o, &env_);
+    thread_ = std::thread([this] { rc_ = server_->Run(); });
+    bool up = test::WaitFor([&] { return rc_.load() != -1 || test::SocketAccepts(socket_); });
+    if (!up || rc_.load() != -1) {
+      thread_.join();
+      FAIL("the in-process store did not start (Run returned ", rc_.load(), ")");
+    }
+    // One round trip: the loop is running, so Stop() can reach it.
+    store_client* c = nullptr;
+    REQUIRE(store_client_connect(&c, socket_.c_str(), nullptr) == STORE_OK);
+    store_stats st{};
+    int rc = store_stats_get(c, &st);
+    store_client_free(c);
+    REQUIRE(rc == STORE_OK);
+  }
+  ~InProcessStore() { Stop(); }
+  InProcessStore(const InProcessStore&) = delete;
+  InProcessStore& operator=(const InProcessStore&) = delete;
+
+  // Stops the server and returns what Run() returned (0 after a clean stop).
+  int Stop() {
+    if (thread_.joinable()) {
+      server_->Stop();
+      thread_.join();
+    }
+    return rc_.load();
+  }
+
+  store::spill::FaultInjectionEnv& env() { return env_; }
+  const std::string& socket() const { return socket_; }
+  const std::string& spill_dir() const { return spill_dir_; }
+
+ private:
+  TempDir tmp_;
+  store::spill::FaultInjectionEnv env_;
+  std::unique_ptr<store::Server> server_;
+  std::thread thread_;
+  std::atomic<int> rc_{-1};
+  std::string socket_, spill_dir_;
+};
+
+struct ClientDeleter {
+  void operator()(store_client* c) const { store_client_free(c); }
+};
+struct ReaderDeleter {
+  void operator()(store_reader* r) const { store_reader_close(r); }
+};
+using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
+using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
+
+ClientPtr Connect(const InProcessStore& s) {
+  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
+  o.client_name = "test_spill_faults";
+  store_client* c = nullptr;
+  int rc = store_client_connect(&c, s.socket().c_str(), &o);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return ClientPtr(c);
+}
+
+store_object_id Id(const std::string& s) {
+  store_object_id id{};
+  REQUIRE(store_object_id_from_string(s.data(), s.size(), &id) == STORE_OK);
+  return id;
+}
+
+uint64_t Mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t Word(uint64_t seed, uint64_t i) { return Mix(seed * 0x100000001B3ull ^ Mix(i)); }
+
+void Fill(uint64_t seed, uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t w = Word(seed, i / 8);
+    std::memcpy(p + i, &w, std::min<size_t>(8, n - i));
+  }
+}
+
+bool Matches(uint64_t seed, const uint8_t* p, size_t n) {
+  if (p == nullptr) return false;
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t w = Word(seed, i / 8);
+    if (std::memcmp(p + i, &w, std::min<size_t>(8, n - i)) != 0) return false;
+  }
+  return true;
+}
+
+uint64_t MetaSeed(uint64_t seed) { return seed ^ 0x5EED0000000000A5ull; }
+
+struct Obj {
+  store_object_id id;
+  uint64_t seed = 0;
+  uint64_t size = 0;
+  uint64_t meta = 0;
+};
+
+Obj MakeObj(const std::string& name, uint64_t seed, uint64_t size, uint64_t meta = 0) {
+  return Obj{Id(name), seed, size, meta};
+}
+
+int TryPut(store_client* c, const Obj& obj, int64_t timeout_ms = -1) {
+  std::vector<uint8_t> m(obj.meta);
+  Fill(MetaSeed(obj.seed), m.data(), m.size());
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.metadata = obj.meta ? m.data() : nullptr;
+  o.metadata_size = obj.meta;
+  o.timeout_ms = timeout_ms;
+  store_writer* w = nullptr;
+  int rc = store_create(c, &w, &obj.id, obj.size, &o);
+  if (rc != STORE_OK) return rc;
+  void* p = store_writer_data(w);
+  if (!p) {
+    store_writer_abort(w);
+    return STORE_EMISUSE;
+  }
+  Fill(obj.seed, static_cast<uint8_t*>(p), obj.size);
+  return store_writer_seal(w);
+}
+
+void Put(store_client* c, const Obj& obj, int64_t timeout_ms = -1) {
+  int rc = TryPut(c, obj, timeout_ms);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+}
+
+int TryRead(store_client* c, const Obj& obj, bool* intact) {
+  *intact = false;
+  store_reader* r = nullptr;
+  int rc = store_open_reader(c, &r, &obj.id, 0);
+  if (rc != STORE_OK) return rc;
+  ReaderPtr rp(r);
+  uint64_t msize = 0;
+  const void* m = store_reader_metadata(r, &msize);
+  bool meta_ok = obj.meta == 0 ? msize == 0
+                               : (msize == obj.meta &&
+                                  Matches(MetaSeed(obj.seed), static_cast<const uint8_t*>(m), msize));
+  *intact = store_reader_size(r) == obj.size &&
+            Matches(obj.seed, static_cast<const uint8_t*>(store_reader_data(r)), obj.size) &&
+            meta_ok;
+  return STORE_OK;
+}
+
+void ReadBack(store_client* c, const Obj& obj) {
+  bool intact = false;
+  int rc = TryRead(c, obj, &intact);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  CHECK(intact);
+}
+
+store_stats Stats(store_client* c) {
+  store_stats st{};
+  REQUIRE(store_stats_get(c, &st) == STORE_OK);
+  return st;
+}
+
+store_object_info Info(store_client* c, const Obj& obj) {
+  store_object_info info{};
+  int rc = store_info(c, &obj.id, &info);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return info;
+}
+
+bool IsSpilled(store_client* c, const Obj& obj) {
+  store_object_info i = Info(c, obj);
+  return i.state == STORE_STATE_SPILLED && i.level == STORE_LEVEL_DISK;
+}
+
+bool InMemoryOnly(store_client* c, const Obj& obj) {
+  store_object_info i = Info(c, obj);
+  return i.state == STORE_STATE_SEALED && i.level == STORE_LEVEL_MEMORY;
+}
+
+bool Quiet(store_client* c) {
+  store_stats st = Stats(c);
+  return st.spilling_count == 0 && st.restoring_count == 0;
+}
+
+// Offset of the object's record in its spill file (from its URL "...?offset=O&size=S").
+uint64_t RecordOffset(store_client* c, const Obj& obj) {
+  char buf[4096];
+  int rc = store_spill_url(c, &obj.id, buf, sizeof buf);
+  INFO(store_last_error_message());
+  REQUIRE(rc == STORE_OK);
+  std::string url = buf;
+  size_t q = url.rfind("?offset=");
+  size_t amp = url.find("&size=");
+  REQUIRE(q != std::string::npos);
+  REQUIRE(amp != std::string::npos);
+  CHECK(std::stoull(url.substr(amp + 6)) == 16 + obj.meta + obj.size);
+  return std::stoull(url.substr(q + 8, amp - q - 8));
+}
+
+// Every file under the spill directory other than the stores' LOCK files.
+std::vector<std::string> FilesUnder(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file() && it->path().filename() != "LOCK") {
+      out.push_back(it->path().string());
+    }
+  }
+  return out;
+}
+
+std::vector<Obj> PutMany(store_client* c, const std::string& prefix, int n, uint64_t size,
+                         uint64_t seed) {
+  std::vector<Obj> objs;
+  for (int i = 0; i < n; i++) {
+    objs.push_back(MakeObj(prefix + "-" + std::to_string(i), seed + i, size, i % 2 ? 40 : 0));
+    Put(c, objs.back());
+  }
+  return objs;
+}
+
+// Evicts everything once spilling works again (after a failed write new spills pause ~1 s).
+bool EvictSucceeds(store_client* c, uint64_t* spilled) {
+  return test::WaitFor(
+      [&] { return store_evict(c, kAll, spilled) == STORE_OK && *spilled > 0; },
+      std::chrono::seconds(10));
+}
+
+}  // namespace
+
+TEST_CASE("a full disk: spills fail, nothing is lost, creates that need a spill get ENODISK") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+
+  std::vector<Obj> objs = PutMany(c.get(), "full", 20, kMiB, 10);
+  s.env().FailWritesAfter(0, ENOSPC);
+  uint64_t spilled = 12345;
+  int rc = store_evict(c.get(), kAll, &spilled);
+  {
+    INFO(store_last_error_message());
+    CHECK((rc == STORE_ENODISK || (rc == STORE_OK && spilled == 0)));
+  }
+  CHECK(spilled == 0);
+  store_stats st = Stats(c.get());
+  CHECK(st.total_spill_failures >= 1);
+  CHECK(st.total_spilled_objects == 0);
+  CHECK(st.spill_files == 0);
+  CHECK(st.spilling_count == 0);
+  CHECK(FilesUnder(s.spill_dir()).empty());
+  for (const Obj& o : objs) CHECK(InMemoryOnly(c.get(), o));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+
+  // A create that only fits after a spill fails with STORE_ENODISK instead of waiting forever.
+  const Obj big = MakeObj("big", 99, 48 * kMiB);
+  rc = TryPut(c.get(), big, -1);
+  {
+    const std::string err = store_last_error_message();
+    INFO(err);
+    CHECK(rc == STORE_ENODISK);
+  }
+  st = Stats(c.get());
+  CHECK(st.waiting_creates == 0);
+  CHECK(st.object_count == objs.size());
+  store_object_info none{};
+  CHECK(store_info(c.get(), &big.id, &none) == STORE_ENOTFOUND);
+  // After the backoff the spiller tries again, fails again, and so does the create.
+  const uint64_t failures = Stats(c.get()).total_spill_failures;
+  CHECK(test::WaitFor(
+      [&] {
+        return TryPut(c.get(), big, -1) == STORE_ENODISK &&
+               Stats(c.get()).total_spill_failures > failures;
+      },
+      std::chrono::seconds(10)));
+  CHECK(FilesUnder(s.spill_dir()).empty());
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+
+  // The disk has room again: once the backoff is over, spilling works.
+  s.env().FailWritesAfter(-1);
+  CHECK(EvictSucceeds(c.get(), &spilled));
+  CHECK(spilled >= objs.size() * kMiB);
+  for (const Obj& o : objs) CHECK(IsSpilled(c.get(), o));
+  st = Stats(c.get());
+  CHECK(st.total_spilled_objects == objs.size());
+  CHECK(st.spill_files >= 1);
+  Put(c.get(), big, -1);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  ReadBack(c.get(), big);
+  c.reset();
+  CHECK(s.Stop() == 0);
+}
+
+TEST_CASE("a spill write that fails halfway leaves no partial file and loses nothing") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+
+  std::vector<Obj> objs = PutMany(c.get(), "half", 8, kMiB + 7, 100);
+  const uint64_t before = s.env().bytes_written();
+  // The batch is about 8 MiB: fail after 3.5 MiB of it.
+  s.env().FailWritesAfter(3 * kMiB + 512 * kKiB, EIO);
+  uint64_t spilled = 12345;
+  int rc = store_evict(c.get(), kAll, &spilled);
+  CHECK((rc == STORE_ENODISK || (rc == STORE_OK && spilled == 0)));
+  CHECK(spilled == 0);
+  CHECK(s.env().bytes_written() - before == 3 * kMiB + 512 * kKiB);  // it did write part
+  {
+    std::vector<std::string> files = FilesUnder(s.spill_dir());
+    std::string list;
+    for (auto& f : files) list += f + "\n";
+    INFO(list);
+    CHECK(files.empty());
+  }
+  store_stats st = Stats(c.get());
+  CHECK(st.total_spill_failures == 1);
+  CHECK(st.spill_files == 0);
+  CHECK(st.spill_disk_bytes == 0);
+  CHECK(st.object_count == objs.size());
+  for (const Obj& o : objs) CHECK(InMemoryOnly(c.get(), o));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+
+  s.env().FailWritesAfter(-1);
+  CHECK(EvictSucceeds(c.get(), &spilled));
+  for (const Obj& o : objs) CHECK(IsSpilled(c.get(), o));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  CHECK(Stats(c.get()).total_spill_failures == 1);
+}
+
+TEST_CASE("read errors: the restore fails with STORE_ECORRUPT and the object stays on disk") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+
+  std::vector<Obj> objs = PutMany(c.get(), "eio", 3, 2 * kMiB + 1, 200);
+  uint64_t spilled = 0;
+  REQUIRE(store_evict(c.get(), kAll, &spilled) == STORE_OK);
+  for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+  store_stats before = Stats(c.get());
+
+  s.env().FailReads(EIO);
+  store_reader* r = nullptr;
+  CHECK(store_open_reader(c.get(), &r, &objs[0].id, 0) == STORE_ECORRUPT);
+  CHECK(r == nullptr);
+  CHECK(store_open_reader(c.get(), &r, &objs[0].id, 1000) == STORE_ECORRUPT);
+  CHECK(IsSpilled(c.get(), objs[0]));
+  // A prefetch fails quietly: the object stays on disk.
+  REQUIRE(store_prefetch(c.get(), &objs[1].id, 1) == STORE_OK);
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).total_restore_failures >= before.total_restore_failures + 3; }));
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  CHECK(IsSpilled(c.get(), objs[1]));
+  store_stats st = Stats(c.get());
+  CHECK(st.total_restore_failures == before.total_restore_failures + 3);
+  CHECK(st.total_restored_objects == before.total_restored_objects);
+  CHECK(st.used_bytes == before.used_bytes);
+  CHECK(st.spilled_count == 3);
+
+  // Readable again once the disk answers.
+  s.env().FailReads(0);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  st = Stats(c.get());
+  CHECK(st.total_restored_objects == before.total_restored_objects + 3);
+  CHECK(st.total_restore_failures == before.total_restore_failures + 3);
+}
+
+TEST_CASE("a corrupted read of an object's data: STORE_ECORRUPT, never wrong bytes") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+
+  std::vector<Obj> objs = {MakeObj("flip-0", 300, kMiB, 10), MakeObj("flip-1", 301, 3 * kMiB, 33),
+                           MakeObj("flip-2", 302, 64 * kKiB, 0)};
+  for (const Obj& o : objs) Put(c.get(), o);
+  uint64_t spilled = 0;
+  REQUIRE(store_evict(c.get(), kAll, &spilled) == STORE_OK);
+  const Obj& bad = objs[1];
+  const uint64_t data_at = RecordOffset(c.get(), bad) + 16 + bad.meta;
+  store_stats before = Stats(c.get());
+
+  s.env().CorruptReadsAt(static_cast<int64_t>(data_at + bad.size - 1));  // its last byte
+  store_reader* r = nullptr;
+  CHECK(store_open_reader(c.get(), &r, &bad.id, 0) == STORE_ECORRUPT);
+  CHECK(r == nullptr);
+  CHECK(IsSpilled(c.get(), bad));
+  // The other records of the file do not cover that offset.
+  ReadBack(c.get(), objs[0]);
+  ReadBack(c.get(), objs[2]);
+  // Its metadata, too.
+  s.env().CorruptReadsAt(static_cast<int64_t>(data_at - 1));
+  CHECK(store_open_reader(c.get(), &r, &bad.id, 0) == STORE_ECORRUPT);
+  // And its header.
+  s.env().CorruptReadsAt(static_cast<int64_t>(RecordOffset(c.get(), bad) + 9));
+  CHECK(store_open_reader(c.get(), &r, &bad.id, 0) == STORE_ECORRUPT);
+  store_stats st = Stats(c.get());
+  CHECK(st.total_restore_failures == before.total_restore_failures + 3);
+  CHECK(st.total_restored_objects == before.total_restored_objects + 2);
+
+  s.env().CorruptReadsAt(-1);
+  ReadBack(c.get(), bad);
+}
+
+TEST_CASE("a disk over the threshold: creates and restores that need a spill get STORE_ENODISK") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+
+  // One object on disk before the disk fills up.
+  const Obj x = MakeObj("spilled-before", 498, 8 * kMiB, 8);
+  Put(c.get(), x);
+  uint64_t spilled = 0;
+  REQUIRE(store_evict(c.get(), kAll, &spilled) == STORE_OK);
+  REQUIRE(IsSpilled(c.get(), x));
+
+  s.env().SetDiskUsedFraction(0.99);  // the default threshold is 0.95
+  std::vector<Obj> objs = PutMany(c.get(), "threshold", 40, kMiB, 400);
+  const Obj big = MakeObj("big", 499, 32 * kMiB);
+  int rc = TryPut(c.get(), big, -1);
+  {
+    const std::string err = store_last_error_message();
+    INFO(err);
+    CHECK(rc == STORE_ENODISK);
+  }
+  spilled = 1;
+  CHECK(store_evict(c.get(), kAll, &spilled) == STORE_ENODISK);
+  CHECK(spilled == 0);
+  store_stats st = Stats(c.get());
+  CHECK(st.waiting_creates == 0);
+  CHECK(st.total_spilled_objects == 1);
+  CHECK(st.spill_files == 1);
+  CHECK(FilesUnder(s.spill_dir()).size() == 1);
+  for (const Obj& o : objs) CHECK(InMemoryOnly(c.get(), o));
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+
+  // Fill the rest of memory: the spilled object has nowhere to be restored to.
+  std::vector<Obj> extra;
+  for (int i = 0; i < 100; i++) {
+    Obj o = MakeObj("extra-" + std::to_string(i), 450 + i, kMiB);
+    rc = TryPut(c.get(), o, 0);
+    if (rc == STORE_ENOSPACE) break;
+    REQUIRE(rc == STORE_OK);
+    extra.push_back(o);
+  }
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  st = Stats(c.get());
+  REQUIRE(st.capacity_bytes - st.used_bytes < x.size);
+  store_reader* r = nullptr;
+  rc = store_open_reader(c.get(), &r, &x.id, 0);
+  {
+    const std::string err = store_last_error_message();
+    INFO(err);
+    CHECK(rc == STORE_ENODISK);
+    CHECK(r == nullptr);
+  }
+  CHECK(IsSpilled(c.get(), x));
+  CHECK(Stats(c.get()).used_bytes == st.used_bytes);
+
+  // Just under the threshold the directory is used again.
+  s.env().SetDiskUsedFraction(0.9);
+  ReadBack(c.get(), x);
+  Put(c.get(), big, -1);
+  st = Stats(c.get());
+  CHECK(st.total_spilled_objects > 1);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  for (const Obj& o : extra) ReadBack(c.get(), o);
+  ReadBack(c.get(), big);
+  ReadBack(c.get(), x);
+  s.env().SetDiskUsedFraction(-1);
+}
