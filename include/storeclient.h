@@ -186,10 +186,11 @@ typedef struct store_stats {
     uint64_t spill_dead_bytes;    /* of which records of deleted objects */
     uint64_t total_spilled_objects;
     uint64_t total_spilled_bytes;
-    uint64_t total_spill_ns;      /* time spent writing spill files (rate = bytes / time) */
+    uint64_t total_spill_ns;      /* time spent writing spill files, summed over the files
+                                     (they may be written two at a time) */
     uint64_t total_restored_objects;
     uint64_t total_restored_bytes;
-    uint64_t total_restore_ns;
+    uint64_t total_restore_ns;    /* likewise, summed over restores */
     uint64_t total_spill_failures;   /* spill files that could not be written (no object lost) */
     uint64_t total_restore_failures; /* restores that failed (I/O error or corrupt data) */
 } store_stats;

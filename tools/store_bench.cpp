@@ -46,7 +46,6 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -177,7 +176,10 @@ void CloseEcho() {
     store_client_free(g_client);
     g_client = nullptr;
   }
-  if (!g_scratch.empty()) unlink(g_scratch.c_str());
+  if (!g_scratch.empty()) {
+    unlink(g_scratch.c_str());
+    unlink((g_scratch + ".warm").c_str());
+  }
   CloseEcho();
   exit(1);
 }
@@ -434,7 +436,8 @@ void RunSmallRounds(Result* r, Slice&& slice, After&& after_round) {
 }
 
 void SmallPut() {
-  Result r{"small_put", "store_put of 64 B objects, one client, synchronous", {}, {}, false, "", "", {}};
+  Result r{"small_put", "store_put of 64 B objects, one client, synchronous",
+           {}, {}, false, "", "", {}};
   r.figure = Series{"small_put", "ops/s", {}};
   r.limits.push_back(RttSeries());
   uint8_t data[kSmallSize];
@@ -508,8 +511,8 @@ void SmallGet() {
 }
 
 void BatchGet() {
-  Result r{"batch_get", "store_open_readers of 1000 ids, then store_readers_close; objects/s", {}, {},
-           false, "", "", {}};
+  Result r{"batch_get", "store_open_readers of 1000 ids, then store_readers_close; objects/s",
+           {}, {}, false, "", "", {}};
   r.figure = Series{"batch_get", "obj/s", {}};
   r.limits.push_back(RttSeries());
   std::vector<store_object_id> ids;
@@ -556,7 +559,8 @@ void BatchGet() {
 }
 
 void BatchPut() {
-  Result r{"batch_put", "store_put_many of 1000 64 B objects; objects/s", {}, {}, false, "", "", {}};
+  Result r{"batch_put", "store_put_many of 1000 64 B objects; objects/s",
+           {}, {}, false, "", "", {}};
   r.figure = Series{"batch_put", "obj/s", {}};
   r.limits.push_back(RttSeries());
   uint8_t data[kSmallSize];
@@ -773,19 +777,22 @@ void LargeGet(uint8_t* src, uint8_t* dst, const store_stats& st) {
 // ---- spilling to disk ----------------------------------------------------------------------
 //
 // One round: fill the store with 8 MiB objects, write a file of the same size into the spill
-// directory and delete it (the spill limit; deleted first so that the spill finds the page
-// cache as the limit did), store_evict them all (the spill figure), write that file again
-// untimed and read it back after dropping it from the page cache and again warm (the restore
-// limits), delete it, then open each object (the restore figure: the spill files are as the
-// server left them, usually still in the page cache). Then twice more from disk: evicted again (their copies on disk are kept, so
-// nothing is written) and restored with store_prefetch of all first, and, with the spill files
-// dropped from the page cache, sequentially. Every object is deleted at the end of the round.
+// directory (the spill limit), store_evict them all (the spill figure), read that file back
+// after dropping it from the page cache and again warm (the restore limits), delete it, then
+// open each object (the restore figure: the spill files are as the server left them, usually
+// still in the page cache). Then twice more from disk: evicted again (their copies on disk
+// are kept, so nothing is written) and restored with store_prefetch of all first, and, with
+// the spill files dropped from the page cache, sequentially. Every object is deleted at the
+// end of the round.
+
+std::string ReadFirstLine(const char* path, const char* starts_with);
 
 constexpr uint64_t kSpillObject = 8ull << 20;
 constexpr uint64_t kSpillMin = 32ull << 20;             // below this the figures say too little
 constexpr int32_t kSpillImportance = INT32_MIN / 2;    // spilled before anything else
 constexpr double kSpillFill = 0.75;  // of the capacity: below the server's default high mark
 constexpr int64_t kRestoreTimeoutMs = 120000;
+constexpr int kReadSamples = 3;  // cold and warm reads of the limit's file per round
 
 std::string FsType(const std::string& dir) {
   struct statfs sf;
@@ -805,6 +812,10 @@ std::string FsType(const std::string& dir) {
       return b;
     }
   }
+}
+
+void RemoveScratch() {
+  if (unlink(g_scratch.c_str()) != 0) DieErrno(("unlink " + g_scratch).c_str());
 }
 
 // Writes `bytes` (a multiple of kSpillObject) from src into a new file at g_scratch, then
@@ -829,6 +840,28 @@ double WriteScratch(const uint8_t* src, uint64_t bytes) {
   return t;
 }
 
+// Writes `bytes` into a new file without syncing and deletes it: nothing reaches the disk, but
+// that much memory has just been used by the page cache. In a virtual machine whose free
+// memory goes back to the host, the first touch of memory can be slower than the disk; warmed
+// first, the limits and the figures find warm pages alike. The file is g_scratch + ".warm".
+void WarmPageCache(const uint8_t* src, uint64_t bytes) {
+  const std::string path = g_scratch + ".warm";
+  int fd = open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0) DieErrno(("create " + path).c_str());
+  for (uint64_t done = 0; done < bytes;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kSpillObject, bytes - done));
+    ssize_t k = write(fd, src, n);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      DieErrno(("write " + path).c_str());
+    }
+    done += static_cast<uint64_t>(k);
+  }
+  close(fd);
+  if (unlink(path.c_str()) != 0) DieErrno(("unlink " + path).c_str());
+  CheckStop();
+}
+
 // Reads the whole of g_scratch sequentially into buf (kSpillObject bytes). Seconds.
 double ReadScratch(uint8_t* buf, uint64_t expect) {
   double t0 = Now();
@@ -850,10 +883,6 @@ double ReadScratch(uint8_t* buf, uint64_t expect) {
   if (done != expect) Die("the limit's file read back has the wrong size");
   CheckStop();
   return t;
-}
-
-void RemoveScratch() {
-  if (unlink(g_scratch.c_str()) != 0) DieErrno(("unlink " + g_scratch).c_str());
 }
 
 // Drops a file's (clean) pages from the page cache.
@@ -1020,17 +1049,22 @@ double RestorePrefetched(const std::vector<store_object_id>& ids) {
   return t;
 }
 
-// Evicts objects restored before: their copies on disk are kept, so this writes nothing.
-// Returns the bytes written (0 expected).
-uint64_t EvictAgain(uint64_t target, const std::vector<store_object_id>& ids) {
+// Evicts the objects of ids that are in memory again. Restored objects keep their copies on
+// disk, so this writes nothing. Returns the bytes written (0 expected).
+uint64_t EvictAgain(const std::vector<store_object_id>& ids) {
   store_stats before = Stats();
-  uint64_t freed = 0;
-  Check(store_evict(g_client, target, &freed), "store_evict of restored objects");
-  WaitSpillIdle();
   size_t in_memory = 0, spilled = 0;
-  CountStates(ids, &in_memory, &spilled);
-  if (spilled != ids.size()) {
-    Die("store_evict left restored objects of this run in memory");
+  for (int attempt = 0;; attempt++) {
+    WaitSpillIdle();
+    CountStates(ids, &in_memory, &spilled);
+    if (spilled == ids.size()) break;
+    if (in_memory == 0 || attempt == 3) {
+      Die("store_evict left restored objects of this run in memory");
+    }
+    // An 8 MiB object takes exactly 8 MiB of the store (a size class, page aligned).
+    uint64_t freed = 0;
+    Check(store_evict(g_client, static_cast<uint64_t>(in_memory) * kSpillObject, &freed),
+          "store_evict of restored objects");
   }
   return Stats().total_spilled_bytes - before.total_spilled_bytes;
 }
@@ -1039,7 +1073,19 @@ double Rate(uint64_t bytes, double seconds) {
   return seconds > 0 ? static_cast<double>(bytes) / seconds / kGB : 0;
 }
 
+// The server's restore rate between two snapshots: bytes over the summed time of its jobs.
+double ServerRestoreRate(const store_stats& a, const store_stats& b) {
+  return Rate(b.total_restored_bytes - a.total_restored_bytes,
+              static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9);
+}
+
 std::string Mib(uint64_t b) { return std::to_string(b >> 20) + " MiB"; }
+
+std::string Secs(double s) {
+  char b[32];
+  snprintf(b, sizeof b, "%.2f s", s);
+  return b;
+}
 
 std::string Pct(double p) {
   if (p < 0) return "unknown";
@@ -1122,10 +1168,23 @@ void SpillRestore(const store_stats& st) {
     g_scratch = dir + name;
   }
 
+  // The warm-up stays well below the kernel's background writeback threshold (by default a
+  // tenth of the available memory), so none of it is written.
+  uint64_t warm_bytes = bytes;
+  {
+    uint64_t avail_kb = 0;
+    std::string line = ReadFirstLine("/proc/meminfo", "MemAvailable");
+    if (!line.empty()) avail_kb = strtoull(line.c_str(), nullptr, 10);
+    if (avail_kb > 0) warm_bytes = std::min(warm_bytes, avail_kb * 1024 / 20);
+    warm_bytes = warm_bytes / kSpillObject * kSpillObject;
+  }
+
   std::vector<store_object_id> ids(n);
   uint64_t object_spill_bytes = 0, spill_files = 0;
-  double scratch_cold_resident = 0, warm_resident_first = -1, cold_resident_first = -1;
+  double scratch_cold_resident = -1, warm_resident_first = -1, cold_resident_first = -1;
+  double prefetch_resident_first = -1;
   size_t early = 0;  // objects the server spilled on its own during the fill
+  double warm_s = 0;  // spent warming the page cache
   uint64_t prefetch_rewritten = 0;
   bool outside_dir = false, other_fs = false;
   std::string spill_path_example;
@@ -1160,9 +1219,13 @@ void SpillRestore(const store_stats& st) {
                           ? s1.used_bytes - s0.used_bytes
                           : static_cast<uint64_t>(in_memory) * kSpillObject;
 
-    // Spill: the limit right before the figure.
+    // Spill: the limit right before the figure. The limit's file leaves the page cache at once,
+    // so that the spill gets the pages the limit had.
+    double w0 = Now();
+    WarmPageCache(pattern, warm_bytes);
+    warm_s += Now() - w0;
     double wt = WriteScratch(pattern, bytes);
-    RemoveScratch();
+    DropFromCache(g_scratch);
     spill.limits[0].v.push_back(Rate(bytes, wt));
     store_stats a = Stats();
     uint64_t freed = 0;
@@ -1174,7 +1237,7 @@ void SpillRestore(const store_stats& st) {
     spill.figure.v.push_back(Rate(written, et));
     spill.also[0].v.push_back(
         Rate(written, static_cast<double>(b.total_spill_ns - a.total_spill_ns) / 1e9));
-    spill_files = b.spill_files - a.spill_files;
+    spill_files = b.spill_files > a.spill_files ? b.spill_files - a.spill_files : 0;
     object_spill_bytes = written;
     CountStates(ids, &in_memory, &spilled);
     if (spilled != n) {
@@ -1194,13 +1257,20 @@ void SpillRestore(const store_stats& st) {
       }
     }
 
-    // Restore, as the spill left the files: the limits right before the figure.
-    WriteScratch(pattern, bytes);
-    DropFromCache(g_scratch);
-    double cold_pct = ScratchResidentPercent(bytes);
-    if (round == 0) scratch_cold_resident = cold_pct;
-    double rc_t = ReadScratch(rbuf, bytes);
-    double rw_t = ReadScratch(rbuf, bytes);
+    // Restore, as the spill left the files: the limits right before the figure. A read of a
+    // file just dropped from the page cache varies by 2x from one to the next here, so each
+    // round takes several (each sample is in the series).
+    std::vector<double> cold_s, warm_s_reads;
+    w0 = Now();
+    WarmPageCache(pattern, warm_bytes);  // for the reads: the spill files hold the others
+    warm_s += Now() - w0;
+    for (int k = 0; k < kReadSamples; k++) {
+      DropFromCache(g_scratch);
+      double cold_pct = ScratchResidentPercent(bytes);
+      if (round == 0 && k == 0) scratch_cold_resident = cold_pct;
+      cold_s.push_back(ReadScratch(rbuf, bytes));
+      warm_s_reads.push_back(ReadScratch(rbuf, bytes));
+    }
     RemoveScratch();
     double warm_pct = ResidentPercent(recs);
     if (round == 0) warm_resident_first = warm_pct;
@@ -1208,24 +1278,23 @@ void SpillRestore(const store_stats& st) {
     double rt = RestoreSequential(ids, pattern, true);
     b = Stats();
     for (Result* r : {&restore, &prefetch, &cold}) {
-      r->limits[0].v.push_back(Rate(bytes, rc_t));
-      r->limits[1].v.push_back(Rate(bytes, rw_t));
+      for (double t : cold_s) r->limits[0].v.push_back(Rate(bytes, t));
+      for (double t : warm_s_reads) r->limits[1].v.push_back(Rate(bytes, t));
     }
     restore.figure.v.push_back(Rate(bytes, rt));
-    restore.also[0].v.push_back(Rate(b.total_restored_bytes - a.total_restored_bytes,
-                                     static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9));
+    restore.also[0].v.push_back(ServerRestoreRate(a, b));
 
     // Prefetched: evicted again (nothing to write), then all asked for at once.
-    prefetch_rewritten += EvictAgain(target, ids);
+    prefetch_rewritten += EvictAgain(ids);
+    if (round == 0) prefetch_resident_first = ResidentPercent(recs);
     a = Stats();
     double pt = RestorePrefetched(ids);
     b = Stats();
     prefetch.figure.v.push_back(Rate(bytes, pt));
-    prefetch.also[0].v.push_back(Rate(b.total_restored_bytes - a.total_restored_bytes,
-                                      static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9));
+    prefetch.also[0].v.push_back(ServerRestoreRate(a, b));
 
     // Cold: evicted again, the spill files dropped from the page cache.
-    prefetch_rewritten += EvictAgain(target, ids);
+    prefetch_rewritten += EvictAgain(ids);
     recs = SpillRecords(ids);
     std::vector<std::string> files;
     for (const SpillRecordAt& r : recs) {
@@ -1238,8 +1307,7 @@ void SpillRestore(const store_stats& st) {
     double ct = RestoreSequential(ids, pattern, true);
     b = Stats();
     cold.figure.v.push_back(Rate(bytes, ct));
-    cold.also[0].v.push_back(Rate(b.total_restored_bytes - a.total_restored_bytes,
-                                  static_cast<double>(b.total_restore_ns - a.total_restore_ns) / 1e9));
+    cold.also[0].v.push_back(ServerRestoreRate(a, b));
 
     for (const store_object_id& id : ids) Delete(id);
   }
@@ -1260,9 +1328,11 @@ void SpillRestore(const store_stats& st) {
   if (other_fs) where += " (but the spill files are on another filesystem)";
   spill.note = std::to_string(n) + " objects, " + Mib(bytes) + " per round" + where + ", " +
                std::to_string(object_spill_bytes) + " bytes written into " +
-               std::to_string(spill_files) +
-               " spill files by one store_evict; spill_server = bytes / the sum of the server's "
-               "spill job times (jobs may overlap)";
+               std::to_string(spill_files) + (spill_files == 1 ? " spill file" : " spill files") +
+               " by one store_evict; spill_server = bytes / the sum of the server's "
+               "spill job times (jobs may overlap); before the write and the reads an unsynced write "
+               "of " + Mib(warm_bytes) + ", deleted, warmed the page cache (" + Secs(warm_s) +
+               " in all)";
   if (early > 0) {
     spill.note += "; " + std::to_string(early) +
                   " objects were spilled by the server on its own during the fill (its high "
@@ -1273,11 +1343,14 @@ void SpillRestore(const store_stats& st) {
                   " bytes of spill files still on disk after every object was deleted";
   }
   restore.note = "the spill files were " + Pct(warm_resident_first) +
-                 " in the page cache before the restore (written through it), the limit's file " +
-                 Pct(scratch_cold_resident) +
-                 " before its cold read: compare with file_read_warm; restore_cold below is "
-                 "the disk-bound case";
-  prefetch.note = "the spill files as the restore left them (in the page cache)";
+                 " in the page cache before the restore (the server writes through it), the "
+                 "limit's file " + Pct(scratch_cold_resident) + " before its cold read";
+  restore.note += warm_resident_first >= 50
+                      ? ": this restore mostly reads the page cache, compare with file_read_warm; "
+                        "restore_cold is the disk-bound case"
+                      : ": compare with file_read_cold";
+  prefetch.note = "the spill files were " + Pct(prefetch_resident_first) +
+                  " in the page cache before it";
   if (prefetch_rewritten > 0) {
     prefetch.note += "; evicting restored objects wrote " + std::to_string(prefetch_rewritten) +
                      " bytes again";
@@ -1451,10 +1524,13 @@ void Usage(FILE* f) {
           "times reading them back: opened in turn (restore), after store_prefetch of all\n"
           "(restore_prefetch), and in turn with the spill files dropped from the page cache\n"
           "(restore_cold), against reading that file after posix_fadvise DONTNEED\n"
-          "(file_read_cold) and again from the page cache (file_read_warm). The server's own\n"
-          "rates (bytes over the summed time of its spill or restore jobs) are shown as 'also'.\n"
-          "The limits' file lives only while measured; with the spill files it needs twice the\n"
-          "bytes free on DIR's disk.\n"
+          "(file_read_cold) and again from the page cache (file_read_warm), three of each per\n"
+          "round. The server's own rates (bytes over the summed time of its spill or restore\n"
+          "jobs) are shown as 'also'. Before the file is written or read, an unsynced write of\n"
+          "the same size, deleted at once, warms the page cache (first touches of memory can\n"
+          "be slower than the disk in a virtual machine).\n"
+          "The limits' file is deleted after the reads; with the spill files it needs twice the\n"
+          "bytes free on DIR's disk. Three rounds; one with --quick.\n"
           "Every object made is deleted before exit. Exit status: 0 ok, 1 failure, 2 usage.\n");
 }
 

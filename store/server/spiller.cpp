@@ -457,8 +457,31 @@ void Server::RemoveSpillFile(SpillFile* f) {
     }
     env_->Unlink(dir + "/DELETED");
   }
-  dirs_->Remove(f->path);
+  // Unlinking a large file can take tens of milliseconds: do it on the threadpool, then let
+  // SpillDirs tidy its directory on the loop.
+  struct UnlinkJob {
+    uv_work_t req;
+    Server* server;
+    std::string path;
+  };
+  auto* job = new UnlinkJob{{}, this, f->path};
+  job->req.data = job;
   spill_files_.erase(f->id);
+  int rc = uv_queue_work(
+      &loop_, &job->req,
+      [](uv_work_t* req) {
+        auto* j = static_cast<UnlinkJob*>(req->data);
+        j->server->env_->Unlink(j->path);
+      },
+      [](uv_work_t* req, int) {
+        auto* j = static_cast<UnlinkJob*>(req->data);
+        if (j->server->dirs_) j->server->dirs_->Remove(j->path);
+        delete j;
+      });
+  if (rc != 0) {
+    dirs_->Remove(job->path);
+    delete job;
+  }
 }
 
 const std::set<std::pair<uint64_t, uint64_t>>& Server::Tombstones(const std::string& dir) {
