@@ -1088,6 +1088,43 @@ int store_delete(store_client* client, const store_object_id* id) {
   });
 }
 
+int store_delete_many(store_client* client, const store_object_id* ids, size_t n,
+                      size_t* deleted) {
+  if (deleted) *deleted = 0;
+  return Guard([&]() -> int {
+    if (!client || (n && !ids)) return Fail(STORE_EINVAL, "client or ids is NULL");
+    int first = STORE_OK;
+    std::string first_message;
+    for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
+      size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
+      flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);
+      proto::ObjectId* slots = nullptr;
+      auto vec = fbb.CreateUninitializedVectorOfStructs(k, &slots);
+      for (size_t i = 0; i < k; i++) slots[i] = ProtoId(&ids[start + i]);
+      std::unique_ptr<Reply> reply;
+      int rc = Call(client->conn, fbb, Body::DeleteRequest,
+                    proto::CreateDeleteRequest(fbb, vec).Union(), Body::DeleteReply, &reply);
+      if (rc != STORE_OK) return rc;
+      auto* st = reply->msg->body_as_DeleteReply()->statuses();
+      if (st->size() != k) return Fail(STORE_EPROTO, "bad delete reply");
+      for (size_t i = 0; i < k; i++) {
+        int code = st->Get(static_cast<flatbuffers::uoffset_t>(i));
+        if (code == STORE_OK) {
+          if (deleted) (*deleted)++;
+        } else if (first == STORE_OK) {
+          first = code < 0 && code >= STORE_ERRNO_MIN_ ? code : STORE_EPROTO;
+          char hex[41];
+          store_object_id_to_hex(&ids[start + i], hex, sizeof hex);
+          Fail(first, "cannot delete object %s: %s", hex, store_errstr(first));
+          first_message = t_message;
+        }
+      }
+    }
+    if (first != STORE_OK) t_message = first_message;
+    return first;
+  });
+}
+
 int store_info(store_client* client, const store_object_id* id, store_object_info* info) {
   return Guard([&]() -> int {
     if (!client || !id || !info) return Fail(STORE_EINVAL, "client, id or info is NULL");

@@ -374,6 +374,12 @@ STORE_API int store_contains(store_client *client, const store_object_id *id, in
  * STORE_ENOTFOUND if absent, STORE_ENOTSEALED if it is still being written. */
 STORE_API int store_delete(store_client *client, const store_object_id *id);
 
+/* Deletes n objects with one request per 65536. Every id is tried: returns STORE_OK if all were
+ * deleted, else the code of the first that failed; *deleted (may be NULL) receives how many were
+ * deleted. */
+STORE_API int store_delete_many(store_client *client, const store_object_id *ids, size_t n,
+                                size_t *deleted);
+
 /* Fills *info for id (any state, the caller's unsealed objects included). */
 STORE_API int store_info(store_client *client, const store_object_id *id,
                          store_object_info *info);

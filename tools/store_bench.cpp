@@ -79,7 +79,7 @@ struct Settings {
 Settings g_set;
 
 const char* const kFigureNames[] = {"small_put", "small_get", "batch_get", "batch_put",
-                                    "large_put", "large_get", "spill"};
+                                    "large_put", "large_get", "spill", "table"};
 
 // ---- state shared with the failure path ----------------------------------------------------
 
@@ -284,7 +284,7 @@ std::vector<Result> g_results;
 
 std::string FormatValue(double v, const std::string& unit) {
   char buf[64];
-  if (unit == "GB/s") {
+  if (unit == "GB/s" || unit == "ms") {
     snprintf(buf, sizeof buf, "%.2f", v);
   } else {
     snprintf(buf, sizeof buf, "%.0f", v);
@@ -332,6 +332,23 @@ void Add(Result r) {
 }
 
 bool Wanted(const char* name) { return g_set.only.empty() || g_set.only == name; }
+
+// ---- a big table ----------------------------------------------------------------------------
+
+// Private anonymous memory of a process (its heap), from /proc/PID/smaps_rollup; 0 if unknown.
+uint64_t AnonymousBytes(int pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/smaps_rollup";
+  FILE* f = fopen(path.c_str(), "r");
+  if (!f) return 0;
+  char line[256];
+  uint64_t kb = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long long v;
+    if (sscanf(line, "Anonymous: %llu kB", &v) == 1) kb = v;
+  }
+  fclose(f);
+  return kb * 1024;
+}
 
 // ---- the round trip limit ------------------------------------------------------------------
 
@@ -1396,6 +1413,131 @@ std::string JsonSeries(const Series& s) {
   return o + "]";
 }
 
+// The table figures: what one request costs with few and with very many objects in the table
+// (stats, a sorted page of 50, a put, a get), and the server's memory per object.
+void TableFigures() {
+  const uint64_t big = g_set.quick ? 100000 : 1000000;
+  const uint64_t small = 10000;
+  store_stats st = Stats();
+  uint64_t need = big * 192;  // 16-byte objects take 64-byte size classes; generous bound
+  if (st.capacity_bytes - st.used_bytes < need) {
+    Result r;
+    r.name = "table";
+    r.skipped = true;
+    r.reason = "needs " + std::to_string(need >> 20) + " MiB of free store memory";
+    Add(std::move(r));
+    return;
+  }
+  uint64_t first = g_next_id;
+  std::vector<store_object_id> ids;
+  std::vector<const void*> datas;
+  std::vector<uint64_t> sizes;
+  static const char payload[16] = "table-figure-16";
+  uint64_t anon_before = AnonymousBytes(st.server_pid);
+  auto fill_to = [&](uint64_t n) {
+    while (ids.size() < n) {
+      size_t k = static_cast<size_t>(std::min<uint64_t>(n - ids.size(), 10000));
+      std::vector<store_object_id> batch;
+      for (size_t i = 0; i < k; i++) batch.push_back(MakeId(g_next_id++));
+      datas.assign(k, payload);
+      sizes.assign(k, sizeof payload);
+      size_t done = 0;
+      Check(store_put_many(g_client, batch.data(), datas.data(), sizes.data(), k, nullptr, &done),
+            "store_put_many for the table figures");
+      g_created += done;
+      ids.insert(ids.end(), batch.begin(), batch.end());
+      CheckStop();
+    }
+  };
+  auto median_ms = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+  };
+  struct AtSize {
+    double stats_ms, page_ms, put_ops, get_ops;
+  };
+  auto measure = [&]() {
+    AtSize a{};
+    std::vector<double> ts, tp;
+    for (int i = 0; i < 9; i++) {
+      store_stats x;
+      double t0 = Now();
+      Check(store_stats_get(g_client, &x), "store_stats_get");
+      ts.push_back((Now() - t0) * 1e3);
+      store_list_options lo = STORE_LIST_OPTIONS_INIT;
+      lo.sort = STORE_SORT_SIZE;
+      lo.descending = 1;
+      lo.limit = 50;
+      store_object_info* page = nullptr;
+      size_t n = 0;
+      t0 = Now();
+      Check(store_list_page(g_client, &lo, &page, &n, nullptr), "store_list_page");
+      tp.push_back((Now() - t0) * 1e3);
+      store_free(page);
+    }
+    a.stats_ms = median_ms(ts);
+    a.page_ms = median_ms(tp);
+    // Puts and gets of new objects while the table holds what it holds.
+    const int k = g_set.quick ? 2000 : 10000;
+    std::vector<store_object_id> extra;
+    double t0 = Now();
+    for (int i = 0; i < k; i++) {
+      extra.push_back(MakeId(g_next_id++));
+      Put(extra.back(), payload, sizeof payload, "store_put (table)");
+    }
+    a.put_ops = k / (Now() - t0);
+    t0 = Now();
+    for (int i = 0; i < k; i++) {
+      store_reader* r = nullptr;
+      Check(store_open_reader(g_client, &r, &extra[static_cast<size_t>(i)], 0), "store_open_reader (table)");
+      store_reader_close(r);
+    }
+    a.get_ops = k / (Now() - t0);
+    size_t deleted = 0;
+    Check(store_delete_many(g_client, extra.data(), extra.size(), &deleted), "store_delete_many");
+    g_deleted += deleted;
+    return a;
+  };
+  Tally rtt;
+  RttSlice(0.2, &rtt);
+  double rtt_ms = rtt.seconds / std::max<uint64_t>(1, rtt.ops) * 1e3;
+  fill_to(small);
+  AtSize at_small = measure();
+  fill_to(big);
+  uint64_t anon_after = AnonymousBytes(st.server_pid);
+  AtSize at_big = measure();
+  size_t deleted = 0;
+  Check(store_delete_many(g_client, ids.data(), ids.size(), &deleted), "store_delete_many");
+  g_deleted += deleted;
+  (void)first;
+
+  auto line = [&](const char* name, const char* desc, const char* unit, double v_small,
+                  double v_big, const char* limit_name, double limit) {
+    Result r;
+    r.name = name;
+    r.description = desc;
+    r.figure = Series{name, unit, {v_big}};
+    r.limits.push_back(Series{limit_name, unit, {limit}});
+    r.also.push_back(Series{std::string("at ") + std::to_string(small) + " objects", unit, {v_small}});
+    Add(std::move(r));
+  };
+  std::string at = "with " + std::to_string(big) + " objects in the table";
+  line("table_stats", ("store_stats_get latency " + at).c_str(), "ms", at_small.stats_ms,
+       at_big.stats_ms, "socket_rtt", rtt_ms);
+  line("table_page", ("store_list_page of 50 by size, latency " + at).c_str(), "ms",
+       at_small.page_ms, at_big.page_ms, "socket_rtt", rtt_ms);
+  line("table_put", ("store_put of 16 B " + at).c_str(), "ops/s", at_small.put_ops,
+       at_big.put_ops, "socket_rtt", 1e3 / rtt_ms);
+  line("table_get", ("store_open_reader + close " + at).c_str(), "ops/s", at_small.get_ops,
+       at_big.get_ops, "socket_rtt", 1e3 / rtt_ms);
+  if (anon_after > anon_before && !g_set.json) {
+    printf("%-16s   note: server heap grew %.1f MiB for %llu objects: %.0f bytes per object "
+           "(table, indexes, allocator)\n",
+           "", (anon_after - anon_before) / 1048576.0, static_cast<unsigned long long>(big),
+           static_cast<double>(anon_after - anon_before) / static_cast<double>(big));
+  }
+}
+
 struct Machine {
   int nproc = 0;
   std::string kernel;
@@ -1678,6 +1820,7 @@ int main(int argc, char** argv) {
     munmap(dst, kLargeSize);
   }
   if (Wanted("spill")) SpillRestore(Stats());
+  if (Wanted("table")) TableFigures();
 
   // Every object of the run must be gone: the figures deleted theirs; check the store agrees.
   long left = DeleteAllOfRun(false);
