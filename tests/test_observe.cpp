@@ -364,3 +364,38 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("store_delete_many deletes every id it can and says how many") {
+  test::TestStore s("32M");
+  REQUIRE(s.started());
+  store_client* c = Connect(s, "delete-many");
+  std::vector<store_object_id> ids;
+  std::vector<uint8_t> data(100, 5);
+  for (int i = 0; i < 70000; i++) ids.push_back(Id(5000 + i));  // more than one request's worth
+  std::vector<const void*> datas(ids.size(), data.data());
+  std::vector<uint64_t> sizes(ids.size(), data.size());
+  size_t done = 0;
+  REQUIRE(store_put_many(c, ids.data(), datas.data(), sizes.data(), ids.size(), nullptr, &done) ==
+          STORE_OK);
+  REQUIRE(done == ids.size());
+  // One id is deleted already and one is still being written: both are reported, the rest go.
+  REQUIRE(store_delete(c, &ids[10]) == STORE_OK);
+  store_object_id unsealed = Id(999999);
+  store_writer* w = nullptr;
+  REQUIRE(store_create(c, &w, &unsealed, 10, nullptr) == STORE_OK);
+  ids.push_back(unsealed);
+  size_t deleted = 0;
+  CHECK(store_delete_many(c, ids.data(), ids.size(), &deleted) == STORE_ENOTFOUND);
+  CHECK(deleted == ids.size() - 2);
+  CHECK(std::string(store_last_error_message()).find("cannot delete object") != std::string::npos);
+  store_stats st = Stats(c);
+  CHECK(st.object_count == 1);  // the unsealed one
+  CHECK(store_writer_abort(w) == STORE_OK);
+  CHECK(store_delete_many(c, nullptr, 0, &deleted) == STORE_OK);
+  CHECK(deleted == 0);
+  CHECK(store_delete_many(nullptr, ids.data(), 1, &deleted) == STORE_EINVAL);
+  st = Stats(c);
+  CHECK(st.object_count == 0);
+  CHECK(st.used_bytes == 0);
+  store_client_free(c);
+}
