@@ -379,6 +379,19 @@ void FromProto(const proto::ObjectInfo& p, store_object_info* out) {
   out->creator_pid = p.creator_pid();
 }
 
+// Copies a reply's vector into a new C array for the caller (freed with store_free): fill(i, &out)
+// converts entry i.
+template <class T, class Vec, class Fill>
+int CopyOut(const Vec* vec, T** out, size_t* count, const char* what, Fill fill) {
+  if (vec->size() == 0) return STORE_OK;
+  auto* arr = static_cast<T*>(std::calloc(vec->size(), sizeof(T)));
+  if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u %s", vec->size(), what);
+  for (flatbuffers::uoffset_t i = 0; i < vec->size(); i++) fill(i, &arr[i]);
+  *out = arr;
+  *count = vec->size();
+  return STORE_OK;
+}
+
 int SeekImpl(uint64_t* pos, uint64_t size, int64_t offset, int whence, uint64_t* out) {
   int64_t origin;
   switch (whence) {
@@ -1150,13 +1163,8 @@ int store_list(store_client* client, store_object_info** out, size_t* count) {
                   Body::ListReply, &reply);
     if (rc != STORE_OK) return rc;
     auto* objs = reply->msg->body_as_ListReply()->objects();
-    if (objs->size() == 0) return STORE_OK;
-    auto* arr = static_cast<store_object_info*>(std::malloc(objs->size() * sizeof(store_object_info)));
-    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u objects", objs->size());
-    for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) FromProto(*objs->Get(i), &arr[i]);
-    *out = arr;
-    *count = objs->size();
-    return STORE_OK;
+    return CopyOut(objs, out, count, "objects",
+                   [&](flatbuffers::uoffset_t i, store_object_info* o) { FromProto(*objs->Get(i), o); });
   });
 }
 
@@ -1331,13 +1339,9 @@ int store_list_spill_files(store_client* client, store_spill_file_info** out, si
                   proto::CreateSpillFilesRequest(fbb).Union(), Body::SpillFilesReply, &reply);
     if (rc != STORE_OK) return rc;
     auto* files = reply->msg->body_as_SpillFilesReply()->files();
-    if (files->size() == 0) return STORE_OK;
-    auto* arr = static_cast<store_spill_file_info*>(
-        std::calloc(files->size(), sizeof(store_spill_file_info)));
-    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u spill files", files->size());
-    for (flatbuffers::uoffset_t i = 0; i < files->size(); i++) {
+    return CopyOut(files, out, count, "spill files",
+                   [&](flatbuffers::uoffset_t i, store_spill_file_info* o) {
       const proto::SpillFileInfo* f = files->Get(i);
-      store_spill_file_info* o = &arr[i];
       if (f->path()) {
         size_t n = std::min<size_t>(f->path()->size(), sizeof o->path - 1);
         std::memcpy(o->path, f->path()->data(), n);
@@ -1347,10 +1351,7 @@ int store_list_spill_files(store_client* client, store_spill_file_info** out, si
       o->live_bytes = f->live_bytes();
       o->dead_bytes = f->dead_bytes();
       o->created_time_ns = f->created_ns();
-    }
-    *out = arr;
-    *count = files->size();
-    return STORE_OK;
+    });
   });
 }
 
@@ -1366,12 +1367,8 @@ int store_list_clients(store_client* client, store_client_info** out, size_t* co
     if (rc != STORE_OK) return rc;
     auto* r = reply->msg->body_as_ClientsReply();
     auto* list = r->clients();
-    if (list->size() == 0) return STORE_OK;
-    auto* arr = static_cast<store_client_info*>(std::calloc(list->size(), sizeof(store_client_info)));
-    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u clients", list->size());
-    for (flatbuffers::uoffset_t i = 0; i < list->size(); i++) {
+    return CopyOut(list, out, count, "clients", [&](flatbuffers::uoffset_t i, store_client_info* o) {
       const proto::ClientInfo* k = list->Get(i);
-      store_client_info* o = &arr[i];
       o->client_id = k->client_id();
       if (k->name()) {
         size_t n = std::min<size_t>(k->name()->size(), sizeof o->name - 1);
@@ -1388,10 +1385,7 @@ int store_list_clients(store_client* client, store_client_info** out, size_t* co
       o->connect_time_ns = k->connect_time_ns();
       o->requests = k->requests();
       o->is_self = k->client_id() == r->self_id();
-    }
-    *out = arr;
-    *count = list->size();
-    return STORE_OK;
+    });
   });
 }
 
@@ -1442,13 +1436,8 @@ int store_list_page(store_client* client, const store_list_options* opts, store_
     auto* r = reply->msg->body_as_ObjectsReply();
     if (total) *total = r->total();
     auto* objs = r->objects();
-    if (objs->size() == 0) return STORE_OK;
-    auto* arr = static_cast<store_object_info*>(std::malloc(objs->size() * sizeof(store_object_info)));
-    if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u objects", objs->size());
-    for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) FromProto(*objs->Get(i), &arr[i]);
-    *out = arr;
-    *count = objs->size();
-    return STORE_OK;
+    return CopyOut(objs, out, count, "objects",
+                   [&](flatbuffers::uoffset_t i, store_object_info* o) { FromProto(*objs->Get(i), o); });
   });
 }
 

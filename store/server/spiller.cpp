@@ -658,12 +658,12 @@ void Server::HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchReques
                      "prefetch names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
   }
   uint32_t started = 0;
-  std::vector<Object*> todo;
+  std::vector<Object*> on_disk;
   for (const proto::ObjectId* id : *ids) {
     Object* o = table_.Find(KeyOf(id));
-    if (o && o->state == ObjectState::kSpilled) todo.push_back(o);
+    if (o && o->state == ObjectState::kSpilled) on_disk.push_back(o);
   }
-  for (Object* o : todo) {
+  for (Object* o : on_disk) {
     if (o->state != ObjectState::kSpilled) continue;
     StartRestore(o);
     started++;
