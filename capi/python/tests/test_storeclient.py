@@ -1,0 +1,400 @@
+"""Tests of the storeclient package against a real `store` server.
+
+Needs STORE_BIN (the server) and STORECLIENT_LIB (libstoreclient.so.1) in the environment."""
+
+import asyncio
+import ctypes
+import gc
+import io
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import storeclient  # noqa: E402
+from storeclient import _lib, mars  # noqa: E402
+
+MiB = 1 << 20
+
+
+class ServerTest(unittest.TestCase):
+    memory = "256M"
+    spill = False
+
+    def setUp(self):
+        spill_dirs = None
+        self._tmp_spill = None
+        if self.spill:
+            import tempfile
+            self._tmp_spill = tempfile.mkdtemp(prefix="store-spill-")
+            spill_dirs = [self._tmp_spill]
+        self.proc, self.sock, self.tmp_dir = mars.start_store(
+            memory=self.memory, spill_dirs=spill_dirs, extra_args=["--log-level", "warn"])
+        self.client = storeclient.Client(self.sock, name="test")
+
+    def tearDown(self):
+        self.client.close()
+        gc.collect()
+        with storeclient.Client(self.sock) as c:
+            objs = c.list()
+            st = c.stats()
+        rc = mars.stop_store(self.proc, self.tmp_dir)
+        if self._tmp_spill:
+            import shutil
+            shutil.rmtree(self._tmp_spill, ignore_errors=True)
+        self.assertEqual(objs, [], "the test left objects in the store")
+        self.assertEqual(st["object_count"], 0)
+        self.assertEqual(rc, 0)
+
+
+class TestClient(ServerTest):
+    def test_struct_sizes(self):
+        self.assertEqual(ctypes.sizeof(_lib.store_object_info), 88)
+        self.assertEqual(ctypes.sizeof(_lib.store_stats), 424)
+        self.assertEqual(ctypes.sizeof(_lib.store_client_info), 144)
+        self.assertEqual(ctypes.sizeof(_lib.store_create_options), 40)
+        self.assertEqual(ctypes.sizeof(_lib.store_connect_options), 16)
+        self.assertEqual(storeclient.version(), "0.1.0")
+
+    def test_round_trip_with_metadata(self):
+        c = self.client
+        c.put("a", b"hello world", metadata=b"meta!", importance=3)
+        self.assertTrue(c.contains("a"))
+        self.assertIn("a", c)
+        mv = c.get("a")
+        self.assertEqual(bytes(mv), b"hello world")
+        self.assertTrue(mv.readonly)
+        del mv
+        with c.open_reader("a") as r:
+            self.assertEqual(r.metadata, b"meta!")
+            self.assertEqual(r.size, 11)
+            self.assertEqual(r.read(), b"hello world")
+        info = c.info("a")
+        self.assertEqual(info.data_size, 11)
+        self.assertEqual(info.metadata_size, 5)
+        self.assertEqual(info.importance, 3)
+        self.assertEqual(info.state, storeclient.STORE_STATE_SEALED)
+        self.assertTrue(info.level & storeclient.STORE_LEVEL_MEMORY)
+        self.assertEqual(info.device, -1)
+        self.assertEqual(info.creator_pid, os.getpid())
+        self.assertEqual(info.reader_count, 0)
+        # other buffer types
+        c.put("b", bytearray(b"xyz"))
+        c.put("c", memoryview(b"readonly view"))
+        self.assertEqual(bytes(c.get("b")), b"xyz")
+        self.assertEqual(bytes(c.get("c")), b"readonly view")
+        for k in "abc":
+            c.delete(k)
+        self.assertFalse(c.contains("a"))
+
+    def test_large_buffer(self):
+        data = bytearray(os.urandom(MiB)) * 64
+        self.client.put("big", data)
+        mv = self.client.get("big")
+        self.assertEqual(len(mv), 64 * MiB)
+        self.assertTrue(mv == data)
+        del mv
+        self.client.delete("big")
+
+    def test_zero_copy(self):
+        c = self.client
+        c.put("z", b"0123456789" * 1000)
+        m1 = c.get("z")
+        m2 = c.get("z")
+        # The view's owner is the ctypes array over the object's memory.
+        a1, a2 = ctypes.addressof(m1.obj), ctypes.addressof(m2.obj)
+        self.assertEqual(a1, a2)
+        rh = ctypes.c_void_p()
+        cid = storeclient._cid("z")
+        rc = _lib.lib.store_open_reader(c._h, ctypes.byref(rh), ctypes.byref(cid), 0)
+        self.assertEqual(rc, 0)
+        try:
+            self.assertEqual(_lib.lib.store_reader_data(rh), a1)
+        finally:
+            _lib.lib.store_reader_close(rh)
+        self.assertEqual(c.info("z").reader_count, 2)
+        s = m1[10:20]
+        del m1
+        gc.collect()
+        self.assertEqual(c.info("z").reader_count, 2)  # the slice keeps its reader
+        self.assertEqual(bytes(s), b"0123456789")
+        del s, m2
+        self.assertEqual(c.info("z").reader_count, 0)
+        with c.open_reader("z") as r:
+            self.assertEqual(r.address, a1)
+            self.assertEqual(r.buffer[:10].tobytes(), b"0123456789")
+        self.assertEqual(c.info("z").reader_count, 0)
+        c.delete("z")
+
+    def test_reader_file_semantics(self):
+        c = self.client
+        c.put("f", bytes(range(256)))
+        with c.open_reader("f") as r:
+            self.assertIsInstance(r, io.RawIOBase)
+            self.assertTrue(r.readable() and r.seekable())
+            buf = bytearray(16)
+            self.assertEqual(r.readinto(buf), 16)
+            self.assertEqual(bytes(buf), bytes(range(16)))
+            self.assertEqual(r.tell(), 16)
+            self.assertEqual(r.seek(100), 100)
+            self.assertEqual(r.read(4), bytes([100, 101, 102, 103]))
+            self.assertEqual(r.seek(-6, io.SEEK_END), 250)
+            self.assertEqual(r.seek(2, io.SEEK_CUR), 252)
+            self.assertEqual(r.read(), bytes([252, 253, 254, 255]))
+            self.assertEqual(r.read(10), b"")
+            self.assertEqual(r.readinto(buf), 0)
+            with self.assertRaises(storeclient.StoreError) as cm:
+                r.seek(257)
+            self.assertEqual(cm.exception.code, storeclient.STORE_EINVAL)
+            r.seek(0)
+            self.assertEqual(r.read(), bytes(range(256)))
+        self.assertTrue(r.closed)
+        with self.assertRaises(ValueError):
+            r.read()
+        c.delete("f")
+
+    def test_writer_file_semantics(self):
+        c = self.client
+        with c.open_writer("w", 10, metadata=b"m") as w:
+            self.assertIsInstance(w, io.RawIOBase)
+            self.assertEqual(w.write(b"abc"), 3)
+            self.assertEqual(w.tell(), 3)
+            self.assertEqual(w.write(bytearray(b"de")), 2)
+            w.seek(8)
+            with self.assertRaises(storeclient.StoreError) as cm:
+                w.write(b"xyz")  # past the end
+            self.assertEqual(cm.exception.code, storeclient.STORE_EINVAL)
+            self.assertEqual(w.tell(), 8)
+            w.write(b"XY")
+            w.buffer[5:8] = b"567"
+            self.assertEqual(c.info("w").state, storeclient.STORE_STATE_CREATED)
+            self.assertFalse(c.contains("w"))
+            w.seal()
+        self.assertTrue(w.closed)
+        self.assertEqual(bytes(c.get("w")), b"abcde567XY")
+        c.delete("w")
+
+        # close without seal aborts and frees the id
+        w = c.open_writer("w2", 100)
+        w.write(b"x" * 10)
+        w.close()
+        self.assertFalse(c.contains("w2"))
+        with self.assertRaises(storeclient.NotFoundError):
+            c.info("w2")
+        # an exception in the with block aborts too
+        with self.assertRaises(RuntimeError):
+            with c.open_writer("w2", 100) as w:
+                raise RuntimeError("boom")
+        self.assertFalse(c.contains("w2"))
+        # a with block that ends normally seals
+        with c.open_writer("w3", 3) as w:
+            w.write(b"end")
+        self.assertEqual(bytes(c.get("w3")), b"end")
+        c.delete("w3")
+
+    def test_errors(self):
+        c = self.client
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.get("missing", timeout=0)
+        self.assertEqual(cm.exception.code, storeclient.STORE_ENOTFOUND)
+        self.assertIsInstance(cm.exception, storeclient.NotFoundError)
+        self.assertTrue(cm.exception.message)
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.get("missing", timeout=0.05)
+        self.assertEqual(cm.exception.code, storeclient.STORE_ETIMEDOUT)
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.delete("missing")
+        self.assertEqual(cm.exception.code, storeclient.STORE_ENOTFOUND)
+        c.put("dup", b"1")
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.put("dup", b"2")
+        self.assertEqual(cm.exception.code, storeclient.STORE_EEXISTS)
+        self.assertIsInstance(cm.exception, storeclient.ExistsError)
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.unpin("dup")
+        self.assertEqual(cm.exception.code, storeclient.STORE_EMISUSE)
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.put("empty", b"")
+        self.assertEqual(cm.exception.code, storeclient.STORE_EINVAL)
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.evict(1)  # no spill directory
+        self.assertEqual(cm.exception.code, storeclient.STORE_ENOTSUP)
+        c.delete("dup")
+        with self.assertRaises(storeclient.StoreError) as cm:
+            storeclient.Client(self.sock + ".nothing")
+        self.assertEqual(cm.exception.code, storeclient.STORE_ECONN)
+
+    def test_ids(self):
+        c = self.client
+        raw = bytes(range(20))
+        c.put(raw, b"raw")
+        self.assertEqual([o.id for o in c.list()], [raw])
+        self.assertEqual(storeclient.object_id(raw), raw)
+        hashed = storeclient.object_id("name")
+        self.assertEqual(len(hashed), 20)
+        self.assertEqual(hashed, storeclient.object_id(b"name"))
+        self.assertNotEqual(storeclient.object_id(b"x" * 21), b"x" * 21)
+        c.put("name", b"str")
+        self.assertEqual(bytes(c.get(hashed)), b"str")
+        self.assertEqual(bytes(c.get(b"name")), b"str")
+        self.assertEqual(sorted(o.id for o in c.list()), sorted([raw, hashed]))
+        with self.assertRaises(TypeError):
+            c.contains(42)
+        c.delete(raw)
+        c.delete("name")
+
+    def test_stats_list_info_pin(self):
+        c = self.client
+        st = c.stats()
+        self.assertEqual(st["object_count"], 0)
+        self.assertEqual(st["capacity_bytes"], 256 * MiB)
+        self.assertEqual(st["server_pid"], self.proc.pid)
+        self.assertGreaterEqual(st["client_count"], 1)
+        self.assertEqual(st["spill_enabled"], 0)
+        self.assertNotIn("reserved_", st)
+        c.put("s1", b"x" * 1000, importance=1)
+        c.put("s2", b"y" * 2000)
+        w = c.open_writer("s3", 10)
+        st = c.stats()
+        self.assertEqual(st["object_count"], 3)
+        self.assertEqual(st["sealed_count"], 2)
+        self.assertEqual(st["created_count"], 1)
+        objs = {o.id: o for o in c.list()}
+        self.assertEqual(objs[storeclient.object_id("s3")].state, storeclient.STORE_STATE_CREATED)
+        self.assertEqual(objs[storeclient.object_id("s2")].data_size, 2000)
+        w.close()
+        c.pin("s1")
+        self.assertEqual(c.info("s1").pin_count, 1)
+        self.assertEqual(c.stats()["pinned_count"], 1)
+        c.unpin("s1")
+        self.assertEqual(c.info("s1").pin_count, 0)
+        c.set_importance("s2", 7)
+        self.assertEqual(c.info("s2").importance, 7)
+        c.prefetch(["s1", "s2"])
+        names = [ci["name"] for ci in c.list_clients() if ci["is_self"]]
+        self.assertEqual(names, ["test"])
+        c.delete("s1")
+        c.delete("s2")
+        self.assertEqual(c.stats()["object_count"], 0)
+
+    def test_closed_client(self):
+        c = storeclient.Client(self.sock)
+        c.put("k", b"v")
+        mv = c.get("k")
+        c.close()
+        self.assertTrue(c.closed)
+        with self.assertRaises(storeclient.StoreError) as cm:
+            c.contains("k")
+        self.assertEqual(cm.exception.code, storeclient.STORE_EMISUSE)
+        del mv
+        self.client.delete("k")
+
+
+class TestMars(unittest.TestCase):
+    def test_backend(self):
+        async def run():
+            init, teardown = await mars.StoreBackend.setup(
+                memory="128M", store_args=["--log-level", "warn"])
+            try:
+                b = mars.StoreBackend(**init)
+                self.assertEqual(b.level, mars.StorageLevel.MEMORY)
+                big = bytearray(os.urandom(8 * MiB))
+                obj = {"a": 1, "s": "text", "blob": big, "l": [1, 2, 3]}
+                info = await b.put(obj)
+                self.assertEqual(len(info.object_id), 20)
+                self.assertGreater(info.size, 8 * MiB)
+                back = await b.get(info.object_id)
+                self.assertEqual(back, obj)
+                oi = await b.object_info(info.object_id)
+                self.assertEqual(oi.size, info.size)
+                self.assertEqual([o.object_id for o in await b.list()], [info.object_id])
+                await b.pin(info.object_id)
+                await b.unpin(info.object_id)
+                await b.prefetch(info.object_id)
+                # the out-of-band buffer sits after the pickle, unpickled from the store memory
+                with await b.open_reader(info.object_id) as r:
+                    self.assertEqual(r.size, info.size)
+                    self.assertNotEqual(bytes(r.buffer).find(bytes(big[:4096])), -1)
+                # zero-copy rebuild: a readonly PickleBuffer target gets the store's memory
+                mv_obj = {"view": pickle_view(big[:1000])}
+                info2 = await b.put(mv_obj)
+                back2 = await b.get(info2.object_id)
+                self.assertEqual(bytes(back2["view"]), bytes(big[:1000]))
+                self.assertEqual(b.client.info(info2.object_id).reader_count, 1)
+                del back2
+                self.assertEqual(b.client.info(info2.object_id).reader_count, 0)
+                # file objects
+                w = await b.open_writer(5)
+                w.write(b"12345")
+                w.seal()
+                w.close()
+                r = await b.open_reader(w.id)
+                self.assertEqual(r.read(), b"12345")
+                r.close()
+                for oid in (info.object_id, info2.object_id, w.id):
+                    await b.delete(oid)
+                self.assertEqual(await b.list(), [])
+                with self.assertRaises(storeclient.NotFoundError):
+                    await b.get(info.object_id)
+                b.close()
+            finally:
+                rc = await mars.StoreBackend.teardown(**teardown)
+            self.assertEqual(rc, 0)
+            self.assertFalse(os.path.exists(teardown["tmp_dir"]))
+
+        asyncio.run(run())
+
+    def test_backend_spill(self):
+        async def run():
+            import tempfile
+            spill = tempfile.mkdtemp(prefix="store-spill-")
+            init, teardown = await mars.StoreBackend.setup(memory="32M", spill_dirs=[spill],
+                                                           put_timeout=30,
+                                                           store_args=["--log-level", "warn"])
+            try:
+                b = mars.StoreBackend(**init)
+                self.assertEqual(b.level, mars.StorageLevel.MEMORY | mars.StorageLevel.DISK)
+                objs = [bytearray(os.urandom(4 * MiB)) for _ in range(16)]  # 64 MiB > 32 MiB
+                infos = [await b.put(o) for o in objs]
+                st = b.client.stats()
+                self.assertGreater(st["total_spilled_objects"], 0)
+                levels = [b.client.info(i.object_id).level for i in infos]
+                self.assertTrue(any(lv & storeclient.STORE_LEVEL_DISK for lv in levels))
+                await b.prefetch([i.object_id for i in infos[:2]])
+                for o, i in zip(objs, infos):
+                    self.assertEqual(await b.get(i.object_id), o)
+                self.assertGreater(b.client.stats()["total_restored_objects"], 0)
+                for i in infos:
+                    await b.delete(i.object_id)
+                self.assertEqual(b.client.stats()["object_count"], 0)
+                b.close()
+            finally:
+                rc = await mars.StoreBackend.teardown(**teardown)
+                import shutil
+                shutil.rmtree(spill, ignore_errors=True)
+            self.assertEqual(rc, 0)
+
+        asyncio.run(run())
+
+
+class _View:
+    """A read-only buffer that pickles out of band and is rebuilt from whatever it is given."""
+
+    def __init__(self, mv):
+        self.mv = mv
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+        return _View, (pickle.PickleBuffer(self.mv),)
+
+    def __bytes__(self):
+        return bytes(self.mv)
+
+
+def pickle_view(data):
+    return _View(memoryview(bytes(data)))
+
+
+if __name__ == "__main__":
+    unittest.main()
