@@ -4,7 +4,7 @@
 set -euo pipefail
 
 STORE_PACKAGES=(meson ninja-build pkg-config g++ libuv1-dev libflatbuffers-dev
-  flatbuffers-compiler libjemalloc-dev doctest-dev libncurses-dev libxxhash-dev tmux python3)
+  flatbuffers-compiler libjemalloc-dev doctest-dev libncurses-dev libxxhash-dev tmux python3 cargo)
 
 store_install_deps() {
   local missing=()
