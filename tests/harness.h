@@ -2,7 +2,8 @@
 //
 // The server binary comes from the STORE_BIN environment variable (set by meson test).
 // Each TestStore gets its own temporary directory holding the socket; the destructor stops the
-// server with SIGTERM, waits for it, checks it exited 0, and removes the directory.
+// server with SIGTERM, waits for it and removes the directory. Tests that care how it ended
+// call Stop() themselves and check the wait status it returns (0 after a clean exit).
 // Waiting is done on conditions (the socket accepting a connection, the child exiting), never on
 // fixed sleeps.
 #pragma once
