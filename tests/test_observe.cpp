@@ -359,7 +359,8 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
     REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
     CHECK(n == 0);
     CHECK(files == nullptr);
-    CHECK(access(first_path.c_str(), F_OK) != 0);
+    // The file is unlinked off the event loop: wait for it.
+    CHECK(test::WaitFor([&] { return access(first_path.c_str(), F_OK) != 0; }));
     store_client_free(c);
   }
   std::filesystem::remove_all(dir);
