@@ -379,6 +379,15 @@ void FromProto(const proto::ObjectInfo& p, store_object_info* out) {
   out->creator_pid = p.creator_pid();
 }
 
+// The start of every call that hands the caller an array: clear the outputs, check the args.
+template <class T>
+int BeginList(store_client* client, T** out, size_t* count) {
+  if (out) *out = nullptr;
+  if (count) *count = 0;
+  if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+  return STORE_OK;
+}
+
 // Copies a reply's vector into a new C array for the caller (freed with store_free): fill(i, &out)
 // converts entry i.
 template <class T, class Vec, class Fill>
@@ -1154,9 +1163,7 @@ int store_info(store_client* client, const store_object_id* id, store_object_inf
 
 int store_list(store_client* client, store_object_info** out, size_t* count) {
   return Guard([&]() -> int {
-    if (out) *out = nullptr;
-    if (count) *count = 0;
-    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
     flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
     int rc = Call(client->conn, fbb, Body::ListRequest, proto::CreateListRequest(fbb).Union(),
@@ -1330,9 +1337,7 @@ int store_spill_url(store_client* client, const store_object_id* id, char* buf, 
 
 int store_list_spill_files(store_client* client, store_spill_file_info** out, size_t* count) {
   return Guard([&]() -> int {
-    if (out) *out = nullptr;
-    if (count) *count = 0;
-    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
     flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
     int rc = Call(client->conn, fbb, Body::SpillFilesRequest,
@@ -1357,9 +1362,7 @@ int store_list_spill_files(store_client* client, store_spill_file_info** out, si
 
 int store_list_clients(store_client* client, store_client_info** out, size_t* count) {
   return Guard([&]() -> int {
-    if (out) *out = nullptr;
-    if (count) *count = 0;
-    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
     flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
     int rc = Call(client->conn, fbb, Body::ClientsRequest, proto::CreateClientsRequest(fbb).Union(),
@@ -1392,10 +1395,8 @@ int store_list_clients(store_client* client, store_client_info** out, size_t* co
 int store_list_page(store_client* client, const store_list_options* opts, store_object_info** out,
                     size_t* count, uint64_t* total) {
   return Guard([&]() -> int {
-    if (out) *out = nullptr;
-    if (count) *count = 0;
     if (total) *total = 0;
-    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
     static const store_list_options kDefaults = STORE_LIST_OPTIONS_INIT;
     if (!opts) opts = &kDefaults;
     if (opts->version != STORE_LIST_OPTIONS_VERSION) {

@@ -263,7 +263,7 @@ void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
 // Spilling.
 
 void Server::DropToDisk(Object* o) {
-  // REQUIRES: o is evictable and has a copy on disk.
+  // Frees o's memory and leaves it SPILLED. REQUIRES: o has a copy on disk and no reader.
   region_->Free(o->data);
   table_.Mutate(o, [](Object* x) {
     x->data = nullptr;
@@ -360,15 +360,8 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
       f->live_objects++;
       f->live_bytes += loc.size;
       if (o->readers == 0 && o->pins == 0) {
-        uint64_t mem = o->alloc_size;
-        s->region_->Free(o->data);
-        s->table_.Mutate(o, [](Object* x) {
-          x->data = nullptr;
-          x->offset = 0;
-          x->alloc_size = 0;
-          x->state = ObjectState::kSpilled;
-        });
-        freed += mem;
+        freed += o->alloc_size;
+        s->DropToDisk(o);
       } else {
         // Opened or pinned while it was written: it stays in memory, with its copy on disk.
         s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
@@ -579,13 +572,7 @@ void Server::RestoreDone(uv_work_t* req, int /*status*/) {
     s->MaybeFree(o);
   } else {
     s->spill_totals_.restore_failures++;
-    s->region_->Free(o->data);
-    s->table_.Mutate(o, [](Object* x) {
-      x->data = nullptr;
-      x->offset = 0;
-      x->alloc_size = 0;
-      x->state = ObjectState::kSpilled;
-    });
+    s->DropToDisk(o);  // the memory read into is not served
     // Corrupt or unreadable: either way the bytes cannot be served.
     int code = STORE_ECORRUPT;
     std::string why = job->error;

@@ -17,11 +17,6 @@ namespace store::spill {
 
 namespace {
 
-#ifdef IOV_MAX
-constexpr int kIovMax = IOV_MAX;
-#else
-constexpr int kIovMax = 1024;
-#endif
 
 inline int Err() { return errno != 0 ? -errno : -EIO; }
 

@@ -9,12 +9,21 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <climits>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace store::spill {
+
+// Most iovecs one readv/writev call takes; longer arrays are split.
+#ifdef IOV_MAX
+inline constexpr int kIovMax = IOV_MAX;
+#else
+inline constexpr int kIovMax = 1024;
+#endif
 
 class Env {
  public:

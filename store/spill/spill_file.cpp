@@ -14,11 +14,6 @@ namespace store::spill {
 
 namespace {
 
-#ifdef IOV_MAX
-constexpr size_t kIovMax = IOV_MAX;
-#else
-constexpr size_t kIovMax = 1024;
-#endif
 
 constexpr char kMagic[8] = {'S', 'T', 'S', 'P', 'I', 'L', 'L', '1'};
 
@@ -124,8 +119,8 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
 
   // The records: one gathered write per IOV_MAX iovecs.
   uint64_t pos = 0;
-  for (size_t first = 0; first < iov.size(); first += kIovMax) {
-    size_t cnt = std::min(kIovMax, iov.size() - first);
+  for (size_t first = 0; first < iov.size(); first += static_cast<size_t>(kIovMax)) {
+    size_t cnt = std::min<size_t>(kIovMax, iov.size() - first);
     uint64_t want = 0;
     for (size_t k = first; k < first + cnt; k++) want += iov[k].iov_len;
     ssize_t w =
