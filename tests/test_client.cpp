@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "client_util.h"
 #include "harness.h"
 #include "storeclient.h"
 
@@ -24,42 +25,17 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMiB = 1ull << 20;
 
-struct ClientDeleter {
-  void operator()(store_client* c) const { store_client_free(c); }
-};
-struct ReaderDeleter {
-  void operator()(store_reader* r) const { store_reader_close(r); }
-};
-struct WriterDeleter {
-  void operator()(store_writer* w) const { store_writer_abort(w); }
-};
-using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
-using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
-using WriterPtr = std::unique_ptr<store_writer, WriterDeleter>;
+using test::ClientPtr;
+using test::ReaderPtr;
+using test::WriterPtr;
 
 ClientPtr Connect(const test::TestStore& s, const char* name = "test_client") {
-  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
-  o.client_name = name;
-  store_client* c = nullptr;
-  int rc = store_client_connect(&c, s.socket().c_str(), &o);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  REQUIRE(c != nullptr);
-  return ClientPtr(c);
+  return test::Connect(s.socket(), name);
 }
 
-store_object_id Id(const std::string& s) {
-  store_object_id id{};
-  REQUIRE(store_object_id_from_string(s.data(), s.size(), &id) == STORE_OK);
-  return id;
-}
+store_object_id Id(const std::string& s) { return test::IdOf(s); }
 
-std::string Hex(const store_object_id& id) {
-  char hex[2 * STORE_OBJECT_ID_SIZE + 1];
-  REQUIRE(store_object_id_to_hex(&id, hex, sizeof hex) == STORE_OK);
-  return hex;
-}
+std::string Hex(const store_object_id& id) { return test::HexOf(id); }
 
 bool SameId(const store_object_id& a, const store_object_id& b) {
   return std::memcmp(a.bytes, b.bytes, STORE_OBJECT_ID_SIZE) == 0;

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "client_util.h"
 #include "harness.h"
 #include "storeclient.h"
 
@@ -32,25 +33,12 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMiB = 1ull << 20;
 
-struct ClientDeleter {
-  void operator()(store_client* c) const { store_client_free(c); }
-};
-struct ReaderDeleter {
-  void operator()(store_reader* r) const { store_reader_close(r); }
-};
-using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
-using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
+using test::ClientPtr;
+using test::ReaderPtr;
+using test::WriterPtr;
 
 ClientPtr Connect(const test::TestStore& s, const char* name = "test_lifecycle") {
-  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
-  o.client_name = name;
-  store_client* c = nullptr;
-  int rc = store_client_connect(&c, s.socket().c_str(), &o);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  REQUIRE(c != nullptr);
-  return ClientPtr(c);
+  return test::Connect(s.socket(), name);
 }
 
 store_object_id Id(const std::string& s) {

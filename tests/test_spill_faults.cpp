@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "client_util.h"
 #include "harness.h"
 #include "server/log.h"
 #include "server/options.h"
@@ -103,31 +104,13 @@ class InProcessStore {
   std::string socket_, spill_dir_;
 };
 
-struct ClientDeleter {
-  void operator()(store_client* c) const { store_client_free(c); }
-};
-struct ReaderDeleter {
-  void operator()(store_reader* r) const { store_reader_close(r); }
-};
-using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
-using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
+using test::ClientPtr;
+using test::ReaderPtr;
+using test::WriterPtr;
 
-ClientPtr Connect(const InProcessStore& s) {
-  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
-  o.client_name = "test_spill_faults";
-  store_client* c = nullptr;
-  int rc = store_client_connect(&c, s.socket().c_str(), &o);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return ClientPtr(c);
-}
+ClientPtr Connect(const InProcessStore& s) { return test::Connect(s.socket(), "test_spill_faults"); }
 
-store_object_id Id(const std::string& s) {
-  store_object_id id{};
-  REQUIRE(store_object_id_from_string(s.data(), s.size(), &id) == STORE_OK);
-  return id;
-}
+store_object_id Id(const std::string& s) { return test::IdOf(s); }
 
 uint64_t Mix(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;

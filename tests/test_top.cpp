@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "client_util.h"
 #include "harness.h"
 #include "report.h"
 #include "storeclient.h"
@@ -311,27 +312,12 @@ Json ParseJson(const std::string& s) {
 
 // ---- the workload --------------------------------------------------------------------------
 
-struct ClientDeleter {
-  void operator()(store_client* c) const { store_client_free(c); }
-};
-struct ReaderDeleter {
-  void operator()(store_reader* r) const { store_reader_close(r); }
-};
-struct WriterDeleter {
-  void operator()(store_writer* w) const { store_writer_abort(w); }
-};
-using ClientPtr = std::unique_ptr<store_client, ClientDeleter>;
-using ReaderPtr = std::unique_ptr<store_reader, ReaderDeleter>;
-using WriterPtr = std::unique_ptr<store_writer, WriterDeleter>;
+using test::ClientPtr;
+using test::ReaderPtr;
+using test::WriterPtr;
 
 ClientPtr Connect(const std::string& socket, const char* name) {
-  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
-  o.client_name = name;
-  store_client* c = nullptr;
-  int rc = store_client_connect(&c, socket.c_str(), &o);
-  INFO(store_last_error_message());
-  REQUIRE(rc == STORE_OK);
-  return ClientPtr(c);
+  return test::Connect(socket, name);
 }
 
 std::string Hex(const store_object_id& id) { return store::report::HexId(id); }
