@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +38,28 @@ inline std::string MakeTempDir() {
   char* d = mkdtemp(tmpl);
   return d ? d : "";
 }
+
+// A fresh directory under /tmp, removed with everything in it when the test is done.
+class TempDir {
+ public:
+  TempDir() : path(MakeTempDir()) {
+    if (path.empty()) throw std::runtime_error("cannot make a temporary directory");
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+  // Creates (if needed) and returns the subdirectory `name`.
+  std::string Sub(const std::string& name) const {
+    std::string p = path + "/" + name;
+    std::filesystem::create_directories(p);
+    return p;
+  }
+  const std::string path;
+};
 
 // Tries to connect to a Unix socket; true if something accepted.
 inline bool SocketAccepts(const std::string& path) {

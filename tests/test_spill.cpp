@@ -2,6 +2,8 @@
 // injection, and the spill directories (round-robin, disk threshold, stale instances, recovery).
 #include <doctest.h>
 
+#include "harness.h"
+
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -35,21 +37,7 @@ namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
 
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/store-spill-test-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
+using test::TempDir;
 
 uint64_t SplitMix(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);

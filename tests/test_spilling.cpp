@@ -36,31 +36,8 @@ constexpr uint64_t kKiB = 1ull << 10;
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kAll = UINT64_MAX;  // store_evict: everything evictable
 
-// A fresh directory under /tmp, removed with everything in it at the end of the test. Declare it
-// before the TestStore that uses it, so that the store stops first.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/store-spilling-test-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  // Creates (if needed) and returns the subdirectory `name`.
-  std::string Sub(const std::string& name) const {
-    std::string p = path + "/" + name;
-    std::error_code ec;
-    fs::create_directories(p, ec);
-    REQUIRE(!ec);
-    return p;
-  }
-};
+// Declare a TempDir before the TestStore that uses it, so that the store stops first.
+using test::TempDir;
 
 using test::ClientPtr;
 using test::ReaderPtr;
