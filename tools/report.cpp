@@ -1,6 +1,8 @@
 // report.cpp - see report.h.
 #include "report.h"
 
+#include "framing.h"
+
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,11 +244,7 @@ void TextBytes(FILE* out, const char* label, uint64_t bytes, const char* note = 
 
 }  // namespace
 
-std::string DefaultSocketPath() {
-  const char* xdg = getenv("XDG_RUNTIME_DIR");
-  if (xdg && *xdg) return std::string(xdg) + "/store.sock";
-  return "/tmp/store-" + std::to_string(getuid()) + ".sock";
-}
+std::string DefaultSocketPath() { return store::proto::DefaultSocketPath(); }
 
 std::string ConnectError(const std::string& socket_path) {
   std::string m = store_last_error_message();
