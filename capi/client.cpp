@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "framing.h"
+#include "gpu.h"
 #include "sha1.h"
 #include "storeclient.h"
 
@@ -120,8 +121,14 @@ struct Conn {
   // 2 = for writing.
   std::unique_ptr<std::atomic<uint8_t>[]> populated;
   uint64_t chunks = 0;
+  // GPU objects: what backs the server's device memory, and the chunks of it this connection
+  // has imported: (device << 32 | chunk) -> (chunk uid, mapping). See gpu.h.
+  storeclient::gpu::Backend gpu_backend = storeclient::gpu::Backend::kNone;
+  std::mutex gpu_mu;
+  std::unordered_map<uint64_t, std::pair<uint64_t, storeclient::gpu::Mapping>> gpu_chunks;
 
   ~Conn() {
+    for (auto& [key, chunk] : gpu_chunks) storeclient::gpu::Release(chunk.first);
     if (base) munmap(base, region_size);
     if (fd >= 0) close(fd);
     for (int f : fds) close(f);
@@ -431,20 +438,26 @@ struct store_writer {
   Conn* conn;
   store_object_id id;
   uint64_t uid;
-  uint8_t* data;
+  uint8_t* data;      // nullptr for a device object
   uint64_t size;
   uint64_t pos;
+  int32_t device;     // -1, or the store's device number
+  int32_t local_device;
+  uint8_t* dptr;      // a device object's data (device pointer)
 };
 
 struct store_reader {
   Conn* conn;
   store_object_id id;
   uint64_t uid;
-  const uint8_t* data;
+  const uint8_t* data;  // nullptr for a device object
   uint64_t size;
   const uint8_t* metadata;
   uint64_t metadata_size;
   uint64_t pos;
+  int32_t device;       // -1, or the store's device number
+  int32_t local_device;
+  const uint8_t* dptr;  // a device object's data (device pointer)
 };
 
 extern "C" {
@@ -522,6 +535,7 @@ int store_client_connect(store_client** out, const char* socket_path,
     conn->base = static_cast<uint8_t*>(base);
     conn->region_size = size;
     conn->region_id = r->region()->region_id();
+    conn->gpu_backend = static_cast<storeclient::gpu::Backend>(r->gpu_backend());
     conn->client_id = r->client_id();
     conn->chunks = (size + kPopulateChunk - 1) / kPopulateChunk;
     conn->populated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
@@ -630,6 +644,52 @@ void Populate(Conn* c, uint64_t offset, uint64_t len, bool write) {
   }
 }
 
+// Where a GPU object's data is in this process: maps its chunk on first use (one request for
+// the chunk's fd, once per chunk and process). Returns STORE_OK or an error (Fail).
+int DeviceData(Conn* c, int32_t device, uint32_t chunk, uint64_t chunk_offset, uint64_t size,
+               uint8_t** dptr, int32_t* local_device) {
+  const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(device)) << 32) | chunk;
+  storeclient::gpu::Mapping m;
+  bool have = false;
+  {
+    std::lock_guard<std::mutex> lk(c->gpu_mu);
+    auto it = c->gpu_chunks.find(key);
+    if (it != c->gpu_chunks.end()) {
+      m = it->second.second;
+      have = true;
+    }
+  }
+  if (!have) {
+    flatbuffers::FlatBufferBuilder fbb(64);
+    auto body = proto::CreateGpuChunkRequest(fbb, device, chunk);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(c, fbb, Body::GpuChunkRequest, body.Union(), Body::GpuChunkReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* r = reply->msg->body_as_GpuChunkReply();
+    if (reply->fds.size() != 1 || r->device() != device || r->chunk() != chunk ||
+        r->size() == 0 || !r->uuid() || r->uuid()->size() != 16) {
+      MarkBroken(c, STORE_EPROTO, "the store sent a malformed GPU chunk");
+      return BrokenError(c);
+    }
+    std::string why;
+    if (!storeclient::gpu::Import(c->gpu_backend, r->chunk_uid(), reply->fds[0], r->size(),
+                                  r->uuid()->data(), &m, &why)) {
+      return FailMsg(STORE_ENOTSUP, "cannot map the store's GPU memory: " + why);
+    }
+    std::lock_guard<std::mutex> lk(c->gpu_mu);
+    auto [it, inserted] = c->gpu_chunks.emplace(key, std::make_pair(r->chunk_uid(), m));
+    if (!inserted) storeclient::gpu::Release(r->chunk_uid());  // another thread was first
+    m = it->second.second;
+  }
+  if (chunk_offset > m.size || size > m.size - chunk_offset) {
+    MarkBroken(c, STORE_EPROTO, "the store placed a GPU object outside its chunk");
+    return BrokenError(c);
+  }
+  *dptr = m.base + chunk_offset;
+  *local_device = m.local_device;
+  return STORE_OK;
+}
+
 }  // namespace
 
 int store_create(store_client* client, store_writer** out, const store_object_id* id,
@@ -647,13 +707,29 @@ int store_create(store_client* client, store_writer** out, const store_object_id
     int rc = Call(c, fbb, Body::CreateRequest, body.Union(), Body::CreateReply, &reply);
     if (rc != STORE_OK) return rc;
     auto* r = reply->msg->body_as_CreateReply();
-    if (r->region_id() != c->region_id || r->data_size() != data_size ||
-        !InRegion(c, r->offset(), r->data_size() + r->metadata_size())) {
+    const int32_t device = opts ? opts->device : -1;
+    const bool on_gpu = r->device() >= 0;
+    if (r->region_id() != c->region_id || r->data_size() != data_size || r->device() != device ||
+        !InRegion(c, r->offset(), (on_gpu ? 0 : r->data_size()) + r->metadata_size())) {
       MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
       return BrokenError(c);
     }
+    if (on_gpu) {
+      auto* w = new store_writer{c, *id, r->uid(), nullptr, data_size, 0, device, -1, nullptr};
+      Ref(c);
+      rc = DeviceData(c, device, r->chunk(), r->chunk_offset(), data_size, &w->dptr,
+                      &w->local_device);
+      if (rc != STORE_OK) {
+        std::string why = t_message;
+        store_writer_abort(w);
+        return FailMsg(rc, why);
+      }
+      *out = w;
+      return STORE_OK;
+    }
     Populate(c, r->offset(), data_size, true);
-    auto* w = new store_writer{c, *id, r->uid(), c->base + r->offset(), data_size, 0};
+    auto* w = new store_writer{c, *id, r->uid(), c->base + r->offset(), data_size, 0, -1, -1,
+                               nullptr};
     Ref(c);
     *out = w;
     return STORE_OK;
@@ -668,7 +744,15 @@ int store_writer_write(store_writer* w, const void* data, size_t size) {
                 size, static_cast<unsigned long long>(w->pos),
                 static_cast<unsigned long long>(w->size));
   }
-  if (size) std::memcpy(w->data + w->pos, data, size);
+  if (size && w->device >= 0) {
+    std::string why;
+    if (!storeclient::gpu::CopyToDevice(w->conn->gpu_backend, w->local_device, w->dptr + w->pos,
+                                        data, size, &why)) {
+      return FailMsg(STORE_EINVAL, why);
+    }
+  } else if (size) {
+    std::memcpy(w->data + w->pos, data, size);
+  }
   w->pos += size;
   return STORE_OK;
 }
@@ -706,6 +790,17 @@ int FinishWriter(store_writer* w, bool seal) {
 }
 }  // namespace
 
+int store_writer_device_ptr(store_writer* w, void** dptr, int* device) {
+  if (dptr) *dptr = nullptr;
+  if (device) *device = -1;
+  if (!w || !dptr) return Fail(STORE_EINVAL, "writer or dptr is NULL");
+  if (w->device < 0) return Fail(STORE_EINVAL, "the object is in host memory: use store_writer_data");
+  if (!Usable(w->conn)) return BrokenError(w->conn);
+  *dptr = w->dptr;
+  if (device) *device = w->local_device;
+  return STORE_OK;
+}
+
 int store_writer_seal(store_writer* w) {
   if (!w) return Fail(STORE_EINVAL, "writer is NULL");
   return FinishWriter(w, true);
@@ -724,7 +819,8 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
     if (!client || !id || !data) return Fail(STORE_EINVAL, "client, id or data is NULL");
     if (data_size == 0) return Fail(STORE_EINVAL, "an object must have at least one byte");
     if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
-    if (data_size <= proto::kInlinePutMax) {
+    const bool on_gpu = opts && opts->device >= 0;
+    if (data_size <= proto::kInlinePutMax && !on_gpu) {
       flatbuffers::FlatBufferBuilder fbb(256 + data_size + (opts ? opts->metadata_size : 0));
       auto body = BuildCreate(fbb, id, data_size, opts, data);
       std::unique_ptr<Reply> reply;
@@ -734,7 +830,16 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
     store_writer* w = nullptr;
     int rc = store_create(client, &w, id, data_size, opts);
     if (rc != STORE_OK) return rc;
-    std::memcpy(w->data, data, data_size);
+    if (on_gpu) {
+      rc = store_writer_write(w, data, data_size);
+      if (rc != STORE_OK) {
+        std::string why = t_message;
+        store_writer_abort(w);
+        return FailMsg(rc, why);
+      }
+    } else {
+      std::memcpy(w->data, data, data_size);
+    }
     return store_writer_seal(w);
   });
 }
@@ -813,7 +918,7 @@ int store_put_many(store_client* client, const store_object_id* ids, const void*
     size_t i = 0;
     while (i < n) {
       int rc;
-      if (sizes[i] > proto::kInlinePutMax) {
+      if (sizes[i] > proto::kInlinePutMax || (opts && opts->device >= 0)) {
         rc = store_put(client, &ids[i], datas[i], sizes[i], opts);
         if (rc == STORE_OK) put++;
         i++;
@@ -855,6 +960,39 @@ int64_t NowMs() {
       .count();
 }
 
+struct PlaceError {
+  int code;
+  std::string message;
+};
+
+// A reader over an object the store handed out (l->status() == 0). On failure returns the error
+// (the connection is broken if the store placed it outside its memory); the caller releases it.
+int MakeReader(Conn* c, const store_object_id& id, const proto::ObjectLocation* l,
+               store_reader** out) {
+  const bool on_gpu = l->device() >= 0;
+  if (l->region_id() != c->region_id ||
+      !InRegion(c, l->offset(), (on_gpu ? 0 : l->data_size()) + l->metadata_size())) {
+    MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
+    return BrokenError(c);
+  }
+  const uint8_t* d = c->base + l->offset();
+  if (on_gpu) {
+    uint8_t* dptr = nullptr;
+    int32_t local = -1;
+    int rc = DeviceData(c, l->device(), l->chunk(), l->chunk_offset(), l->data_size(), &dptr,
+                        &local);
+    if (rc != STORE_OK) return rc;
+    *out = new store_reader{c, id, l->uid(), nullptr, l->data_size(), d, l->metadata_size(), 0,
+                            l->device(), local, dptr};
+  } else {
+    Populate(c, l->offset(), l->data_size(), false);
+    *out = new store_reader{c, id, l->uid(), d, l->data_size(), d + l->data_size(),
+                            l->metadata_size(), 0, -1, -1, nullptr};
+  }
+  Ref(c);
+  return STORE_OK;
+}
+
 // One get request for up to kMaxIdsPerRequest ids.
 int OpenBatch(store_client* client, store_reader** out, const store_object_id* ids, size_t n,
               int64_t timeout_ms) {
@@ -879,15 +1017,10 @@ int OpenBatch(store_client* client, store_reader** out, const store_object_id* i
       out[i] = nullptr;
       if (l->status() != 0) continue;
       taken.push_back(l->uid());
-      if (l->region_id() != c->region_id ||
-          !InRegion(c, l->offset(), l->data_size() + l->metadata_size())) {
-        throw std::runtime_error("the store placed an object outside its memory");
-      }
-      Populate(c, l->offset(), l->data_size(), false);
-      const uint8_t* d = c->base + l->offset();
-      out[i] = new store_reader{c,  ids[i], l->uid(), d, l->data_size(),
-                                d + l->data_size(), l->metadata_size(), 0};
-      Ref(c);
+      store_reader* rd = nullptr;
+      int prc = MakeReader(c, ids[i], l, &rd);
+      if (prc != STORE_OK) throw PlaceError{prc, t_message};
+      out[i] = rd;
     }
   } catch (...) {
     for (size_t i = 0; i < n; i++) {
@@ -898,7 +1031,11 @@ int OpenBatch(store_client* client, store_reader** out, const store_object_id* i
       }
     }
     SendRelease(c, taken.data(), taken.size());
-    throw;
+    try {
+      throw;
+    } catch (const PlaceError& e) {
+      return FailMsg(e.code, e.message);
+    }
   }
   return STORE_OK;
 }
@@ -971,19 +1108,12 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
           return Fail(STORE_EPROTO, "object %s: unexpected status %d", hex, l->status());
       }
     }
-    if (l->region_id() != c->region_id ||
-        !InRegion(c, l->offset(), l->data_size() + l->metadata_size())) {
+    rc = MakeReader(c, *id, l, out);
+    if (rc != STORE_OK) {
       uint64_t uid = l->uid();
       SendRelease(c, &uid, 1);
-      MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
-      return BrokenError(c);
     }
-    Populate(c, l->offset(), l->data_size(), false);
-    const uint8_t* d = c->base + l->offset();
-    *out = new store_reader{c, *id, l->uid(), d, l->data_size(), d + l->data_size(),
-                            l->metadata_size(), 0};
-    Ref(c);
-    return STORE_OK;
+    return rc;
   });
 }
 
@@ -992,7 +1122,15 @@ int store_reader_read(store_reader* r, void* buf, size_t size, size_t* nread) {
   if (!r || (!buf && size)) return Fail(STORE_EINVAL, "reader or buffer is NULL");
   if (!Usable(r->conn)) return BrokenError(r->conn);
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, r->size - r->pos));
-  if (n) std::memcpy(buf, r->data + r->pos, n);
+  if (n && r->device >= 0) {
+    std::string why;
+    if (!storeclient::gpu::CopyToHost(r->conn->gpu_backend, r->local_device, buf,
+                                      r->dptr + r->pos, n, &why)) {
+      return FailMsg(STORE_EINVAL, why);
+    }
+  } else if (n) {
+    std::memcpy(buf, r->data + r->pos, n);
+  }
   r->pos += n;
   if (nread) *nread = n;
   return STORE_OK;
@@ -1010,6 +1148,19 @@ const void* store_reader_data(const store_reader* r) {
   if (!r || !Usable(r->conn)) return nullptr;
   return r->data;
 }
+
+int store_reader_device_ptr(const store_reader* r, const void** dptr, int* device) {
+  if (dptr) *dptr = nullptr;
+  if (device) *device = -1;
+  if (!r || !dptr) return Fail(STORE_EINVAL, "reader or dptr is NULL");
+  if (r->device < 0) return Fail(STORE_EINVAL, "the object is in host memory: use store_reader_data");
+  if (!Usable(r->conn)) return BrokenError(r->conn);
+  *dptr = r->dptr;
+  if (device) *device = r->local_device;
+  return STORE_OK;
+}
+
+int store_reader_device(const store_reader* r) { return r ? r->device : -1; }
 
 const void* store_reader_metadata(const store_reader* r, uint64_t* size) {
   if (size) *size = 0;
@@ -1262,6 +1413,41 @@ int store_stats_get(store_client* client, store_stats* stats) {
     stats->total_restore_ns = s->total_restore_ns();
     stats->total_spill_failures = s->total_spill_failures();
     stats->total_restore_failures = s->total_restore_failures();
+    return STORE_OK;
+  });
+}
+
+int store_gpu_stats(store_client* client, store_gpu_device_stats** out, size_t* count,
+                    int* backend) {
+  return Guard([&]() -> int {
+    if (out) *out = nullptr;
+    if (count) *count = 0;
+    if (backend) *backend = STORE_GPU_BACKEND_NONE;
+    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    flatbuffers::FlatBufferBuilder fbb(64);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::StatsRequest, proto::CreateStatsRequest(fbb).Union(),
+                  Body::StatsReply, &reply);
+    if (rc != STORE_OK) return rc;
+    auto* s = reply->msg->body_as_StatsReply();
+    if (backend) *backend = static_cast<int>(s->gpu_backend());
+    auto* gpus = s->gpus();
+    if (!gpus || gpus->size() == 0) return STORE_OK;
+    auto* v = static_cast<store_gpu_device_stats*>(
+        std::calloc(gpus->size(), sizeof(store_gpu_device_stats)));
+    if (!v) return Fail(STORE_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < gpus->size(); i++) {
+      const proto::GpuDeviceStats* g = gpus->Get(i);
+      v[i].device = g->device();
+      v[i].chunks = g->chunks();
+      v[i].capacity_bytes = g->capacity_bytes();
+      v[i].used_bytes = g->used_bytes();
+      v[i].object_count = g->object_count();
+      v[i].chunk_size = g->chunk_size();
+      v[i].largest_free_bytes = g->largest_free_bytes();
+    }
+    *out = v;
+    *count = gpus->size();
     return STORE_OK;
   });
 }

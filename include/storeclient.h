@@ -245,7 +245,8 @@ typedef struct store_create_options {
     const void *metadata;   /* copied into the object, after the data; may be NULL */
     uint64_t metadata_size; /* at most STORE_MAX_METADATA_SIZE */
     int32_t importance;     /* higher values are evicted later; default 0 */
-    int32_t device;         /* -1 = host memory; >= 0 = that GPU */
+    int32_t device;         /* -1 = host memory; >= 0 = that GPU, by the store's device number
+                               (STORE_ENOTSUP unless the store serves GPU objects) */
     int64_t timeout_ms;     /* wait for space when full: 0 = fail at once, -1 = forever */
 } store_create_options;
 #define STORE_CREATE_OPTIONS_INIT {STORE_CREATE_OPTIONS_VERSION, NULL, 0, 0, -1, 0}
@@ -278,7 +279,11 @@ STORE_API void store_client_free(store_client *client);
  * STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not fit and timeout_ms
  * is 0; STORE_ETIMEDOUT if it still does not fit after waiting timeout_ms (waiting creates are
  * served in arrival order); STORE_EINVAL for a zero size, a size above the store's capacity or
- * bad options. */
+ * bad options.
+ * GPU objects (opts->device >= 0) live in device memory the store owns: write them through
+ * store_writer_device_ptr() (or store_writer_write(), which copies from the host); readers in
+ * other processes get the same device memory through store_reader_device_ptr(), with no copy
+ * through the host. Their metadata stays in host memory. They are never spilled. */
 STORE_API int store_create(store_client *client, store_writer **out, const store_object_id *id,
                            uint64_t data_size, const store_create_options *opts);
 
@@ -300,6 +305,10 @@ STORE_API uint64_t store_writer_size(const store_writer *w);
  * NULL for NULL, for a device object, or once the client is gone. */
 STORE_API void *store_writer_data(store_writer *w);
 
+/* A device object's data: *dptr (a CUDA device pointer, valid in this process on the CUDA
+ * device *device, which may be NULL) for kernels and cudaMemcpy. Borrowed; valid until seal or
+ * abort. STORE_EINVAL for a host object. */
+STORE_API int store_writer_device_ptr(store_writer *w, void **dptr, int *device);
 /* Seals the object (immutable, visible to all) and frees the writer, whatever the result.
  * STORE_ECONN if the connection is lost (the server then aborts the object). */
 STORE_API int store_writer_seal(store_writer *w);
@@ -349,6 +358,10 @@ STORE_API uint64_t store_reader_size(const store_reader *r);
  * a device object, or once the client is gone. */
 STORE_API const void *store_reader_data(const store_reader *r);
 
+/* As store_writer_device_ptr(), for reading. Borrowed; valid until store_reader_close(). */
+STORE_API int store_reader_device_ptr(const store_reader *r, const void **dptr, int *device);
+/* The store's device number of the object's data, or -1 for host memory (and for NULL). */
+STORE_API int store_reader_device(const store_reader *r);
 /* The object's metadata; *size (may be NULL) receives its length. Borrowed; valid until
  * store_reader_close(). NULL if there is none. */
 STORE_API const void *store_reader_metadata(const store_reader *r, uint64_t *size);
@@ -401,6 +414,24 @@ STORE_API int store_unpin(store_client *client, const store_object_id *id);
 /* Fills *stats with a snapshot of the server. Cheap: the server keeps its figures as it goes. */
 STORE_API int store_stats_get(store_client *client, store_stats *stats);
 
+/* What backs a store's GPU objects, as store_gpu_stats() reports it. */
+#define STORE_GPU_BACKEND_NONE 0          /* GPU objects are not enabled */
+#define STORE_GPU_BACKEND_CUDA 1
+#define STORE_GPU_BACKEND_MEMFD_STANDIN 2 /* host memory standing in for a GPU (tests only) */
+/* One device serving GPU objects. */
+typedef struct store_gpu_device_stats {
+    int32_t device;              /* the store's device number */
+    uint32_t chunks;             /* chunks of device memory made so far */
+    uint64_t capacity_bytes;     /* device memory it may take (--gpu-memory, whole chunks) */
+    uint64_t used_bytes;         /* bytes allocated to objects (256-byte multiples) */
+    uint64_t object_count;
+    uint64_t chunk_size;         /* also the largest GPU object */
+    uint64_t largest_free_bytes; /* the largest free range in the chunks made so far */
+} store_gpu_device_stats;
+/* Per-device figures of the GPU objects. Caller owns *out (NULL when *count is 0); free with
+ * store_free(). *backend (may be NULL) receives STORE_GPU_BACKEND_*. */
+STORE_API int store_gpu_stats(store_client *client, store_gpu_device_stats **out, size_t *count,
+                              int *backend);
 /* Sets an object's importance: objects of lower importance are spilled first. */
 STORE_API int store_set_importance(store_client *client, const store_object_id *id,
                                    int32_t importance);

@@ -100,6 +100,12 @@ Bytes CreateMsg(uint64_t seq, const CreateArgs& a) {
   return Finish(b, seq, Body::CreateRequest, body.Union());
 }
 
+Bytes GpuChunkMsg(uint64_t seq, int32_t device, uint32_t chunk) {
+  flatbuffers::FlatBufferBuilder b(128);
+  auto body = proto::CreateGpuChunkRequest(b, device, chunk);
+  return Finish(b, seq, Body::GpuChunkRequest, body.Union());
+}
+
 Bytes SealMsg(uint64_t seq, const std::string& key, uint64_t uid) {
   flatbuffers::FlatBufferBuilder b(128);
   proto::ObjectId id = IdOf(key);
@@ -463,7 +469,8 @@ struct Attacked {
   store_client* good = nullptr;
   unsigned checks = 0;
 
-  explicit Attacked(const std::string& memory = "64M") : store(memory) {
+  explicit Attacked(const std::string& memory = "64M", std::vector<std::string> extra = {})
+      : store(memory, std::move(extra)) {
     REQUIRE(store.started());
     store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
     o.client_name = "good";
@@ -1600,4 +1607,90 @@ TEST_CASE("hundreds of connections opened and closed quickly leave nothing behin
   s.CheckBaseline(base);
   CHECK(s.Clients() == 1);
   s.CheckServes();
+}
+
+// ------------------------------------------------------------------------------------------
+// GPU requests.
+
+TEST_CASE("GPU requests to a store without GPU objects get STORE_ENOTSUP, and it stays up") {
+  Attacked a;
+  size_t fds = a.ServerFds();
+  {
+    RawConn c(a.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(GpuChunkMsg(2, 0, 0)));
+    CHECK(ExpectError(c, 2, STORE_ENOTSUP).find("--gpu-memory") != std::string::npos);
+    CreateArgs on_gpu;
+    on_gpu.device = 0;
+    REQUIRE(c.Send(CreateMsg(3, on_gpu)));
+    CHECK(ExpectError(c, 3, STORE_ENOTSUP).find("--gpu-memory") != std::string::npos);
+    CreateArgs bad;
+    bad.device = -7;
+    REQUIRE(c.Send(CreateMsg(4, bad)));
+    ExpectError(c, 4, STORE_EINVAL);
+    CHECK(RawObjectCount(c, 5) == 0u);
+  }
+  a.CheckServes();
+  a.CheckBaseline(fds);
+}
+
+// The memfd stand-in is host memory in place of device memory: these cases test the server's
+// checks of GPU requests, not a GPU.
+TEST_CASE("bad GPU requests to a store with GPU objects (memfd stand-in) get clear errors") {
+  Attacked a("64M", {"--gpu-backend", "memfd-standin", "--gpu-memory", "8M",
+                     "--gpu-chunk-size", "4M"});
+  size_t fds = a.ServerFds();
+  {
+    RawConn c(a.store.socket());
+    Handshake(c);
+    REQUIRE(c.Send(GpuChunkMsg(2, 5, 0)));
+    CHECK(ExpectError(c, 2, STORE_EINVAL).find("device 5") != std::string::npos);
+    REQUIRE(c.Send(GpuChunkMsg(3, -1, 0)));
+    ExpectError(c, 3, STORE_EINVAL);
+    // No chunk exists before the first GPU object.
+    REQUIRE(c.Send(GpuChunkMsg(4, 0, 0)));
+    CHECK(ExpectError(c, 4, STORE_EINVAL).find("no chunk 0") != std::string::npos);
+    CreateArgs too_big;
+    too_big.device = 0;
+    too_big.data_size = (4u << 20) + 1;
+    REQUIRE(c.Send(CreateMsg(5, too_big)));
+    CHECK(ExpectError(c, 5, STORE_EINVAL).find("chunk") != std::string::npos);
+    CreateArgs other_device;
+    other_device.device = 3;
+    REQUIRE(c.Send(CreateMsg(6, other_device)));
+    CHECK(ExpectError(c, 6, STORE_EINVAL).find("serves 0") != std::string::npos);
+    CreateArgs inline_gpu;
+    inline_gpu.device = 0;
+    inline_gpu.data = Bytes(16, 0x5A);
+    REQUIRE(c.Send(CreateMsg(7, inline_gpu)));
+    CHECK(ExpectError(c, 7, STORE_EINVAL).find("inline") != std::string::npos);
+    // A good one, then its chunk comes with exactly one descriptor.
+    CreateArgs good;
+    good.key = "on-device";
+    good.device = 0;
+    good.data_size = 1000;
+    good.metadata = Bytes(8, 0x11);
+    REQUIRE(c.Send(CreateMsg(8, good)));
+    Reply r;
+    REQUIRE(ExpectReply(c, 8, Body::CreateReply, &r));
+    auto* cr = r.msg->body_as_CreateReply();
+    CHECK(cr->device() == 0);
+    CHECK(cr->chunk() == 0);
+    CHECK(cr->chunk_offset() % 256 == 0);
+    CHECK(cr->data_size() == 1000);
+    CHECK(cr->metadata_size() == 8);
+    REQUIRE(c.Send(GpuChunkMsg(9, 0, 0)));
+    Reply chunk;
+    REQUIRE(ExpectReply(c, 9, Body::GpuChunkReply, &chunk));
+    CHECK(chunk.fds == 1);
+    CHECK(chunk.msg->num_fds() == 1);
+    CHECK(chunk.msg->body_as_GpuChunkReply()->size() == 4u << 20);
+    REQUIRE(c.Send(GpuChunkMsg(10, 0, 1)));
+    ExpectError(c, 10, STORE_EINVAL);
+    CHECK(RawObjectCount(c, 11) == 1u);
+    // The connection closes with the object unsealed: the server aborts it.
+  }
+  a.CheckServes();
+  a.CheckBaseline(fds + 1);  // the chunk made for the object stays for the server's life
+  CHECK(a.Stats().object_count == 0);
 }

@@ -108,7 +108,8 @@ class Reader {
       case P::Body::ConnectReply:
         if (auto b = Body(m->body_as_ConnectReply())) {
           out_ << "pv=" << b->protocol_version() << " client_id=" << b->client_id()
-               << " capacity=" << b->capacity() << " ";
+               << " capacity=" << b->capacity()
+               << " gpu_backend=" << static_cast<int>(b->gpu_backend()) << " ";
           Str("server_version", b->server_version());
           auto r = b->region();
           if (Required(r) && In(r, 4)) out_ << "region=" << r->region_id() << "/" << r->size() << " ";
@@ -126,7 +127,9 @@ class Reader {
       case P::Body::CreateReply:
         if (auto b = Body(m->body_as_CreateReply())) {
           out_ << "uid=" << b->uid() << " region_id=" << b->region_id() << " offset=" << b->offset()
-               << " data_size=" << b->data_size() << " metadata_size=" << b->metadata_size() << " ";
+               << " data_size=" << b->data_size() << " metadata_size=" << b->metadata_size()
+               << " device=" << b->device() << " chunk=" << b->chunk()
+               << " chunk_offset=" << b->chunk_offset() << " ";
         }
         break;
       case P::Body::SealRequest:
@@ -156,7 +159,8 @@ class Reader {
               const P::ObjectLocation* l = v->Get(i);
               Align8(l);
               out_ << l->uid() << "," << l->region_id() << "," << l->offset() << "," << l->data_size()
-                   << "," << l->metadata_size() << "," << l->status() << "," << l->device() << ";";
+                   << "," << l->metadata_size() << "," << l->status() << "," << l->device() << ","
+                   << l->chunk_offset() << "," << l->chunk() << ";";
             }
             out_ << "] ";
           }
@@ -213,6 +217,31 @@ class Reader {
                << b->total_seals() << "," << b->total_gets() << "," << b->total_releases() << ","
                << b->total_deletes() << "," << b->total_aborts() << "," << b->total_full() << ","
                << b->uptime_ns() << "," << b->server_pid() << " ";
+          out_ << "gpu_backend=" << static_cast<int>(b->gpu_backend()) << " ";
+          auto g = b->gpus();
+          if (g && VectorIn(g, sizeof(P::GpuDeviceStats))) {
+            out_ << "gpus=[";
+            for (uint32_t i = 0; i < g->size(); i++) {
+              const P::GpuDeviceStats* d = g->Get(i);
+              Align8(d);
+              out_ << d->device() << "," << d->chunks() << "," << d->capacity_bytes() << ","
+                   << d->used_bytes() << "," << d->object_count() << "," << d->chunk_size() << ","
+                   << d->largest_free_bytes() << ";";
+            }
+            out_ << "] ";
+          }
+        }
+        break;
+      case P::Body::GpuChunkRequest:
+        if (auto b = Body(m->body_as_GpuChunkRequest())) {
+          out_ << "device=" << b->device() << " chunk=" << b->chunk() << " ";
+        }
+        break;
+      case P::Body::GpuChunkReply:
+        if (auto b = Body(m->body_as_GpuChunkReply())) {
+          out_ << "device=" << b->device() << " chunk=" << b->chunk()
+               << " chunk_uid=" << b->chunk_uid() << " size=" << b->size() << " ";
+          Scalars("uuid", b->uuid(), false);
         }
         break;
       case P::Body::SealReply:
@@ -405,8 +434,9 @@ std::vector<Bytes> Corpus() {
   }
   {
     FlatBufferBuilder f;
-    std::vector<P::ObjectLocation> locs = {P::ObjectLocation(21, 1, 64, 100, 8, 0, -1),
-                                           P::ObjectLocation(0, 0, 0, 0, 0, -3, 0)};
+    std::vector<P::ObjectLocation> locs = {P::ObjectLocation(21, 1, 64, 100, 8, 0, -1, 0, 0),
+                                           P::ObjectLocation(0, 0, 0, 0, 0, -3, 0, 0, 0),
+                                           P::ObjectLocation(23, 1, 128, 4096, 0, 0, 1, 1u << 30, 7)};
     c.push_back(Wrap(f, seq++, P::Body::GetReply, P::CreateGetReplyDirect(f, &locs)));
   }
   {
@@ -477,6 +507,28 @@ std::vector<Bytes> Corpus() {
   }
   {
     FlatBufferBuilder f;
+    std::vector<P::GpuDeviceStats> gpus = {P::GpuDeviceStats(0, 2, 1u << 30, 4096, 3, 256u << 20, 1u << 28),
+                                           P::GpuDeviceStats(1, 0, 1u << 30, 0, 0, 256u << 20, 0)};
+    auto v = f.CreateVectorOfStructs(gpus);
+    P::StatsReplyBuilder sb(f);
+    sb.add_capacity_bytes(64u << 20);
+    sb.add_gpu_backend(P::GpuBackend::Cuda);
+    sb.add_gpus(v);
+    c.push_back(Wrap(f, seq++, P::Body::StatsReply, sb.Finish()));
+  }
+  {
+    FlatBufferBuilder f;
+    c.push_back(Wrap(f, seq++, P::Body::GpuChunkRequest, P::CreateGpuChunkRequest(f, 0, 3)));
+  }
+  {
+    FlatBufferBuilder f;
+    std::vector<uint8_t> uuid(16, 0xAB);
+    c.push_back(Wrap(f, seq++, P::Body::GpuChunkReply,
+                     P::CreateGpuChunkReplyDirect(f, 0, 3, 0x0123456789ABCDEFull, 256u << 20, &uuid),
+                     0, nullptr, 1));
+  }
+  {
+    FlatBufferBuilder f;
     c.push_back(Wrap(f, seq++, P::Body::DisconnectRequest, P::CreateDisconnectRequest(f)));
   }
   {
@@ -529,8 +581,8 @@ Offset<void> RawVector(FlatBufferBuilder& f, const void* elems, size_t elem_size
 enum class VecKind { kReleaseUids, kGetReplyObjects, kListReplyObjects };
 Bytes WithVectorAlignment(VecKind kind, bool aligned) {
   std::vector<uint64_t> uids = {0x1111111122222222ull, 0x3333333344444444ull, 5};
-  std::vector<P::ObjectLocation> locs = {P::ObjectLocation(1, 2, 3, 4, 5, 6, 7),
-                                         P::ObjectLocation(8, 9, 10, 11, 12, -13, -1)};
+  std::vector<P::ObjectLocation> locs = {P::ObjectLocation(1, 2, 3, 4, 5, 6, 7, 8, 9),
+                                         P::ObjectLocation(8, 9, 10, 11, 12, -13, -1, 0, 0)};
   std::vector<P::ObjectInfo> infos = {MakeInfo(1), MakeInfo(2)};
   for (size_t filler = 0; filler < 16; filler++) {
     FlatBufferBuilder f;
@@ -591,9 +643,10 @@ TEST_SUITE("unit") {
 
 TEST_CASE("MessageIdentifier and limits") {
   CHECK(std::string(P::MessageIdentifier()) == "STOR");
-  CHECK(P::kProtocolVersion == 1);
+  CHECK(P::kProtocolVersion == 2);
   CHECK(sizeof(P::ObjectId) == 20);
-  CHECK(sizeof(P::ObjectLocation) == 48);
+  CHECK(sizeof(P::ObjectLocation) == 64);
+  CHECK(sizeof(P::GpuDeviceStats) == 48);
   CHECK(sizeof(P::ObjectInfo) == 88);
   CHECK(P::kMaxRequestBytes == 4u << 20);
   CHECK(P::kMaxReplyBytes == 1u << 30);
@@ -613,7 +666,7 @@ TEST_CASE("ConnectRequest and ConnectReply round-trip") {
     CHECK(m->body_as_ConnectReply() == nullptr);
     auto r = m->body_as_ConnectRequest();
     REQUIRE(r != nullptr);
-    CHECK(r->protocol_version() == 1);
+    CHECK(r->protocol_version() == P::kProtocolVersion);
     REQUIRE(r->client_name() != nullptr);
     CHECK(r->client_name()->str() == "trainer-\xc3\xa9-7");
     CHECK(r->pid() == -12345);
@@ -731,6 +784,90 @@ TEST_CASE("CreateReply round-trip") {
   CHECK(r->metadata_size() == 1u << 20);
 }
 
+TEST_CASE("CreateReply round-trips the device fields of a GPU object") {
+  FlatBufferBuilder f;
+  Bytes b = Wrap(f, 6, P::Body::CreateReply,
+                 P::CreateCreateReply(f, 77, 1, 4096, 1000, 16, 3, 5, (512ull << 20) - 256));
+  auto r = Decode(b)->body_as_CreateReply();
+  REQUIRE(r != nullptr);
+  CHECK(r->device() == 3);
+  CHECK(r->chunk() == 5);
+  CHECK(r->chunk_offset() == (512ull << 20) - 256);
+  // A host object's reply leaves device at its default, -1.
+  FlatBufferBuilder f2;
+  Bytes b2 = Wrap(f2, 7, P::Body::CreateReply, P::CreateCreateReply(f2, 78, 1, 0, 10, 0));
+  CHECK(Decode(b2)->body_as_CreateReply()->device() == -1);
+}
+
+TEST_CASE("GPU chunk request and reply, and per-device stats, round-trip") {
+  {
+    FlatBufferBuilder f;
+    Bytes b = Wrap(f, 9, P::Body::GpuChunkRequest, P::CreateGpuChunkRequest(f, 2, 7));
+    auto r = Decode(b)->body_as_GpuChunkRequest();
+    REQUIRE(r != nullptr);
+    CHECK(r->device() == 2);
+    CHECK(r->chunk() == 7);
+  }
+  {
+    FlatBufferBuilder f;
+    std::vector<uint8_t> uuid(16);
+    for (int i = 0; i < 16; i++) uuid[i] = static_cast<uint8_t>(i * 7);
+    Bytes b = Wrap(f, 10, P::Body::GpuChunkReply,
+                   P::CreateGpuChunkReplyDirect(f, 2, 7, 0xFEDCBA9876543210ull, 1ull << 30, &uuid),
+                   0, nullptr, 1);
+    auto m = Decode(b);
+    CHECK(m->num_fds() == 1);
+    auto r = m->body_as_GpuChunkReply();
+    REQUIRE(r != nullptr);
+    CHECK(r->device() == 2);
+    CHECK(r->chunk() == 7);
+    CHECK(r->chunk_uid() == 0xFEDCBA9876543210ull);
+    CHECK(r->size() == 1ull << 30);
+    REQUIRE(r->uuid() != nullptr);
+    REQUIRE(r->uuid()->size() == 16);
+    CHECK(r->uuid()->Get(15) == 105);
+  }
+  {
+    FlatBufferBuilder f;
+    std::vector<P::GpuDeviceStats> gpus;
+    for (int i = 0; i < 4; i++) {
+      gpus.emplace_back(i, i + 1, (1ull << 30) * (i + 1), 256u * i, i * 10, 256u << 20, 1000u + i);
+    }
+    auto v = f.CreateVectorOfStructs(gpus);
+    P::StatsReplyBuilder sb(f);
+    sb.add_gpu_backend(P::GpuBackend::MemfdStandIn);
+    sb.add_gpus(v);
+    Bytes b = Wrap(f, 11, P::Body::StatsReply, sb.Finish());
+    auto r = Decode(b)->body_as_StatsReply();
+    REQUIRE(r != nullptr);
+    CHECK(r->gpu_backend() == P::GpuBackend::MemfdStandIn);
+    REQUIRE(r->gpus() != nullptr);
+    REQUIRE(r->gpus()->size() == 4);
+    for (uint32_t i = 0; i < 4; i++) {
+      const P::GpuDeviceStats* d = r->gpus()->Get(i);
+      CAPTURE(i);
+      CHECK(Aligned8(d));
+      CHECK(d->device() == static_cast<int32_t>(i));
+      CHECK(d->chunks() == i + 1);
+      CHECK(d->capacity_bytes() == (1ull << 30) * (i + 1));
+      CHECK(d->used_bytes() == 256u * i);
+      CHECK(d->object_count() == i * 10);
+      CHECK(d->chunk_size() == 256u << 20);
+      CHECK(d->largest_free_bytes() == 1000u + i);
+    }
+  }
+  {
+    // An older StatsReply without the GPU fields reads as no backend and no devices.
+    FlatBufferBuilder f;
+    P::StatsReplyBuilder sb(f);
+    sb.add_capacity_bytes(1);
+    Bytes b = Wrap(f, 12, P::Body::StatsReply, sb.Finish());
+    auto r = Decode(b)->body_as_StatsReply();
+    CHECK(r->gpu_backend() == P::GpuBackend::None);
+    CHECK(r->gpus() == nullptr);
+  }
+}
+
 TEST_CASE("Seal and Abort requests and replies round-trip") {
   P::ObjectId id = Id(9);
   {
@@ -802,9 +939,11 @@ TEST_CASE("GetReply round-trips ObjectLocation structs, device included") {
   std::vector<P::ObjectLocation> locs;
   for (uint32_t i = 0; i < 100; i++) {
     if (i % 10 == 3) {
-      locs.emplace_back(0, 0, 0, 0, 0, -4 - static_cast<int32_t>(i % 2), 0);
+      locs.emplace_back(0, 0, 0, 0, 0, -4 - static_cast<int32_t>(i % 2), 0, 0, 0);
     } else {
-      locs.emplace_back(1000 + i, i % 3, 4096ull * i, 100 + i, i, 0, static_cast<int32_t>(i % 5) - 1);
+      int32_t device = static_cast<int32_t>(i % 5) - 1;
+      locs.emplace_back(1000 + i, i % 3, 4096ull * i, 100 + i, i, 0, device,
+                        device >= 0 ? (256ull << 20) + 256 * i : 0, device >= 0 ? i % 4 : 0);
     }
   }
   FlatBufferBuilder f;
@@ -824,8 +963,13 @@ TEST_CASE("GetReply round-trips ObjectLocation structs, device included") {
     CHECK(l->metadata_size() == locs[i].metadata_size());
     CHECK(l->status() == locs[i].status());
     CHECK(l->device() == locs[i].device());
+    CHECK(l->chunk_offset() == locs[i].chunk_offset());
+    CHECK(l->chunk() == locs[i].chunk());
   }
   // Spot-check the values themselves, not just equality with the source structs.
+  CHECK(r->objects()->Get(1)->device() == 0);
+  CHECK(r->objects()->Get(1)->chunk_offset() == (256ull << 20) + 256);
+  CHECK(r->objects()->Get(1)->chunk() == 1);
   CHECK(r->objects()->Get(3)->uid() == 0);
   CHECK(r->objects()->Get(3)->status() == -5);
   CHECK(r->objects()->Get(4)->uid() == 1004);
@@ -1036,10 +1180,12 @@ TEST_CASE("every corpus message verifies and reads cleanly; kinds cover the whol
     CHECK(s.find("MISSING") == std::string::npos);
     CHECK(s.find("body=null") == std::string::npos);
   }
-  // NONE plus all 26 body types.
-  CHECK(kinds.size() == 27);
+  // NONE, the 26 core body types, and the two GPU chunk messages.
+  CHECK(kinds.size() == 29);
   CHECK(*kinds.begin() == 0);
-  CHECK(*kinds.rbegin() == static_cast<int>(P::Body::DisconnectRequest));
+  CHECK(kinds.count(static_cast<int>(P::Body::DisconnectRequest)) == 1);
+  CHECK(kinds.count(static_cast<int>(P::Body::GpuChunkRequest)) == 1);
+  CHECK(*kinds.rbegin() == static_cast<int>(P::Body::GpuChunkReply));
 }
 
 TEST_CASE("ToProto copies all 20 id bytes") {

@@ -74,14 +74,23 @@ struct Object {
   uint64_t spill_checksum = 0;
   int restore_error = 0;        // why the last restore failed (0 = it did not)
   uint32_t dense_index = 0;     // position in the table's list of visible objects
+  // GPU objects (device >= 0): the data is in chunk gpu_chunk of that device at gpu_offset;
+  // `data` then points at the metadata in the host region (nullptr without metadata).
+  uint32_t gpu_chunk = 0;
+  uint64_t gpu_offset = 0;
+  uint64_t gpu_size = 0;        // device bytes taken (0 once freed)
 
-  bool in_memory() const { return data != nullptr; }
-  // Bytes it accounts for: its allocation in memory, else its size on disk.
-  uint64_t bytes() const { return alloc_size ? alloc_size : data_size + metadata_size; }
-  // May the spiller take it? Sealed, in memory, not read, not pinned, not deleted.
+  bool on_gpu() const { return device >= 0; }
+  bool in_memory() const { return data != nullptr || on_gpu(); }
+  // Host bytes it accounts for: its allocation in memory, else its size on disk. A GPU
+  // object's device memory is counted per device, not here.
+  uint64_t bytes() const {
+    return alloc_size || on_gpu() ? alloc_size : data_size + metadata_size;
+  }
+  // May the spiller take it? Sealed, in host memory, not read, not pinned, not deleted.
   bool evictable() const {
     return !deleted && state == ObjectState::kSealed && readers == 0 && pins == 0 &&
-           data != nullptr;
+           data != nullptr && !on_gpu();
   }
 };
 

@@ -20,7 +20,7 @@
 
 namespace store::proto {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;
 // Largest request the server accepts (bounded before allocation). Covers the biggest legal
 // create (1 MiB metadata + inline data) and get (kMaxIdsPerRequest ids).
 inline constexpr uint32_t kMaxRequestBytes = 4u << 20;
@@ -69,6 +69,11 @@ inline const Message* VerifyMessage(const uint8_t* buf, size_t len) {
     case Body::ObjectsReply:
       if (!aligned(m->body_as_ObjectsReply()->objects()->Data())) return nullptr;
       break;
+    case Body::StatsReply: {
+      auto gpus = m->body_as_StatsReply()->gpus();
+      if (gpus && !aligned(gpus->Data())) return nullptr;
+      break;
+    }
     default:
       break;
   }

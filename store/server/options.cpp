@@ -82,6 +82,13 @@ const char* HelpText() {
          "  --metrics-interval SECONDS  how often to write it (default: 1)\n"
          "  --prefault           touch all of the memory at start, so first writes run at full speed\n"
          "  --hugepages          back the memory with huge pages when the system allows it\n"
+         "  --gpu-memory SIZE    device memory per GPU for GPU objects (default 0: none)\n"
+         "  --gpu-devices LIST   the GPUs to use, e.g. 0,2 (default: every one that can share\n"
+         "                       memory with other processes)\n"
+         "  --gpu-chunk-size SIZE  device memory is taken in chunks of SIZE (default: 256M, or\n"
+         "                       --gpu-memory if smaller); the largest GPU object is one chunk\n"
+         "  --gpu-backend NAME   cuda (default), or memfd-standin: host memory standing in for\n"
+         "                       device memory, to test GPU object handling without a GPU\n"
          "  --help               show this help and exit\n"
          "  --version            show the version and exit\n"
          "\n"
@@ -203,6 +210,37 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
         *error = "store: invalid --log-level '" + v + "' (use error, warn, info or debug)";
         return false;
       }
+    } else if (flag == "--gpu-memory" || flag == "--gpu-chunk-size") {
+      if (!value_of(i, flag, &v)) return false;
+      if (!ParseSize(v, flag == "--gpu-memory" ? &o.gpu_memory : &o.gpu_chunk_size)) {
+        *error = "store: invalid size for " + flag + ": '" + v + "'";
+        return false;
+      }
+    } else if (flag == "--gpu-devices") {
+      if (!value_of(i, flag, &v)) return false;
+      o.gpu_devices.clear();
+      size_t start = 0;
+      while (start <= v.size()) {
+        size_t comma = v.find(',', start);
+        std::string item = v.substr(start, comma == std::string::npos ? std::string::npos
+                                                                        : comma - start);
+        char* end = nullptr;
+        long d = std::strtol(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0' || d < 0 || d > 1023) {
+          *error = "store: invalid --gpu-devices '" + v + "' (device numbers, e.g. 0,1)";
+          return false;
+        }
+        o.gpu_devices.push_back(static_cast<int>(d));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else if (flag == "--gpu-backend") {
+      if (!value_of(i, flag, &v)) return false;
+      if (v != "cuda" && v != "memfd-standin") {
+        *error = "store: invalid --gpu-backend '" + v + "' (cuda or memfd-standin)";
+        return false;
+      }
+      o.gpu_backend = v;
     } else {
       *error = "store: unknown option '" + a + "' (see --help)";
       return false;

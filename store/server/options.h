@@ -22,6 +22,11 @@ struct ServerOptions {
   LogLevel log_level = LogLevel::kInfo;
   std::string metrics_file;             // --metrics-file: Prometheus text, replaced atomically
   uint64_t metrics_interval_ms = 1000;  // --metrics-interval SECONDS
+  // GPU objects.
+  uint64_t gpu_memory = 0;              // --gpu-memory, bytes per device; 0 = no GPU objects
+  std::vector<int> gpu_devices;         // --gpu-devices; empty = every usable device
+  uint64_t gpu_chunk_size = 0;          // --gpu-chunk-size; 0 = min(gpu_memory, 256M)
+  std::string gpu_backend = "cuda";     // --gpu-backend: cuda, or memfd-standin (tests only)
   bool prefault = false;
   bool hugepages = false;
   bool help = false;

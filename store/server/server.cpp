@@ -155,6 +155,7 @@ int Server::Run() {
     LOG_WARN("--hugepages: the system gave no huge pages (none reserved in hugetlbfs and "
              "transparent huge pages for shared memory are off); using normal pages");
   }
+  StartGpu();
   uv_loop_init(&loop_);
   loop_.data = this;
   // Signals first: once the socket accepts, a SIGTERM must find its handler.
@@ -531,6 +532,8 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
       return HandleSetImportance(c, seq, m->body_as_SetImportanceRequest());
     case Body::SpillFilesRequest:
       return HandleSpillFiles(c, seq);
+    case Body::GpuChunkRequest:
+      return HandleGpuChunk(c, seq, m->body_as_GpuChunkRequest());
     case Body::DisconnectRequest:
       return CloseClient(c, "said goodbye");
     default:
@@ -561,7 +564,7 @@ void Server::HandleConnect(Client* c, uint64_t seq, const proto::ConnectRequest*
   auto version = fbb_.CreateString(STORE_VERSION_STRING);
   auto region = proto::CreateRegion(fbb_, region_->id(), region_->capacity());
   auto body = proto::CreateConnectReply(fbb_, proto::kProtocolVersion, version, c->id, region,
-                                        region_->capacity());
+                                        region_->capacity(), GpuBackendKind());
   fbb_.FinishSizePrefixed(
       proto::CreateMessage(fbb_, seq, 0, 0, 1, Body::ConnectReply, body.Union()),
       proto::MessageIdentifier());
@@ -587,17 +590,23 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
     *message = "object " + Hex(a.id) + " already exists";
     return STORE_EEXISTS;
   }
-  uint64_t total = a.data_size + a.metadata.size();
+  Object proto;
+  if (a.device >= 0) {
+    int rc = GpuAllocate(a.device, a.data_size, &proto, message);
+    if (rc != STORE_OK) return rc;
+  }
+  // A GPU object keeps only its metadata here.
+  uint64_t total = (a.device >= 0 ? 0 : a.data_size) + a.metadata.size();
   uint64_t usable = 0;
-  void* p = region_->Allocate(total, &usable);
-  if (!p) {
+  void* p = total ? region_->Allocate(total, &usable) : nullptr;
+  if (!p && total) {
     *message = FullMessage(total);
+    if (a.device >= 0) GpuFree(&proto);
     return STORE_ENOSPACE;
   }
-  Object proto;
   proto.id = a.id;
   proto.data = static_cast<uint8_t*>(p);
-  proto.offset = region_->OffsetOf(p);
+  proto.offset = p ? region_->OffsetOf(p) : 0;
   proto.region_id = region_->id();
   proto.data_size = a.data_size;
   proto.metadata_size = a.metadata.size();
@@ -609,7 +618,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
   proto.device = a.device;
   Object* o = table_.Insert(proto);
   if (!a.metadata.empty()) {
-    std::memcpy(o->data + o->data_size, a.metadata.data(), a.metadata.size());
+    std::memcpy(o->data + (o->on_gpu() ? 0 : o->data_size), a.metadata.data(), a.metadata.size());
   }
   totals_.creates++;
   c->objects_created++;
@@ -626,7 +635,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
 void Server::ReplyCreated(Client* c, uint64_t seq, const Object* o) {
   fbb_.Clear();
   auto body = proto::CreateCreateReply(fbb_, o->uid, o->region_id, o->offset, o->data_size,
-                                       o->metadata_size);
+                                       o->metadata_size, o->device, o->gpu_chunk, o->gpu_offset);
   SendEmpty(c, seq, Body::CreateReply, body.Union());
 }
 
@@ -646,16 +655,19 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
                      "metadata of " + Bytes(meta) + " is larger than the limit of " +
                          Bytes(STORE_MAX_METADATA_SIZE));
   }
-  if (a.data_size > max_object_ || a.data_size + meta > max_object_) {
+  if (a.device != -1) {
+    std::string why;
+    if (int rc = CheckGpuCreate(a, r->data() != nullptr, &why); rc != STORE_OK) {
+      return SendError(c, seq, rc, why);
+    }
+    if (meta > max_object_) {
+      return SendError(c, seq, STORE_EINVAL, "metadata of " + Bytes(meta) + " can never fit");
+    }
+  } else if (a.data_size > max_object_ || a.data_size + meta > max_object_) {
     return SendError(c, seq, STORE_EINVAL,
                      "an object of " + Bytes(a.data_size + meta) +
                          " can never fit in this store: the largest it can hold is " +
                          Bytes(max_object_) + " (of " + Bytes(region_->capacity()) + ")");
-  }
-  if (a.device != -1) {
-    if (a.device < -1) return SendError(c, seq, STORE_EINVAL, "device must be -1 or >= 0");
-    return SendError(c, seq, STORE_ENOTSUP,
-                     "GPU objects are not available: this server has no GPU memory configured");
   }
   if (timeout < -1) {
     return SendError(c, seq, STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
@@ -673,7 +685,13 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   int rc;
   // Creates that already wait keep their turn: a new one queues behind them unless it will
   // not wait at all.
-  if (!create_queue_.empty() && timeout != 0) {
+  auto& queue = a.device >= 0 ? gpu_create_queue_ : create_queue_;
+  bool others_wait = a.device >= 0 ? std::any_of(queue.begin(), queue.end(),
+                                                 [&](const WaitingCreate* w) {
+                                                   return w->args.device == a.device;
+                                                 })
+                                   : !queue.empty();
+  if (others_wait && timeout != 0) {
     rc = STORE_ENOSPACE;
     if (table_.Find(a.id)) {
       rc = STORE_EEXISTS;
@@ -689,7 +707,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   if (rc != STORE_ENOSPACE || timeout == 0) {
     if (rc == STORE_ENOSPACE) {
       totals_.full++;
-      if (dirs_) {
+      if (dirs_ && a.device < 0) {
         // It will not wait, but the next one may fit: spill down to the low mark now.
         SpillStep(a.data_size + a.metadata.size(), nullptr);
         message += "; spilling has started to make room";
@@ -719,22 +737,27 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
           wc->client->server->totals_.full++;
           Server* server = wc->client->server;
           server->FinishCreateWait(
-              wc, STORE_ETIMEDOUT,
-              "no space was freed in time: " +
-                  server->FullMessage(wc->args.data_size + wc->args.metadata.size()));
+              wc, STORE_ETIMEDOUT, "no space was freed in time: " + server->NoSpaceMessage(wc->args));
           // The creates that waited behind it may fit.
           server->Pump();
         },
         static_cast<uint64_t>(timeout), 0);
   }
   c->creates.insert(w);
-  create_queue_.push_back(w);
+  queue.push_back(w);
   Pump();
 }
 
+std::string Server::NoSpaceMessage(const CreateArgs& a) const {
+  if (a.device >= 0) return GpuFullMessage(a.device, a.data_size);
+  return FullMessage(a.data_size + a.metadata.size());
+}
+
 void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& message) {
-  auto it = std::find(create_queue_.begin(), create_queue_.end(), w);
-  if (it != create_queue_.end()) create_queue_.erase(it);
+  auto& queue = w->args.device >= 0 ? gpu_create_queue_ : create_queue_;
+  if (w->args.device >= 0) gpu_freed_ = true;  // the ones behind it on its device may fit now
+  auto it = std::find(queue.begin(), queue.end(), w);
+  if (it != queue.end()) queue.erase(it);
   w->client->creates.erase(w);
   if (status != STORE_OK && status != STORE_ECONN) SendError(w->client, w->seq, status, message);
   if (w->has_timer) {
@@ -825,6 +848,7 @@ void Server::FreeObject(Object* o) {
   if (pending != pending_restores_.end()) pending_restores_.erase(pending);
   if (o->spill_file) DropSpillCopy(o, true);
   if (o->data) region_->Free(o->data);
+  if (o->on_gpu()) GpuFree(o);
   table_.Erase(o);
 }
 
@@ -925,11 +949,12 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
       o->access_ns = now;
       totals_.gets++;
       locs[i] = proto::ObjectLocation(o->uid, o->region_id, o->offset, o->data_size,
-                                      o->metadata_size, 0, o->device);
+                                      o->metadata_size, 0, o->device, o->gpu_offset,
+                                      o->gpu_chunk);
     } else {
       int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
       if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
-      locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1);
+      locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1, 0, 0);
     }
   }
   auto body = proto::CreateGetReply(fbb_, vec);
@@ -1087,7 +1112,10 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   const auto& t = table_.counters();
   uint64_t largest_free = region_->LargestFree();
   fbb_.Clear();
+  auto gpus = GpuStats();
   proto::StatsReplyBuilder b(fbb_);
+  b.add_gpu_backend(GpuBackendKind());
+  b.add_gpus(gpus);
   b.add_capacity_bytes(region_->capacity());
   b.add_used_bytes(region_->allocated_bytes());
   b.add_object_count(t.objects);
@@ -1103,7 +1131,7 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_deleted_pending_count(t.deleted_pending_count);
   b.add_deleted_pending_bytes(t.deleted_pending_bytes);
   b.add_waiting_gets(waiting_gets_);
-  b.add_waiting_creates(create_queue_.size());
+  b.add_waiting_creates(create_queue_.size() + gpu_create_queue_.size());
   b.add_total_creates(totals_.creates);
   b.add_total_seals(totals_.seals);
   b.add_total_gets(totals_.gets);

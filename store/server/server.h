@@ -23,6 +23,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "cuda/chunk_allocator.h"
+#include "cuda/device_backend.h"
 #include "eviction/policy.h"
 #include "framing.h"
 #include "memory/region.h"
@@ -68,6 +70,7 @@ class Server {
   struct SpillJob;
   struct RestoreJob;
   struct EvictWaiter;
+  struct GpuDevice;
 
   // Start-up and shutdown.
   bool PrepareSocket();
@@ -160,6 +163,21 @@ class Server {
   void CancelGet(WaitingGet* g);
   void FinishCreateWait(WaitingCreate* w, int status, const std::string& message);
   std::string FullMessage(uint64_t want) const;
+  // GPU objects (server/gpu.cpp).
+  void StartGpu();
+  GpuDevice* FindGpu(int device) const;
+  std::string GpuDevicesText() const;
+  int CheckGpuCreate(const CreateArgs& a, bool inline_put, std::string* message) const;
+  std::string GpuFullMessage(int device, uint64_t want) const;
+  int GpuAllocate(int device, uint64_t size, Object* proto, std::string* message);
+  void GpuFree(Object* o);
+  // Serves the GPU creates waiting for device memory; true when none is left waiting.
+  bool ServeWaitingGpuCreates();
+  void HandleGpuChunk(Client* c, uint64_t seq, const proto::GpuChunkRequest* r);
+  flatbuffers::Offset<flatbuffers::Vector<const proto::GpuDeviceStats*>> GpuStats();
+  proto::GpuBackend GpuBackendKind() const;
+  // Why a create gets no space now: host memory or its device.
+  std::string NoSpaceMessage(const CreateArgs& a) const;
   proto::ObjectInfo InfoOf(const Object& o) const;
 
   ServerOptions options_;
@@ -181,6 +199,12 @@ class Server {
   std::unordered_map<ObjectKey, std::vector<WaitingGet*>, ObjectKeyHash> get_waiters_;
   size_t waiting_gets_ = 0;
   std::deque<WaitingCreate*> create_queue_;
+  // GPU objects.
+  std::unique_ptr<cuda::DeviceBackend> gpu_backend_;
+  std::vector<std::unique_ptr<GpuDevice>> gpus_;
+  std::string gpu_disabled_why_;
+  std::deque<WaitingCreate*> gpu_create_queue_;  // GPU creates waiting for device memory
+  bool gpu_freed_ = false;                       // since the queue was last served
   flatbuffers::FlatBufferBuilder fbb_{1024};
   bool pumping_ = false, pump_again_ = false;
 

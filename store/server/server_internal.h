@@ -39,6 +39,17 @@ struct Server::Client {
   uint64_t requests = 0;
 };
 
+struct Server::GpuDevice {
+  cuda::DeviceInfo info;
+  std::unique_ptr<cuda::ChunkAllocator> alloc;
+  struct Chunk {
+    int fd;        // owned by the device backend
+    uint64_t uid;  // random: the key under which client processes keep their imports
+  };
+  std::vector<Chunk> chunks;  // index = the allocator's chunk index
+  uint64_t objects = 0;
+};
+
 struct Server::WaitingGet {
   Client* client = nullptr;
   uint64_t seq = 0;

@@ -184,6 +184,7 @@ void Server::Pump() {
   pumping_ = true;
   do {
     pump_again_ = false;
+    if (gpu_freed_) ServeWaitingGpuCreates();
     while (!pending_restores_.empty()) {
       Object* o = pending_restores_.front();
       if (!TryStartRestore(o)) break;

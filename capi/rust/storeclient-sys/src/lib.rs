@@ -291,6 +291,22 @@ impl Default for store_create_options {
 
 pub const STORE_MAX_METADATA_SIZE: u32 = 1 << 20;
 
+pub const STORE_GPU_BACKEND_NONE: c_int = 0;
+pub const STORE_GPU_BACKEND_CUDA: c_int = 1;
+pub const STORE_GPU_BACKEND_MEMFD_STANDIN: c_int = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct store_gpu_device_stats {
+    pub device: i32,
+    pub chunks: u32,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub object_count: u64,
+    pub chunk_size: u64,
+    pub largest_free_bytes: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct store_spill_file_info {
@@ -361,6 +377,11 @@ extern "C" {
     pub fn store_writer_tell(w: *const store_writer) -> u64;
     pub fn store_writer_size(w: *const store_writer) -> u64;
     pub fn store_writer_data(w: *mut store_writer) -> *mut c_void;
+    pub fn store_writer_device_ptr(
+        w: *mut store_writer,
+        dptr: *mut *mut c_void,
+        device: *mut c_int,
+    ) -> c_int;
     pub fn store_writer_seal(w: *mut store_writer) -> c_int;
     pub fn store_writer_abort(w: *mut store_writer) -> c_int;
     pub fn store_put(
@@ -405,6 +426,12 @@ extern "C" {
     pub fn store_reader_tell(r: *const store_reader) -> u64;
     pub fn store_reader_size(r: *const store_reader) -> u64;
     pub fn store_reader_data(r: *const store_reader) -> *const c_void;
+    pub fn store_reader_device_ptr(
+        r: *const store_reader,
+        dptr: *mut *const c_void,
+        device: *mut c_int,
+    ) -> c_int;
+    pub fn store_reader_device(r: *const store_reader) -> c_int;
     pub fn store_reader_metadata(r: *const store_reader, size: *mut u64) -> *const c_void;
     pub fn store_reader_id(r: *const store_reader) -> *const store_object_id;
     pub fn store_reader_close(r: *mut store_reader);
@@ -450,6 +477,12 @@ extern "C" {
         id: *const store_object_id,
         buf: *mut c_char,
         len: usize,
+    ) -> c_int;
+    pub fn store_gpu_stats(
+        client: *mut store_client,
+        out: *mut *mut store_gpu_device_stats,
+        count: *mut usize,
+        backend: *mut c_int,
     ) -> c_int;
     pub fn store_list_spill_files(
         client: *mut store_client,

@@ -65,6 +65,10 @@ fn rust_layouts() -> Vec<Layout> {
         layout!(store_spill_file_info {
             path, size, live_objects, live_bytes, dead_bytes, created_time_ns,
         }),
+        layout!(store_gpu_device_stats {
+            device, chunks, capacity_bytes, used_bytes, object_count, chunk_size,
+            largest_free_bytes,
+        }),
     ]
 }
 
