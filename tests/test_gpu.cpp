@@ -493,6 +493,47 @@ TEST_CASE("clients in one process share one import of a chunk") {
 #endif
 }
 
+TEST_CASE("store info and the metrics file report the figures of each device") {
+  test::TempDir dir;
+  std::vector<std::string> args = GpuArgs();
+  for (const char* a : {"--metrics-file", "", "--metrics-interval", "0.05"}) args.push_back(a);
+  args[args.size() - 3] = dir / "metrics";
+  test::TestStore store("64M", args);
+  REQUIRE(store.started());
+  ClientPtr c = Connect(store.socket(), "gpu");
+  store_create_options co = STORE_CREATE_OPTIONS_INIT;
+  co.device = 0;
+  store_object_id id = IdOf("one");
+  std::string data(1000, 'x');
+  REQUIRE(store_put(c.get(), &id, data.data(), data.size(), &co) == STORE_OK);
+
+  std::string cmd = test::StoreBin() + " info --socket " + store.socket();
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string info;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) info.append(buf, n);
+  CHECK(pclose(p) == 0);
+  CHECK(info.find(std::string("gpu_backend:") +
+                  (kBackend == STORE_GPU_BACKEND_CUDA ? "cuda" : "memfd-standin")) !=
+        std::string::npos);
+  CHECK(info.find("gpu0:capacity_bytes=8388608,used_bytes=1024,objects=1,chunks=1,"
+                  "chunk_size=4194304") != std::string::npos);
+
+  auto metrics = [&] {
+    std::ifstream f(dir / "metrics");
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  };
+  CHECK(test::WaitFor([&] {
+    std::string m = metrics();
+    return m.find("store_gpu_used_bytes{device=\"0\"} 1024\n") != std::string::npos &&
+           m.find("store_gpu_objects{device=\"0\"} 1\n") != std::string::npos;
+  }));
+  CHECK(metrics().find("store_gpu_capacity_bytes{device=\"0\"} 8388608\n") != std::string::npos);
+  REQUIRE(store_delete(c.get(), &id) == STORE_OK);
+}
+
 #ifndef GPU_TEST_CUDA
 // ---- stores without GPU objects (no backend involved) --------------------------------------
 

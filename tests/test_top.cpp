@@ -698,7 +698,8 @@ TEST_CASE("PrintInfo prints INFO sections") {
     kv[line.substr(0, colon)] = line.substr(colon + 1);
   }
   CHECK(sections == std::vector<std::string>{"# memory", "# objects", "# clients",
-                                             "# operations", "# spill"});
+                                             "# operations", "# spill", "# gpu"});
+  CHECK(kv["gpu_backend"] == "none");  // a store without --gpu-memory
   CHECK(kv["capacity_bytes"] == std::to_string(Workload::kCapacity));
   CHECK(kv["used_bytes"] == std::to_string(Workload::kUsedBytes));
   CHECK(kv["objects"] == "10");

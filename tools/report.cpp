@@ -698,8 +698,28 @@ int PrintInfo(const char* socket_path, FILE* out) {
     store_client_free(client);
     return 1;
   }
+  store_gpu_device_stats* gpus = nullptr;
+  size_t ngpus = 0;
+  int backend = STORE_GPU_BACKEND_NONE;
+  rc = store_gpu_stats(client, &gpus, &ngpus, &backend);
   store_client_free(client);
   PrintInfoSections(snap, out);
+  if (rc == STORE_OK) {
+    fputs("\n# gpu\n", out);
+    fprintf(out, "gpu_backend:%s\n",
+            backend == STORE_GPU_BACKEND_CUDA            ? "cuda"
+            : backend == STORE_GPU_BACKEND_MEMFD_STANDIN ? "memfd-standin"
+                                                         : "none");
+    for (size_t i = 0; i < ngpus; i++) {
+      const store_gpu_device_stats& g = gpus[i];
+      fprintf(out,
+              "gpu%d:capacity_bytes=%" PRIu64 ",used_bytes=%" PRIu64 ",objects=%" PRIu64
+              ",chunks=%u,chunk_size=%" PRIu64 ",largest_free_bytes=%" PRIu64 "\n",
+              g.device, g.capacity_bytes, g.used_bytes, g.object_count, g.chunks, g.chunk_size,
+              g.largest_free_bytes);
+    }
+  }
+  store_free(gpus);
   return 0;
 }
 

@@ -1355,7 +1355,8 @@ void Server::WriteMetrics() {
   metric("bytes_by_state", "gauge", "", t.pinned_bytes, "{state=\"pinned\"}");
   metric("bytes_by_state", "gauge", "", t.deleted_pending_bytes, "{state=\"deleted_pending\"}");
   metric("waiting_gets", "gauge", "Get requests waiting for a seal.", waiting_gets_);
-  metric("waiting_creates", "gauge", "Create requests waiting for space.", create_queue_.size());
+  metric("waiting_creates", "gauge", "Create requests waiting for space.",
+         create_queue_.size() + gpu_create_queue_.size());
   metric("operations_total", "counter", "Operations since start.", totals_.creates,
          "first{op=\"create\"}");
   metric("operations_total", "counter", "", totals_.seals, "{op=\"seal\"}");
@@ -1367,6 +1368,20 @@ void Server::WriteMetrics() {
   metric("bad_requests_total", "counter", "Requests refused as protocol errors.",
          totals_.bad_requests);
   metric("full_total", "counter", "Creates refused for lack of space.", totals_.full);
+  // GPU objects, per device (only when the store serves them).
+  auto per_gpu = [&](const char* name, const char* help, auto value) {
+    for (size_t i = 0; i < gpus_.size(); i++) {
+      std::string l = std::string(i == 0 ? "first" : "") + "{device=\"" +
+                      std::to_string(gpus_[i]->info.ordinal) + "\"}";
+      metric(name, "gauge", help, value(*gpus_[i]), l.c_str());
+    }
+  };
+  per_gpu("gpu_capacity_bytes", "Device memory GPU objects may take.",
+          [](const GpuDevice& d) { return d.alloc->capacity(); });
+  per_gpu("gpu_used_bytes", "Device memory allocated to GPU objects.",
+          [](const GpuDevice& d) { return d.alloc->used_bytes(); });
+  per_gpu("gpu_objects", "GPU objects on the device.",
+          [](const GpuDevice& d) { return d.objects; });
 
   std::string tmp = options_.metrics_file + ".tmp";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
