@@ -167,6 +167,14 @@ class Writer {
   }
 #endif
 
+  // A device object's data: a CUDA device pointer valid on *device (may be null). Throws for a
+  // host object.
+  void* device_ptr(int* device = nullptr) {
+    void* p = nullptr;
+    check(store_writer_device_ptr(w_, &p, device));
+    return p;
+  }
+
   // Both leave the Writer empty, even when they throw.
   void seal() { check(store_writer_seal(std::exchange(w_, nullptr))); }
   void abort() { check(store_writer_abort(std::exchange(w_, nullptr))); }
@@ -218,6 +226,14 @@ class Reader {
     return p ? std::span<const uint8_t>(p, size()) : std::span<const uint8_t>();
   }
 #endif
+  // A device object's data, as Writer::device_ptr. Valid until close().
+  const void* device_ptr(int* device = nullptr) const {
+    const void* p = nullptr;
+    check(store_reader_device_ptr(r_, &p, device));
+    return p;
+  }
+  // The store's device number of the data, or -1 for host memory.
+  int device() const noexcept { return store_reader_device(r_); }
   // Empty if the object has no metadata. Valid until close().
   std::string_view metadata() const noexcept {
     uint64_t n = 0;

@@ -451,3 +451,42 @@ TEST_CASE("Moving Clients, Readers and Writers") {
   c.Delete(b);
   CheckEmpty(c);
 }
+
+// The memfd stand-in (host memory in place of device memory) lets the C++ layer's GPU calls run
+// without a GPU; its "device pointers" are host pointers.
+TEST_CASE("GPU objects through the C++ layer (memfd stand-in)") {
+  test::TestStore s("64M", {"--gpu-memory", "8M", "--gpu-backend", "memfd-standin"});
+  REQUIRE(s.started());
+  auto c = store::Client::Connect(s.socket());
+  const auto id = store::ObjectId::FromString("on-device");
+  store::CreateOptions opts;
+  opts.device = 0;
+  opts.metadata = "shape=4";
+  store::Writer w = c.Create(id, 4, opts);
+  CHECK(w.data() == nullptr);
+  int dev = -1;
+  void* p = w.device_ptr(&dev);
+  REQUIRE(p != nullptr);
+  CHECK(dev == 0);
+  std::memcpy(p, "gpu!", 4);  // a host pointer only because this is the stand-in
+  w.seal();
+  {
+    store::Reader r = c.Open(id, 0);
+    CHECK(r.device() == 0);
+    CHECK(r.data() == nullptr);
+    CHECK(r.metadata() == "shape=4");
+    char buf[4];
+    CHECK(r.read(buf, 4) == 4);
+    CHECK(std::string_view(buf, 4) == "gpu!");
+    CHECK(std::memcmp(r.device_ptr(), "gpu!", 4) == 0);
+  }
+  {
+    c.Put(store::ObjectId::FromString("host"), std::string_view("h"));
+    store::Reader h = c.Open(store::ObjectId::FromString("host"), 0);
+    CHECK(h.device() == -1);
+    CHECK(ErrorCode([&] { h.device_ptr(); }) == STORE_EINVAL);
+  }
+  c.Delete(id);
+  c.Delete(store::ObjectId::FromString("host"));
+  CheckEmpty(c);
+}
