@@ -142,7 +142,7 @@ def _struct_dict(s):
     return {name: getattr(s, name) for name, _ in s._fields_ if name != "reserved_"}
 
 
-def _create_options(metadata, importance, timeout_ms):
+def _create_options(metadata, importance, timeout_ms, device=-1):
     opts = _lib.store_create_options()
     opts.version = _lib.STORE_CREATE_OPTIONS_VERSION
     meta = bytes(metadata) if metadata else b""
@@ -152,7 +152,7 @@ def _create_options(metadata, importance, timeout_ms):
         opts.metadata = ctypes.addressof(keep)
     opts.metadata_size = len(meta)
     opts.importance = importance
-    opts.device = -1
+    opts.device = device
     opts.timeout_ms = timeout_ms
     return opts, keep
 
@@ -168,7 +168,8 @@ def _reader_memory(handle):
     addr = _L.store_reader_data(handle)
     if not addr:
         _L.store_reader_close(handle)
-        raise StoreError(STORE_ENOTSUP, "the object's data is not in host memory")
+        raise StoreError(STORE_ENOTSUP, "the object's data is not in host memory (a GPU "
+                         "object: use open_reader() and its device_ptr, or read())")
     arr = (ctypes.c_ubyte * size).from_address(addr)
     weakref.finalize(arr, _close_reader, handle)
     return arr
@@ -185,6 +186,14 @@ class Reader(io.RawIOBase):
         self.metadata = ctypes.string_at(maddr, meta_size.value) if maddr else b""
         self.id = bytes(_L.store_reader_id(handle).contents.bytes)
         self.size = _L.store_reader_size(handle)
+        #: the store's device number of the data, or -1 for host memory
+        self.device = _L.store_reader_device(handle)
+        if self.device >= 0:
+            # GPU object: no host view. The reader is closed with this file object.
+            self._mem = None
+            self.buffer = None
+            self._finalizer = weakref.finalize(self, _close_reader, handle)
+            return
         # From here on the reader is closed by the finalizer of this array, once neither this
         # file object nor any view taken from .buffer uses it.
         self._mem = _reader_memory(handle)
@@ -193,6 +202,16 @@ class Reader(io.RawIOBase):
     @property
     def address(self):
         return ctypes.addressof(self._mem)
+
+    @property
+    def device_ptr(self):
+        """(pointer, device) of a GPU object's data: a CUDA device pointer as an int, valid on
+        that CUDA device of this process while the reader is open (e.g. for
+        cupy.cuda.UnownedMemory or torch's from-pointer helpers)."""
+        p = ctypes.c_void_p()
+        d = ctypes.c_int()
+        _check(_L.store_reader_device_ptr(self._live(), ctypes.byref(p), ctypes.byref(d)))
+        return p.value, d.value
 
     def readable(self):
         return True
@@ -221,6 +240,10 @@ class Reader(io.RawIOBase):
     def readall(self):
         h = self._live()
         pos = _L.store_reader_tell(h)
+        if self.buffer is None:  # a GPU object: copied from the device
+            out = bytearray(self.size - pos)
+            got = self.readinto(out) if out else 0
+            return bytes(out[:got])
         data = bytes(self.buffer[pos:])
         _check(_L.store_reader_seek(h, 0, 2, None))
         return data
@@ -239,6 +262,8 @@ class Reader(io.RawIOBase):
             self.buffer = None
             self._mem = None  # the finalizer closes the reader when the last view is gone
             self._h = None
+            if self.device >= 0:
+                self._finalizer()
         super().close()
 
 
@@ -266,6 +291,14 @@ class Writer(io.RawIOBase):
         if self.closed or self._h is None:
             raise ValueError("I/O operation on closed writer")
         return self._h
+
+    @property
+    def device_ptr(self):
+        """(pointer, device) of a GPU object's data, as Reader.device_ptr."""
+        p = ctypes.c_void_p()
+        d = ctypes.c_int()
+        _check(_L.store_writer_device_ptr(self._live(), ctypes.byref(p), ctypes.byref(d)))
+        return p.value, d.value
 
     def write(self, b):
         h = self._live()
@@ -366,10 +399,13 @@ class Client:
         return self._h
 
     # -- writing
-    def put(self, id, data, metadata=b"", importance=0, timeout_ms=0):
+    def put(self, id, data, metadata=b"", importance=0, timeout_ms=0, device=-1):
+        """Puts an object; device >= 0 puts it in that GPU's memory (copied from data)."""
         h = self._handle()
         cid = _cid(id)
-        opts, keep = _create_options(metadata, importance, timeout_ms)
+        opts, keep = _create_options(metadata, importance, timeout_ms, device)
+        if device >= 0 and not isinstance(data, bytes):
+            data = bytes(memoryview(data).cast("B"))
         if isinstance(data, bytes):
             _check(_L.store_put(h, ctypes.byref(cid), data, len(data), ctypes.byref(opts)))
             return cid_bytes(cid)
@@ -396,9 +432,9 @@ class Client:
         _check(_L.store_create(h, ctypes.byref(wh), ctypes.byref(cid), size, ctypes.byref(opts)))
         return Writer(wh, cid_bytes(cid))
 
-    def open_writer(self, id, size, metadata=b"", importance=0, timeout_ms=0):
+    def open_writer(self, id, size, metadata=b"", importance=0, timeout_ms=0, device=-1):
         h = self._handle()
-        opts, keep = _create_options(metadata, importance, timeout_ms)
+        opts, keep = _create_options(metadata, importance, timeout_ms, device)
         return self._create(h, _cid(id), size, opts)
 
     # -- reading
@@ -484,6 +520,21 @@ class Client:
         out = _lib.store_stats()
         _check(_L.store_stats_get(self._handle(), ctypes.byref(out)))
         return _struct_dict(out)
+
+    def gpu_stats(self):
+        """(backend, [per-device dicts]): backend is "none", "cuda" or "memfd-standin"."""
+        arr = ctypes.POINTER(_lib.store_gpu_device_stats)()
+        n = ctypes.c_size_t()
+        backend = ctypes.c_int()
+        _check(_L.store_gpu_stats(self._handle(), ctypes.byref(arr), ctypes.byref(n),
+                                  ctypes.byref(backend)))
+        try:
+            devices = [_struct_dict(arr[i]) for i in range(n.value)]
+        finally:
+            _L.store_free(arr)
+        names = {_lib.STORE_GPU_BACKEND_CUDA: "cuda",
+                 _lib.STORE_GPU_BACKEND_MEMFD_STANDIN: "memfd-standin"}
+        return names.get(backend.value, "none"), devices
 
 
 def cid_bytes(cid):

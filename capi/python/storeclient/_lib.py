@@ -191,6 +191,22 @@ class store_spill_file_info(Structure):
     ]
 
 
+class store_gpu_device_stats(Structure):
+    _fields_ = [
+        ("device", c_int32),
+        ("chunks", c_uint32),
+        ("capacity_bytes", c_uint64),
+        ("used_bytes", c_uint64),
+        ("object_count", c_uint64),
+        ("chunk_size", c_uint64),
+        ("largest_free_bytes", c_uint64),
+    ]
+
+
+STORE_GPU_BACKEND_NONE = 0
+STORE_GPU_BACKEND_CUDA = 1
+STORE_GPU_BACKEND_MEMFD_STANDIN = 2
+
 # Opaque handles are passed around as c_void_p.
 store_client_p = c_void_p
 store_writer_p = c_void_p
@@ -221,6 +237,7 @@ _SIGNATURES = {
     "store_writer_tell": (c_uint64, [store_writer_p]),
     "store_writer_size": (c_uint64, [store_writer_p]),
     "store_writer_data": (c_void_p, [store_writer_p]),
+    "store_writer_device_ptr": (c_int, [store_writer_p, POINTER(c_void_p), POINTER(c_int)]),
     "store_writer_seal": (c_int, [store_writer_p]),
     "store_writer_abort": (c_int, [store_writer_p]),
     "store_put": (c_int, [store_client_p, _id_p, c_void_p, c_uint64,
@@ -236,6 +253,8 @@ _SIGNATURES = {
     "store_reader_size": (c_uint64, [store_reader_p]),
     "store_reader_data": (c_void_p, [store_reader_p]),
     "store_reader_metadata": (c_void_p, [store_reader_p, POINTER(c_uint64)]),
+    "store_reader_device_ptr": (c_int, [store_reader_p, POINTER(c_void_p), POINTER(c_int)]),
+    "store_reader_device": (c_int, [store_reader_p]),
     "store_reader_id": (_id_p, [store_reader_p]),
     "store_reader_close": (None, [store_reader_p]),
     "store_readers_close": (None, [POINTER(store_reader_p), c_size_t]),
@@ -255,6 +274,8 @@ _SIGNATURES = {
     "store_spill_url": (c_int, [store_client_p, _id_p, c_char_p, c_size_t]),
     "store_list_spill_files": (c_int, [store_client_p, POINTER(POINTER(store_spill_file_info)),
                                        POINTER(c_size_t)]),
+    "store_gpu_stats": (c_int, [store_client_p, POINTER(POINTER(store_gpu_device_stats)),
+                                POINTER(c_size_t), POINTER(c_int)]),
     "store_list_clients": (c_int, [store_client_p, POINTER(POINTER(store_client_info)),
                                    POINTER(c_size_t)]),
     "store_list_page": (c_int, [store_client_p, POINTER(store_list_options),

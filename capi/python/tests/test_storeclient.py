@@ -378,6 +378,57 @@ class TestMars(unittest.TestCase):
         asyncio.run(run())
 
 
+class TestGpuStandIn(unittest.TestCase):
+    """GPU objects on the memfd stand-in: host memory standing in for device memory, so the
+    device pointers are host pointers. Tests the binding's plumbing, not a GPU."""
+
+    def setUp(self):
+        self.proc, self.sock, self.tmp_dir = mars.start_store(
+            memory="64M", extra_args=["--log-level", "warn", "--gpu-memory", "8M",
+                                      "--gpu-backend", "memfd-standin"])
+        self.client = storeclient.Client(self.sock, name="gpu")
+
+    def tearDown(self):
+        self.client.close()
+        gc.collect()
+        with storeclient.Client(self.sock) as c:
+            objs = c.list()
+            backend, gpus = c.gpu_stats()
+        rc = mars.stop_store(self.proc, self.tmp_dir)
+        self.assertEqual(objs, [])
+        self.assertEqual(gpus[0]["used_bytes"], 0)
+        self.assertEqual(rc, 0)
+
+    def test_put_read_device_ptr_and_stats(self):
+        data = bytes(range(256)) * 40
+        oid = self.client.put("tensor", bytearray(data), metadata=b"shape", device=0)
+        backend, gpus = self.client.gpu_stats()
+        self.assertEqual(backend, "memfd-standin")
+        self.assertEqual(len(gpus), 1)
+        self.assertEqual(gpus[0]["object_count"], 1)
+        self.assertEqual(gpus[0]["used_bytes"], len(data))
+        info = self.client.info(oid)
+        self.assertEqual(info.device, 0)
+        with self.assertRaises(storeclient.StoreError):
+            self.client.get(oid)  # no host view of a GPU object
+        with self.client.open_reader(oid) as r:
+            self.assertEqual(r.device, 0)
+            self.assertIsNone(r.buffer)
+            self.assertEqual(r.metadata, b"shape")
+            ptr, dev = r.device_ptr
+            self.assertEqual(ctypes.string_at(ptr, len(data)), data)  # stand-in: host pointer
+            self.assertEqual(r.read(10), data[:10])
+            self.assertEqual(r.read(), data[10:])
+        with self.client.open_writer("w", 4, device=0) as w:
+            self.assertIsNone(w.buffer)
+            w.write(b"ab")
+            w.write(memoryview(b"cd"))
+        with self.client.open_reader("w") as r:
+            self.assertEqual(r.read(), b"abcd")
+        self.client.delete(oid)
+        self.client.delete("w")
+
+
 class _View:
     """A read-only buffer that pickles out of band and is rebuilt from whatever it is given."""
 
