@@ -521,6 +521,27 @@ TEST_CASE("store info and the metrics file report the figures of each device") {
   CHECK(info.find("gpu0:capacity_bytes=8388608,used_bytes=1024,objects=1,chunks=1,"
                   "chunk_size=4194304") != std::string::npos);
 
+  // store-top's one-shot views.
+  if (const char* top = std::getenv("STORE_TOP_BIN")) {
+    auto run = [&](const std::string& args) {
+      std::string out;
+      FILE* f = popen((std::string(top) + " --socket " + store.socket() + " " + args).c_str(), "r");
+      REQUIRE(f != nullptr);
+      while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+      CHECK(pclose(f) == 0);
+      return out;
+    };
+    std::string once = run("--once");
+    CHECK(once.find(std::string("gpu objects (") + (kBackend == STORE_GPU_BACKEND_CUDA
+                                                        ? "cuda" : "memfd-standin") + "):") !=
+          std::string::npos);
+    CHECK(once.find("device 0: 1.00 KiB of 8.00 MiB used, 1 objects, 1 chunks of 4.00 MiB") !=
+          std::string::npos);
+    std::string json = run("--json");
+    CHECK(json.find("\"used_bytes\":1024") != std::string::npos);
+    CHECK(json.find("\"chunk_size\":4194304") != std::string::npos);
+  }
+
   auto metrics = [&] {
     std::ifstream f(dir / "metrics");
     return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());

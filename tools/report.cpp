@@ -305,6 +305,14 @@ Rates ComputeRates(const store_stats& prev, const store_stats& cur, int own_requ
   return r;
 }
 
+const char* GpuBackendName(int backend) {
+  switch (backend) {
+    case STORE_GPU_BACKEND_CUDA: return "cuda";
+    case STORE_GPU_BACKEND_MEMFD_STANDIN: return "memfd-standin";
+    default: return "none";
+  }
+}
+
 int Fetch(store_client* client, const PageRequest& page, bool with_clients, Snapshot* out) {
   out->requests = 0;
   out->page = page;
@@ -312,6 +320,14 @@ int Fetch(store_client* client, const PageRequest& page, bool with_clients, Snap
   out->requests++;
   int rc = store_stats_get(client, &out->stats);
   if (rc != STORE_OK) return rc;
+
+  store_gpu_device_stats* gpus = nullptr;
+  size_t ngpus = 0;
+  out->requests++;
+  rc = store_gpu_stats(client, &gpus, &ngpus, &out->gpu_backend);
+  if (rc != STORE_OK) return rc;
+  out->gpus.assign(gpus, gpus + ngpus);
+  store_free(gpus);
 
   out->has_clients = false;
   out->clients.clear();
@@ -476,6 +492,14 @@ void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
   }
   fprintf(out, "waiting: %" PRIu64 " gets, %" PRIu64 " creates\n", s.waiting_gets,
           s.waiting_creates);
+  if (!snap.gpus.empty()) {
+    fprintf(out, "gpu objects (%s):\n", GpuBackendName(snap.gpu_backend));
+    for (const auto& g : snap.gpus) {
+      fprintf(out, "  device %d: %s of %s used, %" PRIu64 " objects, %u chunks of %s\n", g.device,
+              Bytes(g.used_bytes).c_str(), Bytes(g.capacity_bytes).c_str(), g.object_count,
+              g.chunks, Bytes(g.chunk_size).c_str());
+    }
+  }
 
   double up = static_cast<double>(s.uptime_ns) / 1e9;
   auto avg = [&](uint64_t n) { return up > 0 ? static_cast<double>(n) / up : 0.0; };
@@ -547,6 +571,22 @@ void PrintJson(const Snapshot& snap, const std::string& socket, FILE* out) {
   j.U("held_bytes", d.held_bytes);
   j.D("spill_write_bytes_per_second", d.spill_write_bps);
   j.D("restore_read_bytes_per_second", d.restore_read_bps);
+  j.Close();
+  j.Open("gpu");
+  j.S("backend", GpuBackendName(snap.gpu_backend));
+  j.OpenArray("devices");
+  for (const auto& g : snap.gpus) {
+    j.Open();
+    j.I("device", g.device);
+    j.U("capacity_bytes", g.capacity_bytes);
+    j.U("used_bytes", g.used_bytes);
+    j.U("object_count", g.object_count);
+    j.U("chunks", g.chunks);
+    j.U("chunk_size", g.chunk_size);
+    j.U("largest_free_bytes", g.largest_free_bytes);
+    j.Close();
+  }
+  j.CloseArray();
   j.Close();
   if (snap.has_clients) {
     j.OpenArray("clients");
@@ -677,6 +717,17 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   fprintf(out, "restore_read_bytes_per_second:%.0f\n", d.restore_read_bps);
   u("total_spill_failures", s.total_spill_failures);
   u("total_restore_failures", s.total_restore_failures);
+  fputc('\n', out);
+
+  fputs("# gpu\n", out);
+  fprintf(out, "gpu_backend:%s\n", GpuBackendName(snap.gpu_backend));
+  for (const auto& g : snap.gpus) {
+    fprintf(out,
+            "gpu%d:capacity_bytes=%" PRIu64 ",used_bytes=%" PRIu64 ",objects=%" PRIu64
+            ",chunks=%u,chunk_size=%" PRIu64 ",largest_free_bytes=%" PRIu64 "\n",
+            g.device, g.capacity_bytes, g.used_bytes, g.object_count, g.chunks, g.chunk_size,
+            g.largest_free_bytes);
+  }
 }
 
 int PrintInfo(const char* socket_path, FILE* out) {
@@ -698,28 +749,8 @@ int PrintInfo(const char* socket_path, FILE* out) {
     store_client_free(client);
     return 1;
   }
-  store_gpu_device_stats* gpus = nullptr;
-  size_t ngpus = 0;
-  int backend = STORE_GPU_BACKEND_NONE;
-  rc = store_gpu_stats(client, &gpus, &ngpus, &backend);
   store_client_free(client);
   PrintInfoSections(snap, out);
-  if (rc == STORE_OK) {
-    fputs("\n# gpu\n", out);
-    fprintf(out, "gpu_backend:%s\n",
-            backend == STORE_GPU_BACKEND_CUDA            ? "cuda"
-            : backend == STORE_GPU_BACKEND_MEMFD_STANDIN ? "memfd-standin"
-                                                         : "none");
-    for (size_t i = 0; i < ngpus; i++) {
-      const store_gpu_device_stats& g = gpus[i];
-      fprintf(out,
-              "gpu%d:capacity_bytes=%" PRIu64 ",used_bytes=%" PRIu64 ",objects=%" PRIu64
-              ",chunks=%u,chunk_size=%" PRIu64 ",largest_free_bytes=%" PRIu64 "\n",
-              g.device, g.capacity_bytes, g.used_bytes, g.object_count, g.chunks, g.chunk_size,
-              g.largest_free_bytes);
-    }
-  }
-  store_free(gpus);
   return 0;
 }
 

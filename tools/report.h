@@ -43,9 +43,14 @@ struct Snapshot {
   PageRequest page;
   uint64_t objects_matching = 0;  // objects that match page.prefix, over all pages
   std::vector<store_object_info> objects;
+  int gpu_backend = STORE_GPU_BACKEND_NONE;  // what backs its GPU objects
+  std::vector<store_gpu_device_stats> gpus;  // one per device serving GPU objects
   int64_t taken_ns = 0;  // CLOCK_REALTIME when the snapshot was taken
   int requests = 0;      // requests this snapshot sent to the server
 };
+
+// "cuda", "memfd-standin" or "none".
+const char* GpuBackendName(int backend);
 
 // Figures derived from stats alone.
 struct Derived {

@@ -847,6 +847,18 @@ int Top::DrawHeader(int y) {
         (colors_ ? COLOR_PAIR(kAlert) : A_NORMAL) | A_BOLD);
   }
   y++;
+  if (!snap_.gpus.empty()) {
+    std::string gpu = Fmt("GPU (%s):", GpuBackendName(snap_.gpu_backend));
+    for (const auto& g : snap_.gpus) {
+      double pct = g.capacity_bytes ? 100.0 * static_cast<double>(g.used_bytes) /
+                                          static_cast<double>(g.capacity_bytes)
+                                    : 0.0;
+      gpu += Fmt("  dev %d %s/%s (%.1f%%) %" PRIu64 " objects", g.device,
+                 BytesShort(g.used_bytes).c_str(), BytesShort(g.capacity_bytes).c_str(), pct,
+                 g.object_count);
+    }
+    Put(y++, 1, gpu);
+  }
   attr_t wait_attr = (s.waiting_creates > 0 && colors_) ? COLOR_PAIR(kAlert) | A_BOLD : A_NORMAL;
   std::string waiting =
       Fmt("Waiting: %" PRIu64 " gets  %" PRIu64 " creates", s.waiting_gets, s.waiting_creates);
