@@ -6,6 +6,8 @@
 //    test: no device memory is involved, and "device pointers" are host pointers.
 //  - test_cuda (suite cuda, built only with the CUDA toolkit): the same cases on the CUDA backend
 //    with real device memory. Without a usable CUDA device it exits 77 (skipped), never passing.
+//  - the same binary as cuda_fake_driver (suite integration): the store's CUDA code paths on a
+//    test double of the CUDA driver API (tests/fake_cuda_driver.cpp). Not a GPU test either.
 //
 // Other processes are this binary run again (--child ...), not forks: CUDA does not support a
 // child that keeps using the runtime after fork() without exec.
@@ -26,6 +28,7 @@
 
 #ifdef GPU_TEST_CUDA
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #endif
 
 namespace {
@@ -50,12 +53,23 @@ std::vector<std::string> GpuArgs() {
 
 #ifdef GPU_TEST_CUDA
 constexpr int kBackend = STORE_GPU_BACKEND_CUDA;
+// Set when the store and the library run on the test double of the CUDA driver
+// (tests/fake_cuda_driver.cpp), whose device pointers are host addresses.
+bool g_fake_driver = false;
 // Device memory is read and written through the CUDA runtime, as an application would.
 bool DevWrite(void* dptr, int device, const void* src, size_t n) {
+  if (g_fake_driver) {
+    std::memcpy(dptr, src, n);
+    return true;
+  }
   return cudaSetDevice(device) == cudaSuccess &&
          cudaMemcpy(dptr, src, n, cudaMemcpyHostToDevice) == cudaSuccess;
 }
 bool DevRead(const void* dptr, int device, void* dst, size_t n) {
+  if (g_fake_driver) {
+    std::memcpy(dst, dptr, n);
+    return true;
+  }
   return cudaSetDevice(device) == cudaSuccess &&
          cudaMemcpy(dst, dptr, n, cudaMemcpyDeviceToHost) == cudaSuccess;
 }
@@ -487,9 +501,23 @@ TEST_CASE("clients in one process share one import of a chunk") {
   c2.reset();
   CHECK(mappings() == 0);
 #else
+  // On the driver's test double, count the address ranges the library holds.
+  size_t (*reserved)() = nullptr;
+  if (g_fake_driver) {
+    void* h = dlopen(std::getenv("STORE_FAKE_CUDA_DRIVER"), RTLD_NOW | RTLD_NOLOAD);
+    REQUIRE(h != nullptr);
+    reserved = reinterpret_cast<size_t (*)()>(dlsym(h, "store_fake_cuda_driver_reserved"));
+    bool found = reserved != nullptr;
+    REQUIRE(found);
+    CHECK(reserved() == 1);
+  }
   store_reader_close(r1);
+  c1.reset();
+  if (reserved) CHECK(reserved() == 1);  // c2 still uses it
   store_reader_close(r2);
   REQUIRE(store_delete(c2.get(), &id) == STORE_OK);
+  c2.reset();
+  if (reserved) CHECK(reserved() == 0);  // unmapped and freed with the last user
 #endif
 }
 
@@ -619,6 +647,10 @@ int main(int argc, char** argv) {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
   if (n > 0) g_self.assign(buf, static_cast<size_t>(n));
+#ifdef GPU_TEST_CUDA
+  const char* fake = std::getenv("STORE_FAKE_CUDA_DRIVER");
+  g_fake_driver = fake && *fake;  // the CUDA paths on the driver's test double: not a GPU
+#endif
   if (argc >= 2 && std::string(argv[1]) == "--child") {
     std::string mode = argc >= 3 ? argv[2] : "";
     if (mode == "write" && argc == 7) {
@@ -628,7 +660,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 #ifdef GPU_TEST_CUDA
-  {
+  if (!g_fake_driver) {
     int count = 0;
     cudaError_t rc = cudaGetDeviceCount(&count);
     if (rc != cudaSuccess || count == 0) {

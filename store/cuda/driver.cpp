@@ -4,7 +4,9 @@
 #include "cuda/driver.h"
 
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -41,11 +43,31 @@ struct Loaded {
   std::string why;
 };
 
+// Tests on machines without a GPU may put a test double of the driver in place of the real one
+// (tests/fake_cuda_driver.cpp): a shared module that returns a filled table.
+bool LoadFake(const char* path, Driver* d, std::string* why) {
+  void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  void* sym = h ? dlsym(h, "store_fake_cuda_driver") : nullptr;
+  if (!sym) {
+    *why = std::string("STORE_FAKE_CUDA_DRIVER: cannot load ") + path;
+    return false;
+  }
+  *d = *reinterpret_cast<const Driver* (*)()>(sym)();
+  return true;
+}
+
 Loaded* Load() {
   static Loaded* loaded = [] {
     auto* l = new Loaded;
     Driver& d = l->driver;
     std::string& why = l->why;
+    if (const char* fake = std::getenv("STORE_FAKE_CUDA_DRIVER"); fake && *fake) {
+      if (!LoadFake(fake, &d, &why)) return l;
+      CUresult rc = d.Init(0);
+      l->ok = rc == CUDA_SUCCESS;
+      if (!l->ok) why = "CUDA driver (test double): cuInit failed with " + ErrorName(&d, rc);
+      return l;
+    }
     // cudaDriverGetVersion succeeds with 0 when no driver is installed.
     int version = 0;
     if (cudaDriverGetVersion(&version) != cudaSuccess || version == 0) {
