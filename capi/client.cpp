@@ -790,15 +790,27 @@ int FinishWriter(store_writer* w, bool seal) {
 }
 }  // namespace
 
-int store_writer_device_ptr(store_writer* w, void** dptr, int* device) {
+extern "C++" {
+namespace {
+// store_writer_device_ptr and store_reader_device_ptr: H is store_writer or store_reader.
+template <class H, class P>
+int DevicePtr(H* h, P** dptr, int* device, const char* what) {
   if (dptr) *dptr = nullptr;
   if (device) *device = -1;
-  if (!w || !dptr) return Fail(STORE_EINVAL, "writer or dptr is NULL");
-  if (w->device < 0) return Fail(STORE_EINVAL, "the object is in host memory: use store_writer_data");
-  if (!Usable(w->conn)) return BrokenError(w->conn);
-  *dptr = w->dptr;
-  if (device) *device = w->local_device;
+  if (!h || !dptr) return Fail(STORE_EINVAL, "%s or dptr is NULL", what);
+  if (h->device < 0) {
+    return Fail(STORE_EINVAL, "the object is in host memory: use store_%s_data", what);
+  }
+  if (!Usable(h->conn)) return BrokenError(h->conn);
+  *dptr = h->dptr;
+  if (device) *device = h->local_device;
   return STORE_OK;
+}
+}  // namespace
+}  // extern "C++"
+
+int store_writer_device_ptr(store_writer* w, void** dptr, int* device) {
+  return DevicePtr(w, dptr, device, "writer");
 }
 
 int store_writer_seal(store_writer* w) {
@@ -1150,14 +1162,7 @@ const void* store_reader_data(const store_reader* r) {
 }
 
 int store_reader_device_ptr(const store_reader* r, const void** dptr, int* device) {
-  if (dptr) *dptr = nullptr;
-  if (device) *device = -1;
-  if (!r || !dptr) return Fail(STORE_EINVAL, "reader or dptr is NULL");
-  if (r->device < 0) return Fail(STORE_EINVAL, "the object is in host memory: use store_reader_data");
-  if (!Usable(r->conn)) return BrokenError(r->conn);
-  *dptr = r->dptr;
-  if (device) *device = r->local_device;
-  return STORE_OK;
+  return DevicePtr(r, dptr, device, "reader");
 }
 
 int store_reader_device(const store_reader* r) { return r ? r->device : -1; }

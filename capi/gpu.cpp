@@ -215,36 +215,32 @@ void Release(uint64_t chunk_uid) {
   g_chunks->erase(it);
 }
 
-bool CopyToDevice(Backend backend, int local_device, void* dst, const void* src, size_t n,
-                  std::string* why) {
+namespace {
+bool Copy(Backend backend, int local_device, void* dst, const void* src, size_t n,
+          bool to_device, std::string* why) {
   if (backend == Backend::kMemfdStandIn) {
     std::memcpy(dst, src, n);
     return true;
   }
 #ifdef STORE_HAVE_CUDA
-  if (backend == Backend::kCuda) return CudaCopy(local_device, dst, src, n, true, why);
+  if (backend == Backend::kCuda) return CudaCopy(local_device, dst, src, n, to_device, why);
 #else
   (void)local_device;
+  (void)to_device;
 #endif
   *why = "no GPU backend";
   return false;
 }
+}  // namespace
+
+bool CopyToDevice(Backend backend, int local_device, void* dst, const void* src, size_t n,
+                  std::string* why) {
+  return Copy(backend, local_device, dst, src, n, true, why);
+}
 
 bool CopyToHost(Backend backend, int local_device, void* dst, const void* src, size_t n,
                 std::string* why) {
-  if (backend == Backend::kMemfdStandIn) {
-    std::memcpy(dst, src, n);
-    return true;
-  }
-#ifdef STORE_HAVE_CUDA
-  if (backend == Backend::kCuda) {
-    return CudaCopy(local_device, dst, const_cast<void*>(src), n, false, why);
-  }
-#else
-  (void)local_device;
-#endif
-  *why = "no GPU backend";
-  return false;
+  return Copy(backend, local_device, dst, src, n, false, why);
 }
 
 }  // namespace storeclient::gpu
