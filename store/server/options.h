@@ -22,7 +22,7 @@ struct ServerOptions {
   LogLevel log_level = LogLevel::kInfo;
   std::string metrics_file;             // --metrics-file: Prometheus text, replaced atomically
   uint64_t metrics_interval_ms = 1000;  // --metrics-interval SECONDS
-  bool prefault = false;
+  bool prefault = true;                 // --prefault (default), --no-prefault
   bool hugepages = false;
   bool help = false;
   bool version = false;
