@@ -41,15 +41,14 @@ void ObjectTable::CountState(Object* o, int sign) {
 }
 
 Object* ObjectTable::Insert(const Object& proto) {
-  auto owned = std::make_unique<Object>(proto);
-  Object* o = owned.get();
+  Object* o = pool_.New(proto);
   o->uid = next_uid_++;
   o->state = ObjectState::kCreated;
   o->deleted = false;
   o->readers = 0;
   o->pins = 0;
-  by_uid_.emplace(o->uid, std::move(owned));
-  by_id_.emplace(o->id, o);
+  by_uid_.Insert(o);
+  by_id_.Insert(o);
   DenseAdd(o);
   c_.objects = by_id_.size();
   CountState(o, +1);
@@ -89,7 +88,7 @@ void ObjectTable::RemovePin(Object* o) {
 void ObjectTable::Unlink(Object* o) {
   if (o->deleted) return;
   CountState(o, -1);
-  by_id_.erase(o->id);
+  by_id_.Erase(o);
   DenseRemove(o);
   o->deleted = true;
   c_.objects = by_id_.size();
@@ -99,11 +98,12 @@ void ObjectTable::Unlink(Object* o) {
 void ObjectTable::Erase(Object* o) {
   CountState(o, -1);
   if (!o->deleted) {
-    by_id_.erase(o->id);
+    by_id_.Erase(o);
     DenseRemove(o);
   }
   c_.objects = by_id_.size();
-  by_uid_.erase(o->uid);  // destroys o
+  by_uid_.Erase(o);
+  pool_.Delete(o);
 }
 
 void ObjectTable::DenseAdd(Object* o) {

@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <set>
-#include <unordered_map>
 #include <vector>
 
 namespace store {
@@ -98,18 +98,120 @@ struct TableCounters {
   uint64_t deleted_pending_count = 0, deleted_pending_bytes = 0;
 };
 
+// An open-addressing hash set of Object pointers (linear probing, backward-shift deletion, at
+// most 3/4 full): 8 bytes per slot instead of a node per entry. KeyOf gives an object's key,
+// Hash hashes a key.
+template <class Key, class KeyOf, class Hash>
+class ObjectIndex {
+ public:
+  Object* Find(const Key& k) const {
+    if (slots_.empty()) return nullptr;
+    for (size_t i = Hash()(k) & mask_;; i = (i + 1) & mask_) {
+      Object* o = slots_[i];
+      if (o == nullptr) return nullptr;
+      if (KeyOf()(o) == k) return o;
+    }
+  }
+  // REQUIRES: no object with o's key is in the index.
+  void Insert(Object* o) {
+    if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
+    size_t i = Hash()(KeyOf()(o)) & mask_;
+    while (slots_[i] != nullptr) i = (i + 1) & mask_;
+    slots_[i] = o;
+    size_++;
+  }
+  // Removes o if it is in the index.
+  void Erase(Object* o) {
+    if (slots_.empty()) return;
+    size_t i = Hash()(KeyOf()(o)) & mask_;
+    while (slots_[i] != o) {
+      if (slots_[i] == nullptr) return;
+      i = (i + 1) & mask_;
+    }
+    // Shift back the entries after the hole that may not stay behind it.
+    for (size_t j = (i + 1) & mask_; slots_[j] != nullptr; j = (j + 1) & mask_) {
+      size_t home = Hash()(KeyOf()(slots_[j])) & mask_;
+      // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
+      bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+      if (!stays) {
+        slots_[i] = slots_[j];
+        i = j;
+      }
+    }
+    slots_[i] = nullptr;
+    size_--;
+  }
+  size_t size() const { return size_; }
+  template <class F>
+  void ForEach(F f) const {
+    for (Object* o : slots_) {
+      if (o != nullptr) f(o);
+    }
+  }
+  size_t capacity_bytes() const { return slots_.capacity() * sizeof(Object*); }
+
+ private:
+  void Grow() {
+    std::vector<Object*> old;
+    old.swap(slots_);
+    slots_.assign(old.empty() ? 16 : old.size() * 2, nullptr);
+    mask_ = slots_.size() - 1;
+    size_ = 0;
+    for (Object* o : old) {
+      if (o != nullptr) Insert(o);
+    }
+  }
+  std::vector<Object*> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
+};
+
+// Stable storage for Objects: chunks of kChunk entries, freed entries reused (a free entry holds
+// the next free one). An Object's address never changes while it lives. Chunks are kept until
+// the pool is destroyed; the pool runs no destructors then: its owner destroys the live objects.
+class ObjectPool {
+ public:
+  ObjectPool() = default;
+  ObjectPool(const ObjectPool&) = delete;
+  ObjectPool& operator=(const ObjectPool&) = delete;
+  Object* New(const Object& proto) {
+    if (free_ == nullptr) AddChunk();
+    FreeEntry* f = free_;
+    free_ = f->next;
+    return new (f) Object(proto);
+  }
+  void Delete(Object* o) {
+    o->~Object();
+    free_ = new (o) FreeEntry{free_};
+  }
+
+ private:
+  static constexpr size_t kChunk = 4096;
+  struct FreeEntry {
+    FreeEntry* next;
+  };
+  static_assert(sizeof(Object) >= sizeof(FreeEntry) && alignof(Object) >= alignof(FreeEntry));
+  void AddChunk() {
+    chunks_.emplace_back(new unsigned char[kChunk * sizeof(Object)]);
+    unsigned char* mem = chunks_.back().get();
+    for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * sizeof(Object)) FreeEntry{free_};
+  }
+  std::vector<std::unique_ptr<unsigned char[]>> chunks_;
+  FreeEntry* free_ = nullptr;
+};
+
 class ObjectTable {
  public:
+  ObjectTable() = default;
+  ObjectTable(const ObjectTable&) = delete;
+  ObjectTable& operator=(const ObjectTable&) = delete;
+  ~ObjectTable() {
+    by_uid_.ForEach([](Object* o) { o->~Object(); });
+  }
   // The visible object with this id, or nullptr.
-  Object* Find(const ObjectKey& id) const {
-    auto it = by_id_.find(id);
-    return it == by_id_.end() ? nullptr : it->second;
-  }
+  Object* Find(const ObjectKey& id) const { return by_id_.Find(id); }
   // Any live instance with this uid (deleted ones included), or nullptr.
-  Object* FindUid(uint64_t uid) const {
-    auto it = by_uid_.find(uid);
-    return it == by_uid_.end() ? nullptr : it->second.get();
-  }
+  Object* FindUid(uint64_t uid) const { return by_uid_.Find(uid); }
   // Adds a CREATED object. REQUIRES: Find(o.id) == nullptr. Assigns o.uid.
   Object* Insert(const Object& o);
   // CREATED -> SEALED.
@@ -164,9 +266,22 @@ class ObjectTable {
   std::set<EvictKey> evictable_;
   void DenseAdd(Object* o);
   void DenseRemove(Object* o);
-  std::unordered_map<ObjectKey, Object*, ObjectKeyHash> by_id_;
+  struct IdOf {
+    const ObjectKey& operator()(const Object* o) const { return o->id; }
+  };
+  struct UidOf {
+    uint64_t operator()(const Object* o) const { return o->uid; }
+  };
+  struct UidHash {
+    size_t operator()(uint64_t uid) const {
+      uint64_t h = uid * 0x9E3779B97F4A7C15ull;
+      return static_cast<size_t>(h ^ (h >> 32));
+    }
+  };
+  ObjectPool pool_;  // declared first: destroyed after the indexes
+  ObjectIndex<ObjectKey, IdOf, ObjectKeyHash> by_id_;
   std::vector<Object*> dense_;  // the visible objects, in no particular order
-  std::unordered_map<uint64_t, std::unique_ptr<Object>> by_uid_;
+  ObjectIndex<uint64_t, UidOf, UidHash> by_uid_;  // every live instance; owns them (in pool_)
   uint64_t next_uid_ = 1;
   TableCounters c_;
 };
