@@ -803,36 +803,60 @@ namespace {
 
 // Puts ids[0..k) of inline size with pipelined requests: all are sent in one write, then every
 // reply is collected (each must be, or it would arrive later as an unsolicited message).
-int PutPipelined(Conn* c, const store_object_id* ids, const void* const* datas,
-                 const uint64_t* sizes, size_t k, const store_create_options* opts,
-                 size_t* put) {
-  if (!Usable(c)) return BrokenError(c);
+// One batch of inline creates on the wire: sent by PutSend, its replies taken by PutCollect.
+struct PutBatch {
+  const store_object_id* ids = nullptr;
+  size_t k = 0;
+  std::vector<uint64_t> seqs;
+  std::vector<Slot> slots;  // registered in c->waiting; never resized once sent
+  int send_rc = STORE_OK;
+  std::string send_message;
+};
+
+// Builds and sends k inline creates without waiting for their replies.
+void PutSend(Conn* c, const store_object_id* ids, const void* const* datas, const uint64_t* sizes,
+             size_t k, const store_create_options* opts, PutBatch* b) {
+  b->ids = ids;
+  b->k = k;
+  b->seqs.assign(k, 0);
+  b->slots.assign(k, Slot{});
+  if (!Usable(c)) {
+    b->send_rc = BrokenError(c);
+    b->send_message = t_message;
+    b->k = 0;
+    return;
+  }
   std::vector<uint8_t> wire;
-  std::vector<uint64_t> seqs(k);
-  std::vector<Slot> slots(k);
   flatbuffers::FlatBufferBuilder fbb(1024);
   for (size_t i = 0; i < k; i++) {
     fbb.Clear();
     auto body = BuildCreate(fbb, &ids[i], sizes[i], opts, datas[i]);
-    seqs[i] = c->next_seq.fetch_add(1, std::memory_order_relaxed);
-    FinishMessage(fbb, seqs[i], Body::CreateRequest, body.Union());
+    b->seqs[i] = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+    FinishMessage(fbb, b->seqs[i], Body::CreateRequest, body.Union());
+    if (wire.empty()) wire.reserve(fbb.GetSize() * k + 64);
     wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
   }
   {
     std::lock_guard<std::mutex> lk(c->mu);
-    for (size_t i = 0; i < k; i++) c->waiting.emplace(seqs[i], &slots[i]);
+    for (size_t i = 0; i < k; i++) c->waiting.emplace(b->seqs[i], &b->slots[i]);
   }
-  int first = SendAll(c, wire.data(), wire.size());
-  std::string first_message = first == STORE_OK ? "" : t_message;
-  for (size_t i = 0; i < k; i++) {
+  b->send_rc = SendAll(c, wire.data(), wire.size());
+  if (b->send_rc != STORE_OK) b->send_message = t_message;
+}
+
+// Waits for the replies of a batch PutSend sent; counts the objects put.
+int PutCollect(Conn* c, PutBatch* b, size_t* put) {
+  int first = b->send_rc;
+  std::string first_message = b->send_message;
+  for (size_t i = 0; i < b->k; i++) {
     std::unique_ptr<Reply> reply;
-    int rc = WaitReply(c, seqs[i], &slots[i], &reply);
+    int rc = WaitReply(c, b->seqs[i], &b->slots[i], &reply);
     if (rc == STORE_OK) {
       const proto::Message* m = reply->msg;
       if (m->status() != 0) {
         rc = m->status() < 0 && m->status() >= STORE_ERRNO_MIN_ ? m->status() : STORE_EPROTO;
         char hex[41];
-        store_object_id_to_hex(&ids[i], hex, sizeof hex);
+        store_object_id_to_hex(&b->ids[i], hex, sizeof hex);
         Fail(rc, "object %s: %s", hex, m->error() ? m->error()->c_str() : store_errstr(rc));
       } else if (m->body_type() != Body::CreateReply) {
         MarkBroken(c, STORE_EPROTO, "the store sent a reply of the wrong type");
@@ -846,6 +870,7 @@ int PutPipelined(Conn* c, const store_object_id* ids, const void* const* datas,
       first_message = t_message;
     }
   }
+  b->k = 0;
   if (first != STORE_OK) t_message = first_message;
   return first;
 }
@@ -870,25 +895,41 @@ int store_put_many(store_client* client, const store_object_id* ids, const void*
     constexpr size_t kBatch = 128;
     int first = STORE_OK;
     std::string first_message;
-    size_t i = 0;
-    while (i < n) {
-      int rc;
-      if (sizes[i] > proto::kInlinePutMax) {
-        rc = store_put(client, &ids[i], datas[i], sizes[i], opts);
-        if (rc == STORE_OK) put++;
-        i++;
-      } else {
-        size_t k = 0;
-        while (i + k < n && k < kBatch && sizes[i + k] <= proto::kInlinePutMax) k++;
-        rc = PutPipelined(client->conn, ids + i, datas + i, sizes + i, k, opts, &put);
-        i += k;
-      }
+    auto note = [&](int rc) {
       if (rc != STORE_OK && first == STORE_OK) {
         first = rc;
         first_message = t_message;
       }
-      if (rc == STORE_ECONN) break;
+    };
+    // Two batches of inline creates in flight: the next one is built and sent while the store
+    // works on the one before, whose replies are taken after.
+    PutBatch batches[2];
+    PutBatch* in_flight = nullptr;
+    int cur = 0;
+    size_t i = 0;
+    while (i < n && first != STORE_ECONN) {
+      if (sizes[i] > proto::kInlinePutMax) {
+        if (in_flight) {
+          note(PutCollect(client->conn, in_flight, &put));
+          in_flight = nullptr;
+          if (first == STORE_ECONN) break;
+        }
+        int rc = store_put(client, &ids[i], datas[i], sizes[i], opts);
+        if (rc == STORE_OK) put++;
+        note(rc);
+        i++;
+      } else {
+        size_t k = 0;
+        while (i + k < n && k < kBatch && sizes[i + k] <= proto::kInlinePutMax) k++;
+        PutBatch* b = &batches[cur];
+        cur ^= 1;
+        PutSend(client->conn, ids + i, datas + i, sizes + i, k, opts, b);
+        i += k;
+        if (in_flight) note(PutCollect(client->conn, in_flight, &put));
+        in_flight = b;
+      }
     }
+    if (in_flight) note(PutCollect(client->conn, in_flight, &put));
     if (first != STORE_OK) t_message = first_message;
     return first;
   });
