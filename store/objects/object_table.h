@@ -12,7 +12,6 @@
 #include <cstring>
 #include <memory>
 #include <new>
-#include <set>
 #include <vector>
 
 namespace store {
@@ -74,6 +73,9 @@ struct Object {
   uint64_t spill_checksum = 0;
   int restore_error = 0;        // why the last restore failed (0 = it did not)
   uint32_t dense_index = 0;     // position in the table's list of visible objects
+  // Links of the table's eviction order (a treap of the evictable objects); the table's own.
+  Object* evict_left = nullptr;
+  Object* evict_right = nullptr;
 
   bool in_memory() const { return data != nullptr; }
   // Bytes it accounts for: its allocation in memory, else its size on disk.
@@ -106,7 +108,7 @@ class ObjectIndex {
  public:
   Object* Find(const Key& k) const {
     if (slots_.empty()) return nullptr;
-    for (size_t i = Hash()(k) & mask_;; i = (i + 1) & mask_) {
+    for (size_t i = Home(k);; i = (i + 1) & mask_) {
       Object* o = slots_[i];
       if (o == nullptr) return nullptr;
       if (KeyOf()(o) == k) return o;
@@ -115,7 +117,7 @@ class ObjectIndex {
   // REQUIRES: no object with o's key is in the index.
   void Insert(Object* o) {
     if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
-    size_t i = Hash()(KeyOf()(o)) & mask_;
+    size_t i = Home(KeyOf()(o));
     while (slots_[i] != nullptr) i = (i + 1) & mask_;
     slots_[i] = o;
     size_++;
@@ -123,14 +125,14 @@ class ObjectIndex {
   // Removes o if it is in the index.
   void Erase(Object* o) {
     if (slots_.empty()) return;
-    size_t i = Hash()(KeyOf()(o)) & mask_;
+    size_t i = Home(KeyOf()(o));
     while (slots_[i] != o) {
       if (slots_[i] == nullptr) return;
       i = (i + 1) & mask_;
     }
     // Shift back the entries after the hole that may not stay behind it.
     for (size_t j = (i + 1) & mask_; slots_[j] != nullptr; j = (j + 1) & mask_) {
-      size_t home = Hash()(KeyOf()(slots_[j])) & mask_;
+      size_t home = Home(KeyOf()(slots_[j]));
       // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
       bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
       if (!stays) {
@@ -151,6 +153,17 @@ class ObjectIndex {
   size_t capacity_bytes() const { return slots_.capacity() * sizeof(Object*); }
 
  private:
+  // The key's home slot. The hash is mixed again (murmur3's finalizer) because the mask keeps
+  // only its low bits, and ids that differ only in a few bytes must still spread over them.
+  size_t Home(const Key& k) const {
+    uint64_t h = static_cast<uint64_t>(Hash()(k));
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return static_cast<size_t>(h) & mask_;
+  }
   void Grow() {
     std::vector<Object*> old;
     old.swap(slots_);
@@ -187,14 +200,15 @@ class ObjectPool {
 
  private:
   static constexpr size_t kChunk = 4096;
+  static constexpr size_t kStride = sizeof(Object);
   struct FreeEntry {
     FreeEntry* next;
   };
   static_assert(sizeof(Object) >= sizeof(FreeEntry) && alignof(Object) >= alignof(FreeEntry));
   void AddChunk() {
-    chunks_.emplace_back(new unsigned char[kChunk * sizeof(Object)]);
+    chunks_.emplace_back(new unsigned char[kChunk * kStride]);
     unsigned char* mem = chunks_.back().get();
-    for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * sizeof(Object)) FreeEntry{free_};
+    for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * kStride) FreeEntry{free_};
   }
   std::vector<std::unique_ptr<unsigned char[]>> chunks_;
   FreeEntry* free_ = nullptr;
@@ -235,8 +249,17 @@ class ObjectTable {
   // O(log n) to keep up to date; iterate with ForEachEvictable until f returns false.
   template <class F>
   void ForEachEvictable(F f) const {
-    for (const EvictKey& k : evictable_) {
-      if (!f(k.object)) return;
+    std::vector<Object*> stack;  // in-order walk of the treap
+    Object* n = evict_root_;
+    while (n != nullptr || !stack.empty()) {
+      while (n != nullptr) {
+        stack.push_back(n);
+        n = n->evict_left;
+      }
+      n = stack.back();
+      stack.pop_back();
+      if (!f(n)) return;
+      n = n->evict_right;
     }
   }
   // Removes o entirely and destroys it. The caller frees its memory first.
@@ -252,18 +275,24 @@ class ObjectTable {
 
  private:
   void CountState(Object* o, int sign);
-  struct EvictKey {
-    int32_t importance;
-    int64_t access_ns;
-    uint64_t uid;
-    Object* object;
-    bool operator<(const EvictKey& k) const {
-      if (importance != k.importance) return importance < k.importance;
-      if (access_ns != k.access_ns) return access_ns < k.access_ns;
-      return uid < k.uid;
-    }
-  };
-  std::set<EvictKey> evictable_;
+  // The eviction order: lowest importance, then least recent access, then uid. A treap whose
+  // links live in the objects (no node of its own) and whose heap priority is a hash of the
+  // uid: O(log n) expected per insert or erase. An object's key fields must not change while it
+  // is in the treap (Mutate takes it out first).
+  static bool EvictLess(const Object* a, const Object* b) {
+    if (a->importance != b->importance) return a->importance < b->importance;
+    if (a->access_ns != b->access_ns) return a->access_ns < b->access_ns;
+    return a->uid < b->uid;
+  }
+  static uint64_t EvictPriority(const Object* o) {
+    uint64_t h = o->uid * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 31);
+  }
+  static Object* EvictInsert(Object* root, Object* o);
+  static Object* EvictErase(Object* root, Object* o);
+  static void EvictSplit(Object* root, const Object* key, Object** left, Object** right);
+  static Object* EvictMerge(Object* left, Object* right);
+  Object* evict_root_ = nullptr;
   void DenseAdd(Object* o);
   void DenseRemove(Object* o);
   struct IdOf {
