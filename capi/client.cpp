@@ -943,7 +943,7 @@ namespace {
 
 void SendRelease(Conn* c, const uint64_t* uids, size_t n) {
   try {
-    flatbuffers::FlatBufferBuilder fbb(64 + 8 * n);
+    flatbuffers::FlatBufferBuilder fbb(128 + 8 * n);
     auto v = fbb.CreateVector(uids, n);
     SendOneWay(c, fbb, Body::ReleaseRequest, proto::CreateReleaseRequest(fbb, v).Union());
   } catch (...) {
@@ -960,7 +960,7 @@ int64_t NowMs() {
 int OpenBatch(store_client* client, store_reader** out, const store_object_id* ids, size_t n,
               int64_t timeout_ms) {
   Conn* c = client->conn;
-  flatbuffers::FlatBufferBuilder fbb(64 + 24 * n);
+  flatbuffers::FlatBufferBuilder fbb(160 + 24 * n);
   proto::ObjectId* slots = nullptr;
   auto vec = fbb.CreateUninitializedVectorOfStructs(n, &slots);
   for (size_t i = 0; i < n; i++) slots[i] = ProtoId(&ids[i]);
