@@ -11,7 +11,10 @@
 //   small_get        store_open_reader + store_reader_close   vs the same round trip
 //   batch_get        store_open_readers of 1000 ids + closes   vs the same round trip
 //   batch_put        store_put_many of 1000 objects            vs the same round trip
+//   clients8_put     store_put by 8 processes at once, summed  vs the same by 1 process
+//   clients8_get     open_reader + close by 8 processes        vs the same by 1 process
 //   large_put_first  the first 64 MiB create + memcpy + seal   vs memcpy (touched / fresh)
+//   large_put_new_client  the same right after connecting a new client  vs memcpy (touched)
 //   large_put        64 MiB create + memcpy + seal, repeated   vs memcpy (touched / fresh)
 //   large_get        64 MiB open + memcpy out + close          vs memcpy between private buffers
 //   spill            store_evict of 8 MiB objects, wall time   vs write + fdatasync of a file
@@ -79,7 +82,7 @@ struct Settings {
 Settings g_set;
 
 const char* const kFigureNames[] = {"small_put", "small_get", "batch_get", "batch_put",
-                                    "large_put", "large_get", "spill", "table"};
+                                    "clients8", "large_put", "large_get", "spill", "table"};
 
 // ---- state shared with the failure path ----------------------------------------------------
 
@@ -612,6 +615,149 @@ void BatchPut() {
   Add(std::move(r));
 }
 
+// ---- many clients --------------------------------------------------------------------------
+//
+// Aggregate small operations of kClients processes at once, against one process doing the
+// same: each process has its own connection. A run forks the processes; each connects, says it
+// is ready, waits for the start (the parent closes a pipe), runs store_put of new 64 B objects
+// (or store_open_reader + close of a shared set) for the run's seconds, reports its count and
+// time, then deletes its objects (untimed). The aggregate is the sum of the per-process rates.
+
+constexpr int kClients = 8;
+
+struct ChildReport {
+  uint64_t ops;
+  double seconds;
+  int32_t failed;  // a store call failed in the child
+};
+
+// Reads n bytes from a pipe; false at its end or on an error.
+bool ReadAll(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t k = read(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    c += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// Runs `procs` processes for `seconds`; put (new objects) or get (of ids). Returns ops/s, the
+// sum over the processes.
+double MultiRun(int procs, bool put, double seconds, const std::vector<store_object_id>& ids) {
+  int ready[2], start[2];
+  if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(start, O_CLOEXEC) != 0) DieErrno("pipe");
+  std::vector<pid_t> pids;
+  for (int p = 0; p < procs; p++) {
+    uint64_t base = g_next_id;
+    g_next_id += kMaxSmallPerRound;  // each child's ids are its own
+    pid_t pid = fork();
+    if (pid < 0) DieErrno("fork");
+    if (pid == 0) {
+      signal(SIGINT, SIG_IGN);
+      signal(SIGTERM, SIG_IGN);
+      close(ready[0]);
+      close(start[1]);
+      close(g_echo_fd);  // the echo process ends when the parent closes its end
+      ChildReport rep{0, 0, 0};
+      store_connect_options co = STORE_CONNECT_OPTIONS_INIT;
+      co.client_name = "store-bench-child";
+      store_client* c = nullptr;
+      if (store_client_connect(&c, g_set.socket, &co) != STORE_OK) rep.failed = 1;
+      char b = 0;
+      if (write(ready[1], &b, 1) != 1) _exit(1);
+      if (read(start[0], &b, 1) != 0) rep.failed = 1;  // the parent closes it to start
+      uint8_t data[kSmallSize];
+      memset(data, 0x5c, sizeof data);
+      uint64_t n = 0;
+      size_t i = static_cast<size_t>(p) * 131 % (ids.empty() ? 1 : ids.size());
+      double t0 = Now(), t1 = t0;
+      while (!rep.failed) {
+        for (int k = 0; k < 16 && !rep.failed; k++) {
+          if (put) {
+            store_object_id id = MakeId(base + n);
+            if (store_put(c, &id, data, sizeof data, nullptr) != STORE_OK) rep.failed = 1;
+          } else {
+            store_reader* rd = nullptr;
+            if (store_open_reader(c, &rd, &ids[i], 0) != STORE_OK) rep.failed = 1;
+            store_reader_close(rd);
+            if (++i == ids.size()) i = 0;
+          }
+          n++;
+        }
+        t1 = Now();
+        if (t1 - t0 >= seconds || (put && n + 16 > kMaxSmallPerRound)) break;
+      }
+      rep.ops = n;
+      rep.seconds = t1 - t0;
+      if (put) {
+        for (uint64_t k = 0; k < n; k++) {
+          store_object_id id = MakeId(base + k);
+          store_delete(c, &id);
+        }
+      }
+      store_client_free(c);
+      if (write(ready[1], &rep, sizeof rep) != sizeof rep) _exit(1);
+      _exit(0);
+    }
+    pids.push_back(pid);
+  }
+  close(ready[1]);
+  close(start[0]);
+  bool failed = false;
+  for (int p = 0; p < procs && !failed; p++) {
+    char b;
+    failed = !ReadAll(ready[0], &b, 1);
+  }
+  close(start[1]);  // go (a child waiting for it when another failed sees the end and fails)
+  double rate = 0;
+  for (int p = 0; p < procs && !failed; p++) {
+    ChildReport rep;
+    if (!ReadAll(ready[0], &rep, sizeof rep)) {
+      failed = true;
+      break;
+    }
+    if (rep.failed) failed = true;
+    if (rep.seconds > 0) rate += static_cast<double>(rep.ops) / rep.seconds;
+  }
+  close(ready[0]);
+  for (pid_t pid : pids) {
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+  }
+  if (failed) Die("a store call failed in a client process");
+  CheckStop();
+  return rate;
+}
+
+void ManyClients() {
+  const double seconds = g_set.round_s;
+  std::vector<store_object_id> ids;
+  uint64_t first = PutSmallSet(&ids);
+  for (bool put : {true, false}) {
+    std::string name = put ? "clients8_put" : "clients8_get";
+    Result r{name,
+             std::string("aggregate ") + (put ? "store_put of 64 B objects" :
+                                                "store_open_reader + close of 64 B objects") +
+                 " by " + std::to_string(kClients) + " processes, each its own connection",
+             {}, {}, false, "", "", {}};
+    r.figure = Series{name, "ops/s", {}};
+    r.limits.push_back(Series{put ? "clients1_put" : "clients1_get", "ops/s", {}});
+    MultiRun(1, put, seconds / 4, ids);  // warm-up
+    for (int round = 0; round < g_set.rounds; round++) {
+      r.limits[0].v.push_back(MultiRun(1, put, seconds, ids));
+      r.figure.v.push_back(MultiRun(kClients, put, seconds, ids));
+    }
+    r.note = "limit: the same operations by one process, measured the same way; " +
+             std::to_string(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))) + " CPUs online";
+    Add(std::move(r));
+  }
+  DeleteRange(first, first + ids.size());
+}
+
 // ---- 64 MiB objects ------------------------------------------------------------------------
 
 constexpr double kGB = 1e9;
@@ -644,12 +790,15 @@ long MinorFaults() {
 
 // create + memcpy + seal of one 64 MiB object, timed; the delete after it is not. Seconds.
 // *faults (may be NULL) receives the minor page faults this process took meanwhile.
-double LargePutOnce(const uint8_t* src, long* faults = nullptr) {
+// keep: not NULL = the object is not deleted, its id goes there.
+double LargePutOnce(const uint8_t* src, long* faults = nullptr, store_client* client = nullptr,
+                    store_object_id* keep = nullptr) {
+  if (!client) client = g_client;
   store_object_id id = MakeId(g_next_id++);
   long f0 = MinorFaults();
   double t0 = Now();
   store_writer* w = nullptr;
-  Check(store_create(g_client, &w, &id, kLargeSize, nullptr), "store_create of 64 MiB");
+  Check(store_create(client, &w, &id, kLargeSize, nullptr), "store_create of 64 MiB");
   void* p = store_writer_data(w);
   if (!p) {
     store_writer_abort(w);
@@ -661,7 +810,11 @@ double LargePutOnce(const uint8_t* src, long* faults = nullptr) {
   double t = Now() - t0;
   if (faults) *faults = MinorFaults() - f0;
   g_created++;
-  Delete(id);
+  if (keep) {
+    *keep = id;
+  } else {
+    Delete(id);
+  }
   return t;
 }
 
@@ -699,19 +852,62 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
     r->limits.push_back(Series{"memcpy_touched", "GB/s", {}});
     r->limits.push_back(Series{"memcpy_fresh", "GB/s", {}});
   }
-  // The first one is measured alone; its limits are sampled right before it.
-  first.limits[0].v.push_back(static_cast<double>(kLargeSize) / MemcpyTouched(dst, src) / kGB);
-  first.limits[1].v.push_back(static_cast<double>(kLargeSize) / MemcpyFresh(src) / kGB);
+  // The first ones are measured alone, each with its limits sampled right before it. They are
+  // kept until all are done, so each lands on a range of the region no earlier one of this run
+  // used: up to 3, as many as fit beside the 64 MiB the figures need anyway.
+  uint64_t free_bytes = st.capacity_bytes - st.used_bytes;
+  int firsts = static_cast<int>(std::min<uint64_t>(3, (free_bytes - (kLargeNeed - kLargeSize)) /
+                                                          (kLargeSize + (4ull << 20))));
+  if (firsts < 1) firsts = 1;
   long first_faults = 0;
-  first.figure.v.push_back(static_cast<double>(kLargeSize) / LargePutOnce(src, &first_faults) /
-                           kGB);
+  std::vector<store_object_id> kept;
+  for (int k = 0; k < firsts; k++) {
+    first.limits[0].v.push_back(static_cast<double>(kLargeSize) / MemcpyTouched(dst, src) / kGB);
+    first.limits[1].v.push_back(static_cast<double>(kLargeSize) / MemcpyFresh(src) / kGB);
+    long f = 0;
+    store_object_id id{};
+    first.figure.v.push_back(static_cast<double>(kLargeSize) /
+                             LargePutOnce(src, &f, nullptr, &id) / kGB);
+    kept.push_back(id);
+    first_faults += f;
+  }
+  for (const store_object_id& id : kept) Delete(id);
   // Only a fresh server guarantees memory no object ever used; this process's mapping of
   // the region is fresh either way.
-  first.note = std::to_string(st.total_creates) + " objects created in the server before it (" +
+  first.note = std::to_string(firsts) + " puts, each on a range this run had not used; " +
+               std::to_string(st.total_creates) + " objects created in the server before them (" +
                std::to_string(creates_before) + " before this run" +
                (creates_before == 0 ? ", a fresh server" : "") + "); " +
-               std::to_string(first_faults) + " minor page faults in this process";
+               std::to_string(first_faults) + " minor page faults in this process in all";
   long steady_faults = 0;
+
+  // A client connected right before its first 64 MiB put: its process has mapped nothing of
+  // the region yet (the library maps the region in the background after connecting, racing
+  // this put). Its connect time is noted; each round connects a new client.
+  Result fresh{"large_put_new_client",
+               "64 MiB store_create + memcpy + seal right after store_client_connect of a new "
+               "client (connect not timed)",
+               {}, {}, false, "", "", {}};
+  fresh.figure = Series{fresh.name, "GB/s", {}};
+  fresh.limits.push_back(Series{"memcpy_touched", "GB/s", {}});
+  Series connect_ms{"store_client_connect", "ms", {}};
+  for (int round = 0; round < g_set.rounds; round++) {
+    fresh.limits[0].v.push_back(static_cast<double>(kLargeSize) / MemcpyTouched(dst, src) / kGB);
+    store_connect_options co = STORE_CONNECT_OPTIONS_INIT;
+    co.client_name = "store-bench-fresh";
+    store_client* c = nullptr;
+    double c0 = Now();
+    Check(store_client_connect(&c, g_set.socket, &co), "store_client_connect");
+    connect_ms.v.push_back((Now() - c0) * 1e3);
+    fresh.figure.v.push_back(static_cast<double>(kLargeSize) / LargePutOnce(src, nullptr, c) /
+                             kGB);
+    store_client_free(c);
+    CheckStop();
+  }
+  fresh.also.push_back(connect_ms);
+  const char* pop = getenv("STORE_CLIENT_POPULATE");
+  fresh.note = std::string("background population of the region at connect ") +
+               (pop && strcmp(pop, "0") == 0 ? "off (STORE_CLIENT_POPULATE=0)" : "on");
 
   for (int round = 0; round < g_set.rounds; round++) {
     double touched = 0, fresh = 0, put = 0;
@@ -731,6 +927,7 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
   steady.note = std::to_string(steady_faults / (g_set.rounds * g_set.large_per_round)) +
                 " minor page faults per put in this process on average";
   Add(std::move(first));
+  Add(std::move(fresh));
   Add(std::move(steady));
 }
 
@@ -1647,8 +1844,9 @@ void Usage(FILE* f) {
           "  --json          print one JSON document instead of text\n"
           "  --quick         fewer and shorter rounds (a smoke run of a few seconds)\n"
           "  --only NAME     run one figure: small_put, small_get, batch_get, batch_put,\n"
-          "                  large_put (with large_put_first), large_get, spill (with the\n"
-          "                  restore figures; restore is a synonym)\n"
+          "                  clients8 (clients8_put and clients8_get: 8 processes at once\n"
+          "                  against 1), large_put (with large_put_first), large_get,\n"
+          "                  spill (with the restore figures; restore is a synonym), table\n"
           "  --spill-dir DIR the directory the store spills into (its --spill-dir): enables\n"
           "                  the spill and restore figures, whose limits are file IO in DIR\n"
           "  --help          show this help and exit\n"
@@ -1718,6 +1916,7 @@ int main(int argc, char** argv) {
       g_set.spill_dir = v;
     } else if (value("--only", &v)) {
       if (v == "large_put_first") v = "large_put";
+      if (v == "clients8_put" || v == "clients8_get") v = "clients8";
       if (v == "restore" || v == "restore_prefetch" || v == "restore_cold") v = "spill";
       bool known = false;
       for (const char* n : kFigureNames) known = known || v == n;
@@ -1808,6 +2007,7 @@ int main(int argc, char** argv) {
   if (Wanted("small_get")) small_fits ? SmallGet() : SkipSmall("small_get");
   if (Wanted("batch_get")) small_fits ? BatchGet() : SkipSmall("batch_get");
   if (Wanted("batch_put")) small_fits ? BatchPut() : SkipSmall("batch_put");
+  if (Wanted("clients8")) small_fits ? ManyClients() : SkipSmall("clients8");
   if (Wanted("large_put") || Wanted("large_get")) {
     store_stats now{};
     Check(store_stats_get(g_client, &now), "store_stats_get");

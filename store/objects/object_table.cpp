@@ -18,11 +18,10 @@ void ObjectTable::CountState(Object* o, int sign) {
   uint64_t b = o->bytes();
   if (o->evictable()) {
     Bump(c_.evictable_count, c_.evictable_bytes, b, sign);
-    EvictKey k{o->importance, o->access_ns, o->uid, o};
     if (sign > 0) {
-      evictable_.insert(k);
+      evict_root_ = EvictInsert(evict_root_, o);
     } else {
-      evictable_.erase(k);
+      evict_root_ = EvictErase(evict_root_, o);
     }
   }
   if (o->deleted) {
@@ -40,16 +39,77 @@ void ObjectTable::CountState(Object* o, int sign) {
   if (o->readers > 0) Bump(c_.open_count, c_.open_bytes, b, sign);
 }
 
+// Splits the treap at key: *left gets the objects before it, *right the others.
+void ObjectTable::EvictSplit(Object* root, const Object* key, Object** left, Object** right) {
+  while (root != nullptr) {
+    if (EvictLess(root, key)) {
+      *left = root;
+      left = &root->evict_right;
+      root = root->evict_right;
+    } else {
+      *right = root;
+      right = &root->evict_left;
+      root = root->evict_left;
+    }
+  }
+  *left = nullptr;
+  *right = nullptr;
+}
+
+// Joins two treaps, every object of left before every object of right.
+Object* ObjectTable::EvictMerge(Object* left, Object* right) {
+  Object* root = nullptr;
+  Object** link = &root;
+  while (left != nullptr && right != nullptr) {
+    if (EvictPriority(left) > EvictPriority(right)) {
+      *link = left;
+      link = &left->evict_right;
+      left = left->evict_right;
+    } else {
+      *link = right;
+      link = &right->evict_left;
+      right = right->evict_left;
+    }
+  }
+  *link = left != nullptr ? left : right;
+  return root;
+}
+
+Object* ObjectTable::EvictInsert(Object* root, Object* o) {
+  const uint64_t pri = EvictPriority(o);
+  Object** link = &root;
+  while (*link != nullptr && EvictPriority(*link) > pri) {
+    link = EvictLess(o, *link) ? &(*link)->evict_left : &(*link)->evict_right;
+  }
+  EvictSplit(*link, o, &o->evict_left, &o->evict_right);
+  *link = o;
+  return root;
+}
+
+Object* ObjectTable::EvictErase(Object* root, Object* o) {
+  Object** link = &root;
+  while (*link != nullptr && *link != o) {
+    link = EvictLess(o, *link) ? &(*link)->evict_left : &(*link)->evict_right;
+  }
+  if (*link == o) {
+    *link = EvictMerge(o->evict_left, o->evict_right);
+    o->evict_left = nullptr;
+    o->evict_right = nullptr;
+  }
+  return root;
+}
+
 Object* ObjectTable::Insert(const Object& proto) {
-  auto owned = std::make_unique<Object>(proto);
-  Object* o = owned.get();
+  Object* o = pool_.New(proto);
   o->uid = next_uid_++;
+  o->evict_left = nullptr;
+  o->evict_right = nullptr;
   o->state = ObjectState::kCreated;
   o->deleted = false;
   o->readers = 0;
   o->pins = 0;
-  by_uid_.emplace(o->uid, std::move(owned));
-  by_id_.emplace(o->id, o);
+  by_uid_.Insert(o);
+  by_id_.Insert(o);
   DenseAdd(o);
   c_.objects = by_id_.size();
   CountState(o, +1);
@@ -89,7 +149,7 @@ void ObjectTable::RemovePin(Object* o) {
 void ObjectTable::Unlink(Object* o) {
   if (o->deleted) return;
   CountState(o, -1);
-  by_id_.erase(o->id);
+  by_id_.Erase(o);
   DenseRemove(o);
   o->deleted = true;
   c_.objects = by_id_.size();
@@ -99,11 +159,12 @@ void ObjectTable::Unlink(Object* o) {
 void ObjectTable::Erase(Object* o) {
   CountState(o, -1);
   if (!o->deleted) {
-    by_id_.erase(o->id);
+    by_id_.Erase(o);
     DenseRemove(o);
   }
   c_.objects = by_id_.size();
-  by_uid_.erase(o->uid);  // destroys o
+  by_uid_.Erase(o);
+  pool_.Delete(o);
 }
 
 void ObjectTable::DenseAdd(Object* o) {

@@ -11,8 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <set>
-#include <unordered_map>
+#include <new>
 #include <vector>
 
 namespace store {
@@ -74,6 +73,9 @@ struct Object {
   uint64_t spill_checksum = 0;
   int restore_error = 0;        // why the last restore failed (0 = it did not)
   uint32_t dense_index = 0;     // position in the table's list of visible objects
+  // Links of the table's eviction order (a treap of the evictable objects); the table's own.
+  Object* evict_left = nullptr;
+  Object* evict_right = nullptr;
   // GPU objects (device >= 0): the data is in chunk gpu_chunk of that device at gpu_offset;
   // `data` then points at the metadata in the host region (nullptr without metadata).
   uint32_t gpu_chunk = 0;
@@ -107,18 +109,132 @@ struct TableCounters {
   uint64_t deleted_pending_count = 0, deleted_pending_bytes = 0;
 };
 
+// An open-addressing hash set of Object pointers (linear probing, backward-shift deletion, at
+// most 3/4 full): 8 bytes per slot instead of a node per entry. KeyOf gives an object's key,
+// Hash hashes a key.
+template <class Key, class KeyOf, class Hash>
+class ObjectIndex {
+ public:
+  Object* Find(const Key& k) const {
+    if (slots_.empty()) return nullptr;
+    for (size_t i = Home(k);; i = (i + 1) & mask_) {
+      Object* o = slots_[i];
+      if (o == nullptr) return nullptr;
+      if (KeyOf()(o) == k) return o;
+    }
+  }
+  // REQUIRES: no object with o's key is in the index.
+  void Insert(Object* o) {
+    if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
+    size_t i = Home(KeyOf()(o));
+    while (slots_[i] != nullptr) i = (i + 1) & mask_;
+    slots_[i] = o;
+    size_++;
+  }
+  // Removes o if it is in the index.
+  void Erase(Object* o) {
+    if (slots_.empty()) return;
+    size_t i = Home(KeyOf()(o));
+    while (slots_[i] != o) {
+      if (slots_[i] == nullptr) return;
+      i = (i + 1) & mask_;
+    }
+    // Shift back the entries after the hole that may not stay behind it.
+    for (size_t j = (i + 1) & mask_; slots_[j] != nullptr; j = (j + 1) & mask_) {
+      size_t home = Home(KeyOf()(slots_[j]));
+      // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
+      bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+      if (!stays) {
+        slots_[i] = slots_[j];
+        i = j;
+      }
+    }
+    slots_[i] = nullptr;
+    size_--;
+  }
+  size_t size() const { return size_; }
+  template <class F>
+  void ForEach(F f) const {
+    for (Object* o : slots_) {
+      if (o != nullptr) f(o);
+    }
+  }
+  size_t capacity_bytes() const { return slots_.capacity() * sizeof(Object*); }
+
+ private:
+  // The key's home slot. The hash is mixed again (murmur3's finalizer) because the mask keeps
+  // only its low bits, and ids that differ only in a few bytes must still spread over them.
+  size_t Home(const Key& k) const {
+    uint64_t h = static_cast<uint64_t>(Hash()(k));
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return static_cast<size_t>(h) & mask_;
+  }
+  void Grow() {
+    std::vector<Object*> old;
+    old.swap(slots_);
+    slots_.assign(old.empty() ? 16 : old.size() * 2, nullptr);
+    mask_ = slots_.size() - 1;
+    size_ = 0;
+    for (Object* o : old) {
+      if (o != nullptr) Insert(o);
+    }
+  }
+  std::vector<Object*> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
+};
+
+// Stable storage for Objects: chunks of kChunk entries, freed entries reused (a free entry holds
+// the next free one). An Object's address never changes while it lives. Chunks are kept until
+// the pool is destroyed; the pool runs no destructors then: its owner destroys the live objects.
+class ObjectPool {
+ public:
+  ObjectPool() = default;
+  ObjectPool(const ObjectPool&) = delete;
+  ObjectPool& operator=(const ObjectPool&) = delete;
+  Object* New(const Object& proto) {
+    if (free_ == nullptr) AddChunk();
+    FreeEntry* f = free_;
+    free_ = f->next;
+    return new (f) Object(proto);
+  }
+  void Delete(Object* o) {
+    o->~Object();
+    free_ = new (o) FreeEntry{free_};
+  }
+
+ private:
+  static constexpr size_t kChunk = 4096;
+  static constexpr size_t kStride = sizeof(Object);
+  struct FreeEntry {
+    FreeEntry* next;
+  };
+  static_assert(sizeof(Object) >= sizeof(FreeEntry) && alignof(Object) >= alignof(FreeEntry));
+  void AddChunk() {
+    chunks_.emplace_back(new unsigned char[kChunk * kStride]);
+    unsigned char* mem = chunks_.back().get();
+    for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * kStride) FreeEntry{free_};
+  }
+  std::vector<std::unique_ptr<unsigned char[]>> chunks_;
+  FreeEntry* free_ = nullptr;
+};
+
 class ObjectTable {
  public:
+  ObjectTable() = default;
+  ObjectTable(const ObjectTable&) = delete;
+  ObjectTable& operator=(const ObjectTable&) = delete;
+  ~ObjectTable() {
+    by_uid_.ForEach([](Object* o) { o->~Object(); });
+  }
   // The visible object with this id, or nullptr.
-  Object* Find(const ObjectKey& id) const {
-    auto it = by_id_.find(id);
-    return it == by_id_.end() ? nullptr : it->second;
-  }
+  Object* Find(const ObjectKey& id) const { return by_id_.Find(id); }
   // Any live instance with this uid (deleted ones included), or nullptr.
-  Object* FindUid(uint64_t uid) const {
-    auto it = by_uid_.find(uid);
-    return it == by_uid_.end() ? nullptr : it->second.get();
-  }
+  Object* FindUid(uint64_t uid) const { return by_uid_.Find(uid); }
   // Adds a CREATED object. REQUIRES: Find(o.id) == nullptr. Assigns o.uid.
   Object* Insert(const Object& o);
   // CREATED -> SEALED.
@@ -142,8 +258,17 @@ class ObjectTable {
   // O(log n) to keep up to date; iterate with ForEachEvictable until f returns false.
   template <class F>
   void ForEachEvictable(F f) const {
-    for (const EvictKey& k : evictable_) {
-      if (!f(k.object)) return;
+    std::vector<Object*> stack;  // in-order walk of the treap
+    Object* n = evict_root_;
+    while (n != nullptr || !stack.empty()) {
+      while (n != nullptr) {
+        stack.push_back(n);
+        n = n->evict_left;
+      }
+      n = stack.back();
+      stack.pop_back();
+      if (!f(n)) return;
+      n = n->evict_right;
     }
   }
   // Removes o entirely and destroys it. The caller frees its memory first.
@@ -159,23 +284,42 @@ class ObjectTable {
 
  private:
   void CountState(Object* o, int sign);
-  struct EvictKey {
-    int32_t importance;
-    int64_t access_ns;
-    uint64_t uid;
-    Object* object;
-    bool operator<(const EvictKey& k) const {
-      if (importance != k.importance) return importance < k.importance;
-      if (access_ns != k.access_ns) return access_ns < k.access_ns;
-      return uid < k.uid;
-    }
-  };
-  std::set<EvictKey> evictable_;
+  // The eviction order: lowest importance, then least recent access, then uid. A treap whose
+  // links live in the objects (no node of its own) and whose heap priority is a hash of the
+  // uid: O(log n) expected per insert or erase. An object's key fields must not change while it
+  // is in the treap (Mutate takes it out first).
+  static bool EvictLess(const Object* a, const Object* b) {
+    if (a->importance != b->importance) return a->importance < b->importance;
+    if (a->access_ns != b->access_ns) return a->access_ns < b->access_ns;
+    return a->uid < b->uid;
+  }
+  static uint64_t EvictPriority(const Object* o) {
+    uint64_t h = o->uid * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 31);
+  }
+  static Object* EvictInsert(Object* root, Object* o);
+  static Object* EvictErase(Object* root, Object* o);
+  static void EvictSplit(Object* root, const Object* key, Object** left, Object** right);
+  static Object* EvictMerge(Object* left, Object* right);
+  Object* evict_root_ = nullptr;
   void DenseAdd(Object* o);
   void DenseRemove(Object* o);
-  std::unordered_map<ObjectKey, Object*, ObjectKeyHash> by_id_;
+  struct IdOf {
+    const ObjectKey& operator()(const Object* o) const { return o->id; }
+  };
+  struct UidOf {
+    uint64_t operator()(const Object* o) const { return o->uid; }
+  };
+  struct UidHash {
+    size_t operator()(uint64_t uid) const {
+      uint64_t h = uid * 0x9E3779B97F4A7C15ull;
+      return static_cast<size_t>(h ^ (h >> 32));
+    }
+  };
+  ObjectPool pool_;  // declared first: destroyed after the indexes
+  ObjectIndex<ObjectKey, IdOf, ObjectKeyHash> by_id_;
   std::vector<Object*> dense_;  // the visible objects, in no particular order
-  std::unordered_map<uint64_t, std::unique_ptr<Object>> by_uid_;
+  ObjectIndex<uint64_t, UidOf, UidHash> by_uid_;  // every live instance; owns them (in pool_)
   uint64_t next_uid_ = 1;
   TableCounters c_;
 };

@@ -80,7 +80,9 @@ const char* HelpText() {
          "  --metrics-file PATH  write the store's figures to PATH in the Prometheus text\n"
          "                       format every interval (replaced atomically)\n"
          "  --metrics-interval SECONDS  how often to write it (default: 1)\n"
-         "  --prefault           touch all of the memory at start, so first writes run at full speed\n"
+         "  --no-prefault        do not touch the memory at start (by default all of it is\n"
+         "                       touched once, so first writes run at full speed)\n"
+         "  --prefault           touch all of the memory at start (the default)\n"
          "  --hugepages          back the memory with huge pages when the system allows it\n"
          "  --gpu-memory SIZE    device memory per GPU for GPU objects (default 0: none)\n"
          "  --gpu-devices LIST   the GPUs to use, e.g. 0,2 (default: every one that can share\n"
@@ -120,7 +122,7 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
     std::string v;
     bool has_value = a.find('=') != std::string::npos;
     if (has_value && (flag == "--help" || flag == "-h" || flag == "--version" || flag == "-V" ||
-                      flag == "--prefault" || flag == "--hugepages" || flag == "--recover")) {
+                      flag == "--prefault" || flag == "--no-prefault" || flag == "--hugepages" || flag == "--recover")) {
       *error = "store: option " + flag + " takes no value (see --help)";
       return false;
     }
@@ -130,6 +132,8 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       o.version = true;
     } else if (flag == "--prefault") {
       o.prefault = true;
+    } else if (flag == "--no-prefault") {
+      o.prefault = false;
     } else if (flag == "--hugepages") {
       o.hugepages = true;
     } else if (flag == "--socket") {

@@ -27,7 +27,7 @@ struct ServerOptions {
   std::vector<int> gpu_devices;         // --gpu-devices; empty = every usable device
   uint64_t gpu_chunk_size = 0;          // --gpu-chunk-size; 0 = min(gpu_memory, 256M)
   std::string gpu_backend = "cuda";     // --gpu-backend: cuda, or memfd-standin (tests only)
-  bool prefault = false;
+  bool prefault = true;                 // --prefault (default), --no-prefault
   bool hugepages = false;
   bool help = false;
   bool version = false;
