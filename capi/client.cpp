@@ -387,6 +387,15 @@ int SendOneWay(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type,
 
 proto::ObjectId ProtoId(const store_object_id* id) { return proto::ToProto(id->bytes); }
 
+// A vector of n ids in fbb, for get, delete and prefetch requests.
+flatbuffers::Offset<flatbuffers::Vector<const proto::ObjectId*>> IdVector(
+    flatbuffers::FlatBufferBuilder& fbb, const store_object_id* ids, size_t n) {
+  proto::ObjectId* slots = nullptr;
+  auto vec = fbb.CreateUninitializedVectorOfStructs(n, &slots);
+  for (size_t i = 0; i < n; i++) slots[i] = ProtoId(&ids[i]);
+  return vec;
+}
+
 void FromProto(const proto::ObjectInfo& p, store_object_info* out) {
   std::memset(out, 0, sizeof *out);
   std::memcpy(out->id.bytes, p.id().bytes()->Data(), STORE_OBJECT_ID_SIZE);
@@ -1112,9 +1121,7 @@ int OpenBatch(store_client* client, store_reader** out, const store_object_id* i
               int64_t timeout_ms) {
   Conn* c = client->conn;
   flatbuffers::FlatBufferBuilder fbb(160 + 24 * n);
-  proto::ObjectId* slots = nullptr;
-  auto vec = fbb.CreateUninitializedVectorOfStructs(n, &slots);
-  for (size_t i = 0; i < n; i++) slots[i] = ProtoId(&ids[i]);
+  auto vec = IdVector(fbb, ids, n);
   auto body = proto::CreateGetRequest(fbb, vec, timeout_ms);
   std::unique_ptr<Reply> reply;
   int rc = Call(c, fbb, Body::GetRequest, body.Union(), Body::GetReply, &reply);
@@ -1378,9 +1385,7 @@ int store_delete_many(store_client* client, const store_object_id* ids, size_t n
     for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
       size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
       flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);
-      proto::ObjectId* slots = nullptr;
-      auto vec = fbb.CreateUninitializedVectorOfStructs(k, &slots);
-      for (size_t i = 0; i < k; i++) slots[i] = ProtoId(&ids[start + i]);
+      auto vec = IdVector(fbb, ids + start, k);
       std::unique_ptr<Reply> reply;
       int rc = Call(client->conn, fbb, Body::DeleteRequest,
                     proto::CreateDeleteRequest(fbb, vec).Union(), Body::DeleteReply, &reply);
@@ -1577,9 +1582,7 @@ int store_prefetch(store_client* client, const store_object_id* ids, size_t n) {
     for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
       size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
       flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);
-      proto::ObjectId* slots = nullptr;
-      auto vec = fbb.CreateUninitializedVectorOfStructs(k, &slots);
-      for (size_t i = 0; i < k; i++) slots[i] = ProtoId(&ids[start + i]);
+      auto vec = IdVector(fbb, ids + start, k);
       std::unique_ptr<Reply> reply;
       int rc = Call(client->conn, fbb, Body::PrefetchRequest,
                     proto::CreatePrefetchRequest(fbb, vec).Union(), Body::PrefetchReply, &reply);
