@@ -463,6 +463,26 @@ TEST_CASE("a full device: creates fail at once, time out, or wait for a delete")
 
   // Larger than a chunk can never fit.
   CHECK(store_create(c.get(), &w, &x, kChunk + 1, &co) == STORE_EINVAL);
+
+  // Device memory is free but the host region has no room for the metadata: the create fails
+  // and gives the device memory back.
+  std::vector<store_object_id> fill;
+  std::string chunk(1u << 20, 'h');
+  for (int i = 0;; i++) {
+    store_object_id hid = IdOf("host-fill-" + std::to_string(i));
+    if (store_put(c.get(), &hid, chunk.data(), chunk.size(), nullptr) != STORE_OK) break;
+    fill.push_back(hid);
+  }
+  REQUIRE(!fill.empty());
+  std::string meta(900u << 10, 'm');
+  co.timeout_ms = 0;
+  co.metadata = meta.data();
+  co.metadata_size = meta.size();
+  CHECK(store_create(c.get(), &w, &x, 1000, &co) == STORE_ENOSPACE);
+  store_gpu_device_stats after = Gpu0(c.get());
+  CHECK(after.used_bytes == 0);
+  CHECK(after.object_count == 0);
+  REQUIRE(store_delete_many(c.get(), fill.data(), fill.size(), nullptr) == STORE_OK);
 }
 
 TEST_CASE("clients in one process share one import of a chunk") {

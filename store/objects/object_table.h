@@ -79,8 +79,7 @@ struct Object {
   // GPU objects (device >= 0): the data is in chunk gpu_chunk of that device at gpu_offset;
   // `data` then points at the metadata in the host region (nullptr without metadata).
   uint32_t gpu_chunk = 0;
-  uint64_t gpu_offset = 0;
-  uint64_t gpu_size = 0;        // device bytes taken (0 once freed)
+  uint64_t gpu_offset = 0;      // device bytes taken: data_size rounded up to 256
 
   bool on_gpu() const { return device >= 0; }
   bool in_memory() const { return data != nullptr || on_gpu(); }

@@ -163,21 +163,25 @@ int Server::GpuAllocate(int device, uint64_t size, Object* proto, std::string* m
     return STORE_ENOSPACE;
   }
   d->objects++;
+  proto->device = device;
+  proto->data_size = size;
   proto->gpu_chunk = al.chunk;
   proto->gpu_offset = al.offset;
-  proto->gpu_size = al.size;
   return STORE_OK;
 }
 
+// Gives back what GpuAllocate took for o; the size taken is data_size rounded to the alignment.
 void Server::GpuFree(Object* o) {
   GpuDevice* d = FindGpu(o->device);
-  if (!d || o->gpu_size == 0) return;
-  if (!d->alloc->Free({o->gpu_chunk, o->gpu_offset, o->gpu_size})) {
+  if (!d) return;
+  uint64_t align = d->alloc->alignment();
+  uint64_t taken = (o->data_size + align - 1) / align * align;
+  if (!d->alloc->Free({o->gpu_chunk, o->gpu_offset, taken})) {
     LOG_ERROR("GPU device %d: object %s freed a range the allocator does not know", o->device,
               Hex(o->id).c_str());
+    return;
   }
   d->objects--;
-  o->gpu_size = 0;
   gpu_freed_ = true;
 }
 
