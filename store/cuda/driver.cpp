@@ -133,7 +133,7 @@ std::string ErrorName(const Driver* d, CUresult rc) {
   return std::string(name) + " (" + std::to_string(static_cast<int>(rc)) + ")";
 }
 
-ScopedContext::ScopedContext(const Driver* d, CUdevice device) : d_(d), device_(device) {
+ScopedContext::ScopedContext(const Driver* d, CUdevice device) : d_(d) {
   {
     std::lock_guard<std::mutex> lk(g_ctx_mu);
     auto it = g_ctx->find(device);
@@ -145,7 +145,6 @@ ScopedContext::ScopedContext(const Driver* d, CUdevice device) : d_(d), device_(
       (*g_ctx)[device] = ctx_;
     }
   }
-  retained_ = true;
   rc_ = d_->CtxPushCurrent(ctx_);
   pushed_ = rc_ == CUDA_SUCCESS;
 }

@@ -62,9 +62,8 @@ class ScopedContext {
 
  private:
   const Driver* d_;
-  CUdevice device_;
   CUcontext ctx_ = nullptr;
-  bool retained_ = false, pushed_ = false;
+  bool pushed_ = false;
   CUresult rc_ = CUDA_SUCCESS;
 };
 

@@ -755,7 +755,8 @@ std::string Server::NoSpaceMessage(const CreateArgs& a) const {
 
 void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& message) {
   auto& queue = w->args.device >= 0 ? gpu_create_queue_ : create_queue_;
-  if (w->args.device >= 0) gpu_freed_ = true;  // the ones behind it on its device may fit now
+  // One that leaves unserved may have held up smaller ones behind it on its device.
+  if (w->args.device >= 0 && status != STORE_OK) gpu_freed_ = true;
   auto it = std::find(queue.begin(), queue.end(), w);
   if (it != queue.end()) queue.erase(it);
   w->client->creates.erase(w);
