@@ -13,7 +13,10 @@
  *            "Borrowed" means the pointer stays valid only as long as the object it came from.
  * Threading: a store_client may be used from several threads at once; one thread's blocking
  *            call (a get waiting for a seal) does not stall the others. A store_writer or
- *            store_reader must be used by one thread at a time.
+ *            store_reader must be used by one thread at a time. Each connection has up to
+ *            two threads of its own, with all signals blocked: one maps the shared memory
+ *            after connecting (then ends), one sends queued releases (see
+ *            store_reader_close()); both end with the connection.
  * NULL:      destructors accept NULL. Any other NULL where a pointer is required gives
  *            STORE_EINVAL.
  * Lost connection: once the server is gone, every call that needs it returns STORE_ECONN;
@@ -369,7 +372,12 @@ STORE_API const void *store_reader_metadata(const store_reader *r, uint64_t *siz
 /* The object's id. Borrowed; valid until store_reader_close(). */
 STORE_API const store_object_id *store_reader_id(const store_reader *r);
 
-/* Releases the object and frees the reader. NULL-safe. */
+/* Releases the object and frees the reader. NULL-safe. The release is one-way and queued: it
+ * reaches the store in front of this client's next request (in the same send), once 256 are
+ * queued, or about 1 ms after the first one queued, whichever comes first; so other clients
+ * may see the reader open (its object's memory held, not evictable) for that long.
+ * STORE_CLIENT_RELEASE_DELAY_US in the environment at connect sets that delay (0 sends each
+ * release at once). */
 STORE_API void store_reader_close(store_reader *r);
 
 /* Closes n readers (NULL entries are skipped) with one message per client instead of one per

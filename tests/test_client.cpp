@@ -2,6 +2,7 @@
 // client or two.
 #include <doctest.h>
 
+#include <dirent.h>
 #include <time.h>
 
 #include <atomic>
@@ -107,8 +108,11 @@ void Delete(store_client* c, const store_object_id& id) {
   REQUIRE(rc == STORE_OK);
 }
 
-// Everything the test made is gone: no objects and no memory in use.
+// Everything the test made is gone: no objects and no memory in use. Another client's
+// releases reach the store within a few milliseconds, so the memory of an object deleted while
+// another client read it may be freed a moment after the delete.
 void CheckEmpty(store_client* c) {
+  test::WaitFor([&] { return Stats(c).deleted_pending_count == 0; });
   store_stats st = Stats(c);
   CHECK(st.object_count == 0);
   CHECK(st.used_bytes == 0);
@@ -899,6 +903,92 @@ TEST_CASE("delete while a reader is open: unlink semantics") {
     CHECK(SameBytes(store_reader_data(r.get()), new_data));
   }
 
+  Delete(a.get(), id);
+  CheckEmpty(a.get());
+}
+
+// The threads of this process (entries of /proc/self/task).
+int ThreadCount() {
+  int n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+TEST_CASE("releases are queued: sent before the client's next request, soon by an idle client") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  const int threads_before = ThreadCount();
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  const store_object_id id = Id("released");
+  const std::vector<uint8_t> data = Pattern(40, 4096);
+  Put(a.get(), id, data);
+  const uint64_t releases0 = Stats(a.get()).total_releases;
+
+  // Closed, then the same client asks: the release went first, in the same send.
+  Open(b.get(), id).reset();
+  store_stats st = Stats(b.get());
+  CHECK(st.open_count == 0);
+  CHECK(st.total_releases == releases0 + 1);
+  CHECK(Info(b.get(), id).reader_count == 0);
+
+  // Closed by a client that then does nothing: its release thread sends it.
+  Open(b.get(), id).reset();
+  CHECK(test::WaitFor([&] { return Stats(a.get()).total_releases == releases0 + 2; }));
+  CHECK(Stats(a.get()).open_count == 0);
+
+  // 600 readers closed one by one, and a batch: all released, the store saw each once.
+  {
+    std::vector<store_reader*> many(600, nullptr);
+    std::vector<store_object_id> ids(600, id);
+    REQUIRE(store_open_readers(b.get(), many.data(), ids.data(), ids.size(), 0) == STORE_OK);
+    CHECK(Info(a.get(), id).reader_count == 600);
+    for (size_t i = 0; i < 300; i++) store_reader_close(many[i]);
+    store_readers_close(many.data() + 300, 300);
+    CHECK(test::WaitFor([&] { return Info(a.get(), id).reader_count == 0; }));
+    CHECK(Stats(a.get()).total_releases == releases0 + 602);
+  }
+
+  // A deleted object read by b: its memory is freed once b's release arrives.
+  {
+    ReaderPtr r = Open(b.get(), id);
+    Delete(a.get(), id);
+    CHECK(Stats(a.get()).deleted_pending_count == 1);
+    r.reset();
+    CHECK(test::WaitFor([&] { return Stats(a.get()).deleted_pending_count == 0; }));
+    CHECK(Stats(a.get()).used_bytes == 0);
+  }
+
+  // Freed with a release queued: the store releases it with the connection.
+  Put(a.get(), id, data);
+  Open(b.get(), id).reset();
+  b.reset();
+  CHECK(test::WaitFor([&] { return Stats(a.get()).client_count == 1; }));
+  CHECK(Stats(a.get()).open_count == 0);
+  Delete(a.get(), id);
+  CheckEmpty(a.get());
+  a.reset();
+  // Each connection's threads ended with it.
+  CHECK(ThreadCount() == threads_before);
+}
+
+TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no thread for it") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  setenv("STORE_CLIENT_RELEASE_DELAY_US", "0", 1);
+  setenv("STORE_CLIENT_POPULATE", "0", 1);
+  const int threads_before = ThreadCount();
+  ClientPtr a = Connect(s, "a");
+  unsetenv("STORE_CLIENT_RELEASE_DELAY_US");
+  unsetenv("STORE_CLIENT_POPULATE");
+  const store_object_id id = Id("at-once");
+  Put(a.get(), id, Pattern(41, 100));
+  for (int i = 0; i < 10; i++) Open(a.get(), id).reset();
+  CHECK(ThreadCount() == threads_before);
+  CHECK(test::WaitFor([&] { return Stats(a.get()).open_count == 0; }));
   Delete(a.get(), id);
   CheckEmpty(a.get());
 }

@@ -36,8 +36,10 @@ std::string_view Bytes(const store::Reader& r) {
   return std::string_view(reinterpret_cast<const char*>(r.data()), r.size());
 }
 
-// Everything the test made is gone: no objects and no memory in use.
+// Everything the test made is gone: no objects and no memory in use (once another client's
+// releases have reached the store: they may wait a few milliseconds).
 void CheckEmpty(store::Client& c) {
+  test::WaitFor([&] { return c.Stats().deleted_pending_count == 0; });
   store_stats st = c.Stats();
   CHECK(st.object_count == 0);
   CHECK(st.used_bytes == 0);

@@ -23,6 +23,8 @@
 //   restore_cold     sequential open, spill files dropped from the page cache first
 //
 // The round trip limit is a forked echo process on a socketpair: send 64 B, get 64 B back.
+// socket_rtt waits for the echo in a blocking recv; socket_rtt_poll polls for it first, for as
+// long as the library polls for a reply (50 us by default), then blocks: the same wait.
 // The spill figures run only when the store spills (stats spill_enabled) and --spill-dir names
 // the directory it spills into: their limits are plain file IO in that directory.
 // The bench starts no server. Every object it makes carries an id prefix unique to the run
@@ -415,15 +417,47 @@ struct Tally {
   double Rate() const { return seconds > 0 ? static_cast<double>(ops) / seconds : 0; }
 };
 
-// 64 B round trips to the echo process for about `seconds`.
-void RttSlice(double seconds, Tally* t) {
+// The longest a waiting client polls its socket before it sleeps: the library's default, or
+// STORE_CLIENT_SPIN_US as the library reads it.
+double PollSeconds() {
+  static const double s = [] {
+    const char* env = getenv("STORE_CLIENT_SPIN_US");
+    char* end = nullptr;
+    long long us = env ? strtoll(env, &end, 10) : -1;
+    if (!env || end == env || *end != '\0' || us < 0) us = 50;
+    return static_cast<double>(std::min(us, 1000000LL)) * 1e-6;
+  }();
+  return s;
+}
+
+// Receives the echo; with poll, first polls for up to PollSeconds() as the library does.
+bool RecvEcho(char* buf, size_t n, bool poll) {
+  size_t got = 0;
+  if (poll && PollSeconds() > 0) {
+    double until = Now() + PollSeconds();
+    while (got < n) {
+      ssize_t k = recv(g_echo_fd, buf + got, n - got, MSG_DONTWAIT);
+      if (k > 0) {
+        got += static_cast<size_t>(k);
+        continue;
+      }
+      if (k == 0 || (errno != EAGAIN && errno != EINTR)) return false;
+      if (Now() >= until) break;
+    }
+  }
+  return got == n || RecvAll(g_echo_fd, buf + got, n - got) == 1;
+}
+
+// 64 B round trips to the echo process for about `seconds`; with poll, the reply is awaited by
+// polling first (socket_rtt_poll), as the library awaits the store's replies.
+void RttSlice(double seconds, Tally* t, bool poll = false) {
   char buf[kSmallSize];
   memset(buf, 0x5a, sizeof buf);
   double t0 = Now(), t1;
   do {
     for (int k = 0; k < 16; k++) {
       if (!SendAll(g_echo_fd, buf, sizeof buf)) DieErrno("send to the echo process");
-      if (RecvAll(g_echo_fd, buf, sizeof buf) != 1) DieErrno("recv from the echo process");
+      if (!RecvEcho(buf, sizeof buf, poll)) DieErrno("recv from the echo process");
     }
     t->ops += 16;
     CheckStop();
@@ -433,6 +467,7 @@ void RttSlice(double seconds, Tally* t) {
 }
 
 Series RttSeries() { return Series{"socket_rtt", "ops/s", {}}; }
+Series RttPollSeries() { return Series{"socket_rtt_poll", "ops/s", {}}; }
 
 // Runs a small-object figure: one warm-up round, then the measured rounds. A round alternates
 // the round trip limit and the figure in short slices, so both see the same machine load.
@@ -442,14 +477,16 @@ void RunSmallRounds(Result* r, Slice&& slice, After&& after_round) {
   constexpr int kSlices = 5;
   for (int round = -1; round < g_set.rounds; round++) {  // round -1 warms up, not counted
     double dur = (round < 0 ? g_set.round_s / 4 : g_set.round_s) / kSlices;
-    Tally rtt, fig;
+    Tally rtt, rtt_poll, fig;
     for (int s = 0; s < kSlices; s++) {
       RttSlice(dur, &rtt);
+      RttSlice(dur, &rtt_poll, true);
       slice(dur, &fig);
     }
     after_round(round >= 0);
     if (round >= 0) {
       r->limits[0].v.push_back(rtt.Rate());
+      r->limits[1].v.push_back(rtt_poll.Rate());
       r->figure.v.push_back(fig.Rate());
     }
   }
@@ -460,6 +497,7 @@ void SmallPut() {
            {}, {}, false, "", "", {}};
   r.figure = Series{"small_put", "ops/s", {}};
   r.limits.push_back(RttSeries());
+  r.limits.push_back(RttPollSeries());
   uint8_t data[kSmallSize];
   memset(data, 0xa5, sizeof data);
   uint64_t first = g_next_id;
@@ -503,6 +541,7 @@ void SmallGet() {
            {}, {}, false, "", "", {}};
   r.figure = Series{"small_get", "ops/s", {}};
   r.limits.push_back(RttSeries());
+  r.limits.push_back(RttPollSeries());
   std::vector<store_object_id> ids;
   uint64_t first = PutSmallSet(&ids);
   size_t i = 0;
@@ -535,6 +574,7 @@ void BatchGet() {
            {}, {}, false, "", "", {}};
   r.figure = Series{"batch_get", "obj/s", {}};
   r.limits.push_back(RttSeries());
+  r.limits.push_back(RttPollSeries());
   std::vector<store_object_id> ids;
   static_assert(kGetSetSize == kBatch, "batch_get reuses the small_get set");
   uint64_t first = PutSmallSet(&ids);
@@ -583,6 +623,7 @@ void BatchPut() {
            {}, {}, false, "", "", {}};
   r.figure = Series{"batch_put", "obj/s", {}};
   r.limits.push_back(RttSeries());
+  r.limits.push_back(RttPollSeries());
   uint8_t data[kSmallSize];
   memset(data, 0x69, sizeof data);
   std::vector<store_object_id> ids(kBatch);
@@ -1852,7 +1893,9 @@ void Usage(FILE* f) {
           "  --help          show this help and exit\n"
           "\n"
           "Figures are medians of several rounds (min and max shown). Limits: socket_rtt is a\n"
-          "64 B send + 64 B echo over a socketpair to a forked process; memcpy_touched copies\n"
+          "64 B send + 64 B echo over a socketpair to a forked process; socket_rtt_poll is the\n"
+          "same with the reply polled for first, for as long as the library polls for a reply\n"
+          "(STORE_CLIENT_SPIN_US, default 50 us), then waited for; memcpy_touched copies\n"
           "64 MiB between private buffers already written; memcpy_fresh copies into a new,\n"
           "never touched anonymous mapping. GB/s is 10^9 bytes per second.\n"
           "The 64 MiB figures need 140 MiB of free store memory and are skipped otherwise.\n"
