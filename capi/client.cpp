@@ -732,18 +732,17 @@ void* PopulatorMain(void* arg) {
   Conn* c = static_cast<Conn*>(arg);
   sched_param sp{};
   sched_setscheduler(0, SCHED_IDLE, &sp);  // per thread on Linux; if refused, runs as it is
-  // From the top of the region down: the server's allocator hands out the low addresses
-  // first, which the objects this process uses first then populate themselves, instead of
-  // both doing the same pages at once.
-  // It steps aside while a put or get populates its object's pages: the two at once are
-  // slower than one after the other.
-  for (uint64_t end = c->chunks; end > 0; end--) {
+  // From the bottom of the region up: the server's allocator hands out the low addresses
+  // first, so they are the ones objects use first. Chunks already mapped (by a put or get that
+  // got there first) are skipped. It steps aside while a put or get maps its object's pages:
+  // the two at once are slower than one after the other.
+  for (uint64_t i = 0; i < c->chunks; i++) {
     while (c->populating.load(std::memory_order_relaxed) > 0 &&
            !c->stop_populate.load(std::memory_order_relaxed)) {
       usleep(200);
     }
     if (c->stop_populate.load(std::memory_order_relaxed)) break;
-    Populate(c, (end - 1) * kPopulateChunk, kPopulateChunk, false, true);
+    Populate(c, i * kPopulateChunk, kPopulateChunk, false, true);
   }
   return nullptr;
 }

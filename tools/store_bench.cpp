@@ -823,6 +823,25 @@ double MemcpyFresh(const uint8_t* src) {
   return t;
 }
 
+// KiB of the store's region mapped into this process (the Rss of the "memfd:store" mapping
+// in /proc/self/smaps), or -1 if it is not found.
+long RegionMappedKiB() {
+  FILE* f = fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  char line[512];
+  bool in_region = false;
+  long kib = -1;
+  while (fgets(line, sizeof line, f)) {
+    if (strchr(line, '-') && strstr(line, " /memfd:store")) {
+      in_region = true;
+    } else if (in_region && sscanf(line, "Rss: %ld kB", &kib) == 1) {
+      break;
+    }
+  }
+  fclose(f);
+  return kib;
+}
+
 long MinorFaults() {
   struct rusage ru;
   if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
@@ -901,6 +920,7 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
                                                           (kLargeSize + (4ull << 20))));
   if (firsts < 1) firsts = 1;
   long first_faults = 0;
+  const long mapped_kib = RegionMappedKiB();
   std::vector<store_object_id> kept;
   for (int k = 0; k < firsts; k++) {
     first.limits[0].v.push_back(static_cast<double>(kLargeSize) / MemcpyTouched(dst, src) / kGB);
@@ -919,7 +939,11 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
                std::to_string(st.total_creates) + " objects created in the server before them (" +
                std::to_string(creates_before) + " before this run" +
                (creates_before == 0 ? ", a fresh server" : "") + "); " +
-               std::to_string(first_faults) + " minor page faults in this process in all";
+               std::to_string(first_faults) + " minor page faults in this process in all; " +
+               (mapped_kib < 0 ? std::string("the region's mapping not found")
+                               : std::to_string(mapped_kib >> 10) + " of " +
+                                     std::to_string(st.capacity_bytes >> 20) +
+                                     " MiB of the region mapped in this process before them");
   long steady_faults = 0;
 
   // A client connected right before its first 64 MiB put: its process has mapped nothing of
