@@ -16,7 +16,8 @@
  *            store_reader must be used by one thread at a time. Each connection has up to
  *            two threads of its own, with all signals blocked: one maps the shared memory
  *            after connecting (then ends), one sends queued releases (see
- *            store_reader_close()); both end with the connection.
+ *            store_reader_close()); both end with the connection. A client belongs to the
+ *            process that connected it: after fork(), the child connects its own.
  * NULL:      destructors accept NULL. Any other NULL where a pointer is required gives
  *            STORE_EINVAL.
  * Lost connection: once the server is gone, every call that needs it returns STORE_ECONN;
