@@ -766,7 +766,9 @@ void StartThreads(Conn* c) {
   c->fork_generation = g_fork_generation.load(std::memory_order_relaxed);
   c->release_delay_ns = kReleaseDelayNs;
   EnvMicros("STORE_CLIENT_RELEASE_DELAY_US", kMaxReleaseDelayNs / 1000, &c->release_delay_ns);
-  c->spin_ns = kSpinNs;
+  // Polling only pays when the store can run on another processor meanwhile.
+  cpu_set_t cpus;
+  c->spin_ns = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < 2 ? 0 : kSpinNs;
   EnvMicros("STORE_CLIENT_SPIN_US", 1000000, &c->spin_ns);
   if (!c->populated) return;
   const char* env = getenv("STORE_CLIENT_POPULATE");
