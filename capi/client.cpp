@@ -1767,6 +1767,11 @@ int store_gpu_stats(store_client* client, store_gpu_device_stats** out, size_t* 
     if (count) *count = 0;
     if (backend) *backend = STORE_GPU_BACKEND_NONE;
     if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    // The store said at connect what backs its GPU objects, for its lifetime: with none there
+    // are no devices to ask about (store-top and store info call this on every refresh).
+    if (client->conn->gpu_backend == storeclient::gpu::Backend::kNone) {
+      return Usable(client->conn) ? STORE_OK : BrokenError(client->conn);
+    }
     flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
     int rc = Call(client->conn, fbb, Body::StatsRequest, proto::CreateStatsRequest(fbb).Union(),
