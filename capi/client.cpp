@@ -23,6 +23,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -917,12 +918,29 @@ bool InRegion(Conn* c, uint64_t offset, uint64_t len) {
 // fault per 4 KiB on first touch.
 constexpr uint64_t kPopulateMin = 1u << 20;
 
-// Each chunk of the region is populated once per process: its pages then stay mapped here.
-// Best effort: on kernels without MADV_POPULATE_* the pages simply fault in on first touch.
-// MADV_POPULATE_READ serves writers too: the region is shared shmem, which needs no write
-// notification, so its pages are mapped writable on a read fault, and a read fault maps the
-// pages around it as well (fault-around), which makes it several times cheaper per page than
-// MADV_POPULATE_WRITE. A page the server has not touched yet is allocated and zeroed either way.
+// Maps [p, p + len) of the region into this process, writable: the region is shared shmem,
+// which needs no write notification, so a read fault maps a page writable. One read per 64 KiB
+// suffices where the kernel maps the 64 KiB around a read fault (fault-around, for pages
+// already in memory): 3.0 ms per 64 MiB here, against 5.3 for MADV_POPULATE_READ and 14.5 for
+// MADV_POPULATE_WRITE. Whether it did is checked on the last page of the first and of the last
+// 64 KiB: if reading either took a fault (fault-around is smaller, or the store has not
+// touched those pages yet, as with --no-prefault), MADV_POPULATE_READ maps the range instead.
+// Returns false if that failed (kernels before 5.14); the pages then fault in on first touch.
+bool MapRange(const uint8_t* p, uint64_t len) {
+  constexpr uintptr_t kWindow = 64 * 1024;
+  auto touch = [](uintptr_t a) { (void)*reinterpret_cast<const volatile uint8_t*>(a); };
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + len;
+  for (uintptr_t a = b & ~(kWindow - 1); a < e; a += kWindow) touch(std::max(a, b));
+  rusage before{}, after{};
+  getrusage(RUSAGE_THREAD, &before);
+  touch(std::min(e, (b & ~(kWindow - 1)) + kWindow) - 1);
+  touch(e - 1);
+  getrusage(RUSAGE_THREAD, &after);
+  if (after.ru_minflt == before.ru_minflt) return true;
+  return madvise(const_cast<uint8_t*>(p), len, MADV_POPULATE_READ) == 0;
+}
+
+// Each chunk of the region is mapped once per process (MapRange): its pages then stay mapped.
 void Populate(Conn* c, uint64_t offset, uint64_t len, bool write, bool background) {
   (void)write;
   if (len < kPopulateMin || !c->populated) return;
@@ -939,7 +957,7 @@ void Populate(Conn* c, uint64_t offset, uint64_t len, bool write, bool backgroun
     uint64_t begin = i * kPopulateChunk;
     uint64_t end = std::min(c->region_size, (j + 1) * kPopulateChunk);
     if (!background) c->populating.fetch_add(1, std::memory_order_relaxed);
-    if (madvise(c->base + begin, end - begin, MADV_POPULATE_READ) == 0) {
+    if (MapRange(c->base + begin, end - begin)) {
       for (uint64_t k = i; k <= j; k++) c->populated[k].store(1, std::memory_order_relaxed);
     }
     if (!background) c->populating.fetch_sub(1, std::memory_order_relaxed);
