@@ -115,8 +115,9 @@ constexpr uint64_t kPopulateChunk = 2u << 20;
 // before a fork has no threads of its own in the child, so there it sends releases at once.
 std::atomic<uint64_t> g_fork_generation{0};
 
-// Releases wait at most this long (STORE_CLIENT_RELEASE_DELAY_US in the environment sets
-// another delay; 0 sends every release at once), or until this many are queued.
+// Queued releases go out once the oldest has waited this long, looked at once per this long
+// (STORE_CLIENT_RELEASE_DELAY_US in the environment sets another delay; 0 sends every release
+// at once), or when this many are queued.
 constexpr int64_t kReleaseDelayNs = 1000000;
 constexpr int64_t kMaxReleaseDelayNs = 1000000000;
 constexpr size_t kReleaseBatch = 256;
@@ -124,8 +125,9 @@ constexpr size_t kReleaseBatch = 256;
 // A thread waiting for a reply polls the socket for up to kSpinNs before it sleeps
 // (STORE_CLIENT_SPIN_US in the environment sets another time; 0 never polls). On a machine
 // whose idle processors are slow to wake (a virtual machine), waking a sleeping client costs
-// more than the whole request: polling doubled small puts and gets on a 2-core VM. After kSpinMissesToPause polls in a row that saw no reply
-// (a busy store, a get waiting for a seal) the next kSpinPause waits sleep at once.
+// more than the whole request: polling doubled small puts and gets on a 2-core VM. After
+// kSpinMissesToPause polls in a row that saw no reply (a busy store, a get waiting for a
+// seal) the next kSpinPause waits sleep at once.
 constexpr int64_t kSpinNs = 50000;
 constexpr int kSpinMissesToPause = 2;
 constexpr int kSpinPause = 64;
@@ -332,7 +334,8 @@ int SendAll(Conn* c, const uint8_t* data, size_t len) {
 }
 
 // Releases objects: queues the uids (see the top of this file), or sends them at once when
-// the queue would pass kReleaseBatch or there is no release thread to send them (a forked child, a delay of 0).
+// the queue would pass kReleaseBatch or no release thread can send them (a delay of 0, a
+// forked child, a thread that could not be made).
 void* ReleaseMain(void* arg);
 
 void QueueRelease(Conn* c, const uint64_t* uids, size_t n) {
@@ -718,7 +721,7 @@ namespace {
 // page fault; the chunks an object needs first are mapped by Populate when it is created or
 // opened, whichever comes first. STORE_CLIENT_POPULATE=0 in the environment turns it off (the
 // region is then mapped piecewise as objects use it). It costs page tables in this process
-// (2 MiB per GiB of region) and CPU time after connecting (about 100 ms per GiB on a 2-core
+// (2 MiB per GiB of region) and CPU time after connecting (about 50 ms per GiB on a 2-core
 // VM), in a thread of its own with all signals blocked, at the SCHED_IDLE policy: it runs on
 // processor time nothing else wants, so eight processes connecting at once do not slow the
 // store or each other (measured: aggregate small ops of 8 new clients 2.6x higher than with
