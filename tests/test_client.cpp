@@ -3,6 +3,7 @@
 #include <doctest.h>
 
 #include <dirent.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <atomic>
@@ -975,22 +976,77 @@ TEST_CASE("releases are queued: sent before the client's next request, soon by a
   CHECK(ThreadCount() == threads_before);
 }
 
-TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no thread for it") {
+TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no thread for it; "
+          "STORE_CLIENT_SPIN_US=0 sleeps for every reply") {
   test::TestStore s("64M");
   REQUIRE(s.started());
   setenv("STORE_CLIENT_RELEASE_DELAY_US", "0", 1);
   setenv("STORE_CLIENT_POPULATE", "0", 1);
+  setenv("STORE_CLIENT_SPIN_US", "0", 1);
   const int threads_before = ThreadCount();
   ClientPtr a = Connect(s, "a");
   unsetenv("STORE_CLIENT_RELEASE_DELAY_US");
   unsetenv("STORE_CLIENT_POPULATE");
+  unsetenv("STORE_CLIENT_SPIN_US");
   const store_object_id id = Id("at-once");
   Put(a.get(), id, Pattern(41, 100));
   for (int i = 0; i < 10; i++) Open(a.get(), id).reset();
   CHECK(ThreadCount() == threads_before);
+  // A get that waits for another client's seal.
+  const store_object_id later = Id("sealed-later");
+  std::thread t([&] {
+    ClientPtr b = Connect(s, "b");
+    Put(b.get(), later, Pattern(42, 100));
+  });
+  Open(a.get(), later, 10000).reset();
+  t.join();
+  Delete(a.get(), later);
   CHECK(test::WaitFor([&] { return Stats(a.get()).open_count == 0; }));
   Delete(a.get(), id);
   CheckEmpty(a.get());
+}
+
+long ThreadMinorFaults() {
+  rusage u{};
+  getrusage(RUSAGE_THREAD, &u);
+  return u.ru_minflt;
+}
+
+TEST_CASE("a large object's pages are mapped at create and open: writing and reading it take "
+          "no page faults, whether the store prefaulted its memory or not") {
+  for (bool prefault : {true, false}) {
+    INFO("prefault ", prefault);
+    test::TestStore s("64M", prefault ? std::vector<std::string>{}
+                                      : std::vector<std::string>{"--no-prefault"});
+    REQUIRE(s.started());
+    setenv("STORE_CLIENT_POPULATE", "0", 1);  // no background mapping: the calls map alone
+    ClientPtr a = Connect(s, "a");
+    ClientPtr b = Connect(s, "b");
+    unsetenv("STORE_CLIENT_POPULATE");
+    const store_object_id id = Id("mapped");
+    const size_t size = 8 * kMiB + 12345;
+    store_writer* raw = nullptr;
+    REQUIRE(store_create(a.get(), &raw, &id, size, nullptr) == STORE_OK);
+    WriterPtr w(raw);
+    auto* p = static_cast<uint8_t*>(store_writer_data(w.get()));
+    REQUIRE(p != nullptr);
+    long f0 = ThreadMinorFaults();
+    for (size_t i = 0; i < size; i++) p[i] = static_cast<uint8_t>(i * 7);
+    CHECK(ThreadMinorFaults() - f0 <= 2);
+    REQUIRE(store_writer_seal(w.release()) == STORE_OK);
+
+    ReaderPtr r = Open(b.get(), id);
+    auto* q = static_cast<const uint8_t*>(store_reader_data(r.get()));
+    REQUIRE(q != nullptr);
+    f0 = ThreadMinorFaults();
+    size_t wrong = 0;
+    for (size_t i = 0; i < size; i++) wrong += q[i] != static_cast<uint8_t>(i * 7);
+    CHECK(ThreadMinorFaults() - f0 <= 2);
+    CHECK(wrong == 0);
+    r.reset();
+    Delete(a.get(), id);
+    CheckEmpty(a.get());
+  }
 }
 
 TEST_CASE("store_contains and store_delete of sealed, unsealed and missing objects") {
