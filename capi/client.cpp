@@ -180,6 +180,7 @@ struct Conn {
   bool stop_release = false;
   std::condition_variable release_cv;
   flatbuffers::FlatBufferBuilder release_fbb{256};
+  std::vector<uint8_t> release_one;  // a release of one uid, to copy (BuildReleaseLocked)
   // The thread that sends releases that waited release_delay_ns (ReleaseMain); started with
   // the first release queued.
   pthread_t release_thread{};
@@ -290,24 +291,35 @@ int SendVecLocked(Conn* c, iovec* iov, int n) {
   return STORE_OK;
 }
 
-// Builds one release message of up to kMaxIdsPerRequest queued uids into c->release_fbb and
-// takes them off the queue. REQUIRES: c->send_mu held, the queue not empty.
-void BuildReleaseLocked(Conn* c) {
+// Builds one release message of up to kMaxIdsPerRequest queued uids, takes them off the queue
+// and returns where the message is. A release of one uid (the common case: one reader closed
+// between two requests) is a copy of the first one built, its seq and uid written in place.
+// REQUIRES: c->send_mu held, the queue not empty.
+iovec BuildReleaseLocked(Conn* c) {
   auto& q = c->pending_releases;
-  size_t n = std::min<size_t>(q.size(), proto::kMaxIdsPerRequest);
+  const size_t n = std::min<size_t>(q.size(), proto::kMaxIdsPerRequest);
+  const uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+  if (n == 1 && !c->release_one.empty()) {
+    auto* m = proto::GetMutableSizePrefixedMessage(c->release_one.data());
+    m->mutate_seq(seq);
+    static_cast<proto::ReleaseRequest*>(m->mutable_body())->mutable_uids()->Mutate(0, q[0]);
+    q.clear();
+    return iovec{c->release_one.data(), c->release_one.size()};
+  }
   auto& fbb = c->release_fbb;
   fbb.Clear();
   auto v = fbb.CreateVector(q.data(), n);
-  FinishMessage(fbb, c->next_seq.fetch_add(1, std::memory_order_relaxed), Body::ReleaseRequest,
-                proto::CreateReleaseRequest(fbb, v).Union());
+  FinishMessage(fbb, seq, Body::ReleaseRequest, proto::CreateReleaseRequest(fbb, v).Union());
   q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
+  // seq is never 0, so the field is in the message and can be written in place.
+  if (n == 1) c->release_one.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  return iovec{fbb.GetBufferPointer(), fbb.GetSize()};
 }
 
 // Sends every queued release now. REQUIRES: c->send_mu held.
 int FlushReleasesLocked(Conn* c) {
   while (!c->pending_releases.empty()) {
-    BuildReleaseLocked(c);
-    iovec iov{c->release_fbb.GetBufferPointer(), c->release_fbb.GetSize()};
+    iovec iov = BuildReleaseLocked(c);
     int rc = SendVecLocked(c, &iov, 1);
     if (rc != STORE_OK) return rc;
   }
@@ -325,8 +337,7 @@ int SendAll(Conn* c, const uint8_t* data, size_t len) {
       int rc = FlushReleasesLocked(c);
       if (rc != STORE_OK) return rc;
     } else {
-      BuildReleaseLocked(c);
-      iov[n++] = iovec{c->release_fbb.GetBufferPointer(), c->release_fbb.GetSize()};
+      iov[n++] = BuildReleaseLocked(c);
     }
   }
   iov[n++] = iovec{const_cast<uint8_t*>(data), len};
