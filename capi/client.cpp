@@ -561,17 +561,26 @@ int WaitReply(Conn* c, uint64_t seq, Slot* slot, std::unique_ptr<Reply>* out) {
 
 // Sends one request and waits for its reply; checks the reply's status and body type.
 // The builder must hold a body not yet finished; Call finishes it with a fresh seq.
+int CallFinished(Conn* c, uint64_t seq, const uint8_t* msg, size_t len, Body want,
+                 std::unique_ptr<Reply>* out);
+
 int Call(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::Offset<void> body,
          Body want, std::unique_ptr<Reply>* out) {
   if (!Usable(c)) return BrokenError(c);
   uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
   FinishMessage(fbb, seq, type, body);
+  return CallFinished(c, seq, fbb.GetBufferPointer(), fbb.GetSize(), want, out);
+}
+
+// As Call, for a request already finished with its seq.
+int CallFinished(Conn* c, uint64_t seq, const uint8_t* msg, size_t len, Body want,
+                 std::unique_ptr<Reply>* out) {
   Slot slot;
   {
     std::lock_guard<std::mutex> lk(c->mu);
     c->waiting.emplace(seq, &slot);
   }
-  int rc = SendAll(c, fbb.GetBufferPointer(), fbb.GetSize());
+  int rc = SendAll(c, msg, len);
   if (rc != STORE_OK) {
     std::lock_guard<std::mutex> lk(c->mu);
     if (!slot.done) {
@@ -1163,6 +1172,31 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
     if (data_size == 0) return Fail(STORE_EINVAL, "an object must have at least one byte");
     if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
     const bool on_gpu = opts && opts->device >= 0;
+    if (data_size <= proto::kInlinePutMax && !opts) {
+      // Puts of one size without options differ only in seq, id and data: this thread's last
+      // one is copied with those written in place.
+      thread_local std::vector<uint8_t> t_put;
+      thread_local uint64_t t_put_size = 0;
+      Conn* c = client->conn;
+      if (!Usable(c)) return BrokenError(c);
+      const uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+      if (t_put_size == data_size) {
+        auto* m = proto::GetMutableSizePrefixedMessage(t_put.data());
+        auto* r = static_cast<proto::CreateRequest*>(m->mutable_body());
+        m->mutate_seq(seq);  // seq is never 0: the field is there
+        *r->mutable_id() = ProtoId(id);
+        std::memcpy(r->mutable_data()->Data(), data, data_size);
+      } else {
+        flatbuffers::FlatBufferBuilder fbb(256 + data_size);
+        auto body = BuildCreate(fbb, id, data_size, nullptr, data);
+        FinishMessage(fbb, seq, Body::CreateRequest, body.Union());
+        t_put_size = 0;
+        t_put.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+        t_put_size = data_size;
+      }
+      std::unique_ptr<Reply> reply;
+      return CallFinished(c, seq, t_put.data(), t_put.size(), Body::CreateReply, &reply);
+    }
     if (data_size <= proto::kInlinePutMax && !on_gpu) {
       flatbuffers::FlatBufferBuilder fbb(256 + data_size + (opts ? opts->metadata_size : 0));
       auto body = BuildCreate(fbb, id, data_size, opts, data);
@@ -1454,12 +1488,28 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
     if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
     if (timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
     Conn* c = client->conn;
-    flatbuffers::FlatBufferBuilder fbb(128);
-    proto::ObjectId pid = ProtoId(id);
-    auto vec = fbb.CreateVectorOfStructs(&pid, 1);
-    auto body = proto::CreateGetRequest(fbb, vec, timeout_ms);
+    if (!Usable(c)) return BrokenError(c);
+    // Gets of one id differ only in seq, id and timeout: this thread's first one, built with
+    // every field present, is copied with those written in place.
+    thread_local std::vector<uint8_t> t_get;
+    const uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+    if (t_get.empty()) {
+      flatbuffers::FlatBufferBuilder fbb(128);
+      fbb.ForceDefaults(true);
+      proto::ObjectId pid = ProtoId(id);
+      auto vec = fbb.CreateVectorOfStructs(&pid, 1);
+      auto body = proto::CreateGetRequest(fbb, vec, timeout_ms);
+      FinishMessage(fbb, seq, Body::GetRequest, body.Union());
+      t_get.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+    } else {
+      auto* m = proto::GetMutableSizePrefixedMessage(t_get.data());
+      auto* g = static_cast<proto::GetRequest*>(m->mutable_body());
+      m->mutate_seq(seq);
+      g->mutate_timeout_ms(timeout_ms);
+      *g->mutable_ids()->GetMutableObject(0) = ProtoId(id);
+    }
     std::unique_ptr<Reply> reply;
-    int rc = Call(c, fbb, Body::GetRequest, body.Union(), Body::GetReply, &reply);
+    int rc = CallFinished(c, seq, t_get.data(), t_get.size(), Body::GetReply, &reply);
     if (rc != STORE_OK) return rc;
     auto* locs = reply->msg->body_as_GetReply()->objects();
     if (locs->size() != 1) {

@@ -1049,6 +1049,39 @@ TEST_CASE("a large object's pages are mapped at create and open: writing and rea
   }
 }
 
+TEST_CASE("back-to-back puts of one size and gets with changing timeouts each carry their own "
+          "id, bytes and timeout") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  std::vector<store_object_id> ids;
+  for (int i = 0; i < 200; i++) {
+    ids.push_back(Id("same-size-" + std::to_string(i)));
+    Put(i % 2 ? a.get() : b.get(), ids.back(), Pattern(1000 + i, 64));
+  }
+  Put(a.get(), Id("other-size"), Pattern(999, 65));
+  for (int i = 0; i < 200; i++) {
+    ReaderPtr r = Open(i % 3 ? a.get() : b.get(), ids[static_cast<size_t>(i)], i % 2 ? 0 : 5000);
+    CHECK(store_reader_size(r.get()) == 64);
+    CHECK(SameBytes(store_reader_data(r.get()), Pattern(1000 + i, 64)));
+  }
+  const store_object_id missing = Id("missing");
+  store_reader* none = nullptr;
+  CHECK(store_open_reader(a.get(), &none, &missing, 0) == STORE_ENOTFOUND);
+  CHECK(store_open_reader(a.get(), &none, &missing, 50) == STORE_ETIMEDOUT);
+  CHECK(store_open_reader(a.get(), &none, &missing, 0) == STORE_ENOTFOUND);
+  std::thread t([&] { Put(b.get(), missing, Pattern(7, 64)); });
+  Open(a.get(), missing, -1).reset();
+  t.join();
+  ids.push_back(missing);
+  ids.push_back(Id("other-size"));
+  size_t deleted = 0;
+  REQUIRE(store_delete_many(a.get(), ids.data(), ids.size(), &deleted) == STORE_OK);
+  CHECK(deleted == ids.size());
+  CheckEmpty(a.get());
+}
+
 TEST_CASE("store_contains and store_delete of sealed, unsealed and missing objects") {
   test::TestStore s("64M");
   REQUIRE(s.started());
