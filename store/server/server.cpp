@@ -606,8 +606,6 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
   }
   proto.id = a.id;
   proto.data = static_cast<uint8_t*>(p);
-  proto.offset = p ? region_->OffsetOf(p) : 0;
-  proto.region_id = region_->id();
   proto.data_size = a.data_size;
   proto.metadata_size = a.metadata.size();
   proto.alloc_size = usable;
@@ -634,8 +632,9 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
 
 void Server::ReplyCreated(Client* c, uint64_t seq, const Object* o) {
   fbb_.Clear();
-  auto body = proto::CreateCreateReply(fbb_, o->uid, o->region_id, o->offset, o->data_size,
-                                       o->metadata_size, o->device, o->gpu_chunk, o->gpu_offset);
+  auto body = proto::CreateCreateReply(fbb_, o->uid, region_->id(), OffsetOf(o), o->data_size,
+                                       o->metadata_size, o->device, GpuChunkOf(o),
+                                       GpuOffsetOf(o));
   SendEmpty(c, seq, Body::CreateReply, body.Union());
 }
 
@@ -949,9 +948,9 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
       c->readers[o->uid]++;
       o->access_ns = now;
       totals_.gets++;
-      locs[i] = proto::ObjectLocation(o->uid, o->region_id, o->offset, o->data_size,
-                                      o->metadata_size, 0, o->device, o->gpu_offset,
-                                      o->gpu_chunk);
+      locs[i] = proto::ObjectLocation(o->uid, region_->id(), OffsetOf(o), o->data_size,
+                                      o->metadata_size, 0, o->device, GpuOffsetOf(o),
+                                      GpuChunkOf(o));
     } else {
       int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
       if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
@@ -1062,7 +1061,7 @@ void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
   proto::ObjectInfo info = InfoOf(*o);
   flatbuffers::Offset<flatbuffers::String> url;
   if (o->spill_file) {
-    url = fbb_.CreateString(spill::SpillUrl(o->spill_file->path, o->spill_offset, o->spill_size));
+    url = fbb_.CreateString(spill::SpillUrl(o->spill_file->path, o->spill_offset, o->spill_size()));
   }
   SendEmpty(c, seq, Body::InfoReply, proto::CreateInfoReply(fbb_, &info, url).Union());
 }
