@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cinttypes>
 #include <cstring>
@@ -1218,6 +1219,29 @@ void Server::HandleClients(Client* c, uint64_t seq) {
   SendEmpty(c, seq, Body::ClientsReply, proto::CreateClientsReply(fbb_, vec, c->id).Union());
 }
 
+namespace {
+// memcmp's order of two ids, 8 bytes at a time and inline: a page sorted by a key most objects
+// share compares ids for nearly every object of the table. Words loaded big-endian compare as
+// their bytes do.
+template <class T>
+inline T LoadBig(const uint8_t* p) {
+  T x;
+  std::memcpy(&x, p, sizeof x);
+  if constexpr (std::endian::native == std::endian::little) {
+    if constexpr (sizeof x == 8) x = __builtin_bswap64(x);
+    if constexpr (sizeof x == 4) x = __builtin_bswap32(x);
+  }
+  return x;
+}
+inline bool IdLess(const ObjectKey& a, const ObjectKey& b) {
+  for (size_t i = 0; i < 16; i += 8) {
+    uint64_t x = LoadBig<uint64_t>(a.bytes + i), y = LoadBig<uint64_t>(b.bytes + i);
+    if (x != y) return x < y;
+  }
+  return LoadBig<uint32_t>(a.bytes + 16) < LoadBig<uint32_t>(b.bytes + 16);
+}
+}  // namespace
+
 void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest* r) {
   if (r->limit() > proto::kMaxPageObjects) {
     return SendError(c, seq, STORE_EINVAL,
@@ -1258,7 +1282,7 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
       default:
         break;
     }
-    return std::memcmp(a->id.bytes, b->id.bytes, 20) < 0;
+    return IdLess(a->id, b->id);
   };
   // A page past the middle is the same rows as a page from the other end in reverse order:
   // keep whichever end is nearer, so the last page costs what the first does.
