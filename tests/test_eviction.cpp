@@ -138,6 +138,41 @@ TEST_CASE("eviction order stays exact under random changes") {
   CHECK(t.counters().evictable_count == want.size());
 }
 
+TEST_CASE("eviction order over several chunks of the table's storage, freed entries reused") {
+  // The treap links objects by their slot in the table's chunked storage (4096 per chunk).
+  ObjectTable t;
+  std::mt19937 rng(11);
+  std::vector<Object*> objs;
+  uint32_t next = 0;
+  auto add = [&] {
+    objs.push_back(Add(t, next++, 1 + rng() % 1000, static_cast<int32_t>(rng() % 8),
+                       static_cast<int64_t>(rng() % 100000)));
+  };
+  for (int i = 0; i < 13000; i++) add();
+  for (int round = 0; round < 3; round++) {
+    // Erase a random third, then add as many again: new objects take freed entries.
+    std::shuffle(objs.begin(), objs.end(), rng);
+    for (size_t i = 0; i < objs.size() / 3; i++) t.Erase(objs[i]);
+    size_t erased = objs.size() / 3;
+    objs.erase(objs.begin(), objs.begin() + static_cast<ptrdiff_t>(erased));
+    for (size_t i = 0; i < erased; i++) add();
+    for (int step = 0; step < 5000; step++) {
+      Object* o = objs[rng() % objs.size()];
+      t.Mutate(o, [&](Object* x) { x->access_ns = static_cast<int64_t>(rng() % 100000); });
+    }
+    std::vector<Object*> want(objs);
+    std::sort(want.begin(), want.end(), [](const Object* a, const Object* b) {
+      if (a->importance != b->importance) return a->importance < b->importance;
+      if (a->access_ns != b->access_ns) return a->access_ns < b->access_ns;
+      return a->uid < b->uid;
+    });
+    CHECK(Order(t) == want);
+  }
+  for (Object* o : objs) t.Erase(o);
+  CHECK(Order(t).empty());
+  CHECK(t.counters().evictable_count == 0);
+}
+
 TEST_CASE("how much to free") {
   SpillPolicy p;  // high 0.8, low 0.6
   CHECK(BytesToFree(700, 1000, p, 0, 0) == 0);            // under the high mark

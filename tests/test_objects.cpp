@@ -138,8 +138,6 @@ TEST_CASE("Insert copies the descriptive fields and resets uid, state, readers, 
   static uint8_t backing[64];
   p.uid = 999;
   p.data = backing;
-  p.offset = 123456;
-  p.region_id = 3;
   p.data_size = 4000;
   p.metadata_size = 17;
   p.creator = 42;
@@ -157,10 +155,9 @@ TEST_CASE("Insert copies the descriptive fields and resets uid, state, readers, 
   CHECK(o != &p);
   CHECK(o->uid == 1);
   CHECK(o->data == backing);
-  CHECK(o->offset == 123456);
-  CHECK(o->region_id == 3);
   CHECK(o->data_size == 4000);
   CHECK(o->metadata_size == 17);
+  CHECK(o->spill_size() == 16 + 17 + 4000);  // a spill record: header, metadata, data
   CHECK(o->alloc_size == 4096);
   CHECK(o->creator == 42);
   CHECK(o->create_ns == 1111);

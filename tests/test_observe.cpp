@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -364,6 +365,53 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
     store_client_free(c);
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("objects of one size are paged in the byte order of their ids") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  store_client* c = Connect(s, "id-order");
+  // Random ids, and ids that differ from one another in a single byte, at every position.
+  std::vector<store_object_id> ids;
+  std::mt19937 rng(5);
+  for (int i = 0; i < 200; i++) {
+    store_object_id id;
+    for (auto& b : id.bytes) b = static_cast<uint8_t>(rng());
+    ids.push_back(id);
+  }
+  store_object_id base = ids[0];
+  for (int pos = 0; pos < 20; pos++) {
+    for (int v : {0x00, 0x01, 0x7f, 0x80, 0xfe, 0xff}) {
+      store_object_id id = base;
+      id.bytes[pos] = static_cast<uint8_t>(v);
+      if (std::memcmp(id.bytes, base.bytes, 20) != 0) ids.push_back(id);
+    }
+  }
+  uint8_t data[8] = {};
+  for (const auto& id : ids) REQUIRE(store_put(c, &id, data, sizeof data, nullptr) == STORE_OK);
+  auto byte_less = [](const store_object_info& a, const store_object_info& b) {
+    return std::memcmp(a.id.bytes, b.id.bytes, 20) < 0;
+  };
+  for (int descending : {0, 1}) {
+    store_list_options lo = STORE_LIST_OPTIONS_INIT;
+    lo.sort = STORE_SORT_SIZE;
+    lo.descending = descending;
+    lo.limit = 1000;
+    store_object_info* page = nullptr;
+    size_t n = 0;
+    REQUIRE(store_list_page(c, &lo, &page, &n, nullptr) == STORE_OK);
+    REQUIRE(n == ids.size());
+    std::vector<store_object_info> got(page, page + n);
+    if (descending) std::reverse(got.begin(), got.end());
+    CHECK(std::adjacent_find(got.begin(), got.end(), [&](const auto& a, const auto& b) {
+            return !byte_less(a, b);
+          }) == got.end());
+    store_free(page);
+  }
+  size_t deleted = 0;
+  CHECK(store_delete_many(c, ids.data(), ids.size(), &deleted) == STORE_OK);
+  CHECK(deleted == ids.size());
+  store_client_free(c);
 }
 
 TEST_CASE("store_delete_many deletes every id it can and says how many") {

@@ -2,6 +2,22 @@
 
 namespace store {
 
+void ObjectPool::AddChunk() {
+  // Slots stay below Object::kNoSlot.
+  if ((chunks_.size() + 1) * kChunk >= Object::kNoSlot) throw std::bad_alloc();
+  chunks_.reserve(chunks_.size() + 1);
+  by_address_.reserve(by_address_.size() + 1);
+  chunks_.emplace_back(new unsigned char[kChunk * kStride]);
+  unsigned char* mem = chunks_.back().get();
+  ChunkAt at{mem, static_cast<uint32_t>(chunks_.size() - 1)};
+  by_address_.insert(std::upper_bound(by_address_.begin(), by_address_.end(), at,
+                                      [](const ChunkAt& x, const ChunkAt& c) {
+                                        return x.base < c.base;
+                                      }),
+                     at);
+  for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * kStride) FreeEntry{free_};
+}
+
 namespace {
 inline void Bump(uint64_t& count, uint64_t& bytes, uint64_t size, int sign) {
   if (sign > 0) {
@@ -40,61 +56,68 @@ void ObjectTable::CountState(Object* o, int sign) {
 }
 
 // Splits the treap at key: *left gets the objects before it, *right the others.
-void ObjectTable::EvictSplit(Object* root, const Object* key, Object** left, Object** right) {
-  while (root != nullptr) {
-    if (EvictLess(root, key)) {
+void ObjectTable::EvictSplit(uint32_t root, const Object* key, uint32_t* left, uint32_t* right) {
+  while (root != Object::kNoSlot) {
+    Object* r = pool_.At(root);
+    if (EvictLess(r, key)) {
       *left = root;
-      left = &root->evict_right;
-      root = root->evict_right;
+      left = &r->evict_right;
+      root = r->evict_right;
     } else {
       *right = root;
-      right = &root->evict_left;
-      root = root->evict_left;
+      right = &r->evict_left;
+      root = r->evict_left;
     }
   }
-  *left = nullptr;
-  *right = nullptr;
+  *left = Object::kNoSlot;
+  *right = Object::kNoSlot;
 }
 
 // Joins two treaps, every object of left before every object of right.
-Object* ObjectTable::EvictMerge(Object* left, Object* right) {
-  Object* root = nullptr;
-  Object** link = &root;
-  while (left != nullptr && right != nullptr) {
-    if (EvictPriority(left) > EvictPriority(right)) {
+uint32_t ObjectTable::EvictMerge(uint32_t left, uint32_t right) {
+  uint32_t root = Object::kNoSlot;
+  uint32_t* link = &root;
+  while (left != Object::kNoSlot && right != Object::kNoSlot) {
+    Object* l = pool_.At(left);
+    Object* r = pool_.At(right);
+    if (EvictPriority(l) > EvictPriority(r)) {
       *link = left;
-      link = &left->evict_right;
-      left = left->evict_right;
+      link = &l->evict_right;
+      left = l->evict_right;
     } else {
       *link = right;
-      link = &right->evict_left;
-      right = right->evict_left;
+      link = &r->evict_left;
+      right = r->evict_left;
     }
   }
-  *link = left != nullptr ? left : right;
+  *link = left != Object::kNoSlot ? left : right;
   return root;
 }
 
-Object* ObjectTable::EvictInsert(Object* root, Object* o) {
+uint32_t ObjectTable::EvictInsert(uint32_t root, Object* o) {
   const uint64_t pri = EvictPriority(o);
-  Object** link = &root;
-  while (*link != nullptr && EvictPriority(*link) > pri) {
-    link = EvictLess(o, *link) ? &(*link)->evict_left : &(*link)->evict_right;
+  uint32_t* link = &root;
+  while (*link != Object::kNoSlot) {
+    Object* n = pool_.At(*link);
+    if (EvictPriority(n) <= pri) break;
+    link = EvictLess(o, n) ? &n->evict_left : &n->evict_right;
   }
   EvictSplit(*link, o, &o->evict_left, &o->evict_right);
-  *link = o;
+  *link = pool_.SlotOf(o);
   return root;
 }
 
-Object* ObjectTable::EvictErase(Object* root, Object* o) {
-  Object** link = &root;
-  while (*link != nullptr && *link != o) {
-    link = EvictLess(o, *link) ? &(*link)->evict_left : &(*link)->evict_right;
+uint32_t ObjectTable::EvictErase(uint32_t root, Object* o) {
+  const uint32_t slot = pool_.SlotOf(o);
+  uint32_t* link = &root;
+  while (*link != Object::kNoSlot && *link != slot) {
+    Object* n = pool_.At(*link);
+    link = EvictLess(o, n) ? &n->evict_left : &n->evict_right;
   }
-  if (*link == o) {
+  if (*link == slot) {
     *link = EvictMerge(o->evict_left, o->evict_right);
-    o->evict_left = nullptr;
-    o->evict_right = nullptr;
+    o->evict_left = Object::kNoSlot;
+    o->evict_right = Object::kNoSlot;
   }
   return root;
 }
@@ -102,8 +125,8 @@ Object* ObjectTable::EvictErase(Object* root, Object* o) {
 Object* ObjectTable::Insert(const Object& proto) {
   Object* o = pool_.New(proto);
   o->uid = next_uid_++;
-  o->evict_left = nullptr;
-  o->evict_right = nullptr;
+  o->evict_left = Object::kNoSlot;
+  o->evict_right = Object::kNoSlot;
   o->state = ObjectState::kCreated;
   o->deleted = false;
   o->readers = 0;

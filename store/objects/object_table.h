@@ -8,6 +8,7 @@
 // behind stats() stay exact without walking the table.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -46,13 +47,17 @@ enum class ObjectState : uint8_t {
   kRestoring = 5,
 };
 
+// The server keeps one of these per object, so its size is the server's memory per object
+// (144 bytes; the fields are ordered so that none needs padding). The region and an object's
+// offset in it are not kept: a server has one region, and the offset follows from `data`.
 struct Object {
   ObjectKey id;
+  ObjectState state = ObjectState::kCreated;
+  bool deleted = false;         // unlinked from the id index; freed when readers reach 0
+  int16_t restore_error = 0;    // why the last restore failed (a STORE_E* code; 0 = it did not)
+  uint64_t data_size = 0;       // next to the id: a page of objects sorted by size reads both
   uint64_t uid = 0;
   uint8_t* data = nullptr;      // in the region; metadata follows at data + data_size
-  uint64_t offset = 0;          // data - region base
-  uint64_t region_id = 0;
-  uint64_t data_size = 0;
   uint64_t metadata_size = 0;
   uint64_t alloc_size = 0;      // bytes the allocator took (counted as used)
   uint64_t creator = 0;         // client id
@@ -63,24 +68,29 @@ struct Object {
   int32_t creator_pid = 0;
   uint32_t readers = 0;         // open readers over all clients
   uint32_t pins = 0;            // pins over all clients
-  ObjectState state = ObjectState::kCreated;
-  bool deleted = false;         // unlinked from the id index; freed when readers reach 0
-  // A copy on disk, if any: a record of a spill file. Kept after a restore, so evicting the
-  // object again writes nothing.
-  SpillFile* spill_file = nullptr;
-  uint64_t spill_offset = 0;
-  uint64_t spill_size = 0;
-  uint64_t spill_checksum = 0;
-  int restore_error = 0;        // why the last restore failed (0 = it did not)
   uint32_t dense_index = 0;     // position in the table's list of visible objects
-  // Links of the table's eviction order (a treap of the evictable objects); the table's own.
-  Object* evict_left = nullptr;
-  Object* evict_right = nullptr;
+  // Links of the table's eviction order (a treap of the evictable objects): slots of the
+  // table's ObjectPool, kNoSlot for none; the table's own.
+  uint32_t evict_left = kNoSlot;
+  uint32_t evict_right = kNoSlot;
+  // A copy on disk, if any: a record of a spill file. Kept after a restore, so evicting the
+  // object again writes nothing. The record's size is not kept: it is always the 16-byte
+  // header plus metadata and data (the writer writes it so; reading an index checks it).
+  SpillFile* spill_file = nullptr;
   // GPU objects (device >= 0): the data is in chunk gpu_chunk of that device at gpu_offset;
   // `data` then points at the metadata in the host region (nullptr without metadata).
-  uint32_t gpu_chunk = 0;
-  uint64_t gpu_offset = 0;      // device bytes taken: data_size rounded up to 256
+  // GPU objects are never spilled, so these share storage with the spill record's fields.
+  union {
+    uint64_t spill_offset = 0;
+    uint64_t gpu_offset;        // device bytes taken: data_size rounded up to 256
+  };
+  union {
+    uint64_t spill_checksum = 0;
+    uint32_t gpu_chunk;
+  };
 
+  static constexpr uint32_t kNoSlot = UINT32_MAX;
+  uint64_t spill_size() const { return 16 + metadata_size + data_size; }
   bool on_gpu() const { return device >= 0; }
   bool in_memory() const { return data != nullptr || on_gpu(); }
   // Host bytes it accounts for: its allocation in memory, else its size on disk. A GPU
@@ -94,6 +104,9 @@ struct Object {
            data != nullptr && !on_gpu();
   }
 };
+
+// Every byte here is a megabyte per million objects: a new field goes where it fills padding.
+static_assert(sizeof(void*) != 8 || sizeof(Object) == 144, "the object entry changed size");
 
 struct TableCounters {
   uint64_t objects = 0;          // visible objects (id index size)
@@ -188,8 +201,10 @@ class ObjectIndex {
 };
 
 // Stable storage for Objects: chunks of kChunk entries, freed entries reused (a free entry holds
-// the next free one). An Object's address never changes while it lives. Chunks are kept until
-// the pool is destroyed; the pool runs no destructors then: its owner destroys the live objects.
+// the next free one). An Object's address never changes while it lives, and neither does its
+// slot, a 32-bit number for it (links between objects are slots: half a pointer). Chunks are
+// kept until the pool is destroyed; the pool runs no destructors then: its owner destroys the
+// live objects.
 class ObjectPool {
  public:
   ObjectPool() = default;
@@ -205,6 +220,19 @@ class ObjectPool {
     o->~Object();
     free_ = new (o) FreeEntry{free_};
   }
+  // REQUIRES: slot is the slot of a live object.
+  Object* At(uint32_t slot) const {
+    return reinterpret_cast<Object*>(chunks_[slot / kChunk].get() + (slot % kChunk) * kStride);
+  }
+  // REQUIRES: o is a live object of this pool. O(log chunks): a search of the chunks by address.
+  uint32_t SlotOf(const Object* o) const {
+    const auto* p = reinterpret_cast<const unsigned char*>(o);
+    auto it = std::upper_bound(by_address_.begin(), by_address_.end(), p,
+                               [](const unsigned char* x, const ChunkAt& c) { return x < c.base; });
+    --it;
+    return it->number * static_cast<uint32_t>(kChunk) +
+           static_cast<uint32_t>(static_cast<size_t>(p - it->base) / kStride);
+  }
 
  private:
   static constexpr size_t kChunk = 4096;
@@ -213,12 +241,13 @@ class ObjectPool {
     FreeEntry* next;
   };
   static_assert(sizeof(Object) >= sizeof(FreeEntry) && alignof(Object) >= alignof(FreeEntry));
-  void AddChunk() {
-    chunks_.emplace_back(new unsigned char[kChunk * kStride]);
-    unsigned char* mem = chunks_.back().get();
-    for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * kStride) FreeEntry{free_};
-  }
+  struct ChunkAt {
+    const unsigned char* base;
+    uint32_t number;  // index in chunks_
+  };
+  void AddChunk();
   std::vector<std::unique_ptr<unsigned char[]>> chunks_;
+  std::vector<ChunkAt> by_address_;  // the chunks sorted by address
   FreeEntry* free_ = nullptr;
 };
 
@@ -258,16 +287,16 @@ class ObjectTable {
   template <class F>
   void ForEachEvictable(F f) const {
     std::vector<Object*> stack;  // in-order walk of the treap
-    Object* n = evict_root_;
+    Object* n = Node(evict_root_);
     while (n != nullptr || !stack.empty()) {
       while (n != nullptr) {
         stack.push_back(n);
-        n = n->evict_left;
+        n = Node(n->evict_left);
       }
       n = stack.back();
       stack.pop_back();
       if (!f(n)) return;
-      n = n->evict_right;
+      n = Node(n->evict_right);
     }
   }
   // Removes o entirely and destroys it. The caller frees its memory first.
@@ -296,11 +325,12 @@ class ObjectTable {
     uint64_t h = o->uid * 0x9E3779B97F4A7C15ull;
     return h ^ (h >> 31);
   }
-  static Object* EvictInsert(Object* root, Object* o);
-  static Object* EvictErase(Object* root, Object* o);
-  static void EvictSplit(Object* root, const Object* key, Object** left, Object** right);
-  static Object* EvictMerge(Object* left, Object* right);
-  Object* evict_root_ = nullptr;
+  Object* Node(uint32_t slot) const { return slot == Object::kNoSlot ? nullptr : pool_.At(slot); }
+  uint32_t EvictInsert(uint32_t root, Object* o);
+  uint32_t EvictErase(uint32_t root, Object* o);
+  void EvictSplit(uint32_t root, const Object* key, uint32_t* left, uint32_t* right);
+  uint32_t EvictMerge(uint32_t left, uint32_t right);
+  uint32_t evict_root_ = Object::kNoSlot;
   void DenseAdd(Object* o);
   void DenseRemove(Object* o);
   struct IdOf {

@@ -179,6 +179,11 @@ class Server {
   // Why a create gets no space now: host memory or its device.
   std::string NoSpaceMessage(const CreateArgs& a) const;
   proto::ObjectInfo InfoOf(const Object& o) const;
+  // Where replies put an object: its offset in the region (0 when not in memory), and the
+  // device memory of a GPU object (0 for a host object, whose entry holds a spill record there).
+  uint64_t OffsetOf(const Object* o) const { return o->data ? region_->OffsetOf(o->data) : 0; }
+  static uint64_t GpuOffsetOf(const Object* o) { return o->on_gpu() ? o->gpu_offset : 0; }
+  static uint32_t GpuChunkOf(const Object* o) { return o->on_gpu() ? o->gpu_chunk : 0; }
 
   ServerOptions options_;
   uv_loop_t loop_{};

@@ -138,7 +138,6 @@ void Server::RecoverFile(const std::string& path) {
     }
     Object proto;
     proto.id = key;
-    proto.region_id = region_->id();
     proto.data_size = rec.data_size;
     proto.metadata_size = rec.metadata_size;
     proto.create_ns = proto.access_ns = now;
@@ -147,7 +146,6 @@ void Server::RecoverFile(const std::string& path) {
       x->state = ObjectState::kSpilled;
       x->spill_file = f;
       x->spill_offset = rec.loc.offset;
-      x->spill_size = rec.loc.size;
       x->spill_checksum = rec.loc.checksum;
     });
     f->live_objects++;
@@ -268,7 +266,6 @@ void Server::DropToDisk(Object* o) {
   region_->Free(o->data);
   table_.Mutate(o, [](Object* x) {
     x->data = nullptr;
-    x->offset = 0;
     x->alloc_size = 0;
     x->state = ObjectState::kSpilled;
   });
@@ -356,7 +353,6 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
       }
       o->spill_file = f;
       o->spill_offset = loc.offset;
-      o->spill_size = loc.size;
       o->spill_checksum = loc.checksum;
       f->live_objects++;
       f->live_bytes += loc.size;
@@ -403,8 +399,8 @@ void Server::DropSpillCopy(Object* o, bool dead) {
   SpillFile* f = o->spill_file;
   o->spill_file = nullptr;
   f->live_objects--;
-  f->live_bytes -= o->spill_size;
-  if (dead) f->dead_bytes += o->spill_size;
+  f->live_bytes -= o->spill_size();
+  if (dead) f->dead_bytes += o->spill_size();
   if (f->live_objects == 0) {
     RemoveSpillFile(f);
   } else if (dead) {
@@ -524,8 +520,6 @@ bool Server::TryStartRestore(Object* o) {
   if (!p) return false;
   table_.Mutate(o, [&](Object* x) {
     x->data = static_cast<uint8_t*>(p);
-    x->offset = region_->OffsetOf(p);
-    x->region_id = region_->id();
     x->alloc_size = usable;
     x->state = ObjectState::kRestoring;
   });
@@ -535,7 +529,7 @@ bool Server::TryStartRestore(Object* o) {
   job->path = o->spill_file->path;
   std::memcpy(job->location.id, o->id.bytes, 20);
   job->location.offset = o->spill_offset;
-  job->location.size = o->spill_size;
+  job->location.size = o->spill_size();
   job->location.checksum = o->spill_checksum;
   job->dst = o->data;
   job->data_size = o->data_size;
@@ -593,7 +587,7 @@ void Server::RestoreDone(uv_work_t* req, int /*status*/) {
 }
 
 void Server::FailRestore(Object* o, int code, const std::string& message) {
-  o->restore_error = code;
+  o->restore_error = static_cast<int16_t>(code);
   LOG_ERROR("cannot restore object %s: %s", Hex(o->id).c_str(), message.c_str());
   NotifyWaiters(o->id);
 }
