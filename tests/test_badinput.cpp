@@ -721,6 +721,31 @@ TEST_CASE("messages split into single bytes or packed together at odd offsets ar
   s.CheckServes();
 }
 
+TEST_CASE("replies to requests sent together all arrive before the error that closes them") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  REQUIRE(c.ok());
+  Handshake(c);
+  // 40 requests, then a message that fails verification, then one that must not be served, all
+  // in one send: the server holds the replies of a read back and writes them together.
+  Bytes batch;
+  for (uint64_t seq = 10; seq < 50; seq++) {
+    Bytes m = seq % 2 ? StatsMsg(seq) : ContainsMsg(seq, {IdOf("together")});
+    batch.insert(batch.end(), m.begin(), m.end());
+  }
+  Bytes garbage = Concat({Prefix(16), Bytes(16, 0xff)});
+  batch.insert(batch.end(), garbage.begin(), garbage.end());
+  Bytes after = StatsMsg(99);
+  batch.insert(batch.end(), after.begin(), after.end());
+  REQUIRE(c.Send(batch));
+  Reply r;
+  for (uint64_t seq = 10; seq < 50; seq++) {
+    CHECK(ExpectReply(c, seq, seq % 2 ? Body::StatsReply : Body::ContainsReply, &r));
+  }
+  ExpectProtocolError(c, 0);
+  s.CheckServes();
+}
+
 // ------------------------------------------------------------------------------------------
 // Verification.
 

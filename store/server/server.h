@@ -93,7 +93,10 @@ class Server {
   void ReleaseClientState(Client* c);
 
   // Replies.
+  // Sends the reply in fbb_ (with fd, if given). While a read's requests are handled the
+  // reply is held back in the client's buffer, up to kMaxCorkBytes, and Flush writes them all.
   void Send(Client* c, int fd = -1);
+  void Flush(Client* c);
   void SendError(Client* c, uint64_t seq, int code, const std::string& message);
   void SendEmpty(Client* c, uint64_t seq, proto::Body type, flatbuffers::Offset<void> body);
   // Sends an error and closes the connection: for requests that break the protocol.

@@ -37,6 +37,10 @@ struct Server::Client {
   int64_t connect_ns = 0;
   uint64_t objects_created = 0;
   uint64_t requests = 0;
+  // Replies to the requests of one read, written together when they are all handled (see
+  // Server::Send and Server::Flush).
+  bool corked = false;
+  std::vector<uint8_t> out;
 };
 
 struct Server::GpuDevice {
