@@ -739,7 +739,9 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
                            std::to_string(proto::kInlinePutMax));
     }
     a.inline_put = true;
+    a.inline_data = {r->data()->data(), r->data()->size()};
   }
+  if (meta) a.metadata = {r->metadata()->data(), r->metadata()->size()};
   Object* o = nullptr;
   std::string message;
   int rc;
@@ -758,10 +760,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
       message = "object " + Hex(a.id) + " already exists";
     }
   } else {
-    // Copy only now: the request's bytes are used in place when the create is served at once.
-    if (a.inline_put) a.inline_data.assign(r->data()->begin(), r->data()->end());
-    if (meta) a.metadata.assign(r->metadata()->begin(), r->metadata()->end());
-    rc = TryCreate(c, a, &o, &message);
+    rc = TryCreate(c, a, &o, &message);  // straight from the request's bytes
   }
   if (rc == STORE_OK) return ReplyCreated(c, seq, o);
   if (rc != STORE_ENOSPACE || timeout == 0) {
@@ -780,12 +779,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   w->client = c;
   w->seq = seq;
   w->args = std::move(a);
-  if (w->args.inline_put && w->args.inline_data.empty()) {
-    w->args.inline_data.assign(r->data()->begin(), r->data()->end());
-  }
-  if (meta && w->args.metadata.empty()) {
-    w->args.metadata.assign(r->metadata()->begin(), r->metadata()->end());
-  }
+  w->args.Own();
   if (timeout > 0) {
     uv_timer_init(&loop_, &w->timer);
     w->timer.data = w;
