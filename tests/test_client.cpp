@@ -470,6 +470,55 @@ TEST_CASE("store_put_many 1000 small objects, then store_open_readers on all of 
   CheckEmpty(c.get());
 }
 
+TEST_CASE("store_put_many of runs of equal sizes, with metadata: each object keeps its own") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  // Runs of one size, longer and shorter than a batch of requests, up to the inline limit.
+  std::vector<uint64_t> sizes;
+  for (uint64_t size : {64, 64, 7, 300, 1, 65536, 64}) {
+    size_t run = size == 7 ? 1 : size == 65536 ? 40 : 300;
+    sizes.insert(sizes.end(), run, size);
+  }
+  const size_t n = sizes.size();
+  std::vector<store_object_id> ids;
+  std::vector<std::vector<uint8_t>> datas;
+  std::vector<const void*> ptrs;
+  for (size_t i = 0; i < n; i++) {
+    ids.push_back(Id("runs-" + std::to_string(i)));
+    datas.push_back(Pattern(i, sizes[i]));
+  }
+  for (auto& d : datas) ptrs.push_back(d.data());
+  const std::vector<uint8_t> meta = Pattern(9999, 40);
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.metadata = meta.data();
+  o.metadata_size = meta.size();
+  o.importance = 3;
+  size_t done = 0;
+  int rc = store_put_many(c.get(), ids.data(), ptrs.data(), sizes.data(), n, &o, &done);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  CHECK(done == n);
+
+  size_t good = 0;
+  for (size_t i = 0; i < n; i++) {
+    ReaderPtr r = Open(c.get(), ids[i]);
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    if (store_reader_size(r.get()) == sizes[i] && SameBytes(store_reader_data(r.get()), datas[i]) &&
+        msize == meta.size() && std::memcmp(m, meta.data(), meta.size()) == 0 &&
+        Info(c.get(), ids[i]).importance == 3) {
+      good++;
+    }
+  }
+  CHECK(good == n);
+
+  for (auto& id : ids) Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
 TEST_CASE("store_put_many: objects small and large, and failures in the middle") {
   test::TestStore s("64M");
   REQUIRE(s.started());
