@@ -209,6 +209,7 @@ class Server {
   std::deque<WaitingCreate*> gpu_create_queue_;  // GPU creates waiting for device memory
   bool gpu_freed_ = false;                       // since the queue was last served
   flatbuffers::FlatBufferBuilder fbb_{1024};
+  std::vector<uint8_t> created_reply_;  // the create reply ReplyCreated copies (built once)
   bool pumping_ = false, pump_again_ = false;
 
   // Spilling.
