@@ -1233,6 +1233,9 @@ struct PutBatch {
   std::vector<Slot> slots;  // registered in c->waiting; never resized once sent
   int send_rc = STORE_OK;
   std::string send_message;
+  // The requests on the wire, and the builder of the last one built; kept for the next batch.
+  std::vector<uint8_t> wire;
+  flatbuffers::FlatBufferBuilder fbb{1024};
 };
 
 // Builds and sends k inline creates without waiting for their replies.
@@ -1248,15 +1251,32 @@ void PutSend(Conn* c, const store_object_id* ids, const void* const* datas, cons
     b->k = 0;
     return;
   }
-  std::vector<uint8_t> wire;
-  flatbuffers::FlatBufferBuilder fbb(1024);
+  // Requests of one size differ only in seq, id and data: one is built, and the ones after it
+  // are copies of it with those fields written in place. Every request is a multiple of 8
+  // bytes long, so each copy in wire is as aligned as the builder's buffer.
+  std::vector<uint8_t>& wire = b->wire;
+  wire.clear();
+  flatbuffers::FlatBufferBuilder& fbb = b->fbb;
+  uint64_t built_size = 0;  // the data size of the request in fbb; 0 = none yet
   for (size_t i = 0; i < k; i++) {
-    fbb.Clear();
-    auto body = BuildCreate(fbb, &ids[i], sizes[i], opts, datas[i]);
     b->seqs[i] = c->next_seq.fetch_add(1, std::memory_order_relaxed);
-    FinishMessage(fbb, b->seqs[i], Body::CreateRequest, body.Union());
-    if (wire.empty()) wire.reserve(fbb.GetSize() * k + 64);
+    if (sizes[i] != built_size) {
+      fbb.Clear();
+      auto body = BuildCreate(fbb, &ids[i], sizes[i], opts, datas[i]);
+      FinishMessage(fbb, b->seqs[i], Body::CreateRequest, body.Union());
+      built_size = sizes[i];
+      if (wire.empty()) wire.reserve(fbb.GetSize() * k + 64);
+      wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+      continue;
+    }
+    size_t at = wire.size();
     wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+    auto* m = proto::GetMutableSizePrefixedMessage(wire.data() + at);
+    auto* r = static_cast<proto::CreateRequest*>(m->mutable_body());
+    // The built request has a seq (never 0), an id and data_size bytes of data to overwrite.
+    m->mutate_seq(b->seqs[i]);
+    *r->mutable_id() = ProtoId(&ids[i]);
+    std::memcpy(r->mutable_data()->Data(), datas[i], sizes[i]);
   }
   {
     std::lock_guard<std::mutex> lk(c->mu);

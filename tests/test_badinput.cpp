@@ -721,6 +721,84 @@ TEST_CASE("messages split into single bytes or packed together at odd offsets ar
   s.CheckServes();
 }
 
+TEST_CASE("replies to requests sent together all arrive before the error that closes them") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  REQUIRE(c.ok());
+  Handshake(c);
+  // 40 requests, then a message that fails verification, then one that must not be served, all
+  // in one send: the server holds the replies of a read back and writes them together.
+  Bytes batch;
+  for (uint64_t seq = 10; seq < 50; seq++) {
+    Bytes m = seq % 2 ? StatsMsg(seq) : ContainsMsg(seq, {IdOf("together")});
+    batch.insert(batch.end(), m.begin(), m.end());
+  }
+  Bytes garbage = Concat({Prefix(16), Bytes(16, 0xff)});
+  batch.insert(batch.end(), garbage.begin(), garbage.end());
+  Bytes after = StatsMsg(99);
+  batch.insert(batch.end(), after.begin(), after.end());
+  REQUIRE(c.Send(batch));
+  Reply r;
+  for (uint64_t seq = 10; seq < 50; seq++) {
+    CHECK(ExpectReply(c, seq, seq % 2 ? Body::StatsReply : Body::ContainsReply, &r));
+  }
+  ExpectProtocolError(c, 0);
+  s.CheckServes();
+}
+
+TEST_CASE("create replies sent together each carry their own object's fields") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  REQUIRE(c.ok());
+  Handshake(c);
+  // Inline creates of several sizes, one with metadata, and one create left for a writer.
+  struct Sent {
+    std::string key;
+    uint64_t data_size;
+    uint64_t metadata_size;
+    bool inline_data;
+  };
+  const std::vector<Sent> sent = {{"fields-a", 64, 0, true},
+                                  {"fields-b", 64, 0, true},
+                                  {"fields-c", 1000, 24, true},
+                                  {"fields-d", 4096, 8, false},
+                                  {"fields-e", 8, 0, true}};
+  Bytes batch;
+  for (size_t i = 0; i < sent.size(); i++) {
+    CreateArgs a;
+    a.key = sent[i].key;
+    a.data_size = sent[i].data_size;
+    if (sent[i].metadata_size) a.metadata = Bytes(sent[i].metadata_size, 3);
+    if (sent[i].inline_data) a.data = Bytes(sent[i].data_size, static_cast<uint8_t>(i));
+    Bytes m = CreateMsg(10 + i, a);
+    batch.insert(batch.end(), m.begin(), m.end());
+  }
+  REQUIRE(c.Send(batch));
+  std::vector<uint64_t> uids, offsets;
+  for (size_t i = 0; i < sent.size(); i++) {
+    Reply r;
+    REQUIRE(ExpectReply(c, 10 + i, Body::CreateReply, &r));
+    const proto::CreateReply* cr = r.msg->body_as_CreateReply();
+    CHECK(cr->data_size() == sent[i].data_size);
+    CHECK(cr->metadata_size() == sent[i].metadata_size);
+    CHECK(cr->device() == -1);
+    CHECK(cr->uid() != 0);
+    uids.push_back(cr->uid());
+    offsets.push_back(cr->offset());
+  }
+  std::sort(uids.begin(), uids.end());
+  CHECK(std::adjacent_find(uids.begin(), uids.end()) == uids.end());
+  std::sort(offsets.begin(), offsets.end());
+  CHECK(std::adjacent_find(offsets.begin(), offsets.end()) == offsets.end());
+  std::vector<proto::ObjectId> ids;
+  for (const Sent& x : sent) ids.push_back(IdOf(x.key));
+  REQUIRE(c.Send(DeleteMsg(99, ids)));
+  Reply r;
+  CHECK(ExpectReply(c, 99, Body::DeleteReply, &r));
+  c.Close();
+  s.CheckServes();
+}
+
 // ------------------------------------------------------------------------------------------
 // Verification.
 

@@ -475,6 +475,55 @@ TEST_CASE("store_put_many 1000 small objects, then store_open_readers on all of 
   CheckEmpty(c.get());
 }
 
+TEST_CASE("store_put_many of runs of equal sizes, with metadata: each object keeps its own") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s);
+
+  // Runs of one size, longer and shorter than a batch of requests, up to the inline limit.
+  std::vector<uint64_t> sizes;
+  for (uint64_t size : {64, 64, 7, 300, 1, 65536, 64}) {
+    size_t run = size == 7 ? 1 : size == 65536 ? 40 : 300;
+    sizes.insert(sizes.end(), run, size);
+  }
+  const size_t n = sizes.size();
+  std::vector<store_object_id> ids;
+  std::vector<std::vector<uint8_t>> datas;
+  std::vector<const void*> ptrs;
+  for (size_t i = 0; i < n; i++) {
+    ids.push_back(Id("runs-" + std::to_string(i)));
+    datas.push_back(Pattern(i, sizes[i]));
+  }
+  for (auto& d : datas) ptrs.push_back(d.data());
+  const std::vector<uint8_t> meta = Pattern(9999, 40);
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.metadata = meta.data();
+  o.metadata_size = meta.size();
+  o.importance = 3;
+  size_t done = 0;
+  int rc = store_put_many(c.get(), ids.data(), ptrs.data(), sizes.data(), n, &o, &done);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  CHECK(done == n);
+
+  size_t good = 0;
+  for (size_t i = 0; i < n; i++) {
+    ReaderPtr r = Open(c.get(), ids[i]);
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    if (store_reader_size(r.get()) == sizes[i] && SameBytes(store_reader_data(r.get()), datas[i]) &&
+        msize == meta.size() && std::memcmp(m, meta.data(), meta.size()) == 0 &&
+        Info(c.get(), ids[i]).importance == 3) {
+      good++;
+    }
+  }
+  CHECK(good == n);
+
+  for (auto& id : ids) Delete(c.get(), id);
+  CheckEmpty(c.get());
+}
+
 TEST_CASE("store_put_many: objects small and large, and failures in the middle") {
   test::TestStore s("64M");
   REQUIRE(s.started());
@@ -1388,6 +1437,66 @@ TEST_CASE("a create waiting for space on a full store") {
   CHECK(st.object_count == ids.size());
   CHECK(Contains(b.get(), late) == 0);
 
+  for (auto& id : ids) Delete(b.get(), id);
+  CheckEmpty(b.get());
+}
+
+TEST_CASE("an inline put that waits for space keeps its data and metadata") {
+  test::TestStore s("16M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+
+  std::vector<store_object_id> ids = FillWithMiB(a.get(), "inline-wait");
+  REQUIRE(ids.size() >= 2);
+  const size_t mib_objects = ids.size();
+  // Small enough to travel inside the create request, which the store keeps while it waits.
+  constexpr size_t kSize = 60 * 1024;
+  for (int i = 0;; i++) {
+    REQUIRE(i < 100);
+    store_object_id id = Id("inline-wait-small-" + std::to_string(i));
+    std::vector<uint8_t> data = Pattern(i, kSize);
+    int rc = store_put(a.get(), &id, data.data(), data.size(), nullptr);
+    if (rc == STORE_ENOSPACE) break;
+    REQUIRE(rc == STORE_OK);
+    ids.push_back(id);
+  }
+
+  const store_object_id waited = Id("inline-wait-for-space");
+  const std::vector<uint8_t> wdata = Pattern(77, kSize);
+  const std::vector<uint8_t> meta = Pattern(78, 300);
+  std::atomic<bool> returned{false};
+  int rc = -100;
+  Threads th(s);
+  th.Start([&] {
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.timeout_ms = -1;
+    o.metadata = meta.data();
+    o.metadata_size = meta.size();
+    rc = store_put(a.get(), &waited, wdata.data(), wdata.size(), &o);
+    returned = true;
+  });
+  CHECK(test::WaitFor([&] { return Stats(b.get()).waiting_creates == 1; }));
+  // More puts of the same size on the same connection reuse the store's input buffer meanwhile.
+  const std::vector<uint8_t> other = Pattern(79, kSize);
+  for (int i = 0; i < 3; i++) {
+    store_object_id id = Id("inline-wait-other-" + std::to_string(i));
+    CHECK(store_put(a.get(), &id, other.data(), other.size(), nullptr) == STORE_ENOSPACE);
+  }
+  CHECK_FALSE(returned.load());
+  Delete(b.get(), ids[mib_objects - 1]);
+  ids.erase(ids.begin() + static_cast<ptrdiff_t>(mib_objects - 1));
+  th.Join();
+  CHECK(rc == STORE_OK);
+  {
+    ReaderPtr r = Open(b.get(), waited);
+    CHECK(SameBytes(store_reader_data(r.get()), wdata));
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    REQUIRE(msize == meta.size());
+    CHECK(std::memcmp(m, meta.data(), meta.size()) == 0);
+  }
+  ids.push_back(waited);
   for (auto& id : ids) Delete(b.get(), id);
   CheckEmpty(b.get());
 }

@@ -29,9 +29,16 @@ namespace {
 // Largest total write backlog a client may accumulate by not reading its replies.
 constexpr size_t kMaxWriteBacklog = 512u << 20;
 
+// Most bytes of replies held back while a read's requests are handled; a reply that would pass
+// it goes out at once, after those held.
+constexpr size_t kMaxCorkBytes = 256u << 10;
+// The held-back buffer a client keeps between reads; a larger one is given back.
+constexpr size_t kKeepCorkBytes = 64u << 10;
+
 struct WriteReq {
   uv_write_t req;
-  flatbuffers::DetachedBuffer data;
+  flatbuffers::DetachedBuffer data;  // one reply (Send) ...
+  std::vector<uint8_t> bytes;        // ... or the replies of a read (Flush)
   uv_pipe_t* fd_wrap = nullptr;
 };
 
@@ -313,28 +320,34 @@ void Server::OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* /*buf*/)
 }
 
 void Server::ProcessInput(Client* c) {
+  // The replies to all the requests of this read leave in one write.
+  c->corked = true;
   while (!c->closing && !c->doomed) {
     const uint8_t* msg;
     size_t len;
     auto next = c->in.Pop(&msg, &len);
-    if (next == proto::FrameBuffer::Next::kNone) return;
+    if (next == proto::FrameBuffer::Next::kNone) break;
     if (next == proto::FrameBuffer::Next::kTooLarge) {
       ProtocolError(c, 0,
                     "message length is out of bounds (at most " +
                         std::to_string(proto::kMaxRequestBytes) + " bytes per request)");
-      return;
+      break;
     }
     const proto::Message* m = proto::VerifyMessage(msg, len);
     if (!m) {
       ProtocolError(c, 0, "malformed message (it failed verification)");
-      return;
+      break;
     }
     Dispatch(c, m);
   }
+  c->corked = false;
+  Flush(c);
 }
 
 void Server::DeferClose(Client* c, const char* why) {
   if (c->closing || c->doomed) return;
+  Flush(c);  // the replies held back still go out
+  if (c->doomed) return;  // writing them failed
   c->doomed = true;
   c->doom_reason = why;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->pipe));
@@ -353,6 +366,7 @@ void Server::DeferClose(Client* c, const char* why) {
 
 void Server::CloseClient(Client* c, const char* why) {
   if (c->closing) return;
+  Flush(c);  // the replies held back still go out, such as the error that closes it
   c->closing = true;
   LOG_DEBUG("client %" PRIu64 " (%s, pid %d) closing: %s", c->id, c->name.c_str(),
             static_cast<int>(c->pid), why);
@@ -409,6 +423,16 @@ void Server::Send(Client* c, int fd) {
     fbb_.Clear();
     return;
   }
+  if (c->corked && fd < 0 && c->out.size() + fbb_.GetSize() <= kMaxCorkBytes) {
+    c->out.insert(c->out.end(), fbb_.GetBufferPointer(), fbb_.GetBufferPointer() + fbb_.GetSize());
+    fbb_.Clear();
+    return;
+  }
+  Flush(c);  // what was held back goes first
+  if (c->closing || c->doomed) {
+    fbb_.Clear();
+    return;
+  }
   auto* stream = reinterpret_cast<uv_stream_t*>(&c->pipe);
   size_t skip = 0;
   if (fd < 0 && uv_stream_get_write_queue_size(stream) == 0) {
@@ -447,6 +471,42 @@ void Server::Send(Client* c, int fd) {
       uv_close(reinterpret_cast<uv_handle_t*>(w->fd_wrap),
                [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
     }
+    delete w;
+    DeferClose(c, "its connection failed");
+    return;
+  }
+  if (uv_stream_get_write_queue_size(stream) > kMaxWriteBacklog) {
+    DeferClose(c, "it does not read its replies");
+  }
+}
+
+void Server::Flush(Client* c) {
+  if (c->out.empty()) return;
+  if (c->closing || c->doomed) {
+    c->out.clear();
+    return;
+  }
+  auto* stream = reinterpret_cast<uv_stream_t*>(&c->pipe);
+  size_t skip = 0;
+  if (uv_stream_get_write_queue_size(stream) == 0) {
+    uv_buf_t now = uv_buf_init(reinterpret_cast<char*>(c->out.data()),
+                               static_cast<unsigned>(c->out.size()));
+    int n = uv_try_write(stream, &now, 1);
+    if (n == static_cast<int>(c->out.size())) {
+      if (c->out.capacity() > kKeepCorkBytes) {
+        std::vector<uint8_t>().swap(c->out);
+      } else {
+        c->out.clear();
+      }
+      return;
+    }
+    if (n > 0) skip = static_cast<size_t>(n);
+  }
+  auto* w = new WriteReq;
+  w->bytes.swap(c->out);
+  uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()) + skip,
+                             static_cast<unsigned>(w->bytes.size() - skip));
+  if (uv_write(&w->req, stream, &buf, 1, OnWritten) != 0) {
     delete w;
     DeferClose(c, "its connection failed");
     return;
@@ -632,6 +692,34 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
 }
 
 void Server::ReplyCreated(Client* c, uint64_t seq, const Object* o) {
+  // Held back with the other replies of a read: a copy of one reply built with every field
+  // present, its values written in place. The buffer holds whole replies, each 8-aligned
+  // when its length so far is.
+  if (c->corked && !c->closing && !c->doomed && c->out.size() % 8 == 0 &&
+      c->out.size() + created_reply_.size() <= kMaxCorkBytes) {
+    if (created_reply_.empty()) {
+      flatbuffers::FlatBufferBuilder b(256);
+      b.ForceDefaults(true);
+      auto body = proto::CreateCreateReply(b);
+      b.FinishSizePrefixed(proto::CreateMessage(b, 1, 0, 0, 0, Body::CreateReply, body.Union()),
+                           proto::MessageIdentifier());
+      created_reply_.assign(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+    }
+    size_t at = c->out.size();
+    c->out.insert(c->out.end(), created_reply_.begin(), created_reply_.end());
+    auto* m = proto::GetMutableSizePrefixedMessage(c->out.data() + at);
+    auto* r = static_cast<proto::CreateReply*>(m->mutable_body());
+    m->mutate_seq(seq);
+    r->mutate_uid(o->uid);
+    r->mutate_region_id(region_->id());
+    r->mutate_offset(OffsetOf(o));
+    r->mutate_data_size(o->data_size);
+    r->mutate_metadata_size(o->metadata_size);
+    r->mutate_device(o->device);
+    r->mutate_chunk(GpuChunkOf(o));
+    r->mutate_chunk_offset(GpuOffsetOf(o));
+    return;
+  }
   fbb_.Clear();
   auto body = proto::CreateCreateReply(fbb_, o->uid, region_->id(), OffsetOf(o), o->data_size,
                                        o->metadata_size, o->device, GpuChunkOf(o),
@@ -679,7 +767,9 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
                            std::to_string(proto::kInlinePutMax));
     }
     a.inline_put = true;
+    a.inline_data = {r->data()->data(), r->data()->size()};
   }
+  if (meta) a.metadata = {r->metadata()->data(), r->metadata()->size()};
   Object* o = nullptr;
   std::string message;
   int rc;
@@ -698,10 +788,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
       message = "object " + Hex(a.id) + " already exists";
     }
   } else {
-    // Copy only now: the request's bytes are used in place when the create is served at once.
-    if (a.inline_put) a.inline_data.assign(r->data()->begin(), r->data()->end());
-    if (meta) a.metadata.assign(r->metadata()->begin(), r->metadata()->end());
-    rc = TryCreate(c, a, &o, &message);
+    rc = TryCreate(c, a, &o, &message);  // straight from the request's bytes
   }
   if (rc == STORE_OK) return ReplyCreated(c, seq, o);
   if (rc != STORE_ENOSPACE || timeout == 0) {
@@ -720,12 +807,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   w->client = c;
   w->seq = seq;
   w->args = std::move(a);
-  if (w->args.inline_put && w->args.inline_data.empty()) {
-    w->args.inline_data.assign(r->data()->begin(), r->data()->end());
-  }
-  if (meta && w->args.metadata.empty()) {
-    w->args.metadata.assign(r->metadata()->begin(), r->metadata()->end());
-  }
+  w->args.Own();
   if (timeout > 0) {
     uv_timer_init(&loop_, &w->timer);
     w->timer.data = w;

@@ -93,7 +93,10 @@ class Server {
   void ReleaseClientState(Client* c);
 
   // Replies.
+  // Sends the reply in fbb_ (with fd, if given). While a read's requests are handled the
+  // reply is held back in the client's buffer, up to kMaxCorkBytes, and Flush writes them all.
   void Send(Client* c, int fd = -1);
+  void Flush(Client* c);
   void SendError(Client* c, uint64_t seq, int code, const std::string& message);
   void SendEmpty(Client* c, uint64_t seq, proto::Body type, flatbuffers::Offset<void> body);
   // Sends an error and closes the connection: for requests that break the protocol.
@@ -211,6 +214,7 @@ class Server {
   std::deque<WaitingCreate*> gpu_create_queue_;  // GPU creates waiting for device memory
   bool gpu_freed_ = false;                       // since the queue was last served
   flatbuffers::FlatBufferBuilder fbb_{1024};
+  std::vector<uint8_t> created_reply_;  // the create reply ReplyCreated copies (built once)
   bool pumping_ = false, pump_again_ = false;
 
   // Spilling.

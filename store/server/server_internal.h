@@ -4,6 +4,7 @@
 
 #include <uv.h>
 
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -37,6 +38,10 @@ struct Server::Client {
   int64_t connect_ns = 0;
   uint64_t objects_created = 0;
   uint64_t requests = 0;
+  // Replies to the requests of one read, written together when they are all handled (see
+  // Server::Send and Server::Flush).
+  bool corked = false;
+  std::vector<uint8_t> out;
 };
 
 struct Server::GpuDevice {
@@ -60,14 +65,32 @@ struct Server::WaitingGet {
   bool has_timer = false;
 };
 
+// A create's arguments. metadata and inline_data borrow the request's bytes while it is served
+// at once; a create that waits calls Own() first, since the request's buffer is reused.
 struct Server::CreateArgs {
   ObjectKey id;
   uint64_t data_size = 0;
-  std::vector<uint8_t> metadata;
-  std::vector<uint8_t> inline_data;
+  std::span<const uint8_t> metadata;
+  std::span<const uint8_t> inline_data;
   bool inline_put = false;
   int32_t importance = 0;
   int32_t device = -1;
+
+  CreateArgs() = default;
+  CreateArgs(CreateArgs&&) = default;  // the vectors' buffers, and so the spans, move along
+  CreateArgs& operator=(CreateArgs&&) = default;
+
+  // Copies the borrowed bytes into the args, which then point at their own copies.
+  void Own() {
+    owned_metadata.assign(metadata.begin(), metadata.end());
+    owned_inline_data.assign(inline_data.begin(), inline_data.end());
+    metadata = owned_metadata;
+    inline_data = owned_inline_data;
+  }
+
+ private:
+  std::vector<uint8_t> owned_metadata;
+  std::vector<uint8_t> owned_inline_data;
 };
 
 struct Server::WaitingCreate {
