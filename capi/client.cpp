@@ -347,6 +347,16 @@ int SendAll(Conn* c, const uint8_t* data, size_t len) {
 // Releases objects: queues the uids (see the top of this file), or sends them at once when
 // the queue would pass kReleaseBatch or no release thread can send them (a delay of 0, a
 // forked child, a thread that could not be made).
+// Starts a thread of the library with every signal blocked (signals are the application's).
+bool StartThread(pthread_t* t, void* (*main)(void*), Conn* c) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  bool ok = pthread_create(t, nullptr, main, c) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return ok;
+}
+
 void* ReleaseMain(void* arg);
 
 void QueueRelease(Conn* c, const uint64_t* uids, size_t n) {
@@ -355,11 +365,7 @@ void QueueRelease(Conn* c, const uint64_t* uids, size_t n) {
   bool defer = c->release_delay_ns > 0 && q.size() + n <= kReleaseBatch &&
                c->OwnedByThisProcess() && !c->stop_release;
   if (defer && !c->has_release_thread) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    c->has_release_thread = pthread_create(&c->release_thread, nullptr, ReleaseMain, c) == 0;
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    c->has_release_thread = StartThread(&c->release_thread, ReleaseMain, c);
     if (!c->has_release_thread) c->release_delay_ns = 0;  // from now on, at once
     defer = c->has_release_thread;
   }
@@ -793,11 +799,7 @@ void StartThreads(Conn* c) {
   if (!c->populated) return;
   const char* env = getenv("STORE_CLIENT_POPULATE");
   if (env && std::strcmp(env, "0") == 0) return;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  c->has_populator = pthread_create(&c->populator, nullptr, PopulatorMain, c) == 0;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  c->has_populator = StartThread(&c->populator, PopulatorMain, c);
 }
 
 }  // namespace
