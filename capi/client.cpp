@@ -931,6 +931,17 @@ flatbuffers::Offset<proto::CreateRequest> BuildCreate(flatbuffers::FlatBufferBui
   return b.Finish();
 }
 
+// Rewrites a copy of a built inline create (seq never 0, so the field is there; data of
+// size bytes) into the create of another object of that size: seq, id and data in place.
+void RewriteCreate(uint8_t* msg, uint64_t seq, const store_object_id* id, const void* data,
+                   uint64_t size) {
+  auto* m = proto::GetMutableSizePrefixedMessage(msg);
+  auto* r = static_cast<proto::CreateRequest*>(m->mutable_body());
+  m->mutate_seq(seq);
+  *r->mutable_id() = ProtoId(id);
+  std::memcpy(r->mutable_data()->Data(), data, size);
+}
+
 bool InRegion(Conn* c, uint64_t offset, uint64_t len) {
   return offset <= c->region_size && len <= c->region_size - offset;
 }
@@ -1183,11 +1194,7 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
       if (!Usable(c)) return BrokenError(c);
       const uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
       if (t_put_size == data_size) {
-        auto* m = proto::GetMutableSizePrefixedMessage(t_put.data());
-        auto* r = static_cast<proto::CreateRequest*>(m->mutable_body());
-        m->mutate_seq(seq);  // seq is never 0: the field is there
-        *r->mutable_id() = ProtoId(id);
-        std::memcpy(r->mutable_data()->Data(), data, data_size);
+        RewriteCreate(t_put.data(), seq, id, data, data_size);
       } else {
         flatbuffers::FlatBufferBuilder fbb(256 + data_size);
         auto body = BuildCreate(fbb, id, data_size, nullptr, data);
@@ -1273,12 +1280,7 @@ void PutSend(Conn* c, const store_object_id* ids, const void* const* datas, cons
     }
     size_t at = wire.size();
     wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-    auto* m = proto::GetMutableSizePrefixedMessage(wire.data() + at);
-    auto* r = static_cast<proto::CreateRequest*>(m->mutable_body());
-    // The built request has a seq (never 0), an id and data_size bytes of data to overwrite.
-    m->mutate_seq(b->seqs[i]);
-    *r->mutable_id() = ProtoId(&ids[i]);
-    std::memcpy(r->mutable_data()->Data(), datas[i], sizes[i]);
+    RewriteCreate(wire.data() + at, b->seqs[i], &ids[i], datas[i], sizes[i]);
   }
   {
     std::lock_guard<std::mutex> lk(c->mu);
