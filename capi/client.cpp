@@ -89,19 +89,86 @@ int Guard(F&& f) noexcept {
 
 // ---- a received reply ----------------------------------------------------------------------
 
+// One allocation: the 8-aligned copy of the message follows the struct.
 struct Reply {
-  std::unique_ptr<uint64_t[]> storage;  // 8-aligned copy of the message
   size_t len = 0;
   std::vector<int> fds;
   const proto::Message* msg = nullptr;
   ~Reply() {
     for (int fd : fds) close(fd);
   }
+  uint8_t* bytes() { return reinterpret_cast<uint8_t*>(this + 1); }
+  static std::unique_ptr<Reply> Make(size_t len) {
+    static_assert(sizeof(Reply) % 8 == 0);
+    auto r = std::unique_ptr<Reply>(new (::operator new(sizeof(Reply) + len)) Reply);
+    r->len = len;
+    return r;
+  }
+  static void operator delete(void* p) { ::operator delete(p); }
 };
 
 struct Slot {
   bool done = false;
   Reply* reply = nullptr;
+};
+
+// The slots of the requests waiting for a reply, by seq (never 0): an open-addressing table
+// (linear probing, backward-shift deletion, at most half full), so registering a request
+// allocates nothing.
+class SlotMap {
+ public:
+  void Insert(uint64_t seq, Slot* slot) {
+    if ((size_ + 1) * 2 > keys_.size()) Grow();
+    size_t i = Home(seq);
+    while (keys_[i] != 0) i = (i + 1) & mask_;
+    keys_[i] = seq;
+    slots_[i] = slot;
+    size_++;
+  }
+  // Removes seq and returns its slot; nullptr if it is not there.
+  Slot* Take(uint64_t seq) {
+    if (keys_.empty()) return nullptr;
+    size_t i = Home(seq);
+    while (keys_[i] != seq) {
+      if (keys_[i] == 0) return nullptr;
+      i = (i + 1) & mask_;
+    }
+    Slot* slot = slots_[i];
+    // Backward shift: move later entries of the run into the hole when their home allows.
+    size_t hole = i;
+    for (size_t j = (i + 1) & mask_; keys_[j] != 0; j = (j + 1) & mask_) {
+      size_t home = Home(keys_[j]);
+      if (((j - home) & mask_) >= ((j - hole) & mask_)) {
+        keys_[hole] = keys_[j];
+        slots_[hole] = slots_[j];
+        hole = j;
+      }
+    }
+    keys_[hole] = 0;
+    slots_[hole] = nullptr;
+    size_--;
+    return slot;
+  }
+
+ private:
+  size_t Home(uint64_t seq) const {
+    return static_cast<size_t>((seq * 0x9E3779B97F4A7C15ull) >> 32) & mask_;
+  }
+  void Grow() {
+    std::vector<uint64_t> keys(std::max<size_t>(16, keys_.size() * 2), 0);
+    std::vector<Slot*> slots(keys.size(), nullptr);
+    keys.swap(keys_);
+    slots.swap(slots_);
+    mask_ = keys_.size() - 1;
+    size_ = 0;
+    for (size_t i = 0; i < keys.size(); i++) {
+      if (keys[i] != 0) Insert(keys[i], slots[i]);
+    }
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<Slot*> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
 };
 
 // ---- the connection ------------------------------------------------------------------------
@@ -155,7 +222,7 @@ struct Conn {
   bool freed = false;  // store_client_free was called
   proto::FrameBuffer in{proto::kMaxReplyBytes};
   std::deque<int> fds;
-  std::unordered_map<uint64_t, Slot*> waiting;
+  SlotMap waiting;
   std::atomic<uint64_t> next_seq{1};
   // The server's region, mapped once.
   uint64_t region_id = 0;
@@ -500,11 +567,9 @@ bool DeliverLocked(Conn* c) {
       MarkBrokenLocked(c, STORE_EPROTO, "the store sent a reply of an impossible size");
       return false;
     }
-    auto r = std::make_unique<Reply>();
-    r->storage.reset(new uint64_t[(len + 7) / 8]);
-    std::memcpy(r->storage.get(), data, len);
-    r->len = len;
-    r->msg = proto::VerifyMessage(reinterpret_cast<const uint8_t*>(r->storage.get()), len);
+    auto r = Reply::Make(len);
+    std::memcpy(r->bytes(), data, len);
+    r->msg = proto::VerifyMessage(r->bytes(), len);
     if (!r->msg) {
       MarkBrokenLocked(c, STORE_EPROTO, "the store sent a malformed reply");
       return false;
@@ -518,8 +583,8 @@ bool DeliverLocked(Conn* c) {
       r->fds.push_back(c->fds.front());
       c->fds.pop_front();
     }
-    auto it = c->waiting.find(r->msg->seq());
-    if (it == c->waiting.end()) {
+    Slot* slot = c->waiting.Take(r->msg->seq());
+    if (!slot) {
       // Unsolicited: the server reports why it is closing the connection.
       std::string why = r->msg->error() ? r->msg->error()->str() : "unexpected reply";
       int code = r->msg->status() != 0 ? r->msg->status() : STORE_EPROTO;
@@ -527,9 +592,8 @@ bool DeliverLocked(Conn* c) {
                        "the store closed the connection: " + why);
       return false;
     }
-    it->second->reply = r.release();
-    it->second->done = true;
-    c->waiting.erase(it);
+    slot->reply = r.release();
+    slot->done = true;
   }
 }
 
@@ -538,7 +602,7 @@ int WaitReply(Conn* c, uint64_t seq, Slot* slot, std::unique_ptr<Reply>* out) {
   std::unique_lock<std::mutex> lk(c->mu);
   while (!slot->done) {
     if (c->broken) {
-      c->waiting.erase(seq);
+      c->waiting.Take(seq);
       lk.unlock();
       return BrokenError(c);
     }
@@ -584,13 +648,13 @@ int CallFinished(Conn* c, uint64_t seq, const uint8_t* msg, size_t len, Body wan
   Slot slot;
   {
     std::lock_guard<std::mutex> lk(c->mu);
-    c->waiting.emplace(seq, &slot);
+    c->waiting.Insert(seq, &slot);
   }
   int rc = SendAll(c, msg, len);
   if (rc != STORE_OK) {
     std::lock_guard<std::mutex> lk(c->mu);
     if (!slot.done) {
-      c->waiting.erase(seq);
+      c->waiting.Take(seq);
     } else {
       delete slot.reply;
     }
@@ -1284,7 +1348,7 @@ void PutSend(Conn* c, const store_object_id* ids, const void* const* datas, cons
   }
   {
     std::lock_guard<std::mutex> lk(c->mu);
-    for (size_t i = 0; i < k; i++) c->waiting.emplace(b->seqs[i], &b->slots[i]);
+    for (size_t i = 0; i < k; i++) c->waiting.Insert(b->seqs[i], &b->slots[i]);
   }
   b->send_rc = SendAll(c, wire.data(), wire.size());
   if (b->send_rc != STORE_OK) b->send_message = t_message;
