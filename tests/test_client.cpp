@@ -1062,8 +1062,8 @@ long ThreadMinorFaults() {
 }
 
 // Page faults this thread may take touching a mapped object: none, but under AddressSanitizer
-// each access also reads shadow memory, whose pages fault in on first use.
-#if defined(__SANITIZE_ADDRESS__)
+// or ThreadSanitizer each access also touches shadow memory, whose pages fault in on first use.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr long kMappedFaultsAllowed = 1L << 20;
 #else
 constexpr long kMappedFaultsAllowed = 2;
