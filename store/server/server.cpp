@@ -691,23 +691,33 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
   return STORE_OK;
 }
 
+// Appends to the replies held back for c a copy of the reply in *tmpl (built by build() the
+// first time, with every field present, so that each can be written in place) and returns the
+// copy; nullptr when no copy can be held (c not corked or going away, the buffer not 8-aligned
+// so far, or full).
+template <class Build>
+proto::Message* Server::HoldCopy(Client* c, std::vector<uint8_t>* tmpl, Build&& build) {
+  if (!c->corked || c->closing || c->doomed || c->out.size() % 8 != 0) return nullptr;
+  if (tmpl->empty()) {
+    flatbuffers::FlatBufferBuilder b(256);
+    b.ForceDefaults(true);
+    build(b);
+    tmpl->assign(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+  }
+  if (c->out.size() + tmpl->size() > kMaxCorkBytes) return nullptr;
+  size_t at = c->out.size();
+  c->out.insert(c->out.end(), tmpl->begin(), tmpl->end());
+  return proto::GetMutableSizePrefixedMessage(c->out.data() + at);
+}
+
 void Server::ReplyCreated(Client* c, uint64_t seq, const Object* o) {
-  // Held back with the other replies of a read: a copy of one reply built with every field
-  // present, its values written in place. The buffer holds whole replies, each 8-aligned
-  // when its length so far is.
-  if (c->corked && !c->closing && !c->doomed && c->out.size() % 8 == 0 &&
-      c->out.size() + created_reply_.size() <= kMaxCorkBytes) {
-    if (created_reply_.empty()) {
-      flatbuffers::FlatBufferBuilder b(256);
-      b.ForceDefaults(true);
-      auto body = proto::CreateCreateReply(b);
-      b.FinishSizePrefixed(proto::CreateMessage(b, 1, 0, 0, 0, Body::CreateReply, body.Union()),
-                           proto::MessageIdentifier());
-      created_reply_.assign(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
-    }
-    size_t at = c->out.size();
-    c->out.insert(c->out.end(), created_reply_.begin(), created_reply_.end());
-    auto* m = proto::GetMutableSizePrefixedMessage(c->out.data() + at);
+  // Held back with the other replies of a read: a copy of one built reply, values in place.
+  proto::Message* m = HoldCopy(c, &created_reply_, [](auto& b) {
+    auto body = proto::CreateCreateReply(b);
+    b.FinishSizePrefixed(proto::CreateMessage(b, 1, 0, 0, 0, Body::CreateReply, body.Union()),
+                         proto::MessageIdentifier());
+  });
+  if (m) {
     auto* r = static_cast<proto::CreateReply*>(m->mutable_body());
     m->mutate_seq(seq);
     r->mutate_uid(o->uid);
@@ -1021,9 +1031,28 @@ void Server::CancelGet(WaitingGet* g) {
 void Server::CompleteGet(WaitingGet* g, bool timed_out) {
   Client* c = g->client;
   int64_t now = RealtimeNs();
-  fbb_.Clear();
+  // The reply to a get of one id, held back with the other replies of a read, is a copy of one
+  // built reply with its location written in place; others are built here.
   proto::ObjectLocation* locs = nullptr;
-  auto vec = fbb_.CreateUninitializedVectorOfStructs(g->ids.size(), &locs);
+  proto::Message* held = nullptr;
+  if (g->ids.size() == 1) {
+    held = HoldCopy(c, &get_one_reply_, [](auto& b) {
+      proto::ObjectLocation* l = nullptr;
+      auto v = b.CreateUninitializedVectorOfStructs(1, &l);
+      *l = proto::ObjectLocation();
+      auto body = proto::CreateGetReply(b, v);
+      b.FinishSizePrefixed(proto::CreateMessage(b, 1, 0, 0, 0, Body::GetReply, body.Union()),
+                           proto::MessageIdentifier());
+    });
+  }
+  flatbuffers::Offset<flatbuffers::Vector<const proto::ObjectLocation*>> vec;
+  if (held) {
+    held->mutate_seq(g->seq);
+    locs = static_cast<proto::GetReply*>(held->mutable_body())->mutable_objects()->GetMutableObject(0);
+  } else {
+    fbb_.Clear();
+    vec = fbb_.CreateUninitializedVectorOfStructs(g->ids.size(), &locs);
+  }
   for (size_t i = 0; i < g->ids.size(); i++) {
     Object* o = table_.Find(g->ids[i]);
     if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) {
@@ -1039,6 +1068,10 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
       if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
       locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1, 0, 0);
     }
+  }
+  if (held) {
+    CancelGet(g);  // unregisters and frees g; the reply is held back
+    return;
   }
   auto body = proto::CreateGetReply(fbb_, vec);
   fbb_.FinishSizePrefixed(proto::CreateMessage(fbb_, g->seq, 0, 0, 0, Body::GetReply,

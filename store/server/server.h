@@ -97,6 +97,9 @@ class Server {
   // reply is held back in the client's buffer, up to kMaxCorkBytes, and Flush writes them all.
   void Send(Client* c, int fd = -1);
   void Flush(Client* c);
+  // A copy of a reply template appended to c's held-back replies, to write values into.
+  template <class Build>
+  static proto::Message* HoldCopy(Client* c, std::vector<uint8_t>* tmpl, Build&& build);
   void SendError(Client* c, uint64_t seq, int code, const std::string& message);
   void SendEmpty(Client* c, uint64_t seq, proto::Body type, flatbuffers::Offset<void> body);
   // Sends an error and closes the connection: for requests that break the protocol.
@@ -215,6 +218,7 @@ class Server {
   bool gpu_freed_ = false;                       // since the queue was last served
   flatbuffers::FlatBufferBuilder fbb_{1024};
   std::vector<uint8_t> created_reply_;  // the create reply ReplyCreated copies (built once)
+  std::vector<uint8_t> get_one_reply_;  // the reply to a get of one id CompleteGet copies
   bool pumping_ = false, pump_again_ = false;
 
   // Spilling.
