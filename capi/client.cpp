@@ -1865,14 +1865,20 @@ int store_unpin(store_client* client, const store_object_id* id) {
   });
 }
 
+namespace {
+// Asks the store for its stats (store_stats_get and store_gpu_stats read different parts).
+int CallStats(Conn* c, std::unique_ptr<Reply>* reply) {
+  flatbuffers::FlatBufferBuilder fbb(64);
+  return Call(c, fbb, Body::StatsRequest, proto::CreateStatsRequest(fbb).Union(),
+              Body::StatsReply, reply);
+}
+}  // namespace
+
 int store_stats_get(store_client* client, store_stats* stats) {
   return Guard([&]() -> int {
     if (!client || !stats) return Fail(STORE_EINVAL, "client or stats is NULL");
-    flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
-    int rc = Call(client->conn, fbb, Body::StatsRequest, proto::CreateStatsRequest(fbb).Union(),
-                  Body::StatsReply, &reply);
-    if (rc != STORE_OK) return rc;
+    if (int rc = CallStats(client->conn, &reply); rc != STORE_OK) return rc;
     auto* s = reply->msg->body_as_StatsReply();
     std::memset(stats, 0, sizeof *stats);
     stats->capacity_bytes = s->capacity_bytes();
@@ -1944,11 +1950,8 @@ int store_gpu_stats(store_client* client, store_gpu_device_stats** out, size_t* 
     if (client->conn->gpu_backend == storeclient::gpu::Backend::kNone) {
       return Usable(client->conn) ? STORE_OK : BrokenError(client->conn);
     }
-    flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
-    int rc = Call(client->conn, fbb, Body::StatsRequest, proto::CreateStatsRequest(fbb).Union(),
-                  Body::StatsReply, &reply);
-    if (rc != STORE_OK) return rc;
+    if (int rc = CallStats(client->conn, &reply); rc != STORE_OK) return rc;
     auto* s = reply->msg->body_as_StatsReply();
     if (backend) *backend = static_cast<int>(s->gpu_backend());
     auto* gpus = s->gpus();
