@@ -1061,16 +1061,21 @@ long ThreadMinorFaults() {
   return u.ru_minflt;
 }
 
-// Page faults this thread may take touching a mapped object: none, but under AddressSanitizer
-// or ThreadSanitizer each access also touches shadow memory, whose pages fault in on first use.
+// Page faults this thread may take touching a mapped object of `pages` pages: a few (the
+// kernel maps the pages around a read fault only when it can lock them at once, so now and
+// then one is left for its own fault), never most of them as without the mapping. Under
+// AddressSanitizer or ThreadSanitizer each access also touches shadow memory, whose pages fault
+// in on first use.
+long MappedFaultsAllowed(size_t pages) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr long kMappedFaultsAllowed = 1L << 20;
+  return static_cast<long>(pages);
 #else
-constexpr long kMappedFaultsAllowed = 2;
+  return static_cast<long>(pages / 64);
 #endif
+}
 
 TEST_CASE("a large object's pages are mapped at create and open: writing and reading it take "
-          "no page faults, whether the store prefaulted its memory or not") {
+          "almost no page faults, whether the store prefaulted its memory or not") {
   for (bool prefault : {true, false}) {
     INFO("prefault ", prefault);
     test::TestStore s("64M", prefault ? std::vector<std::string>{}
@@ -1089,7 +1094,7 @@ TEST_CASE("a large object's pages are mapped at create and open: writing and rea
     REQUIRE(p != nullptr);
     long f0 = ThreadMinorFaults();
     for (size_t i = 0; i < size; i++) p[i] = static_cast<uint8_t>(i * 7);
-    CHECK(ThreadMinorFaults() - f0 <= kMappedFaultsAllowed);
+    CHECK(ThreadMinorFaults() - f0 <= MappedFaultsAllowed(size / 4096));
     REQUIRE(store_writer_seal(w.release()) == STORE_OK);
 
     ReaderPtr r = Open(b.get(), id);
@@ -1098,7 +1103,7 @@ TEST_CASE("a large object's pages are mapped at create and open: writing and rea
     f0 = ThreadMinorFaults();
     size_t wrong = 0;
     for (size_t i = 0; i < size; i++) wrong += q[i] != static_cast<uint8_t>(i * 7);
-    CHECK(ThreadMinorFaults() - f0 <= kMappedFaultsAllowed);
+    CHECK(ThreadMinorFaults() - f0 <= MappedFaultsAllowed(size / 4096));
     CHECK(wrong == 0);
     r.reset();
     Delete(a.get(), id);
