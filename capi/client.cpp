@@ -229,8 +229,8 @@ struct Conn {
   uint8_t* base = nullptr;
   uint64_t region_size = 0;
   uint64_t client_id = 0;
-  // Per 2 MiB chunk of the region: 0 = not yet populated in this process, 1 = for reading,
-  // 2 = for writing.
+  // Per 2 MiB chunk of the region: 1 once it is mapped in this process (MapRange), else 0.
+  // Mapped for reading serves writers too (see MapRange).
   std::unique_ptr<std::atomic<uint8_t>[]> populated;
   uint64_t chunks = 0;
   // GPU objects: what backs the server's device memory, and the chunks of it this connection
@@ -499,7 +499,7 @@ bool ReceiveSome(Conn* c, bool spin, std::string* why, int* code) {
   mh.msg_control = control;
   mh.msg_controllen = sizeof control;
   ssize_t n = -1;
-  errno = EAGAIN;
+  bool block = true;  // no reply yet: wait for it
   if (spin && c->spin_ns > 0) {
     if (c->spin_skip > 0) {
       c->spin_skip--;
@@ -510,7 +510,8 @@ bool ReceiveSome(Conn* c, bool spin, std::string* why, int* code) {
         if (n >= 0 || (errno != EAGAIN && errno != EINTR)) break;
         if (MonoNs() >= until) break;
       }
-      if (n >= 0) {
+      block = n < 0 && (errno == EAGAIN || errno == EINTR);
+      if (!block) {
         c->spin_misses = 0;
       } else if (++c->spin_misses >= kSpinMissesToPause) {
         c->spin_misses = 0;
@@ -518,8 +519,10 @@ bool ReceiveSome(Conn* c, bool spin, std::string* why, int* code) {
       }
     }
   }
-  while (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-    n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+  if (block) {
+    do {
+      n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
   }
   if (n < 0) {
     *code = STORE_ECONN;
@@ -636,7 +639,6 @@ int CallFinished(Conn* c, uint64_t seq, const uint8_t* msg, size_t len, Body wan
 
 int Call(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::Offset<void> body,
          Body want, std::unique_ptr<Reply>* out) {
-  if (!Usable(c)) return BrokenError(c);
   uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
   FinishMessage(fbb, seq, type, body);
   return CallFinished(c, seq, fbb.GetBufferPointer(), fbb.GetSize(), want, out);
@@ -645,6 +647,7 @@ int Call(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::O
 // As Call, for a request already finished with its seq.
 int CallFinished(Conn* c, uint64_t seq, const uint8_t* msg, size_t len, Body want,
                  std::unique_ptr<Reply>* out) {
+  if (!Usable(c)) return BrokenError(c);
   Slot slot;
   {
     std::lock_guard<std::mutex> lk(c->mu);
@@ -816,7 +819,7 @@ namespace {
 // eight processes connecting at once do not slow the store or each other (measured: aggregate
 // small ops of 8 new clients 2.6x higher than at the normal priority). Not SCHED_IDLE: on a
 // machine kept busy (by clients polling for replies, say) that never finished the mapping.
-void Populate(Conn* c, uint64_t offset, uint64_t len, bool write, bool background = false);
+void Populate(Conn* c, uint64_t offset, uint64_t len, bool background = false);
 
 void* PopulatorMain(void* arg) {
   Conn* c = static_cast<Conn*>(arg);
@@ -832,7 +835,7 @@ void* PopulatorMain(void* arg) {
       usleep(200);
     }
     if (c->stop_populate.load(std::memory_order_relaxed)) break;
-    Populate(c, i * kPopulateChunk, kPopulateChunk, false, true);
+    Populate(c, i * kPopulateChunk, kPopulateChunk, true);
   }
   return nullptr;
 }
@@ -1030,21 +1033,19 @@ __attribute__((noinline, no_sanitize_thread)) void TouchByte(uintptr_t a) {
 
 bool MapRange(const uint8_t* p, uint64_t len) {
   constexpr uintptr_t kWindow = 64 * 1024;
-  auto touch = TouchByte;
   const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + len;
-  for (uintptr_t a = b & ~(kWindow - 1); a < e; a += kWindow) touch(std::max(a, b));
+  for (uintptr_t a = b & ~(kWindow - 1); a < e; a += kWindow) TouchByte(std::max(a, b));
   rusage before{}, after{};
   getrusage(RUSAGE_THREAD, &before);
-  touch(std::min(e, (b & ~(kWindow - 1)) + kWindow) - 1);
-  touch(e - 1);
+  TouchByte(std::min(e, (b & ~(kWindow - 1)) + kWindow) - 1);
+  TouchByte(e - 1);
   getrusage(RUSAGE_THREAD, &after);
   if (after.ru_minflt == before.ru_minflt) return true;
   return madvise(const_cast<uint8_t*>(p), len, MADV_POPULATE_READ) == 0;
 }
 
 // Each chunk of the region is mapped once per process (MapRange): its pages then stay mapped.
-void Populate(Conn* c, uint64_t offset, uint64_t len, bool write, bool background) {
-  (void)write;
+void Populate(Conn* c, uint64_t offset, uint64_t len, bool background) {
   if (len < kPopulateMin || !c->populated) return;
   uint64_t first = offset / kPopulateChunk;
   uint64_t last = std::min<uint64_t>((offset + len - 1) / kPopulateChunk, c->chunks - 1);
@@ -1150,7 +1151,7 @@ int store_create(store_client* client, store_writer** out, const store_object_id
       *out = w;
       return STORE_OK;
     }
-    Populate(c, r->offset(), data_size, true);
+    Populate(c, r->offset(), data_size);
     auto* w = new store_writer{c, *id, r->uid(), c->base + r->offset(), data_size, 0, -1, -1,
                                nullptr};
     Ref(c);
@@ -1261,7 +1262,6 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
       thread_local std::vector<uint8_t> t_put;
       thread_local uint64_t t_put_size = 0;
       Conn* c = client->conn;
-      if (!Usable(c)) return BrokenError(c);
       const uint64_t seq = c->next_seq.fetch_add(1, std::memory_order_relaxed);
       if (t_put_size == data_size) {
         RewriteCreate(t_put.data(), seq, id, data, data_size);
@@ -1495,7 +1495,7 @@ int MakeReader(Conn* c, const store_object_id& id, const proto::ObjectLocation* 
     *out = new store_reader{c, id, l->uid(), nullptr, l->data_size(), d, l->metadata_size(), 0,
                             l->device(), local, dptr};
   } else {
-    Populate(c, l->offset(), l->data_size(), false);
+    Populate(c, l->offset(), l->data_size());
     *out = new store_reader{c, id, l->uid(), d, l->data_size(), d + l->data_size(),
                             l->metadata_size(), 0, -1, -1, nullptr};
   }
@@ -1582,7 +1582,6 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
     if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
     if (timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
     Conn* c = client->conn;
-    if (!Usable(c)) return BrokenError(c);
     // Gets of one id differ only in seq, id and timeout: this thread's first one, built with
     // every field present, is copied with those written in place.
     thread_local std::vector<uint8_t> t_get;
