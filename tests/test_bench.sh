@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# test_bench.sh - store-bench runs every figure (--quick) against a real store with a spill
+# directory and prints one JSON document in which each figure that ran has positive samples and
+# positive limits, none was skipped, and the run left no object behind. It times nothing: the
+# figures themselves are for people to read.
+# Arguments: the store-bench executable. STORE_BIN names the server.
+set -euo pipefail
+bench=$1
+tmp=$(mktemp -d /tmp/store-bench-test-XXXXXX)
+server=
+cleanup() {
+  if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+command -v python3 >/dev/null || { echo "python3 is missing (tools/deps.sh installs it)"; exit 1; }
+
+mkdir -p "$tmp/spill"
+"$STORE_BIN" --socket "$tmp/s" --memory 256M --spill-dir "$tmp/spill" --log-level warn \
+  2> "$tmp/store.log" &
+server=$!
+for _ in $(seq 1 2000); do
+  [ -S "$tmp/s" ] && break
+  sleep 0.005
+done
+[ -S "$tmp/s" ] || { echo "the store did not start"; cat "$tmp/store.log"; exit 1; }
+
+"$bench" --socket "$tmp/s" --spill-dir "$tmp/spill" --quick --json > "$tmp/out.json"
+
+python3 - "$tmp/out.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+figs = d["figures"]
+names = {f["name"] for f in figs}
+want = {"small_put", "small_get", "batch_get", "batch_put", "clients8_put", "clients8_get",
+        "large_put_first", "large_put_new_client", "large_put", "large_get", "spill", "restore",
+        "restore_prefetch", "restore_cold", "table_stats", "table_page", "table_put", "table_get"}
+missing = want - names
+assert not missing, f"figures missing: {sorted(missing)}"
+for f in figs:
+    assert not f["skipped"], f"{f['name']} was skipped: {f.get('reason')}"
+    samples = f["figure"]["samples"]
+    assert samples and all(v > 0 for v in samples), f"{f['name']}: samples {samples}"
+    assert f["limits"], f"{f['name']} has no limit"
+    for lim in f["limits"]:
+        assert lim["samples"] and all(v > 0 for v in lim["samples"]), f"{f['name']}: {lim}"
+first = next(f for f in figs if f["name"] == "large_put_first")
+assert {l["name"] for l in first["limits"]} == {"memcpy_touched", "memcpy_fresh", "memcpy_mapped"}
+assert d["cleanup"]["left"] == 0, d["cleanup"]
+print(f"{len(figs)} figures, each with samples and limits; nothing left behind")
+EOF
+
+# The store is still up and its spill directory holds no spill file (only the run's LOCK); it
+# then stops cleanly and leaves no file there at all.
+kill -0 "$server"
+left=$(find "$tmp/spill" -type f ! -name LOCK)
+[ -z "$left" ] || { echo "spill files left: $left"; exit 1; }
+kill -TERM "$server"
+status=0
+wait "$server" || status=$?
+server=
+[ "$status" -eq 0 ] || { echo "the store exited with $status"; cat "$tmp/store.log"; exit 1; }
+left=$(find "$tmp/spill" -type f)
+[ -z "$left" ] || { echo "files left after the store stopped: $left"; exit 1; }
+echo "the store stopped cleanly with no spill file left"
