@@ -811,9 +811,11 @@ double MemcpyTouched(uint8_t* dst, const uint8_t* src) {
   return Now() - t0;
 }
 
-// The mappings MemcpyFresh and MemcpyMapped made, unmapped by FreeFresh once the figures that sample it
-// are done: an munmap of that size flushes this process's TLB, and on a VM with shadow paging
-// that slows the memcpy of the next put into the region by a third (measured: 18 -> 12 GB/s).
+// The mappings MemcpyFresh and MemcpyMapped made, unmapped by FreeFresh once the figures that
+// sample them are done: an munmap of that size flushes this process's TLB, and on a VM with
+// shadow paging that slows the memcpy of the next put into the region by a third to a half
+// (measured: 18 -> 12 GB/s after a 64 MiB munmap; steady puts 0.5 of memcpy instead of 0.9).
+// At most 26 buffers of 64 MiB (1.6 GiB) in a full run, 12 with --quick.
 std::vector<void*> g_fresh;
 
 // memcpy of kLargeSize into a fresh anonymous mapping no one has touched; seconds.
