@@ -83,7 +83,7 @@ struct Settings {
 
 Settings g_set;
 
-const char* const kFigureNames[] = {"small_put", "small_get", "batch_get", "batch_put",
+const char* const kFigureNames[] = {"small_put", "small_get", "idle_put", "batch_get", "batch_put",
                                     "clients8", "large_put", "large_get", "spill", "table"};
 
 // ---- state shared with the failure path ----------------------------------------------------
@@ -519,6 +519,57 @@ void SmallPut() {
         DeleteRange(first, g_next_id);
         first = g_next_id;
       });
+  Add(std::move(r));
+}
+
+long RegionMappedKiB();
+
+// One 64 B store_put (and one echo, the limit) after the client slept: what a client that calls
+// now and then waits for. Each round alternates kIdlePairs sleeps + echoes with as many sleeps +
+// puts and keeps the median of each; the sleeps are not timed. On a VM a processor that went
+// idle is slow to wake, and a process whose page tables the hypervisor must bring back pays for
+// how much memory it has touched (see README, "First use").
+void IdlePut() {
+  constexpr double kSleep = 0.5;
+  const int pairs = g_set.quick ? 1 : 3;
+  Result r{"idle_put",
+           "store_put of a 64 B object after the client slept 0.5 s (the sleep not timed)",
+           {}, {}, false, "", "", {}};
+  r.figure = Series{"idle_put", "ms", {}};
+  r.limits.push_back(Series{"socket_rtt_idle", "ms", {}});
+  uint8_t data[kSmallSize];
+  memset(data, 0x6b, sizeof data);
+  char buf[kSmallSize];
+  memset(buf, 0x5a, sizeof buf);
+  auto nap = [] { usleep(static_cast<useconds_t>(kSleep * 1e6)); };
+  uint64_t first = g_next_id;
+  for (int round = 0; round < g_set.rounds; round++) {
+    Series rtt{"", "ms", {}}, put{"", "ms", {}};
+    for (int k = 0; k < pairs; k++) {
+      nap();
+      double t0 = Now();
+      if (!SendAll(g_echo_fd, buf, sizeof buf)) DieErrno("send to the echo process");
+      if (!RecvEcho(buf, sizeof buf, true)) DieErrno("recv from the echo process");
+      rtt.v.push_back((Now() - t0) * 1e3);
+      nap();
+      store_object_id id = MakeId(g_next_id++);
+      t0 = Now();
+      Put(id, data, sizeof data, "store_put of a 64 B object");
+      put.v.push_back((Now() - t0) * 1e3);
+      CheckStop();
+    }
+    r.limits[0].v.push_back(rtt.Median());
+    r.figure.v.push_back(put.Median());
+  }
+  DeleteRange(first, g_next_id);
+  long mapped_kib = RegionMappedKiB();
+  const char* pop = getenv("STORE_CLIENT_POPULATE");
+  r.note = "median of " + std::to_string(pairs) + " per round; " +
+           (mapped_kib < 0 ? std::string("the region's mapping not found")
+                           : std::to_string(mapped_kib >> 10) +
+                                 " MiB of the region mapped in this process") +
+           "; background population " +
+           (pop && strcmp(pop, "0") == 0 ? "off (STORE_CLIENT_POPULATE=0)" : "on");
   Add(std::move(r));
 }
 
@@ -1952,9 +2003,10 @@ void Usage(FILE* f) {
           "                  $XDG_RUNTIME_DIR/store.sock, else /tmp/store-$UID.sock)\n"
           "  --json          print one JSON document instead of text\n"
           "  --quick         fewer and shorter rounds (a smoke run of a few seconds)\n"
-          "  --only NAME     run one figure: small_put, small_get, batch_get, batch_put,\n"
-          "                  clients8 (clients8_put and clients8_get: 8 processes at once\n"
-          "                  against 1), large_put (with large_put_first), large_get,\n"
+          "  --only NAME     run one figure: small_put, small_get, idle_put, batch_get,\n"
+          "                  batch_put, clients8 (clients8_put and clients8_get: 8\n"
+          "                  processes at once against 1), large_put (with\n"
+          "                  large_put_first), large_get,\n"
           "                  spill (with the restore figures; restore is a synonym), table\n"
           "  --spill-dir DIR the directory the store spills into (its --spill-dir): enables\n"
           "                  the spill and restore figures, whose limits are file IO in DIR\n"
@@ -2120,6 +2172,7 @@ int main(int argc, char** argv) {
   };
   if (Wanted("small_put")) small_fits ? SmallPut() : SkipSmall("small_put");
   if (Wanted("small_get")) small_fits ? SmallGet() : SkipSmall("small_get");
+  if (Wanted("idle_put")) small_fits ? IdlePut() : SkipSmall("idle_put");
   if (Wanted("batch_get")) small_fits ? BatchGet() : SkipSmall("batch_get");
   if (Wanted("batch_put")) small_fits ? BatchPut() : SkipSmall("batch_put");
   if (Wanted("clients8")) small_fits ? ManyClients() : SkipSmall("clients8");
