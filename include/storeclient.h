@@ -375,10 +375,11 @@ STORE_API const store_object_id *store_reader_id(const store_reader *r);
 
 /* Releases the object and frees the reader. NULL-safe. The release is one-way and queued: it
  * reaches the store in front of this client's next request (in the same send), once 256 are
- * queued, or within 2 ms of the first one queued, whichever comes first; so other clients
- * may see the reader open (its object's memory held, not evictable) for that long.
- * STORE_CLIENT_RELEASE_DELAY_US in the environment at connect sets half that time, 1000 us by
- * default (0 sends each release at once). */
+ * queued, or within 2 ms of the first one queued, whichever comes first (up to 9 ms for the
+ * last release before the client goes quiet after a burst of requests); so other clients may
+ * see the reader open (its object's memory held, not evictable) for that long.
+ * STORE_CLIENT_RELEASE_DELAY_US in the environment at connect sets half of the 2 ms, 1000 us
+ * by default (0 sends each release at once). */
 STORE_API void store_reader_close(store_reader *r);
 
 /* Closes n readers (NULL entries are skipped) with one message per client instead of one per
