@@ -525,7 +525,7 @@ void SmallPut() {
 long RegionMappedKiB();
 
 // One 64 B store_put (and one echo, the limit) after the client slept: what a client that calls
-// now and then waits for. Each round alternates kIdlePairs sleeps + echoes with as many sleeps +
+// now and then waits for. Each round alternates a few sleeps + echoes with as many sleeps +
 // puts and keeps the median of each; the sleeps are not timed. On a VM a processor that went
 // idle is slow to wake, and a process whose page tables the hypervisor must bring back pays for
 // how much memory it has touched (see README, "First use").
@@ -912,8 +912,8 @@ double MemcpyMapped(const uint8_t* src) {
   return Now() - t0;
 }
 
-// KiB of the store's region mapped into this process (the Rss of the "memfd:store" mapping
-// in /proc/self/smaps), or -1 if it is not found.
+// KiB of the store's region mapped into this process (the Rss, or the hugetlb pages, of the
+// "memfd:store" mapping in /proc/self/smaps), or -1 if it is not found.
 long RegionMappedKiB() {
   FILE* f = fopen("/proc/self/smaps", "r");
   if (!f) return -1;
@@ -921,9 +921,15 @@ long RegionMappedKiB() {
   bool in_region = false;
   long kib = -1;
   while (fgets(line, sizeof line, f)) {
-    if (strchr(line, '-') && strstr(line, " /memfd:store")) {
-      in_region = true;
-    } else if (in_region && sscanf(line, "Rss: %ld kB", &kib) == 1) {
+    long v = 0;
+    if (!in_region) {
+      in_region = strchr(line, '-') && strstr(line, " /memfd:store");
+      if (in_region) kib = 0;
+    } else if (sscanf(line, "Rss: %ld kB", &v) == 1 ||
+               sscanf(line, "Shared_Hugetlb: %ld kB", &v) == 1 ||
+               sscanf(line, "Private_Hugetlb: %ld kB", &v) == 1) {
+      kib += v;  // a hugetlb mapping counts its pages apart from Rss
+    } else if (strncmp(line, "VmFlags:", 8) == 0) {
       break;
     }
   }
