@@ -965,6 +965,18 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   }
   int64_t timeout = r->timeout_ms();
   if (timeout < -1) return SendError(c, seq, STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
+  if (ids->size() == 1) {
+    // The common case, answered at once with no WaitingGet: one id that is readable, or that
+    // is neither there nor on disk and not waited for.
+    Object* o = table_.Find(KeyOf(ids->Get(0)));
+    bool ready = o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling);
+    bool on_disk = o && (o->state == ObjectState::kSpilled || o->state == ObjectState::kRestoring);
+    if (ready || (!on_disk && timeout == 0)) {
+      if (proto::ObjectLocation* loc = HoldGetOneReply(c, seq)) {
+        return Locate(c, o, RealtimeNs(), false, loc);
+      }
+    }
+  }
   auto* g = new WaitingGet;
   g->client = c;
   g->seq = seq;
@@ -1028,46 +1040,55 @@ void Server::CancelGet(WaitingGet* g) {
   }
 }
 
+// The reply to a get of one id, held back with the other replies of a read: a copy of one
+// built reply, seq set, whose one location the caller writes in place. nullptr when no reply
+// can be held (see HoldCopy).
+proto::ObjectLocation* Server::HoldGetOneReply(Client* c, uint64_t seq) {
+  proto::Message* held = HoldCopy(c, &get_one_reply_, [](auto& b) {
+    proto::ObjectLocation* l = nullptr;
+    auto v = b.CreateUninitializedVectorOfStructs(1, &l);
+    *l = proto::ObjectLocation();
+    auto body = proto::CreateGetReply(b, v);
+    b.FinishSizePrefixed(proto::CreateMessage(b, 1, 0, 0, 0, Body::GetReply, body.Union()),
+                         proto::MessageIdentifier());
+  });
+  if (!held) return nullptr;
+  held->mutate_seq(seq);
+  auto* reply = static_cast<proto::GetReply*>(held->mutable_body());
+  return reply->mutable_objects()->GetMutableObject(0);
+}
+
+// Writes where o is into *loc and makes c a reader of it, if o is readable (sealed or being
+// spilled); else writes the status of a get that did not find it.
+void Server::Locate(Client* c, Object* o, int64_t now, bool timed_out,
+                    proto::ObjectLocation* loc) {
+  if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) {
+    table_.AddReader(o);
+    c->readers[o->uid]++;
+    o->access_ns = now;
+    totals_.gets++;
+    *loc = proto::ObjectLocation(o->uid, region_->id(), OffsetOf(o), o->data_size,
+                                 o->metadata_size, 0, o->device, GpuOffsetOf(o), GpuChunkOf(o));
+  } else {
+    int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
+    if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
+    *loc = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1, 0, 0);
+  }
+}
+
 void Server::CompleteGet(WaitingGet* g, bool timed_out) {
   Client* c = g->client;
   int64_t now = RealtimeNs();
-  // The reply to a get of one id, held back with the other replies of a read, is a copy of one
-  // built reply with its location written in place; others are built here.
-  proto::ObjectLocation* locs = nullptr;
-  proto::Message* held = nullptr;
-  if (g->ids.size() == 1) {
-    held = HoldCopy(c, &get_one_reply_, [](auto& b) {
-      proto::ObjectLocation* l = nullptr;
-      auto v = b.CreateUninitializedVectorOfStructs(1, &l);
-      *l = proto::ObjectLocation();
-      auto body = proto::CreateGetReply(b, v);
-      b.FinishSizePrefixed(proto::CreateMessage(b, 1, 0, 0, 0, Body::GetReply, body.Union()),
-                           proto::MessageIdentifier());
-    });
-  }
+  // A get of one id is answered with a held copy of one built reply; others are built here.
+  proto::ObjectLocation* locs = g->ids.size() == 1 ? HoldGetOneReply(c, g->seq) : nullptr;
+  const bool held = locs != nullptr;
   flatbuffers::Offset<flatbuffers::Vector<const proto::ObjectLocation*>> vec;
-  if (held) {
-    held->mutate_seq(g->seq);
-    locs = static_cast<proto::GetReply*>(held->mutable_body())->mutable_objects()->GetMutableObject(0);
-  } else {
+  if (!held) {
     fbb_.Clear();
     vec = fbb_.CreateUninitializedVectorOfStructs(g->ids.size(), &locs);
   }
   for (size_t i = 0; i < g->ids.size(); i++) {
-    Object* o = table_.Find(g->ids[i]);
-    if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) {
-      table_.AddReader(o);
-      c->readers[o->uid]++;
-      o->access_ns = now;
-      totals_.gets++;
-      locs[i] = proto::ObjectLocation(o->uid, region_->id(), OffsetOf(o), o->data_size,
-                                      o->metadata_size, 0, o->device, GpuOffsetOf(o),
-                                      GpuChunkOf(o));
-    } else {
-      int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
-      if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
-      locs[i] = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1, 0, 0);
-    }
+    Locate(c, table_.Find(g->ids[i]), now, timed_out, &locs[i]);
   }
   if (held) {
     CancelGet(g);  // unregisters and frees g; the reply is held back

@@ -166,6 +166,8 @@ class Server {
   void HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r);
   void HandleSpillFiles(Client* c, uint64_t seq);
   void CompleteGet(WaitingGet* g, bool timed_out);
+  proto::ObjectLocation* HoldGetOneReply(Client* c, uint64_t seq);
+  void Locate(Client* c, Object* o, int64_t now, bool timed_out, proto::ObjectLocation* loc);
   void CancelGet(WaitingGet* g);
   void FinishCreateWait(WaitingCreate* w, int status, const std::string& message);
   std::string FullMessage(uint64_t want) const;
