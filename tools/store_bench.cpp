@@ -524,6 +524,12 @@ void SmallPut() {
 
 long RegionMappedKiB();
 
+// Whether the library maps the region in the background after connecting, as it reads it.
+const char* Population() {
+  const char* pop = getenv("STORE_CLIENT_POPULATE");
+  return pop && strcmp(pop, "0") == 0 ? "off (STORE_CLIENT_POPULATE=0)" : "on";
+}
+
 // One 64 B store_put (and one echo, the limit) after the client slept: what a client that calls
 // now and then waits for. Each round alternates a few sleeps + echoes with as many sleeps +
 // puts and keeps the median of each; the sleeps are not timed. On a VM a processor that went
@@ -563,13 +569,11 @@ void IdlePut() {
   }
   DeleteRange(first, g_next_id);
   long mapped_kib = RegionMappedKiB();
-  const char* pop = getenv("STORE_CLIENT_POPULATE");
   r.note = "median of " + std::to_string(pairs) + " per round; " +
            (mapped_kib < 0 ? std::string("the region's mapping not found")
                            : std::to_string(mapped_kib >> 10) +
                                  " MiB of the region mapped in this process") +
-           "; background population " +
-           (pop && strcmp(pop, "0") == 0 ? "off (STORE_CLIENT_POPULATE=0)" : "on");
+           "; background population " + Population();
   Add(std::move(r));
 }
 
@@ -1069,9 +1073,7 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
     CheckStop();
   }
   fresh.also.push_back(connect_ms);
-  const char* pop = getenv("STORE_CLIENT_POPULATE");
-  fresh.note = std::string("background population of the region at connect ") +
-               (pop && strcmp(pop, "0") == 0 ? "off (STORE_CLIENT_POPULATE=0)" : "on");
+  fresh.note = std::string("background population of the region at connect ") + Population();
 
   for (int round = 0; round < g_set.rounds; round++) {
     double touched = 0, fresh = 0, put = 0;
