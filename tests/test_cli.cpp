@@ -533,6 +533,11 @@ TEST_CASE("--prefault and --hugepages start and serve") {
     CHECK(Capacity(s.socket()) >= 16u << 20);
     CheckServes(s.socket().c_str());
     CHECK(ExitedCleanly(s.Stop()));
+    // Without huge pages the warning says how many 16M needs and how to reserve them.
+    const std::string log = s.Log();
+    if (log.find("--hugepages: the system gave no huge pages") != std::string::npos) {
+      CHECK_MESSAGE(log.find("8 needed: e.g. sysctl vm.nr_hugepages=") != std::string::npos, log);
+    }
   }
 }
 

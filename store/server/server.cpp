@@ -22,6 +22,34 @@
 
 namespace store {
 
+namespace {
+
+// What hugetlbfs has (/proc/meminfo) against what a region of capacity bytes needs, and the
+// sysctl that would reserve enough, for the --hugepages warning.
+std::string HugetlbAdvice(uint64_t capacity) {
+  unsigned long long total = 0, avail = 0, kib = 0;
+  int found = 0;
+  if (FILE* f = fopen("/proc/meminfo", "r")) {
+    char line[128];
+    while (fgets(line, sizeof line, f)) {
+      found += sscanf(line, "HugePages_Total: %llu", &total) == 1;
+      found += sscanf(line, "HugePages_Free: %llu", &avail) == 1;
+      found += sscanf(line, "Hugepagesize: %llu kB", &kib) == 1;
+    }
+    fclose(f);
+  }
+  if (found != 3 || kib == 0) return "hugetlbfs is not available";
+  const unsigned long long need = (capacity + (kib << 10) - 1) / (kib << 10);
+  char buf[256];
+  snprintf(buf, sizeof buf,
+           "hugetlbfs has %llu of %llu huge pages of %llu KiB free, %llu needed: e.g. sysctl "
+           "vm.nr_hugepages=%llu",
+           avail, total, kib, need, total + (need > avail ? need - avail : 0));
+  return buf;
+}
+
+}  // namespace
+
 using proto::Body;
 
 namespace {
@@ -160,8 +188,9 @@ int Server::Run() {
     return 1;
   }
   if (options_.hugepages && !region_->hugepages_active()) {
-    LOG_WARN("--hugepages: the system gave no huge pages (none reserved in hugetlbfs and "
-             "transparent huge pages for shared memory are off); using normal pages");
+    LOG_WARN("--hugepages: the system gave no huge pages (%s; transparent huge pages for shared "
+             "memory are off); using normal pages",
+             HugetlbAdvice(options_.memory).c_str());
   }
   StartGpu();
   uv_loop_init(&loop_);
