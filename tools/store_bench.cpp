@@ -448,6 +448,12 @@ bool RecvEcho(char* buf, size_t n, bool poll) {
   return got == n || RecvAll(g_echo_fd, buf + got, n - got) == 1;
 }
 
+// One 64 B round trip to the echo process (buf holds kSmallSize bytes).
+void EchoOnce(char* buf, bool poll) {
+  if (!SendAll(g_echo_fd, buf, kSmallSize)) DieErrno("send to the echo process");
+  if (!RecvEcho(buf, kSmallSize, poll)) DieErrno("recv from the echo process");
+}
+
 // 64 B round trips to the echo process for about `seconds`; with poll, the reply is awaited by
 // polling first (socket_rtt_poll), as the library awaits the store's replies.
 void RttSlice(double seconds, Tally* t, bool poll = false) {
@@ -455,10 +461,7 @@ void RttSlice(double seconds, Tally* t, bool poll = false) {
   memset(buf, 0x5a, sizeof buf);
   double t0 = Now(), t1;
   do {
-    for (int k = 0; k < 16; k++) {
-      if (!SendAll(g_echo_fd, buf, sizeof buf)) DieErrno("send to the echo process");
-      if (!RecvEcho(buf, sizeof buf, poll)) DieErrno("recv from the echo process");
-    }
+    for (int k = 0; k < 16; k++) EchoOnce(buf, poll);
     t->ops += 16;
     CheckStop();
     t1 = Now();
@@ -554,8 +557,7 @@ void IdlePut() {
     for (int k = 0; k < pairs; k++) {
       nap();
       double t0 = Now();
-      if (!SendAll(g_echo_fd, buf, sizeof buf)) DieErrno("send to the echo process");
-      if (!RecvEcho(buf, sizeof buf, true)) DieErrno("recv from the echo process");
+      EchoOnce(buf, true);
       rtt.v.push_back((Now() - t0) * 1e3);
       nap();
       store_object_id id = MakeId(g_next_id++);
@@ -866,29 +868,29 @@ double MemcpyTouched(uint8_t* dst, const uint8_t* src) {
   return Now() - t0;
 }
 
-// The mappings MemcpyFresh and MemcpyMapped made, unmapped by FreeFresh once the figures that
-// sample them are done: an munmap of that size flushes this process's TLB, and on a VM with
+// The mappings MemcpyFresh and MemcpyMapped made, unmapped by FreeLimitMaps once the figures
+// that sample them are done: an munmap of that size flushes this process's TLB, and on a VM with
 // shadow paging that slows the memcpy of the next put into the region by a third to a half
 // (measured: 18 -> 12 GB/s after a 64 MiB munmap; steady puts 0.5 of memcpy instead of 0.9).
 // At most 26 buffers of 64 MiB (1.6 GiB) in a full run, 12 with --quick.
-std::vector<void*> g_fresh;
+std::vector<void*> g_limit_maps;
 
 // memcpy of kLargeSize into a fresh anonymous mapping no one has touched; seconds.
 double MemcpyFresh(const uint8_t* src) {
   void* p = mmap(nullptr, kLargeSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) DieErrno("mmap of a fresh buffer");
-  g_fresh.push_back(p);
+  g_limit_maps.push_back(p);
   double t0 = Now();
   memcpy(p, src, kLargeSize);
   Clobber(p);
   return Now() - t0;
 }
 
-void FreeFresh() {
-  for (void* p : g_fresh) {
+void FreeLimitMaps() {
+  for (void* p : g_limit_maps) {
     if (munmap(p, kLargeSize) != 0) DieErrno("munmap");
   }
-  g_fresh.clear();
+  g_limit_maps.clear();
 }
 
 // memcpy of kLargeSize into shared memory whose pages exist and were written through another
@@ -908,8 +910,8 @@ double MemcpyMapped(const uint8_t* src) {
   void* b = mmap(nullptr, kLargeSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (b == MAP_FAILED) DieErrno("mmap of a memfd");
   close(fd);
-  g_fresh.push_back(a);
-  g_fresh.push_back(b);
+  g_limit_maps.push_back(a);
+  g_limit_maps.push_back(b);
   double t0 = Now();
   memcpy(b, src, kLargeSize);
   Clobber(b);
@@ -1093,7 +1095,7 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
   }
   steady.note = std::to_string(steady_faults / (g_set.rounds * g_set.large_per_round)) +
                 " minor page faults per put in this process on average";
-  FreeFresh();
+  FreeLimitMaps();
   Add(std::move(first));
   Add(std::move(fresh));
   Add(std::move(steady));

@@ -22,6 +22,8 @@
 
 namespace store {
 
+using proto::Body;
+
 namespace {
 
 // What hugetlbfs has (/proc/meminfo) against what a region of capacity bytes needs, and the
@@ -48,11 +50,18 @@ std::string HugetlbAdvice(uint64_t capacity) {
   return buf;
 }
 
-}  // namespace
+// A get reads an object that is sealed or being spilled: its bytes are still in memory.
+bool Readable(const Object* o) {
+  return o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling);
+}
 
-using proto::Body;
-
-namespace {
+// Whether a get must wait for o (nullptr: no such object). An object on disk is brought back
+// whatever the timeout; a missing or unsealed one is waited for only when the caller asked to.
+bool GetWaitsFor(const Object* o, int64_t timeout) {
+  if (Readable(o)) return false;
+  bool on_disk = o && (o->state == ObjectState::kSpilled || o->state == ObjectState::kRestoring);
+  return on_disk || timeout != 0;
+}
 
 // Largest total write backlog a client may accumulate by not reading its replies.
 constexpr size_t kMaxWriteBacklog = 512u << 20;
@@ -995,12 +1004,9 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   int64_t timeout = r->timeout_ms();
   if (timeout < -1) return SendError(c, seq, STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
   if (ids->size() == 1) {
-    // The common case, answered at once with no WaitingGet: one id that is readable, or that
-    // is neither there nor on disk and not waited for.
+    // The common case, answered at once with no WaitingGet: one id the get need not wait for.
     Object* o = table_.Find(KeyOf(ids->Get(0)));
-    bool ready = o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling);
-    bool on_disk = o && (o->state == ObjectState::kSpilled || o->state == ObjectState::kRestoring);
-    if (ready || (!on_disk && timeout == 0)) {
+    if (!GetWaitsFor(o, timeout)) {
       if (proto::ObjectLocation* loc = HoldGetOneReply(c, seq)) {
         return Locate(c, o, RealtimeNs(), false, loc);
       }
@@ -1012,12 +1018,7 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   g->ids.reserve(ids->size());
   for (const proto::ObjectId* id : *ids) g->ids.push_back(KeyOf(id));
   for (const ObjectKey& k : g->ids) {
-    Object* o = table_.Find(k);
-    if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) continue;
-    bool on_disk = o && (o->state == ObjectState::kSpilled || o->state == ObjectState::kRestoring);
-    // An object on disk is brought back whatever the timeout; a missing or unsealed one is
-    // waited for only when the caller asked to wait.
-    if (!on_disk && timeout == 0) continue;
+    if (!GetWaitsFor(table_.Find(k), timeout)) continue;
     if (std::find(g->waiting_on.begin(), g->waiting_on.end(), k) != g->waiting_on.end()) {
       continue;
     }
@@ -1091,7 +1092,7 @@ proto::ObjectLocation* Server::HoldGetOneReply(Client* c, uint64_t seq) {
 // spilled); else writes the status of a get that did not find it.
 void Server::Locate(Client* c, Object* o, int64_t now, bool timed_out,
                     proto::ObjectLocation* loc) {
-  if (o && (o->state == ObjectState::kSealed || o->state == ObjectState::kSpilling)) {
+  if (Readable(o)) {
     table_.AddReader(o);
     c->readers[o->uid]++;
     o->access_ns = now;
