@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -856,6 +857,19 @@ void* PopulatorMain(void* arg) {
   return nullptr;
 }
 
+// Whether the region is mapped ahead of use: not with STORE_CLIENT_POPULATE=0.
+bool PopulateWanted() {
+  const char* env = getenv("STORE_CLIENT_POPULATE");
+  return !(env && std::strcmp(env, "0") == 0);
+}
+
+// Whether fd is a file on hugetlbfs (the store backs its memory with reserved huge pages).
+bool HugetlbFs(int fd) {
+  constexpr decltype(statfs::f_type) kHugetlbfsMagic = 0x958458f6;  // linux/magic.h
+  struct statfs sf {};
+  return fstatfs(fd, &sf) == 0 && sf.f_type == kHugetlbfsMagic;
+}
+
 // Reads a number of microseconds from the environment variable name into *ns, at most max_us.
 void EnvMicros(const char* name, int64_t max_us, int64_t* ns) {
   const char* env = getenv(name);
@@ -879,9 +893,9 @@ void StartThreads(Conn* c) {
   cpu_set_t cpus;
   c->spin_ns = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < 2 ? 0 : kSpinNs;
   EnvMicros("STORE_CLIENT_SPIN_US", 1000000, &c->spin_ns);
-  if (!c->populated) return;
-  const char* env = getenv("STORE_CLIENT_POPULATE");
-  if (env && std::strcmp(env, "0") == 0) return;
+  if (!c->populated || !PopulateWanted()) return;
+  // A hugetlbfs region was mapped whole at connect.
+  if (c->populated[0].load(std::memory_order_relaxed) != 0) return;
   c->has_populator = StartThread(&c->populator, PopulatorMain, c);
 }
 
@@ -933,7 +947,11 @@ int store_client_connect(store_client** out, const char* socket_path,
     auto* r = reply->msg->body_as_ConnectReply();
     if (reply->fds.size() != 1) return Fail(STORE_EPROTO, "the store sent no memory descriptor");
     uint64_t size = r->region()->size();
-    void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, reply->fds[0], 0);
+    // Huge pages (hugetlbfs) are mapped whole at once: 512 page table entries per GiB, about
+    // 0.3-0.7 ms per GiB here, against a background thread racing the first puts.
+    const bool map_now = HugetlbFs(reply->fds[0]) && PopulateWanted();
+    void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | (map_now ? MAP_POPULATE : 0), reply->fds[0], 0);
     if (base == MAP_FAILED) {
       return Fail(STORE_ENOMEM, "cannot map the store's %llu bytes of shared memory: %s",
                   static_cast<unsigned long long>(size), std::strerror(errno));
@@ -945,6 +963,9 @@ int store_client_connect(store_client** out, const char* socket_path,
     conn->client_id = r->client_id();
     conn->chunks = (size + kPopulateChunk - 1) / kPopulateChunk;
     conn->populated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
+    if (map_now && conn->populated) {
+      for (uint64_t i = 0; i < conn->chunks; i++) conn->populated[i].store(1, std::memory_order_relaxed);
+    }
     StartThreads(conn.get());
     auto* client = new store_client{conn.release()};
     *out = client;

@@ -15,7 +15,8 @@
  *            call (a get waiting for a seal) does not stall the others. A store_writer or
  *            store_reader must be used by one thread at a time. Each connection has up to
  *            two threads of its own, with all signals blocked: one maps the shared memory
- *            after connecting (then ends), one sends queued releases (see
+ *            after connecting (then ends; none when the memory is on reserved huge pages,
+ *            which store_client_connect() maps itself), one sends queued releases (see
  *            store_reader_close()); both end with the connection. A client belongs to the
  *            process that connected it: after fork(), the child connects its own.
  * NULL:      destructors accept NULL. Any other NULL where a pointer is required gives

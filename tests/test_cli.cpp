@@ -239,7 +239,7 @@ TEST_CASE("--help prints the usage and exits 0") {
     CHECK(r.Exited(0));
     CHECK(r.err.empty());
     for (const char* word : {"--socket", "--memory", "--spill-dir", "--log-level", "--prefault",
-                             "--hugepages", "--help", "--version", "1024", "1000"}) {
+                             "--hugepages", "--no-hugepages", "--help", "--version", "1024", "1000"}) {
       CHECK_MESSAGE(r.out.find(word) != std::string::npos, "the usage does not mention " << std::string(word));
     }
   }
@@ -263,6 +263,8 @@ TEST_CASE("bad flags exit 2 with exactly one line on stderr") {
   const std::vector<std::vector<std::string>> cases = {
       {"--no-such-flag"},
       {"--socket", sock, "--bogus=1"},
+      {"--socket", sock, "--hugepages=yes"},
+      {"--socket", sock, "--no-hugepages=1"},
       {"--socket", sock, "extra-argument"},
       {"--socket", sock, "--memory"},
       {"--socket", sock, "--memory", "abc"},
@@ -521,9 +523,9 @@ TEST_CASE("without --socket the server listens on $XDG_RUNTIME_DIR/store.sock") 
 // ------------------------------------------------------------------------------------------
 // Memory options.
 
-TEST_CASE("--prefault and --hugepages start and serve") {
+TEST_CASE("--prefault, --hugepages and --no-hugepages start and serve") {
   const std::vector<std::vector<std::string>> cases = {
-      {"--prefault"}, {"--hugepages"}, {"--prefault", "--hugepages"}};
+      {"--prefault"}, {"--hugepages"}, {"--prefault", "--hugepages"}, {"--no-hugepages"}};
   for (const auto& extra : cases) {
     std::string shown;
     for (auto& a : extra) shown += " " + a;

@@ -83,7 +83,9 @@ const char* HelpText() {
          "  --no-prefault        do not touch the memory at start (by default all of it is\n"
          "                       touched once, so first writes run at full speed)\n"
          "  --prefault           touch all of the memory at start (the default)\n"
-         "  --hugepages          back the memory with huge pages when the system allows it\n"
+         "  --hugepages          back the memory with huge pages, and warn if the system has\n"
+         "                       none to give (by default they are used when available)\n"
+         "  --no-hugepages       back the memory with normal pages only\n"
          "  --gpu-memory SIZE    device memory per GPU for GPU objects (default 0: none)\n"
          "  --gpu-devices LIST   the GPUs to use, e.g. 0,2 (default: every one that can share\n"
          "                       memory with other processes)\n"
@@ -122,7 +124,8 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
     std::string v;
     bool has_value = a.find('=') != std::string::npos;
     if (has_value && (flag == "--help" || flag == "-h" || flag == "--version" || flag == "-V" ||
-                      flag == "--prefault" || flag == "--no-prefault" || flag == "--hugepages" || flag == "--recover")) {
+                      flag == "--prefault" || flag == "--no-prefault" || flag == "--hugepages" ||
+                      flag == "--no-hugepages" || flag == "--recover")) {
       *error = "store: option " + flag + " takes no value (see --help)";
       return false;
     }
@@ -135,7 +138,9 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
     } else if (flag == "--no-prefault") {
       o.prefault = false;
     } else if (flag == "--hugepages") {
-      o.hugepages = true;
+      o.hugepages = HugePages::kAsked;
+    } else if (flag == "--no-hugepages") {
+      o.hugepages = HugePages::kNever;
     } else if (flag == "--socket") {
       if (!value_of(i, flag, &v)) return false;
       if (v.empty()) {

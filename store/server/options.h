@@ -9,6 +9,8 @@
 
 namespace store {
 
+enum class HugePages { kWhenAvailable, kAsked, kNever };
+
 struct ServerOptions {
   std::string socket_path;              // default: DefaultSocketPath()
   uint64_t memory = 1ull << 30;         // --memory, bytes
@@ -28,7 +30,10 @@ struct ServerOptions {
   uint64_t gpu_chunk_size = 0;          // --gpu-chunk-size; 0 = min(gpu_memory, 256M)
   std::string gpu_backend = "cuda";     // --gpu-backend: cuda, or memfd-standin (tests only)
   bool prefault = true;                 // --prefault (default), --no-prefault
-  bool hugepages = false;
+  // Huge pages for the memory: by default used when the system has them to give (reserved
+  // hugetlbfs pages, or transparent huge pages for shared memory), quietly not otherwise;
+  // --hugepages also warns when there are none; --no-hugepages never uses them.
+  HugePages hugepages = HugePages::kWhenAvailable;
   bool help = false;
   bool version = false;
 };

@@ -180,7 +180,7 @@ int Server::Run() {
   RegionOptions ro;
   ro.capacity = options_.memory;
   ro.prefault = options_.prefault;
-  ro.hugepages = options_.hugepages;
+  ro.hugepages = options_.hugepages != HugePages::kNever;
   std::string error;
   region_ = Region::Create(ro, &error);
   if (!region_) {
@@ -196,7 +196,7 @@ int Server::Run() {
     region_.reset();
     return 1;
   }
-  if (options_.hugepages && !region_->hugepages_active()) {
+  if (options_.hugepages == HugePages::kAsked && !region_->hugepages_active()) {
     LOG_WARN("--hugepages: the system gave no huge pages (%s; transparent huge pages for shared "
              "memory are off); using normal pages",
              HugetlbAdvice(options_.memory).c_str());
