@@ -9,6 +9,8 @@
 #pragma once
 
 #include <signal.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -115,6 +117,28 @@ inline int WaitExit(pid_t pid, std::chrono::milliseconds timeout = std::chrono::
     return -1;
   }
   return status;
+}
+
+// The threads of this process (entries of /proc/self/task).
+inline int ThreadCount() {
+  int n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+// Minor page faults this thread has taken so far.
+inline long ThreadMinorFaults() {
+  rusage u{};
+  getrusage(RUSAGE_THREAD, &u);
+  return u.ru_minflt;
+}
+
+// Whether a wait status (TestStore::Stop) is a clean exit with code 0.
+inline bool ExitedCleanly(int status) {
+  return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 class TestStore {

@@ -217,7 +217,7 @@ uint64_t Capacity(const std::string& socket_path) {
   return st.capacity_bytes;
 }
 
-bool ExitedCleanly(int status) { return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+using test::ExitedCleanly;
 
 // Stops a server with sig; it must exit 0.
 void CheckCleanStop(Server& s, int sig = SIGTERM) {

@@ -957,20 +957,10 @@ TEST_CASE("delete while a reader is open: unlink semantics") {
   CheckEmpty(a.get());
 }
 
-// The threads of this process (entries of /proc/self/task).
-int ThreadCount() {
-  int n = 0;
-  if (DIR* d = opendir("/proc/self/task")) {
-    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
-    closedir(d);
-  }
-  return n;
-}
-
 TEST_CASE("releases are queued: sent before the client's next request, soon by an idle client") {
   test::TestStore s("64M");
   REQUIRE(s.started());
-  const int threads_before = ThreadCount();
+  const int threads_before = test::ThreadCount();
   ClientPtr a = Connect(s, "a");
   ClientPtr b = Connect(s, "b");
   const store_object_id id = Id("released");
@@ -1031,7 +1021,7 @@ TEST_CASE("releases are queued: sent before the client's next request, soon by a
   CheckEmpty(a.get());
   a.reset();
   // Each connection's threads ended with it.
-  CHECK(ThreadCount() == threads_before);
+  CHECK(test::ThreadCount() == threads_before);
 }
 
 TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no thread for it; "
@@ -1041,7 +1031,7 @@ TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no t
   setenv("STORE_CLIENT_RELEASE_DELAY_US", "0", 1);
   setenv("STORE_CLIENT_POPULATE", "0", 1);
   setenv("STORE_CLIENT_SPIN_US", "0", 1);
-  const int threads_before = ThreadCount();
+  const int threads_before = test::ThreadCount();
   ClientPtr a = Connect(s, "a");
   unsetenv("STORE_CLIENT_RELEASE_DELAY_US");
   unsetenv("STORE_CLIENT_POPULATE");
@@ -1049,7 +1039,7 @@ TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no t
   const store_object_id id = Id("at-once");
   Put(a.get(), id, Pattern(41, 100));
   for (int i = 0; i < 10; i++) Open(a.get(), id).reset();
-  CHECK(ThreadCount() == threads_before);
+  CHECK(test::ThreadCount() == threads_before);
   // A get that waits for another client's seal.
   const store_object_id later = Id("sealed-later");
   std::thread t([&] {
@@ -1062,12 +1052,6 @@ TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no t
   CHECK(test::WaitFor([&] { return Stats(a.get()).open_count == 0; }));
   Delete(a.get(), id);
   CheckEmpty(a.get());
-}
-
-long ThreadMinorFaults() {
-  rusage u{};
-  getrusage(RUSAGE_THREAD, &u);
-  return u.ru_minflt;
 }
 
 // Page faults this thread may take touching a mapped object of `pages` pages: a few (the
@@ -1101,18 +1085,18 @@ TEST_CASE("a large object's pages are mapped at create and open: writing and rea
     WriterPtr w(raw);
     auto* p = static_cast<uint8_t*>(store_writer_data(w.get()));
     REQUIRE(p != nullptr);
-    long f0 = ThreadMinorFaults();
+    long f0 = test::ThreadMinorFaults();
     for (size_t i = 0; i < size; i++) p[i] = static_cast<uint8_t>(i * 7);
-    CHECK(ThreadMinorFaults() - f0 <= MappedFaultsAllowed(size / 4096));
+    CHECK(test::ThreadMinorFaults() - f0 <= MappedFaultsAllowed(size / 4096));
     REQUIRE(store_writer_seal(w.release()) == STORE_OK);
 
     ReaderPtr r = Open(b.get(), id);
     auto* q = static_cast<const uint8_t*>(store_reader_data(r.get()));
     REQUIRE(q != nullptr);
-    f0 = ThreadMinorFaults();
+    f0 = test::ThreadMinorFaults();
     size_t wrong = 0;
     for (size_t i = 0; i < size; i++) wrong += q[i] != static_cast<uint8_t>(i * 7);
-    CHECK(ThreadMinorFaults() - f0 <= MappedFaultsAllowed(size / 4096));
+    CHECK(test::ThreadMinorFaults() - f0 <= MappedFaultsAllowed(size / 4096));
     CHECK(wrong == 0);
     r.reset();
     Delete(a.get(), id);

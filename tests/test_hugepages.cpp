@@ -6,9 +6,6 @@
 // Run through with_hugepages.sh, which makes sure enough huge pages are free (skipped where it
 // cannot).
 #include <doctest.h>
-#include <dirent.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -45,21 +42,6 @@ long long MemInfo(const char* key) {
 
 long long FreeHugePages() { return MemInfo("HugePages_Free"); }
 
-int ThreadCount() {
-  int n = 0;
-  if (DIR* d = opendir("/proc/self/task")) {
-    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
-    closedir(d);
-  }
-  return n;
-}
-
-long ThreadMinorFaults() {
-  rusage u{};
-  getrusage(RUSAGE_THREAD, &u);
-  return u.ru_minflt;
-}
-
 // Page faults allowed while touching mapped memory: none, except under a sanitizer, whose
 // shadow memory faults in on first use.
 long FaultsAllowed(uint64_t bytes) {
@@ -69,10 +51,6 @@ long FaultsAllowed(uint64_t bytes) {
   (void)bytes;
   return 0;
 #endif
-}
-
-bool ExitedCleanly(int status) {
-  return status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 bool StartedOnHugePages(const TestStore& s) {
@@ -207,6 +185,26 @@ TEST_CASE("with --no-hugepages, or with too few huge pages free, the store uses 
     const std::string want = std::to_string(free_before + 1) + " needed";
     CHECK_MESSAGE(s.Log().find(want) != std::string::npos, s.Log());
     CHECK(FreeHugePages() == free_before);
+    CHECK(ExitedCleanly(s.Stop()));
+  }
+  CHECK(FreeHugePages() == free_before);
+}
+
+TEST_CASE("a --memory that is not a whole number of huge pages gets normal pages by default, and "
+          "is rounded up to huge pages with --hugepages") {
+  const long long free_before = FreeHugePages();
+  REQUIRE(free_before >= 2);
+  for (bool asked : {false, true}) {
+    INFO("--hugepages ", asked);
+    std::vector<std::string> args = {"--log-level", "info"};
+    if (asked) args.push_back("--hugepages");
+    TestStore s("3M", args);
+    REQUIRE_MESSAGE(s.started(), s.Log());
+    CHECK(StartedOnHugePages(s) == asked);
+    CHECK(FreeHugePages() == free_before - (asked ? 2 : 0));
+    ClientPtr c = Connect(s.socket(), "sizes");
+    CHECK(Stats(c.get()).capacity_bytes == (asked ? 4 : 3) * kMiB);
+    c.reset();
     CHECK(ExitedCleanly(s.Stop()));
   }
   CHECK(FreeHugePages() == free_before);

@@ -243,7 +243,7 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
   //    which fallocate proves), else ordinary shmem.
   bool hugetlb = false;
   uint64_t cap = 0;
-  if (options.hugepages) {
+  if (options.hugepages && !(options.hugepages_exact && options.capacity % kHugePage != 0)) {
     int fd = memfd_create("store", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
     if (fd >= 0) {
       uint64_t hcap = RoundUp(options.capacity, kHugePage);

@@ -19,6 +19,9 @@ struct RegionOptions {
   uint64_t capacity = 0;     // bytes; rounded up to a multiple of the page size
   bool prefault = false;     // touch every page at start (MADV_POPULATE_WRITE, else a write loop)
   bool hugepages = false;    // try MFD_HUGETLB, else madvise(MADV_HUGEPAGE); logs what it got
+  // With hugepages: hugetlbfs only if capacity is a multiple of its page size, instead of
+  // rounding the capacity up to one.
+  bool hugepages_exact = false;
   int64_t dirty_decay_ms = -1;  // jemalloc dirty decay; -1 = keep freed pages resident
 };
 

@@ -181,6 +181,8 @@ int Server::Run() {
   ro.capacity = options_.memory;
   ro.prefault = options_.prefault;
   ro.hugepages = options_.hugepages != HugePages::kNever;
+  // Unasked, huge pages never make the memory larger than --memory says.
+  ro.hugepages_exact = options_.hugepages == HugePages::kWhenAvailable;
   std::string error;
   region_ = Region::Create(ro, &error);
   if (!region_) {
