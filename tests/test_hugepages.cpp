@@ -53,8 +53,16 @@ long FaultsAllowed(uint64_t bytes) {
 #endif
 }
 
+// What the start-up line says. The store writes it just after its socket starts to accept,
+// which is all TestStore waits for, so the line is awaited here.
 bool StartedOnHugePages(const TestStore& s) {
-  return s.Log().find(", huge pages") != std::string::npos;
+  std::string log;
+  const bool seen = WaitFor([&] {
+    log = s.Log();
+    return log.find(" listening on ") != std::string::npos;
+  });
+  REQUIRE_MESSAGE(seen, log);
+  return log.find(", huge pages") != std::string::npos;
 }
 
 store_stats Stats(store_client* c) {
