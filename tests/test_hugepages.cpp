@@ -1,5 +1,6 @@
 // test_hugepages.cpp - the store on reserved huge pages (hugetlbfs), against a real store
-// process: used by default when enough are free, and quietly not when too few are; never with
+// process: used by default when enough are free, and quietly not when too few are (unless the
+// kernel may lend surplus ones, which the store gives back when it stops); never with
 // --no-hugepages. A client maps such a region whole when it connects, so its puts and gets take
 // no page fault and no mapping thread runs. Objects spill from and restore into huge pages
 // intact (the region frees only whole huge pages and zeroes the rest).
@@ -41,6 +42,42 @@ long long MemInfo(const char* key) {
 }
 
 long long FreeHugePages() { return MemInfo("HugePages_Free"); }
+long long SurplusHugePages() { return MemInfo("HugePages_Surp"); }
+
+// Sets vm.nr_overcommit_hugepages (how many surplus huge pages the kernel may take from free
+// memory when the pool runs short) for a scope and sets it back. ok() is false where the knob
+// cannot be written (not root), and then nothing changed.
+class OvercommitHugePages {
+ public:
+  explicit OvercommitHugePages(long long pages) {
+    old_ = Read();
+    ok_ = old_ >= 0 && Write(pages) && Read() == pages;
+  }
+  ~OvercommitHugePages() {
+    if (ok_) Write(old_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  static constexpr const char* kKnob = "/proc/sys/vm/nr_overcommit_hugepages";
+  static long long Read() {
+    FILE* f = std::fopen(kKnob, "re");
+    if (!f) return -1;
+    long long v = -1;
+    if (std::fscanf(f, "%lld", &v) != 1) v = -1;
+    std::fclose(f);
+    return v;
+  }
+  static bool Write(long long v) {
+    FILE* f = std::fopen(kKnob, "we");
+    if (!f) return false;
+    bool ok = std::fprintf(f, "%lld\n", v) > 0;
+    ok = std::fclose(f) == 0 && ok;
+    return ok;
+  }
+  long long old_ = -1;
+  bool ok_ = false;
+};
 
 // Page faults allowed while touching mapped memory: none, except under a sanitizer, whose
 // shadow memory faults in on first use.
@@ -178,6 +215,8 @@ TEST_CASE("with --no-hugepages, or with too few huge pages free, the store uses 
     CHECK(ExitedCleanly(s.Stop()));
   }
   SUBCASE("one huge page more than is free: quietly normal pages by default") {
+    OvercommitHugePages none(0);
+    REQUIRE_MESSAGE((none.ok() || SurplusHugePages() == 0), "vm.nr_overcommit_hugepages is set");
     const std::string memory = std::to_string((free_before + 1) * 2) + "M";
     TestStore s(memory, {"--log-level", "info"});
     REQUIRE_MESSAGE(s.started(), s.Log());
@@ -187,6 +226,7 @@ TEST_CASE("with --no-hugepages, or with too few huge pages free, the store uses 
     CHECK(ExitedCleanly(s.Stop()));
   }
   SUBCASE("one huge page more than is free, with --hugepages: a warning says how many are needed") {
+    OvercommitHugePages none(0);
     const std::string memory = std::to_string((free_before + 1) * 2) + "M";
     TestStore s(memory, {"--hugepages"});
     REQUIRE_MESSAGE(s.started(), s.Log());
@@ -215,6 +255,36 @@ TEST_CASE("a --memory that is not a whole number of huge pages gets normal pages
     c.reset();
     CHECK(ExitedCleanly(s.Stop()));
   }
+  CHECK(FreeHugePages() == free_before);
+}
+
+TEST_CASE("with too few huge pages free, the store borrows surplus ones where the kernel lends "
+          "them (vm.nr_overcommit_hugepages) and gives them back when it stops") {
+  const long long free_before = FreeHugePages();
+  const long long surplus_before = SurplusHugePages();
+  REQUIRE(free_before >= 0);
+  REQUIRE(surplus_before >= 0);
+  OvercommitHugePages lend(surplus_before + 4);
+  if (!lend.ok()) {
+    WARN_MESSAGE(false, "vm.nr_overcommit_hugepages cannot be set here (not root): case not run");
+    return;
+  }
+  // Four huge pages more than the pool has free: the kernel lends those four.
+  const std::string memory = std::to_string((free_before + 4) * 2) + "M";
+  TestStore s(memory, {"--log-level", "info"});
+  REQUIRE_MESSAGE(s.started(), s.Log());
+  CHECK_MESSAGE(StartedOnHugePages(s), s.Log());
+  CHECK(FreeHugePages() == 0);
+  CHECK(SurplusHugePages() == surplus_before + 4);
+  ClientPtr c = Connect(s.socket(), "borrower");
+  CHECK(Stats(c.get()).capacity_bytes == static_cast<uint64_t>(free_before + 4) * 2 * kMiB);
+  const store_object_id id = IdOf("on-surplus-pages");
+  PutPattern(c.get(), id, 5 * kMiB + 77, 9);
+  CHECK(WrongBytes(c.get(), id, 5 * kMiB + 77, 9) == 0);
+  REQUIRE(store_delete(c.get(), &id) == STORE_OK);
+  c.reset();
+  CHECK(ExitedCleanly(s.Stop()));
+  CHECK(SurplusHugePages() == surplus_before);
   CHECK(FreeHugePages() == free_before);
 }
 

@@ -27,26 +27,30 @@ using proto::Body;
 namespace {
 
 // What hugetlbfs has (/proc/meminfo) against what a region of capacity bytes needs, and the
-// sysctl that would reserve enough, for the --hugepages warning.
+// sysctls that would give enough, for the --hugepages warning: a pool reserved for good, or
+// surplus pages that the kernel takes from free memory when asked and gives back afterwards.
 std::string HugetlbAdvice(uint64_t capacity) {
-  unsigned long long total = 0, avail = 0, kib = 0;
+  unsigned long long total = 0, avail = 0, surplus = 0, kib = 0;
   int found = 0;
   if (FILE* f = fopen("/proc/meminfo", "r")) {
     char line[128];
     while (fgets(line, sizeof line, f)) {
       found += sscanf(line, "HugePages_Total: %llu", &total) == 1;
       found += sscanf(line, "HugePages_Free: %llu", &avail) == 1;
+      found += sscanf(line, "HugePages_Surp: %llu", &surplus) == 1;
       found += sscanf(line, "Hugepagesize: %llu kB", &kib) == 1;
     }
     fclose(f);
   }
-  if (found != 3 || kib == 0) return "hugetlbfs is not available";
+  if (found != 4 || kib == 0) return "hugetlbfs is not available";
   const unsigned long long need = (capacity + (kib << 10) - 1) / (kib << 10);
-  char buf[256];
+  const unsigned long long missing = need > avail ? need - avail : 0;
+  char buf[320];
   snprintf(buf, sizeof buf,
            "hugetlbfs has %llu of %llu huge pages of %llu KiB free, %llu needed: e.g. sysctl "
-           "vm.nr_hugepages=%llu",
-           avail, total, kib, need, total + (need > avail ? need - avail : 0));
+           "vm.nr_hugepages=%llu to reserve them, or vm.nr_overcommit_hugepages=%llu to let the "
+           "kernel lend them while it has the memory",
+           avail, total, kib, need, total - surplus + missing, surplus + missing);
   return buf;
 }
 
