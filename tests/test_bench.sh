@@ -49,7 +49,8 @@ for f in figs:
     for lim in f["limits"]:
         assert lim["samples"] and all(v > 0 for v in lim["samples"]), f"{f['name']}: {lim}"
 first = next(f for f in figs if f["name"] == "large_put_first")
-assert {l["name"] for l in first["limits"]} == {"memcpy_touched", "memcpy_fresh", "memcpy_mapped"}
+assert {l["name"] for l in first["limits"]} == {"memcpy_touched", "memcpy_fresh", "memcpy_mapped",
+                                               "memcpy_idle"}, first["limits"]
 assert d["cleanup"]["left"] == 0, d["cleanup"]
 memory = next(f for f in figs if f["name"] == "table_memory")
 assert memory["figure"]["unit"] == "B/object" and not memory["limits"], memory
