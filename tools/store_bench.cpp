@@ -923,31 +923,6 @@ double MemcpyMapped(const uint8_t* src) {
   return Now() - t0;
 }
 
-// KiB of the store's region mapped into this process (the Rss, or the hugetlb pages, of the
-// "memfd:store" mapping in /proc/self/smaps), or -1 if it is not found.
-long RegionMappedKiB() {
-  FILE* f = fopen("/proc/self/smaps", "r");
-  if (!f) return -1;
-  char line[512];
-  bool in_region = false;
-  long kib = -1;
-  while (fgets(line, sizeof line, f)) {
-    long v = 0;
-    if (!in_region) {
-      in_region = strchr(line, '-') && strstr(line, " /memfd:store");
-      if (in_region) kib = 0;
-    } else if (sscanf(line, "Rss: %ld kB", &v) == 1 ||
-               sscanf(line, "Shared_Hugetlb: %ld kB", &v) == 1 ||
-               sscanf(line, "Private_Hugetlb: %ld kB", &v) == 1) {
-      kib += v;  // a hugetlb mapping counts its pages apart from Rss
-    } else if (strncmp(line, "VmFlags:", 8) == 0) {
-      break;
-    }
-  }
-  fclose(f);
-  return kib;
-}
-
 // One field (in kB) of a mapping in /proc/self/smaps: the mapping that starts at `base`, or, with
 // base NULL, the store's region ("memfd:store"). -1 if the mapping or the field is not found.
 long SmapsField(const void* base, const char* field) {
@@ -973,6 +948,16 @@ long SmapsField(const void* base, const char* field) {
   }
   fclose(f);
   return kib;
+}
+
+// KiB of the store's region mapped into this process (the Rss, or the hugetlb pages, of the
+// "memfd:store" mapping in /proc/self/smaps), or -1 if it is not found.
+long RegionMappedKiB() {
+  const long rss = SmapsField(nullptr, "Rss");
+  if (rss < 0) return -1;
+  // A hugetlb mapping counts its pages apart from Rss.
+  return rss + std::max(0L, SmapsField(nullptr, "Shared_Hugetlb")) +
+         std::max(0L, SmapsField(nullptr, "Private_Hugetlb"));
 }
 
 // Whether this process maps the store's region with huge pages: hugetlbfs (a 2 MiB kernel page
@@ -1001,16 +986,19 @@ void PrepareIdleMemory(int count) {
   const bool huge = RegionOnHugePages();
   void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) DieErrno("mmap of the idle buffers");
+  bool written = false;
   if (huge) {
     // Transparent huge pages if the system gives them to a process that asks, else reserved
     // ones (hugetlbfs) if enough are left beside the store's.
     bool thp = madvise(p, len, MADV_HUGEPAGE) == 0;
     if (thp) {
       memset(p, 1, len);
+      written = true;
       thp = SmapsField(p, "AnonHugePages") >= static_cast<long>(len >> 10) / 2;
     }
     if (!thp) {
       munmap(p, len);
+      written = false;
       p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1,
                0);
       if (p == MAP_FAILED) {
@@ -1019,7 +1007,7 @@ void PrepareIdleMemory(int count) {
       }
     }
   }
-  memset(p, 1, len);
+  if (!written) memset(p, 1, len);
   Clobber(p);
   g_idle.p = static_cast<uint8_t*>(p);
   g_idle.count = count;
