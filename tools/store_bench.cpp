@@ -984,35 +984,31 @@ IdleMemory g_idle;
 void PrepareIdleMemory(int count) {
   const size_t len = static_cast<size_t>(count) * kLargeSize;
   const bool huge = RegionOnHugePages();
+  auto keep = [&](void* p) {
+    Clobber(p);
+    g_idle.p = static_cast<uint8_t*>(p);
+    g_idle.count = count;
+    g_idle.written_at = Now();
+    g_idle.pages = huge ? "2 MiB" : "4 KiB";
+  };
   void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) DieErrno("mmap of the idle buffers");
-  bool written = false;
   if (huge) {
     // Transparent huge pages if the system gives them to a process that asks, else reserved
     // ones (hugetlbfs) if enough are left beside the store's.
-    bool thp = madvise(p, len, MADV_HUGEPAGE) == 0;
-    if (thp) {
+    if (madvise(p, len, MADV_HUGEPAGE) == 0) {
       memset(p, 1, len);
-      written = true;
-      thp = SmapsField(p, "AnonHugePages") >= static_cast<long>(len >> 10) / 2;
+      if (SmapsField(p, "AnonHugePages") >= static_cast<long>(len >> 10) / 2) return keep(p);
     }
-    if (!thp) {
-      munmap(p, len);
-      written = false;
-      p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1,
-               0);
-      if (p == MAP_FAILED) {
-        g_idle.missing = "the region is on huge pages and this process could get none for it";
-        return;
-      }
+    munmap(p, len);
+    p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+    if (p == MAP_FAILED) {
+      g_idle.missing = "the region is on huge pages and this process could get none for it";
+      return;
     }
   }
-  if (!written) memset(p, 1, len);
-  Clobber(p);
-  g_idle.p = static_cast<uint8_t*>(p);
-  g_idle.count = count;
-  g_idle.written_at = Now();
-  g_idle.pages = huge ? "2 MiB" : "4 KiB";
+  memset(p, 1, len);
+  keep(p);
 }
 
 // memcpy of kLargeSize into idle buffer k, which nothing touched since the run started; seconds.
