@@ -752,6 +752,35 @@ int CopyOut(const Vec* vec, T** out, size_t* count, const char* what, Fill fill)
   return STORE_OK;
 }
 
+// A C array for the caller (freed with store_free), filled a page of replies at a time.
+template <class T>
+struct OutArray {
+  T* data = nullptr;
+  size_t size = 0, cap = 0;
+  OutArray() = default;
+  OutArray(const OutArray&) = delete;
+  OutArray& operator=(const OutArray&) = delete;
+  ~OutArray() { std::free(data); }
+  // Room for `more` entries after the ones there, zeroed; false when out of memory.
+  bool Grow(size_t more) {
+    if (size + more > cap) {
+      size_t n = std::max(cap * 2, size + more);
+      void* p = std::realloc(data, n * sizeof(T));
+      if (!p) return false;
+      data = static_cast<T*>(p);
+      cap = n;
+    }
+    std::memset(data + size, 0, more * sizeof(T));
+    return true;
+  }
+  void Release(T** out, size_t* count) {
+    if (size == 0) return;
+    *out = data;
+    *count = size;
+    data = nullptr;
+  }
+};
+
 int SeekImpl(uint64_t* pos, uint64_t size, int64_t offset, int whence, uint64_t* out) {
   int64_t origin;
   switch (whence) {
@@ -1652,7 +1681,7 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
       store_object_id_to_hex(id, hex, sizeof hex);
       switch (l->status()) {
         case STORE_ETIMEDOUT:
-          return Fail(STORE_ETIMEDOUT, "object %s was not sealed within %lld ms", hex,
+          return Fail(STORE_ETIMEDOUT, "object %s was not sealed (or read back from disk) within %lld ms", hex,
                       static_cast<long long>(timeout_ms));
         case STORE_ENOTFOUND:
           return Fail(STORE_ENOTFOUND, "object %s is not in the store (or not sealed yet)", hex);
@@ -1661,9 +1690,15 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
                       "object %s could not be read back from disk intact (the server's log "
                       "says why); it is not served", hex);
         case STORE_ENOSPACE:
+          return Fail(STORE_ENOSPACE, "object %s is on disk and no memory could be freed to "
+                      "restore it into%s", hex, timeout_ms > 0 ? " within the timeout" : "");
         case STORE_ENODISK:
-          return Fail(l->status(), "object %s is on disk and there is no memory to restore it "
-                      "into: %s", hex, store_errstr(l->status()));
+          return Fail(STORE_ENODISK, "object %s is on disk and there is no memory to restore it "
+                      "into: spilling other objects to make room fails (the server's log says "
+                      "why)", hex);
+        case STORE_EMISUSE:
+          return Fail(STORE_EMISUSE, "object %s has as many open readers as a count can hold",
+                      hex);
         default:
           return Fail(STORE_EPROTO, "object %s: unexpected status %d", hex, l->status());
       }
@@ -1800,7 +1835,8 @@ int store_delete(store_client* client, const store_object_id* id) {
     int rc = Call(client->conn, fbb, Body::DeleteRequest,
                   proto::CreateDeleteRequest(fbb, vec).Union(), Body::DeleteReply, &reply);
     if (rc != STORE_OK) return rc;
-    auto* s = reply->msg->body_as_DeleteReply()->statuses();
+    auto* dr = reply->msg->body_as_DeleteReply();
+    auto* s = dr->statuses();
     if (s->size() != 1) return Fail(STORE_EPROTO, "bad delete reply");
     int st = s->Get(0);
     if (st == STORE_OK) return STORE_OK;
@@ -1810,7 +1846,8 @@ int store_delete(store_client* client, const store_object_id* id) {
       return Fail(st, "object %s is still being written; its creator can abort it", hex);
     }
     if (st == STORE_ENOTFOUND) return Fail(st, "object %s is not in the store", hex);
-    return Fail(st < 0 && st >= STORE_ERRNO_MIN_ ? st : STORE_EPROTO, "cannot delete %s", hex);
+    return Fail(st < 0 && st >= STORE_ERRNO_MIN_ ? st : STORE_EPROTO, "object %s: %s", hex,
+                dr->error() ? dr->error()->c_str() : "cannot delete it");
   });
 }
 
@@ -1829,7 +1866,8 @@ int store_delete_many(store_client* client, const store_object_id* ids, size_t n
       int rc = Call(client->conn, fbb, Body::DeleteRequest,
                     proto::CreateDeleteRequest(fbb, vec).Union(), Body::DeleteReply, &reply);
       if (rc != STORE_OK) return rc;
-      auto* st = reply->msg->body_as_DeleteReply()->statuses();
+      auto* dr = reply->msg->body_as_DeleteReply();
+      auto* st = dr->statuses();
       if (st->size() != k) return Fail(STORE_EPROTO, "bad delete reply");
       for (size_t i = 0; i < k; i++) {
         int code = st->Get(static_cast<flatbuffers::uoffset_t>(i));
@@ -1839,7 +1877,8 @@ int store_delete_many(store_client* client, const store_object_id* ids, size_t n
           first = code < 0 && code >= STORE_ERRNO_MIN_ ? code : STORE_EPROTO;
           char hex[41];
           store_object_id_to_hex(&ids[start + i], hex, sizeof hex);
-          Fail(first, "cannot delete object %s: %s", hex, store_errstr(first));
+          Fail(first, "cannot delete object %s: %s", hex,
+               dr->error() ? dr->error()->c_str() : store_errstr(first));
           first_message = t_message;
         }
       }
@@ -1866,14 +1905,32 @@ int store_info(store_client* client, const store_object_id* id, store_object_inf
 int store_list(store_client* client, store_object_info** out, size_t* count) {
   return Guard([&]() -> int {
     if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
-    flatbuffers::FlatBufferBuilder fbb(64);
-    std::unique_ptr<Reply> reply;
-    int rc = Call(client->conn, fbb, Body::ListRequest, proto::CreateListRequest(fbb).Union(),
-                  Body::ListReply, &reply);
-    if (rc != STORE_OK) return rc;
-    auto* objs = reply->msg->body_as_ListReply()->objects();
-    return CopyOut(objs, out, count, "objects",
-                   [&](flatbuffers::uoffset_t i, store_object_info* o) { FromProto(*objs->Get(i), o); });
+    // Page by page (each reply is bounded), through a snapshot the server keeps for this list.
+    OutArray<store_object_info> all;
+    uint64_t cursor = 0;
+    do {
+      flatbuffers::FlatBufferBuilder fbb(64);
+      std::unique_ptr<Reply> reply;
+      int rc = Call(client->conn, fbb, Body::ListRequest,
+                    proto::CreateListRequest(fbb, cursor, proto::kMaxListPage).Union(),
+                    Body::ListReply, &reply);
+      if (rc != STORE_OK) return rc;
+      auto* r = reply->msg->body_as_ListReply();
+      auto* objs = r->objects();
+      if (!all.Grow(objs->size())) {
+        return Fail(STORE_ENOMEM, "out of memory for %zu objects", all.size + objs->size());
+      }
+      for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) {
+        FromProto(*objs->Get(i), &all.data[all.size++]);
+      }
+      if (r->cursor() != 0 && r->cursor() == cursor && objs->size() == 0) {
+        MarkBroken(client->conn, STORE_EPROTO, "the store's list makes no progress");
+        return BrokenError(client->conn);
+      }
+      cursor = r->cursor();
+    } while (cursor != 0);
+    all.Release(out, count);
+    return STORE_OK;
   });
 }
 
@@ -2081,25 +2138,41 @@ int store_spill_url(store_client* client, const store_object_id* id, char* buf, 
 int store_list_spill_files(store_client* client, store_spill_file_info** out, size_t* count) {
   return Guard([&]() -> int {
     if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
-    flatbuffers::FlatBufferBuilder fbb(64);
-    std::unique_ptr<Reply> reply;
-    int rc = Call(client->conn, fbb, Body::SpillFilesRequest,
-                  proto::CreateSpillFilesRequest(fbb).Union(), Body::SpillFilesReply, &reply);
-    if (rc != STORE_OK) return rc;
-    auto* files = reply->msg->body_as_SpillFilesReply()->files();
-    return CopyOut(files, out, count, "spill files",
-                   [&](flatbuffers::uoffset_t i, store_spill_file_info* o) {
-      const proto::SpillFileInfo* f = files->Get(i);
-      if (f->path()) {
-        size_t n = std::min<size_t>(f->path()->size(), sizeof o->path - 1);
-        std::memcpy(o->path, f->path()->data(), n);
+    OutArray<store_spill_file_info> all;
+    uint64_t after = 0;
+    do {
+      flatbuffers::FlatBufferBuilder fbb(64);
+      std::unique_ptr<Reply> reply;
+      int rc = Call(client->conn, fbb, Body::SpillFilesRequest,
+                    proto::CreateSpillFilesRequest(fbb, after).Union(), Body::SpillFilesReply,
+                    &reply);
+      if (rc != STORE_OK) return rc;
+      auto* r = reply->msg->body_as_SpillFilesReply();
+      auto* files = r->files();
+      if (!all.Grow(files->size())) {
+        return Fail(STORE_ENOMEM, "out of memory for %zu spill files", all.size + files->size());
       }
-      o->size = f->size();
-      o->live_objects = f->live_objects();
-      o->live_bytes = f->live_bytes();
-      o->dead_bytes = f->dead_bytes();
-      o->created_time_ns = f->created_ns();
-    });
+      for (flatbuffers::uoffset_t i = 0; i < files->size(); i++) {
+        const proto::SpillFileInfo* f = files->Get(i);
+        store_spill_file_info* o = &all.data[all.size++];
+        if (f->path()) {
+          size_t n = std::min<size_t>(f->path()->size(), sizeof o->path - 1);
+          std::memcpy(o->path, f->path()->data(), n);
+        }
+        o->size = f->size();
+        o->live_objects = f->live_objects();
+        o->live_bytes = f->live_bytes();
+        o->dead_bytes = f->dead_bytes();
+        o->created_time_ns = f->created_ns();
+      }
+      if (r->next() != 0 && r->next() <= after) {
+        MarkBroken(client->conn, STORE_EPROTO, "the store's list of spill files makes no progress");
+        return BrokenError(client->conn);
+      }
+      after = r->next();
+    } while (after != 0);
+    all.Release(out, count);
+    return STORE_OK;
   });
 }
 

@@ -281,10 +281,17 @@ STORE_API void store_client_free(store_client *client);
 /* Creates an object of data_size bytes (> 0) under id. opts may be NULL (no metadata,
  * importance 0, host memory, fail at once when full). Caller owns *out; it must end with
  * store_writer_seal() or store_writer_abort().
- * STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not fit and timeout_ms
- * is 0; STORE_ETIMEDOUT if it still does not fit after waiting timeout_ms (waiting creates are
- * served in arrival order); STORE_EINVAL for a zero size, a size above the store's capacity or
- * bad options.
+ * When it does not fit, it waits (opts->timeout_ms; waiting creates are served in arrival
+ * order) while the store spills other objects or room is freed by deletes, unpins and closed
+ * readers, with or without a spill directory.
+ * Returns STORE_OK; STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not
+ * fit and timeout_ms is 0 (the store starts spilling, so a retry may fit); STORE_ETIMEDOUT if it
+ * still does not fit after timeout_ms (the message says what holds the memory: readers, pins,
+ * objects being written); STORE_ENODISK if it needs a spill and the spill directories cannot
+ * take one (full, over --disk-threshold, or failing): it fails then rather than wait on the
+ * disk; STORE_EINVAL for a zero size, a size that can never fit, or bad options;
+ * STORE_ENOTSUP for a GPU object on a store without GPU objects; STORE_ECONN if the connection
+ * is lost; STORE_ENOMEM if this process is out of memory.
  * GPU objects (opts->device >= 0) live in device memory the store owns: write them through
  * store_writer_device_ptr() (or store_writer_write(), which copies from the host); readers in
  * other processes get the same device memory through store_reader_device_ptr(), with no copy
@@ -340,13 +347,26 @@ STORE_API int store_put_many(store_client *client, const store_object_id *ids,
 
 /* Opens a sealed object for reading. timeout_ms: 0 = do not wait (STORE_ENOTFOUND if it is not
  * sealed now), > 0 = wait that long for it to be created and sealed (then STORE_ETIMEDOUT),
- * -1 = wait forever. Caller owns *out; free with store_reader_close(). */
+ * -1 = wait forever. An object on disk (spilled) is read back into memory first, whatever the
+ * timeout; when no memory can be freed for it, the open waits for room until the timeout.
+ * Caller owns *out; free with store_reader_close().
+ * Returns STORE_OK; STORE_ENOTFOUND; STORE_ETIMEDOUT; STORE_ENOSPACE if the object is on disk
+ * and no memory could be freed to read it back into (at once with timeout 0, else once the
+ * timeout passed); STORE_ENODISK if making that room needs a spill the spill directories cannot
+ * take; STORE_ECORRUPT if its copy on disk fails its checksum or cannot be read (never wrong
+ * bytes); STORE_EMISUSE if the object already has as many readers as a count holds (2^32-1);
+ * STORE_EINVAL for bad arguments; STORE_ECONN if the connection is lost; STORE_ENOMEM. */
 STORE_API int store_open_reader(store_client *client, store_reader **out,
                                 const store_object_id *id, int64_t timeout_ms);
 
 /* Opens n objects in one request, waiting at most timeout_ms in all. out has n slots: each gets a
- * reader, or NULL where that object was not sealed in time. Returns STORE_OK even when some are
- * missing; an error means no reader was opened. The caller owns each non-NULL reader. */
+ * reader, or NULL where that object was not sealed in time (or, as for store_open_reader, could
+ * not be read back from disk). Each id is taken once, when it is first there (sealed, or read
+ * back from disk): from then on the reader holds that object, even if it is deleted and put
+ * again while the call waits for the other ids. With timeout_ms -1 the call returns when every
+ * id was taken. Returns STORE_OK even when some are missing; an error (STORE_EINVAL,
+ * STORE_ECONN, STORE_ENOMEM) means no reader was opened. The caller owns each non-NULL
+ * reader. */
 STORE_API int store_open_readers(store_client *client, store_reader **out,
                                  const store_object_id *ids, size_t n, int64_t timeout_ms);
 
@@ -395,7 +415,12 @@ STORE_API void store_readers_close(store_reader **readers, size_t n);
 STORE_API int store_contains(store_client *client, const store_object_id *id, int *present);
 
 /* Deletes a sealed object: it disappears at once; its memory returns when its last reader closes.
- * STORE_ENOTFOUND if absent, STORE_ENOTSEALED if it is still being written. */
+ * A delete is durable when it returns STORE_OK: a store restarted with --recover after any crash
+ * never serves the object again (for an object with a copy on disk, the store makes a record of
+ * the delete durable on disk first; deletes arriving together share that write).
+ * STORE_ENOTFOUND if absent, STORE_ENOTSEALED if it is still being written; STORE_ENODISK if it
+ * is deleted but the record of the delete could not be written (the message says why): a store
+ * restarted with --recover after a crash could then serve it again. */
 STORE_API int store_delete(store_client *client, const store_object_id *id);
 
 /* Deletes n objects with one request per 65536. Every id is tried: returns STORE_OK if all were
@@ -408,7 +433,11 @@ STORE_API int store_delete_many(store_client *client, const store_object_id *ids
 STORE_API int store_info(store_client *client, const store_object_id *id,
                          store_object_info *info);
 
-/* Lists every object in the table (CREATED ones included; deleted ones not). Caller owns *out (NULL when *count is 0); free with store_free(). */
+/* Lists every object in the table (CREATED ones included; deleted ones not), as they are when
+ * the call starts: it pages through them (a request per 65536 objects), so an object that exists
+ * throughout the call is listed exactly once and one created meanwhile is not listed; one
+ * deleted meanwhile may be missing. Caller owns *out (NULL when *count is 0); free with
+ * store_free(). STORE_ENOMEM if the array cannot be allocated. */
 STORE_API int store_list(store_client *client, store_object_info **out, size_t *count);
 
 /* Frees memory returned by the library (store_list). NULL-safe. */

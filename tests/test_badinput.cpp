@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -970,6 +971,27 @@ TEST_CASE("a client name over the limit is a protocol error; one at the limit is
   s.CheckServes();
 }
 
+TEST_CASE("a client name cannot forge log lines or reach a terminal: it is logged escaped") {
+  Attacked s;
+  const std::string name = "evil\n2026-01-01 00:00:00.000 store[1] error: forged\x1b[31m\\\x9b";
+  RawConn c(s.store.socket());
+  REQUIRE(c.Send(ConnectMsg(1, proto::kProtocolVersion, name)));
+  Reply r;
+  REQUIRE(ExpectReply(c, 1, Body::ConnectReply, &r));
+  // A protocol error: the server logs a warning naming the client.
+  REQUIRE(c.Send(NoneMsg(2)));
+  ExpectProtocolError(c, 2);
+  s.CheckServes();
+  const std::string log = s.store.Log();
+  INFO(log);
+  CHECK(log.find("evil\\n2026-01-01 00:00:00.000 store[1] error: forged\\x1b[31m\\\\\\x9b") !=
+        std::string::npos);
+  CHECK(log.find("\nforged") == std::string::npos);
+  CHECK(log.find("\n2026-01-01") == std::string::npos);
+  CHECK(log.find('\x1b') == std::string::npos);
+  CHECK(log.find('\x9b') == std::string::npos);
+}
+
 TEST_CASE("a second connect on the same connection is a protocol error") {
   Attacked s;
   const size_t fds = s.ServerFds();
@@ -1828,7 +1850,12 @@ Bytes RandomRequest(std::mt19937_64& rng, uint64_t seq, const std::vector<uint64
       proto::ObjectId id = IdOf(key());
       return Finish(b, seq, Body::InfoRequest, proto::CreateInfoRequest(b, &id).Union());
     }
-    case 9: return ListMsg(seq);
+    case 9: {
+      flatbuffers::FlatBufferBuilder lb(64);
+      uint64_t cursor = pick(std::vector<uint64_t>{0, 0, 1, 2, UINT64_MAX});
+      uint32_t limit = pick(std::vector<uint32_t>{0, 1, 7, proto::kMaxListPage + 1, UINT32_MAX});
+      return Finish(lb, seq, Body::ListRequest, proto::CreateListRequest(lb, cursor, limit).Union());
+    }
     case 10: {
       proto::ObjectId id = IdOf(key());
       if (rng() % 2) return Finish(b, seq, Body::PinRequest, proto::CreatePinRequest(b, &id).Union());
@@ -1865,7 +1892,11 @@ Bytes RandomRequest(std::mt19937_64& rng, uint64_t seq, const std::vector<uint64
       if (rng() % 8 == 0) {
         return Finish(b, seq, Body::DisconnectRequest, proto::CreateDisconnectRequest(b).Union());
       }
-      return Finish(b, seq, Body::SpillFilesRequest, proto::CreateSpillFilesRequest(b).Union());
+      return Finish(b, seq, Body::SpillFilesRequest,
+                    proto::CreateSpillFilesRequest(
+                        b, pick(std::vector<uint64_t>{0, 1, 2, UINT64_MAX}),
+                        pick(std::vector<uint32_t>{0, 1, UINT32_MAX}))
+                        .Union());
     default:
       return GpuChunkMsg(seq, pick(std::vector<int32_t>{-1, 0, 3}),
                          pick(std::vector<uint32_t>{0, 1, UINT32_MAX}));
@@ -1873,6 +1904,74 @@ Bytes RandomRequest(std::mt19937_64& rng, uint64_t seq, const std::vector<uint64
 }
 
 }  // namespace
+
+TEST_CASE("a list reply is bounded: the objects come a page at a time, from one snapshot") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  Handshake(c);
+  // More objects than a page holds, put through the library.
+  const size_t n = proto::kMaxListPage + 1000;
+  {
+    store_client* lib = nullptr;
+    REQUIRE(store_client_connect(&lib, s.store.socket().c_str(), nullptr) == STORE_OK);
+    std::vector<store_object_id> ids(n);
+    std::vector<const void*> datas(n);
+    std::vector<uint64_t> sizes(n, 8);
+    const uint64_t word = 42;
+    for (size_t i = 0; i < n; i++) {
+      ids[i] = CIdOf("listed-" + std::to_string(i));
+      datas[i] = &word;
+    }
+    size_t done = 0;
+    REQUIRE(store_put_many(lib, ids.data(), datas.data(), sizes.data(), n, nullptr, &done) ==
+            STORE_OK);
+    store_client_free(lib);
+  }
+  auto list = [&](uint64_t seq, uint64_t cursor, uint32_t limit) {
+    flatbuffers::FlatBufferBuilder b(64);
+    return Finish(b, seq, Body::ListRequest, proto::CreateListRequest(b, cursor, limit).Union());
+  };
+  // A first page with no limit given: one page's worth, a cursor, the snapshot's size.
+  REQUIRE(c.Send(list(2, 0, 0)));
+  Reply r;
+  REQUIRE(ExpectReply(c, 2, Body::ListReply, &r));
+  CHECK(r.size < proto::kMaxReplyBytes / 8);
+  auto* lr = r.msg->body_as_ListReply();
+  CHECK(lr->objects()->size() == proto::kMaxListPage);
+  CHECK(lr->total() == n);
+  uint64_t cursor = lr->cursor();
+  CHECK(cursor != 0);
+  std::set<std::string> seen;
+  for (auto* o : *lr->objects()) seen.insert(std::string(o->id().bytes()->begin(), o->id().bytes()->end()));
+  // A cursor that is not this client's list: EINVAL, and the connection stays open.
+  REQUIRE(c.Send(list(3, cursor + 1, 10)));
+  ExpectError(c, 3, STORE_EINVAL);
+  // The rest, in small pages.
+  uint64_t seq = 4;
+  while (cursor != 0) {
+    REQUIRE(c.Send(list(seq, cursor, 300)));
+    REQUIRE(ExpectReply(c, seq, Body::ListReply, &r));
+    lr = r.msg->body_as_ListReply();
+    CHECK(lr->objects()->size() <= 300);
+    for (auto* o : *lr->objects()) seen.insert(std::string(o->id().bytes()->begin(), o->id().bytes()->end()));
+    cursor = lr->cursor();
+    seq++;
+  }
+  CHECK(seen.size() == n);
+  // Once ended, the cursor is gone.
+  REQUIRE(c.Send(list(seq, 1, 10)));
+  ExpectError(c, seq, STORE_EINVAL);
+  // A new list replaces an unfinished one: the old cursor is refused.
+  REQUIRE(c.Send(list(seq + 1, 0, 10)));
+  REQUIRE(ExpectReply(c, seq + 1, Body::ListReply, &r));
+  uint64_t first = r.msg->body_as_ListReply()->cursor();
+  REQUIRE(c.Send(list(seq + 2, 0, 10)));
+  REQUIRE(ExpectReply(c, seq + 2, Body::ListReply, &r));
+  CHECK(r.msg->body_as_ListReply()->cursor() != first);
+  REQUIRE(c.Send(list(seq + 3, first, 10)));
+  ExpectError(c, seq + 3, STORE_EINVAL);
+  s.CheckServes();
+}
 
 TEST_CASE("thousands of well-formed requests with random fields from several connections never "
           "hurt the server, and it is left with nothing once the objects are deleted") {

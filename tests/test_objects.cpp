@@ -255,6 +255,23 @@ TEST_CASE("counters follow every transition of one object exactly") {
     CHECK_COUNTERS(t, e);
   }
 
+  SUBCASE("reader and pin counts stop at their largest value instead of wrapping") {
+    t.Mutate(o, [](Object* x) { x->readers = UINT32_MAX - 1; });
+    CHECK(t.AddReader(o));
+    CHECK(o->readers == UINT32_MAX);
+    CHECK_FALSE(t.AddReader(o));  // refused: nothing changed
+    CHECK(o->readers == UINT32_MAX);
+    t.RemoveReader(o);
+    CHECK(o->readers == UINT32_MAX - 1);
+    t.Mutate(o, [](Object* x) { x->readers = 0; });
+    t.Mutate(o, [](Object* x) { x->pins = UINT32_MAX - 1; });
+    CHECK(t.AddPin(o));
+    CHECK_FALSE(t.AddPin(o));
+    CHECK(o->pins == UINT32_MAX);
+    t.Mutate(o, [](Object* x) { x->pins = 0; });
+    CHECK_COUNTERS(t, e);
+  }
+
   SUBCASE("pins") {
     t.AddPin(o);
     CHECK(o->pins == 1);

@@ -643,13 +643,16 @@ TEST_SUITE("unit") {
 
 TEST_CASE("MessageIdentifier and limits") {
   CHECK(std::string(P::MessageIdentifier()) == "STOR");
-  CHECK(P::kProtocolVersion == 2);
+  CHECK(P::kProtocolVersion == 3);
   CHECK(sizeof(P::ObjectId) == 20);
   CHECK(sizeof(P::ObjectLocation) == 64);
   CHECK(sizeof(P::GpuDeviceStats) == 48);
   CHECK(sizeof(P::ObjectInfo) == 88);
   CHECK(P::kMaxRequestBytes == 4u << 20);
-  CHECK(P::kMaxReplyBytes == 1u << 30);
+  CHECK(P::kMaxReplyBytes == 64u << 20);
+  CHECK(P::kMaxListPage * sizeof(P::ObjectInfo) < P::kMaxReplyBytes / 2);
+  CHECK(P::kMaxPageObjects * sizeof(P::ObjectInfo) < P::kMaxReplyBytes / 2);
+  CHECK(P::kMaxSpillFilesPage * 4200 < P::kMaxReplyBytes / 2);
 }
 
 TEST_CASE("ConnectRequest and ConnectReply round-trip") {

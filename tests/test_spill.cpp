@@ -415,10 +415,13 @@ TEST_CASE("a spill file of mixed records reads back") {
   CHECK(trailer[24] == kFileVersion);
   CHECK(trailer[28] == kTrailer);
 
-  // The checksum is XXH3-64 of the whole record as stored.
+  // The checksum is XXH3-64 of the whole record as stored, seeded with the id's first 8
+  // bytes (little-endian).
   for (size_t i : {size_t{1}, size_t{13}}) {
     std::vector<uint8_t> rec = ReadAt(path, w.locs[i].offset, w.locs[i].size);
-    CHECK(XXH3_64bits(rec.data(), rec.size()) == w.locs[i].checksum);
+    CHECK(XXH3_64bits_withSeed(rec.data(), rec.size(), GetU64(objs[i].id)) ==
+          w.locs[i].checksum);
+    CHECK(XXH3_64bits(rec.data(), rec.size()) != w.locs[i].checksum);
   }
 
   for (size_t i = 0; i < objs.size(); i++) {
@@ -590,7 +593,7 @@ TEST_CASE("corruption is detected") {
     expect_corrupt("garbage trailer");
 
     std::vector<uint8_t> bad = good;
-    bad[24] = 2;  // version
+    bad[24] = 3;  // version
     WriteAt(path, t, bad.data(), bad.size());
     expect_corrupt("version");
 
@@ -842,7 +845,7 @@ TEST_CASE("spill directories") {
       SpillDirs dirs(env);
       std::string error;
       std::vector<RecoveredFile> recovered;
-      REQUIRE(dirs.Open({a, b + "/"}, 0.95, false, &recovered, &error));
+      REQUIRE(dirs.Open({a, b + "/"}, 0.95, false, &recovered, nullptr, &error));
       CHECK(recovered.empty());
       REQUIRE(dirs.owned().size() == 2);
       owned_a = dirs.owned()[0];
@@ -882,7 +885,7 @@ TEST_CASE("spill directories") {
     {
       SpillDirs dirs(env);
       std::string error;
-      REQUIRE(dirs.Open({a}, 0.95, false, nullptr, &error));
+      REQUIRE(dirs.Open({a}, 0.95, false, nullptr, nullptr, &error));
       owned = dirs.owned()[0];
       file = dirs.NextFile(100);
       WriteOk(env, file, {MakeObj(1, 100, 0)});
@@ -895,7 +898,7 @@ TEST_CASE("spill directories") {
     FaultInjectionEnv fi(env);
     SpillDirs dirs(&fi);
     std::string error;
-    REQUIRE(dirs.Open({a, b}, 0.95, false, nullptr, &error));
+    REQUIRE(dirs.Open({a, b}, 0.95, false, nullptr, nullptr, &error));
     fi.SetDiskUsedFraction(0.99);
     CHECK(dirs.NextFile(1) == "");
     fi.SetDiskUsedFraction(0.5);
@@ -904,6 +907,106 @@ TEST_CASE("spill directories") {
     fi.SetDiskUsedFraction(-1);
     CHECK(dirs.NextFile(1) != "");
   }
+}
+
+TEST_CASE("salvaging a damaged file: every record an index entry still names and verifies") {
+  TempDir tmp;
+  Env* env = Env::Default();
+  const std::vector<Obj> objs = MixedObjects();
+  const std::string path = tmp / "spill-1.bin";
+  Written w = WriteOk(env, path, objs);
+  const uint64_t index_offset = w.locs.back().offset + w.locs.back().size;
+  auto salvage = [&](size_t expect_kept, uint64_t expect_lost) {
+    Salvage sv;
+    std::string error;
+    REQUIRE(SalvageFile(env, path, &sv, &error) == 0);
+    CHECK(sv.records.size() == expect_kept);
+    CHECK(sv.lost_records == expect_lost);
+    for (const IndexedRecord& r : sv.records) {
+      size_t i = 0;
+      while (i < objs.size() && std::memcmp(objs[i].id, r.loc.id, 20) != 0) i++;
+      REQUIRE(i < objs.size());
+      bool equal = false;
+      CHECK(ReadBack(env, path, r.loc, objs[i], &error, &equal) == 0);
+      CHECK(equal);
+    }
+    return sv;
+  };
+
+  SUBCASE("the trailer cut off") {
+    REQUIRE(::truncate(path.c_str(), static_cast<off_t>(w.file_size - 5)) == 0);
+    Salvage sv = salvage(objs.size(), 0);
+    CHECK(sv.lost_bytes == 0);
+  }
+  SUBCASE("the trailer and half the index cut off") {
+    REQUIRE(::truncate(path.c_str(),
+                       static_cast<off_t>(index_offset + kIndexEntry * objs.size() / 2)) == 0);
+    salvage(objs.size() / 2, objs.size() - objs.size() / 2);
+  }
+  SUBCASE("cut inside the records: no entry is left, nothing can be named") {
+    REQUIRE(::truncate(path.c_str(), static_cast<off_t>(w.locs[12].offset + 10)) == 0);
+    Salvage sv = salvage(0, 12);  // the 12 records walked before the cut
+    CHECK(sv.lost_bytes == w.locs[12].offset + 10);
+  }
+  SUBCASE("an entry's id damaged: its record is not served under the wrong id") {
+    FlipByte(path, index_offset + 5 * kIndexEntry + 2);
+    salvage(objs.size() - 1, 1);
+  }
+  SUBCASE("an entry's checksum damaged") {
+    FlipByte(path, index_offset + 7 * kIndexEntry + 40);
+    salvage(objs.size() - 1, 1);
+  }
+  SUBCASE("a record's data damaged") {
+    FlipByte(path, w.locs[3].offset + 16 + 2);
+    salvage(objs.size() - 1, 1);
+  }
+  SUBCASE("not a spill file") {
+    std::vector<uint8_t> junk = Bytes(5, 3000);
+    WriteAt(path, 0, junk.data(), junk.size());
+    REQUIRE(::truncate(path.c_str(), 3000) == 0);
+    Salvage sv = salvage(0, 0);
+    CHECK(sv.lost_bytes == 3000);
+  }
+}
+
+TEST_CASE("version 1 files (unseeded checksums) are still read") {
+  TempDir tmp;
+  Env* env = Env::Default();
+  const std::vector<Obj> objs = {MakeObj(1, 1000, 10), MakeObj(2, 70000, 0), MakeObj(3, 5, 5)};
+  const std::string path = tmp / "spill-1.bin";
+  Written w = WriteOk(env, path, objs);
+  // Rewrite it as version 1 wrote it: unseeded record checksums, version 1 in the trailer.
+  const uint64_t index_offset = w.locs.back().offset + w.locs.back().size;
+  std::vector<uint8_t> index = ReadAt(path, index_offset, objs.size() * kIndexEntry);
+  for (size_t i = 0; i < objs.size(); i++) {
+    std::vector<uint8_t> rec = ReadAt(path, w.locs[i].offset, w.locs[i].size);
+    PutU64(index.data() + i * kIndexEntry + 36, XXH3_64bits(rec.data(), rec.size()));
+  }
+  WriteAt(path, index_offset, index.data(), index.size());
+  std::vector<uint8_t> trailer = ReadAt(path, w.file_size - kTrailer, kTrailer);
+  PutU64(trailer.data() + 16, XXH3_64bits(index.data(), index.size()));
+  trailer[24] = 1;
+  WriteAt(path, w.file_size - kTrailer, trailer.data(), trailer.size());
+
+  std::vector<IndexedRecord> read;
+  std::string error;
+  uint32_t version = 0;
+  REQUIRE(ReadIndex(env, path, &read, &error, &version) == 0);
+  CHECK(version == 1);
+  REQUIRE(read.size() == objs.size());
+  for (size_t i = 0; i < objs.size(); i++) {
+    CHECK(!read[i].loc.seeded);
+    bool equal = false;
+    CHECK(ReadBack(env, path, read[i].loc, objs[i], &error, &equal) == 0);
+    CHECK(equal);
+  }
+  // Damaged, a version 1 file is salvaged with unseeded checksums.
+  REQUIRE(::truncate(path.c_str(), static_cast<off_t>(w.file_size - 3)) == 0);
+  Salvage sv;
+  REQUIRE(SalvageFile(env, path, &sv, &error) == 0);
+  CHECK(sv.version == 1);
+  CHECK(sv.records.size() == objs.size());
+  for (const IndexedRecord& r : sv.records) CHECK(!r.loc.seeded);
 }
 
 TEST_CASE("stale and live instance directories") {
@@ -933,7 +1036,7 @@ TEST_CASE("stale and live instance directories") {
     SpillDirs dirs(env);
     std::vector<RecoveredFile> recovered;
     std::string error;
-    REQUIRE(dirs.Open({dir}, 0.95, false, &recovered, &error));
+    REQUIRE(dirs.Open({dir}, 0.95, false, &recovered, nullptr, &error));
     CHECK(recovered.empty());
     CHECK(!Exists(stale));
     CHECK(List(dir) == std::vector<std::string>{fs::path(dirs.owned()[0]).filename().string()});
@@ -944,13 +1047,33 @@ TEST_CASE("stale and live instance directories") {
     SpillDirs dirs(env);
     std::vector<RecoveredFile> recovered;
     std::string error;
-    REQUIRE(dirs.Open({dir}, 0.95, true, &recovered, &error));
-    REQUIRE(recovered.size() == 1);
+    std::vector<RecoveryNote> notes;
+    REQUIRE(dirs.Open({dir}, 0.95, true, &recovered, &notes, &error));
+    // spill-2.bin lost the end of its trailer: its records are still named by its index.
+    REQUIRE(recovered.size() == 2);
+    std::sort(recovered.begin(), recovered.end(),
+              [](const auto& a, const auto& b) { return a.path < b.path; });
     CHECK(recovered[0].path == stale + "/spill-1.bin");
+    CHECK(recovered[1].path == stale + "/spill-2.bin");
+    CHECK(recovered[1].records.size() == 2);
+    CHECK(!recovered[1].unreadable);
     uint64_t size = 0;
     REQUIRE(env->FileSize(stale + "/spill-1.bin", &size) == 0);
     CHECK(recovered[0].size == size);
-    CHECK(List(stale) == std::vector<std::string>{"LOCK", "spill-1.bin"});
+    CHECK(recovered[0].records.size() == 2);
+    CHECK(List(stale) == std::vector<std::string>{"LOCK", "spill-1.bin", "spill-2.bin"});
+    // The damaged file's bytes are also kept in quarantine; the half-written one is removed.
+    CHECK(List(dir + "/quarantine") == std::vector<std::string>{"store-1-12345-spill-2.bin"});
+    REQUIRE(notes.size() == 2);
+    int errors = 0;
+    for (const RecoveryNote& n : notes) {
+      errors += n.error;
+      INFO(n.text);
+      CHECK((n.text.find("spill-2.bin") != std::string::npos ||
+             n.text.find("spill-3.bin.tmp") != std::string::npos));
+    }
+    CHECK(errors == 1);
+    dirs.Remove(recovered[1].path);
     // The recovered objects read back.
     std::vector<IndexedRecord> index;
     REQUIRE(ReadIndex(env, recovered[0].path, &index, &error) == 0);
@@ -964,7 +1087,7 @@ TEST_CASE("stale and live instance directories") {
     {
       SpillDirs other(env);
       std::vector<RecoveredFile> rec2;
-      REQUIRE(other.Open({dir}, 0.95, false, &rec2, &error));
+      REQUIRE(other.Open({dir}, 0.95, false, &rec2, nullptr, &error));
       CHECK(rec2.empty());
       CHECK(Exists(stale + "/spill-1.bin"));
     }
@@ -975,7 +1098,7 @@ TEST_CASE("stale and live instance directories") {
   SUBCASE("a live store's directory is left alone") {
     SpillDirs live(env);
     std::string error;
-    REQUIRE(live.Open({dir}, 0.95, false, nullptr, &error));
+    REQUIRE(live.Open({dir}, 0.95, false, nullptr, nullptr, &error));
     const std::string live_dir = live.owned()[0];
     const std::string file = live.NextFile(100);
     WriteOk(env, file, objs);
@@ -991,7 +1114,7 @@ TEST_CASE("stale and live instance directories") {
     for (bool recover : {false, true}) {
       SpillDirs other(env);
       std::vector<RecoveredFile> recovered;
-      REQUIRE(other.Open({dir}, 0.95, recover, &recovered, &error));
+      REQUIRE(other.Open({dir}, 0.95, recover, &recovered, nullptr, &error));
       CHECK(recovered.empty());
       CHECK(other.owned()[0] != live_dir);
       CHECK(Exists(file));
@@ -1003,13 +1126,13 @@ TEST_CASE("stale and live instance directories") {
     {
       SpillDirs old(env);
       std::string error;
-      REQUIRE(old.Open({dir}, 0.95, false, nullptr, &error));
+      REQUIRE(old.Open({dir}, 0.95, false, nullptr, nullptr, &error));
       WriteOk(env, old.NextFile(100), objs);
     }
     SpillDirs dirs(env);
     std::vector<RecoveredFile> recovered;
     std::string error;
-    REQUIRE(dirs.Open({dir}, 0.95, true, &recovered, &error));
+    REQUIRE(dirs.Open({dir}, 0.95, true, &recovered, nullptr, &error));
     CHECK(recovered.size() == 1);
   }
 }
@@ -1022,10 +1145,10 @@ TEST_CASE("SpillDirs::Open errors") {
   ::close(fd);
   SpillDirs dirs(Env::Default());
   std::string error;
-  CHECK(!dirs.Open({file}, 0.95, false, nullptr, &error));
+  CHECK(!dirs.Open({file}, 0.95, false, nullptr, nullptr, &error));
   CHECK(error.find(file) != std::string::npos);
   SpillDirs none(Env::Default());
-  CHECK(!none.Open({}, 0.95, false, nullptr, &error));
+  CHECK(!none.Open({}, 0.95, false, nullptr, nullptr, &error));
 }
 
 }  // TEST_SUITE

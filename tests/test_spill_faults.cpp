@@ -20,6 +20,7 @@
 
 #include "client_util.h"
 #include "harness.h"
+#include "spill_util.h"
 #include "server/log.h"
 #include "server/options.h"
 #include "server/server.h"
@@ -27,14 +28,10 @@
 #include "storeclient.h"
 
 namespace fs = std::filesystem;
+using namespace spill_test;
 
 namespace {
 
-constexpr uint64_t kKiB = 1ull << 10;
-constexpr uint64_t kMiB = 1ull << 20;
-constexpr uint64_t kAll = UINT64_MAX;
-
-using test::TempDir;
 
 // A store server on a thread of this process, spilling through a fault injector.
 class InProcessStore {
@@ -90,133 +87,7 @@ class InProcessStore {
   std::string socket_, spill_dir_;
 };
 
-using test::ClientPtr;
-using test::ReaderPtr;
-using test::WriterPtr;
-
 ClientPtr Connect(const InProcessStore& s) { return test::Connect(s.socket(), "test_spill_faults"); }
-
-store_object_id Id(const std::string& s) { return test::IdOf(s); }
-
-uint64_t Mix(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t Word(uint64_t seed, uint64_t i) { return Mix(seed * 0x100000001B3ull ^ Mix(i)); }
-
-void Fill(uint64_t seed, uint8_t* p, size_t n) {
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t w = Word(seed, i / 8);
-    std::memcpy(p + i, &w, std::min<size_t>(8, n - i));
-  }
-}
-
-bool Matches(uint64_t seed, const uint8_t* p, size_t n) {
-  if (p == nullptr) return false;
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t w = Word(seed, i / 8);
-    if (std::memcmp(p + i, &w, std::min<size_t>(8, n - i)) != 0) return false;
-  }
-  return true;
-}
-
-uint64_t MetaSeed(uint64_t seed) { return seed ^ 0x5EED0000000000A5ull; }
-
-struct Obj {
-  store_object_id id;
-  uint64_t seed = 0;
-  uint64_t size = 0;
-  uint64_t meta = 0;
-};
-
-Obj MakeObj(const std::string& name, uint64_t seed, uint64_t size, uint64_t meta = 0) {
-  return Obj{Id(name), seed, size, meta};
-}
-
-int TryPut(store_client* c, const Obj& obj, int64_t timeout_ms = -1) {
-  std::vector<uint8_t> m(obj.meta);
-  Fill(MetaSeed(obj.seed), m.data(), m.size());
-  store_create_options o = STORE_CREATE_OPTIONS_INIT;
-  o.metadata = obj.meta ? m.data() : nullptr;
-  o.metadata_size = obj.meta;
-  o.timeout_ms = timeout_ms;
-  store_writer* w = nullptr;
-  int rc = store_create(c, &w, &obj.id, obj.size, &o);
-  if (rc != STORE_OK) return rc;
-  void* p = store_writer_data(w);
-  if (!p) {
-    store_writer_abort(w);
-    return STORE_EMISUSE;
-  }
-  Fill(obj.seed, static_cast<uint8_t*>(p), obj.size);
-  return store_writer_seal(w);
-}
-
-void Put(store_client* c, const Obj& obj, int64_t timeout_ms = -1) {
-  int rc = TryPut(c, obj, timeout_ms);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-}
-
-int TryRead(store_client* c, const Obj& obj, bool* intact) {
-  *intact = false;
-  store_reader* r = nullptr;
-  int rc = store_open_reader(c, &r, &obj.id, 0);
-  if (rc != STORE_OK) return rc;
-  ReaderPtr rp(r);
-  uint64_t msize = 0;
-  const void* m = store_reader_metadata(r, &msize);
-  bool meta_ok = obj.meta == 0 ? msize == 0
-                               : (msize == obj.meta &&
-                                  Matches(MetaSeed(obj.seed), static_cast<const uint8_t*>(m), msize));
-  *intact = store_reader_size(r) == obj.size &&
-            Matches(obj.seed, static_cast<const uint8_t*>(store_reader_data(r)), obj.size) &&
-            meta_ok;
-  return STORE_OK;
-}
-
-void ReadBack(store_client* c, const Obj& obj) {
-  bool intact = false;
-  int rc = TryRead(c, obj, &intact);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  CHECK(intact);
-}
-
-store_stats Stats(store_client* c) {
-  store_stats st{};
-  REQUIRE(store_stats_get(c, &st) == STORE_OK);
-  return st;
-}
-
-store_object_info Info(store_client* c, const Obj& obj) {
-  store_object_info info{};
-  int rc = store_info(c, &obj.id, &info);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return info;
-}
-
-bool IsSpilled(store_client* c, const Obj& obj) {
-  store_object_info i = Info(c, obj);
-  return i.state == STORE_STATE_SPILLED && i.level == STORE_LEVEL_DISK;
-}
-
-bool InMemoryOnly(store_client* c, const Obj& obj) {
-  store_object_info i = Info(c, obj);
-  return i.state == STORE_STATE_SEALED && i.level == STORE_LEVEL_MEMORY;
-}
-
-bool Quiet(store_client* c) {
-  store_stats st = Stats(c);
-  return st.spilling_count == 0 && st.restoring_count == 0;
-}
 
 // Offset of the object's record in its spill file (from its URL "...?offset=O&size=S").
 uint64_t RecordOffset(store_client* c, const Obj& obj) {
@@ -289,7 +160,7 @@ TEST_CASE("a full disk: spills fail, nothing is lost, creates that need a spill 
 
   // A create that only fits after a spill fails with STORE_ENODISK instead of waiting forever.
   const Obj big = MakeObj("big", 99, 48 * kMiB);
-  rc = TryPut(c.get(), big, -1);
+  rc = TryPut(c.get(), big, 0, -1);
   {
     const std::string err = store_last_error_message();
     INFO(err);
@@ -304,7 +175,7 @@ TEST_CASE("a full disk: spills fail, nothing is lost, creates that need a spill 
   const uint64_t failures = Stats(c.get()).total_spill_failures;
   CHECK(test::WaitFor(
       [&] {
-        return TryPut(c.get(), big, -1) == STORE_ENODISK &&
+        return TryPut(c.get(), big, 0, -1) == STORE_ENODISK &&
                Stats(c.get()).total_spill_failures > failures;
       },
       std::chrono::seconds(10)));
@@ -319,7 +190,7 @@ TEST_CASE("a full disk: spills fail, nothing is lost, creates that need a spill 
   st = Stats(c.get());
   CHECK(st.total_spilled_objects == objs.size());
   CHECK(st.spill_files >= 1);
-  Put(c.get(), big, -1);
+  Put(c.get(), big, 0, -1);
   for (const Obj& o : objs) ReadBack(c.get(), o);
   ReadBack(c.get(), big);
   c.reset();
@@ -445,7 +316,7 @@ TEST_CASE("a disk over the threshold: creates and restores that need a spill get
   s.env().SetDiskUsedFraction(0.99);  // the default threshold is 0.95
   std::vector<Obj> objs = PutMany(c.get(), "threshold", 40, kMiB, 400);
   const Obj big = MakeObj("big", 499, 32 * kMiB);
-  int rc = TryPut(c.get(), big, -1);
+  int rc = TryPut(c.get(), big, 0, -1);
   {
     const std::string err = store_last_error_message();
     INFO(err);
@@ -466,7 +337,7 @@ TEST_CASE("a disk over the threshold: creates and restores that need a spill get
   std::vector<Obj> extra;
   for (int i = 0; i < 100; i++) {
     Obj o = MakeObj("extra-" + std::to_string(i), 450 + i, kMiB);
-    rc = TryPut(c.get(), o, 0);
+    rc = TryPut(c.get(), o, 0, 0);
     if (rc == STORE_ENOSPACE) break;
     REQUIRE(rc == STORE_OK);
     extra.push_back(o);
@@ -488,7 +359,7 @@ TEST_CASE("a disk over the threshold: creates and restores that need a spill get
   // Just under the threshold the directory is used again.
   s.env().SetDiskUsedFraction(0.9);
   ReadBack(c.get(), x);
-  Put(c.get(), big, -1);
+  Put(c.get(), big, 0, -1);
   st = Stats(c.get());
   CHECK(st.total_spilled_objects > 1);
   for (const Obj& o : objs) ReadBack(c.get(), o);
@@ -496,4 +367,44 @@ TEST_CASE("a disk over the threshold: creates and restores that need a spill get
   ReadBack(c.get(), big);
   ReadBack(c.get(), x);
   s.env().SetDiskUsedFraction(-1);
+}
+
+TEST_CASE("a tombstone that cannot be written: the delete says it is not durable; later ones are") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+  // Four objects in one spill file: deleting one while the others keep the file needs a
+  // tombstone in the directory's DELETED log.
+  std::vector<Obj> objs = PutMany(c.get(), "tomb", 4, kMiB, 800);
+  uint64_t spilled = 0;
+  REQUIRE(EvictSucceeds(c.get(), &spilled));
+  for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+
+  s.env().FailWritesTo("/DELETED", EIO);
+  int rc = store_delete(c.get(), &objs[0].id);
+  std::string err = store_last_error_message();
+  INFO(err);
+  CHECK(rc == STORE_ENODISK);
+  CHECK(err.find("--recover") != std::string::npos);
+  CHECK(err.find("DELETED") != std::string::npos);
+  // Deleted all the same: gone from view.
+  store_object_info none{};
+  CHECK(store_info(c.get(), &objs[0].id, &none) == STORE_ENOTFOUND);
+  // A delete of many ids: the ones that needed the log say so, the missing one is ENOTFOUND.
+  store_object_id ids[2] = {objs[1].id, objs[0].id};
+  size_t deleted = 9;
+  rc = store_delete_many(c.get(), ids, 2, &deleted);
+  CHECK(rc == STORE_ENODISK);
+  CHECK(deleted == 0);
+
+  // The disk works again: deletes are durable (acknowledged with STORE_OK) again.
+  s.env().FailWritesTo("", 0);
+  CHECK(store_delete(c.get(), &objs[2].id) == STORE_OK);
+  ReadBack(c.get(), objs[3]);
+  CHECK(store_delete(c.get(), &objs[3].id) == STORE_OK);
+  CHECK(test::WaitFor([&] { return FilesUnder(s.spill_dir()).size() <= 1; }));
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == 0);
+  CHECK(st.spill_files == 0);
+  c.reset();
+  CHECK(s.Stop() == 0);
 }

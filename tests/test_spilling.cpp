@@ -26,333 +26,12 @@
 
 #include "client_util.h"
 #include "harness.h"
+#include "spill_util.h"
 #include "storeclient.h"
 
 namespace fs = std::filesystem;
 
-namespace {
-
-constexpr uint64_t kKiB = 1ull << 10;
-constexpr uint64_t kMiB = 1ull << 20;
-constexpr uint64_t kAll = UINT64_MAX;  // store_evict: everything evictable
-
-// Declare a TempDir before the TestStore that uses it, so that the store stops first.
-using test::TempDir;
-
-using test::ClientPtr;
-using test::ReaderPtr;
-using test::WriterPtr;
-
-ClientPtr Connect(const std::string& socket, const char* name = "test_spilling") {
-  return test::Connect(socket, name);
-}
-
-store_object_id Id(const std::string& s) { return test::IdOf(s); }
-
-std::string Hex(const store_object_id& id) { return test::HexOf(id); }
-
-// ---- Content: every byte of an object follows from a seed, so it can be checked anywhere. ----
-
-uint64_t Mix(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t Word(uint64_t seed, uint64_t i) { return Mix(seed * 0x100000001B3ull ^ Mix(i)); }
-
-void Fill(uint64_t seed, uint8_t* p, size_t n) {
-  size_t words = n / 8;
-  for (size_t i = 0; i < words; i++) {
-    uint64_t w = Word(seed, i);
-    std::memcpy(p + 8 * i, &w, 8);
-  }
-  if (n % 8) {
-    uint64_t w = Word(seed, words);
-    std::memcpy(p + 8 * words, &w, n % 8);
-  }
-}
-
-std::vector<uint8_t> Bytes(uint64_t seed, size_t n) {
-  std::vector<uint8_t> v(n);
-  Fill(seed, v.data(), n);
-  return v;
-}
-
-bool Matches(uint64_t seed, const uint8_t* p, size_t n) {
-  if (p == nullptr) return false;
-  size_t words = n / 8;
-  for (size_t i = 0; i < words; i++) {
-    uint64_t w = Word(seed, i), got;
-    std::memcpy(&got, p + 8 * i, 8);
-    if (got != w) return false;
-  }
-  if (n % 8) {
-    uint64_t w = Word(seed, words);
-    if (std::memcmp(p + 8 * words, &w, n % 8) != 0) return false;
-  }
-  return true;
-}
-
-uint64_t MetaSeed(uint64_t seed) { return seed ^ 0x5EED0000000000A5ull; }
-
-// One test object: its id and how to recompute its bytes.
-struct Obj {
-  store_object_id id;
-  uint64_t seed = 0;
-  uint64_t size = 0;
-  uint64_t meta = 0;
-};
-
-Obj MakeObj(const std::string& name, uint64_t seed, uint64_t size, uint64_t meta = 0) {
-  return Obj{Id(name), seed, size, meta};
-}
-
-// Creates and seals obj (data written in place); returns the status of the first failing step.
-int TryPut(store_client* c, const Obj& obj, int32_t importance = 0, int64_t timeout_ms = -1) {
-  std::vector<uint8_t> m = Bytes(MetaSeed(obj.seed), obj.meta);
-  store_create_options o = STORE_CREATE_OPTIONS_INIT;
-  o.metadata = obj.meta ? m.data() : nullptr;
-  o.metadata_size = obj.meta;
-  o.importance = importance;
-  o.timeout_ms = timeout_ms;
-  store_writer* w = nullptr;
-  int rc = store_create(c, &w, &obj.id, obj.size, &o);
-  if (rc != STORE_OK) return rc;
-  void* p = store_writer_data(w);
-  if (!p) {
-    store_writer_abort(w);
-    return STORE_EMISUSE;
-  }
-  Fill(obj.seed, static_cast<uint8_t*>(p), obj.size);
-  return store_writer_seal(w);
-}
-
-void Put(store_client* c, const Obj& obj, int32_t importance = 0, int64_t timeout_ms = -1) {
-  int rc = TryPut(c, obj, importance, timeout_ms);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-}
-
-// Opens obj (timeout 0: a spilled object is restored), checks every byte of data and metadata
-// and closes it. Returns the open's status; *intact tells whether the bytes were right.
-int TryRead(store_client* c, const Obj& obj, bool* intact) {
-  *intact = false;
-  store_reader* r = nullptr;
-  int rc = store_open_reader(c, &r, &obj.id, 0);
-  if (rc != STORE_OK) return rc;
-  ReaderPtr rp(r);
-  uint64_t msize = 0;
-  const void* m = store_reader_metadata(r, &msize);
-  bool meta_ok = obj.meta == 0
-                     ? msize == 0
-                     : (msize == obj.meta &&
-                        Matches(MetaSeed(obj.seed), static_cast<const uint8_t*>(m), msize));
-  *intact = store_reader_size(r) == obj.size &&
-            Matches(obj.seed, static_cast<const uint8_t*>(store_reader_data(r)), obj.size) &&
-            meta_ok;
-  return STORE_OK;
-}
-
-void ReadBack(store_client* c, const Obj& obj) {
-  bool intact = false;
-  int rc = TryRead(c, obj, &intact);
-  const std::string err = store_last_error_message();
-  INFO("object ", Hex(obj.id), ": ", err);
-  REQUIRE(rc == STORE_OK);
-  CHECK(intact);
-}
-
-ReaderPtr Open(store_client* c, const Obj& obj) {
-  store_reader* r = nullptr;
-  int rc = store_open_reader(c, &r, &obj.id, 0);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return ReaderPtr(r);
-}
-
-void Delete(store_client* c, const Obj& obj) {
-  int rc = store_delete(c, &obj.id);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-}
-
-store_stats Stats(store_client* c) {
-  store_stats st{};
-  int rc = store_stats_get(c, &st);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return st;
-}
-
-store_object_info Info(store_client* c, const Obj& obj) {
-  store_object_info info{};
-  int rc = store_info(c, &obj.id, &info);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return info;
-}
-
-bool IsSpilled(store_client* c, const Obj& obj) {
-  store_object_info i = Info(c, obj);
-  return i.state == STORE_STATE_SPILLED && i.level == STORE_LEVEL_DISK;
-}
-
-bool InMemoryOnly(store_client* c, const Obj& obj) {
-  store_object_info i = Info(c, obj);
-  return i.state == STORE_STATE_SEALED && i.level == STORE_LEVEL_MEMORY;
-}
-
-uint64_t Evict(store_client* c, uint64_t bytes) {
-  uint64_t spilled = 0;
-  int rc = store_evict(c, bytes, &spilled);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return spilled;
-}
-
-// No spill write or restore in flight.
-bool Quiet(store_client* c) {
-  store_stats st = Stats(c);
-  return st.spilling_count == 0 && st.restoring_count == 0;
-}
-
-struct SpillUrl {
-  std::string path;
-  uint64_t offset = 0;
-  uint64_t size = 0;
-};
-
-// Parses "file://PATH?offset=O&size=S".
-SpillUrl ParseUrl(const std::string& url) {
-  INFO("url: ", url);
-  SpillUrl u;
-  REQUIRE(url.rfind("file://", 0) == 0);
-  size_t q = url.rfind("?offset=");
-  REQUIRE(q != std::string::npos);
-  size_t amp = url.find("&size=", q);
-  REQUIRE(amp != std::string::npos);
-  u.path = url.substr(7, q - 7);
-  std::string off = url.substr(q + 8, amp - (q + 8));
-  std::string size = url.substr(amp + 6);
-  REQUIRE(!off.empty());
-  REQUIRE(!size.empty());
-  REQUIRE(off.find_first_not_of("0123456789") == std::string::npos);
-  REQUIRE(size.find_first_not_of("0123456789") == std::string::npos);
-  u.offset = std::stoull(off);
-  u.size = std::stoull(size);
-  return u;
-}
-
-SpillUrl UrlOf(store_client* c, const Obj& obj) {
-  char buf[4096];
-  int rc = store_spill_url(c, &obj.id, buf, sizeof buf);
-  const std::string err = store_last_error_message();
-  INFO(err);
-  REQUIRE(rc == STORE_OK);
-  return ParseUrl(buf);
-}
-
-bool StartsWith(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
-
-// Subdirectories of a spill directory owned by store instances ("store-<pid>-<ns>").
-std::vector<std::string> InstanceDirs(const std::string& spill_dir) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(spill_dir, ec)) {
-    std::string name = e.path().filename().string();
-    if (StartsWith(name, "store-") && e.is_directory()) out.push_back(e.path().string());
-  }
-  return out;
-}
-
-// Every spill file under a spill directory, and their total size.
-std::vector<std::string> SpillFiles(const std::string& spill_dir, uint64_t* total = nullptr) {
-  std::vector<std::string> out;
-  if (total) *total = 0;
-  for (const std::string& d : InstanceDirs(spill_dir)) {
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(d, ec)) {
-      std::string name = e.path().filename().string();
-      if (StartsWith(name, "spill-") && name.size() > 4 &&
-          name.compare(name.size() - 4, 4, ".bin") == 0) {
-        out.push_back(e.path().string());
-        if (total) *total += fs::file_size(e.path(), ec);
-      }
-    }
-  }
-  return out;
-}
-
-// Everything in a directory tree, for messages.
-std::string Tree(const std::string& dir) {
-  std::string s;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    s += it->path().string() + "\n";
-  }
-  return s;
-}
-
-uint64_t LoadU64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return v;
-}
-
-std::vector<uint8_t> ReadFileAt(const std::string& path, uint64_t offset, uint64_t n) {
-  std::vector<uint8_t> buf(n);
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  INFO(path);
-  REQUIRE(fd >= 0);
-  ssize_t r = pread(fd, buf.data(), n, static_cast<off_t>(offset));
-  close(fd);
-  REQUIRE(r == static_cast<ssize_t>(n));
-  return buf;
-}
-
-// Flips the low bit of the byte at `offset` of a file.
-void FlipByte(const std::string& path, uint64_t offset) {
-  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
-  INFO(path);
-  REQUIRE(fd >= 0);
-  uint8_t b = 0;
-  REQUIRE(pread(fd, &b, 1, static_cast<off_t>(offset)) == 1);
-  b ^= 1;
-  REQUIRE(pwrite(fd, &b, 1, static_cast<off_t>(offset)) == 1);
-  close(fd);
-}
-
-bool ExitedZero(int status) { return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0; }
-
-// Kills the server with SIGKILL and reaps it through Stop(), which then reports the signal.
-void Crash(test::TestStore& s) {
-  REQUIRE(s.pid() > 0);
-  REQUIRE(kill(s.pid(), SIGKILL) == 0);
-  int status = s.Stop();
-  INFO("wait status ", status);
-  CHECK(status != -1);
-  CHECK(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGKILL);
-  CHECK_FALSE(s.Alive());
-  CHECK(s.Stop() == status);  // stopping again (as the destructor does) changes nothing
-}
-
-std::vector<std::string> SpillArgs(const std::string& dir, std::vector<std::string> more = {}) {
-  std::vector<std::string> a = {"--spill-dir", dir};
-  for (auto& m : more) a.push_back(m);
-  return a;
-}
-
-}  // namespace
+using namespace spill_test;
 
 // ---------------------------------------------------------------------------------------------
 // Volume.
@@ -873,16 +552,7 @@ TEST_CASE("a spilled object with no memory to restore into: STORE_ENOSPACE, then
   Evict(c.get(), kAll);
   REQUIRE(IsSpilled(c.get(), x));
   // Fill the memory with pinned objects: nothing can be spilled to make room for the restore.
-  std::vector<Obj> pinned;
-  for (int i = 0; i < 200; i++) {
-    Obj o = MakeObj("pinned-" + std::to_string(i), 710 + i, kMiB);
-    int rc = TryPut(c.get(), o, 0, 0);
-    if (rc == STORE_ENOSPACE) break;
-    REQUIRE(rc == STORE_OK);
-    REQUIRE(store_pin(c.get(), &o.id) == STORE_OK);
-    pinned.push_back(o);
-  }
-  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  std::vector<Obj> pinned = PinEverything(c.get(), "pinned-", 710);
   store_stats st = Stats(c.get());
   REQUIRE(st.capacity_bytes - st.used_bytes < x.size);
   store_reader* r = nullptr;
@@ -1073,7 +743,7 @@ TEST_CASE("a create whose size is not a size class waits for spilling and succee
   ReadBack(c.get(), big);
 }
 
-TEST_CASE("a create that needs spilling when everything else is pinned: STORE_ENOSPACE") {
+TEST_CASE("a create that needs spilling when everything else is pinned waits for its timeout") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
   test::TestStore s("64M", SpillArgs(dir));
@@ -1092,11 +762,16 @@ TEST_CASE("a create that needs spilling when everything else is pinned: STORE_EN
   CHECK(st.evictable_bytes == 0);
 
   const Obj big = MakeObj("big", 150, 32 * kMiB);
-  int rc = TryPut(c.get(), big, 0, -1);
-  const std::string err = store_last_error_message();
+  // Nothing can be spilled: it waits (a pin may go), until its timeout.
+  int rc = TryPut(c.get(), big, 0, 300);
+  std::string err = store_last_error_message();
   INFO(err);
-  CHECK(rc == STORE_ENOSPACE);
+  CHECK(rc == STORE_ETIMEDOUT);
   CHECK(err.find("pinned") != std::string::npos);
+  // Not waiting at all: STORE_ENOSPACE at once.
+  rc = TryPut(c.get(), big, 0, 0);
+  err = store_last_error_message();
+  CHECK(rc == STORE_ENOSPACE);
   CHECK(err.find("40.0 MiB pinned") != std::string::npos);
   st = Stats(c.get());
   CHECK(st.waiting_creates == 0);
@@ -1167,15 +842,9 @@ TEST_CASE("--recover after a crash serves every object that was spilled") {
     Crash(s);
   }
   REQUIRE(fs::is_directory(stale));
-  // A partial file (as a crash mid-write leaves) is ignored and removed.
-  const std::string partial = stale + "/spill-999.bin";
-  {
-    FILE* f = std::fopen(partial.c_str(), "wb");
-    REQUIRE(f != nullptr);
-    std::vector<uint8_t> junk = Bytes(1, 5000);
-    REQUIRE(std::fwrite(junk.data(), 1, junk.size(), f) == junk.size());
-    std::fclose(f);
-  }
+  // A partial file (as a crash mid-write leaves: not renamed from .tmp yet) is removed.
+  const std::string partial = stale + "/spill-999.bin.tmp";
+  WriteJunk(partial, 1, 5000);
 
   test::TestStore s("64M", SpillArgs(dir, {"--recover"}));
   REQUIRE(s.started());

@@ -145,10 +145,12 @@ void ObjectTable::Seal(Object* o) {
   CountState(o, +1);
 }
 
-void ObjectTable::AddReader(Object* o) {
+bool ObjectTable::AddReader(Object* o) {
+  if (o->readers == UINT32_MAX) return false;
   CountState(o, -1);
   o->readers++;
   CountState(o, +1);
+  return true;
 }
 
 void ObjectTable::RemoveReader(Object* o) {
@@ -157,10 +159,12 @@ void ObjectTable::RemoveReader(Object* o) {
   CountState(o, +1);
 }
 
-void ObjectTable::AddPin(Object* o) {
+bool ObjectTable::AddPin(Object* o) {
+  if (o->pins == UINT32_MAX) return false;
   CountState(o, -1);
   o->pins++;
   CountState(o, +1);
+  return true;
 }
 
 void ObjectTable::RemovePin(Object* o) {

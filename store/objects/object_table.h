@@ -267,9 +267,10 @@ class ObjectTable {
   Object* Insert(const Object& o);
   // CREATED -> SEALED.
   void Seal(Object* o);
-  void AddReader(Object* o);
+  // One more reader or pin; false (nothing changed) when o holds the most a count can hold.
+  bool AddReader(Object* o);
   void RemoveReader(Object* o);
-  void AddPin(Object* o);
+  bool AddPin(Object* o);
   void RemovePin(Object* o);
   // Removes o from the id index (unlink); it stays findable by uid until Erase.
   void Unlink(Object* o);

@@ -20,12 +20,13 @@
 
 namespace store::proto {
 
-inline constexpr uint32_t kProtocolVersion = 2;
+inline constexpr uint32_t kProtocolVersion = 3;
 // Largest request the server accepts (bounded before allocation). Covers the biggest legal
 // create (1 MiB metadata + inline data) and get (kMaxIdsPerRequest ids).
 inline constexpr uint32_t kMaxRequestBytes = 4u << 20;
-// Largest reply the client accepts (a list of every object in a very full store).
-inline constexpr uint32_t kMaxReplyBytes = 1u << 30;
+// Largest reply the client accepts. No reply comes near it: every list is paged (a page of
+// kMaxPageObjects object infos is under 10 MiB), and the server refuses to send a larger one.
+inline constexpr uint32_t kMaxReplyBytes = 64u << 20;
 inline constexpr uint32_t kMaxIdsPerRequest = 65536;
 // store_put sends objects up to this size inside the create request (one round trip).
 inline constexpr uint64_t kInlinePutMax = 64u << 10;
@@ -33,6 +34,10 @@ inline constexpr uint32_t kMaxClientName = 256;
 inline constexpr uint32_t kMaxFdsPerMessage = 4;
 // Most objects in one page of an ObjectsRequest.
 inline constexpr uint32_t kMaxPageObjects = 100000;
+// Most objects in one page of a ListRequest (store_list pages through all of them).
+inline constexpr uint32_t kMaxListPage = 65536;
+// Most spill files in one page of a SpillFilesRequest (each names a path of up to 4 KiB).
+inline constexpr uint32_t kMaxSpillFilesPage = 4096;
 
 // $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
 inline std::string DefaultSocketPath() {

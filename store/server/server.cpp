@@ -245,10 +245,10 @@ int Server::Run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
   if (rc != 0) LOG_WARN("event loop closed with handles still open: %s", uv_strerror(rc));
-  for (auto& [dir, log] : tomb_logs_) {
-    if (log.fd >= 0) env_->Close(log.fd);
+  for (auto& [path, dir] : dir_states_) {
+    if (dir->log_fd >= 0) env_->Close(dir->log_fd);
+    dir->log_fd = -1;
   }
-  tomb_logs_.clear();
   dirs_.reset();  // releases the spill directories (spill files of live objects stay)
   region_.reset();
   LOG_INFO("stopped");
@@ -574,6 +574,12 @@ void Server::SendError(Client* c, uint64_t seq, int code, const std::string& mes
 void Server::SendEmpty(Client* c, uint64_t seq, Body type, flatbuffers::Offset<void> body) {
   fbb_.FinishSizePrefixed(proto::CreateMessage(fbb_, seq, 0, 0, 0, type, body),
                           proto::MessageIdentifier());
+  if (fbb_.GetSize() > proto::kMaxReplyBytes) {
+    // Every reply is bounded by construction (lists are paged); this one is not.
+    LOG_ERROR("a reply of %u bytes to client %" PRIu64 " is over the protocol's limit of %u; "
+              "sending an error instead", fbb_.GetSize(), c->id, proto::kMaxReplyBytes);
+    return SendError(c, seq, STORE_ENOMEM, "the reply would be larger than the protocol allows");
+  }
   Send(c);
 }
 
@@ -618,7 +624,7 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
     case Body::InfoRequest:
       return HandleInfo(c, seq, m->body_as_InfoRequest());
     case Body::ListRequest:
-      return HandleList(c, seq);
+      return HandleList(c, seq, m->body_as_ListRequest());
     case Body::PinRequest:
       return HandlePin(c, seq, m->body_as_PinRequest());
     case Body::UnpinRequest:
@@ -636,7 +642,7 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
     case Body::SetImportanceRequest:
       return HandleSetImportance(c, seq, m->body_as_SetImportanceRequest());
     case Body::SpillFilesRequest:
-      return HandleSpillFiles(c, seq);
+      return HandleSpillFiles(c, seq, m->body_as_SpillFilesRequest());
     case Body::GpuChunkRequest:
       return HandleGpuChunk(c, seq, m->body_as_GpuChunkRequest());
     case Body::DisconnectRequest:
@@ -662,7 +668,8 @@ void Server::HandleConnect(Client* c, uint64_t seq, const proto::ConnectRequest*
       return ProtocolError(c, seq, "client name is longer than " +
                                        std::to_string(proto::kMaxClientName) + " bytes");
     }
-    c->name.assign(r->client_name()->c_str(), r->client_name()->size());
+    // Kept printable: the name goes into log lines and store-top's table.
+    c->name = Printable(r->client_name()->c_str(), r->client_name()->size());
   }
   c->handshaken = true;
   fbb_.Clear();
@@ -932,11 +939,70 @@ void Server::SealObject(Object* o) {
 void Server::NotifyWaiters(const ObjectKey& id) {
   auto it = get_waiters_.find(id);
   if (it == get_waiters_.end()) return;
+  Object* o = table_.Find(id);
+  const bool readable = Readable(o);
+  const bool failed = o && o->state == ObjectState::kSpilled && o->restore_error != 0;
+  const int64_t now = RealtimeNs();
+  std::vector<GetWaiter> list = it->second;  // a copy: resolving edits it
   std::vector<WaitingGet*> ready;
-  for (WaitingGet* g : it->second) {
-    if (--g->missing == 0) ready.push_back(g);
+  for (const GetWaiter& w : list) {
+    WaitingGet* g = w.get;
+    if (readable) {
+      TakeForGet(g, w.first_pos, o, now);
+    } else if (failed) {
+      for (uint32_t i = w.first_pos; i != WaitingGet::kEnd; i = g->next_same[i]) {
+        g->status[i] = o->restore_error;
+      }
+    } else if (o || g->timeout != 0) {
+      // Not there yet (being restored, or gone and to be waited for again): keep waiting.
+      continue;
+    }
+    // Else gone, and the get does not wait for missing ids: it ends with STORE_ENOTFOUND.
+    Unregister(g, w.first_pos);
+    if (g->missing == 0) ready.push_back(g);
   }
   for (WaitingGet* g : ready) CompleteGet(g, false);
+}
+
+int Server::TakeReader(Client* c, Object* o, int64_t now) {
+  uint32_t& mine = c->readers[o->uid];
+  if (mine == UINT32_MAX || !table_.AddReader(o)) {
+    if (mine == 0) c->readers.erase(o->uid);
+    return STORE_EMISUSE;
+  }
+  mine++;
+  o->access_ns = now;
+  totals_.gets++;
+  return STORE_OK;
+}
+
+void Server::TakeForGet(WaitingGet* g, uint32_t first_pos, Object* o, int64_t now) {
+  for (uint32_t i = first_pos; i != WaitingGet::kEnd; i = g->next_same[i]) {
+    if (g->taken[i] != 0 || g->status[i] != 0) continue;
+    int rc = TakeReader(g->client, o, now);
+    if (rc == STORE_OK) {
+      g->taken[i] = o->uid;
+    } else {
+      g->status[i] = rc;
+    }
+  }
+}
+
+void Server::Unregister(WaitingGet* g, uint32_t first_pos) {
+  if (g->resolved[first_pos]) return;
+  g->resolved[first_pos] = 1;
+  g->missing--;
+  auto it = get_waiters_.find(g->ids[first_pos]);
+  if (it == get_waiters_.end()) return;
+  auto& v = it->second;
+  for (size_t k = 0; k < v.size(); k++) {
+    if (v[k].get == g) {
+      v[k] = v.back();
+      v.pop_back();
+      break;
+    }
+  }
+  if (v.empty()) get_waiters_.erase(it);
 }
 
 void Server::HandleSeal(Client* c, uint64_t seq, const proto::SealRequest* r) {
@@ -981,9 +1047,8 @@ void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) 
 }
 
 void Server::FreeObject(Object* o) {
-  auto pending = std::find(pending_restores_.begin(), pending_restores_.end(), o);
-  if (pending != pending_restores_.end()) pending_restores_.erase(pending);
-  if (o->spill_file) DropSpillCopy(o, true);
+  restore_queued_.erase(o->uid);  // its queue entry is skipped when it comes up
+  if (o->spill_file && TombstoneFor(o)) MaybeStartTombJob();  // deletes drop it before
   if (o->data) region_->Free(o->data);
   if (o->on_gpu()) GpuFree(o);
   table_.Erase(o);
@@ -1018,21 +1083,53 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
       }
     }
   }
+  const uint32_t n = ids->size();
   auto* g = new WaitingGet;
   g->client = c;
   g->seq = seq;
-  g->ids.reserve(ids->size());
+  g->timeout = timeout;
+  g->ids.reserve(n);
   for (const proto::ObjectId* id : *ids) g->ids.push_back(KeyOf(id));
-  for (const ObjectKey& k : g->ids) {
-    if (!GetWaitsFor(table_.Find(k), timeout)) continue;
-    if (std::find(g->waiting_on.begin(), g->waiting_on.end(), k) != g->waiting_on.end()) {
+  g->taken.assign(n, 0);
+  g->status.assign(n, 0);
+  g->next_same.assign(n, WaitingGet::kEnd);
+  g->resolved.assign(n, 0);
+  // Each id is taken now if it is readable; the others are waited for once per distinct id
+  // (the positions of one id are chained from its first through next_same).
+  const int64_t now = RealtimeNs();
+  std::vector<uint32_t> firsts;
+  std::vector<uint32_t> tail;  // per entry of firsts: the last position of that id so far
+  std::unordered_map<ObjectKey, uint32_t, ObjectKeyHash> index;  // id -> entry of firsts
+  const bool hashed = n > 16;  // a short list is searched instead
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t entry = UINT32_MAX;
+    if (hashed) {
+      auto [it, fresh] = index.try_emplace(g->ids[i], static_cast<uint32_t>(firsts.size()));
+      if (!fresh) entry = it->second;
+    } else {
+      for (uint32_t k = 0; k < firsts.size(); k++) {
+        if (g->ids[firsts[k]] == g->ids[i]) {
+          entry = k;
+          break;
+        }
+      }
+    }
+    if (entry != UINT32_MAX) {
+      g->next_same[tail[entry]] = i;
+      tail[entry] = i;
       continue;
     }
-    g->waiting_on.push_back(k);
+    firsts.push_back(i);
+    tail.push_back(i);
+    if (GetWaitsFor(table_.Find(g->ids[i]), timeout)) g->waiting_on.push_back(i);
+  }
+  for (uint32_t first : firsts) {
+    Object* o = table_.Find(g->ids[first]);
+    if (Readable(o)) TakeForGet(g, first, o, now);
   }
   g->missing = g->waiting_on.size();
   if (g->missing == 0) return CompleteGet(g, false);
-  for (const ObjectKey& k : g->waiting_on) get_waiters_[k].push_back(g);
+  for (uint32_t first : g->waiting_on) get_waiters_[g->ids[first]].push_back({g, first});
   c->gets.insert(g);
   waiting_gets_++;
   if (timeout > 0) {
@@ -1048,24 +1145,17 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
         static_cast<uint64_t>(timeout), 0);
   }
   std::vector<Object*> to_restore;
-  for (const ObjectKey& k : g->waiting_on) {
-    Object* o = table_.Find(k);
+  for (uint32_t first : g->waiting_on) {
+    Object* o = table_.Find(g->ids[first]);
     if (o && o->state == ObjectState::kSpilled) to_restore.push_back(o);
   }
   g = nullptr;  // a restore that fails at once completes (and frees) the get
-  for (Object* o : to_restore) StartRestore(o);
+  for (Object* o : to_restore) StartRestore(o, false, false);
+  if (!to_restore.empty()) Pump();
 }
 
 void Server::CancelGet(WaitingGet* g) {
-  if (!g->waiting_on.empty() || g->client->gets.count(g)) {
-    for (const ObjectKey& k : g->waiting_on) {
-      auto it = get_waiters_.find(k);
-      if (it == get_waiters_.end()) continue;
-      auto& v = it->second;
-      v.erase(std::remove(v.begin(), v.end(), g), v.end());
-      if (v.empty()) get_waiters_.erase(it);
-    }
-  }
+  for (uint32_t first : g->waiting_on) Unregister(g, first);
   if (g->client->gets.erase(g)) waiting_gets_--;
   if (g->has_timer) {
     uv_timer_stop(&g->timer);
@@ -1094,22 +1184,35 @@ proto::ObjectLocation* Server::HoldGetOneReply(Client* c, uint64_t seq) {
   return reply->mutable_objects()->GetMutableObject(0);
 }
 
-// Writes where o is into *loc and makes c a reader of it, if o is readable (sealed or being
-// spilled); else writes the status of a get that did not find it.
+void Server::Where(const Object* o, proto::ObjectLocation* loc) const {
+  *loc = proto::ObjectLocation(o->uid, region_->id(), OffsetOf(o), o->data_size,
+                               o->metadata_size, 0, o->device, GpuOffsetOf(o), GpuChunkOf(o));
+}
+
+static proto::ObjectLocation Missing(int status) {
+  return proto::ObjectLocation(0, 0, 0, 0, 0, status, -1, 0, 0);
+}
+
 void Server::Locate(Client* c, Object* o, int64_t now, bool timed_out,
                     proto::ObjectLocation* loc) {
   if (Readable(o)) {
-    table_.AddReader(o);
-    c->readers[o->uid]++;
-    o->access_ns = now;
-    totals_.gets++;
-    *loc = proto::ObjectLocation(o->uid, region_->id(), OffsetOf(o), o->data_size,
-                                 o->metadata_size, 0, o->device, GpuOffsetOf(o), GpuChunkOf(o));
-  } else {
-    int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
-    if (o && o->restore_error != 0 && o->state == ObjectState::kSpilled) status = o->restore_error;
-    *loc = proto::ObjectLocation(0, 0, 0, 0, 0, status, -1, 0, 0);
+    int rc = TakeReader(c, o, now);
+    if (rc == STORE_OK) {
+      Where(o, loc);
+    } else {
+      *loc = Missing(rc);
+    }
+    return;
   }
+  int status = timed_out ? STORE_ETIMEDOUT : STORE_ENOTFOUND;
+  if (o && o->state == ObjectState::kSpilled) {
+    if (o->restore_error != 0) {
+      status = o->restore_error;
+    } else if (timed_out && restore_queued_.count(o->uid)) {
+      status = STORE_ENOSPACE;  // on disk, and no room could be made for it in time
+    }
+  }
+  *loc = Missing(status);
 }
 
 void Server::CompleteGet(WaitingGet* g, bool timed_out) {
@@ -1124,7 +1227,20 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
     vec = fbb_.CreateUninitializedVectorOfStructs(g->ids.size(), &locs);
   }
   for (size_t i = 0; i < g->ids.size(); i++) {
-    Locate(c, table_.Find(g->ids[i]), now, timed_out, &locs[i]);
+    if (g->taken[i] != 0) {
+      // Held by a reader of the client since it was taken, unless the client released that
+      // uid before it was told of it (it can guess uids): then it is not handed out.
+      const Object* o = table_.FindUid(g->taken[i]);
+      if (Readable(o)) {
+        Where(o, &locs[i]);
+      } else {
+        locs[i] = Missing(STORE_ENOTFOUND);
+      }
+    } else if (g->status[i] != 0) {
+      locs[i] = Missing(g->status[i]);
+    } else {
+      Locate(c, table_.Find(g->ids[i]), now, timed_out, &locs[i]);
+    }
   }
   if (held) {
     CancelGet(g);  // unregisters and frees g; the reply is held back
@@ -1193,6 +1309,8 @@ void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r
                      "delete names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
   }
   std::vector<int32_t> statuses(ids->size());
+  // Deletes of objects with a copy on disk are acknowledged once their tombstones are durable.
+  std::vector<std::pair<uint32_t, SpillDirState*>> needs;
   bool freed = false;
   for (size_t i = 0; i < ids->size(); i++) {
     Object* o = table_.Find(KeyOf(ids->Get(i)));
@@ -1206,13 +1324,26 @@ void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r
       bool on_disk = o->state == ObjectState::kSpilled;
       ObjectKey key = o->id;
       table_.Unlink(o);
+      if (SpillDirState* dir = TombstoneFor(o)) {
+        needs.emplace_back(static_cast<uint32_t>(i), dir);
+      }
       freed |= MaybeFree(o);
       if (on_disk) NotifyWaiters(key);  // gets waiting for its restore: it is gone
     }
   }
-  fbb_.Clear();
-  auto vec = fbb_.CreateVector(statuses);
-  SendEmpty(c, seq, Body::DeleteReply, proto::CreateDeleteReply(fbb_, vec).Union());
+  if (needs.empty()) {
+    fbb_.Clear();
+    auto vec = fbb_.CreateVector(statuses);
+    SendEmpty(c, seq, Body::DeleteReply, proto::CreateDeleteReply(fbb_, vec).Union());
+  } else {
+    auto* d = new DeferredDelete;
+    d->client_id = c->id;
+    d->seq = seq;
+    d->statuses = std::move(statuses);
+    d->needs = std::move(needs);
+    deletes_waiting_.push_back(d);
+    MaybeStartTombJob();
+  }
   if (freed) Pump();
 }
 
@@ -1239,14 +1370,34 @@ void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
   SendEmpty(c, seq, Body::InfoReply, proto::CreateInfoReply(fbb_, &info, url).Union());
 }
 
-void Server::HandleList(Client* c, uint64_t seq) {
-  totals_.lists++;
+void Server::HandleList(Client* c, uint64_t seq, const proto::ListRequest* r) {
+  uint32_t limit = r->limit();
+  if (limit == 0 || limit > proto::kMaxListPage) limit = proto::kMaxListPage;
+  if (r->cursor() == 0) {
+    // A snapshot of the uids of every visible object: 8 bytes each, one list per client.
+    totals_.lists++;
+    auto snap = std::make_unique<ListSnapshot>();
+    snap->id = next_list_id_++;
+    snap->uids.reserve(table_.visible());
+    table_.ForEachVisible([&](const Object& o) { snap->uids.push_back(o.uid); });
+    c->list = std::move(snap);
+  } else if (!c->list || c->list->id != r->cursor()) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "unknown list cursor (a list was started again, or it ended)");
+  }
+  ListSnapshot& snap = *c->list;
+  std::vector<proto::ObjectInfo> page;
+  page.reserve(std::min<size_t>(limit, snap.uids.size() - snap.pos));
+  while (snap.pos < snap.uids.size() && page.size() < limit) {
+    const Object* o = table_.FindUid(snap.uids[snap.pos++]);
+    if (o && !o->deleted) page.push_back(InfoOf(*o));  // still there
+  }
+  const uint64_t total = snap.uids.size();
+  const uint64_t cursor = snap.pos < snap.uids.size() ? snap.id : 0;
+  if (cursor == 0) c->list.reset();
   fbb_.Clear();
-  proto::ObjectInfo* infos = nullptr;
-  auto vec = fbb_.CreateUninitializedVectorOfStructs(table_.visible(), &infos);
-  size_t i = 0;
-  table_.ForEachVisible([&](const Object& o) { infos[i++] = InfoOf(o); });
-  SendEmpty(c, seq, Body::ListReply, proto::CreateListReply(fbb_, vec).Union());
+  auto vec = fbb_.CreateVectorOfStructs(page);
+  SendEmpty(c, seq, Body::ListReply, proto::CreateListReply(fbb_, vec, cursor, total).Union());
 }
 
 void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
@@ -1256,8 +1407,13 @@ void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
   if (o->state == ObjectState::kCreated) {
     return SendError(c, seq, STORE_ENOTSEALED, "object " + Hex(id) + " is not sealed yet");
   }
-  c->pins[o->uid]++;
-  table_.AddPin(o);
+  uint32_t& mine = c->pins[o->uid];
+  if (mine == UINT32_MAX || !table_.AddPin(o)) {
+    if (mine == 0) c->pins.erase(o->uid);
+    return SendError(c, seq, STORE_EMISUSE,
+                     "object " + Hex(id) + " holds the most pins a count can hold");
+  }
+  mine++;
   totals_.pins++;
   // A pin keeps an object in memory: one on disk comes back.
   if (o->state == ObjectState::kSpilled) StartRestore(o);
@@ -1279,6 +1435,8 @@ void Server::HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r) 
   totals_.unpins++;
   fbb_.Clear();
   SendEmpty(c, seq, Body::UnpinReply, proto::CreateUnpinReply(fbb_).Union());
+  // Evictable now: what waits for memory may be served by spilling it.
+  if (o->evictable() && (!create_queue_.empty() || !pending_restores_.empty())) Pump();
 }
 
 void Server::HandleStats(Client* c, uint64_t seq) {

@@ -35,17 +35,38 @@
 
 namespace store {
 
+struct SpillDirState;
+
 // One spill file, as the server accounts for it. Objects point at it while they have a copy
 // in it; it is deleted when the last of them goes.
 struct SpillFile {
   uint64_t id = 0;
   std::string path;
+  SpillDirState* dir = nullptr;  // the directory holding it
   uint64_t number = 0;        // n of spill-<n>.bin
   uint64_t size = 0;
   uint64_t live_objects = 0;  // objects whose copy is here
   uint64_t live_bytes = 0;
   uint64_t dead_bytes = 0;    // records of deleted objects
   int64_t created_ns = 0;
+  uint32_t version = 0;       // of the file format (its records' checksums)
+};
+
+// A directory holding spill files (one this store owns, or one --recover adopted) and its
+// DELETED log: 16-byte tombstones [u64 LE file number][u64 LE record offset] of deleted objects
+// whose records live on in files that other objects keep. A store started with --recover
+// serves no record a tombstone names. The log is written only by the TombJob in flight.
+struct SpillDirState {
+  std::string path;
+  bool adopted = false;
+  uint64_t files = 0;            // spill files in it that exist or are being written
+  std::vector<uint8_t> pending;  // tombstones not written yet
+  uint64_t log_bytes = 0;        // bytes of the log on disk (whole entries)
+  int log_fd = -1;               // open while it has entries; used by the tomb job only
+  int64_t retry_after_ns = 0;    // after a failed write: no rewrite or removal before then
+  // The log's entries whose file may still exist, by file number: what a rewrite keeps.
+  std::unordered_map<uint64_t, std::vector<uint64_t>> live;
+  uint64_t live_entries = 0;
 };
 
 class Server {
@@ -64,11 +85,14 @@ class Server {
 
  private:
   struct Client;
+  struct ListSnapshot;
   struct WaitingGet;
   struct WaitingCreate;
   struct CreateArgs;
   struct SpillJob;
   struct RestoreJob;
+  struct DeferredDelete;
+  struct TombJob;
   struct EvictWaiter;
   struct GpuDevice;
 
@@ -116,7 +140,7 @@ class Server {
   void HandleContains(Client* c, uint64_t seq, const proto::ContainsRequest* r);
   void HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r);
   void HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r);
-  void HandleList(Client* c, uint64_t seq);
+  void HandleList(Client* c, uint64_t seq, const proto::ListRequest* r);
   void HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r);
   void HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r);
   void HandleStats(Client* c, uint64_t seq);
@@ -128,8 +152,15 @@ class Server {
   int TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message);
   void ReplyCreated(Client* c, uint64_t seq, const Object* o);
   void SealObject(Object* o);
-  // Wakes the gets waiting for o (sealed, restored, or failed to restore).
+  // Tells the gets waiting for this id that its object changed: sealed, restored, failed to
+  // restore, or deleted while on disk. Each get takes the id (or its error) once.
   void NotifyWaiters(const ObjectKey& id);
+  // Makes c a reader of o (readable): counts, access time. STORE_OK, or STORE_EMISUSE when o or
+  // c already holds the most readers a count can hold.
+  int TakeReader(Client* c, Object* o, int64_t now);
+  // Takes o for every position of g's id at first_pos (an error there ends those positions).
+  void TakeForGet(WaitingGet* g, uint32_t first_pos, Object* o, int64_t now);
+  void Unregister(WaitingGet* g, uint32_t first_pos);
   void FreeObject(Object* o);
   // Frees o if it is deleted, unread and not in the middle of IO.
   bool MaybeFree(Object* o);
@@ -141,8 +172,9 @@ class Server {
 
   // Spilling (server/spiller.cpp).
   bool OpenSpill(std::string* error);
-  void RecoverFile(const std::string& path);
-  uint64_t NeedNow() const;
+  void RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
+                   const std::set<std::pair<uint64_t, uint64_t>>& deleted);
+  uint64_t NeedNow();
   bool CanSpillMore() const;
   // Spills what the water marks and the waiting requests call for, and at least `at_least`
   // bytes (or, for an evict request, its target).
@@ -151,23 +183,49 @@ class Server {
   void StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew);
   static void SpillWork(uv_work_t* req);
   static void SpillDone(uv_work_t* req, int status);
-  void StartRestore(Object* o);
+  // Queues a restore of o (spilled) unless one is queued or running; prefetch: asked by a
+  // prefetch (kept only while spilling can make room). Pump serves the queue unless told not to
+  // (a caller queueing many pumps once at the end).
+  void StartRestore(Object* o, bool prefetch = false, bool pump = true);
+  // The first queued restore still wanted (dropping the ones nobody wants any more), or nullptr.
+  Object* HeadRestore();
+  bool RestoreWanted(const Object* o) const;
+  // Spilling cannot make room now: gets that do not wait for room (timeout 0) end with
+  // STORE_ENOSPACE, restores nobody waits for are dropped; the rest wait for their deadlines.
+  void StallRestores();
   bool TryStartRestore(Object* o);
   static void RestoreWork(uv_work_t* req);
   static void RestoreDone(uv_work_t* req, int status);
   void FailRestore(Object* o, int code, const std::string& message);
   void DropSpillCopy(Object* o, bool dead);
   void RemoveSpillFile(SpillFile* f);
-  void RecordDeletion(SpillFile* f, uint64_t offset);
-  const std::set<std::pair<uint64_t, uint64_t>>& Tombstones(const std::string& dir);
+  // Deletion records (tombstones) and the DELETED logs (server/spiller.cpp).
+  SpillDirState* DirState(const std::string& dir);
+  // Queues a tombstone for the record at (number, offset) of a file in dir; written by the
+  // next tomb job.
+  void QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset);
+  // Writes o's tombstone if it has a copy on disk (or is being written to one) and drops that
+  // copy; returns the directory the tombstone went to, or nullptr if it had none.
+  SpillDirState* TombstoneFor(Object* o);
+  // Starts a tomb job if none runs and there is work: tombstones to write, replies waiting,
+  // logs to rewrite or to remove.
+  void MaybeStartTombJob();
+  static void TombWork(uv_work_t* req);
+  static void TombDone(uv_work_t* req, int status);
+  void SpillFileGone(SpillDirState* dir, uint64_t number);
+  std::set<std::pair<uint64_t, uint64_t>> LoadTombstones(SpillDirState* dir);
   void FinishEvict(EvictWaiter* ew);
   void HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r);
   void HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r);
   void HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r);
-  void HandleSpillFiles(Client* c, uint64_t seq);
+  void HandleSpillFiles(Client* c, uint64_t seq, const proto::SpillFilesRequest* r);
   void CompleteGet(WaitingGet* g, bool timed_out);
   proto::ObjectLocation* HoldGetOneReply(Client* c, uint64_t seq);
+  // Writes where o is into *loc and makes c a reader of it, if o is readable; else the status
+  // of a get that did not find it.
   void Locate(Client* c, Object* o, int64_t now, bool timed_out, proto::ObjectLocation* loc);
+  // Where o (readable, already taken for the client) is.
+  void Where(const Object* o, proto::ObjectLocation* loc) const;
   void CancelGet(WaitingGet* g);
   void FinishCreateWait(WaitingCreate* w, int status, const std::string& message);
   std::string FullMessage(uint64_t want) const;
@@ -209,7 +267,12 @@ class Server {
   ObjectTable table_;
   std::unordered_map<uint64_t, Client*> clients_;
   uint64_t next_client_id_ = 1;
-  std::unordered_map<ObjectKey, std::vector<WaitingGet*>, ObjectKeyHash> get_waiters_;
+  uint64_t next_list_id_ = 1;  // store_list snapshots (ListSnapshot::id)
+  struct GetWaiter {
+    WaitingGet* get;
+    uint32_t first_pos;  // of the id in the get's ids
+  };
+  std::unordered_map<ObjectKey, std::vector<GetWaiter>, ObjectKeyHash> get_waiters_;
   size_t waiting_gets_ = 0;
   std::deque<WaitingCreate*> create_queue_;
   // GPU objects.
@@ -235,15 +298,27 @@ class Server {
   int last_spill_error_ = 0;
   bool nodisk_logged_ = false;
   std::string last_spill_message_;
-  std::deque<Object*> pending_restores_;  // spilled objects waiting for memory to restore into
-  std::unordered_map<ObjectKey, std::string, ObjectKeyHash> restore_errors_;
+  // Spilled objects waiting for memory to restore into, by uid, in arrival order. An entry
+  // counts only while restore_queued_ has its uid (true: asked by a prefetch); the others are
+  // skipped when they reach the front.
+  std::deque<uint64_t> pending_restores_;
+  std::unordered_map<uint64_t, bool> restore_queued_;
+  bool restores_stalled_ = false;  // StallRestores ran and nothing was queued since
+  // Restore failures are logged once per second, with how many were not.
+  int64_t restore_log_until_ = 0;
+  uint64_t restore_log_quiet_ = 0;
   std::vector<EvictWaiter*> evict_waiters_;
-  struct TombLog {
-    int fd = -1;
-    uint64_t size = 0;
+  // The directories of spill files, by path (owned ones and adopted ones).
+  std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;
+  // Where the objects being spilled will be, by uid: a delete then writes their tombstone.
+  struct SpillingAt {
+    SpillDirState* dir;
+    uint64_t number;
+    uint64_t offset;
   };
-  std::unordered_map<std::string, TombLog> tomb_logs_;  // spill directory -> its DELETED log
-  std::unordered_map<std::string, std::set<std::pair<uint64_t, uint64_t>>> recovered_tombstones_;
+  std::unordered_map<uint64_t, SpillingAt> spilling_at_;
+  TombJob* tomb_job_ = nullptr;                    // the one in flight
+  std::vector<DeferredDelete*> deletes_waiting_;   // for the next tomb job
   struct SpillTotals {
     uint64_t objects = 0, bytes = 0, ns = 0, failures = 0;
     uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;

@@ -4,6 +4,7 @@
 
 #include <uv.h>
 
+#include <memory>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -17,6 +18,13 @@
 
 namespace store {
 
+
+// The objects a client's list (ListRequest) goes through: the uids visible when it started.
+struct Server::ListSnapshot {
+  uint64_t id = 0;  // the cursor the client pages with
+  std::vector<uint64_t> uids;
+  size_t pos = 0;   // next uid to look at
+};
 
 struct Server::Client {
   Server* server = nullptr;
@@ -35,6 +43,7 @@ struct Server::Client {
   std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
+  std::unique_ptr<ListSnapshot> list;  // its store_list in progress, if any
   int64_t connect_ns = 0;
   uint64_t objects_created = 0;
   uint64_t requests = 0;
@@ -55,14 +64,23 @@ struct Server::GpuDevice {
   uint64_t objects = 0;
 };
 
+// A get that waits for some of its ids. Each id is taken once, when it is first readable: the
+// client then holds a reader of that instance, so a later delete, spill or new seal of the id
+// changes nothing for this get.
 struct Server::WaitingGet {
   Client* client = nullptr;
   uint64_t seq = 0;
-  std::vector<ObjectKey> ids;
-  std::vector<ObjectKey> waiting_on;  // distinct ids not sealed when the request came
-  size_t missing = 0;
+  int64_t timeout = 0;             // as asked; 0: no wait for room to restore an object
+  std::vector<ObjectKey> ids;      // as asked, in order
+  std::vector<uint64_t> taken;     // per id: the instance taken (a reader held), 0 while none
+  std::vector<int32_t> status;     // per id: the error it ended with, 0 while none
+  std::vector<uint32_t> next_same;  // per id: the next position of the same id, or kEnd
+  std::vector<uint8_t> resolved;   // per first position of an id: its wait is over
+  std::vector<uint32_t> waiting_on;  // first positions of the distinct ids waited for
+  size_t missing = 0;              // of those, not resolved yet
   uv_timer_t timer{};
   bool has_timer = false;
+  static constexpr uint32_t kEnd = UINT32_MAX;
 };
 
 // A create's arguments. metadata and inline_data borrow the request's bytes while it is served
@@ -112,6 +130,8 @@ struct Server::EvictWaiter {
 struct Server::SpillJob {
   uv_work_t req{};
   Server* server = nullptr;
+  SpillDirState* dir = nullptr;
+  uint64_t number = 0;  // n of its spill-<n>.bin
   std::string path;
   std::vector<Object*> objects;
   std::vector<spill::SpillRecord> records;
@@ -122,6 +142,37 @@ struct Server::SpillJob {
   int rc = 0;
   std::string error;
   int64_t ns = 0;
+};
+
+// A delete reply held until the tombstones it wrote are durable (see Server::HandleDelete).
+struct Server::DeferredDelete {
+  uint64_t client_id = 0;  // the client may be gone by then
+  uint64_t seq = 0;
+  std::vector<int32_t> statuses;
+  // Ids whose tombstone went to a directory's log: (position in statuses, that directory).
+  std::vector<std::pair<uint32_t, SpillDirState*>> needs;
+};
+
+// One write of the DELETED logs on the threadpool; at most one runs at a time, so the logs are
+// only ever touched by one thread. Each item appends tombstones (then fdatasync), rewrites the
+// log with the entries still needed (write, fdatasync, rename, fsync of the directory), or
+// removes it once the directory holds no spill file (fsync of the directory first, so the
+// files' removal is durable before the log's).
+struct Server::TombJob {
+  uv_work_t req{};
+  Server* server = nullptr;
+  struct Item {
+    SpillDirState* dir = nullptr;
+    enum Kind { kAppend, kRewrite, kRemove } kind = kAppend;
+    std::string path;           // the directory
+    int fd = -1;                // the log, if open (kAppend); the job opens it otherwise
+    uint64_t offset = 0;        // kAppend: where the entries go
+    std::vector<uint8_t> bytes;  // kAppend: entries to add; kRewrite: the whole new log
+    int rc = 0;                 // 0 or -errno
+    std::string error;
+  };
+  std::vector<Item> items;
+  std::vector<DeferredDelete*> replies;  // sent once the items are done
 };
 
 struct Server::RestoreJob {

@@ -21,9 +21,22 @@
 // A restored object keeps its spilled copy, so evicting it again writes nothing.
 //
 // Spill files are reference counted by the objects whose copy they hold, and deleted with the
-// last one. Deleting an object whose copy lives on in a file that other objects keep appends a
-// 16-byte tombstone (file number, record offset) to that directory's DELETED log, so that a
-// store restarted with --recover does not bring the deleted object back.
+// last one.
+//
+// Deletes are never undone by a crash. Deleting an object with a copy on disk (or one being
+// written to disk) queues a 16-byte tombstone (file number, record offset) for the DELETED log
+// of that file's directory, and the delete's reply waits until the log is durable: one tomb job
+// at a time appends what is queued and fdatasyncs (group commit: the deletes that arrive while
+// it runs go out with the next). A store started with --recover serves no record a tombstone
+// names. The offsets of a file being written are known before it is written (RecordOffsets), so
+// an object deleted mid-write gets its tombstone like any other. A log is removed only when its
+// directory holds no spill file any more, and only after an fsync of the directory made the
+// files' removal durable; it is rewritten without the entries of removed files once those are
+// most of it. A spill file is written under a ".tmp" name and renamed once whole.
+//
+// At start with --recover, the files of stale directories come from SpillDirs::Open with the
+// records that can still be served: all of an intact file, the verified ones of a damaged file
+// (whose bytes SpillDirs keeps in quarantine). What was lost is logged at error level.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -84,23 +97,40 @@ bool Server::OpenSpill(std::string* error) {
   }
   dirs_ = std::make_unique<spill::SpillDirs>(env_);
   std::vector<spill::RecoveredFile> recovered;
+  std::vector<spill::RecoveryNote> notes;
   if (!dirs_->Open(options_.spill_dirs, options_.disk_threshold, options_.recover, &recovered,
-                   error)) {
+                   &notes, error)) {
     dirs_.reset();
     return false;
   }
+  for (const auto& n : notes) {
+    if (n.error) {
+      LOG_ERROR("%s", n.text.c_str());
+    } else {
+      LOG_INFO("%s", n.text.c_str());
+    }
+  }
+  for (const std::string& d : dirs_->owned()) DirState(d);
   // Newest first (instance start time, then file number): if an id is found twice, the newest
   // record wins.
-  std::vector<spill::RecoveredFile> files = recovered;
-  std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) {
-    std::string da = Dirname(a.path), db = Dirname(b.path);
+  std::vector<spill::RecoveredFile*> files;
+  for (auto& f : recovered) files.push_back(&f);
+  std::sort(files.begin(), files.end(), [](const auto* a, const auto* b) {
+    std::string da = Dirname(a->path), db = Dirname(b->path);
     if (da != db) return da > db;  // "store-<pid>-<ns>": compare by start time below
-    return FileNumber(a.path) > FileNumber(b.path);
+    return FileNumber(a->path) > FileNumber(b->path);
   });
-  std::stable_sort(files.begin(), files.end(), [](const auto& a, const auto& b) {
-    return InstanceStart(Dirname(a.path)) > InstanceStart(Dirname(b.path));
+  std::stable_sort(files.begin(), files.end(), [](const auto* a, const auto* b) {
+    return InstanceStart(Dirname(a->path)) > InstanceStart(Dirname(b->path));
   });
-  for (const auto& f : files) RecoverFile(f.path);
+  std::unordered_map<SpillDirState*, std::set<std::pair<uint64_t, uint64_t>>> deleted;
+  for (auto* f : files) {
+    SpillDirState* dir = DirState(Dirname(f->path));
+    dir->adopted = true;
+    auto it = deleted.find(dir);
+    if (it == deleted.end()) it = deleted.emplace(dir, LoadTombstones(dir)).first;
+    RecoverFile(*f, dir, it->second);
+  }
   if (options_.recover) {
     LOG_INFO("recovered %" PRIu64 " spilled objects from %zu spill files",
              table_.counters().spilled_count, recovered.size());
@@ -108,28 +138,23 @@ bool Server::OpenSpill(std::string* error) {
   return true;
 }
 
-void Server::RecoverFile(const std::string& path) {
-  std::vector<spill::IndexedRecord> index;
-  std::string error;
-  if (spill::ReadIndex(env_, path, &index, &error) != 0) {
-    LOG_WARN("ignoring spill file %s: %s", path.c_str(), error.c_str());
-    dirs_->Remove(path);
-    return;
-  }
-  const auto& deleted = Tombstones(Dirname(path));
-  uint64_t number = FileNumber(path);
-  uint64_t size = 0;
-  env_->FileSize(path, &size);
+void Server::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
+                         const std::set<std::pair<uint64_t, uint64_t>>& deleted) {
+  uint64_t number = FileNumber(rf.path);
+  dir->files++;
+  if (rf.unreadable) return;  // left in place: it counts, so its tombstones stay, but serves nothing
   auto owned = std::make_unique<SpillFile>();
   SpillFile* f = owned.get();
   f->id = next_spill_file_++;
-  f->path = path;
+  f->path = rf.path;
+  f->dir = dir;
   f->number = number;
-  f->size = size;
+  f->size = rf.size;
+  f->version = rf.version;
   f->created_ns = RealtimeNs();
   spill_files_.emplace(f->id, std::move(owned));
   int64_t now = RealtimeNs();
-  for (const auto& rec : index) {
+  for (const auto& rec : rf.records) {
     ObjectKey key;
     std::memcpy(key.bytes, rec.loc.id, 20);
     if (table_.Find(key) || rec.data_size == 0 || deleted.count({number, rec.loc.offset})) {
@@ -157,12 +182,9 @@ void Server::RecoverFile(const std::string& path) {
 // ------------------------------------------------------------------------------------------
 // Deciding.
 
-uint64_t Server::NeedNow() const {
+uint64_t Server::NeedNow() {
   uint64_t need = 0;
-  if (!pending_restores_.empty()) {
-    const Object* o = pending_restores_.front();
-    need = std::max(need, o->data_size + o->metadata_size);
-  }
+  if (const Object* o = HeadRestore()) need = std::max(need, o->data_size + o->metadata_size);
   if (!create_queue_.empty()) {
     const WaitingCreate* w = create_queue_.front();
     need = std::max(need, w->args.data_size + w->args.metadata.size());
@@ -175,6 +197,12 @@ bool Server::CanSpillMore() const {
 }
 
 void Server::Pump() {
+  // Invariant on return: every queued restore and create that fits has been served, in arrival
+  // order (restores first); spilling was started for what the marks and the heads of those
+  // queues need; and what still waits can be served later: spill writes are in flight, or room
+  // can only come from outside (a delete, an unpin, a closed reader), which pumps again. Nothing
+  // waiting for memory is failed here except for a failing disk (STORE_ENODISK) and gets that
+  // asked not to wait (StallRestores); the others wait for their deadlines.
   if (pumping_) {
     pump_again_ = true;
     return;
@@ -183,12 +211,12 @@ void Server::Pump() {
   do {
     pump_again_ = false;
     if (gpu_freed_) ServeWaitingGpuCreates();
-    while (!pending_restores_.empty()) {
-      Object* o = pending_restores_.front();
+    while (Object* o = HeadRestore()) {
       if (!TryStartRestore(o)) break;
+      restore_queued_.erase(o->uid);
       pending_restores_.pop_front();
     }
-    bool blocked = !ServeWaitingCreates() || !pending_restores_.empty();
+    bool blocked = !ServeWaitingCreates() || HeadRestore() != nullptr;
     if (!dirs_ || stopping_) continue;  // without spilling, waiters wait for deletes
     SpillStep(0, nullptr);
     if (!blocked || pump_again_) continue;
@@ -197,33 +225,28 @@ void Server::Pump() {
       SpillStep(NeedNow(), nullptr);
       if (pump_again_ || spill_jobs_ > 0) continue;
     }
-    // Something waits for memory. Fail it only when no spill can ever make room.
-    int64_t now = MonotonicNs();
-    bool backoff = now < spill_backoff_until_;
-    int code = 0;
-    std::string why;
+    // Something waits for memory that spilling cannot free now.
+    bool backoff = MonotonicNs() < spill_backoff_until_;
     if (backoff || last_spill_error_ == STORE_ENODISK) {
-      if (spill_jobs_ == 0) {
-        code = STORE_ENODISK;
-        why = "spilling cannot make room: " + last_spill_message_;
+      // The disk fails: what needs a spill fails now rather than wait on a broken disk.
+      if (spill_jobs_ > 0) continue;
+      std::string why = "spilling cannot make room: " + last_spill_message_;
+      if (Object* o = HeadRestore()) {
+        restore_queued_.erase(o->uid);
+        pending_restores_.pop_front();
+        FailRestore(o, STORE_ENODISK, why + "; " + FullMessage(o->data_size + o->metadata_size));
+      } else {
+        WaitingCreate* w = create_queue_.front();
+        totals_.full++;
+        FinishCreateWait(w, STORE_ENODISK,
+                         why + "; " + FullMessage(w->args.data_size + w->args.metadata.size()));
       }
+      pump_again_ = true;
     } else if (!CanSpillMore()) {
-      code = STORE_ENOSPACE;
-      why = "nothing more can be spilled";
+      // Only a delete, an unpin or a closed reader can make room: creates and restores wait
+      // for it until their deadlines (their timers), except gets that asked not to wait.
+      StallRestores();
     }
-    if (code == 0) continue;
-    if (!pending_restores_.empty()) {
-      Object* o = pending_restores_.front();
-      pending_restores_.pop_front();
-      FailRestore(o, code == STORE_ENODISK ? STORE_ENODISK : STORE_ENOSPACE,
-                  why + "; " + FullMessage(o->data_size + o->metadata_size));
-    } else {
-      WaitingCreate* w = create_queue_.front();
-      totals_.full++;
-      FinishCreateWait(w, code,
-                       why + "; " + FullMessage(w->args.data_size + w->args.metadata.size()));
-    }
-    pump_again_ = true;
   } while (pump_again_);
   pumping_ = false;
 }
@@ -288,6 +311,9 @@ void Server::StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew) {
     nodisk_logged_ = true;  // once per burst: until a spill succeeds again
     return;
   }
+  job->dir = DirState(Dirname(job->path));
+  job->number = FileNumber(job->path);
+  job->dir->files++;  // from now on it may exist (as .tmp, then under its name)
   job->objects = std::move(victims);
   job->evict = ew;
   for (Object* o : job->objects) {
@@ -300,6 +326,11 @@ void Server::StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew) {
     job->records.push_back(r);
     job->memory += o->alloc_size;
     table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSpilling; });
+  }
+  // Where each record will be: a delete during the write writes its tombstone from this.
+  std::vector<uint64_t> offsets = spill::RecordOffsets(job->records);
+  for (size_t i = 0; i < job->objects.size(); i++) {
+    spilling_at_[job->objects[i]->uid] = SpillingAt{job->dir, job->number, offsets[i]};
   }
   spill_jobs_++;
   spill_in_flight_ += job->memory;
@@ -326,15 +357,17 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
   Server* s = job->server;
   s->spill_jobs_--;
   s->spill_in_flight_ -= job->memory;
+  for (Object* o : job->objects) s->spilling_at_.erase(o->uid);
   uint64_t freed = 0;
   if (job->rc == 0) {
     auto owned = std::make_unique<SpillFile>();
     SpillFile* f = owned.get();
     f->id = s->next_spill_file_++;
     f->path = job->path;
-    f->number = FileNumber(job->path);
-    std::vector<uint64_t> dead_offsets;
+    f->dir = job->dir;
+    f->number = job->number;
     f->size = job->file_size;
+    f->version = spill::kFileVersion;
     f->created_ns = RealtimeNs();
     s->spill_files_.emplace(f->id, std::move(owned));
     s->spill_totals_.objects += job->objects.size();
@@ -344,8 +377,8 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
       const spill::RecordLocation& loc = job->locations[i];
       s->spill_totals_.bytes += loc.size;
       if (o->deleted) {
+        // Deleted during the write: its tombstone was queued then (TombstoneFor).
         f->dead_bytes += loc.size;
-        dead_offsets.push_back(loc.offset);
         s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
         uint64_t mem = o->alloc_size;
         if (s->MaybeFree(o)) freed += mem;
@@ -364,14 +397,11 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
         s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
       }
     }
-    if (f->live_objects == 0) {
-      s->RemoveSpillFile(f);
-    } else {
-      for (uint64_t off : dead_offsets) s->RecordDeletion(f, off);
-    }
+    if (f->live_objects == 0) s->RemoveSpillFile(f);
     s->last_spill_error_ = 0;
     s->nodisk_logged_ = false;
   } else {
+    s->SpillFileGone(job->dir, job->number);  // the partial file was removed
     s->spill_totals_.failures++;
     int64_t now = MonotonicNs();
     // Logged once per burst: the first failure after a quiet second.
@@ -401,60 +431,20 @@ void Server::DropSpillCopy(Object* o, bool dead) {
   f->live_objects--;
   f->live_bytes -= o->spill_size();
   if (dead) f->dead_bytes += o->spill_size();
-  if (f->live_objects == 0) {
-    RemoveSpillFile(f);
-  } else if (dead) {
-    RecordDeletion(f, o->spill_offset);
-  }
-}
-
-void Server::RecordDeletion(SpillFile* f, uint64_t offset) {
-  std::string dir = Dirname(f->path);
-  TombLog& log = tomb_logs_[dir];
-  if (log.fd < 0) {
-    std::string path = dir + "/DELETED";
-    log.fd = env_->Open(path, O_WRONLY | O_CREAT, 0600);
-    if (log.fd < 0) {
-      LOG_WARN("cannot open %s (%s): a store restarted with --recover could bring deleted "
-               "objects back", path.c_str(), std::strerror(-log.fd));
-      return;
-    }
-    env_->FileSize(path, &log.size);
-  }
-  uint8_t entry[16];
-  for (int i = 0; i < 8; i++) {
-    entry[i] = static_cast<uint8_t>(f->number >> (8 * i));
-    entry[8 + i] = static_cast<uint8_t>(offset >> (8 * i));
-  }
-  iovec iov{entry, sizeof entry};
-  if (env_->PWritev(log.fd, &iov, 1, static_cast<off_t>(log.size)) == 16) log.size += 16;
+  if (f->live_objects == 0) RemoveSpillFile(f);
 }
 
 void Server::RemoveSpillFile(SpillFile* f) {
-  std::string dir = Dirname(f->path);
-  bool last_in_dir = true;
-  for (auto& [id, other] : spill_files_) {
-    if (other.get() != f && Dirname(other->path) == dir) {
-      last_in_dir = false;
-      break;
-    }
-  }
-  if (last_in_dir) {  // no file left for the tombstones to filter
-    auto it = tomb_logs_.find(dir);
-    if (it != tomb_logs_.end()) {
-      if (it->second.fd >= 0) env_->Close(it->second.fd);
-      tomb_logs_.erase(it);
-    }
-    env_->Unlink(dir + "/DELETED");
-  }
   // Unlinking a large file can take tens of milliseconds: do it on the threadpool, then let
-  // SpillDirs tidy its directory on the loop.
+  // SpillDirs tidy its directory on the loop and the directory's log follow (SpillFileGone).
   struct UnlinkJob {
     uv_work_t req;
     Server* server;
     std::string path;
+    SpillDirState* dir;
+    uint64_t number;
   };
-  auto* job = new UnlinkJob{{}, this, f->path};
+  auto* job = new UnlinkJob{{}, this, f->path, f->dir, f->number};
   job->req.data = job;
   spill_files_.erase(f->id);
   int rc = uv_queue_work(
@@ -466,51 +456,366 @@ void Server::RemoveSpillFile(SpillFile* f) {
       [](uv_work_t* req, int) {
         auto* j = static_cast<UnlinkJob*>(req->data);
         if (j->server->dirs_) j->server->dirs_->Remove(j->path);
+        j->server->SpillFileGone(j->dir, j->number);
         delete j;
       });
   if (rc != 0) {
-    dirs_->Remove(job->path);
+    env_->Unlink(job->path);
+    if (dirs_) dirs_->Remove(job->path);
+    SpillFileGone(job->dir, job->number);
     delete job;
   }
 }
 
-const std::set<std::pair<uint64_t, uint64_t>>& Server::Tombstones(const std::string& dir) {
-  auto it = recovered_tombstones_.find(dir);
-  if (it != recovered_tombstones_.end()) return it->second;
-  auto& set = recovered_tombstones_[dir];
-  std::string path = dir + "/DELETED";
+// ------------------------------------------------------------------------------------------
+// Tombstones and the DELETED logs.
+
+namespace {
+
+constexpr const char* kDeletedLog = "DELETED";
+constexpr size_t kTombstone = 16;
+// A log is rewritten without the entries of removed files once it holds this many entries
+// and most of them are such.
+constexpr uint64_t kRewriteEntries = 4096;
+
+void PutEntry(std::vector<uint8_t>* out, uint64_t number, uint64_t offset) {
+  uint8_t e[kTombstone];
+  for (int i = 0; i < 8; i++) {
+    e[i] = static_cast<uint8_t>(number >> (8 * i));
+    e[8 + i] = static_cast<uint8_t>(offset >> (8 * i));
+  }
+  out->insert(out->end(), e, e + kTombstone);
+}
+
+}  // namespace
+
+SpillDirState* Server::DirState(const std::string& dir) {
+  auto& slot = dir_states_[dir];
+  if (!slot) {
+    slot = std::make_unique<SpillDirState>();
+    slot->path = dir;
+  }
+  return slot.get();
+}
+
+std::set<std::pair<uint64_t, uint64_t>> Server::LoadTombstones(SpillDirState* dir) {
+  std::set<std::pair<uint64_t, uint64_t>> set;
+  std::string path = dir->path + "/" + kDeletedLog;
   int fd = env_->Open(path, O_RDONLY, 0);
   if (fd < 0) return set;
   uint64_t size = 0;
   env_->FileSize(path, &size);
-  std::vector<uint8_t> buf(size - size % 16);
+  std::vector<uint8_t> buf(size - size % kTombstone);
   iovec iov{buf.data(), buf.size()};
   ssize_t n = buf.empty() ? 0 : env_->PReadv(fd, &iov, 1, 0);
   env_->Close(fd);
-  for (ssize_t i = 0; i + 16 <= n; i += 16) {  // a torn last entry is ignored
-    uint64_t number = 0, offset = 0;
+  for (ssize_t i = 0; i + static_cast<ssize_t>(kTombstone) <= n; i += kTombstone) {
+    uint64_t number = 0, offset = 0;  // a torn last entry is ignored
     for (int b = 0; b < 8; b++) {
       number |= uint64_t{buf[i + b]} << (8 * b);
       offset |= uint64_t{buf[i + 8 + b]} << (8 * b);
     }
-    set.emplace(number, offset);
+    if (set.emplace(number, offset).second) {
+      dir->live[number].push_back(offset);
+      dir->live_entries++;
+    }
   }
+  // New entries go after the whole ones (a torn tail is overwritten).
+  dir->log_bytes = n > 0 ? static_cast<uint64_t>(n) - static_cast<uint64_t>(n) % kTombstone : 0;
   return set;
+}
+
+void Server::QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset) {
+  PutEntry(&dir->pending, number, offset);
+  dir->live[number].push_back(offset);
+  dir->live_entries++;
+}
+
+SpillDirState* Server::TombstoneFor(Object* o) {
+  if (o->spill_file) {
+    SpillDirState* dir = o->spill_file->dir;
+    QueueTombstone(dir, o->spill_file->number, o->spill_offset);
+    DropSpillCopy(o, true);
+    return dir;
+  }
+  if (o->state == ObjectState::kSpilling) {
+    auto it = spilling_at_.find(o->uid);
+    if (it != spilling_at_.end()) {
+      QueueTombstone(it->second.dir, it->second.number, it->second.offset);
+      return it->second.dir;
+    }
+  }
+  return nullptr;
+}
+
+void Server::SpillFileGone(SpillDirState* dir, uint64_t number) {
+  if (!dir) return;
+  if (dir->files > 0) dir->files--;
+  auto it = dir->live.find(number);
+  if (it != dir->live.end()) {
+    dir->live_entries -= it->second.size();
+    dir->live.erase(it);
+  }
+  MaybeStartTombJob();
+}
+
+void Server::MaybeStartTombJob() {
+  if (tomb_job_) return;  // TombDone starts the next
+  auto* job = new TombJob;
+  job->server = this;
+  const int64_t now = MonotonicNs();
+  for (auto& [path, d] : dir_states_) {
+    SpillDirState* dir = d.get();
+    TombJob::Item item;
+    item.dir = dir;
+    item.path = dir->path;
+    item.fd = dir->log_fd;
+    const uint64_t entries = dir->log_bytes / kTombstone + dir->pending.size() / kTombstone;
+    const bool housekeeping = now >= dir->retry_after_ns;
+    if (housekeeping && dir->files == 0 && dir->pending.empty() &&
+        (dir->log_bytes > 0 || dir->log_fd >= 0)) {
+      // No file left that a tombstone could name.
+      item.kind = TombJob::Item::kRemove;
+    } else if (housekeeping && entries >= kRewriteEntries && 2 * dir->live_entries < entries) {
+      item.kind = TombJob::Item::kRewrite;
+      for (const auto& [number, offsets] : dir->live) {
+        for (uint64_t off : offsets) PutEntry(&item.bytes, number, off);
+      }
+      dir->pending.clear();  // the rewrite holds them
+    } else if (!dir->pending.empty()) {
+      item.kind = TombJob::Item::kAppend;
+      item.offset = dir->log_bytes;
+      item.bytes.swap(dir->pending);
+    } else {
+      continue;
+    }
+    job->items.push_back(std::move(item));
+  }
+  if (job->items.empty()) {
+    // Nothing to write: replies still waiting need nothing more (their logs failed before).
+    for (DeferredDelete* d : deletes_waiting_) job->replies.push_back(d);
+    deletes_waiting_.clear();
+    if (job->replies.empty()) {
+      delete job;
+      return;
+    }
+    TombDone(&job->req, 0);
+    return;
+  }
+  job->replies.swap(deletes_waiting_);
+  job->req.data = job;
+  tomb_job_ = job;
+  if (uv_queue_work(&loop_, &job->req, TombWork, TombDone) != 0) {
+    for (auto& item : job->items) {
+      item.rc = -EAGAIN;
+      item.error = "cannot queue the write";
+    }
+    TombDone(&job->req, 0);
+  }
+}
+
+void Server::TombWork(uv_work_t* req) {
+  auto* job = static_cast<TombJob*>(req->data);
+  spill::Env* env = job->server->env_;
+  for (TombJob::Item& item : job->items) {
+    const std::string log = item.path + "/" + kDeletedLog;
+    auto fail = [&](int rc, const char* what) {
+      item.rc = rc;
+      item.error = std::string(what) + " " + log + ": " + std::strerror(-rc);
+    };
+    switch (item.kind) {
+      case TombJob::Item::kAppend: {
+        if (item.fd < 0) {
+          item.fd = env->Open(log, O_WRONLY | O_CREAT, 0600);
+          if (item.fd < 0) {
+            fail(item.fd, "cannot open");
+            break;
+          }
+        }
+        iovec iov{item.bytes.data(), item.bytes.size()};
+        ssize_t w = env->PWritev(item.fd, &iov, 1, static_cast<off_t>(item.offset));
+        if (w < 0) {
+          fail(static_cast<int>(w), "cannot write");
+        } else if (static_cast<size_t>(w) != item.bytes.size()) {
+          fail(-EIO, "short write to");
+        } else if (int rc = env->Fdatasync(item.fd); rc < 0) {
+          fail(rc, "cannot sync");
+        }
+        break;
+      }
+      case TombJob::Item::kRewrite: {
+        const std::string tmp = log + ".tmp";
+        int fd = env->Open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0) {
+          fail(fd, "cannot open");
+          break;
+        }
+        iovec iov{item.bytes.data(), item.bytes.size()};
+        ssize_t w = item.bytes.empty() ? 0 : env->PWritev(fd, &iov, 1, 0);
+        int rc = w < 0 ? static_cast<int>(w)
+                 : static_cast<size_t>(w) != item.bytes.size() ? -EIO
+                                                                : env->Fdatasync(fd);
+        if (rc == 0) rc = env->Rename(tmp, log);
+        if (rc == 0) rc = env->SyncDir(item.path);
+        if (rc < 0) {
+          env->Close(fd);
+          env->Unlink(tmp);
+          fail(rc, "cannot rewrite");
+          break;
+        }
+        if (item.fd >= 0) env->Close(item.fd);
+        item.fd = fd;
+        break;
+      }
+      case TombJob::Item::kRemove: {
+        // The files' removal must be durable before the log's.
+        int rc = env->SyncDir(item.path);
+        if (rc == 0) {
+          rc = env->Unlink(log);
+          if (rc == -ENOENT) rc = 0;
+        }
+        if (rc < 0) {
+          fail(rc, "cannot remove");
+          break;
+        }
+        if (item.fd >= 0) env->Close(item.fd);
+        item.fd = -1;
+        break;
+      }
+    }
+  }
+}
+
+void Server::TombDone(uv_work_t* req, int /*status*/) {
+  auto* job = static_cast<TombJob*>(req->data);
+  Server* s = job->server;
+  if (s->tomb_job_ == job) s->tomb_job_ = nullptr;
+  std::unordered_map<SpillDirState*, const TombJob::Item*> failed;
+  for (TombJob::Item& item : job->items) {
+    SpillDirState* dir = item.dir;
+    dir->log_fd = item.fd;
+    if (item.rc != 0) {
+      // Not retried at once: the deletes that needed it are told; the next ones try again.
+      dir->retry_after_ns = MonotonicNs() + kSpillBackoffNs;
+      failed[dir] = &item;
+      LOG_ERROR("%s: deletes of spilled objects in %s are not durable (a store restarted with "
+                "--recover could serve them again)",
+                item.error.c_str(), item.path.c_str());
+      continue;
+    }
+    switch (item.kind) {
+      case TombJob::Item::kAppend:
+        dir->log_bytes = item.offset + item.bytes.size();
+        break;
+      case TombJob::Item::kRewrite:
+        dir->log_bytes = item.bytes.size();
+        break;
+      case TombJob::Item::kRemove:
+        dir->log_bytes = 0;
+        if (dir->adopted && s->dirs_) s->dirs_->RemoveIfEmpty(dir->path);
+        break;
+    }
+  }
+  for (DeferredDelete* d : job->replies) {
+    std::string why;
+    for (auto [pos, dir] : d->needs) {
+      auto it = failed.find(dir);
+      if (it == failed.end()) continue;
+      d->statuses[pos] = STORE_ENODISK;
+      why = it->second->error;
+    }
+    auto c = s->clients_.find(d->client_id);
+    if (c != s->clients_.end()) {
+      s->fbb_.Clear();
+      auto vec = s->fbb_.CreateVector(d->statuses);
+      auto msg = why.empty() ? flatbuffers::Offset<flatbuffers::String>()
+                             : s->fbb_.CreateString(
+                                   "deleted, but a restart with --recover could bring it back: " +
+                                   why);
+      s->SendEmpty(c->second, d->seq, Body::DeleteReply,
+                   proto::CreateDeleteReply(s->fbb_, vec, msg).Union());
+    }
+    delete d;
+  }
+  delete job;
+  s->MaybeStartTombJob();
 }
 
 // ------------------------------------------------------------------------------------------
 // Restoring.
 
-void Server::StartRestore(Object* o) {
+void Server::StartRestore(Object* o, bool prefetch, bool pump) {
   if (o->state != ObjectState::kSpilled || !dirs_) return;
-  if (std::find(pending_restores_.begin(), pending_restores_.end(), o) != pending_restores_.end()) {
+  auto it = restore_queued_.find(o->uid);
+  if (it != restore_queued_.end()) {
+    it->second = it->second || prefetch;
+    restores_stalled_ = false;  // a new asker: tell it if nothing can make room
+    if (pump) Pump();
     return;
   }
   o->restore_error = 0;
-  if (!pending_restores_.empty() || !TryStartRestore(o)) {
-    pending_restores_.push_back(o);
-    Pump();
+  if (pending_restores_.empty() && TryStartRestore(o)) return;
+  pending_restores_.push_back(o->uid);
+  restore_queued_.emplace(o->uid, prefetch);
+  restores_stalled_ = false;
+  if (pump) Pump();
+}
+
+bool Server::RestoreWanted(const Object* o) const {
+  if (o->pins > 0) return true;
+  auto w = get_waiters_.find(o->id);
+  if (w != get_waiters_.end() && !w->second.empty()) return true;
+  auto q = restore_queued_.find(o->uid);
+  return q != restore_queued_.end() && q->second;  // a prefetch
+}
+
+Object* Server::HeadRestore() {
+  while (!pending_restores_.empty()) {
+    uint64_t uid = pending_restores_.front();
+    Object* o = restore_queued_.count(uid) ? table_.FindUid(uid) : nullptr;
+    if (o && o->state == ObjectState::kSpilled && !o->deleted && RestoreWanted(o)) return o;
+    // Freed, deleted, restored another way, or nobody waits for it any more.
+    restore_queued_.erase(uid);
+    pending_restores_.pop_front();
   }
+  return nullptr;
+}
+
+void Server::StallRestores() {
+  if (restores_stalled_) return;
+  restores_stalled_ = true;
+  // Gets that asked not to wait (timeout 0) hear now that there is no room; prefetches (a
+  // hint) are dropped; every other restore waits for room until its gets' deadlines.
+  std::vector<std::pair<WaitingGet*, uint32_t>> no_room;
+  std::deque<uint64_t> keep;
+  for (uint64_t uid : pending_restores_) {
+    auto q = restore_queued_.find(uid);
+    Object* o = q != restore_queued_.end() ? table_.FindUid(uid) : nullptr;
+    if (!o || o->state != ObjectState::kSpilled || o->deleted) {
+      if (q != restore_queued_.end()) restore_queued_.erase(q);
+      continue;
+    }
+    q->second = false;  // no longer a prefetch
+    auto w = get_waiters_.find(o->id);
+    if (w != get_waiters_.end()) {
+      for (const GetWaiter& gw : w->second) {
+        if (gw.get->timeout == 0) no_room.emplace_back(gw.get, gw.first_pos);
+      }
+    }
+    keep.push_back(uid);
+  }
+  pending_restores_.swap(keep);
+  std::vector<WaitingGet*> done;
+  for (auto [g, first] : no_room) {
+    for (uint32_t i = first; i != WaitingGet::kEnd; i = g->next_same[i]) {
+      if (g->taken[i] == 0 && g->status[i] == 0) g->status[i] = STORE_ENOSPACE;
+    }
+    Unregister(g, first);
+    if (g->missing == 0) done.push_back(g);
+  }
+  for (WaitingGet* g : done) CompleteGet(g, false);
+  // What nobody waits for any more leaves the queue (HeadRestore drops it on the way).
+  HeadRestore();
 }
 
 bool Server::TryStartRestore(Object* o) {
@@ -531,6 +836,7 @@ bool Server::TryStartRestore(Object* o) {
   job->location.offset = o->spill_offset;
   job->location.size = o->spill_size();
   job->location.checksum = o->spill_checksum;
+  job->location.seeded = o->spill_file->version >= 2;
   job->dst = o->data;
   job->data_size = o->data_size;
   job->metadata_size = o->metadata_size;
@@ -588,7 +894,19 @@ void Server::RestoreDone(uv_work_t* req, int /*status*/) {
 
 void Server::FailRestore(Object* o, int code, const std::string& message) {
   o->restore_error = static_cast<int16_t>(code);
-  LOG_ERROR("cannot restore object %s: %s", Hex(o->id).c_str(), message.c_str());
+  // Logged once per second at most, with how many were not: a prefetch of many spilled
+  // objects on a failing disk must not flood the log.
+  int64_t now = MonotonicNs();
+  if (now >= restore_log_until_) {
+    if (restore_log_quiet_ > 0) {
+      LOG_ERROR("%" PRIu64 " more restores failed in the last second", restore_log_quiet_);
+    }
+    LOG_ERROR("cannot restore object %s: %s", Hex(o->id).c_str(), message.c_str());
+    restore_log_until_ = now + 1000000000;
+    restore_log_quiet_ = 0;
+  } else {
+    restore_log_quiet_++;
+  }
   NotifyWaiters(o->id);
 }
 
@@ -639,19 +957,18 @@ void Server::HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchReques
     return SendError(c, seq, STORE_EINVAL,
                      "prefetch names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
   }
+  // O(1) per id: each is queued (or started) without serving the queue; the queue is served
+  // once at the end.
   uint32_t started = 0;
-  std::vector<Object*> on_disk;
   for (const proto::ObjectId* id : *ids) {
     Object* o = table_.Find(KeyOf(id));
-    if (o && o->state == ObjectState::kSpilled) on_disk.push_back(o);
-  }
-  for (Object* o : on_disk) {
-    if (o->state != ObjectState::kSpilled) continue;
-    StartRestore(o);
+    if (!o || o->state != ObjectState::kSpilled) continue;
+    StartRestore(o, true, false);
     started++;
   }
   fbb_.Clear();
   SendEmpty(c, seq, Body::PrefetchReply, proto::CreatePrefetchReply(fbb_, started).Union());
+  if (started > 0) Pump();
 }
 
 void Server::HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r) {
@@ -664,16 +981,30 @@ void Server::HandleSetImportance(Client* c, uint64_t seq, const proto::SetImport
   SendEmpty(c, seq, Body::SetImportanceReply, proto::CreateSetImportanceReply(fbb_).Union());
 }
 
-void Server::HandleSpillFiles(Client* c, uint64_t seq) {
+void Server::HandleSpillFiles(Client* c, uint64_t seq, const proto::SpillFilesRequest* r) {
+  uint32_t limit = r->limit();
+  if (limit == 0 || limit > proto::kMaxSpillFilesPage) limit = proto::kMaxSpillFilesPage;
+  std::vector<const SpillFile*> after;
+  for (auto& [id, f] : spill_files_) {
+    if (id > r->after()) after.push_back(f.get());
+  }
+  const bool more = after.size() > limit;
+  auto by_id = [](const SpillFile* a, const SpillFile* b) { return a->id < b->id; };
+  if (more) {
+    std::nth_element(after.begin(), after.begin() + limit, after.end(), by_id);
+    after.resize(limit);
+  }
+  std::sort(after.begin(), after.end(), by_id);
   fbb_.Clear();
   std::vector<flatbuffers::Offset<proto::SpillFileInfo>> files;
-  for (auto& [id, f] : spill_files_) {
+  for (const SpillFile* f : after) {
     auto path = fbb_.CreateString(f->path);
     files.push_back(proto::CreateSpillFileInfo(fbb_, path, f->size, f->live_objects,
                                                f->live_bytes, f->dead_bytes, f->created_ns));
   }
   auto vec = fbb_.CreateVector(files);
-  SendEmpty(c, seq, Body::SpillFilesReply, proto::CreateSpillFilesReply(fbb_, vec).Union());
+  uint64_t next = more ? after.back()->id : 0;
+  SendEmpty(c, seq, Body::SpillFilesReply, proto::CreateSpillFilesReply(fbb_, vec, next).Union());
 }
 
 }  // namespace store

@@ -54,4 +54,51 @@ inline std::string Bytes(uint64_t n) {
   return buf;
 }
 
+// s with every byte that could act on a log or a terminal escaped: control characters, DEL,
+// backslash and bytes that are not part of well-formed UTF-8 (C1 controls included) become
+// \n, \t, \\ or \xHH. Well-formed UTF-8 for printable characters is kept.
+inline std::string Printable(const char* s, size_t n) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  out.reserve(n);
+  auto escape = [&](uint8_t b) {
+    out += "\\x";
+    out += d[b >> 4];
+    out += d[b & 15];
+  };
+  for (size_t i = 0; i < n;) {
+    const uint8_t b = static_cast<uint8_t>(s[i]);
+    if (b >= 0x20 && b < 0x7f && b != '\\') {
+      out += static_cast<char>(b);
+      i++;
+      continue;
+    }
+    if (b == '\n' || b == '\t' || b == '\\') {
+      out += b == '\n' ? "\\n" : b == '\t' ? "\\t" : "\\\\";
+      i++;
+      continue;
+    }
+    // A multi-byte UTF-8 sequence: its length from the lead byte, continuation bytes after,
+    // no overlong form, no surrogate, at most U+10FFFF, and not a C1 control (U+0080-U+009F).
+    size_t len = b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    uint32_t cp = len == 2 ? b & 0x1f : len == 3 ? b & 0x0f : b & 0x07;
+    bool ok = len > 0 && i + len <= n;
+    for (size_t k = 1; ok && k < len; k++) {
+      const uint8_t c = static_cast<uint8_t>(s[i + k]);
+      ok = (c & 0xc0) == 0x80;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    ok = ok && cp >= 0xa0 && !(len == 3 && cp < 0x800) && !(len == 4 && cp < 0x10000) &&
+         !(cp >= 0xd800 && cp <= 0xdfff) && cp <= 0x10ffff;
+    if (ok) {
+      out.append(s + i, len);
+      i += len;
+    } else {
+      escape(b);
+      i++;
+    }
+  }
+  return out;
+}
+
 }  // namespace store

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 namespace store::spill {
 
@@ -107,6 +108,36 @@ class PosixEnv final : public Env {
     return ::rename(from.c_str(), to.c_str()) == 0 ? 0 : Err();
   }
 
+  int RenameNoReplace(const std::string& from, const std::string& to) override {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) {
+      return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS) return Err();
+    // A filesystem without RENAME_NOREPLACE: a link fails if `to` exists, like the rename.
+    if (::link(from.c_str(), to.c_str()) != 0) return Err();
+    ::unlink(from.c_str());
+    return 0;
+  }
+
+  int Link(const std::string& from, const std::string& to) override {
+    return ::link(from.c_str(), to.c_str()) == 0 ? 0 : Err();
+  }
+
+  int SyncDir(const std::string& dir) override {
+    int fd = Open(dir, O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0) return fd;
+    int rc = 0;
+    for (;;) {
+      if (::fsync(fd) == 0) break;
+      if (errno != EINTR) {
+        rc = Err();
+        break;
+      }
+    }
+    ::close(fd);
+    return rc;
+  }
+
   int Mkdir(const std::string& path, int mode) override {
     return ::mkdir(path.c_str(), static_cast<mode_t>(mode)) == 0 ? 0 : Err();
   }
@@ -173,6 +204,9 @@ struct FaultInjectionEnv::State {
   int read_err = 0;
   int64_t corrupt_at = -1;
   double used_fraction = -1.0;
+  std::string fail_suffix;  // FailWritesTo
+  int fail_suffix_err = 0;
+  std::unordered_map<int, std::string> paths;  // open fds -> their paths (for FailWritesTo)
 };
 
 std::shared_ptr<FaultInjectionEnv::State> FaultInjectionEnv::MakeState() {
@@ -201,21 +235,46 @@ void FaultInjectionEnv::SetDiskUsedFraction(double f) {
   state_->used_fraction = f;
 }
 
+void FaultInjectionEnv::FailWritesTo(const std::string& suffix, int err) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->fail_suffix = suffix;
+  state_->fail_suffix_err = err;
+}
+
 uint64_t FaultInjectionEnv::bytes_written() const {
   std::lock_guard<std::mutex> lock(state_->mu);
   return state_->written;
 }
 
 int FaultInjectionEnv::Open(const std::string& path, int flags, int mode) {
-  return base_->Open(path, flags, mode);
+  int fd = base_->Open(path, flags, mode);
+  if (fd >= 0) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->paths[fd] = path;
+  }
+  return fd;
 }
 
-int FaultInjectionEnv::Close(int fd) { return base_->Close(fd); }
+int FaultInjectionEnv::Close(int fd) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->paths.erase(fd);
+  }
+  return base_->Close(fd);
+}
 
 ssize_t FaultInjectionEnv::PWritev(int fd, const iovec* iov, int iovcnt, off_t off) {
   // The lock is held across the write so that concurrent writers see one exact byte limit.
   std::lock_guard<std::mutex> lock(state_->mu);
   State& s = *state_;
+  if (s.fail_suffix_err != 0) {
+    auto it = s.paths.find(fd);
+    const std::string& p = it == s.paths.end() ? std::string() : it->second;
+    const std::string& x = s.fail_suffix;
+    if (p.size() >= x.size() && p.compare(p.size() - x.size(), x.size(), x) == 0) {
+      return -s.fail_suffix_err;
+    }
+  }
   size_t total = TotalLen(iov, iovcnt);
   if (!s.write_limit_set || s.written + total <= s.write_limit) {
     ssize_t n = base_->PWritev(fd, iov, iovcnt, off);
@@ -266,6 +325,13 @@ int FaultInjectionEnv::Unlink(const std::string& path) { return base_->Unlink(pa
 int FaultInjectionEnv::Rename(const std::string& from, const std::string& to) {
   return base_->Rename(from, to);
 }
+int FaultInjectionEnv::RenameNoReplace(const std::string& from, const std::string& to) {
+  return base_->RenameNoReplace(from, to);
+}
+int FaultInjectionEnv::Link(const std::string& from, const std::string& to) {
+  return base_->Link(from, to);
+}
+int FaultInjectionEnv::SyncDir(const std::string& dir) { return base_->SyncDir(dir); }
 int FaultInjectionEnv::Mkdir(const std::string& path, int mode) { return base_->Mkdir(path, mode); }
 int FaultInjectionEnv::Rmdir(const std::string& path) { return base_->Rmdir(path); }
 int FaultInjectionEnv::ListDir(const std::string& dir, std::vector<std::string>* names) {

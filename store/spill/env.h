@@ -37,6 +37,13 @@ class Env {
   virtual int Fdatasync(int fd) = 0;
   virtual int Unlink(const std::string& path) = 0;
   virtual int Rename(const std::string& from, const std::string& to) = 0;
+  // Renames from to `to` unless `to` exists (then -EEXIST and nothing changes).
+  virtual int RenameNoReplace(const std::string& from, const std::string& to) = 0;
+  // A second name for a file (link(2)); -EEXIST if `to` exists.
+  virtual int Link(const std::string& from, const std::string& to) = 0;
+  // Makes the directory's entries durable (fsync of the directory): names created, renamed or
+  // removed in it survive a power cut.
+  virtual int SyncDir(const std::string& dir) = 0;
   virtual int Mkdir(const std::string& path, int mode) = 0;
   virtual int Rmdir(const std::string& path) = 0;
   // Names in dir, without "." and "..".
@@ -64,6 +71,9 @@ class FaultInjectionEnv : public Env {
   void CorruptReadsAt(int64_t offset);
   // DiskSpace reports this fraction used (negative = ask the base Env).
   void SetDiskUsedFraction(double f);
+  // Writes to files whose name ends with `suffix` fail with -err (err 0 = off); other files
+  // are written as usual.
+  void FailWritesTo(const std::string& suffix, int err);
   uint64_t bytes_written() const;
 
   int Open(const std::string& path, int flags, int mode) override;
@@ -73,6 +83,9 @@ class FaultInjectionEnv : public Env {
   int Fdatasync(int fd) override;
   int Unlink(const std::string& path) override;
   int Rename(const std::string& from, const std::string& to) override;
+  int RenameNoReplace(const std::string& from, const std::string& to) override;
+  int Link(const std::string& from, const std::string& to) override;
+  int SyncDir(const std::string& dir) override;
   int Mkdir(const std::string& path, int mode) override;
   int Rmdir(const std::string& path) override;
   int ListDir(const std::string& dir, std::vector<std::string>* names) override;

@@ -73,8 +73,94 @@ SpillDirs::~SpillDirs() {
   }
 }
 
+namespace {
+
+constexpr const char* kQuarantine = "quarantine";
+
+// A free name for `name` in dir: name, else name.1, name.2, ...
+std::string FreeName(Env* env, const std::string& dir, const std::string& name) {
+  std::string candidate = Join(dir, name);
+  uint64_t size = 0;
+  for (int i = 1; env->FileSize(candidate, &size) == 0 && i < 1000; i++) {
+    candidate = Join(dir, name + "." + std::to_string(i));
+  }
+  return candidate;
+}
+
+std::string Plural(uint64_t n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+// What recover does with one spill file of a stale directory `sub` under `parent`.
+void RecoverOne(Env* env, const std::string& parent, const std::string& sub,
+                const std::string& name, std::vector<RecoveredFile>* recovered,
+                std::vector<RecoveryNote>* notes, bool* kept) {
+  const std::string path = Join(sub, name);
+  auto note = [&](bool error, const std::string& text) {
+    if (notes) notes->push_back({error, text});
+  };
+  RecoveredFile rf;
+  rf.path = path;
+  std::string why;
+  int irc = ReadIndex(env, path, &rf.records, &why, &rf.version);
+  if (irc == 0 && env->FileSize(path, &rf.size) == 0) {
+    if (recovered) recovered->push_back(std::move(rf));
+    *kept = true;
+    return;
+  }
+  Salvage sv;
+  std::string sv_error;
+  int src = irc == kCorrupt ? SalvageFile(env, path, &sv, &sv_error) : irc;
+  if (src < 0) {
+    // Unreadable now (EIO, EACCES...): not served, but not deleted either.
+    note(true, "cannot read spill file " + path + " (" + (irc == kCorrupt ? sv_error : why) +
+                   "): its objects are not served; it is left in place");
+    rf.records.clear();
+    rf.unreadable = true;
+    if (recovered) recovered->push_back(std::move(rf));
+    *kept = true;
+    return;
+  }
+  // Damaged: keep its bytes in quarantine, serve what can still be read.
+  const std::string prefix = "spill file " + path + ": ";
+  if (why.rfind(prefix, 0) == 0) why = why.substr(prefix.size());
+  const std::string qdir = Join(parent, kQuarantine);
+  int mrc = env->Mkdir(qdir, 0700);
+  std::string qpath = FreeName(env, qdir, sub.substr(sub.find_last_of('/') + 1) + "-" + name);
+  const bool serve = !sv.records.empty();
+  int qrc = mrc < 0 && mrc != -EEXIST ? mrc : serve ? env->Link(path, qpath)
+                                                    : env->Rename(path, qpath);
+  std::string text = "spill file " + path + " is damaged (" + why + "): recovered " +
+                     std::to_string(sv.records.size()) + " of its " +
+                     Plural(sv.records_known, "record", "records") + ", lost " +
+                     std::to_string(sv.lost_records) + " (" +
+                     Plural(sv.lost_bytes, "byte", "bytes") + " unread)";
+  if (qrc == 0) {
+    env->SyncDir(qdir);
+    text += serve ? "; a copy of the file is kept as " + qpath
+                  : "; the file is moved to " + qpath;
+  } else if (serve) {
+    text += "; no copy could be kept in " + qdir + " (" + ErrnoText(qrc) +
+            "): the damaged bytes stay in the file until its last object is deleted";
+  } else {
+    text += "; it could not be moved to " + qdir + " (" + ErrnoText(qrc) + "): left in place";
+  }
+  note(true, text);
+  if (serve || qrc != 0) {
+    rf.records = std::move(sv.records);
+    rf.version = sv.version;
+    env->FileSize(path, &rf.size);
+    rf.unreadable = !serve;
+    if (recovered) recovered->push_back(std::move(rf));
+    *kept = true;
+  }
+}
+
+}  // namespace
+
 bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold, bool recover,
-                     std::vector<RecoveredFile>* recovered, std::string* error) {
+                     std::vector<RecoveredFile>* recovered, std::vector<RecoveryNote>* notes,
+                     std::string* error) {
   threshold_ = disk_threshold;
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -124,21 +210,19 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
         if (!recover) {
           env_->Unlink(path);
         } else if (IsSpillFileName(f)) {
-          std::vector<IndexedRecord> index;
-          std::string ignored;
-          uint64_t size = 0;
-          int irc = ReadIndex(env_, path, &index, &ignored);
-          if (irc == 0 && env_->FileSize(path, &size) == 0) {
-            if (recovered) recovered->push_back({path, size});
-            kept = true;
-          } else if (irc == kCorrupt) {
-            env_->Unlink(path);  // partial (a crash mid-write) or damaged
-          } else {
-            kept = true;  // unreadable now (EIO, EACCES...): not served, but not deleted either
-          }
+          RecoverOne(env_, dir, sub, f, recovered, notes, &kept);
         } else if (EndsWith(f, ".tmp")) {
           env_->Unlink(path);
+          if (notes) {
+            notes->push_back({false, "removed " + path +
+                                         ", a spill file a crash left half-written (its "
+                                         "objects were still in memory then)"});
+          }
         }
+      }
+      if (!kept) {
+        // No spill file is left for a DELETED log to filter.
+        env_->Unlink(Join(sub, "DELETED"));
       }
       if (kept) {
         adopted_.push_back({sub, fd});
@@ -196,13 +280,17 @@ std::string SpillDirs::NextFile(uint64_t bytes) {
 
 void SpillDirs::Remove(const std::string& path) {
   env_->Unlink(path);
-  const std::string dir = Parent(path);
+  RemoveIfEmpty(Parent(path));
+}
+
+void SpillDirs::RemoveIfEmpty(const std::string& dir) {
   for (size_t i = 0; i < adopted_.size(); i++) {
     if (adopted_[i].dir != dir) continue;
     std::vector<std::string> names;
     if (env_->ListDir(dir, &names) < 0) return;
     for (const std::string& n : names) {
-      if (IsSpillFileName(n)) return;  // still holds recovered data
+      // Still holds recovered data, or the log that keeps deleted records from coming back.
+      if (IsSpillFileName(n) || n == "DELETED") return;
     }
     env_->Unlink(Join(dir, kLockName));
     env_->Rmdir(dir);

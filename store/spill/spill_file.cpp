@@ -41,10 +41,12 @@ struct StateDeleter {
 };
 using HashState = std::unique_ptr<XXH3_state_t, StateDeleter>;
 
-// XXH3-64 of a record: header, then metadata, then data (the on-disk order).
-uint64_t RecordChecksum(XXH3_state_t* st, const uint8_t* header, const uint8_t* metadata,
-                        uint64_t metadata_size, const uint8_t* data, uint64_t data_size) {
-  XXH3_64bits_reset(st);
+// XXH3-64 of a record: header, then metadata, then data (the on-disk order), seeded (seed 0
+// is XXH3-64 unseeded, as version 1 files have it).
+uint64_t RecordChecksum(XXH3_state_t* st, uint64_t seed, const uint8_t* header,
+                        const uint8_t* metadata, uint64_t metadata_size, const uint8_t* data,
+                        uint64_t data_size) {
+  XXH3_64bits_reset_withSeed(st, seed);
   XXH3_64bits_update(st, header, kRecordHeader);
   if (metadata_size > 0) XXH3_64bits_update(st, metadata, metadata_size);
   if (data_size > 0) XXH3_64bits_update(st, data, data_size);
@@ -65,7 +67,22 @@ int Corrupt(std::string* error, const std::string& path, const std::string& what
   return kCorrupt;
 }
 
+uint64_t SeedOf(const RecordLocation& loc) { return loc.seeded ? IdSeed(loc.id) : 0; }
+
 }  // namespace
+
+uint64_t IdSeed(const uint8_t id[20]) { return GetU64(id); }
+
+std::vector<uint64_t> RecordOffsets(const std::vector<SpillRecord>& records) {
+  std::vector<uint64_t> out;
+  out.reserve(records.size());
+  uint64_t off = 0;
+  for (const SpillRecord& r : records) {
+    out.push_back(off);
+    off += kRecordHeader + r.metadata_size + r.data_size;
+  }
+  return out;
+}
 
 int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRecord>& records,
                    std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error) {
@@ -74,7 +91,8 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
     if (error) *error = "write spill file " + path + ": out of memory";
     return -ENOMEM;
   }
-  int fd = env->Open(path, O_CREAT | O_EXCL | O_WRONLY, 0600);
+  const std::string tmp = path + ".tmp";
+  int fd = env->Open(tmp, O_CREAT | O_EXCL | O_WRONLY, 0600);
   if (fd < 0) {
     if (error) *error = "write spill file " + path + ": open: " + ErrnoText(fd);
     return fd;
@@ -82,7 +100,7 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
   // Any failure after the open: close, remove the partial file, report.
   auto fail = [&](int rc, const char* what) {
     env->Close(fd);
-    env->Unlink(path);
+    env->Unlink(tmp);
     if (error) *error = "write spill file " + path + ": " + what + ": " + ErrnoText(rc);
     return rc;
   };
@@ -108,8 +126,9 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
     std::memcpy(locs[i].id, r.id, sizeof(r.id));
     locs[i].offset = off;
     locs[i].size = size;
-    locs[i].checksum =
-        RecordChecksum(st.get(), h, r.metadata, r.metadata_size, r.data, r.data_size);
+    locs[i].seeded = true;
+    locs[i].checksum = RecordChecksum(st.get(), IdSeed(r.id), h, r.metadata, r.metadata_size,
+                                      r.data, r.data_size);
     iov.push_back({h, kRecordHeader});
     // iovecs point straight at the caller's memory: no copies.
     if (r.metadata_size > 0) iov.push_back({const_cast<uint8_t*>(r.metadata), r.metadata_size});
@@ -157,8 +176,15 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
   if (rc < 0) return fail(rc, "fdatasync");
   rc = env->Close(fd);
   if (rc < 0) {
-    env->Unlink(path);
+    env->Unlink(tmp);
     if (error) *error = "write spill file " + path + ": close: " + ErrnoText(rc);
+    return rc;
+  }
+  // Under its final name only once whole: a crash before this leaves a ".tmp" file.
+  rc = env->RenameNoReplace(tmp, path);
+  if (rc < 0) {
+    env->Unlink(tmp);
+    if (error) *error = "write spill file " + path + ": rename: " + ErrnoText(rc);
     return rc;
   }
   if (out) *out = std::move(locs);
@@ -215,7 +241,8 @@ int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uin
     if (error) *error = "read spill file " + path + ": out of memory";
     return -ENOMEM;
   }
-  uint64_t sum = RecordChecksum(st.get(), header, dst + data_size, metadata_size, dst, data_size);
+  uint64_t sum = RecordChecksum(st.get(), SeedOf(loc), header, dst + data_size, metadata_size,
+                                dst, data_size);
   if (sum != loc.checksum) {
     return Corrupt(error, path,
                    "checksum mismatch for the record at offset " + std::to_string(loc.offset));
@@ -224,7 +251,7 @@ int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uin
 }
 
 int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out,
-              std::string* error) {
+              std::string* error, uint32_t* version_out) {
   out->clear();
   uint64_t file_size = 0;
   int rc = env->FileSize(path, &file_size);
@@ -260,10 +287,10 @@ int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out
   rc = read_at(trailer, kTrailer, file_size - kTrailer, "trailer");
   if (rc != 0) return rc;
   if (std::memcmp(trailer + 32, kMagic, sizeof(kMagic)) != 0) {
-    return Corrupt(error, path, "bad magic (not a spill file, or partial)");
+    return Corrupt(error, path, "no intact trailer (bad magic): not a spill file, or cut short");
   }
   const uint32_t version = GetU32(trailer + 24);
-  if (version != kFileVersion) {
+  if (version < kOldestVersion || version > kFileVersion) {
     return Corrupt(error, path, "unsupported version " + std::to_string(version));
   }
   const uint32_t tsize = GetU32(trailer + 28);
@@ -298,6 +325,7 @@ int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out
     loc.offset = GetU64(e + 20);
     loc.size = GetU64(e + 28);
     loc.checksum = GetU64(e + 36);
+    loc.seeded = version >= 2;
     if (loc.size < kRecordHeader || loc.offset > index_offset ||
         loc.size > index_offset - loc.offset) {
       return Corrupt(error, path,
@@ -337,6 +365,158 @@ int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out
     recs[i].data_size = d;
   }
   *out = std::move(recs);
+  if (version_out) *version_out = version;
+  return 0;
+}
+
+int SalvageFile(Env* env, const std::string& path, Salvage* out, std::string* error) {
+  *out = Salvage();
+  uint64_t file_size = 0;
+  int rc = env->FileSize(path, &file_size);
+  if (rc < 0) {
+    if (error) *error = "spill file " + path + ": stat: " + ErrnoText(rc);
+    return rc;
+  }
+  int fd = env->Open(path, O_RDONLY, 0);
+  if (fd < 0) {
+    if (error) *error = "spill file " + path + ": open: " + ErrnoText(fd);
+    return fd;
+  }
+  FdCloser closer{env, fd};
+  int io_error = 0;
+  // Reads len bytes at off; false at end of file, on a short read or an error (io_error).
+  auto read_at = [&](void* buf, uint64_t len, uint64_t off) {
+    if (off > file_size || len > file_size - off) return false;
+    iovec v = {buf, static_cast<size_t>(len)};
+    ssize_t r = env->PReadv(fd, &v, 1, static_cast<off_t>(off));
+    if (r < 0) io_error = static_cast<int>(r);
+    return r >= 0 && static_cast<uint64_t>(r) == len;
+  };
+
+  // 1. The records, walked from offset 0 through their headers while they fit in the file.
+  std::vector<std::pair<uint64_t, uint64_t>> walked;  // (offset, size)
+  uint64_t walk_end = 0;
+  for (;;) {
+    uint8_t h[kRecordHeader];
+    if (!read_at(h, kRecordHeader, walk_end)) break;
+    const uint64_t m = GetU64(h), d = GetU64(h + 8);
+    const uint64_t left = file_size - walk_end - kRecordHeader;
+    if (m > left || d > left - m) break;
+    walked.emplace_back(walk_end, kRecordHeader + m + d);
+    walk_end += kRecordHeader + m + d;
+  }
+  if (io_error != 0) {
+    if (error) *error = "spill file " + path + ": read: " + ErrnoText(io_error);
+    return io_error;
+  }
+
+  // 2. Where the index entries are: as the trailer says, if its magic, size and bounds hold;
+  // else from the end of the walked records up to the end of the file.
+  uint64_t index_offset = walk_end, count = (file_size - walk_end) / kIndexEntry;
+  uint32_t version = 0;  // 0: unknown, try both
+  bool trailer_ok = false;
+  if (file_size >= kTrailer) {
+    uint8_t t[kTrailer];
+    if (read_at(t, kTrailer, file_size - kTrailer) &&
+        std::memcmp(t + 32, kMagic, sizeof(kMagic)) == 0 && GetU32(t + 28) == kTrailer) {
+      const uint64_t io = GetU64(t), n = GetU64(t + 8);
+      const uint64_t body = file_size - kTrailer;
+      const uint32_t v = GetU32(t + 24);
+      if (n <= body / kIndexEntry && io <= body && io + n * kIndexEntry == body &&
+          v >= kOldestVersion && v <= kFileVersion) {
+        index_offset = io;
+        count = n;
+        version = v;
+        trailer_ok = true;
+      }
+    }
+  }
+  std::vector<uint8_t> index(count * kIndexEntry);
+  if (!index.empty() && !read_at(index.data(), index.size(), index_offset)) {
+    if (io_error != 0) {
+      if (error) *error = "spill file " + path + ": read: " + ErrnoText(io_error);
+      return io_error;
+    }
+    index.clear();
+    count = 0;
+  }
+
+  // 3. Each entry whose record is whole and matches it: size, header, checksum. A file's
+  // entries are all of one version; when the trailer cannot say which, the seeded checksum
+  // (version 2) is tried first, and unseeded ones (version 1) count only if none was seeded.
+  HashState st(XXH3_createState());
+  if (!st) {
+    if (error) *error = "spill file " + path + ": out of memory";
+    return -ENOMEM;
+  }
+  struct Candidate {
+    IndexedRecord rec;
+    bool v2 = false, v1 = false;
+  };
+  std::vector<Candidate> found;
+  std::vector<uint8_t> buf;
+  for (uint64_t i = 0; i < count; i++) {
+    const uint8_t* e = index.data() + i * kIndexEntry;
+    Candidate c;
+    RecordLocation& loc = c.rec.loc;
+    std::memcpy(loc.id, e, 20);
+    loc.offset = GetU64(e + 20);
+    loc.size = GetU64(e + 28);
+    loc.checksum = GetU64(e + 36);
+    if (loc.size < kRecordHeader || loc.offset > index_offset ||
+        loc.size > index_offset - loc.offset || loc.size > (1ull << 40)) {
+      continue;
+    }
+    buf.resize(loc.size);
+    if (!read_at(buf.data(), loc.size, loc.offset)) {
+      if (io_error != 0) {
+        if (error) *error = "spill file " + path + ": read: " + ErrnoText(io_error);
+        return io_error;
+      }
+      continue;
+    }
+    const uint64_t m = GetU64(buf.data()), d = GetU64(buf.data() + 8);
+    if (m > loc.size - kRecordHeader || d != loc.size - kRecordHeader - m) continue;
+    c.rec.metadata_size = m;
+    c.rec.data_size = d;
+    const uint8_t* meta = buf.data() + kRecordHeader;
+    if (version != 1) {
+      c.v2 = RecordChecksum(st.get(), IdSeed(loc.id), buf.data(), meta, m, meta + m, d) ==
+             loc.checksum;
+    }
+    if (version != 2 && !c.v2) {
+      c.v1 = RecordChecksum(st.get(), 0, buf.data(), meta, m, meta + m, d) == loc.checksum;
+    }
+    if (c.v2 || c.v1) found.push_back(c);
+  }
+  bool any_v2 = false;
+  for (const Candidate& c : found) any_v2 |= c.v2;
+  std::vector<IndexedRecord> kept;
+  for (const Candidate& c : found) {
+    if (any_v2 ? !c.v2 : !c.v1) continue;
+    kept.push_back(c.rec);
+    kept.back().loc.seeded = any_v2;
+  }
+  std::sort(kept.begin(), kept.end(),
+            [](const IndexedRecord& a, const IndexedRecord& b) { return a.loc.offset < b.loc.offset; });
+  // No two kept records may overlap (a damaged entry could repeat another's range).
+  std::vector<IndexedRecord> clean;
+  for (const IndexedRecord& r : kept) {
+    if (!clean.empty() && clean.back().loc.offset + clean.back().loc.size > r.loc.offset) continue;
+    clean.push_back(r);
+  }
+  out->records = std::move(clean);
+  out->version = out->records.empty() ? 0 : (any_v2 ? 2 : 1);
+  out->records_known = std::max<uint64_t>(trailer_ok ? count : 0, walked.size());
+  out->records_known = std::max<uint64_t>(out->records_known, out->records.size());
+  out->lost_records = out->records_known - out->records.size();
+  uint64_t covered = 0;
+  for (const IndexedRecord& r : out->records) covered += r.loc.size;
+  // The records end where the index starts: as the trailer says; else after the walked
+  // records if entries were found there; else (no index at all) the whole file may be records.
+  const uint64_t record_bytes =
+      trailer_ok ? index_offset : !out->records.empty() ? walk_end : file_size;
+  out->lost_bytes = record_bytes > covered ? record_bytes - covered : 0;
   return 0;
 }
 

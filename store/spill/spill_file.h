@@ -5,10 +5,13 @@
 //             from offset 0, so any reader of that layout can walk the file from the start.
 //   index     one entry per record: [20-byte object id][u64 offset][u64 size][u64 checksum]
 //             where size includes the 16-byte record header and checksum is XXH3-64 of the
-//             whole record (header, metadata, data).
+//             whole record (header, metadata, data), seeded with the first 8 bytes of the
+//             object id read as a u64 (version 2; version 1 files, unseeded, are still read).
+//             The seed ties each entry's checksum to its id: a damaged id fails it.
 //   trailer   [u64 index_offset][u64 record_count][u64 XXH3-64 of the index][u32 version]
 //             [u32 trailer size = 40][8 bytes magic "STSPILL1"], the last 40 bytes of the file.
-// A file without an intact trailer and index (a crash mid-write) is partial and is ignored.
+// A file is written as "<path>.tmp" and renamed to <path> once complete and synced, so a file
+// under its final name was whole once; a ".tmp" file is what a crash mid-write left.
 // An object is addressed by file://<absolute path>?offset=<o>&size=<s>.
 //
 // Called by: the spiller, on the libuv threadpool (these functions block on IO). Thread-safe:
@@ -24,7 +27,8 @@
 namespace store::spill {
 
 inline constexpr int kCorrupt = -100000;  // checksum, size or layout mismatch
-inline constexpr uint32_t kFileVersion = 1;
+inline constexpr uint32_t kFileVersion = 2;   // written
+inline constexpr uint32_t kOldestVersion = 1;  // still read
 inline constexpr size_t kRecordHeader = 16;
 inline constexpr size_t kIndexEntry = 44;
 inline constexpr size_t kTrailer = 40;
@@ -41,12 +45,17 @@ struct RecordLocation {
   uint8_t id[20];
   uint64_t offset = 0;    // of the record header in the file
   uint64_t size = 0;      // 16 + metadata_size + data_size
-  uint64_t checksum = 0;  // XXH3-64 of the record
+  uint64_t checksum = 0;  // XXH3-64 of the record, seeded with IdSeed(id) if `seeded`
+  bool seeded = true;     // false for records of version 1 files
 };
 
-// Writes records to a new file at path (O_CREAT|O_EXCL), then the index and trailer, then
-// fdatasync. On success fills *out (one location per record, same order) and returns 0. On
-// failure removes the partial file and returns -errno (e.g. -ENOSPC, -EIO) with *error set.
+// The checksum seed of a record of object `id` (version 2): its first 8 bytes, little-endian.
+uint64_t IdSeed(const uint8_t id[20]);
+
+// Writes records to a new file "<path>.tmp" (O_CREAT|O_EXCL), then the index and trailer, then
+// fdatasync, then renames it to path. On success fills *out (one location per record, same
+// order) and returns 0. On failure removes the partial file and returns -errno (e.g. -ENOSPC,
+// -EIO) with *error set. The offsets follow from the sizes alone (RecordOffsets).
 int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRecord>& records,
                    std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error);
 
@@ -63,10 +72,28 @@ struct IndexedRecord {
   uint64_t data_size = 0;
 };
 
+// The offset each record will have in a file written from `records`, in order.
+std::vector<uint64_t> RecordOffsets(const std::vector<SpillRecord>& records);
+
 // Reads a file's trailer and index (and each record's header, for its sizes). Returns 0, or
-// kCorrupt for a partial or damaged file, or -errno.
+// kCorrupt for a partial or damaged file, or -errno. *version (may be NULL) receives the
+// file's version.
 int ReadIndex(Env* env, const std::string& path, std::vector<IndexedRecord>* out,
-              std::string* error);
+              std::string* error, uint32_t* version = nullptr);
+
+// What can still be read from a file whose index does not read back (ReadIndex said kCorrupt):
+// the records that an index entry still names and whose whole record matches that entry's
+// size, header and checksum. The index is found from the trailer when it is intact enough, else
+// after the records (walked from offset 0 through their headers) up to the end of the file.
+struct Salvage {
+  std::vector<IndexedRecord> records;  // verified, in file order
+  uint32_t version = 0;                // of the records kept (0 if none)
+  uint64_t records_known = 0;  // records the file held, as far as can be told (index or walk)
+  uint64_t lost_records = 0;   // of those, not kept
+  uint64_t lost_bytes = 0;     // bytes of the file that no kept record covers
+};
+// Returns 0 with *out filled, or -errno if the file cannot be read (nothing can be said then).
+int SalvageFile(Env* env, const std::string& path, Salvage* out, std::string* error);
 
 // "file://<path>?offset=<o>&size=<s>"
 std::string SpillUrl(const std::string& absolute_path, uint64_t offset, uint64_t size);
