@@ -1084,6 +1084,30 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
     }
   }
   const uint32_t n = ids->size();
+  {
+    // Answered at once when no id is waited for (every one readable, or missing and not waited
+    // for): no WaitingGet, one lookup per id.
+    std::vector<Object*>& objs = get_scratch_;
+    objs.clear();
+    bool waits = false;
+    for (const proto::ObjectId* id : *ids) {
+      Object* o = table_.Find(KeyOf(id));
+      objs.push_back(o);
+      waits = waits || GetWaitsFor(o, timeout);
+    }
+    if (!waits) {
+      const int64_t now = RealtimeNs();
+      fbb_.Clear();
+      proto::ObjectLocation* locs = nullptr;
+      auto vec = fbb_.CreateUninitializedVectorOfStructs(n, &locs);
+      for (uint32_t i = 0; i < n; i++) Locate(c, objs[i], now, false, &locs[i]);
+      auto body = proto::CreateGetReply(fbb_, vec);
+      fbb_.FinishSizePrefixed(
+          proto::CreateMessage(fbb_, seq, 0, 0, 0, Body::GetReply, body.Union()),
+          proto::MessageIdentifier());
+      return Send(c);
+    }
+  }
   auto* g = new WaitingGet;
   g->client = c;
   g->seq = seq;
@@ -1098,14 +1122,32 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   // (the positions of one id are chained from its first through next_same).
   const int64_t now = RealtimeNs();
   std::vector<uint32_t> firsts;
-  std::vector<uint32_t> tail;  // per entry of firsts: the last position of that id so far
-  std::unordered_map<ObjectKey, uint32_t, ObjectKeyHash> index;  // id -> entry of firsts
-  const bool hashed = n > 16;  // a short list is searched instead
+  std::vector<uint32_t> tail;       // per entry of firsts: the last position of that id so far
+  std::vector<Object*> readable;    // per entry of firsts: its object, if readable now
+  // A short list is searched; a longer one goes through an open-addressing table of entries of
+  // firsts (linear probing, at most half full: one allocation).
+  const bool hashed = n > 16;
+  std::vector<uint32_t> slots;
+  size_t mask = 0;
+  if (hashed) {
+    slots.assign(std::bit_ceil(size_t{2} * n), UINT32_MAX);
+    mask = slots.size() - 1;
+  }
   for (uint32_t i = 0; i < n; i++) {
     uint32_t entry = UINT32_MAX;
     if (hashed) {
-      auto [it, fresh] = index.try_emplace(g->ids[i], static_cast<uint32_t>(firsts.size()));
-      if (!fresh) entry = it->second;
+      size_t h = ObjectKeyHash()(g->ids[i]);
+      h ^= h >> 29;
+      for (size_t k = h & mask;; k = (k + 1) & mask) {
+        if (slots[k] == UINT32_MAX) {
+          slots[k] = static_cast<uint32_t>(firsts.size());
+          break;
+        }
+        if (g->ids[firsts[slots[k]]] == g->ids[i]) {
+          entry = slots[k];
+          break;
+        }
+      }
     } else {
       for (uint32_t k = 0; k < firsts.size(); k++) {
         if (g->ids[firsts[k]] == g->ids[i]) {
@@ -1121,11 +1163,12 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
     }
     firsts.push_back(i);
     tail.push_back(i);
-    if (GetWaitsFor(table_.Find(g->ids[i]), timeout)) g->waiting_on.push_back(i);
+    Object* o = table_.Find(g->ids[i]);
+    readable.push_back(Readable(o) ? o : nullptr);
+    if (GetWaitsFor(o, timeout)) g->waiting_on.push_back(i);
   }
-  for (uint32_t first : firsts) {
-    Object* o = table_.Find(g->ids[first]);
-    if (Readable(o)) TakeForGet(g, first, o, now);
+  for (size_t k = 0; k < firsts.size(); k++) {
+    if (readable[k]) TakeForGet(g, firsts[k], readable[k], now);
   }
   g->missing = g->waiting_on.size();
   if (g->missing == 0) return CompleteGet(g, false);

@@ -284,6 +284,7 @@ class Server {
   flatbuffers::FlatBufferBuilder fbb_{1024};
   std::vector<uint8_t> created_reply_;  // the create reply ReplyCreated copies (built once)
   std::vector<uint8_t> get_one_reply_;  // the reply to a get of one id CompleteGet copies
+  std::vector<Object*> get_scratch_;    // HandleGet's objects of a get answered at once
   bool pumping_ = false, pump_again_ = false;
 
   // Spilling.
