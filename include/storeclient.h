@@ -22,7 +22,11 @@
  * NULL:      destructors accept NULL. Any other NULL where a pointer is required gives
  *            STORE_EINVAL.
  * Lost connection: once the server is gone, every call that needs it returns STORE_ECONN;
- *            nothing hangs and no SIGPIPE is raised.
+ *            nothing hangs and no SIGPIPE is raised. A connection also ends when a reply is
+ *            malformed or cannot be kept (out of memory: its bytes are lost); the calls
+ *            waiting then get STORE_EPROTO or STORE_ENOMEM, the calls after STORE_ECONN.
+ * Out of memory: a call that cannot allocate returns STORE_ENOMEM; the client stays usable
+ *            unless received bytes were lost (above).
  *
  * Object lifecycle
  * ----------------
