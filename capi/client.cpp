@@ -16,6 +16,9 @@
 // nothing longer than that. A get + release then costs one round trip and no extra wake-up of
 // the store.
 //
+// fork(): a connection belongs to the process that made it. In a forked child it is inert:
+// calls give STORE_EMISUSE, and freeing it sends nothing and takes no lock (see Conn).
+//
 // Out of memory: a request's reply slot never outlives the request, whatever throws (Request,
 // PutBatch: a reply that comes after its waiter gave up is dropped); the reader role is always
 // given back (ReaderRole); received bytes are never lost to an exception, and when a reply
@@ -228,8 +231,11 @@ constexpr uint64_t kPopulateChunk = 2u << 20;
 #endif
 
 // Counts fork()s in this process's history (pthread_atfork, child side). A connection made
-// before a fork has no threads of its own in the child, so there it sends releases at once.
+// before a fork belongs to the parent: in the child it is inert (see Conn::OwnedByThisProcess).
+// The handler is registered when the library is loaded, before any connection can exist.
 std::atomic<uint64_t> g_fork_generation{0};
+[[maybe_unused]] const int g_atfork_registered = pthread_atfork(
+    nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
 
 // Queued releases go out once the oldest has waited this long, looked at once per this long
 // (STORE_CLIENT_RELEASE_DELAY_US in the environment sets another delay; 0 sends every release
@@ -254,16 +260,33 @@ int64_t MonoNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// The condition variables of a connection, apart from it: see ~Conn.
+struct CondVars {
+  std::condition_variable cv;
+  std::condition_variable release_cv;
+};
+
+// After fork() the child has a copy of every connection of its parent, with the parent's socket
+// (the same socket, not a new one: whatever the child sent or shut down would act on the
+// parent's session) and the parent's locks in whatever state the parent's other threads left
+// them. Such a connection is inert in the child: every call on it, its readers and writers
+// gives STORE_EMISUSE without touching a lock or the socket, and freeing it closes the child's
+// descriptor and mapping only (see store_client_free).
 struct Conn {
+  // False in a child forked after the connection was made.
   bool OwnedByThisProcess() const {
     return fork_generation == g_fork_generation.load(std::memory_order_relaxed);
   }
 
+  // fork()s seen when the connection was made, and the process that made it.
+  const uint64_t fork_generation = g_fork_generation.load(std::memory_order_relaxed);
+  const pid_t owner_pid = getpid();
   std::atomic<int> refs{1};
   int fd = -1;
   std::mutex send_mu;  // serialises sending; guards the release queue below
   std::mutex mu;       // guards what follows, up to the GPU chunks
-  std::condition_variable cv;
+  CondVars* const cvs = new CondVars;
+  std::condition_variable& cv = cvs->cv;
   bool reading = false;
   bool broken = false;
   int broken_code = STORE_ECONN;
@@ -295,7 +318,7 @@ struct Conn {
   uint64_t requests_sent = 0;     // ever (SendAll); each carried the queued releases
   bool release_sleeping = false;  // the release thread waits with no deadline
   bool stop_release = false;
-  std::condition_variable release_cv;
+  std::condition_variable& release_cv = cvs->release_cv;
   flatbuffers::FlatBufferBuilder release_fbb{256};
   std::vector<uint8_t> release_one;  // a release of one uid, to copy (BuildReleaseLocked)
   // The thread that sends releases that waited release_delay_ns (ReleaseMain); started with
@@ -315,11 +338,16 @@ struct Conn {
   bool has_populator = false;
   std::atomic<bool> stop_populate{false};
   std::atomic<int> populating{0};  // calls of Populate for an object in progress
-  // fork()s seen when the connection was made: a forked child has neither thread.
-  uint64_t fork_generation = 0;
 
+  // In a forked child: the parent's threads are not there to join, and the locks and condition
+  // variables may hold the state of parent threads that were waiting (glibc's
+  // pthread_cond_destroy waits for the waiters a condition variable counts: forever, in a
+  // child). So the child takes no lock, gives the condition variables' memory back without
+  // destroying them, and leaves the GPU chunks mapped (CUDA does not survive fork, and the
+  // chunk table's lock may be held). What is closed and unmapped is the child's own copy.
   ~Conn() {
-    if (OwnedByThisProcess()) {
+    const bool owned = OwnedByThisProcess();
+    if (owned) {
       if (has_populator) {
         stop_populate.store(true, std::memory_order_relaxed);
         pthread_join(populator, nullptr);
@@ -332,8 +360,11 @@ struct Conn {
         release_cv.notify_one();
       }
       if (join) pthread_join(release_thread, nullptr);
+      for (auto& [key, chunk] : gpu_chunks) storeclient::gpu::Release(chunk.first);
+      delete cvs;
+    } else {
+      ::operator delete(cvs);
     }
-    for (auto& [key, chunk] : gpu_chunks) storeclient::gpu::Release(chunk.first);
     if (base) munmap(base, region_size);
     if (fd >= 0) close(fd);
     for (int f : fds) close(f);
@@ -361,14 +392,26 @@ void MarkBroken(Conn* c, int code, const char* what, const char* detail = "") no
   MarkBrokenLocked(c, code, what, detail);
 }
 
+// The error of every call on a connection inherited from the parent process (see Conn).
+int InheritedError(const Conn* c) noexcept {
+  return Fail(STORE_EMISUSE,
+              "the client belongs to the parent process (pid %d) that connected it: after "
+              "fork() the child must connect its own client",
+              static_cast<int>(c->owner_pid));
+}
+
 int BrokenError(Conn* c) noexcept {
+  if (!c->OwnedByThisProcess()) return InheritedError(c);
   std::lock_guard<std::mutex> lk(c->mu);
   if (c->freed) return Fail(STORE_ECONN, "the client was freed");
   return FailMsg(STORE_ECONN, c->broken_message.empty() ? "the connection to the store is lost"
                                                         : c->broken_message.text);
 }
 
+// Whether requests may go out on c: not once it is broken or freed, nor in a forked child
+// (where it takes no lock).
 bool Usable(Conn* c) {
+  if (!c->OwnedByThisProcess()) return false;
   std::lock_guard<std::mutex> lk(c->mu);
   return !c->broken && !c->freed;
 }
@@ -490,12 +533,11 @@ void* ReleaseMain(void* arg);
 
 // Releases objects: queues the uids (see the top of this file), or sends them at once when
 // the queue would pass kReleaseBatch or no release thread can send them (a delay of 0, a
-// forked child, a thread that could not be made).
+// thread that could not be made). REQUIRES: c owned by this process (Usable).
 void QueueRelease(Conn* c, const uint64_t* uids, size_t n) {
   std::lock_guard<std::mutex> lk(c->send_mu);
   auto& q = c->pending_releases;
-  bool defer = c->release_delay_ns > 0 && q.size() + n <= kReleaseBatch &&
-               c->OwnedByThisProcess() && !c->stop_release;
+  bool defer = c->release_delay_ns > 0 && q.size() + n <= kReleaseBatch && !c->stop_release;
   if (defer && !c->has_release_thread) {
     c->has_release_thread = StartThread(&c->release_thread, ReleaseMain, c);
     if (!c->has_release_thread) c->release_delay_ns = 0;  // from now on, at once
@@ -1053,12 +1095,6 @@ void EnvMicros(const char* name, int64_t max_us, int64_t* ns) {
 
 // Sets up what the connection's threads need and starts the populator.
 void StartThreads(Conn* c) {
-  static std::once_flag atfork_once;
-  std::call_once(atfork_once, [] {
-    pthread_atfork(nullptr, nullptr,
-                   [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
-  });
-  c->fork_generation = g_fork_generation.load(std::memory_order_relaxed);
   c->release_delay_ns = kReleaseDelayNs;
   EnvMicros("STORE_CLIENT_RELEASE_DELAY_US", kMaxReleaseDelayNs / 1000, &c->release_delay_ns);
   // Polling only pays when the store can run on another processor meanwhile.
@@ -1149,6 +1185,13 @@ int store_client_connect(store_client** out, const char* socket_path,
 void store_client_free(store_client* client) {
   if (!client) return;
   Conn* c = client->conn;
+  if (!c->OwnedByThisProcess()) {
+    // Inherited from the parent process: the session is the parent's. Nothing is sent and no
+    // lock taken; the last reference closes this process's descriptor (see ~Conn).
+    delete client;
+    Unref(c);
+    return;
+  }
   try {
     if (Usable(c)) {
       flatbuffers::FlatBufferBuilder fbb(64);
@@ -1410,6 +1453,7 @@ int store_writer_write(store_writer* w, const void* data, size_t size) {
 
 int store_writer_seek(store_writer* w, int64_t offset, int whence, uint64_t* pos) {
   if (!w) return Fail(STORE_EINVAL, "writer is NULL");
+  if (!w->conn->OwnedByThisProcess()) return InheritedError(w->conn);
   return SeekImpl(&w->pos, w->size, offset, whence, pos);
 }
 
@@ -1449,6 +1493,7 @@ int DevicePtr(H* h, P** dptr, int* device, const char* what) {
   if (dptr) *dptr = nullptr;
   if (device) *device = -1;
   if (!h || !dptr) return Fail(STORE_EINVAL, "%s or dptr is NULL", what);
+  if (!h->conn->OwnedByThisProcess()) return InheritedError(h->conn);
   if (h->device < 0) {
     return Fail(STORE_EINVAL, "the object is in host memory: use store_%s_data", what);
   }
@@ -1670,6 +1715,7 @@ int store_put_many(store_client* client, const store_object_id* ids, const void*
     if (!client || (n && (!ids || !datas || !sizes))) {
       return Fail(STORE_EINVAL, "client, ids, datas or sizes is NULL");
     }
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
     for (size_t i = 0; i < n; i++) {
       if (!datas[i] || sizes[i] == 0) {
@@ -1829,6 +1875,7 @@ int store_open_readers(store_client* client, store_reader** out, const store_obj
                        size_t n, int64_t timeout_ms) {
   return Guard([&]() -> int {
     if (!client || (n && (!out || !ids))) return Fail(STORE_EINVAL, "client, out or ids is NULL");
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     if (timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
     for (size_t i = 0; i < n; i++) out[i] = nullptr;
     int64_t deadline = timeout_ms > 0 ? NowMs() + timeout_ms : 0;
@@ -1938,6 +1985,7 @@ int store_reader_read(store_reader* r, void* buf, size_t size, size_t* nread) {
 
 int store_reader_seek(store_reader* r, int64_t offset, int whence, uint64_t* pos) {
   if (!r) return Fail(STORE_EINVAL, "reader is NULL");
+  if (!r->conn->OwnedByThisProcess()) return InheritedError(r->conn);
   return SeekImpl(&r->pos, r->size, offset, whence, pos);
 }
 
@@ -2059,6 +2107,7 @@ int store_delete_many(store_client* client, const store_object_id* ids, size_t n
   if (deleted) *deleted = 0;
   return Guard([&]() -> int {
     if (!client || (n && !ids)) return Fail(STORE_EINVAL, "client or ids is NULL");
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     int first = STORE_OK;
     Message first_message;
     for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
@@ -2266,6 +2315,7 @@ int store_set_importance(store_client* client, const store_object_id* id, int32_
 int store_prefetch(store_client* client, const store_object_id* ids, size_t n) {
   return Guard([&]() -> int {
     if (!client || (n && !ids)) return Fail(STORE_EINVAL, "client or ids is NULL");
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
       size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
       flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);

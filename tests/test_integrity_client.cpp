@@ -1,6 +1,7 @@
 // test_integrity_client.cpp - libstoreclient keeps its sessions whole, against a real store:
-// an allocation that fails in the middle of a call leaves no reply to land in freed memory and
-// no thread waiting forever.
+// a forked child cannot end its parent's session through an inherited client, and an
+// allocation that fails in the middle of a call leaves no reply to land in freed memory and no
+// thread waiting forever.
 //
 // Work that could crash or hang the process runs in a forked child with a deadline; such a
 // child reports its failed checks on stderr and exits with their count.
@@ -126,10 +127,22 @@ bool Contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
+// The call failed because the client was inherited across fork().
+bool Inert(int rc) {
+  return rc == STORE_EMISUSE && Contains(store_last_error_message(), "parent process") &&
+         Contains(store_last_error_message(), "fork");
+}
+
 store_stats Stats(store_client* c) {
   store_stats st{};
   REQUIRE(store_stats_get(c, &st) == STORE_OK);
   return st;
+}
+
+uint32_t ReaderCount(store_client* c, const store_object_id& id) {
+  store_object_info info{};
+  REQUIRE(store_info(c, &id, &info) == STORE_OK);
+  return info.reader_count;
 }
 
 // The object's bytes, read through a reader of c; "" if it cannot be opened.
@@ -142,6 +155,239 @@ std::string ReadAll(store_client* c, const store_object_id& id) {
   store_reader_close(r);
   if (rc != STORE_OK || n != out.size()) return "";
   return out;
+}
+
+// What a parent checks once its child is gone: its session goes on as before. The parent's
+// reader of id is still open, and its client is the only one connected.
+void ParentSessionIsWhole(store_client* c, const store_object_id& id, const std::string& data) {
+  // The child's own client may still be on its way out: wait for the server to drop it.
+  CHECK(test::WaitFor([&] { return Stats(c).client_count == 1; }));
+  CHECK(test::WaitFor([&] { return ReaderCount(c, id) == 1; }));
+  CHECK(ReadAll(c, id) == data);
+  const store_object_id more = IdOf("integrity-after-fork");
+  CHECK(store_put(c, &more, "after", 5, nullptr) == STORE_OK);
+  CHECK(ReadAll(c, more) == "after");
+  CHECK(store_delete(c, &more) == STORE_OK);
+  store_client_info* list = nullptr;
+  size_t n = 0;
+  REQUIRE(store_list_clients(c, &list, &n) == STORE_OK);
+  CHECK(n == 1);
+  CHECK((n == 1 && list[0].is_self == 1 && list[0].readers_held == 1));
+  store_free(list);
+}
+
+// In a child: a client of its own works.
+void ChildOwnClientWorks(const std::string& socket, const store_object_id& id,
+                         const std::string& data) {
+  store_client* own = nullptr;
+  CHILD_EXPECT(store_client_connect(&own, socket.c_str(), nullptr) == STORE_OK);
+  if (!own) return;
+  store_reader* r = nullptr;
+  CHILD_EXPECT(store_open_reader(own, &r, &id, 0) == STORE_OK);
+  if (r) {
+    CHILD_EXPECT(store_reader_size(r) == data.size());
+    CHILD_EXPECT(std::memcmp(store_reader_data(r), data.data(), data.size()) == 0);
+    store_reader_close(r);
+  }
+  store_client_free(own);
+}
+
+// ---- fork ---------------------------------------------------------------------------------------
+
+TEST_CASE("fork: an inherited client is inert in the child, and the parent's session goes on") {
+  test::TestStore s;
+  REQUIRE(s.started());
+  ClientPtr parent = test::Connect(s.socket(), "parent");
+  store_client* c = parent.get();
+  const store_object_id id = IdOf("integrity-fork-a");
+  const std::string data(3000, 'a');
+  REQUIRE(store_put(c, &id, data.data(), data.size(), nullptr) == STORE_OK);
+  store_reader* r = nullptr;
+  REQUIRE(store_open_reader(c, &r, &id, 0) == STORE_OK);
+  // A second reader, closed before the fork: its release may still be queued (and the
+  // connection's release thread is running).
+  store_reader* closed = nullptr;
+  REQUIRE(store_open_reader(c, &closed, &id, 0) == STORE_OK);
+  store_reader_close(closed);
+  // Two objects being written, which the child tries to seal and to abort.
+  const store_object_id wid1 = IdOf("integrity-fork-w1"), wid2 = IdOf("integrity-fork-w2");
+  store_writer* w1 = nullptr;
+  store_writer* w2 = nullptr;
+  REQUIRE(store_create(c, &w1, &wid1, 4, nullptr) == STORE_OK);
+  REQUIRE(store_create(c, &w2, &wid2, 4, nullptr) == STORE_OK);
+
+  const int status = RunChild([&] {
+    const store_object_id other = IdOf("integrity-fork-child");
+    CHILD_EXPECT(Inert(store_put(c, &other, "x", 1, nullptr)));
+    const void* datas[1] = {"x"};
+    const uint64_t sizes[1] = {1};
+    size_t done = 7;
+    CHILD_EXPECT(Inert(store_put_many(c, &other, datas, sizes, 1, nullptr, &done)));
+    CHILD_EXPECT(done == 0);
+    store_reader* r2 = reinterpret_cast<store_reader*>(0x1);
+    CHILD_EXPECT(Inert(store_open_reader(c, &r2, &id, 0)));
+    CHILD_EXPECT(r2 == nullptr);
+    store_reader* many[1] = {nullptr};
+    CHILD_EXPECT(Inert(store_open_readers(c, many, &id, 1, 0)));
+    store_writer* w = nullptr;
+    CHILD_EXPECT(Inert(store_create(c, &w, &other, 10, nullptr)));
+    store_stats st{};
+    CHILD_EXPECT(Inert(store_stats_get(c, &st)));
+    int present = 1;
+    CHILD_EXPECT(Inert(store_contains(c, &id, &present)));
+    store_object_info info{};
+    CHILD_EXPECT(Inert(store_info(c, &id, &info)));
+    store_object_info* list = nullptr;
+    size_t count = 0;
+    CHILD_EXPECT(Inert(store_list(c, &list, &count)));
+    store_client_info* clients = nullptr;
+    CHILD_EXPECT(Inert(store_list_clients(c, &clients, &count)));
+    CHILD_EXPECT(Inert(store_pin(c, &id)));
+    CHILD_EXPECT(Inert(store_delete(c, &id)));
+    CHILD_EXPECT(Inert(store_set_importance(c, &id, 5)));
+    CHILD_EXPECT(Inert(store_prefetch(c, &id, 1)));
+    // The inherited reader: no data, no reads, no seeks.
+    char buf[16];
+    size_t nread = 9;
+    CHILD_EXPECT(Inert(store_reader_read(r, buf, sizeof buf, &nread)));
+    CHILD_EXPECT(nread == 0);
+    CHILD_EXPECT(Inert(store_reader_seek(r, 0, SEEK_SET, nullptr)));
+    CHILD_EXPECT(store_reader_data(r) == nullptr);
+    CHILD_EXPECT(store_reader_size(r) == data.size());
+    // The inherited writers: neither written, sealed nor aborted (each handle is freed).
+    CHILD_EXPECT(Inert(store_writer_write(w1, "kid!", 4)));
+    CHILD_EXPECT(store_writer_data(w1) == nullptr);
+    CHILD_EXPECT(Inert(store_writer_seal(w1)));
+    CHILD_EXPECT(Inert(store_writer_abort(w2)));
+    // Closing and freeing what was inherited sends nothing.
+    store_reader_close(r);
+    store_client_free(c);
+    ChildOwnClientWorks(s.socket(), id, data);
+  });
+  INFO("child: " << Describe(status));
+  CHECK(test::ExitedCleanly(status));
+
+  ParentSessionIsWhole(c, id, data);
+  // The child neither sealed nor aborted the parent's objects: the parent does.
+  std::memcpy(store_writer_data(w1), "one!", 4);
+  std::memcpy(store_writer_data(w2), "two!", 4);
+  CHECK(store_writer_seal(w1) == STORE_OK);
+  CHECK(store_writer_seal(w2) == STORE_OK);
+  CHECK(ReadAll(c, wid1) == "one!");
+  CHECK(ReadAll(c, wid2) == "two!");
+  store_reader_close(r);
+  CHECK(store_delete(c, &id) == STORE_OK);
+  CHECK(store_delete(c, &wid1) == STORE_OK);
+  CHECK(store_delete(c, &wid2) == STORE_OK);
+}
+
+TEST_CASE("fork: a child that frees the inherited client and exits through exit() ends nothing") {
+  test::TestStore s;
+  REQUIRE(s.started());
+  ClientPtr parent = test::Connect(s.socket(), "parent");
+  store_client* c = parent.get();
+  const store_object_id id = IdOf("integrity-fork-b");
+  const std::string data(5000, 'b');
+  REQUIRE(store_put(c, &id, data.data(), data.size(), nullptr) == STORE_OK);
+  store_reader* r = nullptr;
+  REQUIRE(store_open_reader(c, &r, &id, 0) == STORE_OK);
+  store_reader* closed = nullptr;
+  REQUIRE(store_open_reader(c, &closed, &id, 0) == STORE_OK);
+  store_reader_close(closed);
+
+  SUBCASE("freed, then exit()") {
+    const int status = RunChild([&] {
+      store_reader_close(r);
+      store_client_free(c);
+      std::exit(0);
+    }, std::chrono::seconds(10));
+    INFO("child: " << Describe(status));
+    CHECK(test::ExitedCleanly(status));
+  }
+  SUBCASE("the client freed first, its reader after, then exit()") {
+    const int status = RunChild([&] {
+      store_client_free(c);
+      store_reader_close(r);
+      std::exit(0);
+    }, std::chrono::seconds(10));
+    INFO("child: " << Describe(status));
+    CHECK(test::ExitedCleanly(status));
+  }
+  SUBCASE("exit() with everything still open") {
+    const int status = RunChild([&] { std::exit(0); }, std::chrono::seconds(10));
+    INFO("child: " << Describe(status));
+    CHECK(test::ExitedCleanly(status));
+  }
+  ParentSessionIsWhole(c, id, data);
+  store_reader_close(r);
+  CHECK(store_delete(c, &id) == STORE_OK);
+}
+
+TEST_CASE("fork: a child forked while other threads wait in calls frees the client at once") {
+  test::TestStore s;
+  REQUIRE(s.started());
+  ClientPtr parent = test::Connect(s.socket(), "parent");
+  ClientPtr observer = test::Connect(s.socket(), "observer");
+  store_client* c = parent.get();
+  const store_object_id id = IdOf("integrity-fork-c");
+  const std::string data(100, 'c');
+  REQUIRE(store_put(c, &id, data.data(), data.size(), nullptr) == STORE_OK);
+  store_reader* r = nullptr;
+  REQUIRE(store_open_reader(c, &r, &id, 0) == STORE_OK);
+  store_reader* closed = nullptr;
+  REQUIRE(store_open_reader(c, &closed, &id, 0) == STORE_OK);
+  store_reader_close(closed);  // starts the connection's release thread
+  // Two threads wait for objects nobody has put yet: one reads the socket, the other waits
+  // for it (on the connection's condition variable).
+  const store_object_id later1 = IdOf("integrity-fork-later1");
+  const store_object_id later2 = IdOf("integrity-fork-later2");
+  std::atomic<int> rc1{1}, rc2{1};
+  std::string got1, got2;
+  auto waiter = [c](const store_object_id* want, std::atomic<int>* rc, std::string* got) {
+    store_reader* wr = nullptr;
+    int x = store_open_reader(c, &wr, want, -1);
+    if (x == STORE_OK) {
+      got->assign(static_cast<const char*>(store_reader_data(wr)), store_reader_size(wr));
+      store_reader_close(wr);
+    }
+    rc->store(x);
+  };
+  std::thread t1(waiter, &later1, &rc1, &got1);
+  std::thread t2(waiter, &later2, &rc2, &got2);
+  REQUIRE(test::WaitFor([&] { return Stats(observer.get()).waiting_gets == 2; }));
+
+  const int status = RunChild([&] {
+    store_stats st{};
+    CHILD_EXPECT(Inert(store_stats_get(c, &st)));
+    store_reader_close(r);
+    store_client_free(c);
+    // The objects the parent's threads wait for come from the child's own client.
+    store_client* own = nullptr;
+    CHILD_EXPECT(store_client_connect(&own, s.socket().c_str(), nullptr) == STORE_OK);
+    if (!own) return;
+    CHILD_EXPECT(store_put(own, &later1, "first", 5, nullptr) == STORE_OK);
+    CHILD_EXPECT(store_put(own, &later2, "second", 6, nullptr) == STORE_OK);
+    store_client_free(own);
+  }, std::chrono::seconds(10));
+  INFO("child: " << Describe(status));
+  CHECK(test::ExitedCleanly(status));
+  if (!test::ExitedCleanly(status)) {
+    // Release the waiting threads so that the test can end.
+    store_put(observer.get(), &later1, "first", 5, nullptr);
+    store_put(observer.get(), &later2, "second", 6, nullptr);
+  }
+  t1.join();
+  t2.join();
+  CHECK(rc1.load() == STORE_OK);
+  CHECK(rc2.load() == STORE_OK);
+  CHECK(got1 == "first");
+  CHECK(got2 == "second");
+  observer.reset();
+  ParentSessionIsWhole(c, id, data);
+  store_reader_close(r);
+  CHECK(store_delete(c, &id) == STORE_OK);
+  CHECK(store_delete(c, &later1) == STORE_OK);
+  CHECK(store_delete(c, &later2) == STORE_OK);
 }
 
 // ---- allocation failures in the middle of a call ------------------------------------------------
