@@ -1107,6 +1107,23 @@ void StartThreads(Conn* c) {
   c->has_populator = StartThread(&c->populator, PopulatorMain, c);
 }
 
+// A socket path in a directory others may write to (/tmp) can be taken by anyone: the server
+// must run as this user or as root. STORE_EPERM otherwise, before anything is sent to it.
+int CheckServerUser(int fd, const std::string& path) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return Fail(STORE_ECONN, "cannot connect to the store at %s: cannot read its credentials: %s",
+                path.c_str(), std::strerror(errno));
+  }
+  if (cred.uid != geteuid() && cred.uid != 0) {
+    return Fail(STORE_EPERM, "refusing the store at %s: it runs as uid %u, which is neither this "
+                "user (uid %u) nor root; another user may have taken the socket path",
+                path.c_str(), static_cast<unsigned>(cred.uid), static_cast<unsigned>(geteuid()));
+  }
+  return STORE_OK;
+}
+
 }  // namespace
 
 int store_client_connect(store_client** out, const char* socket_path,
@@ -1145,6 +1162,7 @@ int store_client_connect(store_client** out, const char* socket_path,
       return Fail(STORE_ECONN, "cannot connect to the store at %s: %s", path.c_str(),
                   std::strerror(errno));
     }
+    if (int prc = CheckServerUser(conn->fd, path); prc != STORE_OK) return prc;
     flatbuffers::FlatBufferBuilder fbb(256);
     auto n = fbb.CreateString(name);
     auto body = proto::CreateConnectRequest(fbb, proto::kProtocolVersion, n,

@@ -1,7 +1,8 @@
 // test_integrity_client.cpp - libstoreclient keeps its sessions whole, against a real store:
-// a forked child cannot end its parent's session through an inherited client, and an
-// allocation that fails in the middle of a call leaves no reply to land in freed memory and no
-// thread waiting forever.
+// a forked child cannot end its parent's session through an inherited client; the client
+// refuses a server of another user; and an allocation
+// that fails in the middle of a call leaves no reply to land in freed memory and no thread
+// waiting forever.
 //
 // Work that could crash or hang the process runs in a forked child with a deadline; such a
 // child reports its failed checks on stderr and exits with their count.
@@ -9,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -80,6 +82,8 @@ namespace {
 using test::ClientPtr;
 using test::IdOf;
 
+constexpr uint32_t kNobody = 65534;
+
 // ---- checks in a forked child -------------------------------------------------------------------
 int g_child_failures = 0;
 
@@ -125,6 +129,11 @@ std::string Describe(int status) {
 
 bool Contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
+}
+
+// Drops root for good in a forked child: the groups, then the group, then the user.
+bool BecomeNobody() {
+  return setgroups(0, nullptr) == 0 && setgid(kNobody) == 0 && setuid(kNobody) == 0;
 }
 
 // The call failed because the client was inherited across fork().
@@ -388,6 +397,66 @@ TEST_CASE("fork: a child forked while other threads wait in calls frees the clie
   CHECK(store_delete(c, &id) == STORE_OK);
   CHECK(store_delete(c, &later1) == STORE_OK);
   CHECK(store_delete(c, &later2) == STORE_OK);
+}
+
+// ---- the server's user --------------------------------------------------------------------------
+
+TEST_CASE("connect: a server run by another user (not root) is refused with STORE_EPERM") {
+  if (geteuid() != 0) {
+    MESSAGE("needs root to listen as another user: skipped");
+    return;
+  }
+  test::TempDir dir;
+  REQUIRE(chmod(dir.path.c_str(), 0777) == 0);
+  const std::string sock = dir / "squatted.sock";
+  int ready[2], hold[2];
+  REQUIRE(pipe2(ready, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(hold, O_CLOEXEC) == 0);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Another user takes the socket path, accepts one connection and closes it unanswered.
+    close(ready[0]);
+    close(hold[1]);
+    if (!BecomeNobody()) _exit(2);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, sock.c_str(), sizeof a.sun_path - 1);
+    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        chmod(sock.c_str(), 0666) != 0 || listen(fd, 4) != 0) {
+      _exit(3);
+    }
+    if (write(ready[1], "r", 1) != 1) _exit(4);
+    pollfd p[2] = {{fd, POLLIN, 0}, {hold[0], POLLIN, 0}};
+    if (poll(p, 2, 10000) > 0 && (p[0].revents & POLLIN)) {
+      int conn = accept(fd, nullptr, nullptr);
+      if (conn >= 0) close(conn);
+    }
+    char ch;
+    while (read(hold[0], &ch, 1) > 0) {
+    }
+    _exit(0);
+  }
+  close(ready[1]);
+  close(hold[0]);
+  char ch = 0;
+  REQUIRE(read(ready[0], &ch, 1) == 1);
+  close(ready[0]);
+
+  store_client* client = reinterpret_cast<store_client*>(0x1);
+  const int rc = store_client_connect(&client, sock.c_str(), nullptr);
+  const std::string msg = store_last_error_message();
+  close(hold[1]);
+  INFO(msg);
+  CHECK(rc == STORE_EPERM);
+  CHECK(client == nullptr);
+  CHECK(Contains(msg, std::to_string(kNobody)));
+  CHECK(Contains(msg, sock));
+  CHECK(test::ExitedCleanly(test::WaitExit(pid)));
+  if (client && client != reinterpret_cast<store_client*>(0x1)) store_client_free(client);
 }
 
 // ---- allocation failures in the middle of a call ------------------------------------------------
