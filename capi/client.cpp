@@ -1124,6 +1124,42 @@ int CheckServerUser(int fd, const std::string& path) {
   return STORE_OK;
 }
 
+// The error of a handshake that failed with rc. A server that refuses the client (another
+// user's) sends an error with seq 0 and closes: that error is what the caller gets, whether it
+// was read as the reply or the server closed before the request went out (a failed send; what
+// the server sent is then still in the socket).
+int HandshakeError(Conn* c, const std::string& path, int rc) {
+  if (rc != STORE_ECONN && rc != STORE_EPERM) return rc;
+  {
+    std::lock_guard<std::mutex> lk(c->mu);
+    if (c->broken_code == STORE_EPERM) {
+      return Fail(STORE_EPERM, "cannot connect to the store at %s: %s", path.c_str(),
+                  c->broken_message.text);
+    }
+  }
+  // Read what the server left (it has closed its end, so it is all there).
+  for (;;) {
+    size_t avail = 0;
+    uint8_t* p = c->in.Reserve(64 * 1024, &avail);
+    if (!p) break;
+    ssize_t n = recv(c->fd, p, avail, MSG_DONTWAIT);
+    if (n <= 0) break;
+    c->in.Commit(static_cast<size_t>(n));
+  }
+  for (;;) {
+    const uint8_t* data;
+    size_t len;
+    if (c->in.Pop(&data, &len) != proto::FrameBuffer::Next::kMessage) break;
+    const proto::Message* m = proto::VerifyMessage(data, len);
+    if (!m) break;
+    if (m->seq() != 0 || m->status() == 0) continue;
+    int code = m->status() == STORE_EPERM ? STORE_EPERM : STORE_ECONN;
+    return Fail(code, "cannot connect to the store at %s: the store closed the connection: %s",
+                path.c_str(), m->error() ? m->error()->c_str() : store_errstr(m->status()));
+  }
+  return rc;
+}
+
 }  // namespace
 
 int store_client_connect(store_client** out, const char* socket_path,
@@ -1169,7 +1205,7 @@ int store_client_connect(store_client** out, const char* socket_path,
                                             static_cast<int32_t>(getpid()));
     std::unique_ptr<Reply> reply;
     rc = Call(conn.get(), fbb, Body::ConnectRequest, body.Union(), Body::ConnectReply, &reply);
-    if (rc != STORE_OK) return rc;
+    if (rc != STORE_OK) return HandshakeError(conn.get(), path, rc);
     auto* r = reply->msg->body_as_ConnectReply();
     if (reply->fds.size() != 1) return Fail(STORE_EPROTO, "the store sent no memory descriptor");
     uint64_t size = r->region()->size();

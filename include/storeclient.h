@@ -278,7 +278,8 @@ typedef struct store_create_options {
  * if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock) and maps its shared memory.
  * opts may be NULL for defaults. Caller owns *out; free with store_client_free().
  * STORE_ECONN if nothing listens there, STORE_EPROTO on a protocol version mismatch, STORE_EPERM
- * if the server runs as another user than this one and not as root (nothing is sent to it). */
+ * if the server runs as another user than this one and not as root (nothing is sent to it), or
+ * if the server refuses this user. */
 STORE_API int store_client_connect(store_client **out, const char *socket_path,
                                    const store_connect_options *opts);
 

@@ -1,6 +1,6 @@
 // test_integrity_client.cpp - libstoreclient keeps its sessions whole, against a real store:
 // a forked child cannot end its parent's session through an inherited client; the client
-// refuses a server of another user; and an allocation
+// refuses a server of another user and reports a server's refusal as such; and an allocation
 // that fails in the middle of a call leaves no reply to land in freed memory and no thread
 // waiting forever.
 //
@@ -457,6 +457,45 @@ TEST_CASE("connect: a server run by another user (not root) is refused with STOR
   CHECK(Contains(msg, sock));
   CHECK(test::ExitedCleanly(test::WaitExit(pid)));
   if (client && client != reinterpret_cast<store_client*>(0x1)) store_client_free(client);
+}
+
+// ---- a server that refuses this user ------------------------------------------------------------
+
+TEST_CASE("connect: a store that refuses this user gives STORE_EPERM and its reason") {
+  if (geteuid() != 0) {
+    MESSAGE("needs root to connect as another user: skipped");
+    return;
+  }
+  test::TestStore s;
+  REQUIRE(s.started());
+  // Let another user reach the socket, so that the server's own check is what refuses it.
+  REQUIRE(chmod(s.dir().c_str(), 0755) == 0);
+  REQUIRE(chmod(s.socket().c_str(), 0666) == 0);
+  constexpr int kAttempts = 50;
+  const int status = RunChild([&] {
+    if (!BecomeNobody()) {
+      std::fprintf(stderr, "cannot become uid %u\n", kNobody);
+      g_child_failures++;
+      return;
+    }
+    for (int i = 0; i < kAttempts; i++) {
+      store_client* c = reinterpret_cast<store_client*>(0x1);
+      const int rc = store_client_connect(&c, s.socket().c_str(), nullptr);
+      const std::string msg = store_last_error_message();
+      if (rc != STORE_EPERM || c != nullptr || !Contains(msg, "user") ||
+          !Contains(msg, s.socket())) {
+        std::fprintf(stderr, "attempt %d: rc %d (%s): %s\n", i, rc, store_errstr(rc),
+                     msg.c_str());
+        g_child_failures++;
+      }
+      if (c && c != reinterpret_cast<store_client*>(0x1)) store_client_free(c);
+    }
+  });
+  INFO("child: " << Describe(status));
+  CHECK(test::ExitedCleanly(status));
+  CHECK(s.Alive());
+  ClientPtr c = test::Connect(s.socket(), "checker");
+  CHECK(Stats(c.get()).client_count == 1);
 }
 
 // ---- allocation failures in the middle of a call ------------------------------------------------
