@@ -27,6 +27,7 @@
 //
 // Nothing here prints, aborts or lets an exception out: every exported function catches.
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -34,6 +35,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -1107,6 +1109,50 @@ void StartThreads(Conn* c) {
   c->has_populator = StartThread(&c->populator, PopulatorMain, c);
 }
 
+// The error of a connect() to path that failed with errno e: says which case it is.
+int ConnectError(const std::string& path, int e) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const char* p = path.c_str();
+  const char* d = dir.c_str();
+  const unsigned uid = static_cast<unsigned>(geteuid());
+  constexpr const char* kCannot = "cannot connect to the store at";
+  struct stat st {};
+  switch (e) {
+    case ENOENT:
+      if (stat(d, &st) != 0 && errno == ENOENT) {
+        return Fail(STORE_ECONN, "%s %s: the directory %s does not exist", kCannot, p, d);
+      }
+      return Fail(STORE_ECONN, "%s %s: nothing is listening (no such socket)", kCannot, p);
+    case ENOTDIR:
+      return Fail(STORE_ECONN, "%s %s: %s is not a directory", kCannot, p, d);
+    case ECONNREFUSED:
+      if (stat(p, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        return Fail(STORE_ECONN, "%s %s: it is not a socket", kCannot, p);
+      }
+      return Fail(STORE_ECONN,
+                  "%s %s: nothing is listening (the socket is left from a store that is gone)",
+                  kCannot, p);
+    case EACCES:
+      if (faccessat(AT_FDCWD, d, X_OK, AT_EACCESS) != 0) {
+        return Fail(STORE_EPERM,
+                    "%s %s: permission denied (this user, uid %u, may not enter the directory "
+                    "%s)", kCannot, p, uid, d);
+      }
+      return Fail(STORE_EPERM,
+                  "%s %s: permission denied (this user, uid %u, may not write to the socket)",
+                  kCannot, p, uid);
+    case EAGAIN:
+      return Fail(STORE_ECONN,
+                  "%s %s: it has too many connections waiting to be accepted; try again",
+                  kCannot, p);
+    default:
+      return Fail(STORE_ECONN, "%s %s: %s", kCannot, p, std::strerror(e));
+  }
+}
+
 // A socket path in a directory others may write to (/tmp) can be taken by anyone: the server
 // must run as this user or as root. STORE_EPERM otherwise, before anything is sent to it.
 int CheckServerUser(int fd, const std::string& path) {
@@ -1194,10 +1240,7 @@ int store_client_connect(store_client** out, const char* socket_path,
     do {
       rc = connect(conn->fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     } while (rc != 0 && errno == EINTR);
-    if (rc != 0) {
-      return Fail(STORE_ECONN, "cannot connect to the store at %s: %s", path.c_str(),
-                  std::strerror(errno));
-    }
+    if (rc != 0) return ConnectError(path, errno);
     if (int prc = CheckServerUser(conn->fd, path); prc != STORE_OK) return prc;
     flatbuffers::FlatBufferBuilder fbb(256);
     auto n = fbb.CreateString(name);

@@ -276,10 +276,17 @@ typedef struct store_create_options {
 
 /* Connects to the server listening on socket_path (NULL = the default: $XDG_RUNTIME_DIR/store.sock
  * if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock) and maps its shared memory.
- * opts may be NULL for defaults. Caller owns *out; free with store_client_free().
- * STORE_ECONN if nothing listens there, STORE_EPROTO on a protocol version mismatch, STORE_EPERM
- * if the server runs as another user than this one and not as root (nothing is sent to it), or
- * if the server refuses this user. */
+ * opts may be NULL for defaults. Caller owns *out; free with store_client_free(). On failure
+ * *out is NULL and the message says what went wrong:
+ *  STORE_EINVAL  out is NULL, opts->version is unknown, or the path is empty or too long;
+ *  STORE_ECONN   nothing listens there (the directory does not exist, there is no socket, or a
+ *                socket left by a store that is gone), the path is not a socket, or the
+ *                connection was lost during the handshake;
+ *  STORE_EPERM   this user may not enter the socket's directory or write to the socket; the
+ *                server runs as another user than this one and not as root (another user may
+ *                have taken the path: nothing is sent to it); or the server refuses this user;
+ *  STORE_EPROTO  the server speaks another protocol version, or sent a malformed reply;
+ *  STORE_ENOMEM  the server's shared memory cannot be mapped, or out of memory. */
 STORE_API int store_client_connect(store_client **out, const char *socket_path,
                                    const store_connect_options *opts);
 

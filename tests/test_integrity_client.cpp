@@ -1,8 +1,8 @@
 // test_integrity_client.cpp - libstoreclient keeps its sessions whole, against a real store:
 // a forked child cannot end its parent's session through an inherited client; the client
-// refuses a server of another user and reports a server's refusal as such; and an allocation
-// that fails in the middle of a call leaves no reply to land in freed memory and no thread
-// waiting forever.
+// refuses a server of another user and reports a server's refusal as such; an allocation that
+// fails in the middle of a call leaves no reply to land in freed memory and no thread waiting
+// forever; and a socket path that does not work says why.
 //
 // Work that could crash or hang the process runs in a forked child with a deadline; such a
 // child reports its failed checks on stderr and exits with their count.
@@ -851,6 +851,92 @@ TEST_CASE("allocation failures at every point of gets and lists leave no reader 
       });
   for (auto& id : ids) CHECK(store_delete(owner.get(), &id) == STORE_OK);
   CHECK(Stats(owner.get()).object_count == 0);
+}
+
+// ---- what a socket path that does not work says -------------------------------------------------
+
+// Connects to path; returns the code, *msg the message.
+int ConnectTo(const std::string& path, std::string* msg) {
+  store_client* c = reinterpret_cast<store_client*>(0x1);
+  const int rc = store_client_connect(&c, path.c_str(), nullptr);
+  *msg = store_last_error_message();
+  if (rc == STORE_OK) store_client_free(c);
+  CHECK((rc == STORE_OK || c == nullptr));
+  return rc;
+}
+
+TEST_CASE("connect: the error names what is wrong with the socket path") {
+  test::TempDir dir;
+  std::string msg;
+  SUBCASE("the directory does not exist") {
+    const std::string path = dir.path + "/missing/store.sock";
+    CHECK(ConnectTo(path, &msg) == STORE_ECONN);
+    CHECK(msg == "cannot connect to the store at " + path + ": the directory " + dir.path +
+                     "/missing does not exist");
+  }
+  SUBCASE("the directory exists, nothing listens") {
+    const std::string path = dir / "store.sock";
+    CHECK(ConnectTo(path, &msg) == STORE_ECONN);
+    CHECK(msg == "cannot connect to the store at " + path +
+                     ": nothing is listening (no such socket)");
+  }
+  SUBCASE("a socket left by a store that is gone") {
+    const std::string path = dir / "stale.sock";
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    close(fd);
+    CHECK(ConnectTo(path, &msg) == STORE_ECONN);
+    CHECK(msg == "cannot connect to the store at " + path +
+                     ": nothing is listening (the socket is left from a store that is gone)");
+  }
+  SUBCASE("a file that is not a socket") {
+    const std::string path = dir / "plain";
+    FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f);
+    std::fclose(f);
+    CHECK(ConnectTo(path, &msg) == STORE_ECONN);
+    CHECK(msg == "cannot connect to the store at " + path + ": it is not a socket");
+  }
+  SUBCASE("a directory this user may not enter, or a socket it may not write to") {
+    test::TestStore s;
+    REQUIRE(s.started());
+    // As root, the refusal is tried in a child that has become another user.
+    const bool root = geteuid() == 0;
+    const std::string user = std::to_string(root ? kNobody : geteuid());
+    auto attempt = [&](const std::string& want_detail) {
+      if (!root) {
+        CHECK(ConnectTo(s.socket(), &msg) == STORE_EPERM);
+        CHECK(msg == "cannot connect to the store at " + s.socket() + ": permission denied " +
+                         want_detail);
+        return;
+      }
+      const int status = RunChild([&] {
+        if (!BecomeNobody()) {
+          g_child_failures++;
+          return;
+        }
+        store_client* c = nullptr;
+        const int rc = store_client_connect(&c, s.socket().c_str(), nullptr);
+        const std::string m = store_last_error_message();
+        CHILD_EXPECT(rc == STORE_EPERM);
+        CHILD_EXPECT(c == nullptr);
+        CHILD_EXPECT(m == "cannot connect to the store at " + s.socket() +
+                              ": permission denied " + want_detail);
+      });
+      INFO("child: " << Describe(status));
+      CHECK(test::ExitedCleanly(status));
+    };
+    // The store's directory is its owner's only (0700).
+    REQUIRE(chmod(s.dir().c_str(), root ? 0700 : 0) == 0);
+    attempt("(this user, uid " + user + ", may not enter the directory " + s.dir() + ")");
+    REQUIRE(chmod(s.dir().c_str(), 0755) == 0);
+    if (root) attempt("(this user, uid " + user + ", may not write to the socket)");
+    REQUIRE(chmod(s.dir().c_str(), 0700) == 0);
+  }
 }
 
 }  // namespace
