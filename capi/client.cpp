@@ -16,8 +16,18 @@
 // nothing longer than that. A get + release then costs one round trip and no extra wake-up of
 // the store.
 //
+// fork(): a connection belongs to the process that made it. In a forked child it is inert:
+// calls give STORE_EMISUSE, and freeing it sends nothing and takes no lock (see Conn).
+//
+// Out of memory: a request's reply slot never outlives the request, whatever throws (Request,
+// PutBatch: a reply that comes after its waiter gave up is dropped); the reader role is always
+// given back (ReaderRole); received bytes are never lost to an exception, and when a reply
+// cannot be kept the connection is closed with STORE_ENOMEM. Reporting a failure allocates
+// nothing (Message).
+//
 // Nothing here prints, aborts or lets an exception out: every exported function catches.
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -25,6 +35,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -56,21 +67,38 @@ namespace proto = store::proto;
 
 // ---- errors --------------------------------------------------------------------------------
 
-thread_local std::string t_message;
+// A message of the library, in room of its own: reporting a failure never allocates, so it
+// works out of memory too (a longer message is cut).
+struct Message {
+  char text[1024] = "";
+  bool empty() const { return text[0] == '\0'; }
+  void Set(const char* s, size_t n) noexcept {
+    n = std::min(n, sizeof text - 1);
+    std::memmove(text, s, n);
+    text[n] = '\0';
+  }
+  void Set(const char* s) noexcept { Set(s, std::strlen(s)); }
+};
 
-int Fail(int code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-int Fail(int code, const char* fmt, ...) {
-  char buf[1024];
+// The details of this thread's last failure (store_last_error_message).
+thread_local Message t_message;
+
+int Fail(int code, const char* fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+int Fail(int code, const char* fmt, ...) noexcept {
   va_list ap;
   va_start(ap, fmt);
-  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  std::vsnprintf(t_message.text, sizeof t_message.text, fmt, ap);
   va_end(ap);
-  t_message = buf;
   return code;
 }
 
-int FailMsg(int code, const std::string& message) {
-  t_message = message;
+int FailMsg(int code, const char* message) noexcept {
+  t_message.Set(message);
+  return code;
+}
+
+int FailMsg(int code, const std::string& message) noexcept {
+  t_message.Set(message.data(), message.size());
   return code;
 }
 
@@ -108,10 +136,18 @@ struct Reply {
   static void operator delete(void* p) { ::operator delete(p); }
 };
 
+// Where the reply to one request goes. Registered in the connection's table (Conn::waiting) by
+// seq until the reader role delivers the reply into it (done) or its waiter takes it out; see
+// Request, which makes sure no slot stays registered once its storage is gone.
 struct Slot {
   bool done = false;
-  Reply* reply = nullptr;
+  bool registered = false;  // in Conn::waiting; guarded by Conn::mu
+  Reply* reply = nullptr;   // owned by the slot until its waiter takes it
 };
+
+// The slot of every request whose waiter gave up before its reply came (an exception between
+// sending and receiving): the reply is dropped when it arrives. Never written.
+Slot g_discard;
 
 // The slots of the requests waiting for a reply, by seq (never 0): an open-addressing table
 // (linear probing, backward-shift deletion, at most half full), so registering a request
@@ -125,6 +161,23 @@ class SlotMap {
     keys_[i] = seq;
     slots_[i] = slot;
     size_++;
+  }
+  // The slot of seq; nullptr if it is not there.
+  Slot* Find(uint64_t seq) const {
+    if (keys_.empty()) return nullptr;
+    for (size_t i = Home(seq); keys_[i] != 0; i = (i + 1) & mask_) {
+      if (keys_[i] == seq) return slots_[i];
+    }
+    return nullptr;
+  }
+  // Points seq, which is there, at another slot. Allocates nothing.
+  void Replace(uint64_t seq, Slot* slot) {
+    for (size_t i = Home(seq); keys_[i] != 0; i = (i + 1) & mask_) {
+      if (keys_[i] == seq) {
+        slots_[i] = slot;
+        return;
+      }
+    }
   }
   // Removes seq and returns its slot; nullptr if it is not there.
   Slot* Take(uint64_t seq) {
@@ -180,8 +233,11 @@ constexpr uint64_t kPopulateChunk = 2u << 20;
 #endif
 
 // Counts fork()s in this process's history (pthread_atfork, child side). A connection made
-// before a fork has no threads of its own in the child, so there it sends releases at once.
+// before a fork belongs to the parent: in the child it is inert (see Conn::OwnedByThisProcess).
+// The handler is registered when the library is loaded, before any connection can exist.
 std::atomic<uint64_t> g_fork_generation{0};
+[[maybe_unused]] const int g_atfork_registered = pthread_atfork(
+    nullptr, nullptr, [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
 
 // Queued releases go out once the oldest has waited this long, looked at once per this long
 // (STORE_CLIENT_RELEASE_DELAY_US in the environment sets another delay; 0 sends every release
@@ -206,20 +262,37 @@ int64_t MonoNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// The condition variables of a connection, apart from it: see ~Conn.
+struct CondVars {
+  std::condition_variable cv;
+  std::condition_variable release_cv;
+};
+
+// After fork() the child has a copy of every connection of its parent, with the parent's socket
+// (the same socket, not a new one: whatever the child sent or shut down would act on the
+// parent's session) and the parent's locks in whatever state the parent's other threads left
+// them. Such a connection is inert in the child: every call on it, its readers and writers
+// gives STORE_EMISUSE without touching a lock or the socket, and freeing it closes the child's
+// descriptor and mapping only (see store_client_free).
 struct Conn {
+  // False in a child forked after the connection was made.
   bool OwnedByThisProcess() const {
     return fork_generation == g_fork_generation.load(std::memory_order_relaxed);
   }
 
+  // fork()s seen when the connection was made, and the process that made it.
+  const uint64_t fork_generation = g_fork_generation.load(std::memory_order_relaxed);
+  const pid_t owner_pid = getpid();
   std::atomic<int> refs{1};
   int fd = -1;
   std::mutex send_mu;  // serialises sending; guards the release queue below
   std::mutex mu;       // guards what follows, up to the GPU chunks
-  std::condition_variable cv;
+  CondVars* const cvs = new CondVars;
+  std::condition_variable& cv = cvs->cv;
   bool reading = false;
   bool broken = false;
   int broken_code = STORE_ECONN;
-  std::string broken_message;
+  Message broken_message;
   bool freed = false;  // store_client_free was called
   proto::FrameBuffer in{proto::kMaxReplyBytes};
   std::deque<int> fds;
@@ -247,7 +320,7 @@ struct Conn {
   uint64_t requests_sent = 0;     // ever (SendAll); each carried the queued releases
   bool release_sleeping = false;  // the release thread waits with no deadline
   bool stop_release = false;
-  std::condition_variable release_cv;
+  std::condition_variable& release_cv = cvs->release_cv;
   flatbuffers::FlatBufferBuilder release_fbb{256};
   std::vector<uint8_t> release_one;  // a release of one uid, to copy (BuildReleaseLocked)
   // The thread that sends releases that waited release_delay_ns (ReleaseMain); started with
@@ -267,11 +340,16 @@ struct Conn {
   bool has_populator = false;
   std::atomic<bool> stop_populate{false};
   std::atomic<int> populating{0};  // calls of Populate for an object in progress
-  // fork()s seen when the connection was made: a forked child has neither thread.
-  uint64_t fork_generation = 0;
 
+  // In a forked child: the parent's threads are not there to join, and the locks and condition
+  // variables may hold the state of parent threads that were waiting (glibc's
+  // pthread_cond_destroy waits for the waiters a condition variable counts: forever, in a
+  // child). So the child takes no lock, gives the condition variables' memory back without
+  // destroying them, and leaves the GPU chunks mapped (CUDA does not survive fork, and the
+  // chunk table's lock may be held). What is closed and unmapped is the child's own copy.
   ~Conn() {
-    if (OwnedByThisProcess()) {
+    const bool owned = OwnedByThisProcess();
+    if (owned) {
       if (has_populator) {
         stop_populate.store(true, std::memory_order_relaxed);
         pthread_join(populator, nullptr);
@@ -284,8 +362,11 @@ struct Conn {
         release_cv.notify_one();
       }
       if (join) pthread_join(release_thread, nullptr);
+      for (auto& [key, chunk] : gpu_chunks) storeclient::gpu::Release(chunk.first);
+      delete cvs;
+    } else {
+      ::operator delete(cvs);
     }
-    for (auto& [key, chunk] : gpu_chunks) storeclient::gpu::Release(chunk.first);
     if (base) munmap(base, region_size);
     if (fd >= 0) close(fd);
     for (int f : fds) close(f);
@@ -297,29 +378,42 @@ void Unref(Conn* c) {
   if (c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete c;
 }
 
-// REQUIRES: c->mu held.
-void MarkBrokenLocked(Conn* c, int code, const std::string& message) {
+// Ends the session: every call after this fails. The message is what, then detail.
+// REQUIRES: c->mu held; c owned by this process.
+void MarkBrokenLocked(Conn* c, int code, const char* what, const char* detail = "") noexcept {
   if (c->broken) return;
   c->broken = true;
   c->broken_code = code;
-  c->broken_message = message;
+  std::snprintf(c->broken_message.text, sizeof c->broken_message.text, "%s%s", what, detail);
   shutdown(c->fd, SHUT_RDWR);
   c->cv.notify_all();
 }
 
-void MarkBroken(Conn* c, int code, const std::string& message) {
+void MarkBroken(Conn* c, int code, const char* what, const char* detail = "") noexcept {
   std::lock_guard<std::mutex> lk(c->mu);
-  MarkBrokenLocked(c, code, message);
+  MarkBrokenLocked(c, code, what, detail);
 }
 
-int BrokenError(Conn* c) {
+// The error of every call on a connection inherited from the parent process (see Conn).
+int InheritedError(const Conn* c) noexcept {
+  return Fail(STORE_EMISUSE,
+              "the client belongs to the parent process (pid %d) that connected it: after "
+              "fork() the child must connect its own client",
+              static_cast<int>(c->owner_pid));
+}
+
+int BrokenError(Conn* c) noexcept {
+  if (!c->OwnedByThisProcess()) return InheritedError(c);
   std::lock_guard<std::mutex> lk(c->mu);
   if (c->freed) return Fail(STORE_ECONN, "the client was freed");
   return FailMsg(STORE_ECONN, c->broken_message.empty() ? "the connection to the store is lost"
-                                                        : c->broken_message);
+                                                        : c->broken_message.text);
 }
 
+// Whether requests may go out on c: not once it is broken or freed, nor in a forked child
+// (where it takes no lock).
 bool Usable(Conn* c) {
+  if (!c->OwnedByThisProcess()) return false;
   std::lock_guard<std::mutex> lk(c->mu);
   return !c->broken && !c->freed;
 }
@@ -342,8 +436,7 @@ int SendVecLocked(Conn* c, iovec* iov, int n) {
       if (errno == EINTR) continue;
       int e = errno;
       c->pending_releases.clear();
-      MarkBroken(c, STORE_ECONN, std::string("the connection to the store is lost: ") +
-                                     std::strerror(e));
+      MarkBroken(c, STORE_ECONN, "the connection to the store is lost: ", std::strerror(e));
       return BrokenError(c);
     }
     size_t left = static_cast<size_t>(k);
@@ -363,6 +456,7 @@ int SendVecLocked(Conn* c, iovec* iov, int n) {
 // Builds one release message of up to kMaxIdsPerRequest queued uids, takes them off the queue
 // and returns where the message is. A release of one uid (the common case: one reader closed
 // between two requests) is a copy of the first one built, its seq and uid written in place.
+// If it throws (out of memory), the queue is as it was.
 // REQUIRES: c->send_mu held, the queue not empty.
 iovec BuildReleaseLocked(Conn* c) {
   auto& q = c->pending_releases;
@@ -379,9 +473,9 @@ iovec BuildReleaseLocked(Conn* c) {
   fbb.Clear();
   auto v = fbb.CreateVector(q.data(), n);
   FinishMessage(fbb, seq, Body::ReleaseRequest, proto::CreateReleaseRequest(fbb, v).Union());
-  q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
   // seq is never 0, so the field is in the message and can be written in place.
   if (n == 1) c->release_one.assign(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+  q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n));
   return iovec{fbb.GetBufferPointer(), fbb.GetSize()};
 }
 
@@ -396,7 +490,8 @@ int FlushReleasesLocked(Conn* c) {
 }
 
 // Sends a whole message, after the queued releases (in the same send when they fit one
-// message). Returns STORE_OK or STORE_ECONN (the connection is then broken).
+// message). Returns STORE_OK or STORE_ECONN (the connection is then broken). If it throws (out
+// of memory building the releases), the message was not sent.
 int SendAll(Conn* c, const uint8_t* data, size_t len) {
   std::lock_guard<std::mutex> lk(c->send_mu);
   c->requests_sent++;
@@ -414,9 +509,18 @@ int SendAll(Conn* c, const uint8_t* data, size_t len) {
   return SendVecLocked(c, iov, n);
 }
 
-// Releases objects: queues the uids (see the top of this file), or sends them at once when
-// the queue would pass kReleaseBatch or no release thread can send them (a delay of 0, a
-// forked child, a thread that could not be made).
+// Gives the release queue and builders room for 2 * kReleaseBatch uids, so that queueing and
+// sending that many releases allocates nothing (closing readers works out of memory too).
+void PrepareReleases(Conn* c) {
+  std::lock_guard<std::mutex> lk(c->send_mu);
+  auto& q = c->pending_releases;
+  q.assign(2 * kReleaseBatch, 0);
+  BuildReleaseLocked(c);
+  q.assign(1, 0);
+  BuildReleaseLocked(c);  // the copy of a release of one uid
+  q.clear();
+}
+
 // Starts a thread of the library with every signal blocked (signals are the application's).
 bool StartThread(pthread_t* t, void* (*main)(void*), Conn* c) {
   sigset_t all, old;
@@ -429,11 +533,13 @@ bool StartThread(pthread_t* t, void* (*main)(void*), Conn* c) {
 
 void* ReleaseMain(void* arg);
 
+// Releases objects: queues the uids (see the top of this file), or sends them at once when
+// the queue would pass kReleaseBatch or no release thread can send them (a delay of 0, a
+// thread that could not be made). REQUIRES: c owned by this process (Usable).
 void QueueRelease(Conn* c, const uint64_t* uids, size_t n) {
   std::lock_guard<std::mutex> lk(c->send_mu);
   auto& q = c->pending_releases;
-  bool defer = c->release_delay_ns > 0 && q.size() + n <= kReleaseBatch &&
-               c->OwnedByThisProcess() && !c->stop_release;
+  bool defer = c->release_delay_ns > 0 && q.size() + n <= kReleaseBatch && !c->stop_release;
   if (defer && !c->has_release_thread) {
     c->has_release_thread = StartThread(&c->release_thread, ReleaseMain, c);
     if (!c->has_release_thread) c->release_delay_ns = 0;  // from now on, at once
@@ -473,7 +579,11 @@ void* ReleaseMain(void* arg) {
   while (!c->stop_release) {
     if (!c->pending_releases.empty() &&
         MonoNs() - c->pending_since_ns >= c->release_delay_ns) {
-      FlushReleasesLocked(c);
+      try {
+        FlushReleasesLocked(c);
+      } catch (...) {
+        // Out of memory: the releases stay queued for the next look or request.
+      }
     }
     if (c->releases_queued != seen) {
       seen = c->releases_queued;
@@ -499,17 +609,21 @@ void* ReleaseMain(void* arg) {
 }
 
 // Receives once into c->in, queueing any descriptors. Called by the thread in the reader role,
-// without c->mu. Returns false when the connection is lost or broke the rules (*why says how).
-bool ReceiveSome(Conn* c, bool spin, std::string* why, int* code) {
+// without c->mu. Returns false when the connection is lost or broke the rules: *code, *what and
+// *detail (static strings) say how. Once bytes are received nothing can throw, so nothing
+// received is lost to an exception.
+bool ReceiveSome(Conn* c, bool spin, int* code, const char** what, const char** detail) {
+  *detail = "";
   size_t avail = 0;
   uint8_t* p = c->in.Reserve(std::max<size_t>(c->in.Pending(), 64 * 1024), &avail);
   if (!p) {
     *code = STORE_ENOMEM;
-    *why = "out of memory receiving a reply";
+    *what = "out of memory receiving a reply";
     return false;
   }
   iovec iov{p, avail};
-  alignas(cmsghdr) char control[CMSG_SPACE(16 * sizeof(int))];
+  constexpr size_t kMaxRecvFds = 16;
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
   msghdr mh{};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
@@ -543,41 +657,61 @@ bool ReceiveSome(Conn* c, bool spin, std::string* why, int* code) {
   }
   if (n < 0) {
     *code = STORE_ECONN;
-    *why = std::string("the connection to the store is lost: ") + std::strerror(errno);
+    *what = "the connection to the store is lost: ";
+    *detail = std::strerror(errno);
     return false;
   }
-  std::vector<int> got;
+  c->in.Commit(static_cast<size_t>(n));
+  int got[kMaxRecvFds];
+  size_t ngot = 0;
   for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
     if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
       size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (size_t i = 0; i < k; i++) {
         int f;
         std::memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof f);
-        got.push_back(f);
+        if (ngot < kMaxRecvFds) {
+          got[ngot++] = f;
+        } else {
+          close(f);
+        }
       }
     }
   }
+  bool queued = true;
   {
     std::lock_guard<std::mutex> lk(c->mu);
-    for (int f : got) c->fds.push_back(f);
+    size_t i = 0;
+    try {
+      for (; i < ngot; i++) c->fds.push_back(got[i]);
+    } catch (...) {
+      for (; i < ngot; i++) close(got[i]);
+      queued = false;
+    }
+  }
+  if (!queued) {
+    *code = STORE_ENOMEM;
+    *what = "out of memory receiving the store's descriptors (the connection is closed)";
+    return false;
   }
   if (mh.msg_flags & MSG_CTRUNC) {
     *code = STORE_EPROTO;
-    *why = "the store sent more descriptors than expected";
+    *what = "the store sent more descriptors than expected";
     return false;
   }
   if (n == 0) {
     *code = STORE_ECONN;
-    *why = "the store closed the connection";
+    *what = "the store closed the connection";
     return false;
   }
-  c->in.Commit(static_cast<size_t>(n));
   return true;
 }
 
-// Hands every complete buffered message to its waiting slot. REQUIRES: c->mu held and the
-// caller in the reader role. Returns false (and breaks the connection) on a bad message.
-bool DeliverLocked(Conn* c) {
+// Hands every complete buffered message to its waiting slot; drops the replies of requests
+// given up (g_discard). Returns false (and breaks the connection) on a bad message, or when a
+// reply taken off the buffer cannot be kept (out of memory: its bytes are lost). Never throws.
+// REQUIRES: c->mu held and the caller in the reader role.
+bool DeliverLocked(Conn* c) noexcept {
   for (;;) {
     const uint8_t* data;
     size_t len;
@@ -587,67 +721,160 @@ bool DeliverLocked(Conn* c) {
       MarkBrokenLocked(c, STORE_EPROTO, "the store sent a reply of an impossible size");
       return false;
     }
-    auto r = Reply::Make(len);
-    std::memcpy(r->bytes(), data, len);
-    r->msg = proto::VerifyMessage(r->bytes(), len);
-    if (!r->msg) {
+    // Verified where it is (valid until the next Pop), so that nothing is allocated for a
+    // reply that is dropped or breaks the connection.
+    const proto::Message* m = proto::VerifyMessage(data, len);
+    if (!m) {
       MarkBrokenLocked(c, STORE_EPROTO, "the store sent a malformed reply");
       return false;
     }
-    uint32_t nfds = r->msg->num_fds();
+    uint32_t nfds = m->num_fds();
     if (nfds > proto::kMaxFdsPerMessage || nfds > c->fds.size()) {
       MarkBrokenLocked(c, STORE_EPROTO, "a reply's descriptors did not arrive");
       return false;
     }
-    for (uint32_t i = 0; i < nfds; i++) {
-      r->fds.push_back(c->fds.front());
-      c->fds.pop_front();
+    Slot* slot = c->waiting.Find(m->seq());
+    if (slot == &g_discard) {
+      c->waiting.Take(m->seq());
+      for (uint32_t i = 0; i < nfds; i++) {
+        close(c->fds.front());
+        c->fds.pop_front();
+      }
+      continue;
     }
-    Slot* slot = c->waiting.Take(r->msg->seq());
     if (!slot) {
       // Unsolicited: the server reports why it is closing the connection.
-      std::string why = r->msg->error() ? r->msg->error()->str() : "unexpected reply";
-      int code = r->msg->status() != 0 ? r->msg->status() : STORE_EPROTO;
-      MarkBrokenLocked(c, code == STORE_EPERM ? STORE_EPERM : STORE_ECONN,
-                       "the store closed the connection: " + why);
+      MarkBrokenLocked(c, m->status() == STORE_EPERM ? STORE_EPERM : STORE_ECONN,
+                       "the store closed the connection: ",
+                       m->error() ? m->error()->c_str() : "unexpected reply");
       return false;
     }
-    slot->reply = r.release();
+    Reply* r = nullptr;
+    try {
+      auto made = Reply::Make(len);
+      made->fds.reserve(nfds);
+      r = made.release();
+    } catch (...) {
+      MarkBrokenLocked(c, STORE_ENOMEM,
+                       "out of memory for a reply of the store (the connection is closed)");
+      return false;
+    }
+    std::memcpy(r->bytes(), data, len);
+    r->msg = proto::GetSizePrefixedMessage(r->bytes());
+    for (uint32_t i = 0; i < nfds; i++) {
+      r->fds.push_back(c->fds.front());  // reserved: does not allocate
+      c->fds.pop_front();
+    }
+    c->waiting.Take(m->seq());
+    slot->registered = false;
+    slot->reply = r;
     slot->done = true;
   }
 }
 
-// Waits for the reply registered under seq. On success *out owns it.
+// The reader role of WaitReply: taken on construction, given back (waking the other waiters)
+// however the scope ends, an exception included, so no thread waits for a reader that left.
+class ReaderRole {
+ public:
+  ReaderRole(Conn* c, std::unique_lock<std::mutex>& lk) : c_(c), lk_(lk) { c_->reading = true; }
+  ~ReaderRole() {
+    if (!lk_.owns_lock()) lk_.lock();
+    c_->reading = false;
+    c_->cv.notify_all();
+  }
+  ReaderRole(const ReaderRole&) = delete;
+  ReaderRole& operator=(const ReaderRole&) = delete;
+
+ private:
+  Conn* c_;
+  std::unique_lock<std::mutex>& lk_;
+};
+
+// Waits for the reply registered under seq. On success *out owns it. A request in flight when
+// the connection breaks gets the reason's code (STORE_ECONN when the store is gone or the client
+// freed; STORE_ENOMEM, STORE_EPROTO or STORE_EPERM), as the calls after it get STORE_ECONN. On
+// return the slot is no longer registered.
 int WaitReply(Conn* c, uint64_t seq, Slot* slot, std::unique_ptr<Reply>* out) {
   std::unique_lock<std::mutex> lk(c->mu);
   while (!slot->done) {
     if (c->broken) {
-      c->waiting.Take(seq);
-      lk.unlock();
-      return BrokenError(c);
+      if (slot->registered) {
+        c->waiting.Take(seq);
+        slot->registered = false;
+      }
+      return FailMsg(c->broken_code, c->broken_message.text);
     }
     if (c->reading) {
       c->cv.wait(lk);
       continue;
     }
-    c->reading = true;
+    ReaderRole role(c, lk);
     // Messages already buffered by the previous reader come first.
     bool ok = DeliverLocked(c);
     if (ok && !slot->done) {
       lk.unlock();
-      std::string why;
       int code = STORE_ECONN;
-      ok = ReceiveSome(c, true, &why, &code);
+      const char* what = "";
+      const char* detail = "";
+      ok = ReceiveSome(c, true, &code, &what, &detail);
       lk.lock();
-      if (!ok) MarkBrokenLocked(c, code, why);
-      else ok = DeliverLocked(c);
+      if (!ok) MarkBrokenLocked(c, code, what, detail);
+      else DeliverLocked(c);
     }
-    c->reading = false;
-    c->cv.notify_all();
   }
   out->reset(slot->reply);
+  slot->reply = nullptr;
   return STORE_OK;
 }
+
+// Leaves nothing in c->waiting pointing at slot, and frees a reply it holds: a request sent
+// whose reply has not come is pointed at g_discard (its reply is dropped when it comes; the
+// table does not grow), one not sent is removed. Never throws. REQUIRES: c->mu not held.
+void Forget(Conn* c, uint64_t seq, Slot* slot, bool sent) noexcept {
+  std::lock_guard<std::mutex> lk(c->mu);
+  if (slot->registered) {
+    if (sent) {
+      c->waiting.Replace(seq, &g_discard);
+    } else {
+      c->waiting.Take(seq);
+    }
+    slot->registered = false;
+  }
+  delete slot->reply;
+  slot->reply = nullptr;
+}
+
+// One request waiting for its reply, its slot registered under seq for its lifetime: whatever
+// ends that (a reply, an error, an exception), the table is left pointing at no dead slot.
+class Request {
+ public:
+  // Throws (out of memory growing the table) with nothing registered.
+  Request(Conn* c, uint64_t seq) : c_(c), seq_(seq) {
+    std::lock_guard<std::mutex> lk(c->mu);
+    c->waiting.Insert(seq, &slot_);
+    slot_.registered = true;
+  }
+  ~Request() {
+    if (!settled_) Forget(c_, seq_, &slot_, sent_);
+  }
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  // SendAll returned: the request went out, or the connection broke.
+  void Sent() { sent_ = true; }
+  // Waits as WaitReply does; once it returns, the slot is unregistered and empty.
+  int Wait(std::unique_ptr<Reply>* out) {
+    int rc = WaitReply(c_, seq_, &slot_, out);
+    settled_ = true;
+    return rc;
+  }
+
+ private:
+  Conn* c_;
+  uint64_t seq_;
+  Slot slot_;
+  bool sent_ = false;
+  bool settled_ = false;
+};
 
 // Sends one request and waits for its reply; checks the reply's status and body type.
 // The builder must hold a body not yet finished; Call finishes it with a fresh seq.
@@ -665,22 +892,11 @@ int Call(Conn* c, flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::O
 int CallFinished(Conn* c, uint64_t seq, const uint8_t* msg, size_t len, Body want,
                  std::unique_ptr<Reply>* out) {
   if (!Usable(c)) return BrokenError(c);
-  Slot slot;
-  {
-    std::lock_guard<std::mutex> lk(c->mu);
-    c->waiting.Insert(seq, &slot);
-  }
+  Request req(c, seq);
   int rc = SendAll(c, msg, len);
-  if (rc != STORE_OK) {
-    std::lock_guard<std::mutex> lk(c->mu);
-    if (!slot.done) {
-      c->waiting.Take(seq);
-    } else {
-      delete slot.reply;
-    }
-    return rc;
-  }
-  rc = WaitReply(c, seq, &slot, out);
+  req.Sent();
+  if (rc != STORE_OK) return rc;
+  rc = req.Wait(out);
   if (rc != STORE_OK) return rc;
   const proto::Message* m = (*out)->msg;
   if (m->status() != 0) {
@@ -848,7 +1064,7 @@ const char* store_errstr(int code) {
   }
 }
 
-const char* store_last_error_message(void) { return t_message.c_str(); }
+const char* store_last_error_message(void) { return t_message.text; }
 
 const char* store_version_string(void) { return STORE_VERSION_STRING; }
 
@@ -910,12 +1126,6 @@ void EnvMicros(const char* name, int64_t max_us, int64_t* ns) {
 
 // Sets up what the connection's threads need and starts the populator.
 void StartThreads(Conn* c) {
-  static std::once_flag atfork_once;
-  std::call_once(atfork_once, [] {
-    pthread_atfork(nullptr, nullptr,
-                   [] { g_fork_generation.fetch_add(1, std::memory_order_relaxed); });
-  });
-  c->fork_generation = g_fork_generation.load(std::memory_order_relaxed);
   c->release_delay_ns = kReleaseDelayNs;
   EnvMicros("STORE_CLIENT_RELEASE_DELAY_US", kMaxReleaseDelayNs / 1000, &c->release_delay_ns);
   // Polling only pays when the store can run on another processor meanwhile.
@@ -926,6 +1136,103 @@ void StartThreads(Conn* c) {
   // A hugetlbfs region was mapped whole at connect.
   if (c->populated[0].load(std::memory_order_relaxed) != 0) return;
   c->has_populator = StartThread(&c->populator, PopulatorMain, c);
+}
+
+// The error of a connect() to path that failed with errno e: says which case it is.
+int ConnectError(const std::string& path, int e) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const char* p = path.c_str();
+  const char* d = dir.c_str();
+  const unsigned uid = static_cast<unsigned>(geteuid());
+  constexpr const char* kCannot = "cannot connect to the store at";
+  struct stat st {};
+  switch (e) {
+    case ENOENT:
+      if (stat(d, &st) != 0 && errno == ENOENT) {
+        return Fail(STORE_ECONN, "%s %s: the directory %s does not exist", kCannot, p, d);
+      }
+      return Fail(STORE_ECONN, "%s %s: nothing is listening (no such socket)", kCannot, p);
+    case ENOTDIR:
+      return Fail(STORE_ECONN, "%s %s: %s is not a directory", kCannot, p, d);
+    case ECONNREFUSED:
+      if (stat(p, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        return Fail(STORE_ECONN, "%s %s: it is not a socket", kCannot, p);
+      }
+      return Fail(STORE_ECONN,
+                  "%s %s: nothing is listening (the socket is left from a store that is gone)",
+                  kCannot, p);
+    case EACCES:
+      if (faccessat(AT_FDCWD, d, X_OK, AT_EACCESS) != 0) {
+        return Fail(STORE_EPERM,
+                    "%s %s: permission denied (this user, uid %u, may not enter the directory "
+                    "%s)", kCannot, p, uid, d);
+      }
+      return Fail(STORE_EPERM,
+                  "%s %s: permission denied (this user, uid %u, may not write to the socket)",
+                  kCannot, p, uid);
+    case EAGAIN:
+      return Fail(STORE_ECONN,
+                  "%s %s: it has too many connections waiting to be accepted; try again",
+                  kCannot, p);
+    default:
+      return Fail(STORE_ECONN, "%s %s: %s", kCannot, p, std::strerror(e));
+  }
+}
+
+// A socket path in a directory others may write to (/tmp) can be taken by anyone: the server
+// must run as this user or as root. STORE_EPERM otherwise, before anything is sent to it.
+int CheckServerUser(int fd, const std::string& path) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return Fail(STORE_ECONN, "cannot connect to the store at %s: cannot read its credentials: %s",
+                path.c_str(), std::strerror(errno));
+  }
+  if (cred.uid != geteuid() && cred.uid != 0) {
+    return Fail(STORE_EPERM, "refusing the store at %s: it runs as uid %u, which is neither this "
+                "user (uid %u) nor root; another user may have taken the socket path",
+                path.c_str(), static_cast<unsigned>(cred.uid), static_cast<unsigned>(geteuid()));
+  }
+  return STORE_OK;
+}
+
+// The error of a handshake that failed with rc. A server that refuses the client (another
+// user's) sends an error with seq 0 and closes: that error is what the caller gets, whether it
+// was read as the reply or the server closed before the request went out (a failed send; what
+// the server sent is then still in the socket).
+int HandshakeError(Conn* c, const std::string& path, int rc) {
+  if (rc != STORE_ECONN && rc != STORE_EPERM) return rc;
+  {
+    std::lock_guard<std::mutex> lk(c->mu);
+    if (c->broken_code == STORE_EPERM) {
+      return Fail(STORE_EPERM, "cannot connect to the store at %s: %s", path.c_str(),
+                  c->broken_message.text);
+    }
+  }
+  // Read what the server left (it has closed its end, so it is all there).
+  for (;;) {
+    size_t avail = 0;
+    uint8_t* p = c->in.Reserve(64 * 1024, &avail);
+    if (!p) break;
+    ssize_t n = recv(c->fd, p, avail, MSG_DONTWAIT);
+    if (n <= 0) break;
+    c->in.Commit(static_cast<size_t>(n));
+  }
+  for (;;) {
+    const uint8_t* data;
+    size_t len;
+    if (c->in.Pop(&data, &len) != proto::FrameBuffer::Next::kMessage) break;
+    const proto::Message* m = proto::VerifyMessage(data, len);
+    if (!m) break;
+    if (m->seq() != 0 || m->status() == 0) continue;
+    int code = m->status() == STORE_EPERM ? STORE_EPERM : STORE_ECONN;
+    return Fail(code, "cannot connect to the store at %s: the store closed the connection: %s",
+                path.c_str(), m->error() ? m->error()->c_str() : store_errstr(m->status()));
+  }
+  return rc;
 }
 
 }  // namespace
@@ -962,17 +1269,15 @@ int store_client_connect(store_client** out, const char* socket_path,
     do {
       rc = connect(conn->fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     } while (rc != 0 && errno == EINTR);
-    if (rc != 0) {
-      return Fail(STORE_ECONN, "cannot connect to the store at %s: %s", path.c_str(),
-                  std::strerror(errno));
-    }
+    if (rc != 0) return ConnectError(path, errno);
+    if (int prc = CheckServerUser(conn->fd, path); prc != STORE_OK) return prc;
     flatbuffers::FlatBufferBuilder fbb(256);
     auto n = fbb.CreateString(name);
     auto body = proto::CreateConnectRequest(fbb, proto::kProtocolVersion, n,
                                             static_cast<int32_t>(getpid()));
     std::unique_ptr<Reply> reply;
     rc = Call(conn.get(), fbb, Body::ConnectRequest, body.Union(), Body::ConnectReply, &reply);
-    if (rc != STORE_OK) return rc;
+    if (rc != STORE_OK) return HandshakeError(conn.get(), path, rc);
     auto* r = reply->msg->body_as_ConnectReply();
     if (reply->fds.size() != 1) return Fail(STORE_EPROTO, "the store sent no memory descriptor");
     uint64_t size = r->region()->size();
@@ -995,6 +1300,7 @@ int store_client_connect(store_client** out, const char* socket_path,
     if (map_now && conn->populated) {
       for (uint64_t i = 0; i < conn->chunks; i++) conn->populated[i].store(1, std::memory_order_relaxed);
     }
+    PrepareReleases(conn.get());
     StartThreads(conn.get());
     auto* client = new store_client{conn.release()};
     *out = client;
@@ -1005,6 +1311,13 @@ int store_client_connect(store_client** out, const char* socket_path,
 void store_client_free(store_client* client) {
   if (!client) return;
   Conn* c = client->conn;
+  if (!c->OwnedByThisProcess()) {
+    // Inherited from the parent process: the session is the parent's. Nothing is sent and no
+    // lock taken; the last reference closes this process's descriptor (see ~Conn).
+    delete client;
+    Unref(c);
+    return;
+  }
   try {
     if (Usable(c)) {
       flatbuffers::FlatBufferBuilder fbb(64);
@@ -1182,6 +1495,19 @@ int DeviceData(Conn* c, int32_t device, uint32_t chunk, uint64_t chunk_offset, u
 
 }  // namespace
 
+namespace {
+// Aborts an object this client created but holds no writer for. Best effort; never throws.
+void AbortCreated(Conn* c, const store_object_id& id, uint64_t uid) noexcept {
+  Guard([&] {
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(&id);
+    std::unique_ptr<Reply> reply;
+    return Call(c, fbb, Body::AbortRequest, proto::CreateAbortRequest(fbb, &pid, uid).Union(),
+                Body::AbortReply, &reply);
+  });
+}
+}  // namespace
+
 int store_create(store_client* client, store_writer** out, const store_object_id* id,
                  uint64_t data_size, const store_create_options* opts) {
   return Guard([&]() -> int {
@@ -1204,23 +1530,27 @@ int store_create(store_client* client, store_writer** out, const store_object_id
       MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
       return BrokenError(c);
     }
-    if (on_gpu) {
-      auto* w = new store_writer{c, *id, r->uid(), nullptr, data_size, 0, device, -1, nullptr};
-      Ref(c);
-      rc = DeviceData(c, device, r->chunk(), r->chunk_offset(), data_size, &w->dptr,
-                      &w->local_device);
-      if (rc != STORE_OK) {
-        std::string why = t_message;
-        store_writer_abort(w);
-        return FailMsg(rc, why);
-      }
-      *out = w;
-      return STORE_OK;
+    if (!on_gpu) Populate(c, r->offset(), data_size);
+    uint8_t* data = on_gpu ? nullptr : c->base + r->offset();
+    auto* w = new (std::nothrow)
+        store_writer{c, *id, r->uid(), data, data_size, 0, on_gpu ? device : -1, -1, nullptr};
+    if (!w) {
+      // The store made an object this process cannot hold a writer for: it is aborted.
+      AbortCreated(c, *id, r->uid());
+      return Fail(STORE_ENOMEM, "out of memory for a writer");
     }
-    Populate(c, r->offset(), data_size);
-    auto* w = new store_writer{c, *id, r->uid(), c->base + r->offset(), data_size, 0, -1, -1,
-                               nullptr};
     Ref(c);
+    if (on_gpu) {
+      rc = Guard([&] {
+        return DeviceData(c, device, r->chunk(), r->chunk_offset(), data_size, &w->dptr,
+                          &w->local_device);
+      });
+      if (rc != STORE_OK) {
+        const Message why = t_message;
+        store_writer_abort(w);
+        return FailMsg(rc, why.text);
+      }
+    }
     *out = w;
     return STORE_OK;
   });
@@ -1249,6 +1579,7 @@ int store_writer_write(store_writer* w, const void* data, size_t size) {
 
 int store_writer_seek(store_writer* w, int64_t offset, int whence, uint64_t* pos) {
   if (!w) return Fail(STORE_EINVAL, "writer is NULL");
+  if (!w->conn->OwnedByThisProcess()) return InheritedError(w->conn);
   return SeekImpl(&w->pos, w->size, offset, whence, pos);
 }
 
@@ -1288,6 +1619,7 @@ int DevicePtr(H* h, P** dptr, int* device, const char* what) {
   if (dptr) *dptr = nullptr;
   if (device) *device = -1;
   if (!h || !dptr) return Fail(STORE_EINVAL, "%s or dptr is NULL", what);
+  if (!h->conn->OwnedByThisProcess()) return InheritedError(h->conn);
   if (h->device < 0) {
     return Fail(STORE_EINVAL, "the object is in host memory: use store_%s_data", what);
   }
@@ -1355,9 +1687,9 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
     if (on_gpu) {
       rc = store_writer_write(w, data, data_size);
       if (rc != STORE_OK) {
-        std::string why = t_message;
+        const Message why = t_message;
         store_writer_abort(w);
-        return FailMsg(rc, why);
+        return FailMsg(rc, why.text);
       }
     } else {
       std::memcpy(w->data, data, data_size);
@@ -1368,71 +1700,113 @@ int store_put(store_client* client, const store_object_id* id, const void* data,
 
 namespace {
 
-// Puts ids[0..k) of inline size with pipelined requests: all are sent in one write, then every
-// reply is collected (each must be, or it would arrive later as an unsolicited message).
+// store_put_many puts objects of inline size with pipelined requests: a batch is sent in one
+// write, then its replies are collected.
 // One batch of inline creates on the wire: sent by PutSend, its replies taken by PutCollect.
+// Its slots are registered in the connection's table from PutSend until PutCollect takes
+// their replies; whatever ends the batch before that (an exception) unregisters the rest
+// (Abandon, as Request does for one request).
 struct PutBatch {
+  Conn* conn = nullptr;
   const store_object_id* ids = nullptr;
-  size_t k = 0;
+  size_t k = 0;          // requests registered: slots[0, k)
+  size_t collected = 0;  // of which PutCollect has taken the replies
+  bool sent = false;     // SendAll returned: the requests went out (or the connection broke)
   std::vector<uint64_t> seqs;
-  std::vector<Slot> slots;  // registered in c->waiting; never resized once sent
+  std::vector<Slot> slots;  // never resized while registered
   int send_rc = STORE_OK;
-  std::string send_message;
+  Message send_message;
   // The requests on the wire, and the builder of the last one built; kept for the next batch.
   std::vector<uint8_t> wire;
   flatbuffers::FlatBufferBuilder fbb{1024};
+
+  PutBatch() = default;
+  PutBatch(const PutBatch&) = delete;
+  PutBatch& operator=(const PutBatch&) = delete;
+  ~PutBatch() { Abandon(); }
+
+  // Unregisters the slots whose replies were not collected. Never throws.
+  void Abandon() noexcept {
+    for (size_t i = collected; i < k; i++) Forget(conn, seqs[i], &slots[i], sent);
+    k = collected = 0;
+  }
 };
 
-// Builds and sends k inline creates without waiting for their replies.
+// Builds and sends k inline creates without waiting for their replies. Out of memory, none is
+// sent and the batch fails with STORE_ENOMEM.
 void PutSend(Conn* c, const store_object_id* ids, const void* const* datas, const uint64_t* sizes,
              size_t k, const store_create_options* opts, PutBatch* b) {
+  b->Abandon();  // a no-op: the batch before was collected
+  b->conn = c;
   b->ids = ids;
-  b->k = k;
-  b->seqs.assign(k, 0);
-  b->slots.assign(k, Slot{});
+  b->sent = false;
+  b->send_rc = STORE_OK;
   if (!Usable(c)) {
     b->send_rc = BrokenError(c);
     b->send_message = t_message;
-    b->k = 0;
     return;
   }
-  // Requests of one size differ only in seq, id and data: one is built, and the ones after it
-  // are copies of it with those fields written in place. Every request is a multiple of 8
-  // bytes long, so each copy in wire is as aligned as the builder's buffer.
-  std::vector<uint8_t>& wire = b->wire;
-  wire.clear();
-  flatbuffers::FlatBufferBuilder& fbb = b->fbb;
-  uint64_t built_size = 0;  // the data size of the request in fbb; 0 = none yet
-  for (size_t i = 0; i < k; i++) {
-    b->seqs[i] = c->next_seq.fetch_add(1, std::memory_order_relaxed);
-    if (sizes[i] != built_size) {
-      fbb.Clear();
-      auto body = BuildCreate(fbb, &ids[i], sizes[i], opts, datas[i]);
-      FinishMessage(fbb, b->seqs[i], Body::CreateRequest, body.Union());
-      built_size = sizes[i];
-      if (wire.empty()) wire.reserve(fbb.GetSize() * k + 64);
+  try {
+    b->seqs.assign(k, 0);
+    b->slots.assign(k, Slot{});
+    // Requests of one size differ only in seq, id and data: one is built, and the ones after
+    // it are copies of it with those fields written in place. Every request is a multiple of 8
+    // bytes long, so each copy in wire is as aligned as the builder's buffer.
+    std::vector<uint8_t>& wire = b->wire;
+    wire.clear();
+    flatbuffers::FlatBufferBuilder& fbb = b->fbb;
+    uint64_t built_size = 0;  // the data size of the request in fbb; 0 = none yet
+    for (size_t i = 0; i < k; i++) {
+      b->seqs[i] = c->next_seq.fetch_add(1, std::memory_order_relaxed);
+      if (sizes[i] != built_size) {
+        fbb.Clear();
+        auto body = BuildCreate(fbb, &ids[i], sizes[i], opts, datas[i]);
+        FinishMessage(fbb, b->seqs[i], Body::CreateRequest, body.Union());
+        built_size = sizes[i];
+        if (wire.empty()) wire.reserve(fbb.GetSize() * k + 64);
+        wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
+        continue;
+      }
+      size_t at = wire.size();
       wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-      continue;
+      RewriteCreate(wire.data() + at, b->seqs[i], &ids[i], datas[i], sizes[i]);
     }
-    size_t at = wire.size();
-    wire.insert(wire.end(), fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
-    RewriteCreate(wire.data() + at, b->seqs[i], &ids[i], datas[i], sizes[i]);
-  }
-  {
     std::lock_guard<std::mutex> lk(c->mu);
-    for (size_t i = 0; i < k; i++) c->waiting.Insert(b->seqs[i], &b->slots[i]);
+    for (size_t i = 0; i < k; i++) {
+      c->waiting.Insert(b->seqs[i], &b->slots[i]);
+      b->slots[i].registered = true;
+      b->k = i + 1;
+    }
+  } catch (const std::bad_alloc&) {
+    b->Abandon();  // not sent: the ones registered are removed
+    b->send_rc = Fail(STORE_ENOMEM, "out of memory building %zu puts", k);
+    b->send_message = t_message;
+    return;
   }
-  b->send_rc = SendAll(c, wire.data(), wire.size());
-  if (b->send_rc != STORE_OK) b->send_message = t_message;
+  int rc;
+  bool threw = false;  // then nothing of the batch went out
+  try {
+    rc = SendAll(c, b->wire.data(), b->wire.size());
+  } catch (const std::bad_alloc&) {
+    threw = true;
+    rc = Fail(STORE_ENOMEM, "out of memory sending %zu puts", k);
+  }
+  // Sent: the requests went out, or the connection broke and no reply will come.
+  b->sent = !threw;
+  if (threw) b->Abandon();
+  b->send_rc = rc;
+  if (rc != STORE_OK) b->send_message = t_message;
 }
 
-// Waits for the replies of a batch PutSend sent; counts the objects put.
+// Waits for the replies of a batch PutSend sent; counts the objects put. Never throws.
 int PutCollect(Conn* c, PutBatch* b, size_t* put) {
   int first = b->send_rc;
-  std::string first_message = b->send_message;
-  for (size_t i = 0; i < b->k; i++) {
+  Message first_message = b->send_message;
+  while (b->collected < b->k) {
+    const size_t i = b->collected;
     std::unique_ptr<Reply> reply;
     int rc = WaitReply(c, b->seqs[i], &b->slots[i], &reply);
+    b->collected++;
     if (rc == STORE_OK) {
       const proto::Message* m = reply->msg;
       if (m->status() != 0) {
@@ -1452,9 +1826,8 @@ int PutCollect(Conn* c, PutBatch* b, size_t* put) {
       first_message = t_message;
     }
   }
-  b->k = 0;
-  if (first != STORE_OK) t_message = first_message;
-  return first;
+  b->k = b->collected = 0;
+  return first == STORE_OK ? STORE_OK : FailMsg(first, first_message.text);
 }
 
 }  // namespace
@@ -1468,6 +1841,7 @@ int store_put_many(store_client* client, const store_object_id* ids, const void*
     if (!client || (n && (!ids || !datas || !sizes))) {
       return Fail(STORE_EINVAL, "client, ids, datas or sizes is NULL");
     }
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
     for (size_t i = 0; i < n; i++) {
       if (!datas[i] || sizes[i] == 0) {
@@ -1476,7 +1850,7 @@ int store_put_many(store_client* client, const store_object_id* ids, const void*
     }
     constexpr size_t kBatch = 128;
     int first = STORE_OK;
-    std::string first_message;
+    Message first_message;
     auto note = [&](int rc) {
       if (rc != STORE_OK && first == STORE_OK) {
         first = rc;
@@ -1512,8 +1886,7 @@ int store_put_many(store_client* client, const store_object_id* ids, const void*
       }
     }
     if (in_flight) note(PutCollect(client->conn, in_flight, &put));
-    if (first != STORE_OK) t_message = first_message;
-    return first;
+    return first == STORE_OK ? STORE_OK : FailMsg(first, first_message.text);
   });
   if (done) *done = put;
   return rc;
@@ -1536,15 +1909,11 @@ int64_t NowMs() {
       .count();
 }
 
-struct PlaceError {
-  int code;
-  std::string message;
-};
-
 // A reader over an object the store handed out (l->status() == 0). On failure returns the error
-// (the connection is broken if the store placed it outside its memory); the caller releases it.
+// (the connection is broken if the store placed it outside its memory; STORE_ENOMEM out of
+// memory); the caller releases the object. Never throws.
 int MakeReader(Conn* c, const store_object_id& id, const proto::ObjectLocation* l,
-               store_reader** out) {
+               store_reader** out) noexcept {
   const bool on_gpu = l->device() >= 0;
   if (l->region_id() != c->region_id ||
       !InRegion(c, l->offset(), (on_gpu ? 0 : l->data_size()) + l->metadata_size())) {
@@ -1552,21 +1921,42 @@ int MakeReader(Conn* c, const store_object_id& id, const proto::ObjectLocation* 
     return BrokenError(c);
   }
   const uint8_t* d = c->base + l->offset();
+  store_reader* r = nullptr;
   if (on_gpu) {
     uint8_t* dptr = nullptr;
     int32_t local = -1;
-    int rc = DeviceData(c, l->device(), l->chunk(), l->chunk_offset(), l->data_size(), &dptr,
+    int rc = Guard([&] {
+      return DeviceData(c, l->device(), l->chunk(), l->chunk_offset(), l->data_size(), &dptr,
                         &local);
+    });
     if (rc != STORE_OK) return rc;
-    *out = new store_reader{c, id, l->uid(), nullptr, l->data_size(), d, l->metadata_size(), 0,
-                            l->device(), local, dptr};
+    r = new (std::nothrow) store_reader{c, id, l->uid(), nullptr, l->data_size(), d,
+                                        l->metadata_size(), 0, l->device(), local, dptr};
   } else {
     Populate(c, l->offset(), l->data_size());
-    *out = new store_reader{c, id, l->uid(), d, l->data_size(), d + l->data_size(),
-                            l->metadata_size(), 0, -1, -1, nullptr};
+    r = new (std::nothrow) store_reader{c, id, l->uid(), d, l->data_size(), d + l->data_size(),
+                                        l->metadata_size(), 0, -1, -1, nullptr};
   }
+  if (!r) return Fail(STORE_ENOMEM, "out of memory for a reader");
   Ref(c);
+  *out = r;
   return STORE_OK;
+}
+
+// Releases every object a get reply handed out, without allocating (but for the queue).
+void ReleaseHandedOut(Conn* c, const flatbuffers::Vector<const proto::ObjectLocation*>* locs) {
+  uint64_t uids[64];
+  size_t m = 0;
+  for (flatbuffers::uoffset_t i = 0; i < locs->size(); i++) {
+    const proto::ObjectLocation* l = locs->Get(i);
+    if (l->status() != 0) continue;
+    uids[m++] = l->uid();
+    if (m == 64) {
+      SendRelease(c, uids, m);
+      m = 0;
+    }
+  }
+  if (m > 0) SendRelease(c, uids, m);
 }
 
 // One get request for up to kMaxIdsPerRequest ids.
@@ -1584,32 +1974,23 @@ int OpenBatch(store_client* client, store_reader** out, const store_object_id* i
     MarkBroken(c, STORE_EPROTO, "the store answered a get with the wrong number of objects");
     return BrokenError(c);
   }
-  std::vector<uint64_t> taken;
-  try {
-    for (size_t i = 0; i < n; i++) {
-      const proto::ObjectLocation* l = locs->Get(static_cast<flatbuffers::uoffset_t>(i));
-      out[i] = nullptr;
-      if (l->status() != 0) continue;
-      taken.push_back(l->uid());
-      store_reader* rd = nullptr;
-      int prc = MakeReader(c, ids[i], l, &rd);
-      if (prc != STORE_OK) throw PlaceError{prc, t_message};
-      out[i] = rd;
-    }
-  } catch (...) {
-    for (size_t i = 0; i < n; i++) {
-      if (out[i]) {
-        delete out[i];
+  for (size_t i = 0; i < n; i++) out[i] = nullptr;
+  for (size_t i = 0; i < n; i++) {
+    const proto::ObjectLocation* l = locs->Get(static_cast<flatbuffers::uoffset_t>(i));
+    if (l->status() != 0) continue;
+    int prc = MakeReader(c, ids[i], l, &out[i]);
+    if (prc == STORE_OK) continue;
+    // None is opened: the readers made are dropped, every object handed out released.
+    const Message why = t_message;
+    for (size_t j = 0; j < i; j++) {
+      if (out[j]) {
+        delete out[j];
         Unref(c);
-        out[i] = nullptr;
+        out[j] = nullptr;
       }
     }
-    SendRelease(c, taken.data(), taken.size());
-    try {
-      throw;
-    } catch (const PlaceError& e) {
-      return FailMsg(e.code, e.message);
-    }
+    ReleaseHandedOut(c, locs);
+    return FailMsg(prc, why.text);
   }
   return STORE_OK;
 }
@@ -1620,6 +2001,7 @@ int store_open_readers(store_client* client, store_reader** out, const store_obj
                        size_t n, int64_t timeout_ms) {
   return Guard([&]() -> int {
     if (!client || (n && (!out || !ids))) return Fail(STORE_EINVAL, "client, out or ids is NULL");
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     if (timeout_ms < -1) return Fail(STORE_EINVAL, "timeout_ms must be -1, 0 or positive");
     for (size_t i = 0; i < n; i++) out[i] = nullptr;
     int64_t deadline = timeout_ms > 0 ? NowMs() + timeout_ms : 0;
@@ -1705,10 +2087,12 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
     }
     rc = MakeReader(c, *id, l, out);
     if (rc != STORE_OK) {
+      const Message why = t_message;
       uint64_t uid = l->uid();
       SendRelease(c, &uid, 1);
+      return FailMsg(rc, why.text);
     }
-    return rc;
+    return STORE_OK;
   });
 }
 
@@ -1733,6 +2117,7 @@ int store_reader_read(store_reader* r, void* buf, size_t size, size_t* nread) {
 
 int store_reader_seek(store_reader* r, int64_t offset, int whence, uint64_t* pos) {
   if (!r) return Fail(STORE_EINVAL, "reader is NULL");
+  if (!r->conn->OwnedByThisProcess()) return InheritedError(r->conn);
   return SeekImpl(&r->pos, r->size, offset, whence, pos);
 }
 
@@ -1856,8 +2241,9 @@ int store_delete_many(store_client* client, const store_object_id* ids, size_t n
   if (deleted) *deleted = 0;
   return Guard([&]() -> int {
     if (!client || (n && !ids)) return Fail(STORE_EINVAL, "client or ids is NULL");
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     int first = STORE_OK;
-    std::string first_message;
+    Message first_message;
     for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
       size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
       flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);
@@ -2083,6 +2469,7 @@ int store_set_importance(store_client* client, const store_object_id* id, int32_
 int store_prefetch(store_client* client, const store_object_id* ids, size_t n) {
   return Guard([&]() -> int {
     if (!client || (n && !ids)) return Fail(STORE_EINVAL, "client or ids is NULL");
+    if (!client->conn->OwnedByThisProcess()) return InheritedError(client->conn);
     for (size_t start = 0; start < n; start += proto::kMaxIdsPerRequest) {
       size_t k = std::min<size_t>(n - start, proto::kMaxIdsPerRequest);
       flatbuffers::FlatBufferBuilder fbb(64 + 24 * k);

@@ -17,12 +17,24 @@
  *            two threads of its own, with all signals blocked: one maps the shared memory
  *            after connecting (then ends; none when the memory is on reserved huge pages,
  *            which store_client_connect() maps itself), one sends queued releases (see
- *            store_reader_close()); both end with the connection. A client belongs to the
- *            process that connected it: after fork(), the child connects its own.
+ *            store_reader_close()); both end with the connection.
+ * fork():    a client belongs to the process that connected it. In a child forked after it was
+ *            connected, the client and its readers and writers are inert: every call on them
+ *            that can fail gives STORE_EMISUSE (the message says the client belongs to the
+ *            parent process) and sends nothing; the pointer getters (store_reader_data(),
+ *            store_reader_metadata(), store_writer_data()) give NULL; sizes, positions and ids
+ *            are still given. Closing, sealing or aborting what was inherited and
+ *            store_client_free() only free the child's copy (its descriptor, mapping and
+ *            memory): the parent's session, readers and objects are untouched, whatever the
+ *            parent's threads were doing at the fork. The child connects a client of its own.
  * NULL:      destructors accept NULL. Any other NULL where a pointer is required gives
  *            STORE_EINVAL.
  * Lost connection: once the server is gone, every call that needs it returns STORE_ECONN;
- *            nothing hangs and no SIGPIPE is raised.
+ *            nothing hangs and no SIGPIPE is raised. A connection also ends when a reply is
+ *            malformed or cannot be kept (out of memory: its bytes are lost); the calls
+ *            waiting then get STORE_EPROTO or STORE_ENOMEM, the calls after STORE_ECONN.
+ * Out of memory: a call that cannot allocate returns STORE_ENOMEM; the client stays usable
+ *            unless received bytes were lost (above).
  *
  * Object lifecycle
  * ----------------
@@ -264,14 +276,24 @@ typedef struct store_create_options {
 
 /* Connects to the server listening on socket_path (NULL = the default: $XDG_RUNTIME_DIR/store.sock
  * if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock) and maps its shared memory.
- * opts may be NULL for defaults. Caller owns *out; free with store_client_free().
- * STORE_ECONN if nothing listens there, STORE_EPROTO on a protocol version mismatch. */
+ * opts may be NULL for defaults. Caller owns *out; free with store_client_free(). On failure
+ * *out is NULL and the message says what went wrong:
+ *  STORE_EINVAL  out is NULL, opts->version is unknown, or the path is empty or too long;
+ *  STORE_ECONN   nothing listens there (the directory does not exist, there is no socket, or a
+ *                socket left by a store that is gone), the path is not a socket, or the
+ *                connection was lost during the handshake;
+ *  STORE_EPERM   this user may not enter the socket's directory or write to the socket; the
+ *                server runs as another user than this one and not as root (another user may
+ *                have taken the path: nothing is sent to it); or the server refuses this user;
+ *  STORE_EPROTO  the server speaks another protocol version, or sent a malformed reply;
+ *  STORE_ENOMEM  the server's shared memory cannot be mapped, or out of memory. */
 STORE_API int store_client_connect(store_client **out, const char *socket_path,
                                    const store_connect_options *opts);
 
 /* Disconnects and frees the client. NULL-safe. Writers not yet sealed are aborted by the server.
  * Readers and writers of this client stay valid to close, but every other call on them returns
- * STORE_ECONN. */
+ * STORE_ECONN. In a child forked after the client was connected it frees the child's copy only
+ * (see fork() above): nothing is sent, no lock of the parent's threads is waited for. */
 STORE_API void store_client_free(store_client *client);
 
 /* ---------------------------------------------------------------------------------------------
@@ -314,7 +336,7 @@ STORE_API uint64_t store_writer_tell(const store_writer *w);
 STORE_API uint64_t store_writer_size(const store_writer *w);
 
 /* The object's data in shared memory, writable. Borrowed; valid until seal or abort.
- * NULL for NULL, for a device object, or once the client is gone. */
+ * NULL for NULL, for a device object, once the client is gone, or in a forked child. */
 STORE_API void *store_writer_data(store_writer *w);
 
 /* A device object's data: *dptr (a CUDA device pointer, valid in this process on the CUDA
@@ -322,10 +344,13 @@ STORE_API void *store_writer_data(store_writer *w);
  * abort. STORE_EINVAL for a host object. */
 STORE_API int store_writer_device_ptr(store_writer *w, void **dptr, int *device);
 /* Seals the object (immutable, visible to all) and frees the writer, whatever the result.
- * STORE_ECONN if the connection is lost (the server then aborts the object). */
+ * STORE_ECONN if the connection is lost (the server then aborts the object); STORE_EMISUSE in a
+ * forked child (the writer is the parent's: only the child's handle is freed). */
 STORE_API int store_writer_seal(store_writer *w);
 
-/* Throws the object away, frees its memory and the writer. NULL-safe (returns STORE_OK). */
+/* Throws the object away, frees its memory and the writer. NULL-safe (returns STORE_OK).
+ * STORE_EMISUSE in a forked child: only the child's handle is freed, the object stays the
+ * parent's. */
 STORE_API int store_writer_abort(store_writer *w);
 
 /* Creates, copies data_size bytes and seals in one call (one round trip for small objects). */
@@ -380,7 +405,8 @@ STORE_API uint64_t store_reader_tell(const store_reader *r);
 STORE_API uint64_t store_reader_size(const store_reader *r);
 
 /* The object's data, read-only. Borrowed; valid until store_reader_close(). NULL for NULL, for
- * a device object, or once the client is gone. */
+ * a device object, once the client is gone, or in a forked child (the parent may close its
+ * reader, and the object's memory be reused, at any time). */
 STORE_API const void *store_reader_data(const store_reader *r);
 
 /* As store_writer_device_ptr(), for reading. Borrowed; valid until store_reader_close(). */
@@ -388,7 +414,7 @@ STORE_API int store_reader_device_ptr(const store_reader *r, const void **dptr, 
 /* The store's device number of the object's data, or -1 for host memory (and for NULL). */
 STORE_API int store_reader_device(const store_reader *r);
 /* The object's metadata; *size (may be NULL) receives its length. Borrowed; valid until
- * store_reader_close(). NULL if there is none. */
+ * store_reader_close(). NULL if there is none, once the client is gone, or in a forked child. */
 STORE_API const void *store_reader_metadata(const store_reader *r, uint64_t *size);
 
 /* The object's id. Borrowed; valid until store_reader_close(). */
@@ -400,7 +426,8 @@ STORE_API const store_object_id *store_reader_id(const store_reader *r);
  * last release before the client goes quiet after a burst of requests); so other clients may
  * see the reader open (its object's memory held, not evictable) for that long.
  * STORE_CLIENT_RELEASE_DELAY_US in the environment at connect sets half of the 2 ms, 1000 us
- * by default (0 sends each release at once). */
+ * by default (0 sends each release at once). In a forked child it sends nothing: the reader the
+ * store counts is the parent's. */
 STORE_API void store_reader_close(store_reader *r);
 
 /* Closes n readers (NULL entries are skipped) with one message per client instead of one per

@@ -3,6 +3,7 @@
 import ctypes
 import dataclasses
 import io
+import os
 import weakref
 
 from . import _lib
@@ -274,6 +275,7 @@ class Writer(io.RawIOBase):
     def __init__(self, handle, object_id_):
         super().__init__()
         self._h = handle
+        self._pid = os.getpid()
         self.id = object_id_
         self.size = _L.store_writer_size(handle)
         addr = _L.store_writer_data(handle)
@@ -353,8 +355,11 @@ class Writer(io.RawIOBase):
             try:
                 self.abort()
             except StoreError as e:
-                # With the connection gone the server has aborted the object already.
-                if e.code != STORE_ECONN:
+                # With the connection gone the server has aborted the object already. In a
+                # child forked after the writer was made, the object is the parent's: closing
+                # frees the child's handle and leaves the object alone (STORE_EMISUSE).
+                forked = e.code == STORE_EMISUSE and os.getpid() != self._pid
+                if e.code != STORE_ECONN and not forked:
                     raise
         super().close()
 

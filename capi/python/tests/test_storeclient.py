@@ -291,6 +291,32 @@ class TestClient(ServerTest):
         self.client.delete("k")
 
 
+class TestFork(ServerTest):
+    """A child forked from a process with a Client lets the inherited one go (finalized, at
+    interpreter exit, or not at all) and the parent's session goes on (fork_helper.py)."""
+
+    def run_helper(self, variant):
+        import subprocess
+        helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fork_helper.py")
+        r = subprocess.run([sys.executable, helper, self.sock, variant], capture_output=True,
+                           text=True, timeout=60)
+        report = "stdout:\n%s\nstderr:\n%s" % (r.stdout, r.stderr)
+        self.assertEqual(r.returncode, 0, report)
+        self.assertEqual(r.stdout.strip(), "ok", report)
+        # No finalizer of the child raised ("Exception ignored in ...").
+        self.assertEqual(r.stderr, "", report)
+        self.assertEqual(self.client.stats()["client_count"], 1)
+
+    def test_child_collects_the_inherited_client(self):
+        self.run_helper("gc")
+
+    def test_child_leaves_through_interpreter_exit(self):
+        self.run_helper("exit")
+
+    def test_child_leaves_through_os_exit(self):
+        self.run_helper("os_exit")
+
+
 class TestMars(unittest.TestCase):
     def test_backend(self):
         async def run():
