@@ -574,3 +574,24 @@ TEST_CASE("--spill-dir must name an existing directory") {
     CheckCleanStop(s);
   }
 }
+
+TEST_CASE("a socket path whose directory is missing or closed says which directory") {
+  TempDir dir;
+  SUBCASE("the directory does not exist") {
+    const std::string missing = dir / "no-such-dir";
+    const std::string sock = missing + "/store.sock";
+    Result r = Run(dir, {"--socket", sock, "--memory", "8M"});
+    INFO(Describe(r));
+    CHECK(r.FailedToStart());
+    CHECK(r.err.find("the directory " + missing + " does not exist") != std::string::npos);
+    CHECK(r.err.find("ermission denied") == std::string::npos);
+  }
+  SUBCASE("the directory is a file") {
+    const std::string file = dir / "a-file";
+    WriteFile(file, "x");
+    Result r = Run(dir, {"--socket", file + "/store.sock", "--memory", "8M"});
+    INFO(Describe(r));
+    CHECK(r.FailedToStart());
+    CHECK(r.err.find(file + " is not a directory") != std::string::npos);
+  }
+}

@@ -111,8 +111,31 @@ bool Server::PrepareSocket() {
   const std::string& path = options_.socket_path;
   struct stat st;
   if (lstat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return true;
-    LOG_ERROR("cannot use socket path %s: %s", path.c_str(), std::strerror(errno));
+    int err = errno;
+    // Name the directory when it is the directory that is wrong (bind would only say
+    // "permission denied" for a missing one).
+    size_t slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    struct stat ds;
+    if (stat(dir.c_str(), &ds) != 0) {
+      LOG_ERROR("cannot use socket path %s: the directory %s %s", path.c_str(), dir.c_str(),
+                errno == ENOENT ? "does not exist" : std::strerror(errno));
+      return false;
+    }
+    if (!S_ISDIR(ds.st_mode)) {
+      LOG_ERROR("cannot use socket path %s: %s is not a directory", path.c_str(), dir.c_str());
+      return false;
+    }
+    if (err == ENOENT) {
+      if (access(dir.c_str(), W_OK | X_OK) != 0) {
+        LOG_ERROR("cannot use socket path %s: this user (uid %u) may not create files in the "
+                  "directory %s", path.c_str(), static_cast<unsigned>(geteuid()), dir.c_str());
+        return false;
+      }
+      return true;
+    }
+    LOG_ERROR("cannot use socket path %s: %s (in the directory %s)", path.c_str(),
+              std::strerror(err), dir.c_str());
     return false;
   }
   if (!S_ISSOCK(st.st_mode)) {
