@@ -298,14 +298,19 @@ struct Conn {
   std::deque<int> fds;
   SlotMap waiting;
   std::atomic<uint64_t> next_seq{1};
-  // The server's region, mapped once.
+  // The server's region, mapped twice: `base` read-only, where readers point (a stray write
+  // through a reader's pointer faults and changes nothing), and `wbase` writable, where the
+  // writers of objects larger than a staged one point (nullptr for a read-only client).
   uint64_t region_id = 0;
   uint8_t* base = nullptr;
+  uint8_t* wbase = nullptr;
   uint64_t region_size = 0;
   uint64_t client_id = 0;
-  // Per 2 MiB chunk of the region: 1 once it is mapped in this process (MapRange), else 0.
-  // Mapped for reading serves writers too (see MapRange).
+  bool read_only = false;
+  // Per 2 MiB chunk of the region and mapping: 1 once it is mapped in this process
+  // (MapRange), else 0.
   std::unique_ptr<std::atomic<uint8_t>[]> populated;
+  std::unique_ptr<std::atomic<uint8_t>[]> wpopulated;
   uint64_t chunks = 0;
   // GPU objects: what backs the server's device memory, and the chunks of it this connection
   // has imported: (device << 32 | chunk) -> (chunk uid, mapping). See gpu.h.
@@ -368,6 +373,7 @@ struct Conn {
       ::operator delete(cvs);
     }
     if (base) munmap(base, region_size);
+    if (wbase) munmap(wbase, region_size);
     if (fd >= 0) close(fd);
     for (int f : fds) close(f);
   }
@@ -1023,6 +1029,9 @@ struct store_client {
   Conn* conn;
 };
 
+static_assert(STORE_STAGED_MAX <= proto::kInlinePutMax,
+              "a staged object is sealed as an inline put");
+
 struct store_writer {
   Conn* conn;
   store_object_id id;
@@ -1033,6 +1042,14 @@ struct store_writer {
   int32_t device;     // -1, or the store's device number
   int32_t local_device;
   uint8_t* dptr;      // a device object's data (device pointer)
+  // A staged writer (a small host object, see store_create): the store has no object yet
+  // (uid 0); data is a private buffer the caller fills, and the seal sends it with these as one
+  // inline put. Freed with the writer.
+  bool staged = false;
+  uint8_t* meta = nullptr;
+  uint64_t meta_size = 0;
+  int32_t importance = 0;
+  int64_t timeout_ms = 0;
 };
 
 struct store_reader {
@@ -1081,7 +1098,9 @@ namespace {
 // eight processes connecting at once do not slow the store or each other (measured: aggregate
 // small ops of 8 new clients 2.6x higher than at the normal priority). Not SCHED_IDLE: on a
 // machine kept busy (by clients polling for replies, say) that never finished the mapping.
-void Populate(Conn* c, uint64_t offset, uint64_t len, bool background = false);
+// write: the writable mapping (a writer's object), else the read-only one.
+void Populate(Conn* c, uint64_t offset, uint64_t len, bool background = false,
+              bool write = false);
 
 void* PopulatorMain(void* arg) {
   Conn* c = static_cast<Conn*>(arg);
@@ -1242,10 +1261,13 @@ int store_client_connect(store_client** out, const char* socket_path,
   return Guard([&]() -> int {
     if (!out) return Fail(STORE_EINVAL, "out is NULL");
     *out = nullptr;
-    if (opts && opts->version != STORE_CONNECT_OPTIONS_VERSION) {
-      return Fail(STORE_EINVAL, "store_connect_options.version is %u; this library knows %u",
+    // Version 1 options end before read_only.
+    if (opts && opts->version != STORE_CONNECT_OPTIONS_VERSION && opts->version != 1) {
+      return Fail(STORE_EINVAL,
+                  "store_connect_options.version is %u; this library knows 1 to %u",
                   opts->version, STORE_CONNECT_OPTIONS_VERSION);
     }
+    const bool read_only = opts && opts->version >= 2 && opts->read_only != 0;
     std::string path = socket_path ? socket_path : proto::DefaultSocketPath();
     sockaddr_un addr{};
     if (path.empty() || path.size() >= sizeof addr.sun_path) {
@@ -1274,7 +1296,7 @@ int store_client_connect(store_client** out, const char* socket_path,
     flatbuffers::FlatBufferBuilder fbb(256);
     auto n = fbb.CreateString(name);
     auto body = proto::CreateConnectRequest(fbb, proto::kProtocolVersion, n,
-                                            static_cast<int32_t>(getpid()));
+                                            static_cast<int32_t>(getpid()), read_only);
     std::unique_ptr<Reply> reply;
     rc = Call(conn.get(), fbb, Body::ConnectRequest, body.Union(), Body::ConnectReply, &reply);
     if (rc != STORE_OK) return HandshakeError(conn.get(), path, rc);
@@ -1284,21 +1306,38 @@ int store_client_connect(store_client** out, const char* socket_path,
     // Huge pages (hugetlbfs) are mapped whole at once: 512 page table entries per GiB, about
     // 0.3-0.7 ms per GiB here, against a background thread racing the first puts.
     const bool map_now = HugetlbFs(reply->fds[0]) && PopulateWanted();
-    void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                      MAP_SHARED | (map_now ? MAP_POPULATE : 0), reply->fds[0], 0);
+    // Read-only for readers; a read-only client was sent a descriptor that cannot be mapped
+    // writable at all.
+    void* base = mmap(nullptr, size, PROT_READ, MAP_SHARED | (map_now ? MAP_POPULATE : 0),
+                      reply->fds[0], 0);
     if (base == MAP_FAILED) {
       return Fail(STORE_ENOMEM, "cannot map the store's %llu bytes of shared memory: %s",
                   static_cast<unsigned long long>(size), std::strerror(errno));
     }
     conn->base = static_cast<uint8_t*>(base);
     conn->region_size = size;
+    if (!read_only) {
+      // Writers' pointers: mapped as writers need it (each writer's range when it is created).
+      void* wbase = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | (map_now ? MAP_POPULATE : 0), reply->fds[0], 0);
+      if (wbase == MAP_FAILED) {
+        return Fail(STORE_ENOMEM, "cannot map the store's %llu bytes of shared memory: %s",
+                    static_cast<unsigned long long>(size), std::strerror(errno));
+      }
+      conn->wbase = static_cast<uint8_t*>(wbase);
+    }
+    conn->read_only = read_only;
     conn->region_id = r->region()->region_id();
     conn->gpu_backend = static_cast<storeclient::gpu::Backend>(r->gpu_backend());
     conn->client_id = r->client_id();
     conn->chunks = (size + kPopulateChunk - 1) / kPopulateChunk;
     conn->populated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
-    if (map_now && conn->populated) {
-      for (uint64_t i = 0; i < conn->chunks; i++) conn->populated[i].store(1, std::memory_order_relaxed);
+    if (!read_only) conn->wpopulated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
+    if (map_now) {
+      for (uint64_t i = 0; i < conn->chunks; i++) {
+        if (conn->populated) conn->populated[i].store(1, std::memory_order_relaxed);
+        if (conn->wpopulated) conn->wpopulated[i].store(1, std::memory_order_relaxed);
+      }
     }
     PrepareReleases(conn.get());
     StartThreads(conn.get());
@@ -1396,8 +1435,9 @@ bool InRegion(Conn* c, uint64_t offset, uint64_t len) {
 // fault per 4 KiB on first touch.
 constexpr uint64_t kPopulateMin = 1u << 20;
 
-// Maps [p, p + len) of the region into this process, writable: the region is shared shmem,
-// which needs no write notification, so a read fault maps a page writable. One read per 64 KiB
+// Maps [p, p + len) of one of the region's mappings into this process; in the writable one a
+// read fault maps a page writable, as the region is shared shmem, which needs no write
+// notification. One read per 64 KiB
 // suffices where the kernel maps the 64 KiB around a read fault (fault-around, for pages
 // already in memory): 3.0 ms per 64 MiB here, against 5.3 for MADV_POPULATE_READ and 14.5 for
 // MADV_POPULATE_WRITE. Whether it did is checked on the last page of the first and of the last
@@ -1423,24 +1463,27 @@ bool MapRange(const uint8_t* p, uint64_t len) {
   return madvise(const_cast<uint8_t*>(p), len, MADV_POPULATE_READ) == 0;
 }
 
-// Each chunk of the region is mapped once per process (MapRange): its pages then stay mapped.
-void Populate(Conn* c, uint64_t offset, uint64_t len, bool background) {
-  if (len < kPopulateMin || !c->populated) return;
+// Each chunk of the region is mapped once per process and mapping (MapRange): its pages then
+// stay mapped.
+void Populate(Conn* c, uint64_t offset, uint64_t len, bool background, bool write) {
+  std::atomic<uint8_t>* populated = write ? c->wpopulated.get() : c->populated.get();
+  uint8_t* base = write ? c->wbase : c->base;
+  if (len < kPopulateMin || !populated || !base) return;
   uint64_t first = offset / kPopulateChunk;
   uint64_t last = std::min<uint64_t>((offset + len - 1) / kPopulateChunk, c->chunks - 1);
   uint64_t i = first;
   while (i <= last) {
-    if (c->populated[i].load(std::memory_order_relaxed) != 0) {
+    if (populated[i].load(std::memory_order_relaxed) != 0) {
       i++;
       continue;
     }
     uint64_t j = i;
-    while (j + 1 <= last && c->populated[j + 1].load(std::memory_order_relaxed) == 0) j++;
+    while (j + 1 <= last && populated[j + 1].load(std::memory_order_relaxed) == 0) j++;
     uint64_t begin = i * kPopulateChunk;
     uint64_t end = std::min(c->region_size, (j + 1) * kPopulateChunk);
     if (!background) c->populating.fetch_add(1, std::memory_order_relaxed);
-    if (MapRange(c->base + begin, end - begin)) {
-      for (uint64_t k = i; k <= j; k++) c->populated[k].store(1, std::memory_order_relaxed);
+    if (MapRange(base + begin, end - begin)) {
+      for (uint64_t k = i; k <= j; k++) populated[k].store(1, std::memory_order_relaxed);
     }
     if (!background) c->populating.fetch_sub(1, std::memory_order_relaxed);
     i = j + 1;
@@ -1517,6 +1560,35 @@ int store_create(store_client* client, store_writer** out, const store_object_id
     if (data_size == 0) return Fail(STORE_EINVAL, "an object must have at least one byte");
     if (int rc = CheckCreateOptions(opts); rc != STORE_OK) return rc;
     Conn* c = client->conn;
+    if (!c->OwnedByThisProcess()) return InheritedError(c);
+    if (!Usable(c)) return BrokenError(c);
+    if (c->read_only) {
+      return Fail(STORE_EPERM, "this client connected read-only: it cannot create objects");
+    }
+    if (data_size <= STORE_STAGED_MAX && !(opts && opts->device >= 0)) {
+      // Staged: written into a private buffer and sent whole at the seal, which creates and
+      // seals it in one round trip. No page of the store is writable through it.
+      auto* w = new (std::nothrow)
+          store_writer{c, *id, 0, nullptr, data_size, 0, -1, -1, nullptr};
+      if (!w) return Fail(STORE_ENOMEM, "out of memory for a writer");
+      w->staged = true;
+      w->data = static_cast<uint8_t*>(std::calloc(1, data_size));
+      w->meta_size = opts ? opts->metadata_size : 0;
+      if (w->meta_size) w->meta = static_cast<uint8_t*>(std::malloc(w->meta_size));
+      if (!w->data || (w->meta_size && !w->meta)) {
+        std::free(w->data);
+        std::free(w->meta);
+        delete w;
+        return Fail(STORE_ENOMEM, "out of memory for a writer of %llu bytes",
+                    static_cast<unsigned long long>(data_size));
+      }
+      if (w->meta_size) std::memcpy(w->meta, opts->metadata, w->meta_size);
+      w->importance = opts ? opts->importance : 0;
+      w->timeout_ms = opts ? opts->timeout_ms : 0;
+      Ref(c);
+      *out = w;
+      return STORE_OK;
+    }
     flatbuffers::FlatBufferBuilder fbb(256 + (opts ? opts->metadata_size : 0));
     auto body = BuildCreate(fbb, id, data_size, opts, nullptr);
     std::unique_ptr<Reply> reply;
@@ -1530,8 +1602,8 @@ int store_create(store_client* client, store_writer** out, const store_object_id
       MarkBroken(c, STORE_EPROTO, "the store placed an object outside its memory");
       return BrokenError(c);
     }
-    if (!on_gpu) Populate(c, r->offset(), data_size);
-    uint8_t* data = on_gpu ? nullptr : c->base + r->offset();
+    if (!on_gpu) Populate(c, r->offset(), data_size, false, true);
+    uint8_t* data = on_gpu ? nullptr : c->wbase + r->offset();
     auto* w = new (std::nothrow)
         store_writer{c, *id, r->uid(), data, data_size, 0, on_gpu ? device : -1, -1, nullptr};
     if (!w) {
@@ -1595,6 +1667,20 @@ namespace {
 int FinishWriter(store_writer* w, bool seal) {
   Conn* c = w->conn;
   int rc = Guard([&]() -> int {
+    if (w->staged) {
+      if (!c->OwnedByThisProcess()) return InheritedError(c);
+      if (!seal) return STORE_OK;  // nothing was sent: nothing to abort
+      // Create, data and seal in one request.
+      store_create_options o = STORE_CREATE_OPTIONS_INIT;
+      o.metadata = w->meta;
+      o.metadata_size = w->meta_size;
+      o.importance = w->importance;
+      o.timeout_ms = w->timeout_ms;
+      flatbuffers::FlatBufferBuilder fbb(256 + w->size + w->meta_size);
+      auto body = BuildCreate(fbb, &w->id, w->size, &o, w->data);
+      std::unique_ptr<Reply> reply;
+      return Call(c, fbb, Body::CreateRequest, body.Union(), Body::CreateReply, &reply);
+    }
     flatbuffers::FlatBufferBuilder fbb(128);
     proto::ObjectId pid = ProtoId(&w->id);
     std::unique_ptr<Reply> reply;
@@ -1605,6 +1691,10 @@ int FinishWriter(store_writer* w, bool seal) {
     auto body = proto::CreateAbortRequest(fbb, &pid, w->uid);
     return Call(c, fbb, Body::AbortRequest, body.Union(), Body::AbortReply, &reply);
   });
+  if (w->staged) {
+    std::free(w->data);
+    std::free(w->meta);
+  }
   delete w;
   Unref(c);
   return rc;

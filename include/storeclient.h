@@ -41,6 +41,10 @@
  *  1. store_create() reserves an object of a fixed data size (plus optional metadata) in shared
  *     memory and returns a store_writer. The object is CREATED: only its creator can write or
  *     seal it, nobody can open it yet (store_info and store_list show it, in state CREATED).
+ *     A small host object (up to STORE_STAGED_MAX bytes of data) is staged instead: it is
+ *     written in this process and the store first hears of it at the seal, which creates,
+ *     writes and seals it in one round trip (so store_info does not show it while it is written,
+ *     and a conflicting id is reported by store_writer_seal()).
  *  2. The creator fills it with store_writer_write()/store_writer_seek(), or directly through
  *     store_writer_data().
  *  3. store_writer_seal() makes it SEALED: immutable and visible to every client. Or
@@ -52,6 +56,16 @@
  *     store when the last reader closes.
  *  A client that disconnects or dies releases everything it held: its unsealed objects are
  *  aborted, its readers and pins released.
+ *
+ * Memory protection
+ * -----------------
+ *  Every client maps the store's memory read-only for its readers: a write through a pointer
+ *  from store_reader_data() (or anywhere in the store's memory through it) faults (SIGSEGV) in
+ *  the writing process and changes no stored byte. Writers of objects larger than a staged one
+ *  write through a second, writable mapping: their pointer can still reach other objects, and
+ *  the process holds a writable descriptor of the memory, so this guards against mistakes, not
+ *  against a hostile process of the same user. A read-only client (store_connect_options.
+ *  read_only) gets a descriptor that cannot be mapped writable at all.
  */
 #ifndef STORECLIENT_H
 #define STORECLIENT_H
@@ -249,12 +263,18 @@ typedef struct store_list_options {
 #define STORE_LIST_OPTIONS_INIT {STORE_LIST_OPTIONS_VERSION, STORE_SORT_ID, 0, 100, 0, NULL}
 #define STORE_MAX_PAGE_OBJECTS 100000
 
-#define STORE_CONNECT_OPTIONS_VERSION 1
+#define STORE_CONNECT_OPTIONS_VERSION 2
 typedef struct store_connect_options {
-    uint32_t version;        /* STORE_CONNECT_OPTIONS_VERSION */
+    uint32_t version;        /* STORE_CONNECT_OPTIONS_VERSION (1: the fields up to client_name) */
     const char *client_name; /* shown in the server's client list; NULL = the program name */
+    /* Added in version 2. Non-zero: a read-only client. The store sends it a descriptor of its
+     * memory that cannot be mapped writable at all, and refuses its changes (create, put,
+     * delete, pin, unpin, evict, set_importance) with STORE_EPERM; it reads, lists and watches
+     * as any client. */
+    int32_t read_only;
+    uint32_t reserved_;
 } store_connect_options;
-#define STORE_CONNECT_OPTIONS_INIT {STORE_CONNECT_OPTIONS_VERSION, NULL}
+#define STORE_CONNECT_OPTIONS_INIT {STORE_CONNECT_OPTIONS_VERSION, NULL, 0, 0}
 
 #define STORE_CREATE_OPTIONS_VERSION 1
 typedef struct store_create_options {
@@ -269,6 +289,8 @@ typedef struct store_create_options {
 #define STORE_CREATE_OPTIONS_INIT {STORE_CREATE_OPTIONS_VERSION, NULL, 0, 0, -1, 0}
 
 #define STORE_MAX_METADATA_SIZE (1u << 20)  /* 1 MiB */
+/* Host objects of up to this many bytes of data are staged (see the object lifecycle). */
+#define STORE_STAGED_MAX (64u << 10)
 
 /* ---------------------------------------------------------------------------------------------
  * Connecting
@@ -335,7 +357,8 @@ STORE_API uint64_t store_writer_tell(const store_writer *w);
 /* The object's data size, or 0 for NULL. */
 STORE_API uint64_t store_writer_size(const store_writer *w);
 
-/* The object's data in shared memory, writable. Borrowed; valid until seal or abort.
+/* The object's data, writable: in shared memory, or for a staged (small) object a buffer of
+ * this process that the seal sends. Borrowed; valid until seal or abort.
  * NULL for NULL, for a device object, once the client is gone, or in a forked child. */
 STORE_API void *store_writer_data(store_writer *w);
 
@@ -345,10 +368,14 @@ STORE_API void *store_writer_data(store_writer *w);
 STORE_API int store_writer_device_ptr(store_writer *w, void **dptr, int *device);
 /* Seals the object (immutable, visible to all) and frees the writer, whatever the result.
  * STORE_ECONN if the connection is lost (the server then aborts the object); STORE_EMISUSE in a
- * forked child (the writer is the parent's: only the child's handle is freed). */
+ * forked child (the writer is the parent's: only the child's handle is freed). For a staged
+ * (small) object the seal is also its create, so it may return what store_create() returns
+ * (STORE_EEXISTS, STORE_ENOSPACE, STORE_ETIMEDOUT, STORE_ENODISK, STORE_EPERM), after waiting
+ * for space as opts->timeout_ms of the create said. */
 STORE_API int store_writer_seal(store_writer *w);
 
-/* Throws the object away, frees its memory and the writer. NULL-safe (returns STORE_OK).
+/* Throws the object away, frees its memory and the writer (a staged object: nothing is sent).
+ * NULL-safe (returns STORE_OK).
  * STORE_EMISUSE in a forked child: only the child's handle is freed, the object stays the
  * parent's. */
 STORE_API int store_writer_abort(store_writer *w);
@@ -404,7 +431,8 @@ STORE_API int store_reader_seek(store_reader *r, int64_t offset, int whence, uin
 STORE_API uint64_t store_reader_tell(const store_reader *r);
 STORE_API uint64_t store_reader_size(const store_reader *r);
 
-/* The object's data, read-only. Borrowed; valid until store_reader_close(). NULL for NULL, for
+/* The object's data, read-only: mapped so, a write through it faults (SIGSEGV) and changes
+ * nothing. Borrowed; valid until store_reader_close(). NULL for NULL, for
  * a device object, once the client is gone, or in a forked child (the parent may close its
  * reader, and the object's memory be reused, at any time). */
 STORE_API const void *store_reader_data(const store_reader *r);

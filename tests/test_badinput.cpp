@@ -1280,7 +1280,9 @@ TEST_CASE("seal and abort of an object created by another client get EPERM") {
   const std::string key = "someone-elses";
   store_object_id id = CIdOf(key);
   store_writer* w = nullptr;
-  REQUIRE(store_create(s.good, &w, &id, 32, nullptr) == STORE_OK);
+  // Larger than a staged object: created in the store at once.
+  const size_t size = 100 * 1024;
+  REQUIRE(store_create(s.good, &w, &id, size, nullptr) == STORE_OK);
 
   // A raw creator too, so the attacker can also name the exact uid.
   RawConn creator(s.store.socket());
@@ -1314,7 +1316,7 @@ TEST_CASE("seal and abort of an object created by another client get EPERM") {
   int present = 1;
   CHECK(store_contains(s.good, &id, &present) == STORE_OK);
   CHECK(present == 0);
-  const std::string payload(32, 'w');
+  const std::string payload(size, 'w');
   CHECK(store_writer_write(w, payload.data(), payload.size()) == STORE_OK);
   REQUIRE(store_writer_seal(w) == STORE_OK);
   store_reader* rd = nullptr;

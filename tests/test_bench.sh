@@ -34,7 +34,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 figs = d["figures"]
 names = {f["name"] for f in figs}
-want = {"small_put", "small_get", "idle_put", "batch_get", "batch_put", "clients8_put", "clients8_get",
+want = {"small_put", "small_write", "small_get", "idle_put", "batch_get", "batch_put", "clients8_put", "clients8_get",
         "large_put_first", "large_put_new_client", "large_put", "large_get", "spill", "restore",
         "restore_prefetch", "restore_cold", "table_stats", "table_page", "table_put", "table_get",
         "table_memory"}

@@ -815,16 +815,18 @@ TEST_CASE("duplicate create: STORE_EEXISTS, the original untouched") {
   REQUIRE(s.started());
   ClientPtr a = Connect(s, "a");
   ClientPtr b = Connect(s, "b");
+  // Objects larger than a staged one (64 KiB) are created in the store at store_create.
+  const size_t big = 200 * 1024;
 
   // Sealed.
   const store_object_id sealed = Id("dup-sealed");
-  const std::vector<uint8_t> sdata = Pattern(10, 4096), other = Pattern(11, 4096);
+  const std::vector<uint8_t> sdata = Pattern(10, big), other = Pattern(11, big);
   Put(a.get(), sealed, sdata);
   store_writer* w2 = reinterpret_cast<store_writer*>(0x1);
-  CHECK(store_create(a.get(), &w2, &sealed, 4096, nullptr) == STORE_EEXISTS);
+  CHECK(store_create(a.get(), &w2, &sealed, big, nullptr) == STORE_EEXISTS);
   CHECK(w2 == nullptr);
   CHECK(std::strlen(store_last_error_message()) > 0);
-  CHECK(store_create(b.get(), &w2, &sealed, 100, nullptr) == STORE_EEXISTS);
+  CHECK(store_create(b.get(), &w2, &sealed, 100 * 1024, nullptr) == STORE_EEXISTS);
   CHECK(store_put(b.get(), &sealed, other.data(), other.size(), nullptr) == STORE_EEXISTS);
   {
     ReaderPtr r = Open(b.get(), sealed);
@@ -834,19 +836,22 @@ TEST_CASE("duplicate create: STORE_EEXISTS, the original untouched") {
 
   // Unsealed.
   const store_object_id open_id = Id("dup-unsealed");
-  const std::vector<uint8_t> udata = Pattern(12, 3000);
+  const std::vector<uint8_t> udata = Pattern(12, big + 3000);
   store_writer* raw = nullptr;
   REQUIRE(store_create(a.get(), &raw, &open_id, udata.size(), nullptr) == STORE_OK);
   WriterPtr w(raw);
   REQUIRE(store_writer_write(w.get(), udata.data(), 1000) == STORE_OK);
   CHECK(store_create(a.get(), &w2, &open_id, udata.size(), nullptr) == STORE_EEXISTS);
   CHECK(w2 == nullptr);
-  CHECK(store_create(b.get(), &w2, &open_id, 10, nullptr) == STORE_EEXISTS);
+  CHECK(store_create(b.get(), &w2, &open_id, 100 * 1024, nullptr) == STORE_EEXISTS);
   CHECK(w2 == nullptr);
   CHECK(store_put(b.get(), &open_id, other.data(), other.size(), nullptr) == STORE_EEXISTS);
+  // A staged writer of the same id finds out at its seal, and the original is untouched.
+  REQUIRE(store_create(b.get(), &w2, &open_id, 10, nullptr) == STORE_OK);
+  CHECK(store_writer_seal(w2) == STORE_EEXISTS);
   CHECK(Stats(a.get()).created_count == 1);
   // The original writer still works.
-  REQUIRE(store_writer_write(w.get(), udata.data() + 1000, 2000) == STORE_OK);
+  REQUIRE(store_writer_write(w.get(), udata.data() + 1000, udata.size() - 1000) == STORE_OK);
   REQUIRE(store_writer_seal(w.release()) == STORE_OK);
   {
     ReaderPtr r = Open(b.get(), open_id);
@@ -856,6 +861,54 @@ TEST_CASE("duplicate create: STORE_EEXISTS, the original untouched") {
 
   Delete(a.get(), sealed);
   Delete(a.get(), open_id);
+  CheckEmpty(a.get());
+}
+
+TEST_CASE("small objects are staged: nothing reaches the store before the seal, which creates, "
+          "writes and seals in one request") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  const store_object_id id = Id("staged");
+  const std::vector<uint8_t> data = Pattern(30, 64 * 1024), meta = Pattern(31, 100);
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.metadata = meta.data();
+  o.metadata_size = meta.size();
+  o.importance = 7;
+  const uint64_t before = Stats(a.get()).total_requests;
+  store_writer* w = nullptr;
+  REQUIRE(store_create(a.get(), &w, &id, data.size(), &o) == STORE_OK);
+  std::memcpy(store_writer_data(w), data.data(), 1000);
+  REQUIRE(store_writer_seek(w, 1000, SEEK_SET, nullptr) == STORE_OK);
+  REQUIRE(store_writer_write(w, data.data() + 1000, data.size() - 1000) == STORE_OK);
+  // Not in the store while it is written: no request, no object.
+  CHECK(Stats(a.get()).total_requests == before + 1);  // this stats request only
+  store_object_info info{};
+  CHECK(store_info(b.get(), &id, &info) == STORE_ENOTFOUND);
+  const uint64_t at_seal = Stats(a.get()).total_requests;
+  REQUIRE(store_writer_seal(w) == STORE_OK);
+  // The seal was one request (then the stats request).
+  CHECK(Stats(a.get()).total_requests == at_seal + 2);
+  REQUIRE(store_info(b.get(), &id, &info) == STORE_OK);
+  CHECK(info.importance == 7);
+  CHECK(info.metadata_size == meta.size());
+  {
+    ReaderPtr r = Open(b.get(), id);
+    CHECK(SameBytes(store_reader_data(r.get()), data));
+    uint64_t msize = 0;
+    const void* m = store_reader_metadata(r.get(), &msize);
+    REQUIRE(msize == meta.size());
+    CHECK(std::memcmp(m, meta.data(), msize) == 0);
+  }
+  // An abort of a staged writer sends nothing.
+  const store_object_id other = Id("staged-aborted");
+  REQUIRE(store_create(a.get(), &w, &other, 10, nullptr) == STORE_OK);
+  const uint64_t at = Stats(a.get()).total_requests;
+  CHECK(store_writer_abort(w) == STORE_OK);
+  CHECK(Stats(a.get()).total_requests == at + 1);
+  CHECK(store_info(a.get(), &other, &info) == STORE_ENOTFOUND);
+  Delete(a.get(), id);
   CheckEmpty(a.get());
 }
 
@@ -1146,7 +1199,8 @@ TEST_CASE("store_contains and store_delete of sealed, unsealed and missing objec
                         missing = Id("c-missing");
   Put(c.get(), sealed, Pattern(40, 10));
   store_writer* raw = nullptr;
-  REQUIRE(store_create(c.get(), &raw, &unsealed, 10, nullptr) == STORE_OK);
+  // Larger than a staged object: created in the store at once.
+  REQUIRE(store_create(c.get(), &raw, &unsealed, 100 * 1024, nullptr) == STORE_OK);
   WriterPtr w(raw);
 
   CHECK(Contains(c.get(), sealed) == 1);
@@ -1193,7 +1247,9 @@ TEST_CASE("store_list and store_info fields") {
   co.metadata_size = cmeta.size();
   co.importance = -3;
   store_writer* raw = nullptr;
-  REQUIRE(store_create(a.get(), &raw, &cid, 777, &co) == STORE_OK);
+  // Larger than a staged object: in the store (CREATED) from store_create on.
+  const uint64_t csize = 77 * 1024 + 7;
+  REQUIRE(store_create(a.get(), &raw, &cid, csize, &co) == STORE_OK);
   WriterPtr w(raw);
 
   ReaderPtr r1 = Open(a.get(), sid);
@@ -1221,7 +1277,7 @@ TEST_CASE("store_list and store_info fields") {
   };
   auto check_created = [&](const store_object_info& i) {
     CHECK(SameId(i.id, cid));
-    CHECK(i.data_size == 777);
+    CHECK(i.data_size == csize);
     CHECK(i.metadata_size == 5);
     CHECK(i.state == STORE_STATE_CREATED);
     CHECK(i.importance == -3);

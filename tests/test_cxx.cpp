@@ -156,9 +156,9 @@ TEST_CASE("Create, write and seal through a Writer") {
   CHECK(w.span().size() == 10);
 #endif
 
-  // Unsealed: the creator sees it in Info, nobody can open it.
+  // Unsealed (and small: staged, so not in the store yet): nobody can open it.
   CHECK_FALSE(c.Contains(id));
-  CHECK(c.Info(id).state == STORE_STATE_CREATED);
+  CHECK(ErrorCode([&] { c.Info(id); }) == STORE_ENOTFOUND);
   CHECK_FALSE(c.TryOpen(id, 0).has_value());
 
   w.seal();
@@ -253,11 +253,14 @@ TEST_CASE("Failures throw store::Error with the C code") {
   // Create of an existing id, sealed or not.
   const auto id = store::ObjectId::FromString("exists");
   c.Put(id, "first");
-  CHECK(ErrorCode([&] { c.Create(id, 10); }) == STORE_EEXISTS);
+  // Larger than a staged object: refused at the create.
+  CHECK(ErrorCode([&] { c.Create(id, 100 * 1024); }) == STORE_EEXISTS);
   CHECK(ErrorCode([&] { c.Put(id, "second"); }) == STORE_EEXISTS);
+  // Small (staged): refused at the seal.
+  CHECK(ErrorCode([&] { c.Create(id, 10).seal(); }) == STORE_EEXISTS);
   const auto open = store::ObjectId::FromString("being-written");
-  store::Writer w = c.Create(open, 10);
-  CHECK(ErrorCode([&] { c.Create(open, 10); }) == STORE_EEXISTS);
+  store::Writer w = c.Create(open, 100 * 1024);
+  CHECK(ErrorCode([&] { c.Create(open, 100 * 1024); }) == STORE_EEXISTS);
   CHECK(ErrorCode([&] { c.Delete(open); }) == STORE_ENOTSEALED);
   w.abort();
 

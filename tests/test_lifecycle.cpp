@@ -276,7 +276,7 @@ TEST_CASE("a writer killed mid-write: its object is aborted and the id is free a
   CHECK(st.client_count == 2);
   CHECK(Contains(c.get(), id) == 0);
   store_writer* w = nullptr;
-  CHECK(store_create(c.get(), &w, &id, 10, nullptr) == STORE_EEXISTS);
+  CHECK(store_create(c.get(), &w, &id, 100 * 1024, nullptr) == STORE_EEXISTS);
 
   child.Kill();
   CHECK(test::WaitFor([&] {
@@ -744,18 +744,19 @@ TEST_CASE("store_client_free with a reader and writers still open") {
 
   store_client* c = nullptr;
   REQUIRE(store_client_connect(&c, s.socket().c_str(), nullptr) == STORE_OK);
+  // Each client maps the store twice: read-only for readers, writable for writers.
   const int mappings = StoreMappings();
-  CHECK(mappings >= 2);
+  CHECK(mappings >= 4);
   store_reader* r = nullptr;
   REQUIRE(store_open_reader(c, &r, &rid, 0) == STORE_OK);
   store_writer* w = nullptr;
   REQUIRE(store_create(c, &w, &wid, kMiB, nullptr) == STORE_OK);
   REQUIRE(store_writer_write(w, data.data(), data.size()) == STORE_OK);
-  store_writer* ws = nullptr;
+  store_writer* ws = nullptr;  // staged (small): the store has no object for it
   REQUIRE(store_create(c, &ws, &sid, 10, nullptr) == STORE_OK);
   store_stats st = Stats(observer.get());
   CHECK(st.client_count == 2);
-  CHECK(st.created_count == 2);
+  CHECK(st.created_count == 1);
   CHECK(Info(observer.get(), rid).reader_count == 1);
 
   store_client_free(c);
@@ -767,7 +768,7 @@ TEST_CASE("store_client_free with a reader and writers still open") {
   }));
   CHECK(test::WaitFor([&] { return Info(observer.get(), rid).reader_count == 0; }));
   st = Stats(observer.get());
-  CHECK(st.total_aborts == 2);
+  CHECK(st.total_aborts == 1);
   CHECK(st.open_count == 0);
   CHECK(st.object_count == 1);
   CHECK(st.used_bytes == used_alone);
@@ -787,7 +788,7 @@ TEST_CASE("store_client_free with a reader and writers still open") {
   const int abort_rc = store_writer_abort(w);
   CHECK((abort_rc == STORE_OK || abort_rc == STORE_ECONN));
   store_reader_close(r);
-  CHECK(StoreMappings() == mappings - 1);
+  CHECK(StoreMappings() == mappings - 2);
 
   // The ids of the aborted objects are free again; the read object is intact.
   Put(observer.get(), wid, Pattern(8, 64));

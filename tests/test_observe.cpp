@@ -431,7 +431,8 @@ TEST_CASE("store_delete_many deletes every id it can and says how many") {
   REQUIRE(store_delete(c, &ids[10]) == STORE_OK);
   store_object_id unsealed = Id(999999);
   store_writer* w = nullptr;
-  REQUIRE(store_create(c, &w, &unsealed, 10, nullptr) == STORE_OK);
+  // Larger than a staged object: in the store, unsealed, from the create on.
+  REQUIRE(store_create(c, &w, &unsealed, 100 * 1024, nullptr) == STORE_OK);
   ids.push_back(unsealed);
   size_t deleted = 0;
   CHECK(store_delete_many(c, ids.data(), ids.size(), &deleted) == STORE_ENOTFOUND);

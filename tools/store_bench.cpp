@@ -8,6 +8,8 @@
 //
 // Figures and limits:
 //   small_put        store_put of 64 B objects, ops/s         vs a 64 B Unix socket round trip
+//   small_write      store_create + store_writer_write + store_writer_seal of 64 B objects (the
+//                    writer is staged: one round trip)  vs the same round trip
 //   small_get        store_open_reader + store_reader_close   vs the same round trip
 //   batch_get        store_open_readers of 1000 ids + closes   vs the same round trip
 //   batch_put        store_put_many of 1000 objects            vs the same round trip
@@ -88,7 +90,8 @@ struct Settings {
 
 Settings g_set;
 
-const char* const kFigureNames[] = {"small_put", "small_get", "idle_put", "batch_get", "batch_put",
+const char* const kFigureNames[] = {"small_put", "small_write", "small_get", "idle_put",
+                                    "batch_get", "batch_put",
                                     "clients8", "large_put", "large_get", "spill", "table"};
 
 // ---- state shared with the failure path ----------------------------------------------------
@@ -517,6 +520,47 @@ void SmallPut() {
         do {
           store_object_id id = MakeId(g_next_id++);
           Put(id, data, sizeof data, "store_put of a 64 B object");
+          CheckStop();
+          t1 = Now();
+        } while (t1 - t0 < seconds && g_next_id - first < kMaxSmallPerRound);
+        t->ops += g_next_id - start;
+        t->seconds += t1 - t0;
+      },
+      [&](bool) {
+        DeleteRange(first, g_next_id);
+        first = g_next_id;
+      });
+  Add(std::move(r));
+}
+
+// A small object written through a writer: create, write, seal. The writer is staged in this
+// process and the seal creates, writes and seals in one request.
+void SmallWrite() {
+  Result r{"small_write", "store_create + write + seal of 64 B objects, one client, synchronous",
+           {}, {}, false, "", "", {}};
+  r.figure = Series{"small_write", "ops/s", {}};
+  r.limits.push_back(RttSeries());
+  r.limits.push_back(RttPollSeries());
+  uint8_t data[kSmallSize];
+  memset(data, 0x3c, sizeof data);
+  uint64_t first = g_next_id;
+  RunSmallRounds(
+      &r,
+      [&](double seconds, Tally* t) {
+        uint64_t start = g_next_id;
+        double t0 = Now(), t1;
+        do {
+          store_object_id id = MakeId(g_next_id++);
+          store_writer* w = nullptr;
+          int rc = store_create(g_client, &w, &id, sizeof data, nullptr);
+          if (rc == STORE_OK) rc = store_writer_write(w, data, sizeof data);
+          if (rc == STORE_OK) {
+            rc = store_writer_seal(w);
+          } else if (w) {
+            store_writer_abort(w);
+          }
+          Check(rc, "store_create + write + seal of a 64 B object");
+          g_created++;
           CheckStop();
           t1 = Now();
         } while (t1 - t0 < seconds && g_next_id - first < kMaxSmallPerRound);
@@ -2129,7 +2173,7 @@ void Usage(FILE* f) {
           "                  $XDG_RUNTIME_DIR/store.sock, else /tmp/store-$UID.sock)\n"
           "  --json          print one JSON document instead of text\n"
           "  --quick         fewer and shorter rounds (a smoke run of a few seconds)\n"
-          "  --only NAME     run one figure: small_put, small_get, idle_put, batch_get,\n"
+          "  --only NAME     run one figure: small_put, small_write, small_get, idle_put, batch_get,\n"
           "                  batch_put, clients8 (clients8_put and clients8_get: 8\n"
           "                  processes at once against 1), large_put (with\n"
           "                  large_put_first), large_get,\n"
@@ -2301,6 +2345,7 @@ int main(int argc, char** argv) {
     Add(std::move(r));
   };
   if (Wanted("small_put")) small_fits ? SmallPut() : SkipSmall("small_put");
+  if (Wanted("small_write")) small_fits ? SmallWrite() : SkipSmall("small_write");
   if (Wanted("small_get")) small_fits ? SmallGet() : SkipSmall("small_get");
   if (Wanted("idle_put")) small_fits ? IdlePut() : SkipSmall("idle_put");
   if (Wanted("batch_get")) small_fits ? BatchGet() : SkipSmall("batch_get");

@@ -292,6 +292,15 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
   if (fcntl(r->fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     return fail(ErrnoText("sealing the region memfd", errno));
   }
+  // A second descriptor of the same memory, opened read-only, for read-only clients: a mapping
+  // of it cannot be made writable (mmap and mprotect refuse PROT_WRITE).
+  {
+    std::string self = "/proc/self/fd/" + std::to_string(r->fd_);
+    r->ro_fd_ = open(self.c_str(), O_RDONLY | O_CLOEXEC);
+    if (r->ro_fd_ < 0) {
+      return fail(ErrnoText("reopening the region read-only (" + self + ")", errno));
+    }
+  }
   if (options.prefault && !populated) {
     Prefault(r->base_, cap, hugetlb ? kHugePage : page);
     populated = true;
@@ -386,6 +395,7 @@ Region::~Region() {
   hooks_.reset();
   if (base_ != nullptr) munmap(base_, capacity_);
   if (fd_ >= 0) close(fd_);
+  if (ro_fd_ >= 0) close(ro_fd_);
 }
 
 void* Region::Allocate(uint64_t size, uint64_t* usable) {

@@ -36,6 +36,8 @@ class Region {
   Region& operator=(const Region&) = delete;
 
   int fd() const { return fd_; }
+  // The same memory opened read-only (O_RDONLY): what read-only clients are sent.
+  int read_only_fd() const { return ro_fd_; }
   uint8_t* base() const { return base_; }
   uint64_t capacity() const { return capacity_; }
   // A process-wide id, never reused within one server run (starts at 1).
@@ -70,6 +72,7 @@ class Region {
  private:
   Region() = default;
   int fd_ = -1;
+  int ro_fd_ = -1;
   uint8_t* base_ = nullptr;
   uint64_t capacity_ = 0;
   uint64_t id_ = 0;

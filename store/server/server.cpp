@@ -243,6 +243,8 @@ int Server::Run() {
   async_stop_.data = this;
   uv_check_init(&loop_, &closer_);
   closer_.data = this;
+  uv_timer_init(&loop_, &restore_log_timer_);
+  restore_log_timer_.data = this;
   if (!Listen()) {
     Shutdown();
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -303,6 +305,9 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
+  uv_timer_stop(&restore_log_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&restore_log_timer_), nullptr);
+  FlushRestoreLog();
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
@@ -626,6 +631,22 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
     ProtocolError(c, seq, "the first message must be a connect request");
     return;
   }
+  if (c->read_only) {
+    switch (type) {
+      case Body::CreateRequest:
+      case Body::SealRequest:
+      case Body::AbortRequest:
+      case Body::DeleteRequest:
+      case Body::PinRequest:
+      case Body::UnpinRequest:
+      case Body::EvictRequest:
+      case Body::SetImportanceRequest:
+        return SendError(c, seq, STORE_EPERM,
+                         "this client connected read-only: it may read but not change the store");
+      default:
+        break;
+    }
+  }
   switch (type) {
     case Body::ConnectRequest:
       if (c->handshaken) return ProtocolError(c, seq, "already connected");
@@ -695,15 +716,17 @@ void Server::HandleConnect(Client* c, uint64_t seq, const proto::ConnectRequest*
     c->name = Printable(r->client_name()->c_str(), r->client_name()->size());
   }
   c->handshaken = true;
+  c->read_only = r->read_only();
   fbb_.Clear();
   auto version = fbb_.CreateString(STORE_VERSION_STRING);
   auto region = proto::CreateRegion(fbb_, region_->id(), region_->capacity());
   auto body = proto::CreateConnectReply(fbb_, proto::kProtocolVersion, version, c->id, region,
-                                        region_->capacity(), GpuBackendKind());
+                                        region_->capacity(), GpuBackendKind(), c->read_only);
   fbb_.FinishSizePrefixed(
       proto::CreateMessage(fbb_, seq, 0, 0, 1, Body::ConnectReply, body.Union()),
       proto::MessageIdentifier());
-  Send(c, region_->fd());
+  // A read-only client gets a descriptor that cannot be mapped writable.
+  Send(c, c->read_only ? region_->read_only_fd() : region_->fd());
   LOG_DEBUG("client %" PRIu64 " is '%s' (pid %d)", c->id, c->name.c_str(),
             static_cast<int>(c->pid));
 }

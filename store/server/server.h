@@ -197,6 +197,7 @@ class Server {
   static void RestoreWork(uv_work_t* req);
   static void RestoreDone(uv_work_t* req, int status);
   void FailRestore(Object* o, int code, const std::string& message);
+  void FlushRestoreLog();
   void DropSpillCopy(Object* o, bool dead);
   void RemoveSpillFile(SpillFile* f);
   // Deletion records (tombstones) and the DELETED logs (server/spiller.cpp).
@@ -305,9 +306,12 @@ class Server {
   std::deque<uint64_t> pending_restores_;
   std::unordered_map<uint64_t, bool> restore_queued_;
   bool restores_stalled_ = false;  // StallRestores ran and nothing was queued since
-  // Restore failures are logged once per second, with how many were not.
+  // Restore failures are logged once per second, with how many were not (FlushRestoreLog,
+  // from restore_log_timer_ once the second is over).
   int64_t restore_log_until_ = 0;
   uint64_t restore_log_quiet_ = 0;
+  uv_timer_t restore_log_timer_{};
+  bool restore_log_timer_on_ = false;
   std::vector<EvictWaiter*> evict_waiters_;
   // The directories of spill files, by path (owned ones and adopted ones).
   std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;

@@ -32,6 +32,7 @@ struct Server::Client {
   uv_pipe_t pipe{};
   proto::FrameBuffer in{proto::kMaxRequestBytes};
   bool handshaken = false;
+  bool read_only = false;        // connected read-only: changes are refused (STORE_EPERM)
   bool closing = false;
   bool doomed = false;           // to be closed from the loop's check phase (see DeferClose)
   const char* doom_reason = "";

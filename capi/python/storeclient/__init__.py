@@ -57,12 +57,17 @@ class ConnectionError_(StoreError, ConnectionError):
     pass
 
 
+class PermissionError_(StoreError, PermissionError):
+    pass
+
+
 _ERROR_CLASSES = {
     STORE_ENOTFOUND: NotFoundError,
     STORE_EEXISTS: ExistsError,
     STORE_ENOSPACE: NoSpaceError,
     STORE_ETIMEDOUT: TimeoutError_,
     STORE_ECONN: ConnectionError_,
+    STORE_EPERM: PermissionError_,
 }
 
 
@@ -372,10 +377,14 @@ class Writer(io.RawIOBase):
 
 # ---- the client ------------------------------------------------------------------------------
 class Client:
-    def __init__(self, socket_path=None, name=None):
+    def __init__(self, socket_path=None, name=None, read_only=False):
+        """Connects to the store at socket_path (None: the default socket). name is shown in
+        the store's client list. A read_only client reads, lists and watches; the store refuses
+        its changes (PermissionError_), and the memory it maps cannot be made writable."""
         opts = _lib.store_connect_options()
         opts.version = _lib.STORE_CONNECT_OPTIONS_VERSION
         opts.client_name = name.encode() if name else None
+        opts.read_only = 1 if read_only else 0
         h = ctypes.c_void_p()
         path = socket_path.encode() if isinstance(socket_path, str) else socket_path
         _check(_L.store_client_connect(ctypes.byref(h), path, ctypes.byref(opts)))

@@ -46,7 +46,7 @@ STORE_SORT_STATE = 5
 
 STORE_LIST_OPTIONS_VERSION = 1
 STORE_MAX_PAGE_OBJECTS = 100000
-STORE_CONNECT_OPTIONS_VERSION = 1
+STORE_CONNECT_OPTIONS_VERSION = 2
 STORE_CREATE_OPTIONS_VERSION = 1
 STORE_MAX_METADATA_SIZE = 1 << 20
 
@@ -166,6 +166,8 @@ class store_connect_options(Structure):
     _fields_ = [
         ("version", c_uint32),
         ("client_name", c_char_p),
+        ("read_only", c_int32),
+        ("reserved_", c_uint32),
     ]
 
 

@@ -239,19 +239,24 @@ impl Default for store_list_options {
 
 pub const STORE_MAX_PAGE_OBJECTS: u32 = 100000;
 
-pub const STORE_CONNECT_OPTIONS_VERSION: u32 = 1;
+pub const STORE_CONNECT_OPTIONS_VERSION: u32 = 2;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct store_connect_options {
     pub version: u32,
     pub client_name: *const c_char,
+    /// Version 2: non-zero for a read-only client.
+    pub read_only: i32,
+    pub reserved_: u32,
 }
 
 /// `STORE_CONNECT_OPTIONS_INIT`.
 pub const STORE_CONNECT_OPTIONS_INIT: store_connect_options = store_connect_options {
     version: STORE_CONNECT_OPTIONS_VERSION,
     client_name: core::ptr::null(),
+    read_only: 0,
+    reserved_: 0,
 };
 
 impl Default for store_connect_options {

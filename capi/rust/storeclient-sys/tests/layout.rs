@@ -53,7 +53,7 @@ fn rust_layouts() -> Vec<Layout> {
             total_restored_bytes, total_restore_ns, total_spill_failures,
             total_restore_failures,
         }),
-        layout!(store_connect_options { version, client_name }),
+        layout!(store_connect_options { version, client_name, read_only, reserved_ }),
         layout!(store_create_options {
             version, metadata, metadata_size, importance, device, timeout_ms,
         }),

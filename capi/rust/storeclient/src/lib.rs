@@ -477,15 +477,21 @@ fn path_cstring(path: Option<&Path>) -> Result<Option<CString>> {
 impl Client {
     /// Connects to the server on `path` (`None` = the library's default socket).
     pub fn connect(path: Option<&Path>) -> Result<Client> {
-        Self::connect_raw(path, None)
+        Self::connect_raw(path, None, false)
     }
 
     /// As `connect`, with the name shown in the server's client list.
     pub fn connect_with_name(path: Option<&Path>, name: &str) -> Result<Client> {
-        Self::connect_raw(path, Some(name))
+        Self::connect_raw(path, Some(name), false)
     }
 
-    fn connect_raw(path: Option<&Path>, name: Option<&str>) -> Result<Client> {
+    /// A read-only client: it reads, lists and watches; the store refuses its changes
+    /// (`ErrorCode::Permission`), and the memory it maps cannot be made writable.
+    pub fn connect_read_only(path: Option<&Path>, name: Option<&str>) -> Result<Client> {
+        Self::connect_raw(path, name, true)
+    }
+
+    fn connect_raw(path: Option<&Path>, name: Option<&str>, read_only: bool) -> Result<Client> {
         let cpath = path_cstring(path)?;
         let cname = match name {
             None => None,
@@ -497,6 +503,7 @@ impl Client {
         if let Some(n) = &cname {
             opts.client_name = n.as_ptr();
         }
+        opts.read_only = i32::from(read_only);
         let mut out: *mut sys::store_client = ptr::null_mut();
         check(unsafe {
             sys::store_client_connect(

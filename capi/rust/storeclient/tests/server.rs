@@ -112,9 +112,9 @@ fn writer_write_seek_seal() {
     assert_eq!(w.write_all(b"more").unwrap_err().kind(), std::io::ErrorKind::WriteZero);
     assert!(w.seek(SeekFrom::Current(5)).is_err());
     w.data_mut()[0] = b'X';
-    // Not visible before the seal.
+    // Not visible before the seal; a small object is staged, so not even in the store yet.
     assert_eq!(client.open(&id, Some(Duration::ZERO)).unwrap_err().code, ErrorCode::NotFound);
-    assert_eq!(client.info(&id).unwrap().state, ObjectState::Created);
+    assert_eq!(client.info(&id).unwrap_err().code, ErrorCode::NotFound);
     w.seal().unwrap();
     let r = client.open(&id, Some(Duration::ZERO)).unwrap();
     assert_eq!(r.data(), b"X1ab45678Z");
@@ -153,14 +153,18 @@ fn errors_not_found_and_exists() {
     let err = client.open(&missing, Some(Duration::from_millis(50))).unwrap_err();
     assert_eq!(err.code, ErrorCode::TimedOut);
 
+    // Larger than a staged object: in the store from the create on.
     let id = ObjectId::from_key("dup");
-    let w = client.create(&id, 8, &CreateOptions::default()).unwrap();
-    let err = client.create(&id, 8, &CreateOptions::default()).unwrap_err();
+    let w = client.create(&id, 100 * 1024, &CreateOptions::default()).unwrap();
+    let err = client.create(&id, 100 * 1024, &CreateOptions::default()).unwrap_err();
     assert_eq!(err.code, ErrorCode::Exists);
     assert_eq!(client.put(&id, b"x").unwrap_err().code, ErrorCode::Exists);
     drop(w);
     client.put(&id, b"x").unwrap();
     assert_eq!(client.put(&id, b"y").unwrap_err().code, ErrorCode::Exists);
+    // A small (staged) writer of the same id hears of it at the seal.
+    let w = client.create(&id, 8, &CreateOptions::default()).unwrap();
+    assert_eq!(w.seal().unwrap_err().code, ErrorCode::Exists);
     assert_eq!(
         client.create(&ObjectId::from_key("zero"), 0, &CreateOptions::default()).unwrap_err().code,
         ErrorCode::InvalidArgument
