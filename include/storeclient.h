@@ -169,7 +169,8 @@ typedef struct store_object_info {
 
 typedef struct store_stats {
     uint64_t capacity_bytes;      /* size of the shared memory region */
-    uint64_t used_bytes;          /* bytes allocated to objects (allocator size classes) */
+    uint64_t used_bytes;          /* bytes allocated to objects: from 16 KiB their size rounded up
+                                     to a page, below that a small size class */
     uint64_t object_count;        /* objects in the table, all states */
     uint64_t client_count;        /* connected clients, this one included */
     uint64_t created_count;       /* objects being written (CREATED) */

@@ -468,10 +468,13 @@ TEST_CASE("a full device: creates fail at once, time out, or wait for a delete")
   // and gives the device memory back.
   std::vector<store_object_id> fill;
   std::string chunk(1u << 20, 'h');
-  for (int i = 0;; i++) {
-    store_object_id hid = IdOf("host-fill-" + std::to_string(i));
-    if (store_put(c.get(), &hid, chunk.data(), chunk.size(), nullptr) != STORE_OK) break;
-    fill.push_back(hid);
+  // 1 MiB objects, then 64 KiB ones: the host region is full to the last 64 KiB.
+  for (size_t size : {size_t{1} << 20, size_t{64} << 10}) {
+    for (int i = 0;; i++) {
+      store_object_id hid = IdOf("host-fill-" + std::to_string(size) + "-" + std::to_string(i));
+      if (store_put(c.get(), &hid, chunk.data(), size, nullptr) != STORE_OK) break;
+      fill.push_back(hid);
+    }
   }
   REQUIRE(!fill.empty());
   std::string meta(900u << 10, 'm');

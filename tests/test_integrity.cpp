@@ -526,8 +526,11 @@ TEST_CASE("a waiting get of a spilled id deleted before its restore could start 
   Put(writer.get(), x);
   Evict(writer.get(), kAll);
   REQUIRE(IsSpilled(writer.get(), x));
-  // No room to restore x: everything else is pinned.
+  // No room to restore x: everything else is pinned, but for 1 MiB (room for y, not for x).
   std::vector<Obj> pinned = PinEverything(writer.get(), "pin-", 600);
+  REQUIRE(store_unpin(writer.get(), &pinned.back().id) == STORE_OK);
+  Delete(writer.get(), pinned.back());
+  pinned.pop_back();
   OpenAll get;
   get.Start(waiter.get(), {x.id, y.id}, -1);
   REQUIRE(test::WaitFor([&] { return WaitingGets(writer.get(), 1); }));

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <cmath>
 #include <random>
 #include <string>
 #include <utility>
@@ -489,4 +490,204 @@ TEST_CASE("region: the hugepages option always yields a working region") {
   CHECK(blocks.size() >= 14);
   CheckDisjointInside(*r, blocks);
   FreeAll(*r, blocks);
+}
+
+// ---- PageHeap against a model: a bitmap of pages ----------------------------------------------
+
+TEST_CASE("page heap: random allocations and frees against a page bitmap") {
+  constexpr uint64_t kPageSize = 4096;
+  for (uint64_t seed : {1ull, 2ull, 3ull, 42ull}) {
+    CAPTURE(seed);
+    std::mt19937_64 rng(seed);
+    const uint64_t pages = 1 + rng() % 4096;
+    store::PageHeap heap(pages * kPageSize + rng() % kPageSize, kPageSize);
+    REQUIRE(heap.size() == pages * kPageSize);
+    std::vector<uint8_t> used(pages, 0);
+    std::vector<std::pair<uint64_t, uint64_t>> live;  // offset, bytes
+    bool ok = true;
+    for (int step = 0; step < 20000 && ok; step++) {
+      if (!live.empty() && (rng() % 100 < 45)) {
+        // Free a live one (sometimes only its second half, as jemalloc splits extents).
+        size_t k = rng() % live.size();
+        auto [off, bytes] = live[k];
+        live[k] = live.back();
+        live.pop_back();
+        if (bytes > kPageSize && rng() % 4 == 0) {
+          uint64_t half = (bytes / kPageSize / 2) * kPageSize;
+          heap.Free(off + half, bytes - half);
+          for (uint64_t p = (off + half) / kPageSize; p < (off + bytes) / kPageSize; p++) used[p] = 0;
+          live.push_back({off, half});
+        } else {
+          heap.Free(off, bytes);
+          for (uint64_t p = off / kPageSize; p < (off + bytes) / kPageSize; p++) used[p] = 0;
+        }
+      } else {
+        uint64_t want = 1 + rng() % (rng() % 8 == 0 ? pages * kPageSize : 64 * kPageSize);
+        uint64_t align = rng() % 10 == 0 ? kPageSize << (rng() % 6) : kPageSize;
+        // The model's answer: the smallest free run that can hold it, aligned.
+        const uint64_t need = (want + kPageSize - 1) / kPageSize;
+        uint64_t best_len = UINT64_MAX;
+        for (uint64_t p = 0; p < pages;) {
+          if (used[p]) {
+            p++;
+            continue;
+          }
+          uint64_t q = p;
+          while (q < pages && !used[q]) q++;
+          uint64_t start = p * kPageSize, at = (start + align - 1) / align * align;
+          if (at + need * kPageSize <= q * kPageSize && q - p < best_len) best_len = q - p;
+          p = q;
+        }
+        uint64_t off = 0, taken = 0;
+        bool got = heap.Allocate(want, align, &off, &taken);
+        if (got != (best_len != UINT64_MAX)) {
+          FAIL_CHECK("step " << step << ": allocate " << want << " aligned " << align << " gave "
+                             << got << ", the model says " << (best_len != UINT64_MAX));
+          ok = false;
+          break;
+        }
+        if (!got) continue;
+        CHECK(taken == need * kPageSize);
+        CHECK(off % align == 0);
+        // Best fit: the free run it came from is the shortest that can hold it.
+        if (off / kPageSize < pages && !used[off / kPageSize]) {
+          uint64_t a = off / kPageSize, b = a;
+          while (a > 0 && !used[a - 1]) a--;
+          while (b < pages && !used[b]) b++;
+          if (b - a != best_len) {
+            FAIL_CHECK("step " << step << ": took a run of " << b - a << " pages, the best fit "
+                               << "is " << best_len);
+            ok = false;
+          }
+        }
+        for (uint64_t p = off / kPageSize; p < off / kPageSize + need; p++) {
+          if (p >= pages || used[p]) {
+            FAIL_CHECK("step " << step << ": page " << p << " given twice or outside");
+            ok = false;
+            break;
+          }
+          used[p] = 1;
+        }
+        // Best fit: the free run it came from was no longer than the shortest that fits.
+        live.push_back({off, taken});
+      }
+      // Every byte accounted: free bytes, runs coalesced and matching the bitmap.
+      uint64_t free_pages = 0, runs = 0, longest = 0;
+      for (uint64_t p = 0; p < pages;) {
+        if (used[p]) {
+          p++;
+          continue;
+        }
+        uint64_t q = p;
+        while (q < pages && !used[q]) q++;
+        runs++;
+        free_pages += q - p;
+        longest = std::max(longest, q - p);
+        p = q;
+      }
+      if (heap.free_bytes() != free_pages * kPageSize || heap.free_runs() != runs ||
+          heap.largest_free() != longest * kPageSize) {
+        FAIL_CHECK("step " << step << ": heap says " << heap.free_bytes() << " free in "
+                           << heap.free_runs() << " runs, longest " << heap.largest_free()
+                           << "; the model " << free_pages * kPageSize << " in " << runs
+                           << ", longest " << longest * kPageSize);
+        ok = false;
+      }
+    }
+    for (auto [off, bytes] : live) heap.Free(off, bytes);
+    CHECK(heap.free_bytes() == heap.size());
+    CHECK(heap.free_runs() == 1);
+    CHECK(heap.largest_free() == heap.size());
+  }
+}
+
+TEST_CASE("page heap: best fit takes the smallest run that fits, the lowest of equal ones") {
+  store::PageHeap heap(100 * 4096, 4096);
+  uint64_t off[10], taken = 0;
+  for (int i = 0; i < 10; i++) REQUIRE(heap.Allocate(10 * 4096, 4096, &off[i], &taken));
+  CHECK(heap.free_bytes() == 0);
+  // Holes of 10, 10 and 20 pages (2 and 3 coalesce), at offsets 10, 50 and 70.
+  heap.Free(off[1], 10 * 4096);
+  heap.Free(off[5], 10 * 4096);
+  heap.Free(off[7], 10 * 4096);
+  heap.Free(off[8], 10 * 4096);
+  uint64_t at = 0;
+  REQUIRE(heap.Allocate(5 * 4096, 4096, &at, &taken));
+  CHECK(at == off[1]);  // a 10-page hole, the lowest
+  REQUIRE(heap.Allocate(12 * 4096, 4096, &at, &taken));
+  CHECK(at == off[7]);  // only the 20-page hole holds 12
+  REQUIRE(heap.Allocate(10 * 4096, 4096, &at, &taken));
+  CHECK(at == off[5]);
+  CHECK(!heap.Allocate(9 * 4096, 4096, &at, &taken));
+  CHECK(heap.AllocateAt(off[1] + 5 * 4096, 4096));
+  CHECK(!heap.AllocateAt(off[1] + 5 * 4096, 4096));
+}
+
+TEST_CASE("region: large objects take their size rounded to a page: 0.97 of the capacity or "
+          "more, filled with log-uniform sizes, and the largest object is the whole region") {
+  auto r = MakeRegion(1024 * kMiB);
+  struct Range {
+    uint64_t lo, hi;
+  };
+  for (Range range : {Range{kMiB, 64 * kMiB}, Range{16 * kMiB, 256 * kMiB},
+                      Range{64 * 1024, 4 * kMiB}}) {
+    std::mt19937_64 rng(range.lo ^ range.hi);
+    std::uniform_real_distribution<double> u(std::log(static_cast<double>(range.lo)),
+                                             std::log(static_cast<double>(range.hi)));
+    std::vector<Block> blocks;
+    uint64_t data = 0;
+    // Full for these sizes: 50 puts in a row that do not fit.
+    for (int misses = 0; misses < 50;) {
+      uint64_t size = static_cast<uint64_t>(std::exp(u(rng)));
+      uint64_t usable = 0;
+      void* p = r->Allocate(size, &usable);
+      if (p == nullptr) {
+        misses++;
+        continue;
+      }
+      misses = 0;
+      CHECK(usable - size < 4096);  // within a page of the data
+      data += size;
+      blocks.push_back({p, usable});
+    }
+    double fraction = static_cast<double>(data) / static_cast<double>(r->capacity());
+    MESSAGE("log-uniform " << range.lo << ".." << range.hi << ": " << blocks.size()
+                           << " objects, data " << fraction << " of the capacity");
+    CHECK(fraction >= 0.97);
+    CheckDisjointInside(*r, blocks);
+    FreeAll(*r, blocks);
+    CHECK(r->allocated_bytes() == 0);
+  }
+  CHECK(r->LargestFree() == r->capacity());
+  uint64_t usable = 0;
+  void* whole = r->Allocate(r->capacity(), &usable);
+  CHECK(whole != nullptr);
+  CHECK(usable == r->capacity());
+  r->Free(whole);
+}
+
+TEST_CASE("region: pages small objects held go back to large ones") {
+  auto r = MakeRegion(64 * kMiB);
+  // Fill it with small objects, free them: a create of the whole region fits again.
+  std::vector<Block> blocks = FillUntilFull(*r, [] { return uint64_t{3000}; });
+  CHECK(r->allocated_bytes() > 60 * kMiB);
+  FreeAll(*r, blocks);
+  uint64_t usable = 0;
+  void* whole = r->Allocate(r->capacity(), &usable);
+  CHECK(whole != nullptr);
+  r->Free(whole);
+  // Half small, half large, interleaved; after freeing the small ones the large ones can grow.
+  std::vector<Block> small, large;
+  for (int i = 0; i < 200; i++) {
+    uint64_t u = 0;
+    void* p = r->Allocate(i % 2 ? 5000 : 100 * 1024, &u);
+    REQUIRE(p != nullptr);
+    (i % 2 ? small : large).push_back({p, u});
+  }
+  FreeAll(*r, small);
+  FreeAll(*r, large);
+  CHECK(r->allocated_bytes() == 0);
+  whole = r->Allocate(r->capacity(), &usable);
+  CHECK(whole != nullptr);
+  r->Free(whole);
 }

@@ -28,6 +28,10 @@
 //                    table (100,000 with --quick), and with 10,000   vs the same round trip
 //   table_memory     the server's heap growth per object while they were added (no limit:
 //                    the goal is 200 bytes)
+//   fill_1m_64m, fill_16m_256m, fill_64k_4m  the store's free memory filled with objects of
+//                    log-uniform sizes in that range (pinned, so a spilling store cannot make
+//                    room) until 20 creates in a row do not fit: data / the memory that was
+//                    free, vs 1.0 (all of it holding data)
 //
 // The round trip limit is a forked echo process on a socketpair: send 64 B, get 64 B back.
 // socket_rtt waits for the echo in a blocking recv; socket_rtt_poll polls for it first, for as
@@ -55,6 +59,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
+#include <random>
 #include <chrono>
 #include <climits>
 #include <cstdint>
@@ -92,7 +98,8 @@ Settings g_set;
 
 const char* const kFigureNames[] = {"small_put", "small_write", "small_get", "idle_put",
                                     "batch_get", "batch_put",
-                                    "clients8", "large_put", "large_get", "spill", "table"};
+                                    "clients8", "large_put", "large_get", "spill", "table",
+                                    "fill"};
 
 // ---- state shared with the failure path ----------------------------------------------------
 
@@ -299,6 +306,8 @@ std::string FormatValue(double v, const std::string& unit) {
   char buf[64];
   if (unit == "GB/s" || unit == "ms") {
     snprintf(buf, sizeof buf, "%.2f", v);
+  } else if (unit == "of free") {
+    snprintf(buf, sizeof buf, "%.4f", v);
   } else {
     snprintf(buf, sizeof buf, "%.0f", v);
   }
@@ -1929,6 +1938,56 @@ std::string JsonSeries(const Series& s) {
 
 // The table figures: what one request costs with few and with very many objects in the table
 // (stats, a sorted page of 50, a put, a get), and the server's memory per object.
+// How much of the free memory holds data when it is filled with objects of random sizes, log-
+// uniform in [lo, hi]: creates (sealed without writing, and pinned so that a store that spills
+// cannot make room) until 20 in a row do not fit, per round; the objects go after each round.
+void FillFigure(const char* name, uint64_t lo, uint64_t hi) {
+  Result r{name,
+           "data / free memory, filled with log-uniform sizes in " + std::to_string(lo >> 10) +
+               " KiB .. " + std::to_string(hi >> 10) + " KiB until 20 creates in a row fail",
+           {}, {}, false, "", "", {}};
+  r.figure = Series{name, "of free", {}};
+  r.limits.push_back(Series{"all_data", "of free", {}});
+  std::mt19937_64 rng(lo ^ (hi << 7) ^ 0x5eed);
+  std::uniform_real_distribution<double> u(std::log(static_cast<double>(lo)),
+                                           std::log(static_cast<double>(hi)));
+  const int rounds = g_set.quick ? 1 : 3;
+  for (int round = 0; round < rounds; round++) {
+    store_stats st = Stats();
+    const uint64_t free_bytes = st.capacity_bytes - st.used_bytes;
+    const uint64_t first = g_next_id;
+    uint64_t data = 0;
+    for (int misses = 0; misses < 20;) {
+      uint64_t size = static_cast<uint64_t>(std::exp(u(rng)));
+      store_object_id id = MakeId(g_next_id);
+      store_create_options o = STORE_CREATE_OPTIONS_INIT;
+      o.timeout_ms = 0;
+      store_writer* w = nullptr;
+      int rc = store_create(g_client, &w, &id, size, &o);
+      if (rc == STORE_ENOSPACE || rc == STORE_EINVAL) {
+        misses++;
+        continue;
+      }
+      Check(rc, "store_create of a fill object");
+      Check(store_writer_seal(w), "store_writer_seal of a fill object");
+      g_next_id++;
+      g_created++;
+      Check(store_pin(g_client, &id), "store_pin of a fill object");
+      data += size;
+      misses = 0;
+      CheckStop();
+    }
+    for (uint64_t n = first; n < g_next_id; n++) {
+      store_object_id id = MakeId(n);
+      Check(store_unpin(g_client, &id), "store_unpin");
+    }
+    DeleteRange(first, g_next_id);
+    r.figure.v.push_back(free_bytes ? static_cast<double>(data) / static_cast<double>(free_bytes) : 0);
+    r.limits[0].v.push_back(1.0);
+  }
+  Add(std::move(r));
+}
+
 void TableFigures() {
   const uint64_t big = g_set.quick ? 100000 : 1000000;
   const uint64_t small = 10000;
@@ -2177,7 +2236,8 @@ void Usage(FILE* f) {
           "                  batch_put, clients8 (clients8_put and clients8_get: 8\n"
           "                  processes at once against 1), large_put (with\n"
           "                  large_put_first), large_get,\n"
-          "                  spill (with the restore figures; restore is a synonym), table\n"
+          "                  spill (with the restore figures; restore is a synonym), table,\n"
+          "                  fill (fill_1m_64m, fill_16m_256m, fill_64k_4m)\n"
           "  --spill-dir DIR the directory the store spills into (its --spill-dir): enables\n"
           "                  the spill and restore figures, whose limits are file IO in DIR\n"
           "  --help          show this help and exit\n"
@@ -2364,6 +2424,11 @@ int main(int argc, char** argv) {
   }
   if (Wanted("spill")) SpillRestore(Stats());
   if (Wanted("table")) TableFigures();
+  if (Wanted("fill")) {
+    FillFigure("fill_1m_64m", 1ull << 20, 64ull << 20);
+    FillFigure("fill_16m_256m", 16ull << 20, 256ull << 20);
+    FillFigure("fill_64k_4m", 64ull << 10, 4ull << 20);
+  }
 
   // Every object of the run must be gone: the figures deleted theirs; check the store agrees.
   long left = DeleteAllOfRun(false);

@@ -1,10 +1,15 @@
-// region.cpp - the memfd region and the manual jemalloc arena that carves it up.
+// region.cpp - the memfd region: its pages (PageHeap) and the manual jemalloc arena that
+// serves small objects from extents of those pages.
 //
 // Layout of the work (see ../shared/notes/allocator-cuda-fds.md, section 1):
 //   memfd (sealed SHRINK|GROW|SEAL) -> fallocate (pages reserved, no SIGBUS) -> one MAP_SHARED
-//   mapping -> arena created with experimental.arenas_create_ext and metadata_use_hooks=false
-//   (jemalloc's own metadata stays on the heap) -> arena primed so the whole region is one
-//   extent from one alloc-hook call (jemalloc 5.3 never merges across hook calls).
+//   mapping -> a PageHeap over all of it -> an arena created with experimental.arenas_create_ext
+//   and metadata_use_hooks=false (jemalloc's own metadata stays on the heap).
+// Objects of kLargeFrom bytes and more take a run of pages from the PageHeap: their size rounded
+// up to a page, no size class. Smaller ones come from the arena, whose alloc hook takes extents
+// from the same PageHeap and whose dalloc hook gives them back; with retain off (malloc_conf
+// below) jemalloc asks for exact sizes and hands back extents it no longer uses after its
+// decay, or at once on a purge (which Allocate asks for when a large object does not fit).
 // The nine extent hooks below are all ours; none of jemalloc's defaults are safe on a shared
 // mapping (MADV_DONTNEED frees nothing on memfd pages yet jemalloc would treat them as zeroed).
 #include "memory/region.h"
@@ -38,7 +43,9 @@
 // 63 turns the guard off (every size shifted right by 63 is 0). This is jemalloc's documented
 // start-up configuration symbol and applies to the whole process; Region::Create checks that
 // the value in effect (MALLOC_CONF may override it) is large enough for its capacity.
-const char* malloc_conf = "lg_extent_max_active_fit:63";
+// retain:false makes jemalloc ask the hooks for the extents it needs, exact size, and give them
+// back through the dalloc hook, instead of growing in ever larger steps and keeping them.
+const char* malloc_conf = "lg_extent_max_active_fit:63,retain:false";
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -54,7 +61,11 @@ namespace {
 constexpr uint64_t kHugePage = 2ull << 20;
 // Largest capacity accepted: keeps every offset and rounding below overflow.
 constexpr uint64_t kMaxCapacity = 1ull << 46;
-constexpr uint64_t kPageAlignFrom = 64ull << 10;  // Allocate: 4096-aligned from 64 KiB up
+// Objects from this size up take pages of their own (PageHeap); smaller ones share jemalloc's
+// slabs. jemalloc's small size classes end at 14 KiB, 2 KiB apart: either way an object costs
+// at most a page more than its size.
+constexpr uint64_t kLargeFrom = 16ull << 10;
+constexpr uint64_t kPage = 4096;
 
 // Mirrors jemalloc 5.3.0's internal arena_config_t, the argument of
 // "experimental.arenas_create_ext". The layout is not public, so it is repeated here.
@@ -137,35 +148,45 @@ struct Region::HookState {
   int fd = -1;
   uint8_t* base = nullptr;
   uint64_t capacity = 0;
-  uint64_t bump = 0;     // bytes of the region handed to jemalloc by the alloc hook
+  PageHeap* heap = nullptr;  // owned by the Region; outlives the arena
   bool hugetlb = false;  // hugetlbfs: holes can only be punched in whole 2 MiB pages
   bool arena_created = false;
   unsigned arena = 0;
-  std::mutex mu;
+  std::mutex mu;         // guards heap
 
   static HookState* From(extent_hooks_t* h) { return reinterpret_cast<HookState*>(h); }
 
-  // Bump allocation. Aligns the address (the mapping may be only 4 KiB aligned). new_addr is a
-  // request to grow in place, which only the current bump position can satisfy.
+  // An extent for jemalloc: a run of pages of the heap (new_addr: one that grows an extent in
+  // place, only if the pages after it are free).
   static void* Alloc(extent_hooks_t* h, void* new_addr, size_t size, size_t alignment, bool* zero,
                      bool* commit, unsigned /*arena_ind*/) {
     HookState* s = From(h);
-    std::lock_guard<std::mutex> lock(s->mu);
     if (alignment == 0 || (alignment & (alignment - 1)) != 0) return nullptr;
-    uintptr_t start = reinterpret_cast<uintptr_t>(s->base);
-    uintptr_t end = start + s->capacity;
-    uintptr_t cur = start + s->bump;
-    if (cur > UINTPTR_MAX - (alignment - 1)) return nullptr;
-    uintptr_t a = (cur + alignment - 1) & ~static_cast<uintptr_t>(alignment - 1);
-    if (new_addr != nullptr && reinterpret_cast<uintptr_t>(new_addr) != a) return nullptr;
-    if (a > end || size > end - a) return nullptr;
-    s->bump = a + size - start;
-    *zero = true;    // never-handed-out memfd pages read as zero
+    uint64_t off = 0, taken = 0;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (new_addr != nullptr) {
+        auto* a = static_cast<uint8_t*>(new_addr);
+        if (a < s->base || reinterpret_cast<uintptr_t>(a) % alignment != 0) return nullptr;
+        off = static_cast<uint64_t>(a - s->base);
+        if (!s->heap->AllocateAt(off, size)) return nullptr;
+      } else if (!s->heap->Allocate(size, alignment, &off, &taken)) {
+        return nullptr;
+      }
+    }
+    // Pages freed by others are not zero: clear them only when jemalloc needs it (the store
+    // asks for no zeroed memory).
+    if (*zero) std::memset(s->base + off, 0, size);
     *commit = true;  // shmem pages are reserved by fallocate / committed on touch
-    return reinterpret_cast<void*>(a);
+    return s->base + off;
   }
-  // Opt out: the extent stays mapped and jemalloc retains it for reuse.
-  static bool Dalloc(extent_hooks_t*, void*, size_t, bool, unsigned) { return true; }
+  // The extent's pages go back to the heap, for any object.
+  static bool Dalloc(extent_hooks_t* h, void* addr, size_t size, bool, unsigned) {
+    HookState* s = From(h);
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->heap->Free(static_cast<uint64_t>(static_cast<uint8_t*>(addr) - s->base), size);
+    return false;
+  }
   // The region is unmapped by ~Region.
   static void Destroy(extent_hooks_t*, void*, size_t, bool, unsigned) {}
   static bool Commit(extent_hooks_t*, void*, size_t, size_t, size_t, unsigned) { return false; }
@@ -178,28 +199,37 @@ struct Region::HookState {
     HookState* s = From(h);
     uint64_t off = static_cast<uint64_t>(static_cast<uint8_t*>(addr) - s->base) + offset;
     if (off > s->capacity || length > s->capacity - off) return true;
-    if (length == 0) return false;
+    s->Punch(off, length);
+    return false;
+  }
+  // Extents come from and go back to one heap as page runs: any split or merge is fine.
+  static bool Split(extent_hooks_t*, void*, size_t, size_t, size_t, bool, unsigned) { return false; }
+  static bool Merge(extent_hooks_t*, void*, size_t, void*, size_t, bool, unsigned) { return false; }
+
+  // Gives the pages of [off, off + length) back to the OS; the range reads zero afterwards.
+  void Punch(uint64_t off, uint64_t length) {
+    if (length == 0) return;
     constexpr int kMode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-    if (!s->hugetlb) {
-      return fallocate(s->fd, kMode, static_cast<off_t>(off), static_cast<off_t>(length)) != 0;
+    if (!hugetlb) {
+      if (fallocate(fd, kMode, static_cast<off_t>(off), static_cast<off_t>(length)) != 0) {
+        std::memset(base + off, 0, length);
+      }
+      return;
     }
     // hugetlbfs frees only whole huge pages: punch the ones fully inside the range and zero
     // the partial ends by hand, so the whole range reads zero either way.
     uint64_t lo = RoundUp(off, kHugePage);
     uint64_t hi = (off + length) / kHugePage * kHugePage;
     if (lo >= hi) {
-      std::memset(s->base + off, 0, length);
-      return false;
+      std::memset(base + off, 0, length);
+      return;
     }
-    std::memset(s->base + off, 0, lo - off);
-    std::memset(s->base + hi, 0, off + length - hi);
-    if (fallocate(s->fd, kMode, static_cast<off_t>(lo), static_cast<off_t>(hi - lo)) != 0) {
-      std::memset(s->base + lo, 0, hi - lo);
+    std::memset(base + off, 0, lo - off);
+    std::memset(base + hi, 0, off + length - hi);
+    if (fallocate(fd, kMode, static_cast<off_t>(lo), static_cast<off_t>(hi - lo)) != 0) {
+      std::memset(base + lo, 0, hi - lo);
     }
-    return false;
   }
-  static bool Split(extent_hooks_t*, void*, size_t, size_t, size_t, bool, unsigned) { return false; }
-  static bool Merge(extent_hooks_t*, void*, size_t, void*, size_t, bool, unsigned) { return false; }
 
   HookState() : hooks{Alloc, Dalloc, Destroy, Commit, Decommit, PurgeLazy, PurgeForced, Split, Merge} {}
 };
@@ -311,19 +341,10 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
     r->hugepages_active_ = ShmemPmdMappedKb(r->base_) > 0;
   }
 
-  // 4. The arena. First make sure a small request may be carved out of a region-sized free
-  //    extent (see malloc_conf above).
-  size_t max_fit = 0;
-  size_t max_fit_len = sizeof max_fit;
-  int rc = mallctl("opt.lg_extent_max_active_fit", &max_fit, &max_fit_len, nullptr, 0);
-  if (rc != 0) return fail(ErrnoText("jemalloc opt.lg_extent_max_active_fit", rc));
-  unsigned lg_cap = 0;
-  while (lg_cap < 63 && (1ull << lg_cap) < cap) ++lg_cap;
-  if (max_fit < 63 && lg_cap > max_fit + 12) {
-    return fail("jemalloc option lg_extent_max_active_fit is " + std::to_string(max_fit) + ", need >= " +
-                std::to_string(lg_cap - 12) + " for a region of " + std::to_string(cap) +
-                " bytes (small allocations would fail); check MALLOC_CONF");
-  }
+  // 4. The pages, and the arena for small objects.
+  r->heap_.reset(new (std::nothrow) PageHeap(cap, kPage));
+  if (r->heap_ == nullptr) return fail("out of memory creating region");
+  hs->heap = r->heap_.get();
   //    metadata_use_hooks=false keeps jemalloc's bookkeeping out of the region.
   hs->fd = r->fd_;
   hs->base = r->base_;
@@ -332,15 +353,15 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
   unsigned arena = 0;
   size_t arena_len = sizeof arena;
   ArenaConfig530 config{&hs->hooks, false};
-  rc = mallctl("experimental.arenas_create_ext", &arena, &arena_len, &config, sizeof config);
+  int rc = mallctl("experimental.arenas_create_ext", &arena, &arena_len, &config, sizeof config);
   if (rc != 0) return fail(ErrnoText("jemalloc experimental.arenas_create_ext", rc));
   hs->arena_created = true;
   hs->arena = arena;
   r->arena_ = arena;
   r->flags_ = MALLOCX_ARENA(arena) | MALLOCX_TCACHE_NONE;
 
-  // 5. Decay before priming, or the priming frees would be purged by the default decay.
-  //    muzzy 0: once dirty pages decay they are punched out at once (purge_lazy opts out anyway).
+  // 5. Decay: -1 keeps the extents jemalloc no longer uses until a purge hands them back.
+  //    muzzy 0: a decayed extent goes straight back to the heap (the dalloc hook).
   ssize_t dirty = static_cast<ssize_t>(options.dirty_decay_ms < 0 ? -1 : options.dirty_decay_ms);
   ssize_t muzzy = 0;
   std::string name = ArenaCtl(arena, "dirty_decay_ms");
@@ -349,36 +370,7 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
   name = ArenaCtl(arena, "muzzy_decay_ms");
   rc = mallctl(name.c_str(), nullptr, nullptr, &muzzy, sizeof muzzy);
   if (rc != 0) return fail(ErrnoText("jemalloc " + name, rc));
-
-  // 6. Prime: take the whole region in as few large allocations as possible, then free them.
-  //    When the capacity is a size class, the first one makes jemalloc claim all of the region
-  //    in one alloc-hook call and the rest pick up the tail it kept as retained; after the
-  //    frees the region is one free extent. Otherwise each piece is its own hook call, and no
-  //    object can span two of them.
-  const int f = r->flags_;
-  std::vector<size_t> classes;  // large size classes, ascending
-  for (size_t c = nallocx(16 << 10, f); c != 0 && c <= cap; c = nallocx(c + 1, f)) classes.push_back(c);
-  const uint64_t pad = 4096;  // jemalloc's per-extent large pad (cache-oblivious offset)
-  std::vector<void*> primed;
-  uint64_t taken = 0;
-  uint64_t limit = cap;  // largest extent worth trying next
-  while (!classes.empty()) {
-    uint64_t room = std::min(limit, cap - taken);
-    size_t pick = 0;
-    for (size_t c : classes) {
-      if (c + pad <= room) pick = c;
-    }
-    if (pick == 0) break;
-    void* p = mallocx(pick, f);
-    if (p == nullptr) {
-      limit = pick + pad - 1;  // try the next smaller class
-      continue;
-    }
-    primed.push_back(p);
-    taken += sallocx(p, f) + pad;
-  }
-  for (void* p : primed) dallocx(p, f);
-  if (hs->bump == 0) return fail("priming the region's jemalloc arena claimed no memory");
+  r->decay_ms_ = options.dirty_decay_ms;
 
   r->id_ = next_id.fetch_add(1, std::memory_order_relaxed);
   return r;
@@ -401,10 +393,25 @@ Region::~Region() {
 void* Region::Allocate(uint64_t size, uint64_t* usable) {
   if (usable != nullptr) *usable = 0;
   if (size == 0 || size > capacity_) return nullptr;
-  int f = flags_ | (size < kPageAlignFrom ? MALLOCX_ALIGN(64) : MALLOCX_ALIGN(4096));
-  void* p = mallocx(static_cast<size_t>(size), f);
+  uint64_t u = 0;
+  void* p = nullptr;
+  if (size >= kLargeFrom) {
+    // Pages of its own: the size rounded up to a page. When they are not free in one run,
+    // jemalloc may hold unused extents (small objects freed): purge them back and try again.
+    for (int attempt = 0; attempt < 2 && p == nullptr; attempt++) {
+      if (attempt == 1) PurgeArena();
+      std::lock_guard<std::mutex> lock(hooks_->mu);
+      uint64_t off = 0;
+      if (heap_->Allocate(size, kPage, &off, &u)) {
+        large_.emplace(off, u);
+        p = base_ + off;
+      }
+    }
+  } else {
+    p = mallocx(static_cast<size_t>(size), flags_ | MALLOCX_ALIGN(64));
+    if (p != nullptr) u = sallocx(p, flags_);
+  }
   if (p == nullptr) return nullptr;
-  uint64_t u = sallocx(p, f);
   allocated_ += u;
   allocations_++;
   if (usable != nullptr) *usable = u;
@@ -413,34 +420,36 @@ void* Region::Allocate(uint64_t size, uint64_t* usable) {
 
 void Region::Free(void* p) {
   if (p == nullptr) return;
-  uint64_t u = sallocx(p, flags_);
-  dallocx(p, flags_);
+  uint64_t u = 0;
+  auto it = large_.find(OffsetOf(p));
+  if (it != large_.end()) {
+    u = it->second;
+    std::lock_guard<std::mutex> lock(hooks_->mu);
+    heap_->Free(it->first, u);
+    large_.erase(it);
+  } else {
+    u = sallocx(p, flags_);
+    dallocx(p, flags_);
+  }
   allocated_ -= u;
   allocations_--;
 }
 
 uint64_t Region::LargestFree() {
-  // Binary search on trial allocations, to 4 KiB: a free block only counts if the allocator can
-  // really hand it out, which is what a create needs.
-  uint64_t lo = 0, hi = capacity_ - allocated_;
-  if (hi == 0) return 0;
-  int f = flags_ | MALLOCX_ALIGN(4096);
-  auto fits = [&](uint64_t n) {
-    void* p = mallocx(static_cast<size_t>(n), f);
-    if (p == nullptr) return false;
-    dallocx(p, f);
-    return true;
-  };
-  if (fits(hi)) return hi;
-  while (hi - lo > 4096) {
-    uint64_t mid = lo + (hi - lo) / 2;
-    if (fits(mid)) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
+  // The longest free run of pages: the largest object a create gets now. Small objects come
+  // from jemalloc's extents, which hold what they need.
+  std::lock_guard<std::mutex> lock(hooks_->mu);
+  return heap_->largest_free();
+}
+
+void Region::PurgeArena() {
+  std::string name = ArenaCtl(arena_, "purge");
+  mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
+}
+
+void Region::PunchFree() {
+  std::lock_guard<std::mutex> lock(hooks_->mu);
+  heap_->ForEachFree([&](uint64_t off, uint64_t len) { hooks_->Punch(off, len); });
 }
 
 uint64_t Region::ResidentBytes() const {
@@ -450,13 +459,15 @@ uint64_t Region::ResidentBytes() const {
 }
 
 void Region::Purge() {
-  std::string name = ArenaCtl(arena_, "purge");
-  mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
+  PurgeArena();
+  PunchFree();
 }
 
 void Region::Decay() {
+  if (decay_ms_ < 0) return;
   std::string name = ArenaCtl(arena_, "decay");
   mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
+  PunchFree();
 }
 
 }  // namespace store

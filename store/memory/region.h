@@ -1,8 +1,11 @@
-// region.h - the store's shared memory: one memfd region managed by a jemalloc arena.
+// region.h - the store's shared memory: one memfd region, its pages, and a jemalloc arena for
+// small objects.
 //
-// Owns: the memfd, its one MAP_SHARED mapping in the server, and a manual jemalloc arena whose
-// nine extent hooks are ours (bump allocation over the region; purge = punch hole; the arena's
-// own metadata lives outside the region). See ../shared/notes/allocator-cuda-fds.md section 1.
+// Owns: the memfd, its one MAP_SHARED mapping in the server, a PageHeap of its pages (large
+// objects take a run of pages each: their size rounded up to a page), and a manual jemalloc
+// arena for small objects whose nine extent hooks are ours (extents come from and go back to
+// the PageHeap; purge = punch hole; the arena's own metadata lives outside the region).
+// See ../shared/notes/allocator-cuda-fds.md section 1.
 // Called by: the server loop (one thread). Allocate/Free are not meant to be called from
 // several threads at once, although jemalloc itself would allow it.
 // Every mallocx/dallocx passes MALLOCX_ARENA(arena) | MALLOCX_TCACHE_NONE, so no heap memory
@@ -12,6 +15,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
+
+#include "memory/page_heap.h"
 
 namespace store {
 
@@ -43,9 +49,10 @@ class Region {
   // A process-wide id, never reused within one server run (starts at 1).
   uint64_t id() const { return id_; }
 
-  // Allocates size bytes (size > 0), 64-byte aligned (page-aligned from 64 KiB up).
-  // Returns nullptr when the region cannot hold it. *usable receives the bytes actually
-  // taken (the allocator's size class), which is what allocated_bytes() counts.
+  // Allocates size bytes (size > 0), 64-byte aligned; from 16 KiB up a run of pages of its own
+  // (page-aligned, the size rounded up to a page), below that from jemalloc's small classes
+  // (at most 2 KiB more). Returns nullptr when the region cannot hold it. *usable receives the
+  // bytes actually taken, which is what allocated_bytes() counts.
   void* Allocate(uint64_t size, uint64_t* usable);
   // Frees a pointer returned by Allocate. REQUIRES: p came from this region.
   void Free(void* p);
@@ -57,14 +64,16 @@ class Region {
     return u >= base_ && u < base_ + capacity_;
   }
   uint64_t OffsetOf(const void* p) const { return static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(p) - base_); }
-  // The size of the largest object that could be allocated now (to 4 KiB), by trial
-  // allocations that are freed at once. About 20 allocator calls.
+  // The size of the largest object that could be allocated now: the longest free run of
+  // pages. O(1).
   uint64_t LargestFree();
   // Resident bytes of the memfd (st_blocks * 512).
   uint64_t ResidentBytes() const;
-  // Hands freed dirty pages back to the OS now (arena.<i>.purge -> punch hole).
+  // Hands every free page back to the OS now: jemalloc's unused extents go back to the page
+  // heap, and every free run is punched out of the memfd (it reads zero afterwards).
   void Purge();
-  // Runs one jemalloc decay step; call from a periodic timer when dirty_decay_ms >= 0.
+  // With dirty_decay_ms >= 0: one jemalloc decay step (extents unused for that long go back to
+  // the page heap), then the free runs are punched out as by Purge. Nothing with -1.
   void Decay();
   bool hugepages_active() const { return hugepages_active_; }
   unsigned arena() const { return arena_; }
@@ -78,11 +87,16 @@ class Region {
   uint64_t id_ = 0;
   unsigned arena_ = 0;
   int flags_ = 0;
+  int64_t decay_ms_ = -1;
   uint64_t allocated_ = 0;
   uint64_t allocations_ = 0;
   bool hugepages_active_ = false;
   struct HookState;
+  void PurgeArena();  // jemalloc's unused extents back to the page heap
+  void PunchFree();   // every free run of the page heap out of the memfd
+  std::unique_ptr<PageHeap> heap_;    // outlives the arena (destroyed in ~Region's body)
   std::unique_ptr<HookState> hooks_;
+  std::unordered_map<uint64_t, uint64_t> large_;  // offset -> bytes, of the page-heap objects
 };
 
 }  // namespace store

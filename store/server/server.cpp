@@ -218,7 +218,7 @@ int Server::Run() {
     return 1;
   }
 
-  // Allocator size classes: the largest object is a little under the capacity.
+  // The largest object: the whole capacity (large objects take whole pages, no size class).
   max_object_ = region_->LargestFree();
   if (!OpenSpill(&error)) {
     LOG_ERROR("cannot use the spill directories: %s", error.c_str());
