@@ -1089,15 +1089,26 @@ const char* store_version_string(void) { return STORE_VERSION_STRING; }
 
 namespace {
 
-// Maps the whole region into this process, chunk by chunk, so that no later put or get takes a
-// page fault; the chunks an object needs first are mapped by Populate when it is created or
-// opened, whichever comes first. STORE_CLIENT_POPULATE=0 in the environment turns it off (the
-// region is then mapped piecewise as objects use it). It costs page tables in this process
-// (2 MiB per GiB of region) and CPU time after connecting (about 50 ms per GiB on a 2-core
-// VM), in a thread of its own with all signals blocked, at the lowest priority (nice 19), so
-// eight processes connecting at once do not slow the store or each other (measured: aggregate
-// small ops of 8 new clients 2.6x higher than at the normal priority). Not SCHED_IDLE: on a
-// machine kept busy (by clients polling for replies, say) that never finished the mapping.
+// What of the region a process maps ahead of use (STORE_CLIENT_POPULATE in the environment at
+// connect): by default only the objects it creates or opens, each when first used (1 MiB and
+// larger in one call; smaller ones page by page as they are touched), so a process's resident
+// memory is what it uses: memory monitors (Dask's, say) count mapped shared pages as the
+// process's own. "all" also maps the whole read-only mapping in a thread of its own after
+// connecting, chunk by chunk from the bottom of the region up (where the store places objects
+// first), so that no later get takes a page fault; it costs page tables in this process (2 MiB
+// per GiB of region) and CPU time after connecting (about 50 ms per GiB on a 2-core VM), at the
+// lowest priority (nice 19), so eight processes connecting at once do not slow the store or each
+// other (measured: aggregate small ops of 8 new clients 2.6x higher than at the normal
+// priority). Not SCHED_IDLE: on a machine kept busy (by clients polling for replies, say) that
+// never finished the mapping. "0" maps nothing ahead: every page faults in on first touch.
+enum class Population { kUsed, kAll, kNone };
+Population PopulationWanted() {
+  const char* env = getenv("STORE_CLIENT_POPULATE");
+  if (env && std::strcmp(env, "all") == 0) return Population::kAll;
+  if (env && std::strcmp(env, "0") == 0) return Population::kNone;
+  return Population::kUsed;
+}
+
 // write: the writable mapping (a writer's object), else the read-only one.
 void Populate(Conn* c, uint64_t offset, uint64_t len, bool background = false,
               bool write = false);
@@ -1119,12 +1130,6 @@ void* PopulatorMain(void* arg) {
     Populate(c, i * kPopulateChunk, kPopulateChunk, true);
   }
   return nullptr;
-}
-
-// Whether the region is mapped ahead of use: not with STORE_CLIENT_POPULATE=0.
-bool PopulateWanted() {
-  const char* env = getenv("STORE_CLIENT_POPULATE");
-  return !(env && std::strcmp(env, "0") == 0);
 }
 
 // Whether fd is a file on hugetlbfs (the store backs its memory with reserved huge pages).
@@ -1151,7 +1156,7 @@ void StartThreads(Conn* c) {
   cpu_set_t cpus;
   c->spin_ns = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < 2 ? 0 : kSpinNs;
   EnvMicros("STORE_CLIENT_SPIN_US", 1000000, &c->spin_ns);
-  if (!c->populated || !PopulateWanted()) return;
+  if (!c->populated || PopulationWanted() != Population::kAll) return;
   // A hugetlbfs region was mapped whole at connect.
   if (c->populated[0].load(std::memory_order_relaxed) != 0) return;
   c->has_populator = StartThread(&c->populator, PopulatorMain, c);
@@ -1305,7 +1310,8 @@ int store_client_connect(store_client** out, const char* socket_path,
     uint64_t size = r->region()->size();
     // Huge pages (hugetlbfs) are mapped whole at once: 512 page table entries per GiB, about
     // 0.3-0.7 ms per GiB here, against a background thread racing the first puts.
-    const bool map_now = HugetlbFs(reply->fds[0]) && PopulateWanted();
+    const Population population = PopulationWanted();
+    const bool map_now = HugetlbFs(reply->fds[0]) && population != Population::kNone;
     // Read-only for readers; a read-only client was sent a descriptor that cannot be mapped
     // writable at all.
     void* base = mmap(nullptr, size, PROT_READ, MAP_SHARED | (map_now ? MAP_POPULATE : 0),
@@ -1331,8 +1337,12 @@ int store_client_connect(store_client** out, const char* socket_path,
     conn->gpu_backend = static_cast<storeclient::gpu::Backend>(r->gpu_backend());
     conn->client_id = r->client_id();
     conn->chunks = (size + kPopulateChunk - 1) / kPopulateChunk;
-    conn->populated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
-    if (!read_only) conn->wpopulated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
+    if (population != Population::kNone) {
+      conn->populated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
+      if (!read_only) {
+        conn->wpopulated.reset(new (std::nothrow) std::atomic<uint8_t>[conn->chunks]());
+      }
+    }
     if (map_now) {
       for (uint64_t i = 0; i < conn->chunks; i++) {
         if (conn->populated) conn->populated[i].store(1, std::memory_order_relaxed);

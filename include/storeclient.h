@@ -14,10 +14,11 @@
  * Threading: a store_client may be used from several threads at once; one thread's blocking
  *            call (a get waiting for a seal) does not stall the others. A store_writer or
  *            store_reader must be used by one thread at a time. Each connection has up to
- *            two threads of its own, with all signals blocked: one maps the shared memory
- *            after connecting (then ends; none when the memory is on reserved huge pages,
- *            which store_client_connect() maps itself), one sends queued releases (see
- *            store_reader_close()); both end with the connection.
+ *            two threads of its own, with all signals blocked: one sends queued releases (see
+ *            store_reader_close()), and with STORE_CLIENT_POPULATE=all in the environment one
+ *            maps all of the shared memory after connecting (then ends); both end with the
+ *            connection. By default the library maps only what the process creates or opens,
+ *            so its resident memory is what it uses.
  * fork():    a client belongs to the process that connected it. In a child forked after it was
  *            connected, the client and its readers and writers are inert: every call on them
  *            that can fail gives STORE_EMISUSE (the message says the client belongs to the

@@ -2,6 +2,8 @@
 // client or two.
 #include <doctest.h>
 
+#include <fstream>
+
 #include <dirent.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -1107,6 +1109,45 @@ TEST_CASE("STORE_CLIENT_RELEASE_DELAY_US=0 sends each release at once, with no t
   CheckEmpty(a.get());
 }
 
+// Resident memory of this process, in KiB (VmRSS; shared pages it maps count, huge pages do not).
+long RssKib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+TEST_CASE("a client's resident memory is what it touches: nothing of the store's memory is "
+          "mapped ahead unless STORE_CLIENT_POPULATE=all") {
+  // 1 GiB on normal pages (the reserved huge pages, if any, are too few for it).
+  test::TestStore s("1G", {"--no-hugepages"});
+  REQUIRE(s.started());
+  const int threads_before = test::ThreadCount();
+  const long rss_before = RssKib();
+  ClientPtr a = Connect(s, "lazy");
+  CHECK(test::ThreadCount() == threads_before);  // no mapping thread
+  // A 64 MiB object put and read back: what it costs, and no more.
+  const store_object_id id = Id("resident");
+  const std::vector<uint8_t> data = Pattern(77, 64 * kMiB);
+  Put(a.get(), id, data);
+  Open(a.get(), id).reset();
+  const long grown = RssKib() - rss_before;
+  MESSAGE("resident memory after connecting and putting and reading 64 MiB: +" << grown
+                                                                                << " KiB");
+  // The object (its pages in both mappings count once each: they are one set of shmem pages,
+  // but VmRSS counts them per mapping), the test's own 64 MiB buffer, a few MiB of slack.
+  CHECK(grown < 3 * 64 * 1024 + 16 * 1024);
+  // With STORE_CLIENT_POPULATE=all a thread maps the whole memory after connecting.
+  setenv("STORE_CLIENT_POPULATE", "all", 1);
+  ClientPtr b = Connect(s, "all");
+  unsetenv("STORE_CLIENT_POPULATE");
+  CHECK(test::WaitFor([&] { return RssKib() - rss_before > 900 * 1024; },
+                      std::chrono::seconds(60)));
+  Delete(a.get(), id);
+}
+
 // Page faults this thread may take touching a mapped object of `pages` pages: a few (the
 // kernel maps the pages around a read fault only when it can lock them at once, so now and
 // then one is left for its own fault), never most of them as without the mapping. Under
@@ -1127,10 +1168,9 @@ TEST_CASE("a large object's pages are mapped at create and open: writing and rea
     test::TestStore s("64M", prefault ? std::vector<std::string>{}
                                       : std::vector<std::string>{"--no-prefault"});
     REQUIRE(s.started());
-    setenv("STORE_CLIENT_POPULATE", "0", 1);  // no background mapping: the calls map alone
+    // By default nothing is mapped in the background: the calls map alone.
     ClientPtr a = Connect(s, "a");
     ClientPtr b = Connect(s, "b");
-    unsetenv("STORE_CLIENT_POPULATE");
     const store_object_id id = Id("mapped");
     const size_t size = 8 * kMiB + 12345;
     store_writer* raw = nullptr;

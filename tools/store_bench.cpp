@@ -588,7 +588,9 @@ long RegionMappedKiB();
 // Whether the library maps the region in the background after connecting, as it reads it.
 const char* Population() {
   const char* pop = getenv("STORE_CLIENT_POPULATE");
-  return pop && strcmp(pop, "0") == 0 ? "off (STORE_CLIENT_POPULATE=0)" : "on";
+  if (pop && strcmp(pop, "0") == 0) return "off (STORE_CLIENT_POPULATE=0)";
+  if (pop && strcmp(pop, "all") == 0) return "all of it at connect (STORE_CLIENT_POPULATE=all)";
+  return "objects as they are used";
 }
 
 // One 64 B store_put (and one echo, the limit) after the client slept: what a client that calls
@@ -633,7 +635,7 @@ void IdlePut() {
            (mapped_kib < 0 ? std::string("the region's mapping not found")
                            : std::to_string(mapped_kib >> 10) +
                                  " MiB of the region mapped in this process") +
-           "; background population " + Population();
+           "; population of the region " + Population();
   Add(std::move(r));
 }
 
@@ -1232,7 +1234,7 @@ void LargePut(uint8_t* src, uint8_t* dst, const store_stats& st, uint64_t create
     CheckStop();
   }
   fresh.also.push_back(connect_ms);
-  fresh.note = std::string("background population of the region at connect ") + Population();
+  fresh.note = std::string("population of the region: ") + Population();
 
   for (int round = 0; round < g_set.rounds; round++) {
     double touched = 0, put = 0;
