@@ -102,6 +102,10 @@ class PosixEnv final : public Env {
     }
   }
 
+  void ReadAhead(int fd, off_t off, off_t len) override {
+    (void)::posix_fadvise(fd, off, len, POSIX_FADV_WILLNEED);
+  }
+
   int Unlink(const std::string& path) override { return ::unlink(path.c_str()) == 0 ? 0 : Err(); }
 
   int Rename(const std::string& from, const std::string& to) override {
@@ -321,6 +325,7 @@ ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t of
 }
 
 int FaultInjectionEnv::Fdatasync(int fd) { return base_->Fdatasync(fd); }
+void FaultInjectionEnv::ReadAhead(int fd, off_t off, off_t len) { base_->ReadAhead(fd, off, len); }
 int FaultInjectionEnv::Unlink(const std::string& path) { return base_->Unlink(path); }
 int FaultInjectionEnv::Rename(const std::string& from, const std::string& to) {
   return base_->Rename(from, to);

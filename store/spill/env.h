@@ -35,6 +35,9 @@ class Env {
   // Reads all of iov at off (loops over short reads); bytes read (less at end of file) or -errno.
   virtual ssize_t PReadv(int fd, const iovec* iov, int iovcnt, off_t off) = 0;
   virtual int Fdatasync(int fd) = 0;
+  // Asks the kernel to start reading [off, off + len) into the page cache now (a hint: errors
+  // are ignored).
+  virtual void ReadAhead(int fd, off_t off, off_t len) = 0;
   virtual int Unlink(const std::string& path) = 0;
   virtual int Rename(const std::string& from, const std::string& to) = 0;
   // Renames from to `to` unless `to` exists (then -EEXIST and nothing changes).
@@ -81,6 +84,7 @@ class FaultInjectionEnv : public Env {
   ssize_t PWritev(int fd, const iovec* iov, int iovcnt, off_t off) override;
   ssize_t PReadv(int fd, const iovec* iov, int iovcnt, off_t off) override;
   int Fdatasync(int fd) override;
+  void ReadAhead(int fd, off_t off, off_t len) override;
   int Unlink(const std::string& path) override;
   int Rename(const std::string& from, const std::string& to) override;
   int RenameNoReplace(const std::string& from, const std::string& to) override;
