@@ -101,14 +101,14 @@ const char* HelpText() {
          "  --max-waiting-bytes SIZE  bytes waiting requests may hold in all: a waiting create's\n"
          "                       copy of its metadata and inline data, a waiting get's id list\n"
          "                       (about 100 bytes per id); one client may hold a quarter of it\n"
-         "                       (default 256M)\n"
+         "                       (default 256M, at least 8M)\n"
          "  --max-client-backlog SIZE  replies queued to a client that does not read them; past\n"
-         "                       it the client is disconnected (default 128M)\n"
+         "                       it the client is disconnected (default 128M, at least 16M)\n"
          "  --max-backlog SIZE   the same over all clients; past it the client with the largest\n"
          "                       backlog is disconnected (default 1G)\n"
          "  --max-partial-bytes SIZE  input buffers holding requests not yet complete (up to\n"
          "                       4 MiB each), over all clients; past it the client holding the\n"
-         "                       most is disconnected (default 256M)\n"
+         "                       most is disconnected (default 256M, at least 8M)\n"
          "  --max-clients N      connections served at once; more are refused with\n"
          "                       STORE_ELIMIT (default: what the descriptor limit allows, two\n"
          "                       per client after a reserve for spill files and GPU chunks, at\n"
@@ -280,6 +280,18 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       // client that reads would be dropped for one large page.
       if ((flag == "--max-client-backlog" || flag == "--max-backlog") && *dst < (16ull << 20)) {
         *error = "store: " + flag + " must be at least 16M (the largest reply), got '" + v + "'";
+        return false;
+      }
+      // Two requests of the largest size (4 MiB) may be on their way at once.
+      if (flag == "--max-partial-bytes" && *dst < (8ull << 20)) {
+        *error = "store: --max-partial-bytes must be at least 8M (two of the largest requests), "
+                 "got '" + v + "'";
+        return false;
+      }
+      // A quarter of it (one client's share) holds a waiting create with 1 MiB of metadata.
+      if (flag == "--max-waiting-bytes" && *dst < (8ull << 20)) {
+        *error = "store: --max-waiting-bytes must be at least 8M (a client's quarter then holds "
+                 "a waiting create of the largest metadata), got '" + v + "'";
         return false;
       }
     } else if (flag == "--max-client-waiting" || flag == "--max-clients" ||
