@@ -383,6 +383,13 @@ void Ref(Conn* c) { c->refs.fetch_add(1, std::memory_order_relaxed); }
 void Unref(Conn* c) {
   if (c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete c;
 }
+// The code of a connection the store closes with an error of this status: a refusal of this
+// user (STORE_EPERM) or over one of its limits (STORE_ELIMIT, e.g. --max-clients) as it is,
+// anything else as a lost connection.
+int ClosingCode(int status) {
+  return status == STORE_EPERM || status == STORE_ELIMIT ? status : STORE_ECONN;
+}
+
 
 // Ends the session: every call after this fails. The message is what, then detail.
 // REQUIRES: c->mu held; c owned by this process.
@@ -750,7 +757,7 @@ bool DeliverLocked(Conn* c) noexcept {
     }
     if (!slot) {
       // Unsolicited: the server reports why it is closing the connection.
-      MarkBrokenLocked(c, m->status() == STORE_EPERM ? STORE_EPERM : STORE_ECONN,
+      MarkBrokenLocked(c, ClosingCode(m->status()),
                        "the store closed the connection: ",
                        m->error() ? m->error()->c_str() : "unexpected reply");
       return false;
@@ -798,7 +805,7 @@ class ReaderRole {
 
 // Waits for the reply registered under seq. On success *out owns it. A request in flight when
 // the connection breaks gets the reason's code (STORE_ECONN when the store is gone or the client
-// freed; STORE_ENOMEM, STORE_EPROTO or STORE_EPERM), as the calls after it get STORE_ECONN. On
+// freed; STORE_ENOMEM, STORE_EPROTO, STORE_EPERM or STORE_ELIMIT), as the calls after it get STORE_ECONN. On
 // return the slot is no longer registered.
 int WaitReply(Conn* c, uint64_t seq, Slot* slot, std::unique_ptr<Reply>* out) {
   std::unique_lock<std::mutex> lk(c->mu);
@@ -1228,11 +1235,11 @@ int CheckServerUser(int fd, const std::string& path) {
 // was read as the reply or the server closed before the request went out (a failed send; what
 // the server sent is then still in the socket).
 int HandshakeError(Conn* c, const std::string& path, int rc) {
-  if (rc != STORE_ECONN && rc != STORE_EPERM) return rc;
+  if (rc != STORE_ECONN && rc != STORE_EPERM && rc != STORE_ELIMIT) return rc;
   {
     std::lock_guard<std::mutex> lk(c->mu);
-    if (c->broken_code == STORE_EPERM) {
-      return Fail(STORE_EPERM, "cannot connect to the store at %s: %s", path.c_str(),
+    if (c->broken_code == STORE_EPERM || c->broken_code == STORE_ELIMIT) {
+      return Fail(c->broken_code, "cannot connect to the store at %s: %s", path.c_str(),
                   c->broken_message.text);
     }
   }
@@ -1252,8 +1259,7 @@ int HandshakeError(Conn* c, const std::string& path, int rc) {
     const proto::Message* m = proto::VerifyMessage(data, len);
     if (!m) break;
     if (m->seq() != 0 || m->status() == 0) continue;
-    int code = m->status() == STORE_EPERM ? STORE_EPERM : STORE_ECONN;
-    return Fail(code, "cannot connect to the store at %s: the store closed the connection: %s",
+    return Fail(ClosingCode(m->status()), "cannot connect to the store at %s: the store closed the connection: %s",
                 path.c_str(), m->error() ? m->error()->c_str() : store_errstr(m->status()));
   }
   return rc;
@@ -2513,6 +2519,26 @@ int store_stats_get(store_client* client, store_stats* stats) {
     stats->total_restore_ns = s->total_restore_ns();
     stats->total_spill_failures = s->total_spill_failures();
     stats->total_restore_failures = s->total_restore_failures();
+    stats->waiting_bytes = s->waiting_bytes();
+    stats->backlog_bytes = s->backlog_bytes();
+    stats->partial_bytes = s->partial_bytes();
+    stats->pending_fds = s->pending_fds();
+    stats->limit_client_waiting = s->limit_client_waiting();
+    stats->limit_waiting_bytes = s->limit_waiting_bytes();
+    stats->limit_client_backlog = s->limit_client_backlog();
+    stats->limit_backlog = s->limit_backlog();
+    stats->limit_partial_bytes = s->limit_partial_bytes();
+    stats->limit_clients = s->limit_clients();
+    stats->limit_client_gpu_fds = s->limit_client_gpu_fds();
+    stats->fd_limit = s->fd_limit();
+    stats->refused_client_waiting = s->refused_client_waiting();
+    stats->refused_waiting_bytes = s->refused_waiting_bytes();
+    stats->closed_client_backlog = s->closed_client_backlog();
+    stats->closed_backlog = s->closed_backlog();
+    stats->closed_partial = s->closed_partial();
+    stats->refused_clients = s->refused_clients();
+    stats->accept_failures = s->accept_failures();
+    stats->refused_gpu_fds = s->refused_gpu_fds();
     return STORE_OK;
   });
 }

@@ -107,14 +107,15 @@ extern "C" {
     XX(ENOTSUP, -12, "not supported")                                                   \
     XX(ENOMEM, -13, "out of memory")                                                    \
     XX(ECORRUPT, -14, "data corrupt")                                                   \
-    XX(EPERM, -15, "permission denied")
+    XX(EPERM, -15, "permission denied")                                                 \
+    XX(ELIMIT, -16, "over a limit of the store")
 
 typedef enum store_status {
     STORE_OK = 0,
 #define STORE_XX_ENUM_(name, code, text) STORE_##name = code,
     STORE_ERRNO_MAP(STORE_XX_ENUM_)
 #undef STORE_XX_ENUM_
-    STORE_ERRNO_MIN_ = -15
+    STORE_ERRNO_MIN_ = -16
 } store_status;
 
 /* A short constant description of a code ("store is full"). Never NULL. */
@@ -226,6 +227,32 @@ typedef struct store_stats {
     uint64_t total_restore_ns;    /* likewise, summed over restores */
     uint64_t total_spill_failures;   /* spill files that could not be written (no object lost) */
     uint64_t total_restore_failures; /* restores that failed (I/O error or corrupt data) */
+    /* Added in 0.2: limits. Each is a flag of the store (see `store --help`); a request over a
+     * limit gets STORE_ELIMIT, a client over a limit on what it makes the store hold is
+     * disconnected. The totals each limit watches, now: */
+    uint64_t waiting_bytes;        /* held by waiting gets and creates (copied metadata and
+                                      inline data, id lists) */
+    uint64_t backlog_bytes;        /* replies queued to clients that have not read them */
+    uint64_t partial_bytes;        /* input buffers holding requests not yet complete */
+    uint64_t pending_fds;          /* descriptors in replies not yet written to their client */
+    /* The limits in force: */
+    uint64_t limit_client_waiting; /* --max-client-waiting: waiting requests per client */
+    uint64_t limit_waiting_bytes;  /* --max-waiting-bytes: in all (a client may hold a quarter) */
+    uint64_t limit_client_backlog; /* --max-client-backlog */
+    uint64_t limit_backlog;        /* --max-backlog: in all */
+    uint64_t limit_partial_bytes;  /* --max-partial-bytes: in all */
+    uint64_t limit_clients;        /* --max-clients (by default from the descriptor limit) */
+    uint64_t limit_client_gpu_fds; /* --max-client-gpu-fds */
+    uint64_t fd_limit;             /* the descriptors the server may open (RLIMIT_NOFILE) */
+    /* How often each limit was hit since start: */
+    uint64_t refused_client_waiting; /* requests refused: the client had its most waiting */
+    uint64_t refused_waiting_bytes;  /* requests refused: over --max-waiting-bytes */
+    uint64_t closed_client_backlog;  /* clients disconnected over --max-client-backlog */
+    uint64_t closed_backlog;         /* clients disconnected over --max-backlog (the largest) */
+    uint64_t closed_partial;         /* clients disconnected over --max-partial-bytes */
+    uint64_t refused_clients;        /* connections refused over --max-clients */
+    uint64_t accept_failures;        /* connections lost because accept failed (descriptors) */
+    uint64_t refused_gpu_fds;        /* GPU chunk requests refused over --max-client-gpu-fds */
 } store_stats;
 
 /* One connected client, as store_list_clients() reports it. */
@@ -310,7 +337,9 @@ typedef struct store_create_options {
  *                server runs as another user than this one and not as root (another user may
  *                have taken the path: nothing is sent to it); or the server refuses this user;
  *  STORE_EPROTO  the server speaks another protocol version, or sent a malformed reply;
- *  STORE_ENOMEM  the server's shared memory cannot be mapped, or out of memory. */
+ *  STORE_ENOMEM  the server's shared memory cannot be mapped, or out of memory;
+ *  STORE_ELIMIT  the store serves as many clients as it may (its --max-clients, shown by
+ *                `store info`); the message says so. A later connect may succeed. */
 STORE_API int store_client_connect(store_client **out, const char *socket_path,
                                    const store_connect_options *opts);
 
@@ -336,8 +365,10 @@ STORE_API void store_client_free(store_client *client);
  * objects being written); STORE_ENODISK if it needs a spill and the spill directories cannot
  * take one (full, over --disk-threshold, or failing): it fails then rather than wait on the
  * disk; STORE_EINVAL for a zero size, a size that can never fit, or bad options;
- * STORE_ENOTSUP for a GPU object on a store without GPU objects; STORE_ECONN if the connection
- * is lost; STORE_ENOMEM if this process is out of memory.
+ * STORE_ENOTSUP for a GPU object on a store without GPU objects; STORE_ELIMIT if it would wait
+ * and this client, or all of them, already have as many creates and gets waiting as the store
+ * allows (its --max-client-waiting and --max-waiting-bytes; the message says which);
+ * STORE_ECONN if the connection is lost; STORE_ENOMEM if this process is out of memory.
  * GPU objects (opts->device >= 0) live in device memory the store owns: write them through
  * store_writer_device_ptr() (or store_writer_write(), which copies from the host); readers in
  * other processes get the same device memory through store_reader_device_ptr(), with no copy
@@ -409,7 +440,9 @@ STORE_API int store_put_many(store_client *client, const store_object_id *ids,
  * timeout passed); STORE_ENODISK if making that room needs a spill the spill directories cannot
  * take; STORE_ECORRUPT if its copy on disk fails its checksum or cannot be read (never wrong
  * bytes); STORE_EMISUSE if the object already has as many readers as a count holds (2^32-1);
- * STORE_EINVAL for bad arguments; STORE_ECONN if the connection is lost; STORE_ENOMEM. */
+ * STORE_ELIMIT if it would wait and the store holds as many waiting requests as it allows (as
+ * for store_create()); STORE_EINVAL for bad arguments; STORE_ECONN if the connection is lost;
+ * STORE_ENOMEM. */
 STORE_API int store_open_reader(store_client *client, store_reader **out,
                                 const store_object_id *id, int64_t timeout_ms);
 
@@ -419,7 +452,8 @@ STORE_API int store_open_reader(store_client *client, store_reader **out,
  * back from disk): from then on the reader holds that object, even if it is deleted and put
  * again while the call waits for the other ids. With timeout_ms -1 the call returns when every
  * id was taken. Returns STORE_OK even when some are missing; an error (STORE_EINVAL,
- * STORE_ECONN, STORE_ENOMEM) means no reader was opened. The caller owns each non-NULL
+ * STORE_ELIMIT as for store_open_reader(), STORE_ECONN, STORE_ENOMEM) means no reader was
+ * opened. The caller owns each non-NULL
  * reader. */
 STORE_API int store_open_readers(store_client *client, store_reader **out,
                                  const store_object_id *ids, size_t n, int64_t timeout_ms);

@@ -1446,14 +1446,15 @@ TEST_CASE("a client that never reads its replies does not stall the others") {
 // ------------------------------------------------------------------------------------------
 // A client dropped for its unread backlog at the moment a waiting request is answered.
 //
-// The server drops a client whose unread replies pass kWriteBacklogLimit. The attacker below
-// brings its backlog to within a few bytes of that limit, so that the one reply that crosses
-// it is the answer to a request that was waiting (a get waiting for a seal, a create waiting for
-// space): the client is dropped while that request is being completed.
+// The server drops a client whose unread replies pass kWriteBacklogLimit (its default
+// --max-client-backlog). The attacker below brings its backlog to within a few bytes of that
+// limit, so that the one reply that crosses it is the answer to a request that was waiting (a
+// get waiting for a seal, a create waiting for space): the client is dropped while that request
+// is being completed.
 
 namespace {
 
-constexpr uint64_t kWriteBacklogLimit = 512ull << 20;  // the server's per-client limit
+constexpr uint64_t kWriteBacklogLimit = 128ull << 20;  // the server's per-client limit
 constexpr int kListedObjects = 20000;                   // makes each list reply ~1.7 MiB
 
 // Makes the server's allocator fill freed memory with junk while a TestStore starts, so that a
@@ -1710,6 +1711,534 @@ TEST_CASE("hundreds of connections opened and closed quickly leave nothing behin
   s.CheckBaseline(base);
   CHECK(s.Clients() == 1);
   s.CheckServes();
+}
+
+// ------------------------------------------------------------------------------------------
+// Limits: what one client can make the server hold is bounded, each bound by a flag (see
+// store/server/limits.cpp). Each attack runs against small limits, so that it is quick: the
+// server's memory and descriptors stay under them, the good client is served throughout and
+// loses nothing, and the limit shows in the stats and, once per burst, in the log.
+
+namespace {
+
+// Objects the good client puts before an attack (and checks after it).
+struct Witnesses {
+  Attacked& s;
+  std::vector<std::string> keys;
+  explicit Witnesses(Attacked& a) : s(a) {}
+  void Put(const std::string& key) {
+    store_object_id id = CIdOf(key);
+    const std::string payload = "kept through the attack: " + key;
+    REQUIRE(store_put(s.good, &id, payload.data(), payload.size(), nullptr) == STORE_OK);
+    keys.push_back(key);
+  }
+  void CheckIntact() {
+    for (const auto& key : keys) {
+      INFO(key);
+      store_object_id id = CIdOf(key);
+      store_reader* r = nullptr;
+      REQUIRE(store_open_reader(s.good, &r, &id, 0) == STORE_OK);
+      const std::string payload = "kept through the attack: " + key;
+      REQUIRE(store_reader_size(r) == payload.size());
+      CHECK(std::memcmp(store_reader_data(r), payload.data(), payload.size()) == 0);
+      store_reader_close(r);
+    }
+  }
+  void DeleteAll() {
+    for (const auto& key : keys) {
+      store_object_id id = CIdOf(key);
+      CHECK(store_delete(s.good, &id) == STORE_OK);
+    }
+  }
+};
+
+// Lines of the server's log that contain text.
+size_t LogLines(const test::TestStore& store, const std::string& text) {
+  size_t n = 0;
+  std::string log = store.Log();
+  for (size_t at = log.find(text); at != std::string::npos; at = log.find(text, at + 1)) n++;
+  return n;
+}
+
+// A get of n ids that are not there, answered at once: a reply of about 48 bytes per id.
+Bytes AbsentGetMsg(uint64_t seq, uint32_t n) {
+  return GetMsg(seq, std::vector<proto::ObjectId>(n, IdOf("absent")), 0);
+}
+
+}  // namespace
+
+TEST_CASE("waiting creates past --max-waiting-bytes get STORE_ELIMIT; the server's memory stays bounded") {
+  // A store whose memory is held by an object being written: every create of 1 MiB waits.
+  Attacked s("64M", {"--max-waiting-bytes", "16M"});
+  Witnesses before(s);
+  for (int i = 0; i < 8; i++) before.Put("before-" + std::to_string(i));
+  store_object_id blocker = CIdOf("blocker");
+  store_writer* w = nullptr;
+  REQUIRE(store_create(s.good, &w, &blocker, s.Stats().largest_free_bytes, nullptr) == STORE_OK);
+  const size_t base_fds = s.ServerFds();
+  const uint64_t rss_before = RssKib(s.store.pid());
+
+  // 8 connections, 25 creates each, each with 1 MiB of metadata and waiting forever: 200 MiB
+  // the server would copy (1,000 such creates took a store from 71 MB to 1.1 GB). It keeps
+  // 16 MiB in all, 4 MiB (a quarter) per client.
+  constexpr int kConns = 8, kPerConn = 25;
+  std::vector<std::unique_ptr<RawConn>> conns;
+  const Bytes meta(1u << 20, 0xAB);
+  Witnesses during(s);
+  const uint64_t creates_base = s.Stats().total_creates;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int k = 0; k < kConns; k++) {
+    conns.push_back(std::make_unique<RawConn>(s.store.socket()));
+    Handshake(*conns.back());
+    for (int i = 0; i < kPerConn; i++) {
+      CreateArgs a;
+      a.key = "waits-" + std::to_string(k) + "-" + std::to_string(i);
+      a.data_size = 1u << 20;
+      a.metadata = meta;
+      a.timeout_ms = -1;
+      REQUIRE(conns.back()->Send(CreateMsg(100 + i, a)));
+    }
+    during.Put("during-" + std::to_string(k));
+  }
+  const auto sent_ms =
+      std::chrono::duration_cast<Ms>(std::chrono::steady_clock::now() - t0).count();
+  // Each create is refused, waits, or finds room at once (the blocker leaves a little); the
+  // server holds what waits.
+  const bool all_answered = test::WaitFor([&] {
+    store_stats st = s.Stats();
+    return st.refused_waiting_bytes + st.waiting_creates + (st.total_creates - creates_base) ==
+           kConns * kPerConn + kConns;  // and the good client's puts
+  });
+  {
+    store_stats st = s.Stats();
+    INFO("refused " << st.refused_waiting_bytes << " + " << st.refused_client_waiting
+                    << ", waiting " << st.waiting_creates << ", bytes " << st.waiting_bytes);
+    REQUIRE(all_answered);
+  }
+  int refused = 0, at_once = 0;
+  for (int k = 0; k < kConns; k++) {
+    for (;;) {
+      Reply r;
+      Got g = conns[k]->Next(&r, Ms{200});
+      if (g == Got::kTimeout) break;
+      REQUIRE(g == Got::kMessage);
+      if (r.msg->status() == 0) {
+        at_once++;
+        continue;
+      }
+      CHECK(r.msg->status() == STORE_ELIMIT);
+      std::string e = r.msg->error() ? r.msg->error()->str() : "";
+      CHECK(e.find("--max-waiting-bytes") != std::string::npos);
+      refused++;
+    }
+  }
+  store_stats st = s.Stats();
+  INFO("refused " << refused << ", waiting " << st.waiting_creates);
+  CHECK(refused + at_once + st.waiting_creates == kConns * kPerConn);
+  CHECK(st.waiting_creates <= 16);
+  CHECK(st.waiting_bytes <= (16u << 20));
+  CHECK(st.refused_waiting_bytes == static_cast<uint64_t>(refused));
+  const uint64_t rss_after = RssKib(s.store.pid());
+  MESSAGE("server RSS " << rss_before / 1024 << " MiB -> " << rss_after / 1024 << " MiB, "
+                        << st.waiting_creates << " creates waiting, " << refused << " refused, "
+                        << at_once << " created at once, in " << sent_ms << " ms");
+  CHECK(rss_after < rss_before + 48 * 1024);  // 16 MiB waiting, and buffers (not 1,000 MiB)
+  s.CheckServes();
+  // Once per burst in the log (the burst lasts a second or two), naming the client.
+  const size_t lines = LogLines(s.store, "limit --max-waiting-bytes");
+  CHECK(lines >= 1);
+  CHECK(lines <= static_cast<size_t>(sent_ms / 1000 + 2));
+  CHECK(s.store.Log().find("'attacker'") != std::string::npos);
+
+  // The waiting creates are served once there is room: nothing that was accepted is lost.
+  REQUIRE(store_writer_abort(w) == STORE_OK);
+  REQUIRE(test::WaitFor([&] { return s.Stats().waiting_creates == 0; }));
+  size_t created = 0;
+  for (int k = 0; k < kConns; k++) {
+    for (;;) {
+      Reply r;
+      Got g = conns[k]->Next(&r, Ms{200});
+      if (g == Got::kTimeout) break;
+      REQUIRE(g == Got::kMessage);
+      CHECK(r.msg->status() == 0);
+      CHECK(r.msg->body_type() == Body::CreateReply);
+      created++;
+    }
+  }
+  CHECK(created == st.waiting_creates);
+  CHECK(s.Stats().waiting_bytes == 0);
+  conns.clear();
+  before.CheckIntact();
+  during.CheckIntact();
+  before.DeleteAll();
+  during.DeleteAll();
+  s.CheckBaseline(base_fds);
+  CHECK(s.Stats().object_count == 0);  // the raw creators' objects were aborted with them
+}
+
+TEST_CASE("waiting gets past --max-client-waiting get STORE_ELIMIT and the connection stays open") {
+  Attacked s("64M", {"--max-client-waiting", "4"});
+  const size_t base_fds = s.ServerFds();
+  {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    for (uint64_t seq = 10; seq < 20; seq++) {
+      REQUIRE(c.Send(GetMsg(seq, {IdOf("later-" + std::to_string(seq))}, -1)));
+    }
+    // The first four wait; the other six are refused at once.
+    for (uint64_t seq = 14; seq < 20; seq++) {
+      std::string e = ExpectError(c, seq, STORE_ELIMIT);
+      CHECK(e.find("--max-client-waiting") != std::string::npos);
+    }
+    store_stats st = s.Stats();
+    CHECK(st.waiting_gets == 4);
+    CHECK(st.refused_client_waiting == 6);
+    CHECK(st.waiting_bytes > 0);
+    CHECK(RawObjectCount(c, 2).has_value());  // still connected and served
+    // Another client is not held back by this one's limit.
+    RawConn other(s.store.socket());
+    Handshake(other);
+    REQUIRE(other.Send(GetMsg(3, {IdOf("later-10")}, -1)));
+    CHECK(test::WaitFor([&] { return s.Stats().waiting_gets == 5; }));
+    // The objects come: every get that waited is answered.
+    for (uint64_t seq = 10; seq < 14; seq++) {
+      store_object_id id = CIdOf("later-" + std::to_string(seq));
+      REQUIRE(store_put(s.good, &id, &seq, sizeof seq, nullptr) == STORE_OK);
+      Reply r;
+      REQUIRE(ExpectReply(c, seq, Body::GetReply, &r));
+      CHECK(r.msg->body_as_GetReply()->objects()->Get(0)->status() == 0);
+    }
+    Reply r;
+    REQUIRE(ExpectReply(other, 3, Body::GetReply, &r));
+    CHECK(s.Stats().waiting_bytes == 0);
+    for (uint64_t seq = 10; seq < 14; seq++) {
+      store_object_id id = CIdOf("later-" + std::to_string(seq));
+      CHECK(store_delete(s.good, &id) == STORE_OK);
+    }
+  }
+  s.CheckBaseline(base_fds);
+  s.CheckServes();
+  CHECK(LogLines(s.store, "limit --max-client-waiting") == 1);
+}
+
+TEST_CASE("clients that never read their replies are disconnected past --max-backlog, the largest first") {
+  Attacked s("64M", {"--max-backlog", "32M", "--max-client-backlog", "64M"});
+  Witnesses before(s);
+  for (int i = 0; i < 8; i++) before.Put("before-" + std::to_string(i));
+  const size_t base_fds = s.ServerFds();
+  const uint64_t rss_before = RssKib(s.store.pid());
+  // Three clients ask for about 24 MiB of replies each (gets of 65,536 absent ids, 3 MiB of
+  // reply each) and read nothing: 72 MiB, over the 32 MiB all of them may have queued.
+  constexpr int kAttackers = 3, kGets = 8;
+  std::vector<std::unique_ptr<RawConn>> conns;
+  uint64_t rss_peak = 0;
+  for (int k = 0; k < kAttackers; k++) {
+    conns.push_back(std::make_unique<RawConn>(s.store.socket()));
+    Handshake(*conns.back());
+    for (int i = 0; i < kGets; i++) {
+      if (!conns.back()->Send(AbsentGetMsg(10 + i, proto::kMaxIdsPerRequest))) break;
+    }
+    // Then a get that waits: once it waits (or its client is gone) the server has handled
+    // everything this attacker sent.
+    conns.back()->Send(GetMsg(99, {IdOf("sync-" + std::to_string(k))}, -1));
+    REQUIRE(test::WaitFor([&] {
+      store_stats st = s.Stats();
+      return st.waiting_gets + st.closed_backlog == static_cast<uint64_t>(k + 1);
+    }));
+    rss_peak = std::max(rss_peak, RssKib(s.store.pid()));
+    store_stats st = s.Stats();
+    CHECK(st.backlog_bytes <= (32u << 20));
+  }
+  // At least one was disconnected, for the largest backlog; the others keep their connection.
+  CHECK(test::WaitFor([&] { return s.Stats().closed_backlog >= 1; }));
+  store_stats st = s.Stats();
+  MESSAGE("server RSS " << rss_before / 1024 << " MiB -> peak " << rss_peak / 1024 << " MiB; "
+                        << st.closed_backlog << " clients disconnected, backlog now "
+                        << st.backlog_bytes / 1024 << " KiB");
+  CHECK(st.closed_backlog < kAttackers);
+  CHECK(st.closed_client_backlog == 0);
+  CHECK(rss_peak < rss_before + 96 * 1024);  // 32 MiB queued and the gets' buffers, not 72 MiB
+  s.CheckServes();
+  CHECK(LogLines(s.store, "limit --max-backlog") >= 1);
+  CHECK(LogLines(s.store, "limit --max-backlog") <= 3);
+  // The survivors read their replies, every one whole.
+  size_t survivors = 0;
+  for (auto& c : conns) {
+    size_t n = 0;
+    Reply r;
+    Got g;
+    while ((g = c->Next(&r, Ms{2000})) == Got::kMessage) n++;
+    if (n == kGets) survivors++;
+  }
+  CHECK(survivors == kAttackers - st.closed_backlog);
+  conns.clear();
+  CHECK(test::WaitFor([&] { return s.Stats().backlog_bytes == 0; }));
+  before.CheckIntact();
+  before.DeleteAll();
+  s.CheckBaseline(base_fds);
+}
+
+TEST_CASE("a client that never reads its replies is disconnected past --max-client-backlog") {
+  Attacked s("64M", {"--max-client-backlog", "16M"});
+  const size_t base_fds = s.ServerFds();
+  {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    for (int i = 0; i < 12; i++) {
+      if (!c.Send(AbsentGetMsg(10 + i, proto::kMaxIdsPerRequest))) break;
+    }
+    CHECK(test::WaitFor([&] { return s.Stats().closed_client_backlog == 1; }));
+    size_t n = 0;
+    CHECK(c.Drain(&n) != Got::kTimeout);  // the connection is closed after what it was sent
+  }
+  s.CheckBaseline(base_fds);
+  CHECK(s.Stats().backlog_bytes == 0);
+  s.CheckServes();
+  CHECK(LogLines(s.store, "limit --max-client-backlog") == 1);
+}
+
+TEST_CASE("partial frames past --max-partial-bytes: the client holding the most is disconnected") {
+  Attacked s("64M", {"--max-partial-bytes", "16M"});
+  Witnesses before(s);
+  for (int i = 0; i < 8; i++) before.Put("before-" + std::to_string(i));
+  const size_t base_fds = s.ServerFds();
+  const uint64_t rss_before = RssKib(s.store.pid());
+  // 200 connections each start a message of 4 MiB and send 2 MiB of it: 400 MiB of buffers
+  // the server would hold (800 MiB reserved for them). It keeps 16 MiB.
+  constexpr int kConns = 200;
+  const Bytes head = Prefix(proto::kMaxRequestBytes);
+  const Bytes body(2u << 20, 0x42);
+  std::vector<std::unique_ptr<RawConn>> conns;
+  for (int k = 0; k < kConns; k++) {
+    conns.push_back(std::make_unique<RawConn>(s.store.socket()));
+    REQUIRE(conns.back()->ok());
+    conns.back()->Send(Concat({head, body}));  // fails once the server has closed it
+  }
+  CHECK(test::WaitFor([&] { return s.Stats().closed_partial >= kConns - 4; }));
+  store_stats st = s.Stats();
+  const uint64_t rss_after = RssKib(s.store.pid());
+  MESSAGE("server RSS " << rss_before / 1024 << " MiB -> " << rss_after / 1024 << " MiB; "
+                        << st.closed_partial << " clients disconnected, partial "
+                        << st.partial_bytes / 1024 << " KiB");
+  CHECK(st.partial_bytes <= (16u << 20));
+  CHECK(rss_after < rss_before + 48 * 1024);  // not 400 MiB
+  // Those disconnected got STORE_ELIMIT first.
+  size_t told = 0;
+  for (auto& c : conns) {
+    Reply r;
+    if (c->Next(&r, Ms{200}) == Got::kMessage && r.msg->status() == STORE_ELIMIT) told++;
+  }
+  CHECK(told >= kConns - 4);
+  s.CheckServes();
+  CHECK(LogLines(s.store, "limit --max-partial-bytes") >= 1);
+  CHECK(LogLines(s.store, "limit --max-partial-bytes") <= 4);
+  conns.clear();
+  CHECK(test::WaitFor([&] { return s.Stats().partial_bytes == 0; }));
+  before.CheckIntact();
+  before.DeleteAll();
+  s.CheckBaseline(base_fds);
+}
+
+TEST_CASE("a connection that sent one large request does not keep its buffer") {
+  Attacked s;
+  RawConn c(s.store.socket());
+  Handshake(c);
+  // A get of 65,536 ids: a request of 1.3 MiB, in several reads.
+  REQUIRE(c.Send(AbsentGetMsg(2, proto::kMaxIdsPerRequest)));
+  Reply r;
+  REQUIRE(ExpectReply(c, 2, Body::GetReply, &r));
+  CHECK(s.Stats().partial_bytes == 0);
+  // Half a message is held (in a buffer of its size), and given back when it is complete.
+  const Bytes m = AbsentGetMsg(3, proto::kMaxIdsPerRequest);
+  REQUIRE(c.Send(m.data(), m.size() / 2));
+  CHECK(test::WaitFor([&] { return s.Stats().partial_bytes >= m.size() / 2; }));
+  CHECK(s.Stats().partial_bytes < m.size() + (64u << 10));
+  REQUIRE(c.Send(m.data() + m.size() / 2, m.size() - m.size() / 2));
+  REQUIRE(ExpectReply(c, 3, Body::GetReply, &r));
+  CHECK(s.Stats().partial_bytes == 0);
+  CHECK(RawObjectCount(c, 4).has_value());
+}
+
+TEST_CASE("connections past --max-clients get STORE_ELIMIT with a message, logged once") {
+  Attacked s("64M", {"--max-clients", "8"});
+  CHECK(s.Stats().limit_clients == 8);
+  const size_t base_fds = s.ServerFds();
+  Witnesses before(s);
+  before.Put("before");
+  std::vector<std::unique_ptr<RawConn>> conns;
+  for (int i = 0; i < 7; i++) {
+    conns.push_back(std::make_unique<RawConn>(s.store.socket()));
+    if (i % 2 == 0) Handshake(*conns.back());
+  }
+  CHECK(test::WaitFor([&] { return s.Clients() == 8; }));
+  // A library client: STORE_ELIMIT, and the message names the flag.
+  for (int i = 0; i < 20; i++) {
+    store_client* more = nullptr;
+    CHECK(store_client_connect(&more, s.store.socket().c_str(), nullptr) == STORE_ELIMIT);
+    CHECK(more == nullptr);
+    std::string msg = store_last_error_message();
+    CHECK(msg.find("--max-clients") != std::string::npos);
+    if (i == 0) MESSAGE("connect: " << msg);
+  }
+  // A raw one: the error (seq 0), then the end of the connection.
+  for (int i = 0; i < 20; i++) {
+    RawConn c(s.store.socket());
+    REQUIRE(c.ok());
+    std::string e = ExpectError(c, 0, STORE_ELIMIT);
+    CHECK(e.find("--max-clients") != std::string::npos);
+    ExpectClosed(c);
+  }
+  store_stats st = s.Stats();
+  CHECK(st.refused_clients == 40);
+  CHECK(st.client_count == 8);
+  CHECK(s.ServerFds() <= base_fds + 7);
+  // One line for the burst (it may straddle a second).
+  CHECK(LogLines(s.store, "limit --max-clients") >= 1);
+  CHECK(LogLines(s.store, "limit --max-clients") <= 2);
+  // A place frees up: the next client is served.
+  conns.pop_back();
+  CHECK(test::WaitFor([&] { return s.Clients() == 7; }));
+  s.CheckServes();
+  conns.clear();
+  before.CheckIntact();
+  before.DeleteAll();
+  s.CheckBaseline(base_fds);
+}
+
+TEST_CASE("a store with few descriptors serves as many clients as they allow and refuses the rest") {
+  // The server raises its soft descriptor limit to the hard one: start it with both at 300
+  // (through a shell that sets them, then runs the store in its place).
+  test::TempDir dir;
+  const std::string wrapper = dir / "store-with-300-fds";
+  {
+    std::ofstream f(wrapper);
+    f << "#!/bin/sh\nulimit -n 300 || exit 1\nexec '" << test::StoreBin() << "' \"$@\"\n";
+  }
+  REQUIRE(chmod(wrapper.c_str(), 0755) == 0);
+  const std::string saved = test::StoreBin();
+  setenv("STORE_BIN", wrapper.c_str(), 1);
+  std::optional<Attacked> s;
+  s.emplace("64M");
+  setenv("STORE_BIN", saved.c_str(), 1);
+  store_stats st = s->Stats();
+  CHECK(st.fd_limit == 300);
+  const uint64_t max = st.limit_clients;
+  CHECK(max > 50);
+  CHECK(max < 150);  // two descriptors per client after a reserve
+  const size_t base_fds = s->ServerFds();
+  std::vector<std::unique_ptr<RawConn>> conns;
+  size_t refused = 0;
+  for (int i = 0; i < 400; i++) {
+    auto c = std::make_unique<RawConn>(s->store.socket());
+    REQUIRE(c->ok());
+    if (i < static_cast<int>(max) - 1) {
+      if (i % 2 == 0) Handshake(*c);
+      conns.push_back(std::move(c));
+      continue;
+    }
+    Reply r;
+    if (c->Next(&r, Ms{2000}) == Got::kMessage && r.msg->status() == STORE_ELIMIT) refused++;
+  }
+  CHECK(refused == 400 - (max - 1));
+  CHECK(test::WaitFor([&] { return s->ServerFds() == base_fds + max - 1; }));
+  CHECK(s->ServerFds() < 300);
+  MESSAGE("descriptor limit 300: " << max << " clients served, " << refused << " refused, "
+                                   << s->ServerFds() << " descriptors open");
+  CHECK(s->Stats().accept_failures == 0);  // refused before it ran out of descriptors
+  conns.pop_back();
+  CHECK(test::WaitFor([&] { return s->Clients() == max - 1; }));
+  s->CheckServes();
+  conns.clear();
+  s->CheckBaseline(base_fds);
+}
+
+TEST_CASE("the list of clients fits in one reply at --max-clients' cap") {
+  // Each entry is at most kMaxClientInfoBytes (1,280): a name of 256 bytes, each escaped to 4.
+  Attacked s("64M", {"--max-clients", "32768"});
+  constexpr int kConns = 50;
+  std::vector<std::unique_ptr<RawConn>> conns;
+  for (int i = 0; i < kConns; i++) {
+    conns.push_back(std::make_unique<RawConn>(s.store.socket()));
+    REQUIRE(conns.back()->Send(ConnectMsg(1, proto::kProtocolVersion,
+                                          std::string(proto::kMaxClientName, '\x01'))));
+    Reply r;
+    REQUIRE(ExpectReply(*conns.back(), 1, Body::ConnectReply, &r));
+  }
+  flatbuffers::FlatBufferBuilder b(64);
+  Bytes req = Finish(b, 2, Body::ClientsRequest, proto::CreateClientsRequest(b).Union());
+  REQUIRE(conns[0]->Send(req));
+  Reply r;
+  REQUIRE(ExpectReply(*conns[0], 2, Body::ClientsReply, &r));
+  REQUIRE(r.msg->body_as_ClientsReply()->clients()->size() == kConns + 1);
+  const size_t per_client = r.size / (kConns + 1);
+  MESSAGE("a client with the longest name takes " << per_client << " bytes of the reply");
+  CHECK(per_client <= 1280);
+  CHECK(32768 * 1280 + 4096 < proto::kMaxReplyBytes);
+  // A larger cap is refused at start.
+  const pid_t pid = test::Spawn({test::StoreBin(), "--max-clients", "32769", "--socket",
+                                 s.store.dir() + "/other.sock"},
+                                "/dev/null");
+  const int status = test::WaitExit(pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 2);
+}
+
+TEST_CASE("GPU chunk replies a client does not read are bounded by --max-client-gpu-fds") {
+  Attacked s("64M", {"--gpu-backend", "memfd-standin", "--gpu-memory", "8M",
+                     "--gpu-chunk-size", "4M", "--max-client-gpu-fds", "8"});
+  // A GPU object makes chunk 0.
+  store_object_id id = CIdOf("on-device");
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.device = 0;
+  store_writer* w = nullptr;
+  REQUIRE(store_create(s.good, &w, &id, 1000, &o) == STORE_OK);
+  REQUIRE(store_writer_seal(w) == STORE_OK);
+  const size_t base_fds = s.ServerFds();
+  {
+    RawConn c(s.store.socket());
+    Handshake(c);
+    // 3,000 requests for the chunk, sent at once, none of the replies read: each reply keeps a
+    // duplicate of the chunk's descriptor open in the server until it is written (until libuv
+    // reports it written), so most of them would keep one open.
+    constexpr int kRequests = 3000;
+    Bytes batch;
+    for (int i = 0; i < kRequests; i++) {
+      Bytes m = GpuChunkMsg(10 + i, 0, 0);
+      batch.insert(batch.end(), m.begin(), m.end());
+    }
+    Bytes sync = GetMsg(5, {IdOf("gpu-sync")}, -1);  // waits once the rest is handled
+    batch.insert(batch.end(), sync.begin(), sync.end());
+    REQUIRE(c.Send(batch));
+    REQUIRE(test::WaitFor([&] { return s.Stats().waiting_gets == 1; }));
+    store_stats st = s.Stats();
+    const size_t fds = s.ServerFds();
+    MESSAGE("server descriptors " << base_fds << " -> " << fds << " with " << st.pending_fds
+                                  << " pending, " << st.refused_gpu_fds << " refused");
+    CHECK(st.pending_fds <= 8);
+    CHECK(fds <= base_fds + 1 + 8);
+    s.CheckServes();
+    // Every request is answered, in order: a chunk with its descriptor or STORE_ELIMIT.
+    size_t chunks = 0, refused = 0;
+    for (int i = 0; i < kRequests; i++) {
+      Reply r;
+      REQUIRE(c.Next(&r) == Got::kMessage);
+      REQUIRE(r.msg->seq() == static_cast<uint64_t>(10 + i));
+      if (r.msg->status() == 0) {
+        CHECK(r.fds == 1);
+        chunks++;
+      } else {
+        CHECK(r.msg->status() == STORE_ELIMIT);
+        refused++;
+      }
+    }
+    CHECK(refused == s.Stats().refused_gpu_fds);
+    CHECK(chunks + refused == kRequests);
+    MESSAGE(chunks << " chunk replies, " << refused << " refused");
+  }
+  s.CheckBaseline(base_fds);
+  CHECK(s.Stats().pending_fds == 0);
+  CHECK(LogLines(s.store, "limit --max-client-gpu-fds") >= 1);
+  CHECK(store_delete(s.good, &id) == STORE_OK);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -279,6 +279,15 @@ TEST_CASE("bad flags exit 2 with exactly one line on stderr") {
       {"--socket", ""},
       {"--socket", long_path},
       {"--socket", long_path + "yyyy"},
+      // Limits: below the least that still serves the largest request or reply, or not a count.
+      {"--socket", sock, "--max-client-backlog", "8M"},
+      {"--socket", sock, "--max-backlog", "1M"},
+      {"--socket", sock, "--max-partial-bytes", "4M"},
+      {"--socket", sock, "--max-waiting-bytes", "64K"},
+      {"--socket", sock, "--max-clients", "0"},
+      {"--socket", sock, "--max-clients", "32769"},
+      {"--socket", sock, "--max-client-waiting", "-1"},
+      {"--socket", sock, "--max-client-gpu-fds", "many"},
   };
   for (const auto& args : cases) {
     std::string shown;

@@ -436,6 +436,23 @@ TEST_CASE("store-top --once prints the workload's figures exactly") {
   }
   CHECK(r.out.find("\nspill: off (the store has no spill directory)\n") != std::string::npos);
   CHECK(r.out.find("\nwaiting: 0 gets, 0 creates\n") != std::string::npos);
+  // The limits: the figures each watches, the limits of a store started without limit flags
+  // (--max-clients from its descriptor limit), and no hit.
+  auto limits = Section(r.out, "limits ");
+  REQUIRE(limits.size() == 8);
+  auto words = [](const std::string& line) {
+    std::string out;
+    for (const auto& t : Tokens(line)) out += (out.empty() ? "" : " ") + t;
+    return out;
+  };
+  CHECK(words(limits[0]) == "waiting requests, per client - 1024 0");
+  CHECK(words(limits[1]) == "waiting bytes 0B 256M 0");
+  CHECK(words(limits[3]) == "reply backlog 0B 1.00G 0");
+  CHECK(words(limits[4]) == "partial requests 0B 256M 0");
+  auto clients_row = Row(limits, "clients", 3);
+  CHECK(clients_row[0] == 3);
+  CHECK(clients_row[1] > 0);
+  CHECK(clients_row[2] == 0);
 
   auto ops = Section(r.out, "operations since start");
   CHECK(Row(ops, "create", 1)[0] == 10);
@@ -530,6 +547,13 @@ TEST_CASE("store-top --json prints one document with the workload's figures") {
       CHECK_MESSAGE(s.Has(k), k);
     }
     CHECK(s["spilled_count"].U() == 0);
+    // The limits (none hit): what they watch and the limits in force.
+    CHECK(s["waiting_bytes"].U() == 0);
+    CHECK(s["limit_waiting_bytes"].U() == (256u << 20));
+    CHECK(s["limit_client_backlog"].U() == (128u << 20));
+    CHECK(s["limit_clients"].U() > 0);
+    CHECK(s["refused_clients"].U() == 0);
+    CHECK(s["closed_partial"].U() == 0);
 
     const Json& d = j["derived"];
     CHECK(d["free_bytes"].U() == Workload::kCapacity - Workload::kUsedBytes);
@@ -699,7 +723,12 @@ TEST_CASE("PrintInfo prints INFO sections") {
     kv[line.substr(0, colon)] = line.substr(colon + 1);
   }
   CHECK(sections == std::vector<std::string>{"# memory", "# objects", "# clients",
-                                             "# operations", "# spill", "# gpu"});
+                                             "# operations", "# spill", "# limits", "# gpu"});
+  CHECK(kv["limit_client_waiting"] == "1024");
+  CHECK(kv["refused_client_waiting"] == "0");
+  CHECK(kv["closed_backlog"] == "0");
+  CHECK(kv["partial_bytes"] == "0");
+  CHECK(std::stoull(kv["limit_clients"]) > 0);
   CHECK(kv["gpu_backend"] == "none");  // a store without --gpu-memory
   CHECK(kv["capacity_bytes"] == std::to_string(Workload::kCapacity));
   CHECK(kv["used_bytes"] == std::to_string(Workload::kUsedBytes));
@@ -929,6 +958,7 @@ TEST_CASE("store-top under tmux") {
       CHECK(Contains(screen, "Spill: off"));
       CHECK(Contains(screen, "evictable 7.77M"));
       CHECK(Contains(screen, "Clients: 3"));
+      CHECK(Contains(screen, "Limits: waiting 0B/256M  backlog 0B/1.00G  partial 0B/256M  clients 3/"));
 
       // s: largest first; the largest object is the one being written.
       tmux.Cmd({"send-keys", "-t", "top", "s"});

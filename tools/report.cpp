@@ -178,6 +178,26 @@ void JsonStats(Json& j, const store_stats& s) {
   j.U("total_restore_ns", s.total_restore_ns);
   j.U("total_spill_failures", s.total_spill_failures);
   j.U("total_restore_failures", s.total_restore_failures);
+  j.U("waiting_bytes", s.waiting_bytes);
+  j.U("backlog_bytes", s.backlog_bytes);
+  j.U("partial_bytes", s.partial_bytes);
+  j.U("pending_fds", s.pending_fds);
+  j.U("limit_client_waiting", s.limit_client_waiting);
+  j.U("limit_waiting_bytes", s.limit_waiting_bytes);
+  j.U("limit_client_backlog", s.limit_client_backlog);
+  j.U("limit_backlog", s.limit_backlog);
+  j.U("limit_partial_bytes", s.limit_partial_bytes);
+  j.U("limit_clients", s.limit_clients);
+  j.U("limit_client_gpu_fds", s.limit_client_gpu_fds);
+  j.U("fd_limit", s.fd_limit);
+  j.U("refused_client_waiting", s.refused_client_waiting);
+  j.U("refused_waiting_bytes", s.refused_waiting_bytes);
+  j.U("closed_client_backlog", s.closed_client_backlog);
+  j.U("closed_backlog", s.closed_backlog);
+  j.U("closed_partial", s.closed_partial);
+  j.U("refused_clients", s.refused_clients);
+  j.U("accept_failures", s.accept_failures);
+  j.U("refused_gpu_fds", s.refused_gpu_fds);
   j.U("waiting_gets", s.waiting_gets);
   j.U("waiting_creates", s.waiting_creates);
   j.U("total_creates", s.total_creates);
@@ -438,6 +458,32 @@ std::string HexId(const store_object_id& id) {
   return hex;
 }
 
+namespace {
+// What each limit of the store watches now, the limit, and how often it refused a request or
+// closed a connection.
+void PrintLimits(const store_stats& s, FILE* out) {
+  fprintf(out, "\n%-34s%12s %12s %10s\n", "limits", "now", "limit", "hits");
+  auto row = [&](const char* name, const std::string& now, const std::string& limit,
+                 uint64_t hits) {
+    fprintf(out, "  %-32s%12s %12s %10" PRIu64 "\n", name, now.c_str(), limit.c_str(), hits);
+  };
+  auto n = [](uint64_t v) { return std::to_string(v); };
+  row("waiting requests, per client", "-", n(s.limit_client_waiting), s.refused_client_waiting);
+  row("waiting bytes", BytesShort(s.waiting_bytes), BytesShort(s.limit_waiting_bytes),
+      s.refused_waiting_bytes);
+  row("reply backlog, per client", "-", BytesShort(s.limit_client_backlog),
+      s.closed_client_backlog);
+  row("reply backlog", BytesShort(s.backlog_bytes), BytesShort(s.limit_backlog),
+      s.closed_backlog);
+  row("partial requests", BytesShort(s.partial_bytes), BytesShort(s.limit_partial_bytes),
+      s.closed_partial);
+  row("clients", n(s.client_count), n(s.limit_clients), s.refused_clients);
+  row("failed accepts (descriptor limit)", "-", n(s.fd_limit), s.accept_failures);
+  row("unsent GPU fds (limit per client)", n(s.pending_fds), n(s.limit_client_gpu_fds),
+      s.refused_gpu_fds);
+}
+}  // namespace
+
 void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
   const store_stats& s = snap.stats;
   Derived d = Derive(s);
@@ -492,6 +538,7 @@ void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
   }
   fprintf(out, "waiting: %" PRIu64 " gets, %" PRIu64 " creates\n", s.waiting_gets,
           s.waiting_creates);
+  PrintLimits(s, out);
   if (!snap.gpus.empty()) {
     fprintf(out, "gpu objects (%s):\n", GpuBackendName(snap.gpu_backend));
     for (const auto& g : snap.gpus) {
@@ -717,6 +764,30 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   fprintf(out, "restore_read_bytes_per_second:%.0f\n", d.restore_read_bps);
   u("total_spill_failures", s.total_spill_failures);
   u("total_restore_failures", s.total_restore_failures);
+  fputc('\n', out);
+
+  // Each limit (a flag of the store), what it watches now, and how often it was hit.
+  fputs("# limits\n", out);
+  u("limit_client_waiting", s.limit_client_waiting);
+  u("refused_client_waiting", s.refused_client_waiting);
+  u("waiting_bytes", s.waiting_bytes);
+  u("limit_waiting_bytes", s.limit_waiting_bytes);
+  u("refused_waiting_bytes", s.refused_waiting_bytes);
+  u("limit_client_backlog", s.limit_client_backlog);
+  u("closed_client_backlog", s.closed_client_backlog);
+  u("backlog_bytes", s.backlog_bytes);
+  u("limit_backlog", s.limit_backlog);
+  u("closed_backlog", s.closed_backlog);
+  u("partial_bytes", s.partial_bytes);
+  u("limit_partial_bytes", s.limit_partial_bytes);
+  u("closed_partial", s.closed_partial);
+  u("limit_clients", s.limit_clients);
+  u("refused_clients", s.refused_clients);
+  u("fd_limit", s.fd_limit);
+  u("accept_failures", s.accept_failures);
+  u("pending_fds", s.pending_fds);
+  u("limit_client_gpu_fds", s.limit_client_gpu_fds);
+  u("refused_gpu_fds", s.refused_gpu_fds);
   fputc('\n', out);
 
   fputs("# gpu\n", out);

@@ -867,6 +867,29 @@ int Top::DrawHeader(int y) {
       Fmt(" Clients: %" PRIu64 "   Refused (full): %" PRIu64 "   Bad requests: %" PRIu64,
           s.client_count, s.total_full, s.total_bad_requests));
   y++;
+  // The limits on what clients make the store hold: what each watches of its limit, and how
+  // often one was hit (refused a request or closed a client), highlighted when any was.
+  const uint64_t hits = s.refused_client_waiting + s.refused_waiting_bytes +
+                        s.closed_client_backlog + s.closed_backlog + s.closed_partial +
+                        s.refused_clients + s.accept_failures + s.refused_gpu_fds;
+  std::string limits =
+      Fmt("Limits: waiting %s/%s  backlog %s/%s  partial %s/%s  clients %" PRIu64 "/%" PRIu64
+          "  unsent fds %" PRIu64,
+          BytesShort(s.waiting_bytes).c_str(), BytesShort(s.limit_waiting_bytes).c_str(),
+          BytesShort(s.backlog_bytes).c_str(), BytesShort(s.limit_backlog).c_str(),
+          BytesShort(s.partial_bytes).c_str(), BytesShort(s.limit_partial_bytes).c_str(),
+          s.client_count, s.limit_clients, s.pending_fds);
+  Put(y, 1, limits);
+  if (hits > 0) {
+    Put(y, 3 + Cols(limits),
+        Fmt("hit: waiting %" PRIu64 "  backlog %" PRIu64 "  partial %" PRIu64 "  clients %" PRIu64
+            "  accept %" PRIu64 "  gpu fds %" PRIu64,
+            s.refused_client_waiting + s.refused_waiting_bytes,
+            s.closed_client_backlog + s.closed_backlog, s.closed_partial, s.refused_clients,
+            s.accept_failures, s.refused_gpu_fds),
+        (colors_ ? COLOR_PAIR(kAlert) : A_NORMAL) | A_BOLD);
+  }
+  y++;
   if (rates_.valid) {
     Put(y++, 1,
         Fmt("Ops/s: create %s  seal %s  get %s  release %s  delete %s  all requests %s "

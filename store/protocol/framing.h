@@ -86,11 +86,13 @@ inline const Message* VerifyMessage(const uint8_t* buf, size_t len) {
 }
 
 // A growable byte buffer whose storage is 8-aligned; holds the unread part of a stream.
+// While it is empty it may borrow its storage (Lend): a server reads every connection into one
+// buffer and keeps memory of a connection's own only for a message not yet complete.
 class FrameBuffer {
  public:
   explicit FrameBuffer(uint32_t max_message) : max_(max_message) {}
   ~FrameBuffer() {
-    std::free(data_);
+    if (!lent_) std::free(data_);
     std::free(scratch_);
   }
   FrameBuffer(const FrameBuffer&) = delete;
@@ -98,10 +100,10 @@ class FrameBuffer {
 
   // Space to receive at least want bytes; returns the write pointer. nullptr on ENOMEM.
   uint8_t* Reserve(size_t want, size_t* avail) {
+    if (lent_ && !EndLoan()) return nullptr;
     Compact();
     if (cap_ - end_ < want) {
-      size_t ncap = cap_ ? cap_ : 4096;
-      while (ncap - end_ < want) ncap *= 2;
+      size_t ncap = GrownCapacity(want);
       void* p = std::aligned_alloc(8, (ncap + 7) & ~size_t{7});
       if (!p) return nullptr;
       if (end_ > begin_) std::memcpy(p, data_ + begin_, end_ - begin_);
@@ -115,6 +117,74 @@ class FrameBuffer {
     return data_ + end_;
   }
   void Commit(size_t n) { end_ += n; }
+
+  // The storage Reserve(want) would leave this buffer with (its own; lent storage counts 0).
+  size_t CapacityFor(size_t want) const {
+    if (lent_) return GrownCapacity(want + (end_ - begin_));
+    size_t live = end_ - begin_;
+    if (cap_ - (begin_ > cap_ / 2 || begin_ == end_ ? live : end_) >= want) return cap_;
+    return GrownCapacity(want);
+  }
+  // Bytes of storage this buffer owns (its scratch space included).
+  size_t held() const { return (lent_ ? 0 : cap_) + scratch_cap_; }
+  bool lent() const { return lent_; }
+
+  // Receives into buf (8-aligned, cap bytes, owned by the caller) until EndLoan; the storage
+  // of its own is freed. Returns the write pointer. REQUIRES: size() == 0, nothing lent.
+  uint8_t* Lend(uint8_t* buf, size_t cap, size_t* avail) {
+    if (data_) std::free(data_);
+    data_ = buf;
+    cap_ = cap;
+    begin_ = end_ = 0;
+    lent_ = true;
+    *avail = cap;
+    return buf;
+  }
+  // Gives the lent storage back: the bytes not popped yet (part of a message) move to storage
+  // of this buffer's own, just large enough. false on ENOMEM (it stays lent then).
+  bool EndLoan() {
+    if (!lent_) return true;
+    if (begin_ == end_) {  // the common case: every message was whole
+      lent_ = false;
+      data_ = nullptr;
+      cap_ = begin_ = end_ = 0;
+      return true;
+    }
+    const size_t live = end_ - begin_;
+    uint8_t* from = data_ + begin_;
+    size_t ncap = (live + 4095) & ~size_t{4095};
+    void* p = std::aligned_alloc(8, ncap);
+    if (!p) return false;  // still lent, the bytes where they were
+    lent_ = false;
+    cap_ = begin_ = end_ = 0;
+    std::memcpy(p, from, live);
+    data_ = static_cast<uint8_t*>(p);
+    cap_ = ncap;
+    end_ = live;
+    return true;
+  }
+  // Frees the storage of an empty buffer, and scratch space larger than keep: a connection that
+  // sent one large message does not keep its size.
+  void Trim(size_t keep) {
+    if (!lent_ && begin_ == end_ && data_) {
+      std::free(data_);
+      data_ = nullptr;
+      cap_ = begin_ = end_ = 0;
+    }
+    if (scratch_cap_ > keep) {
+      std::free(scratch_);
+      scratch_ = nullptr;
+      scratch_cap_ = 0;
+    }
+  }
+  // Drops every byte and frees all storage of its own.
+  void Release() {
+    if (!lent_) std::free(data_);
+    std::free(scratch_);
+    data_ = scratch_ = nullptr;
+    cap_ = begin_ = end_ = scratch_cap_ = 0;
+    lent_ = false;
+  }
 
   enum class Next { kNone, kMessage, kTooLarge };
   // If a whole message is buffered, points *msg/*len at it (8-aligned) and returns kMessage;
@@ -157,6 +227,17 @@ class FrameBuffer {
   size_t size() const { return end_ - begin_; }
 
  private:
+  // The capacity a buffer holding end_ - begin_ bytes (moved to the front) grows to for want
+  // more: twice what it has (so that growing by small steps copies little), or what it needs
+  // in whole pages if that is more (a large message takes its own size, not the next power of
+  // two).
+  size_t GrownCapacity(size_t want) const {
+    const size_t live = lent_ ? 0 : end_ - begin_;
+    const size_t need = live + want;
+    size_t ncap = lent_ || cap_ == 0 ? 4096 : 2 * cap_;
+    if (ncap < need) ncap = (need + 4095) & ~size_t{4095};
+    return ncap;
+  }
   void Compact() {
     if (begin_ == end_) {
       begin_ = end_ = 0;
@@ -171,6 +252,7 @@ class FrameBuffer {
   uint8_t* scratch_ = nullptr;
   size_t scratch_cap_ = 0;
   uint32_t max_;
+  bool lent_ = false;  // data_ is borrowed (Lend)
 };
 
 inline ObjectId ToProto(const uint8_t* id20) {

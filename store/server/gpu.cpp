@@ -222,6 +222,7 @@ void Server::HandleGpuChunk(Client* c, uint64_t seq, const proto::GpuChunkReques
                      "device " + std::to_string(r->device()) + " has no chunk " +
                          std::to_string(r->chunk()));
   }
+  if (!AdmitGpuFd(c, seq)) return;
   const GpuDevice::Chunk& ch = d->chunks[r->chunk()];
   fbb_.Clear();
   auto uuid = fbb_.CreateVector(d->info.uuid, sizeof d->info.uuid);

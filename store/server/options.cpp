@@ -93,6 +93,28 @@ const char* HelpText() {
          "                       --gpu-memory if smaller); the largest GPU object is one chunk\n"
          "  --gpu-backend NAME   cuda (default), or memfd-standin: host memory standing in for\n"
          "                       device memory, to test GPU object handling without a GPU\n"
+         "\n"
+         "Limits on what one client can make the server hold (a request over a limit gets\n"
+         "STORE_ELIMIT, whose message names the flag; `store info` shows each limit, the total\n"
+         "it watches and how often it was hit; each hit is logged, at most once a second):\n"
+         "  --max-client-waiting N    gets and creates one client may have waiting (default 1024)\n"
+         "  --max-waiting-bytes SIZE  bytes waiting requests may hold in all: a waiting create's\n"
+         "                       copy of its metadata and inline data, a waiting get's id list\n"
+         "                       (about 100 bytes per id); one client may hold a quarter of it\n"
+         "                       (default 256M, at least 8M)\n"
+         "  --max-client-backlog SIZE  replies queued to a client that does not read them; past\n"
+         "                       it the client is disconnected (default 128M, at least 16M)\n"
+         "  --max-backlog SIZE   the same over all clients; past it the client with the largest\n"
+         "                       backlog is disconnected (default 1G)\n"
+         "  --max-partial-bytes SIZE  input buffers holding requests not yet complete (up to\n"
+         "                       4 MiB each), over all clients; past it the client holding the\n"
+         "                       most is disconnected (default 256M, at least 8M)\n"
+         "  --max-clients N      connections served at once; more are refused with\n"
+         "                       STORE_ELIMIT (default: what the descriptor limit allows, two\n"
+         "                       per client after a reserve for spill files and GPU chunks, at\n"
+         "                       most 16384; never more than 32768)\n"
+         "  --max-client-gpu-fds N  GPU chunk replies (each carrying a descriptor) one client may\n"
+         "                       have unsent, not reading them; more get STORE_ELIMIT (default 64)\n"
          "  --help               show this help and exit\n"
          "  --version            show the version and exit\n"
          "\n"
@@ -243,6 +265,49 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
         if (comma == std::string::npos) break;
         start = comma + 1;
       }
+    } else if (flag == "--max-waiting-bytes" || flag == "--max-client-backlog" ||
+               flag == "--max-backlog" || flag == "--max-partial-bytes") {
+      if (!value_of(i, flag, &v)) return false;
+      uint64_t* dst = flag == "--max-waiting-bytes"    ? &o.max_waiting_bytes
+                      : flag == "--max-client-backlog" ? &o.max_client_backlog
+                      : flag == "--max-backlog"        ? &o.max_backlog
+                                                       : &o.max_partial_bytes;
+      if (!ParseSize(v, dst)) {
+        *error = "store: invalid size for " + flag + ": '" + v + "' (examples: 64M, 1G)";
+        return false;
+      }
+      // A backlog limit must hold the largest reply (a page of objects, under 10 MiB), or a
+      // client that reads would be dropped for one large page.
+      if ((flag == "--max-client-backlog" || flag == "--max-backlog") && *dst < (16ull << 20)) {
+        *error = "store: " + flag + " must be at least 16M (the largest reply), got '" + v + "'";
+        return false;
+      }
+      // Two requests of the largest size (4 MiB) may be on their way at once.
+      if (flag == "--max-partial-bytes" && *dst < (8ull << 20)) {
+        *error = "store: --max-partial-bytes must be at least 8M (two of the largest requests), "
+                 "got '" + v + "'";
+        return false;
+      }
+      // A quarter of it (one client's share) holds a waiting create with 1 MiB of metadata.
+      if (flag == "--max-waiting-bytes" && *dst < (8ull << 20)) {
+        *error = "store: --max-waiting-bytes must be at least 8M (a client's quarter then holds "
+                 "a waiting create of the largest metadata), got '" + v + "'";
+        return false;
+      }
+    } else if (flag == "--max-client-waiting" || flag == "--max-clients" ||
+               flag == "--max-client-gpu-fds") {
+      if (!value_of(i, flag, &v)) return false;
+      const unsigned long most = flag == "--max-clients" ? kMaxClientsCap : 1000000;
+      char* end = nullptr;
+      errno = 0;
+      unsigned long n = std::strtoul(v.c_str(), &end, 10);
+      if (v.empty() || v[0] == '-' || *end != '\0' || errno == ERANGE || n == 0 || n > most) {
+        *error = "store: invalid " + flag + " '" + v + "' (1 to " + std::to_string(most) + ")";
+        return false;
+      }
+      (flag == "--max-client-waiting" ? o.max_client_waiting
+       : flag == "--max-clients"      ? o.max_clients
+                                      : o.max_client_gpu_fds) = static_cast<uint32_t>(n);
     } else if (flag == "--gpu-backend") {
       if (!value_of(i, flag, &v)) return false;
       if (v != "cuda" && v != "memfd-standin") {

@@ -34,6 +34,14 @@ struct ServerOptions {
   // hugetlbfs pages, or transparent huge pages for shared memory), quietly not otherwise;
   // --hugepages also warns when there are none; --no-hugepages never uses them.
   HugePages hugepages = HugePages::kWhenAvailable;
+  // Limits on what clients make the server hold (see server/limits.cpp).
+  uint32_t max_client_waiting = 1024;           // --max-client-waiting: requests per client
+  uint64_t max_waiting_bytes = 256ull << 20;    // --max-waiting-bytes: in all; a quarter each
+  uint64_t max_client_backlog = 128ull << 20;   // --max-client-backlog
+  uint64_t max_backlog = 1ull << 30;            // --max-backlog: in all
+  uint64_t max_partial_bytes = 256ull << 20;    // --max-partial-bytes: in all
+  uint32_t max_clients = 0;                     // --max-clients; 0 = from the descriptor limit
+  uint32_t max_client_gpu_fds = 64;             // --max-client-gpu-fds
   bool help = false;
   bool version = false;
 };
@@ -45,6 +53,10 @@ std::string DefaultSocketPath();
 // TiB) or KB, MB, GB, TB (1000-based). Fractions are allowed with a suffix ("1.5G").
 // Returns false for anything else, for 0, and on overflow.
 bool ParseSize(const std::string& text, uint64_t* out);
+
+// The most clients --max-clients may allow: the list of clients (ClientsReply) then always fits
+// in one reply (see kMaxClientInfoBytes in server/limits.cpp).
+inline constexpr uint32_t kMaxClientsCap = 32768;
 
 // Parses argv. Returns true on success; on failure fills *error with one line (the caller
 // prints it and exits with 2).

@@ -67,9 +67,6 @@ bool GetWaitsFor(const Object* o, int64_t timeout) {
   return on_disk || timeout != 0;
 }
 
-// Largest total write backlog a client may accumulate by not reading its replies.
-constexpr size_t kMaxWriteBacklog = 512u << 20;
-
 // Most bytes of replies held back while a read's requests are handled; a reply that would pass
 // it goes out at once, after those held.
 constexpr size_t kMaxCorkBytes = 256u << 10;
@@ -83,16 +80,23 @@ struct WriteReq {
   uv_pipe_t* fd_wrap = nullptr;
 };
 
-void OnWritten(uv_write_t* req, int /*status*/) {
+}  // namespace
+
+// Written, or cancelled by the connection's close: the bytes leave the client's backlog and a
+// descriptor sent along is closed.
+void Server::OnWritten(uv_write_t* req, int /*status*/) {
   auto* w = reinterpret_cast<WriteReq*>(req);
+  auto* c = static_cast<Client*>(req->handle->data);
+  Server* s = c->server;
   if (w->fd_wrap) {
     uv_close(reinterpret_cast<uv_handle_t*>(w->fd_wrap),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+    c->pending_fds--;
+    s->pending_fds_--;
   }
   delete w;
+  s->NoteBacklog(c);
 }
-
-}  // namespace
 
 // ------------------------------------------------------------------------------------------
 // Start-up and shutdown.
@@ -231,6 +235,7 @@ int Server::Run() {
              HugetlbAdvice(options_.memory).c_str());
   }
   StartGpu();
+  SetUpLimits();
   uv_loop_init(&loop_);
   loop_.data = this;
   // Signals first: once the socket accepts, a SIGTERM must find its handler.
@@ -322,7 +327,12 @@ void Server::Shutdown() {
 void Server::OnConnection(uv_stream_t* listener, int status) {
   auto* s = static_cast<Server*>(listener->data);
   if (status < 0) {
-    LOG_WARN("accept failed: %s", uv_strerror(status));
+    if (s->LimitHit(kLimitAccept)) {
+      s->LogLimit(kLimitAccept, nullptr,
+                  std::string("a connection was dropped: accept failed: ") +
+                      uv_strerror(status) + " (" + std::to_string(s->clients_.size()) +
+                      " clients connected)");
+    }
     return;
   }
   auto* c = new Client;
@@ -354,15 +364,31 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
       return;
     }
   }
+  if (!s->AdmitClient(c)) return;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&c->pipe), OnAlloc, OnRead);
   LOG_DEBUG("client %" PRIu64 " connected (pid %d)", c->id, static_cast<int>(c->pid));
 }
 
 void Server::OnAlloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* buf) {
   auto* c = static_cast<Client*>(h->data);
-  size_t want = std::max<size_t>(c->in.Pending(), 64 * 1024);
+  Server* s = c->server;
   size_t avail = 0;
-  uint8_t* p = c->in.Reserve(want, &avail);
+  uint8_t* p;
+  if (c->in.size() == 0) {
+    // The common case: no part of a message is waiting for the rest. The read goes to the
+    // server's buffer; KeepInput keeps what is left of it once its requests are handled.
+    p = c->in.Lend(reinterpret_cast<uint8_t*>(s->read_buf_.get()), 64 * 1024, &avail);
+  } else {
+    size_t want = std::max<size_t>(c->in.Pending(), 64 * 1024);
+    size_t grown = c->in.CapacityFor(want);
+    if (c->input_refused || (grown > c->in.held() && !s->HoldInput(c, grown))) {
+      c->input_refused = true;  // OnRead gets UV_ENOBUFS and closes it
+      *buf = uv_buf_init(nullptr, 0);
+      return;
+    }
+    p = c->in.Reserve(want, &avail);
+    s->NoteInput(c);
+  }
   *buf = uv_buf_init(reinterpret_cast<char*>(p), p ? static_cast<unsigned>(avail) : 0);
 }
 
@@ -382,13 +408,21 @@ void Server::OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* /*buf*/)
              [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
   }
   if (nread < 0) {
-    s->CloseClient(c, nread == UV_EOF ? "disconnected" : uv_strerror(static_cast<int>(nread)));
+    s->CloseClient(c, nread == UV_EOF         ? "disconnected"
+                      : c->input_refused      ? "over --max-partial-bytes"
+                                              : uv_strerror(static_cast<int>(nread)));
     return;
   }
-  if (nread == 0) return;
-  if (c->closing || c->doomed) return;
-  c->in.Commit(static_cast<size_t>(nread));
-  s->ProcessInput(c);
+  if (nread > 0 && !c->closing && !c->doomed) {
+    c->in.Commit(static_cast<size_t>(nread));
+    s->ProcessInput(c);
+  }
+  // The common case, inline: every request was whole and nothing is kept.
+  if (!c->closing && c->input_held == 0 && c->in.size() == 0 && c->in.EndLoan() &&
+      c->in.held() == 0) {
+    return;
+  }
+  s->KeepInput(c);
 }
 
 void Server::ProcessInput(Client* c) {
@@ -422,6 +456,7 @@ void Server::DeferClose(Client* c, const char* why) {
   if (c->doomed) return;  // writing them failed
   c->doomed = true;
   c->doom_reason = why;
+  NoteBacklog(c);  // its queued replies go with it
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->pipe));
   doomed_.push_back(c->id);
   uv_check_start(&closer_, [](uv_check_t* h) {
@@ -440,6 +475,8 @@ void Server::CloseClient(Client* c, const char* why) {
   if (c->closing) return;
   Flush(c);  // the replies held back still go out, such as the error that closes it
   c->closing = true;
+  NoteBacklog(c);
+  NoteInput(c);
   LOG_DEBUG("client %" PRIu64 " (%s, pid %d) closing: %s", c->id, c->name.c_str(),
             static_cast<int>(c->pid), why);
   ReleaseClientState(c);
@@ -535,6 +572,10 @@ void Server::Send(Client* c, int fd) {
     }
     rc = uv_write2(&w->req, stream, &buf, 1, reinterpret_cast<uv_stream_t*>(w->fd_wrap),
                    OnWritten);
+    if (rc == 0) {
+      c->pending_fds++;
+      pending_fds_++;
+    }
   } else {
     rc = uv_write(&w->req, stream, &buf, 1, OnWritten);
   }
@@ -547,9 +588,7 @@ void Server::Send(Client* c, int fd) {
     DeferClose(c, "its connection failed");
     return;
   }
-  if (uv_stream_get_write_queue_size(stream) > kMaxWriteBacklog) {
-    DeferClose(c, "it does not read its replies");
-  }
+  CheckBacklog(c);
 }
 
 void Server::Flush(Client* c) {
@@ -583,9 +622,7 @@ void Server::Flush(Client* c) {
     DeferClose(c, "its connection failed");
     return;
   }
-  if (uv_stream_get_write_queue_size(stream) > kMaxWriteBacklog) {
-    DeferClose(c, "it does not read its replies");
-  }
+  CheckBacklog(c);
 }
 
 void Server::SendError(Client* c, uint64_t seq, int code, const std::string& message) {
@@ -910,9 +947,12 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
     return SendError(c, seq, rc, message);
   }
   // Wait for space, in arrival order.
+  const uint64_t held = sizeof(WaitingCreate) + a.metadata.size() + a.inline_data.size();
+  if (!AdmitWaiting(c, seq, held)) return;
   auto* w = new WaitingCreate;
   w->client = c;
   w->seq = seq;
+  w->held = held;
   w->args = std::move(a);
   w->args.Own();
   if (timeout > 0) {
@@ -949,6 +989,7 @@ void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& m
   auto it = std::find(queue.begin(), queue.end(), w);
   if (it != queue.end()) queue.erase(it);
   w->client->creates.erase(w);
+  EndWaiting(w->client, w->held);
   if (status != STORE_OK && status != STORE_ECONN) SendError(w->client, w->seq, status, message);
   if (w->has_timer) {
     uv_timer_stop(&w->timer);
@@ -1154,9 +1195,13 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
       return Send(c);
     }
   }
+  // It waits for some id: its id list and per-id state count against the waiting limits.
+  const uint64_t held = sizeof(WaitingGet) + uint64_t{n} * WaitingGet::kHeldPerId;
+  if (!AdmitWaiting(c, seq, held)) return;
   auto* g = new WaitingGet;
   g->client = c;
   g->seq = seq;
+  g->held = held;
   g->timeout = timeout;
   g->ids.reserve(n);
   for (const proto::ObjectId* id : *ids) g->ids.push_back(KeyOf(id));
@@ -1246,6 +1291,7 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
 void Server::CancelGet(WaitingGet* g) {
   for (uint32_t first : g->waiting_on) Unregister(g, first);
   if (g->client->gets.erase(g)) waiting_gets_--;
+  EndWaiting(g->client, g->held);
   if (g->has_timer) {
     uv_timer_stop(&g->timer);
     uv_close(reinterpret_cast<uv_handle_t*>(&g->timer),
@@ -1594,6 +1640,27 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_total_restore_ns(spill_totals_.restore_ns);
   b.add_total_spill_failures(spill_totals_.failures);
   b.add_total_restore_failures(spill_totals_.restore_failures);
+  // Limits (server/limits.cpp).
+  b.add_waiting_bytes(waiting_bytes_);
+  b.add_backlog_bytes(backlog_bytes_);
+  b.add_partial_bytes(partial_bytes_);
+  b.add_pending_fds(pending_fds_);
+  b.add_limit_client_waiting(options_.max_client_waiting);
+  b.add_limit_waiting_bytes(options_.max_waiting_bytes);
+  b.add_limit_client_backlog(options_.max_client_backlog);
+  b.add_limit_backlog(options_.max_backlog);
+  b.add_limit_partial_bytes(options_.max_partial_bytes);
+  b.add_limit_clients(max_clients_);
+  b.add_limit_client_gpu_fds(options_.max_client_gpu_fds);
+  b.add_fd_limit(fd_limit_);
+  b.add_refused_client_waiting(limits_[kLimitClientWaiting].hits);
+  b.add_refused_waiting_bytes(limits_[kLimitWaitingBytes].hits);
+  b.add_closed_client_backlog(limits_[kLimitClientBacklog].hits);
+  b.add_closed_backlog(limits_[kLimitBacklog].hits);
+  b.add_closed_partial(limits_[kLimitPartial].hits);
+  b.add_refused_clients(limits_[kLimitClients].hits);
+  b.add_accept_failures(limits_[kLimitAccept].hits);
+  b.add_refused_gpu_fds(limits_[kLimitGpuFds].hits);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }
@@ -1811,6 +1878,28 @@ void Server::WriteMetrics() {
   metric("bad_requests_total", "counter", "Requests refused as protocol errors.",
          totals_.bad_requests);
   metric("full_total", "counter", "Creates refused for lack of space.", totals_.full);
+  // Limits: the totals they watch, and how often each was hit (see server/limits.cpp).
+  metric("limit_usage", "gauge", "What the limits watch, now.", waiting_bytes_,
+         "first{what=\"waiting_bytes\"}");
+  metric("limit_usage", "gauge", "", backlog_bytes_, "{what=\"backlog_bytes\"}");
+  metric("limit_usage", "gauge", "", partial_bytes_, "{what=\"partial_bytes\"}");
+  metric("limit_usage", "gauge", "", pending_fds_, "{what=\"pending_fds\"}");
+  metric("limit_hits_total", "counter", "Requests refused or clients closed by a limit.",
+         limits_[kLimitClientWaiting].hits, "first{limit=\"max_client_waiting\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitWaitingBytes].hits,
+         "{limit=\"max_waiting_bytes\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitClientBacklog].hits,
+         "{limit=\"max_client_backlog\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitBacklog].hits,
+         "{limit=\"max_backlog\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitPartial].hits,
+         "{limit=\"max_partial_bytes\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitClients].hits,
+         "{limit=\"max_clients\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitAccept].hits,
+         "{limit=\"accept\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitGpuFds].hits,
+         "{limit=\"max_client_gpu_fds\"}");
   // GPU objects, per device (only when the store serves them).
   auto per_gpu = [&](const char* name, const char* help, auto value) {
     for (size_t i = 0; i < gpus_.size(); i++) {

@@ -116,6 +116,37 @@ class Server {
   void DeferClose(Client* c, const char* why);
   void ReleaseClientState(Client* c);
 
+  // Limits (server/limits.cpp): what clients make the server hold, each bounded by a flag,
+  // counted in O(1) per request, reported in stats and logged at most once a second each.
+  enum LimitKind {
+    kLimitClientWaiting, kLimitWaitingBytes, kLimitClientBacklog, kLimitBacklog, kLimitPartial,
+    kLimitClients, kLimitAccept, kLimitGpuFds, kLimitKinds
+  };
+  // Raises the descriptor limit, works out --max-clients' default, sets up the read buffer.
+  void SetUpLimits();
+  // Counts a hit of limit k; true when it is to be logged now (then LogLimit says what).
+  bool LimitHit(LimitKind k);
+  void LogLimit(LimitKind k, const Client* c, const std::string& what);
+  // Whether c may have one more waiting request holding bytes; if not, it gets STORE_ELIMIT.
+  // The bytes are counted until EndWaiting.
+  bool AdmitWaiting(Client* c, uint64_t seq, uint64_t bytes);
+  void EndWaiting(Client* c, uint64_t bytes);
+  // Recounts c's reply backlog from its stream's write queue; CheckBacklog also disconnects
+  // clients over --max-client-backlog and --max-backlog.
+  void NoteBacklog(Client* c);
+  void CheckBacklog(Client* c);
+  static void OnWritten(uv_write_t* req, int status);
+  // A new connection: false (and refused with STORE_ELIMIT) over --max-clients.
+  bool AdmitClient(Client* c);
+  // Whether c may be sent one more reply carrying a GPU chunk's descriptor.
+  bool AdmitGpuFd(Client* c, uint64_t seq);
+  // Partial frames: whether c's input buffer may grow to `held` bytes under
+  // --max-partial-bytes, disconnecting the client holding the most if not (c itself: false).
+  bool HoldInput(Client* c, size_t held);
+  // After a read: the read buffer lent to c is given back, its own buffer trimmed and counted.
+  void KeepInput(Client* c);
+  void NoteInput(Client* c);
+
   // Replies.
   // Sends the reply in fbb_ (with fd, if given). While a read's requests are handled the
   // reply is held back in the client's buffer, up to kMaxCorkBytes, and Flush writes them all.
@@ -330,6 +361,21 @@ class Server {
   } spill_totals_;
   int64_t start_ns_ = 0;
   uint64_t max_object_ = 0;  // the largest allocation the empty region allowed
+  // Limits (server/limits.cpp).
+  struct LimitState {
+    uint64_t hits = 0;
+    int64_t log_until = 0;  // monotonic ns: hits before then are counted, not logged
+    uint64_t quiet = 0;     // hits not logged since the last line
+  };
+  LimitState limits_[kLimitKinds];
+  uint64_t waiting_bytes_ = 0;  // held by waiting gets and creates
+  uint64_t backlog_bytes_ = 0;  // queued replies, over all clients
+  uint64_t partial_bytes_ = 0;  // clients' input buffers
+  uint64_t pending_fds_ = 0;    // descriptors in replies not yet written
+  uint64_t max_clients_ = 0;
+  uint64_t fd_limit_ = 0;
+  uint64_t gpu_fd_pool_ = 0;    // descriptors kept for GPU chunk replies, over all clients
+  std::unique_ptr<uint64_t[]> read_buf_;  // every connection reads into it (FrameBuffer::Lend)
   struct Totals {
     uint64_t creates = 0, seals = 0, gets = 0, releases = 0, deletes = 0, aborts = 0, full = 0;
     uint64_t contains = 0, infos = 0, lists = 0, pins = 0, unpins = 0;

@@ -52,6 +52,13 @@ struct Server::Client {
   // Server::Send and Server::Flush).
   bool corked = false;
   std::vector<uint8_t> out;
+  // What it makes the server hold, as the limits count it (server/limits.cpp).
+  uint32_t waiting = 0;        // its waiting gets and creates
+  uint64_t waiting_bytes = 0;  // the bytes they hold
+  uint64_t backlog = 0;        // reply bytes queued to it, as last counted
+  uint32_t pending_fds = 0;    // descriptors in its replies not yet written
+  size_t input_held = 0;       // bytes its input buffer holds, as last counted
+  bool input_refused = false;  // its input buffer may not grow (--max-partial-bytes)
 };
 
 struct Server::GpuDevice {
@@ -81,7 +88,11 @@ struct Server::WaitingGet {
   size_t missing = 0;              // of those, not resolved yet
   uv_timer_t timer{};
   bool has_timer = false;
+  uint64_t held = 0;               // bytes counted against the waiting limits
   static constexpr uint32_t kEnd = UINT32_MAX;
+  // Its bytes per id, as the waiting limits count them: the id, the instance taken, the status,
+  // the chain of equal ids, the resolved flag and, for an id waited for, its waiter entry.
+  static constexpr uint64_t kHeldPerId = 20 + 8 + 4 + 4 + 1 + 4 + 16 + 48;
 };
 
 // A create's arguments. metadata and inline_data borrow the request's bytes while it is served
@@ -118,6 +129,7 @@ struct Server::WaitingCreate {
   CreateArgs args;
   uv_timer_t timer{};
   bool has_timer = false;
+  uint64_t held = 0;  // bytes counted against the waiting limits
 };
 
 struct Server::EvictWaiter {

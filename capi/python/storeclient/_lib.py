@@ -23,6 +23,7 @@ STORE_ENOTSUP = -12
 STORE_ENOMEM = -13
 STORE_ECORRUPT = -14
 STORE_EPERM = -15
+STORE_ELIMIT = -16
 
 STORE_OBJECT_ID_SIZE = 20
 
@@ -130,6 +131,27 @@ class store_stats(Structure):
         ("total_restore_ns", c_uint64),
         ("total_spill_failures", c_uint64),
         ("total_restore_failures", c_uint64),
+        # Added in 0.2: limits.
+        ("waiting_bytes", c_uint64),
+        ("backlog_bytes", c_uint64),
+        ("partial_bytes", c_uint64),
+        ("pending_fds", c_uint64),
+        ("limit_client_waiting", c_uint64),
+        ("limit_waiting_bytes", c_uint64),
+        ("limit_client_backlog", c_uint64),
+        ("limit_backlog", c_uint64),
+        ("limit_partial_bytes", c_uint64),
+        ("limit_clients", c_uint64),
+        ("limit_client_gpu_fds", c_uint64),
+        ("fd_limit", c_uint64),
+        ("refused_client_waiting", c_uint64),
+        ("refused_waiting_bytes", c_uint64),
+        ("closed_client_backlog", c_uint64),
+        ("closed_backlog", c_uint64),
+        ("closed_partial", c_uint64),
+        ("refused_clients", c_uint64),
+        ("accept_failures", c_uint64),
+        ("refused_gpu_fds", c_uint64),
     ]
 
 

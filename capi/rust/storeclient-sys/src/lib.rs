@@ -40,7 +40,8 @@ pub const STORE_ENOTSUP: c_int = -12;
 pub const STORE_ENOMEM: c_int = -13;
 pub const STORE_ECORRUPT: c_int = -14;
 pub const STORE_EPERM: c_int = -15;
-pub const STORE_ERRNO_MIN_: c_int = -15;
+pub const STORE_ELIMIT: c_int = -16;
+pub const STORE_ERRNO_MIN_: c_int = -16;
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -161,6 +162,27 @@ pub struct store_stats {
     pub total_restore_ns: u64,
     pub total_spill_failures: u64,
     pub total_restore_failures: u64,
+    // Added in 0.2: limits.
+    pub waiting_bytes: u64,
+    pub backlog_bytes: u64,
+    pub partial_bytes: u64,
+    pub pending_fds: u64,
+    pub limit_client_waiting: u64,
+    pub limit_waiting_bytes: u64,
+    pub limit_client_backlog: u64,
+    pub limit_backlog: u64,
+    pub limit_partial_bytes: u64,
+    pub limit_clients: u64,
+    pub limit_client_gpu_fds: u64,
+    pub fd_limit: u64,
+    pub refused_client_waiting: u64,
+    pub refused_waiting_bytes: u64,
+    pub closed_client_backlog: u64,
+    pub closed_backlog: u64,
+    pub closed_partial: u64,
+    pub refused_clients: u64,
+    pub accept_failures: u64,
+    pub refused_gpu_fds: u64,
 }
 
 #[repr(C)]

@@ -51,7 +51,11 @@ fn rust_layouts() -> Vec<Layout> {
             evictable_bytes, spill_enabled, spill_files, spill_disk_bytes, spill_dead_bytes,
             total_spilled_objects, total_spilled_bytes, total_spill_ns, total_restored_objects,
             total_restored_bytes, total_restore_ns, total_spill_failures,
-            total_restore_failures,
+            total_restore_failures, waiting_bytes, backlog_bytes, partial_bytes, pending_fds,
+            limit_client_waiting, limit_waiting_bytes, limit_client_backlog, limit_backlog,
+            limit_partial_bytes, limit_clients, limit_client_gpu_fds, fd_limit,
+            refused_client_waiting, refused_waiting_bytes, closed_client_backlog,
+            closed_backlog, closed_partial, refused_clients, accept_failures, refused_gpu_fds,
         }),
         layout!(store_connect_options { version, client_name, read_only, reserved_ }),
         layout!(store_create_options {
@@ -178,6 +182,7 @@ fn error_codes_match_library() {
         (STORE_ENOMEM, "out of memory"),
         (STORE_ECORRUPT, "data corrupt"),
         (STORE_EPERM, "permission denied"),
+        (STORE_ELIMIT, "over a limit of the store"),
     ];
     for (code, text) in codes.iter() {
         let s = unsafe { CStr::from_ptr(store_errstr(*code)) };

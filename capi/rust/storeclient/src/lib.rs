@@ -85,6 +85,8 @@ pub enum ErrorCode {
     Corrupt,
     /// `STORE_EPERM`
     PermissionDenied,
+    /// `STORE_ELIMIT`: over a limit of the store (the message names the flag to raise)
+    OverLimit,
     /// A code this crate does not know.
     Unknown(i32),
 }
@@ -108,6 +110,7 @@ impl ErrorCode {
             sys::STORE_ENOMEM => ErrorCode::OutOfMemory,
             sys::STORE_ECORRUPT => ErrorCode::Corrupt,
             sys::STORE_EPERM => ErrorCode::PermissionDenied,
+            sys::STORE_ELIMIT => ErrorCode::OverLimit,
             other => ErrorCode::Unknown(other),
         }
     }
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::OutOfMemory => sys::STORE_ENOMEM,
             ErrorCode::Corrupt => sys::STORE_ECORRUPT,
             ErrorCode::PermissionDenied => sys::STORE_EPERM,
+            ErrorCode::OverLimit => sys::STORE_ELIMIT,
             ErrorCode::Unknown(c) => c,
         }
     }
