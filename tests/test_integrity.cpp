@@ -92,6 +92,7 @@ int CountResurrections(const std::string& dir, const std::vector<Obj>& gone,
   test::TestStore s("64M", SpillArgs(dir, {"--recover"}));
   REQUIRE(s.started());
   ClientPtr c = Connect(s.socket(), "after-crash");
+  INFO("the recovering store's log: " << s.Log());
   int back = 0;
   for (const Obj& o : gone) {
     if (Present(c.get(), o)) {
@@ -1082,4 +1083,104 @@ TEST_CASE("a prefetch of 65536 spilled objects whose files are gone fails each r
   REQUIRE(store_delete_many(c.get(), ids.data(), n, &deleted) == STORE_OK);
   CHECK(deleted == n);
   CHECK(Stats(c.get()).object_count == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spill files give their space back: compaction.
+
+TEST_CASE("a spill file mostly dead is rewritten with its live records; they read back and "
+          "their copies moved") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-file-max-objects", "8"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  std::vector<Obj> all;
+  for (int i = 0; i < 32; i++) all.push_back(MakeObj("cmp-" + std::to_string(i), 60000 + i, kMiB + i, i % 2 ? 8 : 0));
+  for (size_t i = 0; i < all.size(); i++) {
+    Put(c.get(), all[i]);
+    if (i % 8 == 7) Evict(c.get(), kAll);
+  }
+  REQUIRE(SpillFiles(dir).size() == 4);
+  std::vector<std::string> before;
+  for (const Obj& o : all) before.push_back(UrlOf(c.get(), o).path);
+  // Five of every eight deleted: each file is more than half dead.
+  std::vector<Obj> kept;
+  for (size_t i = 0; i < all.size(); i++) {
+    if (i % 8 < 5) {
+      Delete(c.get(), all[i]);
+    } else {
+      kept.push_back(all[i]);
+    }
+  }
+  // Every file rewritten: its dead bytes are gone from the disk.
+  CHECK(test::WaitFor([&] {
+    store_stats st = Stats(c.get());
+    return st.spill_dead_bytes == 0 && st.spill_files == 4;
+  }));
+  store_stats st = Stats(c.get());
+  uint64_t live = 0;
+  for (const Obj& o : kept) live += 16 + o.size + o.meta;
+  MESSAGE("disk " << st.spill_disk_bytes << " bytes for " << live << " live bytes");
+  CHECK(st.spill_disk_bytes < live + 64 * 1024);
+  CHECK(test::WaitFor([&] {
+    uint64_t total = 0;
+    SpillFiles(dir, &total);
+    return total == st.spill_disk_bytes;
+  }));
+  for (size_t k = 0; k < kept.size(); k++) {
+    CHECK(IsSpilled(c.get(), kept[k]));
+    CHECK(UrlOf(c.get(), kept[k]).path != before[(k / 3) * 8 + 5 + k % 3]);
+    ReadBack(c.get(), kept[k]);
+  }
+  for (const Obj& o : kept) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  CHECK(InstanceDirs(dir).empty());
+}
+
+TEST_CASE("a crash in the middle of compactions, under deletes: --recover serves exactly the "
+          "live objects") {
+  int resurrected = 0, lost = 0;
+  for (int delay : CrashDelaysMs()) {
+    INFO("crash ", delay, " ms after the last delete");
+    TempDir tmp;
+    const std::string dir = tmp.Sub("spill");
+    std::vector<Obj> all, gone, kept;
+    for (int i = 0; i < 48; i++) {
+      all.push_back(MakeObj("cc-" + std::to_string(delay) + "-" + std::to_string(i),
+                            70000 + 100 * delay + i, 768 * kKiB + i, 4));
+    }
+    {
+      test::TestStore s("64M", SpillArgs(dir, {"--spill-file-max-objects", "12"}));
+      REQUIRE(s.started());
+      ClientPtr c = Connect(s.socket());
+      for (size_t i = 0; i < all.size(); i++) {
+        Put(c.get(), all[i]);
+        if (i % 12 == 11) Evict(c.get(), kAll);
+      }
+      // Deletes that make each file more than half dead (its compaction starts), then more
+      // while the compactions run.
+      for (size_t i = 0; i < all.size(); i++) {
+        bool doomed = i % 12 < 7 || i % 5 == 0;
+        (doomed ? gone : kept).push_back(all[i]);
+      }
+      for (const Obj& o : gone) Delete(c.get(), o);
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+      Crash(s);
+    }
+    test::TestStore s("64M", SpillArgs(dir, {"--recover"}));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket(), "after-crash");
+    for (const Obj& o : gone) resurrected += Present(c.get(), o);
+    for (const Obj& o : kept) {
+      bool intact = false;
+      int rc = TryRead(c.get(), o, &intact);
+      if (rc != STORE_OK || !intact) lost++;
+    }
+    CHECK(Stats(c.get()).object_count == kept.size());
+  }
+  CHECK(resurrected == 0);
+  CHECK(lost == 0);
 }

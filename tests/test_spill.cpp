@@ -1152,3 +1152,48 @@ TEST_CASE("SpillDirs::Open errors") {
 }
 
 }  // TEST_SUITE
+
+TEST_CASE("copying some records of a spill file into a new one (compaction)") {
+  TempDir tmp;
+  Env* env = Env::Default();
+  const std::vector<Obj> objs = MixedObjects();
+  const std::string from = tmp / "spill-1.bin", to = tmp / "spill-2.bin";
+  Written w = WriteOk(env, from, objs);
+  std::vector<RecordLocation> pick;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < objs.size(); i += 3) {
+    pick.push_back(w.locs[i]);
+    which.push_back(i);
+  }
+  std::vector<RecordLocation> moved;
+  uint64_t size = 0;
+  std::string error;
+  REQUIRE(CopySpillFile(env, from, pick, kFileVersion, to, &moved, &size, &error) == 0);
+  REQUIRE(moved.size() == pick.size());
+  CHECK(!Exists(to + ".tmp"));
+  uint64_t off = 0;
+  for (size_t k = 0; k < moved.size(); k++) {
+    CHECK(moved[k].offset == off);
+    CHECK(moved[k].size == pick[k].size);
+    CHECK(moved[k].checksum == pick[k].checksum);
+    off += moved[k].size;
+    bool equal = false;
+    CHECK(ReadBack(env, to, moved[k], objs[which[k]], &error, &equal) == 0);
+    CHECK(equal);
+  }
+  // Its index reads back as any spill file's, and an independent reader walks it.
+  std::vector<IndexedRecord> index;
+  uint32_t version = 0;
+  REQUIRE(ReadIndex(env, to, &index, &error, &version) == 0);
+  CHECK(version == kFileVersion);
+  CHECK(index.size() == pick.size());
+  CHECK(size == off + pick.size() * kIndexEntry + kTrailer);
+  // It never replaces a file that exists, and a failed copy leaves nothing.
+  CHECK(CopySpillFile(env, from, pick, kFileVersion, to, &moved, &size, &error) == -EEXIST);
+  FaultInjectionEnv faulty(env);
+  faulty.FailWritesAfter(1000, ENOSPC);
+  const std::string third = tmp / "spill-3.bin";
+  CHECK(CopySpillFile(&faulty, from, pick, kFileVersion, third, &moved, &size, &error) == -ENOSPC);
+  CHECK(!Exists(third));
+  CHECK(!Exists(third + ".tmp"));
+}

@@ -24,6 +24,9 @@
 //   restore          sequential open of spilled objects        vs read of a file (cold, warm)
 //   restore_prefetch store_prefetch of all, then open each     vs the same reads
 //   restore_cold     sequential open, spill files dropped from the page cache first
+//   spill_churn      spill files' bytes on disk / the bytes of the live records in them, after
+//                    each round of deleting a fifth of the spilled objects and spilling as many
+//                    new ones (compaction gives dead bytes back)  vs 1.5, the goal
 //   table_stats, table_page, table_put, table_get  one request with 1,000,000 objects in the
 //                    table (100,000 with --quick), and with 10,000   vs the same round trip
 //   table_memory     the server's heap growth per object while they were added (no limit:
@@ -306,7 +309,7 @@ std::string FormatValue(double v, const std::string& unit) {
   char buf[64];
   if (unit == "GB/s" || unit == "ms") {
     snprintf(buf, sizeof buf, "%.2f", v);
-  } else if (unit == "of free") {
+  } else if (unit == "of free" || unit == "disk/live") {
     snprintf(buf, sizeof buf, "%.4f", v);
   } else {
     snprintf(buf, sizeof buf, "%.0f", v);
@@ -1636,6 +1639,67 @@ std::string Pct(double p) {
   return b;
 }
 
+// Churn on disk: 96 objects of 1 MiB spilled, then rounds that delete a fifth of them at random
+// and put and spill as many new ones (each spill makes a file).
+// After each round, once spilling and compaction are quiet: disk bytes / live record bytes.
+void SpillChurn() {
+  Result r{"spill_churn", "spill files' bytes / live record bytes after rounds of deleting a "
+           "fifth of the spilled 1 MiB objects and spilling as many new ones", {}, {}, false, "",
+           "", {}};
+  r.figure = Series{"spill_churn", "disk/live", {}};
+  r.limits.push_back(Series{"goal", "disk/live", {}});
+  const size_t n = 96;
+  const uint64_t size = 1ull << 20;
+  std::vector<uint8_t> data(size, 0x6c);
+  std::vector<uint64_t> live;  // ids (counter part) of the run's spilled objects
+  std::mt19937_64 rng(1234);
+  store_create_options co = STORE_CREATE_OPTIONS_INIT;
+  co.importance = kSpillImportance;
+  co.timeout_ms = 10000;
+  auto put = [&] {
+    store_object_id id = MakeId(g_next_id);
+    Check(store_put(g_client, &id, data.data(), size, &co), "store_put of 1 MiB");
+    live.push_back(g_next_id++);
+    g_created++;
+  };
+  auto settle = [&] {
+    // Quiet: no spill write or restore, and the dead bytes stable (compaction done).
+    uint64_t last = UINT64_MAX;
+    for (int i = 0; i < 2000; i++) {
+      store_stats st = Stats();
+      if (st.spilling_count == 0 && st.restoring_count == 0 && st.spill_dead_bytes == last) return st;
+      last = st.spill_dead_bytes;
+      usleep(5000);
+    }
+    return Stats();
+  };
+  for (size_t i = 0; i < n; i++) put();
+  uint64_t evicted = 0;
+  Check(store_evict(g_client, UINT64_MAX, &evicted), "store_evict");
+  const int rounds = g_set.quick ? 3 : 10;
+  for (int round = 0; round < rounds; round++) {
+    for (size_t k = 0; k < n / 5; k++) {
+      size_t i = rng() % live.size();
+      store_object_id id = MakeId(live[i]);
+      Delete(id);
+      live[i] = live.back();
+      live.pop_back();
+    }
+    for (size_t k = 0; k < n / 5; k++) put();
+    Check(store_evict(g_client, UINT64_MAX, &evicted), "store_evict");
+    store_stats st = settle();
+    const double live_bytes = static_cast<double>(live.size()) * static_cast<double>(16 + size);
+    r.figure.v.push_back(static_cast<double>(st.spill_disk_bytes) / live_bytes);
+    r.limits[0].v.push_back(1.5);
+    CheckStop();
+  }
+  for (uint64_t id : live) {
+    store_object_id oid = MakeId(id);
+    Delete(oid);
+  }
+  Add(std::move(r));
+}
+
 void SpillRestore(const store_stats& st) {
   Result spill{"spill", "store_evict of all the run's 8 MiB objects (written + fdatasync), "
                "wall time around the call", {}, {}, false, "", "", {}};
@@ -2424,7 +2488,11 @@ int main(int argc, char** argv) {
     munmap(src, kLargeSize);
     munmap(dst, kLargeSize);
   }
-  if (Wanted("spill")) SpillRestore(Stats());
+  if (Wanted("spill")) {
+    store_stats now = Stats();
+    SpillRestore(now);
+    if (now.spill_enabled && now.capacity_bytes >= (256ull << 20)) SpillChurn();
+  }
   if (Wanted("table")) TableFigures();
   if (Wanted("fill")) {
     FillFigure("fill_1m_64m", 1ull << 20, 64ull << 20);

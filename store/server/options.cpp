@@ -74,6 +74,8 @@ const char* HelpText() {
          "  --spill-file-max-size SIZE     largest spill file (default 256M)\n"
          "  --spill-file-max-objects N     most objects per spill file (default 2000)\n"
          "  --disk-threshold F   skip a spill directory whose disk is fuller than F (default 0.95)\n"
+         "  --spill-compact F    rewrite a spill file without its dead records once more than F\n"
+         "                       of its bytes are dead (default 0.5; 1 = never)\n"
          "  --recover            serve the objects that a previous store left in the spill\n"
          "                       directories (without it they are removed at start)\n"
          "  --log-level LEVEL    error, warn, info or debug (default: info)\n"
@@ -194,7 +196,8 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       o.spill_dirs.push_back(v);
     } else if (flag == "--recover") {
       o.recover = true;
-    } else if (flag == "--spill-high" || flag == "--spill-low" || flag == "--disk-threshold") {
+    } else if (flag == "--spill-high" || flag == "--spill-low" || flag == "--disk-threshold" ||
+               flag == "--spill-compact") {
       if (!value_of(i, flag, &v)) return false;
       char* end = nullptr;
       double f = std::strtod(v.c_str(), &end);
@@ -202,8 +205,10 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
         *error = "store: invalid " + flag + " '" + v + "' (a fraction, 0 < f <= 1)";
         return false;
       }
-      (flag == "--spill-high" ? o.spill_high : flag == "--spill-low" ? o.spill_low
-                                                                      : o.disk_threshold) = f;
+      (flag == "--spill-high"      ? o.spill_high
+       : flag == "--spill-low"     ? o.spill_low
+       : flag == "--spill-compact" ? o.spill_compact
+                                   : o.disk_threshold) = f;
     } else if (flag == "--spill-file-max-size") {
       if (!value_of(i, flag, &v)) return false;
       if (!ParseSize(v, &o.spill_file_max_size)) {

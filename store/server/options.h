@@ -20,6 +20,7 @@ struct ServerOptions {
   uint64_t spill_file_max_size = 256ull << 20;  // --spill-file-max-size
   uint32_t spill_file_max_objects = 2000;       // --spill-file-max-objects
   double disk_threshold = 0.95;         // --disk-threshold
+  double spill_compact = 0.5;           // --spill-compact: rewrite a file once this much is dead
   bool recover = false;                 // --recover
   LogLevel log_level = LogLevel::kInfo;
   std::string metrics_file;             // --metrics-file: Prometheus text, replaced atomically

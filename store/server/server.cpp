@@ -224,8 +224,14 @@ int Server::Run() {
 
   // The largest object: the whole capacity (large objects take whole pages, no size class).
   max_object_ = region_->LargestFree();
+  // The loop exists before recovery: removing spill files whose records are all deleted, and
+  // their tombstone logs, queues work on it.
+  uv_loop_init(&loop_);
+  loop_.data = this;
   if (!OpenSpill(&error)) {
     LOG_ERROR("cannot use the spill directories: %s", error.c_str());
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
     region_.reset();
     return 1;
   }
@@ -236,8 +242,6 @@ int Server::Run() {
   }
   StartGpu();
   SetUpLimits();
-  uv_loop_init(&loop_);
-  loop_.data = this;
   // Signals first: once the socket accepts, a SIGTERM must find its handler.
   uv_signal_init(&loop_, &sigint_);
   uv_signal_init(&loop_, &sigterm_);
@@ -1459,8 +1463,9 @@ void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r
       bool on_disk = o->state == ObjectState::kSpilled;
       ObjectKey key = o->id;
       table_.Unlink(o);
-      if (SpillDirState* dir = TombstoneFor(o)) {
-        needs.emplace_back(static_cast<uint32_t>(i), dir);
+      std::vector<SpillDirState*> dirs;
+      if (TombstoneFor(o, &dirs)) {
+        for (SpillDirState* dir : dirs) needs.emplace_back(static_cast<uint32_t>(i), dir);
       }
       freed |= MaybeFree(o);
       if (on_disk) NotifyWaiters(key);  // gets waiting for its restore: it is gone

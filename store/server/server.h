@@ -50,6 +50,10 @@ struct SpillFile {
   uint64_t dead_bytes = 0;    // records of deleted objects
   int64_t created_ns = 0;
   uint32_t version = 0;       // of the file format (its records' checksums)
+  uint32_t readers = 0;       // restores and a compaction reading it now: it stays until 0
+  bool removing = false;      // no live object left: removed once readers is 0
+  bool compacting = false;    // its live records are being copied to a new file
+  int64_t compact_after_ns = 0;  // after a failed compaction: not again before then
 };
 
 // A directory holding spill files (one this store owns, or one --recover adopted) and its
@@ -236,9 +240,20 @@ class Server {
   // Queues a tombstone for the record at (number, offset) of a file in dir; written by the
   // next tomb job.
   void QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset);
-  // Writes o's tombstone if it has a copy on disk (or is being written to one) and drops that
-  // copy; returns the directory the tombstone went to, or nullptr if it had none.
-  SpillDirState* TombstoneFor(Object* o);
+  // Writes o's tombstones if it has a copy on disk (or one being written, or copied by a
+  // compaction) and drops that copy; adds the directories they went to to *dirs (may be
+  // nullptr). Returns whether it wrote any.
+  bool TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs = nullptr);
+  // Compaction (server/spiller.cpp): a spill file whose dead records pass --spill-compact of
+  // its size is rewritten with its live records only, one file at a time.
+  struct CompactJob;
+  void MaybeCompact(SpillFile* f);
+  void StartCompaction(SpillFile* f);
+  static void CompactIndexWork(uv_work_t* req);
+  static void CompactIndexDone(uv_work_t* req, int status);
+  static void CompactCopyWork(uv_work_t* req);
+  static void CompactCopyDone(uv_work_t* req, int status);
+  void EndCompaction(CompactJob* job);
   // Starts a tomb job if none runs and there is work: tombstones to write, replies waiting,
   // logs to rewrite or to remove.
   void MaybeStartTombJob();
@@ -353,6 +368,14 @@ class Server {
     uint64_t offset;
   };
   std::unordered_map<uint64_t, SpillingAt> spilling_at_;
+  // Where the objects a compaction copies will be in its new file, by uid: a delete then writes
+  // a tombstone for that record too.
+  std::unordered_map<uint64_t, SpillingAt> compacting_at_;
+  CompactJob* compact_job_ = nullptr;   // the one in flight
+  std::set<uint64_t> compact_wanted_;  // ids of files to look at once it is done
+  struct CompactTotals {
+    uint64_t files = 0, bytes_copied = 0, bytes_freed = 0, failures = 0;
+  } compact_totals_;
   TombJob* tomb_job_ = nullptr;                    // the one in flight
   std::vector<DeferredDelete*> deletes_waiting_;   // for the next tomb job
   struct SpillTotals {

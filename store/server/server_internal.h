@@ -188,9 +188,30 @@ struct Server::TombJob {
   std::vector<DeferredDelete*> replies;  // sent once the items are done
 };
 
+// A compaction: the old file's index is read (threadpool), its live records chosen (loop),
+// copied to a new file (threadpool), and the objects moved to it (loop).
+struct Server::CompactJob {
+  uv_work_t req{};
+  Server* server = nullptr;
+  SpillFile* from = nullptr;  // holds a reader count of it until the end
+  std::string from_path;
+  uint32_t version = 0;
+  std::vector<spill::IndexedRecord> index;  // the old file's records
+  std::vector<spill::RecordLocation> live;  // the ones to copy, in the old file
+  std::vector<uint64_t> uids;               // their objects
+  std::string path;                         // the new file
+  SpillDirState* dir = nullptr;
+  uint64_t number = 0;
+  std::vector<spill::RecordLocation> locations;  // in the new file
+  uint64_t file_size = 0;
+  int rc = 0;
+  std::string error;
+};
+
 struct Server::RestoreJob {
   uv_work_t req{};
   Server* server = nullptr;
+  SpillFile* file = nullptr;  // holds a reader count of it until the read is done
   Object* object = nullptr;
   std::string path;
   spill::RecordLocation location;

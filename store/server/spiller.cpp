@@ -431,10 +431,18 @@ void Server::DropSpillCopy(Object* o, bool dead) {
   f->live_objects--;
   f->live_bytes -= o->spill_size();
   if (dead) f->dead_bytes += o->spill_size();
-  if (f->live_objects == 0) RemoveSpillFile(f);
+  if (f->live_objects == 0) {
+    RemoveSpillFile(f);
+  } else if (dead) {
+    MaybeCompact(f);
+  }
 }
 
 void Server::RemoveSpillFile(SpillFile* f) {
+  if (f->readers > 0) {
+    f->removing = true;  // a restore or a compaction still reads it: removed when it is done
+    return;
+  }
   // Unlinking a large file can take tens of milliseconds: do it on the threadpool, then let
   // SpillDirs tidy its directory on the loop and the directory's log follow (SpillFileGone).
   struct UnlinkJob {
@@ -531,21 +539,33 @@ void Server::QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset
   dir->live_entries++;
 }
 
-SpillDirState* Server::TombstoneFor(Object* o) {
+bool Server::TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs) {
+  auto add = [&](SpillDirState* d) {
+    if (dirs && std::find(dirs->begin(), dirs->end(), d) == dirs->end()) dirs->push_back(d);
+  };
   if (o->spill_file) {
     SpillDirState* dir = o->spill_file->dir;
     QueueTombstone(dir, o->spill_file->number, o->spill_offset);
+    add(dir);
+    // Its record is being copied by a compaction: the copy must never come back either.
+    auto c = compacting_at_.find(o->uid);
+    if (c != compacting_at_.end()) {
+      QueueTombstone(c->second.dir, c->second.number, c->second.offset);
+      add(c->second.dir);
+      compacting_at_.erase(c);
+    }
     DropSpillCopy(o, true);
-    return dir;
+    return true;
   }
   if (o->state == ObjectState::kSpilling) {
     auto it = spilling_at_.find(o->uid);
     if (it != spilling_at_.end()) {
       QueueTombstone(it->second.dir, it->second.number, it->second.offset);
-      return it->second.dir;
+      add(it->second.dir);
+      return true;
     }
   }
-  return nullptr;
+  return false;
 }
 
 void Server::SpillFileGone(SpillDirState* dir, uint64_t number) {
@@ -742,6 +762,169 @@ void Server::TombDone(uv_work_t* req, int /*status*/) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Compaction: a file whose dead records pass --spill-compact of its bytes is rewritten.
+//
+// One file at a time. The old file's index is read on the threadpool; on the loop, its live
+// records are the ones whose object still points at them; the new file's offsets follow from
+// their sizes, and from then on a delete of one of those objects writes a tombstone for its
+// record in the new file as well (compacting_at_), so neither copy can come back. The records
+// are copied (copy_file_range) into a new file written as .tmp and renamed once whole and
+// synced; then, on the loop, the objects still there move to it and the old file is removed
+// once no restore reads it. A crash at any point leaves the old file whole, the new one whole
+// or absent, and every acknowledged delete tombstoned in both.
+
+void Server::MaybeCompact(SpillFile* f) {
+  if (!dirs_ || stopping_ || options_.spill_compact >= 1.0 || f->compacting || f->removing ||
+      f->live_objects == 0 || f->size == 0) {
+    return;
+  }
+  if (static_cast<double>(f->dead_bytes) <= options_.spill_compact * static_cast<double>(f->size)) {
+    return;
+  }
+  if (MonotonicNs() < f->compact_after_ns) return;
+  if (compact_job_) {
+    compact_wanted_.insert(f->id);  // looked at again when the running one is done
+    return;
+  }
+  StartCompaction(f);
+}
+
+void Server::StartCompaction(SpillFile* f) {
+  auto* job = new CompactJob;
+  job->server = this;
+  job->from = f;
+  job->from_path = f->path;
+  job->version = f->version;
+  f->compacting = true;
+  f->readers++;
+  compact_job_ = job;
+  job->req.data = job;
+  if (uv_queue_work(&loop_, &job->req, CompactIndexWork, CompactIndexDone) != 0) {
+    job->rc = -EAGAIN;
+    job->error = "cannot queue the work";
+    CompactIndexDone(&job->req, 0);
+  }
+}
+
+void Server::CompactIndexWork(uv_work_t* req) {
+  auto* job = static_cast<CompactJob*>(req->data);
+  job->rc = spill::ReadIndex(job->server->env_, job->from_path, &job->index, &job->error);
+}
+
+void Server::CompactIndexDone(uv_work_t* req, int /*status*/) {
+  auto* job = static_cast<CompactJob*>(req->data);
+  Server* s = job->server;
+  SpillFile* f = job->from;
+  if (job->rc == 0 && !s->stopping_ && !f->removing) {
+    // Its live records: those whose object still points at them.
+    for (const auto& rec : job->index) {
+      ObjectKey key;
+      std::memcpy(key.bytes, rec.loc.id, 20);
+      Object* o = s->table_.Find(key);
+      if (!o || o->spill_file != f || o->spill_offset != rec.loc.offset) continue;
+      spill::RecordLocation loc = rec.loc;
+      loc.seeded = f->version >= 2;
+      job->live.push_back(loc);
+      job->uids.push_back(o->uid);
+    }
+    uint64_t bytes = spill::kTrailer;
+    for (const auto& l : job->live) bytes += l.size + spill::kIndexEntry;
+    job->path = job->live.empty() ? "" : s->dirs_->NextFile(bytes);
+  }
+  if (job->rc != 0 || job->path.empty() || s->stopping_ || f->removing) {
+    return s->EndCompaction(job);  // a failure is logged there
+  }
+  job->dir = s->DirState(Dirname(job->path));
+  job->number = FileNumber(job->path);
+  job->dir->files++;  // from now on it may exist
+  uint64_t off = 0;
+  for (size_t i = 0; i < job->live.size(); i++) {
+    s->compacting_at_[job->uids[i]] = SpillingAt{job->dir, job->number, off};
+    off += job->live[i].size;
+  }
+  if (uv_queue_work(&s->loop_, &job->req, CompactCopyWork, CompactCopyDone) != 0) {
+    job->rc = -EAGAIN;
+    job->error = "cannot queue the copy";
+    CompactCopyDone(&job->req, 0);
+  }
+}
+
+void Server::CompactCopyWork(uv_work_t* req) {
+  auto* job = static_cast<CompactJob*>(req->data);
+  job->rc = spill::CopySpillFile(job->server->env_, job->from_path, job->live, job->version,
+                                 job->path, &job->locations, &job->file_size, &job->error);
+}
+
+void Server::CompactCopyDone(uv_work_t* req, int /*status*/) {
+  auto* job = static_cast<CompactJob*>(req->data);
+  Server* s = job->server;
+  SpillFile* f = job->from;
+  for (uint64_t uid : job->uids) s->compacting_at_.erase(uid);
+  if (job->rc != 0) {
+    s->SpillFileGone(job->dir, job->number);  // the partial file was removed
+    return s->EndCompaction(job);
+  }
+  auto owned = std::make_unique<SpillFile>();
+  SpillFile* nf = owned.get();
+  nf->id = s->next_spill_file_++;
+  nf->path = job->path;
+  nf->dir = job->dir;
+  nf->number = job->number;
+  nf->size = job->file_size;
+  nf->version = job->version;
+  nf->created_ns = RealtimeNs();
+  s->spill_files_.emplace(nf->id, std::move(owned));
+  // The objects still there move to the new file; the records of those deleted meanwhile are
+  // dead in it (and tombstoned).
+  for (size_t i = 0; i < job->uids.size(); i++) {
+    const spill::RecordLocation& was = job->live[i];
+    const spill::RecordLocation& now = job->locations[i];
+    Object* o = s->table_.FindUid(job->uids[i]);
+    if (!o || o->spill_file != f || o->spill_offset != was.offset) {
+      nf->dead_bytes += now.size;
+      continue;
+    }
+    f->live_objects--;
+    f->live_bytes -= was.size;
+    f->dead_bytes += was.size;
+    o->spill_file = nf;
+    o->spill_offset = now.offset;
+    nf->live_objects++;
+    nf->live_bytes += now.size;
+  }
+  s->compact_totals_.files++;
+  s->compact_totals_.bytes_copied += job->file_size;
+  s->compact_totals_.bytes_freed += f->size > job->file_size ? f->size - job->file_size : 0;
+  LOG_INFO("compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
+           " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
+  if (nf->live_objects == 0) s->RemoveSpillFile(nf);
+  s->EndCompaction(job);
+}
+
+void Server::EndCompaction(CompactJob* job) {
+  SpillFile* f = job->from;
+  if (job->rc != 0) {
+    compact_totals_.failures++;
+    f->compact_after_ns = MonotonicNs() + 60ll * 1000000000;  // not again for a minute
+    LOG_WARN("cannot compact spill file %s (it stays as it is): %s", job->from_path.c_str(),
+             job->error.c_str());
+  }
+  f->compacting = false;
+  compact_job_ = nullptr;
+  f->readers--;
+  // All its objects moved: removed now, or once the restores still reading it are done.
+  if (f->removing || f->live_objects == 0) RemoveSpillFile(f);
+  delete job;
+  // The next file that asked meanwhile.
+  while (!compact_job_ && !compact_wanted_.empty()) {
+    uint64_t id = *compact_wanted_.begin();
+    compact_wanted_.erase(compact_wanted_.begin());
+    auto it = spill_files_.find(id);
+    if (it != spill_files_.end()) MaybeCompact(it->second.get());
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // Restoring.
 
 void Server::StartRestore(Object* o, bool prefetch, bool pump) {
@@ -831,6 +1014,8 @@ bool Server::TryStartRestore(Object* o) {
   auto* job = new RestoreJob;
   job->server = this;
   job->object = o;
+  job->file = o->spill_file;
+  job->file->readers++;
   job->path = o->spill_file->path;
   std::memcpy(job->location.id, o->id.bytes, 20);
   job->location.offset = o->spill_offset;
@@ -863,6 +1048,7 @@ void Server::RestoreDone(uv_work_t* req, int /*status*/) {
   Object* o = job->object;
   ObjectKey key = o->id;
   bool deleted = o->deleted;
+  if (--job->file->readers == 0 && job->file->removing) s->RemoveSpillFile(job->file);
   if (job->rc == 0) {
     s->spill_totals_.restored_objects++;
     s->spill_totals_.restored_bytes += job->location.size;

@@ -69,6 +69,25 @@ ssize_t TransferAll(Fn fn, const iovec* iov, int iovcnt, off_t off, bool is_writ
   return static_cast<ssize_t>(done);
 }
 
+// Copies [done, len) of a range through a buffer, with env's reads and writes.
+ssize_t CopyByReading(Env* env, int in, off_t in_off, int out, off_t out_off, size_t len,
+                      size_t done) {
+  std::vector<uint8_t> buf(std::min<size_t>(len - done, 1u << 20));
+  while (done < len) {
+    size_t n = std::min(buf.size(), len - done);
+    iovec v{buf.data(), n};
+    ssize_t r = env->PReadv(in, &v, 1, in_off + static_cast<off_t>(done));
+    if (r < 0) return r;
+    if (r == 0) break;
+    v.iov_len = static_cast<size_t>(r);
+    ssize_t w = env->PWritev(out, &v, 1, out_off + static_cast<off_t>(done));
+    if (w < 0) return w;
+    if (w != r) return -EIO;
+    done += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(done);
+}
+
 class PosixEnv final : public Env {
  public:
   int Open(const std::string& path, int flags, int mode) override {
@@ -100,6 +119,25 @@ class PosixEnv final : public Env {
       if (::fdatasync(fd) == 0) return 0;
       if (errno != EINTR) return Err();
     }
+  }
+
+  ssize_t CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) override {
+    size_t done = 0;
+    while (done < len) {
+      loff_t a = in_off + static_cast<off_t>(done), b = out_off + static_cast<off_t>(done);
+      ssize_t n = ::copy_file_range(in, &a, out, &b, len - done, 0);
+      if (n > 0) {
+        done += static_cast<size_t>(n);
+        continue;
+      }
+      if (n == 0) return static_cast<ssize_t>(done);  // end of the input
+      if (errno == EINTR) continue;
+      if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP) {
+        return Err();
+      }
+      return CopyByReading(this, in, in_off, out, out_off, len, done);
+    }
+    return static_cast<ssize_t>(done);
   }
 
   void ReadAhead(int fd, off_t off, off_t len) override {
@@ -326,6 +364,9 @@ ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t of
 
 int FaultInjectionEnv::Fdatasync(int fd) { return base_->Fdatasync(fd); }
 void FaultInjectionEnv::ReadAhead(int fd, off_t off, off_t len) { base_->ReadAhead(fd, off, len); }
+ssize_t FaultInjectionEnv::CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) {
+  return CopyByReading(this, in, in_off, out, out_off, len, 0);
+}
 int FaultInjectionEnv::Unlink(const std::string& path) { return base_->Unlink(path); }
 int FaultInjectionEnv::Rename(const std::string& from, const std::string& to) {
   return base_->Rename(from, to);

@@ -73,6 +73,12 @@ uint64_t SeedOf(const RecordLocation& loc) { return loc.seeded ? IdSeed(loc.id) 
 
 }  // namespace
 
+// Writes the index of locs and the trailer at index_offset of the open file fd (named tmp),
+// syncs, closes and renames it to path; on failure removes it.
+int FinishSpillFile(Env* env, int fd, const std::string& tmp, const std::string& path,
+                    std::vector<RecordLocation> locs, uint64_t index_offset, uint32_t version,
+                    std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error);
+
 uint64_t IdSeed(const uint8_t id[20]) { return GetU64(id); }
 
 std::vector<uint64_t> RecordOffsets(const std::vector<SpillRecord>& records) {
@@ -151,8 +157,20 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
     pos += want;
   }
 
-  // The index and the trailer.
-  const uint64_t index_offset = off;
+  return FinishSpillFile(env, fd, tmp, path, std::move(locs), off, kFileVersion, out, file_size,
+                         error);
+}
+
+int FinishSpillFile(Env* env, int fd, const std::string& tmp, const std::string& path,
+                    std::vector<RecordLocation> locs, uint64_t index_offset, uint32_t version,
+                    std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error) {
+  auto fail = [&](int rc, const char* what) {
+    env->Close(fd);
+    env->Unlink(tmp);
+    if (error) *error = "write spill file " + path + ": " + what + ": " + ErrnoText(rc);
+    return rc;
+  };
+  const size_t n = locs.size();
   std::vector<uint8_t> index(n * kIndexEntry);
   for (size_t i = 0; i < n; i++) {
     uint8_t* e = index.data() + i * kIndexEntry;
@@ -165,7 +183,7 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
   PutU64(trailer, index_offset);
   PutU64(trailer + 8, n);
   PutU64(trailer + 16, XXH3_64bits(index.data(), index.size()));
-  PutU32(trailer + 24, kFileVersion);
+  PutU32(trailer + 24, version);
   PutU32(trailer + 28, static_cast<uint32_t>(kTrailer));
   std::memcpy(trailer + 32, kMagic, sizeof(kMagic));
   iovec tail[2] = {{index.data(), index.size()}, {trailer, kTrailer}};
@@ -192,6 +210,42 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
   if (out) *out = std::move(locs);
   if (file_size) *file_size = index_offset + tail_size;
   return 0;
+}
+
+int CopySpillFile(Env* env, const std::string& from_path, const std::vector<RecordLocation>& from,
+                  uint32_t version, const std::string& path, std::vector<RecordLocation>* out,
+                  uint64_t* file_size, std::string* error) {
+  int in = env->Open(from_path, O_RDONLY, 0);
+  if (in < 0) {
+    if (error) *error = "copy spill file " + from_path + ": open: " + ErrnoText(in);
+    return in;
+  }
+  FdCloser closer{env, in};
+  const std::string tmp = path + ".tmp";
+  int fd = env->Open(tmp, O_CREAT | O_EXCL | O_WRONLY, 0600);
+  if (fd < 0) {
+    if (error) *error = "write spill file " + path + ": open: " + ErrnoText(fd);
+    return fd;
+  }
+  std::vector<RecordLocation> locs = from;
+  uint64_t off = 0;
+  for (RecordLocation& loc : locs) {
+    ssize_t n = env->CopyRange(in, static_cast<off_t>(loc.offset), fd, static_cast<off_t>(off),
+                               loc.size);
+    if (n < 0 || static_cast<uint64_t>(n) != loc.size) {
+      int rc = n < 0 ? static_cast<int>(n) : -EIO;
+      env->Close(fd);
+      env->Unlink(tmp);
+      if (error) {
+        *error = "copy spill file " + from_path + " at offset " + std::to_string(loc.offset) +
+                 " to " + path + ": " + (n < 0 ? ErrnoText(rc) : "short copy");
+      }
+      return rc;
+    }
+    loc.offset = off;
+    off += loc.size;
+  }
+  return FinishSpillFile(env, fd, tmp, path, std::move(locs), off, version, out, file_size, error);
 }
 
 int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uint8_t* dst,

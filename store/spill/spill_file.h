@@ -72,6 +72,15 @@ struct IndexedRecord {
   uint64_t data_size = 0;
 };
 
+// Writes a new spill file at path (as WriteSpillFile: "<path>.tmp", fdatasync, rename) holding
+// the records `from` names in the file at from_path, in that order, their bytes copied as they
+// are (copy_file_range: the filesystem may share the blocks). The index keeps their ids and
+// checksums, and version (the checksums' version in from_path). On success *out has their
+// locations in the new file.
+int CopySpillFile(Env* env, const std::string& from_path, const std::vector<RecordLocation>& from,
+                  uint32_t version, const std::string& path, std::vector<RecordLocation>* out,
+                  uint64_t* file_size, std::string* error);
+
 // The offset each record will have in a file written from `records`, in order.
 std::vector<uint64_t> RecordOffsets(const std::vector<SpillRecord>& records);
 
