@@ -957,6 +957,7 @@ void FromProto(const proto::ObjectInfo& p, store_object_info* out) {
   out->create_time_ns = p.create_time_ns();
   out->last_access_ns = p.last_access_ns();
   out->creator_pid = p.creator_pid();
+  out->lease_count = p.lease_count();
 }
 
 // The start of every call that hands the caller an array: clear the outputs, check the args.
@@ -1057,6 +1058,7 @@ struct store_writer {
   uint64_t meta_size = 0;
   int32_t importance = 0;
   int64_t timeout_ms = 0;
+  uint32_t flags = 0;
 };
 
 struct store_reader {
@@ -1395,9 +1397,13 @@ namespace {
 
 int CheckCreateOptions(const store_create_options* o) {
   if (!o) return STORE_OK;
-  if (o->version != STORE_CREATE_OPTIONS_VERSION) {
-    return Fail(STORE_EINVAL, "store_create_options.version is %u; this library knows %u",
+  // Version 1 options end before flags.
+  if (o->version != STORE_CREATE_OPTIONS_VERSION && o->version != 1) {
+    return Fail(STORE_EINVAL, "store_create_options.version is %u; this library knows 1 to %u",
                 o->version, STORE_CREATE_OPTIONS_VERSION);
+  }
+  if (o->version >= 2 && (o->flags & ~STORE_CREATE_LEASED) != 0) {
+    return Fail(STORE_EINVAL, "unknown store_create_options.flags 0x%x", o->flags);
   }
   if (o->metadata_size > 0 && !o->metadata) return Fail(STORE_EINVAL, "metadata is NULL");
   if (o->metadata_size > STORE_MAX_METADATA_SIZE) {
@@ -1428,6 +1434,7 @@ flatbuffers::Offset<proto::CreateRequest> BuildCreate(flatbuffers::FlatBufferBui
   b.add_importance(o->importance);
   b.add_device(o->device);
   b.add_timeout_ms(o->timeout_ms);
+  if (o->version >= 2 && (o->flags & STORE_CREATE_LEASED)) b.add_leased(true);
   if (inline_data) b.add_data(data);
   return b.Finish();
 }
@@ -1601,6 +1608,7 @@ int store_create(store_client* client, store_writer** out, const store_object_id
       if (w->meta_size) std::memcpy(w->meta, opts->metadata, w->meta_size);
       w->importance = opts ? opts->importance : 0;
       w->timeout_ms = opts ? opts->timeout_ms : 0;
+      w->flags = opts && opts->version >= 2 ? opts->flags : 0;
       Ref(c);
       *out = w;
       return STORE_OK;
@@ -1692,6 +1700,7 @@ int FinishWriter(store_writer* w, bool seal) {
       o.metadata_size = w->meta_size;
       o.importance = w->importance;
       o.timeout_ms = w->timeout_ms;
+      o.flags = w->flags;
       flatbuffers::FlatBufferBuilder fbb(256 + w->size + w->meta_size);
       auto body = BuildCreate(fbb, &w->id, w->size, &o, w->data);
       std::unique_ptr<Reply> reply;
@@ -2448,6 +2457,32 @@ int store_unpin(store_client* client, const store_object_id* id) {
     return Call(client->conn, fbb, Body::UnpinRequest,
                 proto::CreateUnpinRequest(fbb, &pid).Union(), Body::UnpinReply, &reply);
   });
+}
+
+namespace {
+int LeaseCall(store_client* client, const store_object_id* id, bool unlease,
+              uint32_t* lease_count) {
+  return Guard([&]() -> int {
+    if (lease_count) *lease_count = 0;
+    if (!client || !id) return Fail(STORE_EINVAL, "client or id is NULL");
+    flatbuffers::FlatBufferBuilder fbb(128);
+    proto::ObjectId pid = ProtoId(id);
+    std::unique_ptr<Reply> reply;
+    int rc = Call(client->conn, fbb, Body::LeaseRequest,
+                  proto::CreateLeaseRequest(fbb, &pid, unlease).Union(), Body::LeaseReply, &reply);
+    if (rc != STORE_OK) return rc;
+    if (lease_count) *lease_count = reply->msg->body_as_LeaseReply()->lease_count();
+    return STORE_OK;
+  });
+}
+}  // namespace
+
+int store_lease(store_client* client, const store_object_id* id, uint32_t* lease_count) {
+  return LeaseCall(client, id, false, lease_count);
+}
+
+int store_unlease(store_client* client, const store_object_id* id, uint32_t* lease_count) {
+  return LeaseCall(client, id, true, lease_count);
 }
 
 namespace {

@@ -166,7 +166,7 @@ typedef struct store_object_info {
     int64_t create_time_ns;  /* CLOCK_REALTIME, nanoseconds */
     int64_t last_access_ns;  /* CLOCK_REALTIME of the last create, seal, get or reader close */
     int32_t creator_pid;     /* pid of the creating client, 0 if unknown */
-    uint32_t reserved_;
+    uint32_t lease_count;    /* leases held on it by all clients (store_lease()) */
 } store_object_info;
 
 typedef struct store_stats {
@@ -298,24 +298,32 @@ typedef struct store_connect_options {
     const char *client_name; /* shown in the server's client list; NULL = the program name */
     /* Added in version 2. Non-zero: a read-only client. The store sends it a descriptor of its
      * memory that cannot be mapped writable at all, and refuses its changes (create, put,
-     * delete, pin, unpin, evict, set_importance) with STORE_EPERM; it reads, lists and watches
+     * delete, pin, unpin, lease, unlease, evict, set_importance) with STORE_EPERM; it reads, lists and watches
      * as any client. */
     int32_t read_only;
     uint32_t reserved_;
 } store_connect_options;
 #define STORE_CONNECT_OPTIONS_INIT {STORE_CONNECT_OPTIONS_VERSION, NULL, 0, 0}
 
-#define STORE_CREATE_OPTIONS_VERSION 1
+#define STORE_CREATE_OPTIONS_VERSION 2
 typedef struct store_create_options {
-    uint32_t version;       /* STORE_CREATE_OPTIONS_VERSION */
+    uint32_t version;       /* STORE_CREATE_OPTIONS_VERSION (1: the fields up to timeout_ms) */
     const void *metadata;   /* copied into the object, after the data; may be NULL */
     uint64_t metadata_size; /* at most STORE_MAX_METADATA_SIZE */
     int32_t importance;     /* higher values are evicted later; default 0 */
     int32_t device;         /* -1 = host memory; >= 0 = that GPU, by the store's device number
                                (STORE_ENOTSUP unless the store serves GPU objects) */
     int64_t timeout_ms;     /* wait for space when full: 0 = fail at once, -1 = forever */
+    /* Added in version 2. STORE_CREATE_* bits. */
+    uint32_t flags;
+    uint32_t reserved_;
 } store_create_options;
-#define STORE_CREATE_OPTIONS_INIT {STORE_CREATE_OPTIONS_VERSION, NULL, 0, 0, -1, 0}
+#define STORE_CREATE_OPTIONS_INIT {STORE_CREATE_OPTIONS_VERSION, NULL, 0, 0, -1, 0, 0, 0}
+/* The object is leased: its creator holds a lease on it from the create on, and it is deleted
+ * when its last lease goes (see store_lease()), with no store_delete() needed. So an object a
+ * client makes for itself and for the clients it hands it to goes when they are all done with
+ * it or gone (a client that disconnects or dies drops its leases). */
+#define STORE_CREATE_LEASED 1u
 
 #define STORE_MAX_METADATA_SIZE (1u << 20)  /* 1 MiB */
 /* Host objects of up to this many bytes of data are staged (see the object lifecycle). */
@@ -541,6 +549,23 @@ STORE_API int store_pin(store_client *client, const store_object_id *id);
 
 /* Drops one pin of this client. STORE_EMISUSE if this client holds none on id. */
 STORE_API int store_unpin(store_client *client, const store_object_id *id);
+
+/* Lifetimes. A lease keeps an object from going away by itself: a client takes one on a sealed
+ * object (leases are counted per client), and drops it with store_unlease() or by disconnecting
+ * (dying included). An object created with STORE_CREATE_LEASED is deleted when its last lease
+ * goes; other objects live until store_delete(), which also removes a leased object at once
+ * (unlink semantics: readers keep theirs). A client that is handed an object another client
+ * may let go of takes a lease on it first, then opens it. *lease_count (may be NULL) receives
+ * the leases on the object now, over all clients.
+ * store_lease: STORE_ENOTFOUND if absent, STORE_ENOTSEALED if still being written, STORE_EMISUSE
+ * if it holds the most leases a count can hold. store_unlease: STORE_EMISUSE if this client
+ * holds none on id, STORE_ENOTSEALED if id is still being written (a creator's lease lasts at
+ * least until the seal; an abort deletes the object anyway). Both return STORE_EPERM for a
+ * read-only client, and can also return
+ * STORE_ECONN, STORE_EPROTO, STORE_ENOMEM and STORE_EMISUSE (client unusable, as for every call). */
+STORE_API int store_lease(store_client *client, const store_object_id *id, uint32_t *lease_count);
+STORE_API int store_unlease(store_client *client, const store_object_id *id,
+                            uint32_t *lease_count);
 
 /* Fills *stats with a snapshot of the server. Cheap: the server keeps its figures as it goes. */
 STORE_API int store_stats_get(store_client *client, store_stats *stats);

@@ -5,7 +5,10 @@
 #include <fstream>
 
 #include <dirent.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <atomic>
@@ -1408,6 +1411,200 @@ TEST_CASE("pin and unpin") {
   CHECK(Stats(a.get()).pinned_count == 0);
   CHECK(Stats(a.get()).client_count == 1);
 
+  Delete(a.get(), id);
+  CheckEmpty(a.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases.
+
+store_create_options LeasedOpts() {
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.flags = STORE_CREATE_LEASED;
+  return o;
+}
+
+uint32_t Lease(store_client* c, const store_object_id& id) {
+  uint32_t n = 0;
+  int rc = store_lease(c, &id, &n);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return n;
+}
+
+uint32_t Unlease(store_client* c, const store_object_id& id) {
+  uint32_t n = 99;
+  int rc = store_unlease(c, &id, &n);
+  const std::string err = store_last_error_message();
+  INFO(err);
+  REQUIRE(rc == STORE_OK);
+  return n;
+}
+
+TEST_CASE("leases: an object created leased goes with its last lease, a plain one stays") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  const store_create_options leased = LeasedOpts();
+  // Both paths of a put: a staged small object and one written in place.
+  const store_object_id small = Id("leased-small"), big = Id("leased-big"), plain = Id("plain");
+  Put(a.get(), small, Pattern(1, 100), &leased);
+  Put(a.get(), big, Pattern(2, 4 * kMiB), &leased);
+  Put(a.get(), plain, Pattern(3, 4096));
+  CHECK(Info(b.get(), small).lease_count == 1);
+  CHECK(Info(b.get(), big).lease_count == 1);
+  CHECK(Info(b.get(), plain).lease_count == 0);
+
+  // B leases both, then A lets go: they stay while B holds its leases.
+  CHECK(Lease(b.get(), small) == 2);
+  CHECK(Lease(b.get(), big) == 2);
+  CHECK(Unlease(a.get(), small) == 1);
+  CHECK(store_unlease(a.get(), &small, nullptr) == STORE_EMISUSE);  // A holds none now
+  CHECK(Contains(b.get(), small) == 1);
+  // A reader B opened keeps its bytes when the last lease goes (unlink semantics).
+  ReaderPtr r = Open(b.get(), big);
+  CHECK(Unlease(a.get(), big) == 1);
+  CHECK(Unlease(b.get(), big) == 0);
+  CHECK(Contains(b.get(), big) == 0);
+  CHECK(SameBytes(store_reader_data(r.get()), Pattern(2, 4 * kMiB)));
+  r.reset();
+  CHECK(Unlease(b.get(), small) == 0);
+  CHECK(Contains(b.get(), small) == 0);
+
+  // A lease on a plain object only counts: dropping the last one deletes nothing.
+  CHECK(Lease(a.get(), plain) == 1);
+  CHECK(Lease(a.get(), plain) == 2);
+  CHECK(Info(b.get(), plain).lease_count == 2);
+  CHECK(Unlease(a.get(), plain) == 1);
+  CHECK(Unlease(a.get(), plain) == 0);
+  CHECK(Contains(b.get(), plain) == 1);
+  Delete(a.get(), plain);
+  CheckEmpty(a.get());
+}
+
+TEST_CASE("leases: a client's leases go when it disconnects or is killed") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr watcher = Connect(s, "watcher");
+  const store_create_options leased = LeasedOpts();
+  {
+    ClientPtr a = Connect(s, "a");
+    for (int i = 0; i < 20; i++) {
+      Put(a.get(), Id("gone-" + std::to_string(i)), Pattern(i, i % 2 ? 100 : kMiB), &leased);
+    }
+    Put(a.get(), Id("kept"), Pattern(99, 4096));
+    // A lease on an object created leased by another client keeps it past its creator.
+    ClientPtr b = Connect(s, "b");
+    Put(b.get(), Id("held"), Pattern(98, kMiB), &leased);
+    CHECK(Lease(a.get(), Id("held")) == 2);
+    CHECK(Stats(watcher.get()).object_count == 22);
+  }  // a and b disconnect
+  CHECK(test::WaitFor([&] { return Stats(watcher.get()).object_count == 1; }));
+  CHECK(Contains(watcher.get(), Id("kept")) == 1);
+  CHECK(Contains(watcher.get(), Id("held")) == 0);
+  Delete(watcher.get(), Id("kept"));
+  CheckEmpty(watcher.get());
+
+  // A process killed with objects it leased, and a lease on another client's: its objects go,
+  // the other client's object goes when that client lets go too.
+  Put(watcher.get(), Id("shared"), Pattern(97, kMiB), &leased);
+  int ready[2];
+  REQUIRE(pipe(ready) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    store_client* c = nullptr;
+    if (store_client_connect(&c, s.socket().c_str(), nullptr) != STORE_OK) _exit(1);
+    store_create_options o = STORE_CREATE_OPTIONS_INIT;
+    o.flags = STORE_CREATE_LEASED;
+    std::vector<uint8_t> data(kMiB, 7);
+    for (int i = 0; i < 10; i++) {
+      store_object_id id{};
+      std::string name = "child-" + std::to_string(i);
+      store_object_id_from_string(name.data(), name.size(), &id);
+      if (store_put(c, &id, data.data(), i % 2 ? 64 : data.size(), &o) != STORE_OK) _exit(2);
+    }
+    // One left unsealed, too.
+    store_writer* w = nullptr;
+    store_object_id wid{};
+    store_object_id_from_string("child-open", 10, &wid);
+    if (store_create(c, &w, &wid, kMiB, &o) != STORE_OK) _exit(3);
+    store_object_id sid{};
+    store_object_id_from_string("shared", 6, &sid);
+    if (store_lease(c, &sid, nullptr) != STORE_OK) _exit(4);
+    char x = 1;
+    if (write(ready[1], &x, 1) != 1) _exit(5);
+    pause();
+    _exit(0);
+  }
+  close(ready[1]);
+  char x = 0;
+  CHECK(read(ready[0], &x, 1) == 1);
+  close(ready[0]);
+  CHECK(Stats(watcher.get()).object_count == 12);
+  CHECK(Info(watcher.get(), Id("shared")).lease_count == 2);
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK(test::WaitFor([&] { return Stats(watcher.get()).object_count == 1; }));
+  CHECK(Info(watcher.get(), Id("shared")).lease_count == 1);
+  CHECK(Unlease(watcher.get(), Id("shared")) == 0);
+  CheckEmpty(watcher.get());
+}
+
+TEST_CASE("leases: refusals, store_delete still deletes at once, and a new object of the id") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr a = Connect(s, "a");
+  ClientPtr b = Connect(s, "b");
+  const store_object_id id = Id("lease-rules"), missing = Id("lease-missing");
+  CHECK(store_lease(a.get(), &missing, nullptr) == STORE_ENOTFOUND);
+  CHECK(store_unlease(a.get(), &missing, nullptr) == STORE_EMISUSE);
+  CHECK(store_lease(a.get(), nullptr, nullptr) == STORE_EINVAL);
+  CHECK(store_lease(nullptr, &id, nullptr) == STORE_EINVAL);
+
+  // Unsealed: nobody leases it, and its creator's lease lasts until the seal.
+  store_create_options leased = LeasedOpts();
+  store_writer* w = nullptr;
+  REQUIRE(store_create(a.get(), &w, &id, kMiB, &leased) == STORE_OK);
+  WriterPtr wp(w);
+  CHECK(store_lease(b.get(), &id, nullptr) == STORE_ENOTSEALED);
+  CHECK(store_unlease(a.get(), &id, nullptr) == STORE_ENOTSEALED);
+  REQUIRE(store_writer_seal(wp.release()) == STORE_OK);
+  CHECK(Info(b.get(), id).lease_count == 1);
+
+  // Unknown flags and an old options version.
+  store_create_options bad = STORE_CREATE_OPTIONS_INIT;
+  bad.flags = 2;
+  CHECK(store_put(a.get(), &missing, "x", 1, &bad) == STORE_EINVAL);
+  store_create_options v1 = STORE_CREATE_OPTIONS_INIT;
+  v1.version = 1;
+  v1.flags = STORE_CREATE_LEASED;  // not read: version 1 has no flags
+  Put(a.get(), missing, Pattern(5, 10), &v1);
+  CHECK(Info(a.get(), missing).lease_count == 0);
+  Delete(a.get(), missing);
+
+  // store_delete removes a leased object at once; the holders' unleases still succeed, and a
+  // new object of the same id is not touched by them.
+  CHECK(Lease(b.get(), id) == 2);
+  Delete(a.get(), id);
+  CHECK(Contains(b.get(), id) == 0);
+  Put(a.get(), id, Pattern(6, 4096));
+  CHECK(Unlease(b.get(), id) == 0);
+  CHECK(Unlease(a.get(), id) == 0);
+  CHECK(store_unlease(a.get(), &id, nullptr) == STORE_EMISUSE);
+  CHECK(Contains(b.get(), id) == 1);
+  CHECK(Info(b.get(), id).lease_count == 0);
+
+  // A read-only client may not hold leases.
+  store_connect_options ro = STORE_CONNECT_OPTIONS_INIT;
+  ro.read_only = 1;
+  store_client* rc = nullptr;
+  REQUIRE(store_client_connect(&rc, s.socket().c_str(), &ro) == STORE_OK);
+  ClientPtr r(rc);
+  CHECK(store_lease(r.get(), &id, nullptr) == STORE_EPERM);
+  CHECK(store_unlease(r.get(), &id, nullptr) == STORE_EPERM);
   Delete(a.get(), id);
   CheckEmpty(a.get());
 }

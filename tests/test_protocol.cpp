@@ -377,7 +377,7 @@ const P::Message* Decode(const Bytes& b) {
 P::ObjectInfo MakeInfo(uint32_t n) {
   return P::ObjectInfo(Id(n), 1000 + n, 10 + n, n % 5, n % 3, static_cast<int32_t>(n % 4) - 1,
                        -static_cast<int32_t>(n), n * 2, n * 3, 1700000000000000000ll + n,
-                       1700000000000000000ll + 2 * n, 4000 + static_cast<int32_t>(n));
+                       1700000000000000000ll + 2 * n, 4000 + static_cast<int32_t>(n), n);
 }
 
 // One small message of each kind with non-default content in every field.

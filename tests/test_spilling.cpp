@@ -390,6 +390,39 @@ TEST_CASE("a spill file is deleted with the last object in it; the store's direc
   CHECK(fs::is_directory(dir));  // the given directory itself is not the store's
 }
 
+TEST_CASE("objects created leased go from disk too when their holder disconnects") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir));
+  REQUIRE(s.started());
+  ClientPtr watcher = Connect(s.socket(), "watcher");
+  std::vector<Obj> objs;
+  {
+    ClientPtr c = Connect(s.socket(), "holder");
+    for (int i = 0; i < 8; i++) {
+      objs.push_back(MakeObj("leased-" + std::to_string(i), 70 + i, 2 * kMiB));
+      std::vector<uint8_t> data = Bytes(objs.back().seed, objs.back().size);
+      store_create_options o = STORE_CREATE_OPTIONS_INIT;
+      o.flags = STORE_CREATE_LEASED;
+      o.timeout_ms = -1;
+      REQUIRE(store_put(c.get(), &objs.back().id, data.data(), data.size(), &o) == STORE_OK);
+    }
+    Evict(c.get(), kAll);
+    for (const Obj& o : objs) CHECK(IsSpilled(watcher.get(), o));
+    // Half of them restored: in memory with their copy on disk.
+    for (int i = 0; i < 4; i++) ReadBack(watcher.get(), objs[i]);
+    CHECK(!SpillFiles(dir).empty());
+  }
+  CHECK(test::WaitFor([&] { return Stats(watcher.get()).object_count == 0; }));
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+  store_stats st = Stats(watcher.get());
+  CHECK(st.used_bytes == 0);
+  CHECK(st.spill_files == 0);
+  CHECK(st.spill_disk_bytes == 0);
+  watcher.reset();
+  CHECK(ExitedZero(s.Stop()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restores.
 

@@ -513,6 +513,9 @@ void Server::ReleaseClientState(Client* c) {
     freed = true;  // it may be evictable now
   }
   c->pins.clear();
+  // Leases: an object created leased goes with its last one.
+  for (auto& [uid, held] : c->leases) freed |= DropLeases(uid, held.n);
+  c->leases.clear();
   for (EvictWaiter* ew : evict_waiters_) {
     if (ew->client == c) ew->client = nullptr;
   }
@@ -680,6 +683,7 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
       case Body::DeleteRequest:
       case Body::PinRequest:
       case Body::UnpinRequest:
+      case Body::LeaseRequest:
       case Body::EvictRequest:
       case Body::SetImportanceRequest:
         return SendError(c, seq, STORE_EPERM,
@@ -728,6 +732,8 @@ void Server::Dispatch(Client* c, const proto::Message* m) {
       return HandleSetImportance(c, seq, m->body_as_SetImportanceRequest());
     case Body::SpillFilesRequest:
       return HandleSpillFiles(c, seq, m->body_as_SpillFilesRequest());
+    case Body::LeaseRequest:
+      return HandleLease(c, seq, m->body_as_LeaseRequest());
     case Body::GpuChunkRequest:
       return HandleGpuChunk(c, seq, m->body_as_GpuChunkRequest());
     case Body::DisconnectRequest:
@@ -819,6 +825,10 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
   }
   totals_.creates++;
   c->objects_created++;
+  if (a.leased) {
+    leases_[o->uid] = LeaseState{1, true};
+    c->leases[o->uid] = Client::HeldLease{o->id, 1};
+  }
   if (a.inline_put) {
     std::memcpy(o->data, a.inline_data.data(), a.data_size);
     SealObject(o);
@@ -880,6 +890,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   a.id = KeyOf(r->id());
   a.data_size = r->data_size();
   a.importance = r->importance();
+  a.leased = r->leased();
   a.device = r->device();
   int64_t timeout = r->timeout_ms();
   if (a.data_size == 0) {
@@ -1139,6 +1150,7 @@ void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) 
 
 void Server::FreeObject(Object* o) {
   restore_queued_.erase(o->uid);  // its queue entry is skipped when it comes up
+  if (!leases_.empty()) leases_.erase(o->uid);
   if (o->spill_file && TombstoneFor(o)) MaybeStartTombJob();  // deletes drop it before
   if (o->data) region_->Free(o->data);
   if (o->on_gpu()) GpuFree(o);
@@ -1491,9 +1503,14 @@ proto::ObjectInfo Server::InfoOf(const Object& o) const {
   uint32_t level = 0;
   if (o.in_memory()) level |= o.device >= 0 ? STORE_LEVEL_GPU : STORE_LEVEL_MEMORY;
   if (o.spill_file) level |= STORE_LEVEL_DISK;
+  uint32_t leases = 0;
+  if (!leases_.empty()) {
+    auto it = leases_.find(o.uid);
+    if (it != leases_.end()) leases = it->second.count;
+  }
   return proto::ObjectInfo(proto::ToProto(o.id.bytes), o.data_size, o.metadata_size,
                            static_cast<uint32_t>(o.state), level, o.device, o.importance, o.pins,
-                           o.readers, o.create_ns, o.access_ns, o.creator_pid);
+                           o.readers, o.create_ns, o.access_ns, o.creator_pid, leases);
 }
 
 void Server::HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r) {
@@ -1538,6 +1555,79 @@ void Server::HandleList(Client* c, uint64_t seq, const proto::ListRequest* r) {
   fbb_.Clear();
   auto vec = fbb_.CreateVectorOfStructs(page);
   SendEmpty(c, seq, Body::ListReply, proto::CreateListReply(fbb_, vec, cursor, total).Union());
+}
+
+bool Server::DeleteObject(Object* o) {
+  if (o->deleted) return false;
+  totals_.deletes++;
+  bool on_disk = o->state == ObjectState::kSpilled;
+  ObjectKey key = o->id;
+  table_.Unlink(o);
+  if (TombstoneFor(o)) MaybeStartTombJob();  // no reply waits for it: nobody asked
+  bool freed = MaybeFree(o);
+  if (on_disk) NotifyWaiters(key);
+  return freed;
+}
+
+bool Server::DropLeases(uint64_t uid, uint32_t n) {
+  auto it = leases_.find(uid);
+  if (it == leases_.end()) return false;
+  it->second.count -= std::min(n, it->second.count);
+  if (it->second.count > 0) return false;
+  bool auto_delete = it->second.auto_delete;
+  leases_.erase(it);
+  Object* o = auto_delete ? table_.FindUid(uid) : nullptr;
+  if (!o || o->state == ObjectState::kCreated) return false;  // an unsealed one is aborted
+  return DeleteObject(o);
+}
+
+void Server::HandleLease(Client* c, uint64_t seq, const proto::LeaseRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (r->unlease()) {
+    // The instance of id this client leased: the one in the table, or one deleted since (its
+    // lease may outlive it: the count just goes).
+    auto it = o ? c->leases.find(o->uid) : c->leases.end();
+    if (it == c->leases.end()) {
+      for (it = c->leases.begin(); it != c->leases.end(); ++it) {
+        if (it->second.id == id) break;
+      }
+    }
+    if (it == c->leases.end()) {
+      return SendError(c, seq, STORE_EMISUSE, "this client holds no lease on object " + Hex(id));
+    }
+    const uint64_t uid = it->first;
+    if (o && o->uid == uid && o->state == ObjectState::kCreated) {
+      // The creator's lease lasts until the seal (or the abort, which deletes it anyway).
+      return SendError(c, seq, STORE_ENOTSEALED, "object " + Hex(id) + " is not sealed yet");
+    }
+    if (--it->second.n == 0) c->leases.erase(it);
+    bool freed = DropLeases(uid, 1);
+    auto left = leases_.find(uid);
+    fbb_.Clear();
+    SendEmpty(c, seq, Body::LeaseReply,
+              proto::CreateLeaseReply(fbb_, left == leases_.end() ? 0 : left->second.count)
+                  .Union());
+    if (freed) Pump();
+    return;
+  }
+  if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  if (o->state == ObjectState::kCreated) {
+    return SendError(c, seq, STORE_ENOTSEALED, "object " + Hex(id) + " is not sealed yet");
+  }
+  LeaseState& l = leases_[o->uid];
+  Client::HeldLease& mine = c->leases[o->uid];
+  if (l.count == UINT32_MAX || mine.n == UINT32_MAX) {
+    if (mine.n == 0) c->leases.erase(o->uid);
+    if (l.count == 0) leases_.erase(o->uid);
+    return SendError(c, seq, STORE_EMISUSE,
+                     "object " + Hex(id) + " holds the most leases a count can hold");
+  }
+  l.count++;
+  mine.id = o->id;
+  mine.n++;
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::LeaseReply, proto::CreateLeaseReply(fbb_, l.count).Union());
 }
 
 void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {

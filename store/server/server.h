@@ -177,6 +177,13 @@ class Server {
   void HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r);
   void HandleList(Client* c, uint64_t seq, const proto::ListRequest* r);
   void HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r);
+  // Leases (server.cpp): objects created leased go with their last lease.
+  void HandleLease(Client* c, uint64_t seq, const proto::LeaseRequest* r);
+  // Drops n of c's leases on the object with this uid; deletes it if that was the last lease on
+  // an object created leased. Returns whether memory may have been freed.
+  bool DropLeases(uint64_t uid, uint32_t n);
+  // Deletes o as store_delete does (unlink; tombstones for its copies on disk).
+  bool DeleteObject(Object* o);
   void HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r);
   void HandleStats(Client* c, uint64_t seq);
   void HandleClients(Client* c, uint64_t seq);
@@ -313,6 +320,11 @@ class Server {
   std::unique_ptr<Region> region_;
   ObjectTable table_;
   std::unordered_map<uint64_t, Client*> clients_;
+  struct LeaseState {
+    uint32_t count = 0;        // leases over all clients
+    bool auto_delete = false;  // created leased: deleted when count reaches 0
+  };
+  std::unordered_map<uint64_t, LeaseState> leases_;  // by object uid; only leased objects
   uint64_t next_client_id_ = 1;
   uint64_t next_list_id_ = 1;  // store_list snapshots (ListSnapshot::id)
   struct GetWaiter {

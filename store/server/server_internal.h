@@ -41,6 +41,11 @@ struct Server::Client {
   uid_t uid = 0;
   std::unordered_map<uint64_t, uint32_t> readers;  // object uid -> readers held
   std::unordered_map<uint64_t, uint32_t> pins;     // object uid -> pins held
+  struct HeldLease {
+    ObjectKey id;    // the object's id (an unlease names the id; the instance may be deleted)
+    uint32_t n = 0;  // leases held
+  };
+  std::unordered_map<uint64_t, HeldLease> leases;  // object uid -> leases held
   std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
@@ -103,6 +108,7 @@ struct Server::CreateArgs {
   std::span<const uint8_t> metadata;
   std::span<const uint8_t> inline_data;
   bool inline_put = false;
+  bool leased = false;   // the creator takes a lease; the object goes with its last lease
   int32_t importance = 0;
   int32_t device = -1;
 

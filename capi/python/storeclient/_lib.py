@@ -48,7 +48,8 @@ STORE_SORT_STATE = 5
 STORE_LIST_OPTIONS_VERSION = 1
 STORE_MAX_PAGE_OBJECTS = 100000
 STORE_CONNECT_OPTIONS_VERSION = 2
-STORE_CREATE_OPTIONS_VERSION = 1
+STORE_CREATE_OPTIONS_VERSION = 2
+STORE_CREATE_LEASED = 1
 STORE_MAX_METADATA_SIZE = 1 << 20
 
 
@@ -71,7 +72,7 @@ class store_object_info(Structure):
         ("create_time_ns", c_int64),
         ("last_access_ns", c_int64),
         ("creator_pid", c_int32),
-        ("reserved_", c_uint32),
+        ("lease_count", c_uint32),
     ]
 
 
@@ -201,6 +202,8 @@ class store_create_options(Structure):
         ("importance", c_int32),
         ("device", c_int32),
         ("timeout_ms", c_int64),
+        ("flags", c_uint32),
+        ("reserved_", c_uint32),
     ]
 
 
@@ -291,6 +294,8 @@ _SIGNATURES = {
     "store_free": (None, [c_void_p]),
     "store_pin": (c_int, [store_client_p, _id_p]),
     "store_unpin": (c_int, [store_client_p, _id_p]),
+    "store_lease": (c_int, [store_client_p, _id_p, POINTER(c_uint32)]),
+    "store_unlease": (c_int, [store_client_p, _id_p, POINTER(c_uint32)]),
     "store_stats_get": (c_int, [store_client_p, POINTER(store_stats)]),
     "store_set_importance": (c_int, [store_client_p, _id_p, c_int32]),
     "store_prefetch": (c_int, [store_client_p, _id_p, c_size_t]),

@@ -102,7 +102,7 @@ pub struct store_object_info {
     pub create_time_ns: i64,
     pub last_access_ns: i64,
     pub creator_pid: i32,
-    pub reserved_: u32,
+    pub lease_count: u32,
 }
 
 #[repr(C)]
@@ -287,7 +287,7 @@ impl Default for store_connect_options {
     }
 }
 
-pub const STORE_CREATE_OPTIONS_VERSION: u32 = 1;
+pub const STORE_CREATE_OPTIONS_VERSION: u32 = 2;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -298,7 +298,13 @@ pub struct store_create_options {
     pub importance: i32,
     pub device: i32,
     pub timeout_ms: i64,
+    /// Added in version 2: `STORE_CREATE_*` bits.
+    pub flags: u32,
+    pub reserved_: u32,
 }
+
+/// The object goes with its last lease (see `store_lease`).
+pub const STORE_CREATE_LEASED: u32 = 1;
 
 /// `STORE_CREATE_OPTIONS_INIT`.
 pub const STORE_CREATE_OPTIONS_INIT: store_create_options = store_create_options {
@@ -308,6 +314,8 @@ pub const STORE_CREATE_OPTIONS_INIT: store_create_options = store_create_options
     importance: 0,
     device: -1,
     timeout_ms: 0,
+    flags: 0,
+    reserved_: 0,
 };
 
 impl Default for store_create_options {
@@ -490,6 +498,16 @@ extern "C" {
     pub fn store_free(p: *mut c_void);
     pub fn store_pin(client: *mut store_client, id: *const store_object_id) -> c_int;
     pub fn store_unpin(client: *mut store_client, id: *const store_object_id) -> c_int;
+    pub fn store_lease(
+        client: *mut store_client,
+        id: *const store_object_id,
+        lease_count: *mut u32,
+    ) -> c_int;
+    pub fn store_unlease(
+        client: *mut store_client,
+        id: *const store_object_id,
+        lease_count: *mut u32,
+    ) -> c_int;
     pub fn store_stats_get(client: *mut store_client, stats: *mut store_stats) -> c_int;
     pub fn store_set_importance(
         client: *mut store_client,

@@ -37,7 +37,7 @@ fn rust_layouts() -> Vec<Layout> {
         layout!(store_object_id { bytes }),
         layout!(store_object_info {
             id, data_size, metadata_size, state, level, device, importance, pin_count,
-            reader_count, create_time_ns, last_access_ns, creator_pid, reserved_,
+            reader_count, create_time_ns, last_access_ns, creator_pid, lease_count,
         }),
         layout!(store_stats {
             capacity_bytes, used_bytes, object_count, client_count, created_count,
@@ -59,7 +59,7 @@ fn rust_layouts() -> Vec<Layout> {
         }),
         layout!(store_connect_options { version, client_name, read_only, reserved_ }),
         layout!(store_create_options {
-            version, metadata, metadata_size, importance, device, timeout_ms,
+            version, metadata, metadata_size, importance, device, timeout_ms, flags, reserved_,
         }),
         layout!(store_client_info {
             client_id, name, pid, uid, objects_created, creating_count, readers_held,

@@ -368,6 +368,8 @@ pub struct ObjectInfo {
     pub create_time_ns: i64,
     pub last_access_ns: i64,
     pub creator_pid: i32,
+    /// Leases on it over all clients.
+    pub lease_count: u32,
 }
 
 impl From<&sys::store_object_info> for ObjectInfo {
@@ -385,6 +387,7 @@ impl From<&sys::store_object_info> for ObjectInfo {
             create_time_ns: i.create_time_ns,
             last_access_ns: i.last_access_ns,
             creator_pid: i.creator_pid,
+            lease_count: i.lease_count,
         }
     }
 }
@@ -404,11 +407,14 @@ pub struct CreateOptions<'a> {
     pub device: i32,
     /// Wait for space when full: 0 = fail at once, -1 = forever, else milliseconds.
     pub timeout_ms: i64,
+    /// The creator holds a lease from the create on and the object goes with its last lease
+    /// (see `Client::lease`).
+    pub leased: bool,
 }
 
 impl<'a> Default for CreateOptions<'a> {
     fn default() -> Self {
-        CreateOptions { metadata: &[], importance: 0, device: -1, timeout_ms: 0 }
+        CreateOptions { metadata: &[], importance: 0, device: -1, timeout_ms: 0, leased: false }
     }
 }
 
@@ -432,6 +438,13 @@ impl<'a> CreateOptions<'a> {
         self
     }
 
+    /// Deleted when its last lease goes: the creator's, or the last one taken with
+    /// `Client::lease` (a client that disconnects or dies drops its leases).
+    pub fn leased(mut self, leased: bool) -> Self {
+        self.leased = leased;
+        self
+    }
+
     /// How long to wait for space when the store is full: `None` = forever,
     /// `Some(Duration::ZERO)` = fail at once.
     pub fn wait_for_space(mut self, timeout: Option<Duration>) -> Self {
@@ -451,6 +464,8 @@ impl<'a> CreateOptions<'a> {
             importance: self.importance,
             device: self.device,
             timeout_ms: self.timeout_ms,
+            flags: if self.leased { sys::STORE_CREATE_LEASED } else { 0 },
+            reserved_: 0,
         }
     }
 }
@@ -614,6 +629,22 @@ impl Client {
     /// Drops one pin of this client (`Misuse` if it holds none).
     pub fn unpin(&self, id: &ObjectId) -> Result<()> {
         check(unsafe { sys::store_unpin(self.as_raw(), &id.0) })
+    }
+
+    /// Takes a lease on a sealed object: it stays until this client drops it (`unlease`, or
+    /// by disconnecting). An object created `leased` goes with its last lease. Returns the
+    /// leases on the object now, over all clients.
+    pub fn lease(&self, id: &ObjectId) -> Result<u32> {
+        let mut n = 0u32;
+        check(unsafe { sys::store_lease(self.as_raw(), &id.0, &mut n) })?;
+        Ok(n)
+    }
+
+    /// Drops one lease of this client (`Misuse` if it holds none). Returns the leases left.
+    pub fn unlease(&self, id: &ObjectId) -> Result<u32> {
+        let mut n = 0u32;
+        check(unsafe { sys::store_unlease(self.as_raw(), &id.0, &mut n) })?;
+        Ok(n)
     }
 
     /// Starts bringing spilled objects back into memory, without waiting.
