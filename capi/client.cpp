@@ -2574,6 +2574,8 @@ int store_stats_get(store_client* client, store_stats* stats) {
     stats->refused_clients = s->refused_clients();
     stats->accept_failures = s->accept_failures();
     stats->refused_gpu_fds = s->refused_gpu_fds();
+    stats->instance_id = s->instance_id();
+    stats->start_time_ns = s->start_time_ns();
     return STORE_OK;
   });
 }

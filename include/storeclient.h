@@ -253,6 +253,11 @@ typedef struct store_stats {
     uint64_t refused_clients;        /* connections refused over --max-clients */
     uint64_t accept_failures;        /* connections lost because accept failed (descriptors) */
     uint64_t refused_gpu_fds;        /* GPU chunk requests refused over --max-client-gpu-fds */
+    /* Added in 0.2: which store this is. Two clients reach the same store (the same memory)
+     * exactly when they read the same instance_id: it is drawn at random when the server starts,
+     * never 0, and a restarted server draws a new one. */
+    uint64_t instance_id;
+    int64_t start_time_ns;           /* CLOCK_REALTIME when the server started */
 } store_stats;
 
 /* One connected client, as store_list_clients() reports it. */

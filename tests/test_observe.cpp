@@ -3,6 +3,7 @@
 #include <doctest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -448,4 +449,43 @@ TEST_CASE("store_delete_many deletes every id it can and says how many") {
   CHECK(st.object_count == 0);
   CHECK(st.used_bytes == 0);
   store_client_free(c);
+}
+
+TEST_CASE("instance_id: the same for every client of a store, new for another or a restart") {
+  uint64_t first = 0;
+  int64_t first_start = 0;
+  {
+    test::TestStore s("16M");
+    REQUIRE(s.started());
+    test::TestStore other("16M");
+    REQUIRE(other.started());
+    const int64_t before = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+    store_client* a = Connect(s, "a");
+    store_client* b = Connect(s, "b");
+    store_client* c = Connect(other, "c");
+    store_stats sa = Stats(a), sb = Stats(b), sc = Stats(c);
+    CHECK(sa.instance_id != 0);
+    CHECK(sa.instance_id == sb.instance_id);
+    CHECK(sa.start_time_ns == sb.start_time_ns);
+    CHECK(sc.instance_id != 0);
+    CHECK(sc.instance_id != sa.instance_id);
+    // Started before this test read the clock, and not long before.
+    CHECK(sa.start_time_ns <= before);
+    CHECK(sa.start_time_ns > before - 60'000'000'000);
+    first = sa.instance_id;
+    first_start = sa.start_time_ns;
+    store_client_free(a);
+    store_client_free(b);
+    store_client_free(c);
+  }
+  test::TestStore again("16M");
+  REQUIRE(again.started());
+  store_client* a = Connect(again, "a");
+  store_stats st = Stats(a);
+  CHECK(st.instance_id != 0);
+  CHECK(st.instance_id != first);
+  CHECK(st.start_time_ns >= first_start);
+  store_client_free(a);
 }

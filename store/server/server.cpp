@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -199,6 +200,13 @@ bool Server::Listen() {
 int Server::Run() {
   signal(SIGPIPE, SIG_IGN);
   start_ns_ = MonotonicNs();
+  start_realtime_ns_ = RealtimeNs();
+  // Which store this is, for clients that must tell whether they share one.
+  if (getrandom(&instance_id_, sizeof instance_id_, 0) != sizeof instance_id_) {
+    instance_id_ = static_cast<uint64_t>(start_realtime_ns_) * 0x9E3779B97F4A7C15ull ^
+                   (static_cast<uint64_t>(getpid()) << 32) ^ static_cast<uint64_t>(start_ns_);
+  }
+  if (instance_id_ == 0) instance_id_ = 1;
   for (const auto& d : options_.spill_dirs) {
     struct stat st;
     if (stat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -1756,6 +1764,8 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_refused_clients(limits_[kLimitClients].hits);
   b.add_accept_failures(limits_[kLimitAccept].hits);
   b.add_refused_gpu_fds(limits_[kLimitGpuFds].hits);
+  b.add_instance_id(instance_id_);
+  b.add_start_time_ns(start_realtime_ns_);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }

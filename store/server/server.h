@@ -395,6 +395,8 @@ class Server {
     uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;
   } spill_totals_;
   int64_t start_ns_ = 0;
+  int64_t start_realtime_ns_ = 0;  // CLOCK_REALTIME at start (store_stats.start_time_ns)
+  uint64_t instance_id_ = 0;       // random, never 0 (store_stats.instance_id)
   uint64_t max_object_ = 0;  // the largest allocation the empty region allowed
   // Limits (server/limits.cpp).
   struct LimitState {

@@ -153,6 +153,8 @@ class store_stats(Structure):
         ("refused_clients", c_uint64),
         ("accept_failures", c_uint64),
         ("refused_gpu_fds", c_uint64),
+        ("instance_id", c_uint64),
+        ("start_time_ns", c_int64),
     ]
 
 

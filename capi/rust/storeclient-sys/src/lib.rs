@@ -183,6 +183,9 @@ pub struct store_stats {
     pub refused_clients: u64,
     pub accept_failures: u64,
     pub refused_gpu_fds: u64,
+    /// Which store this is: random at start, never 0.
+    pub instance_id: u64,
+    pub start_time_ns: i64,
 }
 
 #[repr(C)]
