@@ -338,8 +338,10 @@ typedef struct store_create_options {
  * Connecting
  * ------------------------------------------------------------------------------------------- */
 
-/* Connects to the server listening on socket_path (NULL = the default: $XDG_RUNTIME_DIR/store.sock
- * if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock) and maps its shared memory.
+/* Connects to the server listening on socket_path and maps its shared memory. socket_path NULL
+ * is the default: $STORE_SOCKET if set and not empty (the store server, store-top, store-bench
+ * and `store info` take the same default), else $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR
+ * is set, else /tmp/store-$UID.sock.
  * opts may be NULL for defaults. Caller owns *out; free with store_client_free(). On failure
  * *out is NULL and the message says what went wrong:
  *  STORE_EINVAL  out is NULL, opts->version is unknown, or the path is empty or too long;

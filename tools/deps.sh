@@ -4,7 +4,8 @@
 set -euo pipefail
 
 STORE_PACKAGES=(meson ninja-build pkg-config g++ libuv1-dev libflatbuffers-dev
-  flatbuffers-compiler libjemalloc-dev doctest-dev libncurses-dev libxxhash-dev tmux python3 cargo)
+  flatbuffers-compiler libjemalloc-dev doctest-dev libncurses-dev libxxhash-dev tmux python3 cargo
+  python3-numpy python3-pip python3-setuptools python3-wheel)
 
 store_install_deps() {
   local missing=()

@@ -801,6 +801,17 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   }
 }
 
+void PrintObjectsJson(const std::vector<store_object_info>& objects, uint64_t total, FILE* out) {
+  Json j(out);
+  j.Open();
+  j.U("total", total);
+  j.OpenArray("objects");
+  for (const auto& o : objects) JsonObject(j, o);
+  j.CloseArray();
+  j.Close();
+  fputc('\n', out);
+}
+
 int PrintInfo(const char* socket_path, FILE* out) {
   std::string path = socket_path ? socket_path : DefaultSocketPath();
   store_connect_options co = STORE_CONNECT_OPTIONS_INIT;

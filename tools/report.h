@@ -19,8 +19,8 @@
 
 namespace store::report {
 
-// The socket the library connects to when given NULL: $XDG_RUNTIME_DIR/store.sock if
-// XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
+// The socket the library connects to when given NULL: $STORE_SOCKET if set, else
+// $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
 std::string DefaultSocketPath();
 
 // The last failure's message on this thread, naming socket_path if the library's text does not
@@ -117,6 +117,10 @@ void PrintJson(const Snapshot& s, const std::string& socket, FILE* out);
 // Redis-INFO-style sections (# memory, # objects, # clients, # operations, # spill), each
 // followed by key:value lines and a blank line.
 void PrintInfoSections(const Snapshot& s, FILE* out);
+
+// A page of objects as one JSON document: {"total": N, "objects": [{...}, ...]} and a newline;
+// each object has the fields PrintJson() gives objects.
+void PrintObjectsJson(const std::vector<store_object_info>& objects, uint64_t total, FILE* out);
 
 // Connects to socket_path (NULL = the default socket), prints PrintInfoSections() to out and
 // disconnects. Returns 0, or 1 with a one-line message on stderr when the store cannot be

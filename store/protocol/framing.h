@@ -39,8 +39,12 @@ inline constexpr uint32_t kMaxListPage = 65536;
 // Most spill files in one page of a SpillFilesRequest (each names a path of up to 4 KiB).
 inline constexpr uint32_t kMaxSpillFilesPage = 4096;
 
-// $XDG_RUNTIME_DIR/store.sock if XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
+// $STORE_SOCKET if set (the server's --socket default too, so that one variable points a
+// server, its clients and the tools at one socket), else $XDG_RUNTIME_DIR/store.sock if
+// XDG_RUNTIME_DIR is set, else /tmp/store-$UID.sock.
 inline std::string DefaultSocketPath() {
+  const char* env = std::getenv("STORE_SOCKET");
+  if (env && *env) return env;
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
   if (xdg && *xdg) return std::string(xdg) + "/store.sock";
   return "/tmp/store-" + std::to_string(getuid()) + ".sock";

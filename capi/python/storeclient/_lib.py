@@ -243,14 +243,66 @@ store_reader_p = c_void_p
 _id_p = POINTER(store_object_id)
 
 
+_SONAME = "libstoreclient.so.1"
+
+
+def _candidates():
+    """Where libstoreclient may be, in order: $STORECLIENT_LIB; where `meson install` put it
+    (recorded in _install.py next to this file, relative to the package, then absolute); the
+    dynamic linker's search (LD_LIBRARY_PATH, the ldconfig cache); ctypes.util.find_library;
+    the usual install prefixes."""
+    env = os.environ.get("STORECLIENT_LIB")
+    if env:
+        return [env], True
+    out = []
+    try:
+        from . import _install
+        here = os.path.dirname(os.path.abspath(__file__))
+        out.append(os.path.normpath(os.path.join(here, _install.LIBDIR_RELATIVE, _SONAME)))
+        out.append(os.path.join(_install.LIBDIR, _SONAME))
+    except ImportError:  # installed by pip, or run from the source tree
+        pass
+    out.append(_SONAME)
+    found = ctypes.util.find_library("storeclient")
+    if found:
+        out.append(found)
+    multiarch = getattr(__import__("sys").implementation, "_multiarch", "") or ""
+    for prefix in ("/usr/local", "/usr"):
+        if multiarch:
+            out.append(os.path.join(prefix, "lib", multiarch, _SONAME))
+        out.append(os.path.join(prefix, "lib", _SONAME))
+        out.append(os.path.join(prefix, "lib64", _SONAME))
+    seen = []
+    for c in out:
+        if c not in seen:
+            seen.append(c)
+    return seen, False
+
+
 def _find_library():
-    path = os.environ.get("STORECLIENT_LIB")
-    if path:
-        return path
-    return ctypes.util.find_library("storeclient") or "libstoreclient.so.1"
+    """The loaded libstoreclient (ctypes.CDLL). ImportError naming what to set if none."""
+    tried = []
+    candidates, from_env = _candidates()
+    for path in candidates:
+        if os.sep in path and not os.path.exists(path):
+            tried.append(path + " (no such file)")
+            continue
+        try:
+            return ctypes.CDLL(path)
+        except OSError as e:
+            tried.append("%s (%s)" % (path, e))
+    if from_env:
+        raise ImportError("storeclient: cannot load the library STORECLIENT_LIB names: %s"
+                          % "; ".join(tried))
+    raise ImportError(
+        "storeclient: libstoreclient (%s) was not found. Set STORECLIENT_LIB to its path (a "
+        "build tree's build/capi/%s, or PREFIX/lib/<multiarch>/%s after `meson install`), "
+        "or add its directory to LD_LIBRARY_PATH, or install it where the dynamic linker looks "
+        "(meson install, then ldconfig). Tried: %s" % (_SONAME, _SONAME, _SONAME,
+                                                       "; ".join(tried)))
 
 
-lib = ctypes.CDLL(_find_library())
+lib = _find_library()
 
 _SIGNATURES = {
     "store_errstr": (c_char_p, [c_int]),

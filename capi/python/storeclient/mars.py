@@ -3,23 +3,23 @@
 import asyncio
 import enum
 import os
-import pickle
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import Client
+from . import Client, ObjectId, _pickle
 
 __all__ = ["StorageLevel", "ObjectInfo", "StoreBackend", "start_store", "stop_store"]
 
 
 class StorageLevel(enum.IntFlag):
+    """Where an object's bytes are (Mars's StorageLevel; the store's STORE_LEVEL_* bits)."""
+
     GPU = 1 << 0
     MEMORY = 1 << 1
     DISK = 1 << 2
@@ -28,6 +28,9 @@ class StorageLevel(enum.IntFlag):
 
 @dataclass
 class ObjectInfo:
+    """What put() and object_info() report: size in the store, device (None: host memory) and
+    the ObjectId."""
+
     size: Optional[int] = None
     device: Optional[int] = None
     object_id: Any = None
@@ -62,7 +65,10 @@ def _wait_for_socket(path, proc, timeout):
 
 def start_store(store_bin=None, memory=None, spill_dirs=None, extra_args=(), socket_path=None,
                 start_timeout=30.0):
-    """Starts a `store` server; returns (Popen, socket_path, temp_dir)."""
+    """Starts a `store` server (store_bin, else $STORE_BIN, else `store` on PATH) on
+    socket_path (default: in a new temporary directory) and waits until it listens; returns
+    (Popen, socket_path, temp_dir). RuntimeError if it exits at start, TimeoutError if it does
+    not listen within start_timeout seconds."""
     tmp_dir = tempfile.mkdtemp(prefix="store-")
     path = socket_path or os.path.join(tmp_dir, "store.sock")
     args = [_find_store_bin(store_bin), "--socket", path]
@@ -100,64 +106,34 @@ def stop_store(proc, tmp_dir=None, timeout=30.0):
 
 
 # ---- object layout ---------------------------------------------------------------------------
-# header: magic, version, buffer count, pickle size, then one u64 size per buffer; the pickle
-# bytes follow, then each buffer starting on a 64-byte boundary.
-_MAGIC = b"SCPK"
-_HEAD = struct.Struct("<4sIQQ")
-_ALIGN = 64
-
-
-def _align(n):
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
+# The layout of storeclient._pickle (Client.put_object / get_object read and write the same).
 def _serialize(obj):
-    buffers = []
-
-    def callback(pb):
-        try:
-            m = pb.raw()
-        except BufferError:  # not contiguous: keep it in the pickle stream
-            return True
-        buffers.append(m)
-        return False
-
-    data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
-    header = _HEAD.pack(_MAGIC, 1, len(buffers), len(data)) + \
-        struct.pack("<%dQ" % len(buffers), *[m.nbytes for m in buffers])
-    offsets = []
-    pos = len(header) + len(data)
-    for m in buffers:
-        pos = _align(pos)
-        offsets.append(pos)
-        pos += m.nbytes
-    return header, data, buffers, offsets, max(pos, 1)
+    lay = _pickle.serialize(obj)
+    return lay.header, lay.data, lay.buffers, lay.offsets, lay.size
 
 
 def _deserialize(mem):
-    magic, ver, nbuf, plen = _HEAD.unpack_from(mem, 0)
-    if magic != _MAGIC or ver != 1:
-        raise ValueError("not an object written by StoreBackend.put")
-    sizes = struct.unpack_from("<%dQ" % nbuf, mem, _HEAD.size)
-    start = _HEAD.size + 8 * nbuf
-    data = mem[start:start + plen]
-    pos = start + plen
-    buffers = []
-    for size in sizes:
-        pos = _align(pos)
-        buffers.append(mem[pos:pos + size])
-        pos += size
-    return pickle.loads(data, buffers=buffers)
+    return _pickle.deserialize(mem)
 
 
 # ---- the backend -----------------------------------------------------------------------------
 class StoreBackend:
+    """A Mars storage backend (the StorageBackend interface of Mars's storage lib) over a
+    `store` server: Python objects are pickled with protocol 5 and their out-of-band buffers
+    written straight into the store's shared memory (storeclient._pickle), then rebuilt over
+    that memory on get, without a copy. Objects are addressed by random ObjectIds. Levels:
+    MEMORY, and DISK when the store spills. Failures raise storeclient.StoreError subclasses
+    (NotFoundError for a missing object, TimeoutError_ when no room was freed in time)."""
+
     name = "store"
 
     def __init__(self, socket_path=None, put_timeout=60.0, client_name="mars", **kwargs):
+        """Connects to the store at socket_path (None: $STORE_SOCKET or the default socket).
+        put_timeout: seconds a put or open_writer waits for room when the store is full (None
+        = forever, 0 = fail at once); client_name is shown in the store's client list."""
         self._socket_path = socket_path
         self._client = Client(socket_path, name=client_name)
-        self._put_timeout_ms = -1 if put_timeout is None else int(put_timeout * 1000)
+        self._put_timeout = put_timeout
         stats = self._client.stats()
         self._capacity = stats["capacity_bytes"]
         self._level = StorageLevel.MEMORY
@@ -166,6 +142,10 @@ class StoreBackend:
 
     @classmethod
     async def setup(cls, **kwargs) -> Tuple[Dict, Dict]:
+        """Starts a store server for this backend. kwargs: memory (e.g. "4G"), spill_dirs (a
+        directory or a list), store_bin (else $STORE_BIN or `store` on PATH), store_args (more
+        flags), put_timeout. Returns (init_params for __init__, teardown_params for
+        teardown)."""
         memory = kwargs.pop("memory", kwargs.pop("store_memory", None))
         spill_dirs = kwargs.pop("spill_dirs", kwargs.pop("spill_dir", None))
         proc, path, tmp_dir = await asyncio.to_thread(
@@ -177,6 +157,8 @@ class StoreBackend:
 
     @staticmethod
     async def teardown(**kwargs):
+        """Stops the server setup() started (SIGTERM, then waits) and removes its directory.
+        Returns its exit code (0 after a clean stop), or None when only a pid was given."""
         proc = kwargs.get("process")
         if proc is not None:
             return await asyncio.to_thread(stop_store, proc, kwargs.get("tmp_dir"))
@@ -192,76 +174,87 @@ class StoreBackend:
 
     @property
     def level(self) -> StorageLevel:
+        """MEMORY, with DISK when the store has a spill directory."""
         return self._level
 
     @property
     def size(self) -> Optional[int]:
+        """The store's shared memory, in bytes."""
         return self._capacity
 
     @property
     def client(self) -> Client:
+        """The storeclient.Client this backend uses."""
         return self._client
 
     def _get(self, object_id, timeout):
         # Returned in a box that get() empties, so that the finished future does not keep the
         # object (and with it the store's memory) alive after the caller drops it.
-        return [_deserialize(self._client.get(object_id, timeout))]
+        return [self._client.get_object(object_id, timeout)]
 
     async def get(self, object_id, **kwargs) -> object:
         """The object, rebuilt over the store's memory: out-of-band buffers that the unpickled
-        object keeps (e.g. NumPy arrays) hold the object open until they are collected."""
+        object keeps (e.g. NumPy arrays) hold the object open until they are collected.
+        kwargs: timeout, seconds to wait for the object (default 0: NotFoundError at once)."""
         box = await asyncio.to_thread(self._get, object_id, kwargs.get("timeout", 0))
         return box.pop()
 
     def _put(self, obj, importance):
-        header, data, buffers, offsets, size = _serialize(obj)
-        object_id = os.urandom(20)
-        w = self._client.open_writer(object_id, size, importance=importance,
-                                     timeout_ms=self._put_timeout_ms)
+        layout = _pickle.serialize(obj)
+        w = self._client.open_writer(ObjectId.from_random(), layout.size, importance=importance,
+                                     timeout=self._put_timeout)
         try:
-            mem = w.buffer
-            mem[:len(header)] = header
-            mem[len(header):len(header) + len(data)] = data
-            for off, m in zip(offsets, buffers):
-                mem[off:off + m.nbytes] = m.cast("B") if m.format != "B" else m
+            layout.write_into(w.buffer)
             w.seal()
         finally:
             w.close()
-        return ObjectInfo(size=size, device=None, object_id=object_id)
+        return ObjectInfo(size=layout.size, device=None, object_id=w.id)
 
     async def put(self, obj, importance: int = 0) -> ObjectInfo:
+        """Stores obj under a new random ObjectId (ObjectInfo.object_id), waiting up to
+        put_timeout for room. importance: higher is kept in memory longer."""
         return await asyncio.to_thread(self._put, obj, importance)
 
     async def delete(self, object_id):
+        """Deletes the object (NotFoundError if absent); readers still open keep its bytes."""
         self._client.delete(object_id)
 
     async def object_info(self, object_id) -> ObjectInfo:
+        """Its size in the store (the serialized size) and device (None for host memory)."""
         info = self._client.info(object_id)
         return ObjectInfo(size=info.data_size, device=None if info.device < 0 else info.device,
                           object_id=object_id)
 
     async def open_writer(self, size=None):
+        """A storeclient.Writer of size bytes under a new random ObjectId (writer.id); write,
+        then seal() it. ValueError without a size."""
         if size is None:
             raise ValueError("StoreBackend.open_writer needs the size")
-        return await asyncio.to_thread(self._client.open_writer, os.urandom(20), size, b"", 0,
-                                       self._put_timeout_ms)
+        return await asyncio.to_thread(self._client.open_writer, ObjectId.from_random(), size,
+                                       b"", 0, self._put_timeout)
 
     async def open_reader(self, object_id):
+        """A storeclient.Reader of the object's bytes (NotFoundError if absent)."""
         return await asyncio.to_thread(self._client.open_reader, object_id, 0)
 
     async def list(self) -> List:
+        """ObjectInfos of every object in the store."""
         return [ObjectInfo(size=i.data_size, device=None if i.device < 0 else i.device,
                            object_id=i.id) for i in self._client.list()]
 
     async def prefetch(self, object_id):
+        """Starts reading spilled objects (one id or a list) back into memory."""
         ids = object_id if isinstance(object_id, (list, tuple)) else [object_id]
         self._client.prefetch(ids)
 
     async def pin(self, object_id):
+        """Keeps the object in memory (never spilled) until unpin."""
         self._client.pin(object_id)
 
     async def unpin(self, object_id):
+        """Drops a pin taken by pin()."""
         self._client.unpin(object_id)
 
     def close(self):
+        """Closes the client (objects still read through it stay held until released)."""
         self._client.close()
