@@ -272,6 +272,7 @@ class ObjectInfo:
     create_time_ns: int
     last_access_ns: int
     creator_pid: int
+    lease_count: int = 0
 
     @property
     def hex(self):
@@ -282,16 +283,17 @@ class ObjectInfo:
     def _from_c(cls, c):
         return cls(ObjectId(bytes(c.id.bytes)), c.data_size, c.metadata_size, c.state, c.level, c.device,
                    c.importance, c.pin_count, c.reader_count, c.create_time_ns,
-                   c.last_access_ns, c.creator_pid)
+                   c.last_access_ns, c.creator_pid, c.lease_count)
 
 
 def _struct_dict(s):
     return {name: getattr(s, name) for name, _ in s._fields_ if name != "reserved_"}
 
 
-def _create_options(metadata, importance, timeout_ms, device=-1):
+def _create_options(metadata, importance, timeout_ms, device=-1, leased=False):
     opts = _lib.store_create_options()
     opts.version = _lib.STORE_CREATE_OPTIONS_VERSION
+    opts.flags = _lib.STORE_CREATE_LEASED if leased else 0
     meta = bytes(metadata) if metadata else b""
     keep = None
     if meta:
@@ -725,12 +727,13 @@ class Client:
 
     # -- writing
     def put(self, id, data, metadata=b"", importance=0, timeout=DEFAULT_PUT_TIMEOUT, device=-1,
-            *, timeout_ms=None):
+            *, leased=False, timeout_ms=None):
         """Stores data (bytes or any buffer, e.g. a bytearray or a NumPy array's memory) under
         id and returns its ObjectId. metadata (bytes, at most 1 MiB) is kept with it;
         importance orders eviction (higher is kept in memory longer); timeout: seconds to wait
         for room when the store is full (None = forever, 0 = NoSpaceError at once), then
-        TimeoutError_; device >= 0 puts it in that GPU's memory (copied from data).
+        TimeoutError_; device >= 0 puts it in that GPU's memory (copied from data); leased
+        makes it a leased object (see lease()), this client holding its first lease.
         ExistsError if the id is taken (objects are immutable). An empty value is stored as
         one marked byte (see EMPTY_MARKER) and read back as empty by this package."""
         h = self._handle()
@@ -738,10 +741,10 @@ class Client:
         tms = _put_timeout(timeout, timeout_ms, "put")
         if device < 0 and memoryview(data).nbytes == 0:
             with self.open_writer(cid_bytes(cid), 0, metadata, importance, timeout,
-                                  timeout_ms=timeout_ms) as w:
+                                  leased=leased, timeout_ms=timeout_ms) as w:
                 pass
             return w.id
-        opts, keep = _create_options(metadata, importance, tms, device)
+        opts, keep = _create_options(metadata, importance, tms, device, leased)
         if device >= 0 and not isinstance(data, bytes):
             data = memoryview(data).tobytes()
         if isinstance(data, bytes):
@@ -784,7 +787,7 @@ class Client:
             raise
 
     def open_writer(self, id, size, metadata=b"", importance=0, timeout=DEFAULT_PUT_TIMEOUT,
-                    device=-1, *, timeout_ms=None):
+                    device=-1, *, leased=False, timeout_ms=None):
         """Creates an object of size bytes under id and returns its Writer (a file object
         with a writable .buffer); seal() publishes it. Arguments as for put(). size 0 makes an
         empty value."""
@@ -793,16 +796,17 @@ class Client:
         empty = size == 0 and device < 0
         if empty:
             metadata = EMPTY_MARKER + bytes(metadata or b"")
-        opts, keep = _create_options(metadata, importance, tms, device)
+        opts, keep = _create_options(metadata, importance, tms, device, leased)
         return self._create(h, _cid(id), 1 if empty else size, opts, empty)
 
-    def put_object(self, id, obj, metadata=b"", importance=0, timeout=DEFAULT_PUT_TIMEOUT):
+    def put_object(self, id, obj, metadata=b"", importance=0, timeout=DEFAULT_PUT_TIMEOUT, *,
+                   leased=False):
         """Stores any picklable Python object under id and returns its ObjectId. It is pickled
         with protocol 5 and its out-of-band buffers (NumPy arrays' data, bytearrays,
         PickleBuffers) are written straight into the store's memory, in the layout described
         in storeclient._pickle (the one mars.StoreBackend uses). Other arguments as for put()."""
         layout = _pickle.serialize(obj)
-        w = self.open_writer(id, layout.size, metadata, importance, timeout)
+        w = self.open_writer(id, layout.size, metadata, importance, timeout, leased=leased)
         try:
             layout.write_into(w.buffer)
             w.seal()
@@ -810,9 +814,10 @@ class Client:
             w.close()
         return w.id
 
-    def put_many(self, items, metadata=b"", importance=0, timeout=DEFAULT_PUT_TIMEOUT):
+    def put_many(self, items, metadata=b"", importance=0, timeout=DEFAULT_PUT_TIMEOUT, *,
+                 leased=False):
         """Stores many values in few round trips: items is a mapping or an iterable of
-        (id, data) pairs; all share metadata, importance and timeout (as for put()). Returns
+        (id, data) pairs; all share metadata, importance, timeout and leased (as for put()). Returns
         their ObjectIds in order. Every item is tried; if any fails, the first failure is
         raised (its message names the id) with .done set to how many were stored."""
         h = self._handle()
@@ -829,7 +834,7 @@ class Client:
             mv = memoryview(data)
             if mv.nbytes == 0:
                 try:
-                    self.put(oid, b"", metadata, importance, timeout)
+                    self.put(oid, b"", metadata, importance, timeout, leased=leased)
                     done += 1
                 except StoreError as e:
                     first_error = first_error or e
@@ -855,7 +860,7 @@ class Client:
                     keep.append(arr)
                     ptrs[i] = ctypes.addressof(arr)
                 sizes[i] = bufs[i].nbytes
-            opts, keep_meta = _create_options(metadata, importance, tms)
+            opts, keep_meta = _create_options(metadata, importance, tms, leased=leased)
             got = ctypes.c_size_t()
             rc = _L.store_put_many(h, cids, ptrs, sizes, n, ctypes.byref(opts),
                                    ctypes.byref(got))
@@ -1077,6 +1082,25 @@ class Client:
     def unpin(self, id):
         """Drops one pin of this client (StoreError STORE_EMISUSE if it holds none)."""
         _check(_L.store_unpin(self._handle(), ctypes.byref(_cid(id))))
+
+    def lease(self, id):
+        """Takes a lease on a sealed object and returns the leases on it now (all clients).
+        A leased object created with leased=True is deleted when its last lease goes; any
+        object, leased or not, stays until then unless deleted. Leases go with unlease() or
+        when this client disconnects or its process dies. A process handed an object that
+        another may let go of leases it first, then reads it. NotFoundError if absent,
+        StoreError STORE_ENOTSEALED while it is being written."""
+        count = ctypes.c_uint32()
+        _check(_L.store_lease(self._handle(), ctypes.byref(_cid(id)), ctypes.byref(count)))
+        return count.value
+
+    def unlease(self, id):
+        """Drops one of this client's leases on the object and returns the leases left (all
+        clients); at 0 a leased object is deleted. StoreError STORE_EMISUSE if this client
+        holds none."""
+        count = ctypes.c_uint32()
+        _check(_L.store_unlease(self._handle(), ctypes.byref(_cid(id)), ctypes.byref(count)))
+        return count.value
 
     def set_importance(self, id, importance):
         """Sets an object's importance: objects of lower importance are evicted first."""

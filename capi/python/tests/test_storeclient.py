@@ -73,6 +73,31 @@ class TestClient(ServerTest):
         self.assertEqual(ctypes.sizeof(_lib.store_connect_options), 24)
         self.assertEqual(storeclient.version(), "0.1.0")
 
+    def test_leases(self):
+        c = self.client
+        c.put("plain", b"p")
+        c.put("leased", b"l", leased=True)
+        c.put_object("obj", [1, 2], leased=True)
+        self.assertEqual(c.info("leased").lease_count, 1)
+        self.assertEqual(c.info("plain").lease_count, 0)
+        with storeclient.Client(self.sock) as other:
+            self.assertEqual(other.lease("leased"), 2)
+            self.assertEqual(c.unlease("leased"), 1)
+            self.assertTrue(c.contains("leased"))
+        # The other client left: its lease went, and with the last one the object.
+        self.assertFalse(c.contains("leased"))
+        self.assertEqual(c.lease("plain"), 1)
+        self.assertEqual(c.unlease("plain"), 0)
+        self.assertTrue(c.contains("plain"))  # not created leased: it stays
+        with self.assertRaises(storeclient.StoreError) as e:
+            c.unlease("plain")
+        self.assertEqual(e.exception.code, storeclient.STORE_EMISUSE)
+        with self.assertRaises(storeclient.NotFoundError):
+            c.lease("absent")
+        self.assertEqual(c.unlease("obj"), 0)
+        self.assertFalse(c.contains("obj"))
+        c.delete("plain")
+
     def test_round_trip_with_metadata(self):
         c = self.client
         c.put("a", b"hello world", metadata=b"meta!", importance=3)
