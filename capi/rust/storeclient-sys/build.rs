@@ -11,9 +11,8 @@ fn main() {
         }
         _ => {
             // Optional: ask pkg-config for the library directory; ignore any failure.
-            if let Ok(out) = Command::new("pkg-config")
-                .args(["--libs-only-L", "storeclient"])
-                .output()
+            if let Ok(out) =
+                Command::new("pkg-config").args(["--libs-only-L", "storeclient"]).output()
             {
                 if out.status.success() {
                     let text = String::from_utf8_lossy(&out.stdout);

@@ -612,10 +612,7 @@ impl Client {
         let v = if out.is_null() || count == 0 {
             Vec::new()
         } else {
-            unsafe { std::slice::from_raw_parts(out, count) }
-                .iter()
-                .map(ObjectInfo::from)
-                .collect()
+            unsafe { std::slice::from_raw_parts(out, count) }.iter().map(ObjectInfo::from).collect()
         };
         unsafe { sys::store_free(out as *mut c_void) };
         Ok(v)
@@ -871,7 +868,12 @@ impl<'c> io::Read for Reader<'c> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut n: usize = 0;
         check(unsafe {
-            sys::store_reader_read(self.raw.as_ptr(), buf.as_mut_ptr() as *mut c_void, buf.len(), &mut n)
+            sys::store_reader_read(
+                self.raw.as_ptr(),
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len(),
+                &mut n,
+            )
         })?;
         Ok(n)
     }

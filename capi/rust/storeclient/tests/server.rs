@@ -64,7 +64,9 @@ impl Drop for Server {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
                     _ => {
                         let _ = child.kill();
                         let _ = child.wait();
@@ -307,7 +309,8 @@ fn scoped_threads_borrow_client() {
                 client.put(&id, &[t as u8; 16]).unwrap();
                 // A Reader may be moved to another thread (Send).
                 let r = client.open(&id, None).unwrap();
-                let data = std::thread::scope(|s2| s2.spawn(move || r.data().to_vec()).join().unwrap());
+                let data =
+                    std::thread::scope(|s2| s2.spawn(move || r.data().to_vec()).join().unwrap());
                 assert_eq!(data, vec![t as u8; 16]);
             });
         }
