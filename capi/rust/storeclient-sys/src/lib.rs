@@ -328,6 +328,8 @@ impl Default for store_create_options {
 }
 
 pub const STORE_MAX_METADATA_SIZE: u32 = 1 << 20;
+/// Host objects of up to this many bytes of data are staged (see the object lifecycle).
+pub const STORE_STAGED_MAX: u32 = 64 << 10;
 
 pub const STORE_GPU_BACKEND_NONE: c_int = 0;
 pub const STORE_GPU_BACKEND_CUDA: c_int = 1;
