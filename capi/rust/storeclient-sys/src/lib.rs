@@ -328,6 +328,8 @@ impl Default for store_create_options {
 }
 
 pub const STORE_MAX_METADATA_SIZE: u32 = 1 << 20;
+/// Host objects of up to this many bytes of data are staged (see the object lifecycle).
+pub const STORE_STAGED_MAX: u32 = 64 << 10;
 
 pub const STORE_GPU_BACKEND_NONE: c_int = 0;
 pub const STORE_GPU_BACKEND_CUDA: c_int = 1;
@@ -410,8 +412,12 @@ extern "C" {
         opts: *const store_create_options,
     ) -> c_int;
     pub fn store_writer_write(w: *mut store_writer, data: *const c_void, size: usize) -> c_int;
-    pub fn store_writer_seek(w: *mut store_writer, offset: i64, whence: c_int, pos: *mut u64)
-        -> c_int;
+    pub fn store_writer_seek(
+        w: *mut store_writer,
+        offset: i64,
+        whence: c_int,
+        pos: *mut u64,
+    ) -> c_int;
     pub fn store_writer_tell(w: *const store_writer) -> u64;
     pub fn store_writer_size(w: *const store_writer) -> u64;
     pub fn store_writer_data(w: *mut store_writer) -> *mut c_void;
@@ -459,8 +465,12 @@ extern "C" {
         size: usize,
         nread: *mut usize,
     ) -> c_int;
-    pub fn store_reader_seek(r: *mut store_reader, offset: i64, whence: c_int, pos: *mut u64)
-        -> c_int;
+    pub fn store_reader_seek(
+        r: *mut store_reader,
+        offset: i64,
+        whence: c_int,
+        pos: *mut u64,
+    ) -> c_int;
     pub fn store_reader_tell(r: *const store_reader) -> u64;
     pub fn store_reader_size(r: *const store_reader) -> u64;
     pub fn store_reader_data(r: *const store_reader) -> *const c_void;
@@ -517,8 +527,11 @@ extern "C" {
         id: *const store_object_id,
         importance: i32,
     ) -> c_int;
-    pub fn store_prefetch(client: *mut store_client, ids: *const store_object_id, n: usize)
-        -> c_int;
+    pub fn store_prefetch(
+        client: *mut store_client,
+        ids: *const store_object_id,
+        n: usize,
+    ) -> c_int;
     pub fn store_evict(client: *mut store_client, bytes: u64, spilled: *mut u64) -> c_int;
     pub fn store_spill_url(
         client: *mut store_client,
@@ -556,7 +569,10 @@ extern "C" {
         len: usize,
         out: *mut store_object_id,
     ) -> c_int;
-    pub fn store_object_id_to_hex(id: *const store_object_id, hex: *mut c_char, hex_size: usize)
-        -> c_int;
+    pub fn store_object_id_to_hex(
+        id: *const store_object_id,
+        hex: *mut c_char,
+        hex_size: usize,
+    ) -> c_int;
     pub fn store_object_id_from_hex(hex: *const c_char, out: *mut store_object_id) -> c_int;
 }

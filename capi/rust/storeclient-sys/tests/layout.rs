@@ -32,6 +32,8 @@ macro_rules! layout {
     }};
 }
 
+// The field lists stay packed, as the C header lists them, rather than one a line.
+#[rustfmt::skip]
 fn rust_layouts() -> Vec<Layout> {
     vec![
         layout!(store_object_id { bytes }),
@@ -138,10 +140,7 @@ fn struct_layouts_match_c() {
     for line in text.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(parts.len(), 3, "bad line {:?}", line);
-        c_vals.insert(
-            parts[0].to_string(),
-            (parts[1].parse().unwrap(), parts[2].parse().unwrap()),
-        );
+        c_vals.insert(parts[0].to_string(), (parts[1].parse().unwrap(), parts[2].parse().unwrap()));
     }
 
     let mut checked = 0;

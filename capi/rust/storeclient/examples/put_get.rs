@@ -1,7 +1,10 @@
-//! Puts an object, reads it back and prints what the server knows about it.
+//! Puts an object, reads it back, prints what the server knows about it, and deletes what it
+//! put.
 //!
 //! Usage: put_get [SOCKET] [KEY] [VALUE]
-//! (SOCKET defaults to the library's default socket path)
+//!
+//! SOCKET is the store's socket; without it (or when it is empty) the library's default is
+//! used: $STORE_SOCKET when set, else $XDG_RUNTIME_DIR/store.sock, else /tmp/store-$UID.sock.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use storeclient::{Client, CreateOptions, ObjectId};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let socket = args.next().map(PathBuf::from);
+    let socket = args.next().filter(|s| !s.is_empty()).map(PathBuf::from);
     let key = args.next().unwrap_or_else(|| "example-key".to_string());
     let value = args.next().unwrap_or_else(|| "hello from rust".to_string());
 
@@ -54,6 +57,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "store: {} objects, {} of {} bytes used",
         stats.object_count, stats.used_bytes, stats.capacity_bytes
     );
+
+    // Leave the store as it was.
+    client.delete_many(&[id, id2])?;
+    println!("deleted {} and {}", id, id2);
     Ok(())
 }
 

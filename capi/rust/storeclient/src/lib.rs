@@ -31,14 +31,38 @@
 //! fn assert_sync<T: Sync>() {}
 //! assert_sync::<storeclient::Writer<'static>>();
 //! ```
+//!
+//! Calls over many objects take slices and return a `Vec`, one entry per id where the library
+//! reports per id:
+//!
+//! ```no_run
+//! use storeclient::{Client, CreateOptions, ListOptions, ObjectId};
+//! let client = Client::connect(None)?;
+//! let ids: Vec<ObjectId> = (0..3).map(|i| ObjectId::from_key(&format!("k{}", i))).collect();
+//! let objects: Vec<(ObjectId, &[u8])> = ids.iter().map(|id| (*id, &b"value"[..])).collect();
+//! client.put_many(&objects, &CreateOptions::default())?;
+//! for reader in client.open_many(&ids, None)?.into_iter().flatten() {
+//!     println!("{} = {:?}", reader.id(), reader.data());
+//! }
+//! for page in client.list_pages(ListOptions::new().limit(1000)) {
+//!     for info in page? {
+//!         println!("{} {} bytes", info.id, info.data_size);
+//!     }
+//! }
+//! client.delete_many(&ids)?;
+//! # Ok::<(), storeclient::Error>(())
+//! ```
 
-use std::ffi::{CStr, CString};
+#![warn(missing_docs)]
+
+use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
 use std::io;
+use std::iter::FusedIterator;
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::time::Duration;
 
@@ -153,7 +177,9 @@ impl fmt::Display for ErrorCode {
 /// A failed call: its code and the library's detailed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
+    /// What kind of failure (the `STORE_E*` code).
     pub code: ErrorCode,
+    /// The library's details (`store_last_error_message()`), e.g. which object and why.
     pub message: String,
 }
 
@@ -169,10 +195,12 @@ impl Error {
         Error { code, message: message.to_string() }
     }
 
+    /// What kind of failure (the `STORE_E*` code).
     pub fn code(&self) -> ErrorCode {
         self.code
     }
 
+    /// The library's details of the failure.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -206,7 +234,52 @@ impl From<Error> for io::Error {
     }
 }
 
+/// The result of a call of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The failure of a call over many objects that tries every one (`Client::put_many`,
+/// `Client::delete_many`): the first failure, and how many objects the call did in all.
+///
+/// It converts into an `Error` (the first failure), so `?` works in a function that returns
+/// `storeclient::Result`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchError {
+    /// The first failure: its code, and the library's message, which names the object.
+    pub error: Error,
+    /// How many objects were put (or deleted) in all, before and after the first failure.
+    pub done: usize,
+}
+
+impl BatchError {
+    /// The first failure's code.
+    pub fn code(&self) -> ErrorCode {
+        self.error.code
+    }
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} done)", self.error, self.done)
+    }
+}
+
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<BatchError> for Error {
+    fn from(e: BatchError) -> Error {
+        e.error
+    }
+}
+
+impl From<BatchError> for io::Error {
+    fn from(e: BatchError) -> io::Error {
+        io::Error::from(e.error)
+    }
+}
 
 fn check(rc: c_int) -> Result<()> {
     if rc == sys::STORE_OK {
@@ -214,6 +287,24 @@ fn check(rc: c_int) -> Result<()> {
     } else {
         Err(Error::last(rc))
     }
+}
+
+/// Converts the `count` elements at `p`, an array the library allocated, and frees the array
+/// (`store_free`). `p` may be NULL when `count` is 0.
+unsafe fn take_array<T, U: for<'a> From<&'a T>>(p: *mut T, count: usize) -> Vec<U> {
+    let v = if p.is_null() || count == 0 {
+        Vec::new()
+    } else {
+        std::slice::from_raw_parts(p, count).iter().map(U::from).collect()
+    };
+    sys::store_free(p as *mut c_void);
+    v
+}
+
+/// The bytes of a fixed-size C string field, up to its first NUL.
+fn c_field_bytes(field: &[c_char]) -> Vec<u8> {
+    let len = field.iter().position(|&c| c == 0).unwrap_or(field.len());
+    field[..len].iter().map(|&c| c as u8).collect()
 }
 
 unsafe fn cstr_to_string(p: *const c_char) -> String {
@@ -251,13 +342,17 @@ pub fn version() -> String {
 // Object ids
 // ---------------------------------------------------------------------------------------------
 
-/// A 20-byte object id.
+/// A 20-byte object id. Laid out as `store_object_id`, so a slice of ids is passed to the
+/// library as it is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[repr(transparent)]
 pub struct ObjectId(sys::store_object_id);
 
 impl ObjectId {
+    /// The size of an id in bytes (20).
     pub const SIZE: usize = sys::STORE_OBJECT_ID_SIZE;
 
+    /// The id with these bytes.
     pub fn from_bytes(bytes: [u8; sys::STORE_OBJECT_ID_SIZE]) -> ObjectId {
         ObjectId(sys::store_object_id { bytes })
     }
@@ -283,14 +378,17 @@ impl ObjectId {
         Ok(ObjectId(out))
     }
 
+    /// The id's bytes.
     pub fn as_bytes(&self) -> &[u8; sys::STORE_OBJECT_ID_SIZE] {
         &self.0.bytes
     }
 
+    /// The id as the C library takes it.
     pub fn as_raw(&self) -> &sys::store_object_id {
         &self.0
     }
 
+    /// The id of a `store_object_id` from the C library.
     pub fn from_raw(raw: sys::store_object_id) -> ObjectId {
         ObjectId(raw)
     }
@@ -330,15 +428,22 @@ impl fmt::Debug for ObjectId {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ObjectState {
+    /// Being written by its creator, not visible to others.
     Created,
+    /// Immutable, in memory, readable.
     Sealed,
+    /// Being written to disk.
     Spilling,
+    /// Only on disk; a reader brings it back.
     Spilled,
+    /// Being read back into memory.
     Restoring,
+    /// A state this crate does not know.
     Unknown(u32),
 }
 
 impl ObjectState {
+    /// Maps a `STORE_STATE_*` value to its state.
     pub fn from_raw(s: u32) -> ObjectState {
         match s {
             sys::STORE_STATE_CREATED => ObjectState::Created,
@@ -354,19 +459,29 @@ impl ObjectState {
 /// What `store_info()` / `store_list()` report about one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's id.
     pub id: ObjectId,
+    /// Bytes of data.
     pub data_size: u64,
+    /// Bytes of metadata.
     pub metadata_size: u64,
+    /// Created, sealed, on its way to or from disk, or on disk.
     pub state: ObjectState,
     /// `STORE_LEVEL_*` bits.
     pub level: u32,
     /// -1 = host memory.
     pub device: i32,
+    /// Higher is kept in memory longer.
     pub importance: i32,
+    /// Pins held by all clients.
     pub pin_count: u32,
+    /// Readers open in all clients.
     pub reader_count: u32,
+    /// When it was created: CLOCK_REALTIME, nanoseconds.
     pub create_time_ns: i64,
+    /// CLOCK_REALTIME of the last create, seal, get or reader close.
     pub last_access_ns: i64,
+    /// The pid of the creating client, 0 if unknown.
     pub creator_pid: i32,
     /// Leases on it over all clients.
     pub lease_count: u32,
@@ -388,6 +503,260 @@ impl From<&sys::store_object_info> for ObjectInfo {
             last_access_ns: i.last_access_ns,
             creator_pid: i.creator_pid,
             lease_count: i.lease_count,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listing: pages of the object table, clients, spill files
+// ---------------------------------------------------------------------------------------------
+
+/// How `Client::list_page` sorts the objects (`STORE_SORT_*`); ties are broken by id.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SortKey {
+    /// By id (the default).
+    #[default]
+    Id,
+    /// By data size.
+    Size,
+    /// By creation time.
+    Created,
+    /// By the time of the last create, seal, get or reader close.
+    LastAccess,
+    /// By importance.
+    Importance,
+    /// By state (`ObjectState`).
+    State,
+}
+
+impl SortKey {
+    fn raw(self) -> u32 {
+        match self {
+            SortKey::Id => sys::STORE_SORT_ID,
+            SortKey::Size => sys::STORE_SORT_SIZE,
+            SortKey::Created => sys::STORE_SORT_CREATED,
+            SortKey::LastAccess => sys::STORE_SORT_LAST_ACCESS,
+            SortKey::Importance => sys::STORE_SORT_IMPORTANCE,
+            SortKey::State => sys::STORE_SORT_STATE,
+        }
+    }
+}
+
+/// Which page of the object table `Client::list_page` asks for, and `Client::list_pages`
+/// starts from. `Default` matches `STORE_LIST_OPTIONS_INIT`: by id, ascending, 100 objects a
+/// page, from the first, every id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOptions {
+    /// The order of the objects.
+    pub sort: SortKey,
+    /// Largest first.
+    pub descending: bool,
+    /// Objects per page, at most `ListOptions::MAX_LIMIT` (more is `InvalidArgument`). A
+    /// page of 0 objects still tells the total.
+    pub limit: u32,
+    /// Objects to skip in that order.
+    pub offset: u64,
+    /// Hex digits (at most 40) the ids must start with; empty = every id. Anything else is
+    /// `InvalidArgument`.
+    pub id_prefix: String,
+}
+
+impl Default for ListOptions {
+    fn default() -> Self {
+        ListOptions {
+            sort: SortKey::Id,
+            descending: false,
+            limit: sys::STORE_LIST_OPTIONS_INIT.limit,
+            offset: 0,
+            id_prefix: String::new(),
+        }
+    }
+}
+
+impl ListOptions {
+    /// The most objects a page may hold (`STORE_MAX_PAGE_OBJECTS`).
+    pub const MAX_LIMIT: u32 = sys::STORE_MAX_PAGE_OBJECTS;
+
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sorts by `key`.
+    pub fn sort(mut self, key: SortKey) -> Self {
+        self.sort = key;
+        self
+    }
+
+    /// Largest first.
+    pub fn descending(mut self, descending: bool) -> Self {
+        self.descending = descending;
+        self
+    }
+
+    /// Objects per page.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Objects to skip.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// Only ids that start with these hex digits.
+    pub fn id_prefix(mut self, prefix: &str) -> Self {
+        self.id_prefix = prefix.to_string();
+        self
+    }
+}
+
+/// One page of the object table, from `Client::list_page`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// The page's objects, in the order asked for (CREATED ones included; deleted ones not).
+    pub objects: Vec<ObjectInfo>,
+    /// How many objects match in all.
+    pub total: u64,
+    /// The offset of the next page (ask with `ListOptions::offset`), or `None` when this page
+    /// is the last.
+    pub next_offset: Option<u64>,
+}
+
+/// An iterator over the pages of the object table, from `Client::list_pages`: one request per
+/// page, each yielded as a `Vec`. After an error it ends.
+pub struct ListPages<'c> {
+    client: &'c Client,
+    opts: ListOptions,
+    total: Option<u64>,
+    done: bool,
+}
+
+impl<'c> ListPages<'c> {
+    /// How many objects matched in all when the last page was asked for; `None` before the
+    /// first.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+}
+
+impl<'c> Iterator for ListPages<'c> {
+    type Item = Result<Vec<ObjectInfo>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.client.list_page(&self.opts) {
+            Ok(page) => {
+                self.total = Some(page.total);
+                match page.next_offset {
+                    Some(offset) => self.opts.offset = offset,
+                    None => self.done = true,
+                }
+                if page.objects.is_empty() {
+                    None
+                } else {
+                    Some(Ok(page.objects))
+                }
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'c> FusedIterator for ListPages<'c> {}
+
+impl<'c> fmt::Debug for ListPages<'c> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListPages")
+            .field("opts", &self.opts)
+            .field("total", &self.total)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+/// One connected client, from `Client::list_clients` (`store_client_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Unique for the server's lifetime.
+    pub client_id: u64,
+    /// The name given at connect (the program's name if none was), maybe cut short.
+    pub name: String,
+    /// The client's pid, from the socket's peer credentials.
+    pub pid: i32,
+    /// The client's uid, from the socket's peer credentials.
+    pub uid: u32,
+    /// Creates it made since it connected.
+    pub objects_created: u64,
+    /// Its objects still being written.
+    pub creating_count: u64,
+    /// Readers it holds open.
+    pub readers_held: u64,
+    /// Pins it holds.
+    pub pins_held: u64,
+    /// Bytes of the objects it writes, reads or pins (each once).
+    pub bytes_held: u64,
+    /// When it connected: CLOCK_REALTIME, nanoseconds.
+    pub connect_time_ns: i64,
+    /// Requests it sent.
+    pub requests: u64,
+    /// True for the client that asked.
+    pub is_self: bool,
+}
+
+impl From<&sys::store_client_info> for ClientInfo {
+    fn from(c: &sys::store_client_info) -> ClientInfo {
+        ClientInfo {
+            client_id: c.client_id,
+            name: String::from_utf8_lossy(&c_field_bytes(&c.name)).into_owned(),
+            pid: c.pid,
+            uid: c.uid,
+            objects_created: c.objects_created,
+            creating_count: c.creating_count,
+            readers_held: c.readers_held,
+            pins_held: c.pins_held,
+            bytes_held: c.bytes_held,
+            connect_time_ns: c.connect_time_ns,
+            requests: c.requests,
+            is_self: c.is_self != 0,
+        }
+    }
+}
+
+/// One spill file, from `Client::list_spill_files` (`store_spill_file_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpillFileInfo {
+    /// The file's absolute path.
+    pub path: PathBuf,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Objects whose copy is in it.
+    pub live_objects: u64,
+    /// Bytes of those objects' records.
+    pub live_bytes: u64,
+    /// Bytes of records of deleted objects; freed when the file is deleted or compacted.
+    pub dead_bytes: u64,
+    /// When it was created: CLOCK_REALTIME, nanoseconds.
+    pub created_time_ns: i64,
+}
+
+impl From<&sys::store_spill_file_info> for SpillFileInfo {
+    fn from(f: &sys::store_spill_file_info) -> SpillFileInfo {
+        SpillFileInfo {
+            path: PathBuf::from(OsStr::from_bytes(&c_field_bytes(&f.path))),
+            size: f.size,
+            live_objects: f.live_objects,
+            live_bytes: f.live_bytes,
+            dead_bytes: f.dead_bytes,
+            created_time_ns: f.created_time_ns,
         }
     }
 }
@@ -419,20 +788,24 @@ impl<'a> Default for CreateOptions<'a> {
 }
 
 impl<'a> CreateOptions<'a> {
+    /// The defaults.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Metadata copied into the object after the data (at most 1 MiB).
     pub fn metadata(mut self, metadata: &'a [u8]) -> Self {
         self.metadata = metadata;
         self
     }
 
+    /// Higher values are evicted later.
     pub fn importance(mut self, importance: i32) -> Self {
         self.importance = importance;
         self
     }
 
+    /// -1 = host memory; >= 0 = that GPU, by the store's device number.
     pub fn device(mut self, device: i32) -> Self {
         self.device = device;
         self
@@ -484,6 +857,11 @@ pub struct Client {
 unsafe impl Send for Client {}
 unsafe impl Sync for Client {}
 
+/// A slice of ids as the library takes it (`ObjectId` is `repr(transparent)`).
+fn raw_ids(ids: &[ObjectId]) -> *const sys::store_object_id {
+    ids.as_ptr() as *const sys::store_object_id
+}
+
 fn path_cstring(path: Option<&Path>) -> Result<Option<CString>> {
     match path {
         None => Ok(None),
@@ -505,7 +883,7 @@ impl Client {
     }
 
     /// A read-only client: it reads, lists and watches; the store refuses its changes
-    /// (`ErrorCode::Permission`), and the memory it maps cannot be made writable.
+    /// (`ErrorCode::PermissionDenied`), and the memory it maps cannot be made writable.
     pub fn connect_read_only(path: Option<&Path>, name: Option<&str>) -> Result<Client> {
         Self::connect_raw(path, name, true)
     }
@@ -561,6 +939,37 @@ impl Client {
         })
     }
 
+    /// Puts many objects, all with the same options: `(id, data)` pairs, small objects many to
+    /// a round trip (`store_put_many`). Every object is tried; `Err` says which failed first
+    /// (its message names the object) and how many were put in all. An empty `data` fails the
+    /// call with `InvalidArgument` before anything is put.
+    pub fn put_many<D: AsRef<[u8]>>(
+        &self,
+        objects: &[(ObjectId, D)],
+        opts: &CreateOptions<'_>,
+    ) -> std::result::Result<(), BatchError> {
+        let ids: Vec<sys::store_object_id> = objects.iter().map(|(id, _)| id.0).collect();
+        // Each as_ref() once, so that every pointer goes with its own length.
+        let slices: Vec<&[u8]> = objects.iter().map(|(_, d)| d.as_ref()).collect();
+        let datas: Vec<*const c_void> =
+            slices.iter().map(|d| d.as_ptr() as *const c_void).collect();
+        let sizes: Vec<u64> = slices.iter().map(|d| d.len() as u64).collect();
+        let raw_opts = opts.to_raw();
+        let mut done: usize = 0;
+        let rc = unsafe {
+            sys::store_put_many(
+                self.as_raw(),
+                ids.as_ptr(),
+                datas.as_ptr(),
+                sizes.as_ptr(),
+                objects.len(),
+                &raw_opts,
+                &mut done,
+            )
+        };
+        check(rc).map_err(|error| BatchError { error, done })
+    }
+
     /// Reserves an object of `size` bytes; fill it through the returned `Writer`, then seal it.
     pub fn create(&self, id: &ObjectId, size: u64, opts: &CreateOptions<'_>) -> Result<Writer<'_>> {
         let raw_opts = opts.to_raw();
@@ -585,6 +994,33 @@ impl Client {
         }
     }
 
+    /// Opens many sealed objects in one request (`store_open_readers`), waiting at most
+    /// `timeout` in all (`None` = until every one is there, `Some(Duration::ZERO)` = not at
+    /// all). One entry per id, in order: a reader, or `None` where that object was not sealed
+    /// in time (or, as for `open`, could not be read back from disk). Each object is taken
+    /// when it is first there and the reader holds it from then on. `Err` (bad arguments,
+    /// `OverLimit`, a lost connection, out of memory) means no reader was opened.
+    pub fn open_many(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Option<Reader<'_>>>> {
+        let mut out: Vec<*mut sys::store_reader> = vec![ptr::null_mut(); ids.len()];
+        check(unsafe {
+            sys::store_open_readers(
+                self.as_raw(),
+                out.as_mut_ptr(),
+                raw_ids(ids),
+                ids.len(),
+                timeout_ms(timeout),
+            )
+        })?;
+        Ok(out
+            .into_iter()
+            .map(|p| NonNull::new(p).map(|raw| Reader { raw, _client: PhantomData }))
+            .collect())
+    }
+
     /// True if the object is sealed and visible.
     pub fn contains(&self, id: &ObjectId) -> Result<bool> {
         let mut present: c_int = 0;
@@ -597,6 +1033,17 @@ impl Client {
         check(unsafe { sys::store_delete(self.as_raw(), &id.0) })
     }
 
+    /// Deletes many sealed objects, one request per 65536 (`store_delete_many`). Every id is
+    /// tried; `Err` carries the first failure (`NotFound` for an id that is absent,
+    /// `NotSealed` for one still being written; the message names it) and how many were
+    /// deleted in all.
+    pub fn delete_many(&self, ids: &[ObjectId]) -> std::result::Result<(), BatchError> {
+        let mut done: usize = 0;
+        let rc =
+            unsafe { sys::store_delete_many(self.as_raw(), raw_ids(ids), ids.len(), &mut done) };
+        check(rc).map_err(|error| BatchError { error, done })
+    }
+
     /// Information about one object, in any state.
     pub fn info(&self, id: &ObjectId) -> Result<ObjectInfo> {
         let mut info = sys::store_object_info::default();
@@ -604,21 +1051,85 @@ impl Client {
         Ok(ObjectInfo::from(&info))
     }
 
-    /// Every object in the table (CREATED ones included).
+    /// Every object in the table (CREATED ones included), as they are when the call starts:
+    /// an object that exists throughout the call is listed exactly once.
     pub fn list(&self) -> Result<Vec<ObjectInfo>> {
         let mut out: *mut sys::store_object_info = ptr::null_mut();
         let mut count: usize = 0;
         check(unsafe { sys::store_list(self.as_raw(), &mut out, &mut count) })?;
-        let v = if out.is_null() || count == 0 {
-            Vec::new()
-        } else {
-            unsafe { std::slice::from_raw_parts(out, count) }
-                .iter()
-                .map(ObjectInfo::from)
-                .collect()
+        Ok(unsafe { take_array::<_, ObjectInfo>(out, count) })
+    }
+
+    /// One page of the object table, sorted and filtered by the server (`store_list_page`).
+    /// The page's `next_offset` says where the next one starts; `list_pages` follows them.
+    pub fn list_page(&self, opts: &ListOptions) -> Result<ListPage> {
+        let prefix = CString::new(opts.id_prefix.as_str())
+            .map_err(|_| Error::new(ErrorCode::InvalidArgument, "id_prefix contains a NUL byte"))?;
+        let raw_opts = sys::store_list_options {
+            version: sys::STORE_LIST_OPTIONS_VERSION,
+            sort: opts.sort.raw(),
+            descending: i32::from(opts.descending),
+            limit: opts.limit,
+            offset: opts.offset,
+            id_prefix: if opts.id_prefix.is_empty() { ptr::null() } else { prefix.as_ptr() },
         };
-        unsafe { sys::store_free(out as *mut c_void) };
-        Ok(v)
+        let mut out: *mut sys::store_object_info = ptr::null_mut();
+        let mut count: usize = 0;
+        let mut total: u64 = 0;
+        check(unsafe {
+            sys::store_list_page(self.as_raw(), &raw_opts, &mut out, &mut count, &mut total)
+        })?;
+        let objects = unsafe { take_array::<_, ObjectInfo>(out, count) };
+        let end = opts.offset.saturating_add(objects.len() as u64);
+        let next_offset =
+            if objects.is_empty() || objects.len() < opts.limit as usize || end >= total {
+                None
+            } else {
+                Some(end)
+            };
+        Ok(ListPage { objects, total, next_offset })
+    }
+
+    /// The pages of the object table from `opts` on (its `offset`, `limit` objects a page), one
+    /// request each, until the last. Each page is taken as the table is when it is asked for:
+    /// an object created or deleted between two pages moves the rest by one, so one may be
+    /// missed or seen twice. `list` gives a consistent snapshot of the whole table.
+    pub fn list_pages(&self, opts: ListOptions) -> ListPages<'_> {
+        ListPages { client: self, opts, total: None, done: false }
+    }
+
+    /// The connected clients, this one included (`ClientInfo::is_self`).
+    pub fn list_clients(&self) -> Result<Vec<ClientInfo>> {
+        let mut out: *mut sys::store_client_info = ptr::null_mut();
+        let mut count: usize = 0;
+        check(unsafe { sys::store_list_clients(self.as_raw(), &mut out, &mut count) })?;
+        Ok(unsafe { take_array::<_, ClientInfo>(out, count) })
+    }
+
+    /// The store's spill files; none on a store without a spill directory.
+    pub fn list_spill_files(&self) -> Result<Vec<SpillFileInfo>> {
+        let mut out: *mut sys::store_spill_file_info = ptr::null_mut();
+        let mut count: usize = 0;
+        check(unsafe { sys::store_list_spill_files(self.as_raw(), &mut out, &mut count) })?;
+        Ok(unsafe { take_array::<_, SpillFileInfo>(out, count) })
+    }
+
+    /// The URL of the object's copy on disk, `file://PATH?offset=O&size=S` (the size includes
+    /// the 16-byte record header). `NotFound` if the object is absent or has no copy on disk.
+    pub fn spill_url(&self, id: &ObjectId) -> Result<String> {
+        // 8 KiB holds a URL of any path up to PATH_MAX; the library says InvalidArgument when
+        // the buffer is too small (the only bad argument this call can pass), then once more.
+        let mut len: usize = 8 << 10;
+        loop {
+            let mut buf = vec![0 as c_char; len];
+            let rc = unsafe { sys::store_spill_url(self.as_raw(), &id.0, buf.as_mut_ptr(), len) };
+            if rc == sys::STORE_EINVAL && len < (64 << 10) {
+                len = 64 << 10;
+                continue;
+            }
+            check(rc)?;
+            return Ok(unsafe { cstr_to_string(buf.as_ptr()) });
+        }
     }
 
     /// Pins a sealed object so that it is never evicted while pinned.
@@ -649,9 +1160,7 @@ impl Client {
 
     /// Starts bringing spilled objects back into memory, without waiting.
     pub fn prefetch(&self, ids: &[ObjectId]) -> Result<()> {
-        // ObjectId is a newtype over store_object_id; copy to be independent of its layout.
-        let raw: Vec<sys::store_object_id> = ids.iter().map(|i| i.0).collect();
-        check(unsafe { sys::store_prefetch(self.as_raw(), raw.as_ptr(), raw.len()) })
+        check(unsafe { sys::store_prefetch(self.as_raw(), raw_ids(ids), ids.len()) })
     }
 
     /// Spills at least `bytes` of evictable objects to disk; returns the memory freed.
@@ -871,7 +1380,12 @@ impl<'c> io::Read for Reader<'c> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut n: usize = 0;
         check(unsafe {
-            sys::store_reader_read(self.raw.as_ptr(), buf.as_mut_ptr() as *mut c_void, buf.len(), &mut n)
+            sys::store_reader_read(
+                self.raw.as_ptr(),
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len(),
+                &mut n,
+            )
         })?;
         Ok(n)
     }
@@ -938,6 +1452,34 @@ mod tests {
     fn connect_to_nothing_fails() {
         let err = Client::connect(Some(Path::new("/nonexistent/dir/store.sock"))).unwrap_err();
         assert_eq!(err.code, ErrorCode::Connection);
+    }
+
+    #[test]
+    fn list_options_defaults_are_the_c_ones() {
+        let c = sys::STORE_LIST_OPTIONS_INIT;
+        let o = ListOptions::default();
+        assert_eq!(o.sort.raw(), c.sort);
+        assert_eq!(i32::from(o.descending), c.descending);
+        assert_eq!((o.limit, o.offset, o.id_prefix.as_str()), (c.limit, c.offset, ""));
+        let keys = [
+            (SortKey::Id, sys::STORE_SORT_ID),
+            (SortKey::Size, sys::STORE_SORT_SIZE),
+            (SortKey::Created, sys::STORE_SORT_CREATED),
+            (SortKey::LastAccess, sys::STORE_SORT_LAST_ACCESS),
+            (SortKey::Importance, sys::STORE_SORT_IMPORTANCE),
+            (SortKey::State, sys::STORE_SORT_STATE),
+        ];
+        for (key, raw) in keys {
+            assert_eq!(key.raw(), raw);
+        }
+    }
+
+    #[test]
+    fn ids_pass_as_they_are() {
+        assert_eq!(std::mem::size_of::<ObjectId>(), sys::STORE_OBJECT_ID_SIZE);
+        let ids = [ObjectId::from_bytes([1; 20]), ObjectId::from_bytes([2; 20])];
+        let raw = unsafe { std::slice::from_raw_parts(raw_ids(&ids), 2) };
+        assert_eq!(raw[1].bytes, [2; 20]);
     }
 
     fn assert_send<T: Send>() {}
