@@ -210,11 +210,15 @@ TEST_CASE("a read-only client reads as any other; its changes get STORE_EPERM an
   REQUIRE(store_open_reader(ro.get(), &r, &id, 0) == STORE_OK);
   const long page = sysconf(_SC_PAGESIZE);
   const uintptr_t at = reinterpret_cast<uintptr_t>(store_reader_data(r));
-  // A page-aligned range inside the mapping (huge pages need 2 MiB alignment: use one that is).
+  // The page the object starts in (inside the mapping); a mapping of huge pages takes only a
+  // 2 MiB-aligned range (EINVAL otherwise), and such a mapping starts 2 MiB-aligned, so the
+  // huge page around the object is inside it too.
   const uintptr_t huge = 2u << 20;
-  void* p = reinterpret_cast<void*>((at / huge) * huge);
-  int rc = mprotect(p, static_cast<size_t>(page), PROT_READ | PROT_WRITE);
-  if (rc != 0 && errno == EINVAL) rc = mprotect(p, huge, PROT_READ | PROT_WRITE);
+  int rc = mprotect(reinterpret_cast<void*>(at & ~static_cast<uintptr_t>(page - 1)),
+                    static_cast<size_t>(page), PROT_READ | PROT_WRITE);
+  if (rc != 0 && errno == EINVAL) {
+    rc = mprotect(reinterpret_cast<void*>((at / huge) * huge), huge, PROT_READ | PROT_WRITE);
+  }
   CHECK(rc == -1);
   CHECK(errno == EACCES);
   store_reader_close(r);
