@@ -2576,6 +2576,9 @@ int store_stats_get(store_client* client, store_stats* stats) {
     stats->refused_gpu_fds = s->refused_gpu_fds();
     stats->instance_id = s->instance_id();
     stats->start_time_ns = s->start_time_ns();
+    stats->when_full_drop = s->when_full_drop() ? 1 : 0;
+    stats->total_dropped_objects = s->total_dropped_objects();
+    stats->total_dropped_bytes = s->total_dropped_bytes();
     return STORE_OK;
   });
 }

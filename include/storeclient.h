@@ -258,6 +258,20 @@ typedef struct store_stats {
      * never 0, and a restarted server draws a new one. */
     uint64_t instance_id;
     int64_t start_time_ns;           /* CLOCK_REALTIME when the server started */
+    /* Added in 0.2: a store started with `--when-full drop` is a cache. Without a spill
+     * directory (the two do not go together), a create that does not fit first deletes the
+     * least valuable objects that nobody uses until it fits: sealed objects with no open reader,
+     * no pin and no lease, lowest importance first, then least recently used (the order the
+     * spiller takes them in). Each is deleted as by store_delete(): it is gone from view at once
+     * (nobody reads it, so its memory is free at once) and its id may be created again. Objects
+     * being written, open, pinned or leased are never dropped, nor GPU objects (drops make room
+     * in host memory only). When dropping all the others would not free enough bytes, nothing
+     * is dropped and the create waits or fails as in the default mode (`--when-full refuse`;
+     * its message then says what holds the memory, leases included). Drops are not counted in
+     * total_deletes or total_full. */
+    uint64_t when_full_drop;         /* 1 when the store drops objects to make room, else 0 */
+    uint64_t total_dropped_objects;  /* objects dropped since start */
+    uint64_t total_dropped_bytes;    /* their bytes (data and metadata) */
 } store_stats;
 
 /* One connected client, as store_list_clients() reports it. */
@@ -373,7 +387,8 @@ STORE_API void store_client_free(store_client *client);
  * store_writer_seal() or store_writer_abort().
  * When it does not fit, it waits (opts->timeout_ms; waiting creates are served in arrival
  * order) while the store spills other objects or room is freed by deletes, unpins and closed
- * readers, with or without a spill directory.
+ * readers, with or without a spill directory. A store started with `--when-full drop` first
+ * deletes objects that nobody uses to make room (see store_stats.when_full_drop).
  * Returns STORE_OK; STORE_EEXISTS if id exists (in any state); STORE_ENOSPACE if it does not
  * fit and timeout_ms is 0 (the store starts spilling, so a retry may fit); STORE_ETIMEDOUT if it
  * still does not fit after timeout_ms (the message says what holds the memory: readers, pins,

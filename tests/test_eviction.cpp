@@ -10,6 +10,7 @@
 #include "objects/object_table.h"
 
 using store::BytesToFree;
+using store::ChooseDrops;
 using store::ChooseVictims;
 using store::Object;
 using store::ObjectKey;
@@ -213,4 +214,27 @@ TEST_CASE("victims: in order, within one file's limits, copies on disk dropped")
   CHECK(b.write.empty());
   CHECK(b.drop.empty());
   CHECK(b.bytes == 0);
+}
+
+TEST_CASE("drops (--when-full drop): in order, kept ones skipped, none when too few") {
+  ObjectTable t;
+  std::vector<Object*> v;
+  for (uint32_t i = 0; i < 6; i++) v.push_back(Add(t, i, 1000, i % 2 ? 1 : 0, i));
+  // Order: v0, v2, v4 (importance 0), then v1, v3, v5.
+  auto none = [](const Object*) { return false; };
+  CHECK(ChooseDrops(t, 0, 2500, none) == std::vector<Object*>{v[0], v[2], v[4]});
+  // What is free already counts.
+  CHECK(ChooseDrops(t, 600, 2500, none) == std::vector<Object*>{v[0], v[2]});
+  CHECK(ChooseDrops(t, 2500, 2500, none).empty());
+  // Kept ones (leased) are skipped, the next ones taken.
+  auto keep = [&](const Object* o) { return o == v[2] || o == v[1]; };
+  CHECK(ChooseDrops(t, 0, 3500, keep) == std::vector<Object*>{v[0], v[4], v[3], v[5]});
+  // When all the candidates do not cover it: none at all, whether the kept ones would or not.
+  CHECK(ChooseDrops(t, 0, 4500, keep).empty());
+  CHECK(ChooseDrops(t, 0, 6001, none).empty());
+  CHECK(ChooseDrops(t, 1, 6001, none).size() == 6);
+  // Read or pinned objects are no candidates.
+  t.AddReader(v[0]);
+  t.AddPin(v[4]);
+  CHECK(ChooseDrops(t, 0, 1500, none) == std::vector<Object*>{v[2], v[1]});
 }

@@ -207,6 +207,9 @@ void JsonStats(Json& j, const store_stats& s) {
   j.U("total_deletes", s.total_deletes);
   j.U("total_aborts", s.total_aborts);
   j.U("total_full", s.total_full);
+  j.U("when_full_drop", s.when_full_drop);
+  j.U("total_dropped_objects", s.total_dropped_objects);
+  j.U("total_dropped_bytes", s.total_dropped_bytes);
   j.U("total_contains", s.total_contains);
   j.U("total_infos", s.total_infos);
   j.U("total_lists", s.total_lists);
@@ -536,6 +539,12 @@ void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed spills", s.total_spill_failures);
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed restores", s.total_restore_failures);
   }
+  if (s.when_full_drop) {
+    fprintf(out, "when full: drop unused objects (lowest importance, least recently used first)\n");
+    TextRow(out, "dropped since start", s.total_dropped_objects, s.total_dropped_bytes);
+  } else {
+    fprintf(out, "when full: refuse (creates wait for room as their timeout says)\n");
+  }
   fprintf(out, "waiting: %" PRIu64 " gets, %" PRIu64 " creates\n", s.waiting_gets,
           s.waiting_creates);
   PrintLimits(s, out);
@@ -687,6 +696,7 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   u("evictable_bytes", d.evictable_min);
   u("evictable_exact", d.evictable_exact ? 1 : 0);
   if (!d.evictable_exact) u("evictable_bytes_max", d.evictable_max);
+  u("when_full_drop", s.when_full_drop);
   fputc('\n', out);
 
   fputs("# objects\n", out);
@@ -736,6 +746,8 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   u("total_deletes", s.total_deletes);
   u("total_aborts", s.total_aborts);
   u("total_full", s.total_full);
+  u("total_dropped_objects", s.total_dropped_objects);
+  u("total_dropped_bytes", s.total_dropped_bytes);
   u("total_contains", s.total_contains);
   u("total_infos", s.total_infos);
   u("total_lists", s.total_lists);

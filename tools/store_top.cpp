@@ -838,6 +838,11 @@ int Top::DrawHeader(int y) {
                    BytesShort(static_cast<uint64_t>(rates_.restored_bytes)).c_str());
     }
   }
+  if (s.when_full_drop) {
+    // A cache: what it dropped to make room, next to what it spills (nothing: no spill dir).
+    spill += Fmt("   When full: drop (dropped %" PRIu64 ", %s)", s.total_dropped_objects,
+                 BytesShort(s.total_dropped_bytes).c_str());
+  }
   Put(y, 1, spill);
   uint64_t failures = s.total_spill_failures + s.total_restore_failures;
   if (failures > 0) {

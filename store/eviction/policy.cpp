@@ -42,4 +42,21 @@ SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPo
   return b;
 }
 
+std::vector<Object*> ChooseDrops(const ObjectTable& table, uint64_t free_now, uint64_t need,
+                                 const std::function<bool(const Object*)>& keep) {
+  std::vector<Object*> victims;
+  uint64_t room = free_now;
+  if (room >= need) return victims;
+  // Every candidate is evictable: when even all of those would not do, walk nothing.
+  if (room + table.counters().evictable_bytes < need) return victims;
+  table.ForEachEvictable([&](Object* o) {
+    if (keep(o)) return true;
+    victims.push_back(o);
+    room += o->alloc_size;
+    return room < need;
+  });
+  if (room < need) victims.clear();
+  return victims;
+}
+
 }  // namespace store

@@ -8,10 +8,14 @@
 // An object that still has a copy on disk (it was restored) is dropped from memory without
 // writing anything; the others are written together into one fused spill file, up to the
 // file's size and object limits.
+// Without a spill directory, a store started with --when-full drop deletes instead: when a create
+// does not fit, ChooseDrops takes victims in the same order (leased objects skipped) until they
+// and the free memory cover it, or none at all when every candidate together would not.
 // Called by: the server loop thread. Pure functions: no IO, no clock.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "objects/object_table.h"
@@ -40,5 +44,10 @@ uint64_t BytesToFree(uint64_t used, uint64_t capacity, const SpillPolicy& p, uin
 // only objects that still have a copy on disk (nothing to write).
 SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPolicy& p,
                          bool drops_only = false);
+
+// Objects to delete, in eviction order, until `free_now` bytes plus their memory cover `need`;
+// keep(o) true means o must stay (leased). Empty when all the candidates would not cover it.
+std::vector<Object*> ChooseDrops(const ObjectTable& table, uint64_t free_now, uint64_t need,
+                                 const std::function<bool(const Object*)>& keep);
 
 }  // namespace store

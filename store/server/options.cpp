@@ -69,6 +69,11 @@ const char* HelpText() {
          "  --memory SIZE        shared memory for objects (default: 1G)\n"
          "  --spill-dir DIR      spill objects to files in DIR when memory runs short\n"
          "                       (repeatable: directories are used in turn)\n"
+         "  --when-full MODE     what a create that does not fit does: refuse (default: it\n"
+         "                       waits for room as its timeout says, then fails), or drop:\n"
+         "                       delete the least valuable sealed objects that nobody reads,\n"
+         "                       pins or leases (lowest importance, then least recently used)\n"
+         "                       until it fits, as a cache does; not with --spill-dir\n"
          "  --spill-high F       start spilling when use passes F of the memory (default 0.8)\n"
          "  --spill-low F        spill down to F of the memory (default 0.6)\n"
          "  --spill-file-max-size SIZE     largest spill file (default 256M)\n"
@@ -196,6 +201,16 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       o.spill_dirs.push_back(v);
     } else if (flag == "--recover") {
       o.recover = true;
+    } else if (flag == "--when-full") {
+      if (!value_of(i, flag, &v)) return false;
+      if (v == "refuse") {
+        o.when_full = WhenFull::kRefuse;
+      } else if (v == "drop") {
+        o.when_full = WhenFull::kDrop;
+      } else {
+        *error = "store: invalid --when-full '" + v + "' (refuse or drop)";
+        return false;
+      }
     } else if (flag == "--spill-high" || flag == "--spill-low" || flag == "--disk-threshold" ||
                flag == "--spill-compact") {
       if (!value_of(i, flag, &v)) return false;
@@ -324,6 +339,12 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       *error = "store: unknown option '" + a + "' (see --help)";
       return false;
     }
+  }
+  // A store that spills never deletes what it was given; one that drops has no disk to spill to.
+  if (o.when_full == WhenFull::kDrop && !o.spill_dirs.empty()) {
+    *error = "store: --when-full drop cannot be used with --spill-dir (a store that spills keeps "
+             "every object; drop makes it a cache without a disk)";
+    return false;
   }
   if (o.spill_low >= o.spill_high) {
     *error = "store: --spill-low must be below --spill-high";

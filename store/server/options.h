@@ -11,6 +11,11 @@ namespace store {
 
 enum class HugePages { kWhenAvailable, kAsked, kNever };
 
+// What a create that does not fit does when there is no spill directory: wait or fail as its
+// timeout says (kRefuse), or first delete the least valuable objects nobody uses (kDrop: a
+// cache, as Plasma's users ran it).
+enum class WhenFull { kRefuse, kDrop };
+
 struct ServerOptions {
   std::string socket_path;              // default: DefaultSocketPath()
   uint64_t memory = 1ull << 30;         // --memory, bytes
@@ -22,6 +27,7 @@ struct ServerOptions {
   double disk_threshold = 0.95;         // --disk-threshold
   double spill_compact = 0.5;           // --spill-compact: rewrite a file once this much is dead
   bool recover = false;                 // --recover
+  WhenFull when_full = WhenFull::kRefuse;  // --when-full refuse|drop (drop: not with --spill-dir)
   LogLevel log_level = LogLevel::kInfo;
   std::string metrics_file;             // --metrics-file: Prometheus text, replaced atomically
   uint64_t metrics_interval_ms = 1000;  // --metrics-interval SECONDS

@@ -262,6 +262,8 @@ int Server::Run() {
   closer_.data = this;
   uv_timer_init(&loop_, &restore_log_timer_);
   restore_log_timer_.data = this;
+  uv_timer_init(&loop_, &drop_log_timer_);
+  drop_log_timer_.data = this;
   if (!Listen()) {
     Shutdown();
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -279,11 +281,12 @@ int Server::Run() {
     metrics_active_ = true;
   }
 
-  LOG_INFO("store %s listening on %s with %s of shared memory (objects up to %s)%s%s",
+  LOG_INFO("store %s listening on %s with %s of shared memory (objects up to %s)%s%s%s",
            STORE_VERSION_STRING, options_.socket_path.c_str(), Bytes(region_->capacity()).c_str(),
            Bytes(max_object_).c_str(),
            options_.prefault ? ", prefaulted" : "",
-           region_->hugepages_active() ? ", huge pages" : "");
+           region_->hugepages_active() ? ", huge pages" : "",
+           DropMode() ? "; when full, unused objects are dropped" : "");
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
   if (rc != 0) LOG_WARN("event loop closed with handles still open: %s", uv_strerror(rc));
@@ -325,6 +328,10 @@ void Server::Shutdown() {
   uv_timer_stop(&restore_log_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&restore_log_timer_), nullptr);
   FlushRestoreLog();
+  uv_timer_stop(&drop_log_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&drop_log_timer_), nullptr);
+  drop_log_timer_on_ = false;
+  FlushDropLog();
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
@@ -510,7 +517,8 @@ void Server::ReleaseClientState(Client* c) {
     if (!o) continue;
     for (uint32_t i = 0; i < count; i++) table_.RemoveReader(o);
     totals_.releases += count;
-    freed |= MaybeFree(o);
+    // Freed, or unread now: what waits for memory may spill or drop it.
+    freed |= MaybeFree(o) || o->evictable();
   }
   c->readers.clear();
   // Pins.
@@ -791,11 +799,112 @@ void Server::HandleConnect(Client* c, uint64_t seq, const proto::ConnectRequest*
 
 std::string Server::FullMessage(uint64_t want) const {
   const auto& t = table_.counters();
+  std::string leased, dropping;
+  if (DropMode()) {
+    // What leases hold, and what could be dropped: the unused objects without a lease.
+    uint64_t leased_bytes = 0, leased_unused = 0;
+    for (const auto& [uid, l] : leases_) {
+      const Object* o = table_.FindUid(uid);
+      if (!o || o->deleted || l.count == 0) continue;
+      leased_bytes += o->alloc_size;
+      if (o->evictable()) leased_unused += o->alloc_size;
+    }
+    leased = ", " + Bytes(leased_bytes) + " leased";
+    dropping = "; dropping the " + Bytes(t.evictable_bytes - leased_unused) +
+               " of objects nobody uses would not make room";
+  }
   return "the store is full: " + Bytes(want) + " requested, " +
          Bytes(region_->allocated_bytes()) + " of " + Bytes(region_->capacity()) +
          " in use (" + Bytes(t.open_bytes) + " held by open readers, " + Bytes(t.pinned_bytes) +
-         " pinned, " + Bytes(t.created_bytes) + " being written, " +
-         Bytes(t.deleted_pending_bytes) + " deleted but still read)";
+         " pinned" + leased + ", " + Bytes(t.created_bytes) + " being written, " +
+         Bytes(t.deleted_pending_bytes) + " deleted but still read)" + dropping;
+}
+
+// ------------------------------------------------------------------------------------------
+// --when-full drop: a cache. Without a spill directory, a create that does not fit deletes the
+// least valuable objects nobody uses, in the spiller's order (lowest importance, then least
+// recently used, among sealed objects with no reader and no pin), skipping leased ones, until
+// it fits. Each is deleted as store_delete deletes (unlinked, then freed: nobody reads it).
+// When all of them would not free enough bytes, none is dropped and the create waits or fails
+// as it would without the flag; a release, an unpin, an unlease, a seal or a disconnect that
+// makes an object droppable pumps the waiting creates again. Victims are chosen by bytes; when
+// the freed bytes are not in one piece, the next candidates go one at a time until it fits (so
+// with the free pages cut up by objects that must stay, more may go than the create needed).
+// GPU objects are never candidates, and device memory is never made by dropping.
+
+bool Server::Droppable(const Object* o) const {
+  if (!o->evictable()) return false;
+  if (leases_.empty()) return true;
+  auto it = leases_.find(o->uid);
+  return it == leases_.end() || it->second.count == 0;
+}
+
+void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
+  auto free_now = [this] {
+    uint64_t used = region_->allocated_bytes(), cap = region_->capacity();
+    return cap > used ? cap - used : 0;
+  };
+  auto keep = [this](const Object* o) { return !Droppable(o); };
+  std::vector<Object*> victims = ChooseDrops(table_, free_now(), size, keep);
+  // None chosen: all of them would not free enough bytes, or enough are free but not in one
+  // piece (then the loop drops one candidate at a time).
+  if (victims.empty() && free_now() < size) return nullptr;
+  DropTotals dropped;
+  void* p = nullptr;
+  size_t next = 0;
+  while (true) {
+    if (free_now() >= size && (p = region_->Allocate(size, usable)) != nullptr) break;
+    if (next == victims.size()) {
+      // Enough bytes are free but not in one piece: the next candidate, one at a time.
+      victims.clear();
+      next = 0;
+      table_.ForEachEvictable([&](Object* o) {
+        if (keep(o)) return true;
+        victims.push_back(o);
+        return false;
+      });
+      if (victims.empty()) break;
+    }
+    Object* o = victims[next++];
+    dropped.objects++;
+    dropped.bytes += o->data_size + o->metadata_size;
+    DeleteObject(o);
+  }
+  NoteDrops(dropped.objects, dropped.bytes);
+  return p;
+}
+
+void Server::NoteDrops(uint64_t objects, uint64_t bytes) {
+  if (objects == 0) return;
+  drop_totals_.objects += objects;
+  drop_totals_.bytes += bytes;
+  drop_log_.objects += objects;
+  drop_log_.bytes += bytes;
+  const int64_t now = MonotonicNs();
+  if (now >= drop_log_until_) {
+    // Drops a second or more after the last line are logged at once ...
+    FlushDropLog();
+    drop_log_until_ = now + 1000000000;
+  } else if (!drop_log_timer_on_ && !stopping_) {
+    // ... the ones after them together when the second is over, even if nothing drops then.
+    drop_log_timer_on_ = true;
+    uv_timer_start(
+        &drop_log_timer_,
+        [](uv_timer_t* t) {
+          auto* srv = static_cast<Server*>(t->data);
+          srv->drop_log_timer_on_ = false;
+          srv->FlushDropLog();
+          srv->drop_log_until_ = MonotonicNs() + 1000000000;
+        },
+        static_cast<uint64_t>((drop_log_until_ - now) / 1000000 + 1), 0);
+  }
+}
+
+void Server::FlushDropLog() {
+  if (drop_log_.objects == 0) return;
+  LOG_INFO("dropped %" PRIu64 " object%s (%s) to make room (--when-full drop)", drop_log_.objects,
+           drop_log_.objects == 1 ? "" : "s", Bytes(drop_log_.bytes).c_str());
+  drop_log_ = DropTotals{};
 }
 
 int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message) {
@@ -812,6 +921,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
   uint64_t total = (a.device >= 0 ? 0 : a.data_size) + a.metadata.size();
   uint64_t usable = 0;
   void* p = total ? region_->Allocate(total, &usable) : nullptr;
+  if (!p && total && DropMode()) p = DropForRoom(total, &usable);
   if (!p && total) {
     *message = FullMessage(total);
     if (a.device >= 0) GpuFree(&proto);
@@ -1043,7 +1153,8 @@ void Server::SealObject(Object* o) {
   table_.Seal(o);
   totals_.seals++;
   NotifyWaiters(o->id);
-  if (dirs_) Pump();  // over the high-water mark?
+  // Over the high-water mark? Or, when full drops objects, the creates waiting may drop it.
+  if (dirs_ || (DropMode() && !create_queue_.empty())) Pump();
 }
 
 void Server::NotifyWaiters(const ObjectKey& id) {
@@ -1567,7 +1678,6 @@ void Server::HandleList(Client* c, uint64_t seq, const proto::ListRequest* r) {
 
 bool Server::DeleteObject(Object* o) {
   if (o->deleted) return false;
-  totals_.deletes++;
   bool on_disk = o->state == ObjectState::kSpilled;
   ObjectKey key = o->id;
   table_.Unlink(o);
@@ -1584,8 +1694,12 @@ bool Server::DropLeases(uint64_t uid, uint32_t n) {
   if (it->second.count > 0) return false;
   bool auto_delete = it->second.auto_delete;
   leases_.erase(it);
-  Object* o = auto_delete ? table_.FindUid(uid) : nullptr;
-  if (!o || o->state == ObjectState::kCreated) return false;  // an unsealed one is aborted
+  Object* o = table_.FindUid(uid);
+  if (!o || o->deleted) return false;
+  // Without a lease an unused object may be dropped to make room (--when-full drop).
+  if (!auto_delete) return DropMode() && o->evictable();
+  if (o->state == ObjectState::kCreated) return false;  // an unsealed one is aborted
+  totals_.deletes++;
   return DeleteObject(o);
 }
 
@@ -1766,6 +1880,9 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_refused_gpu_fds(limits_[kLimitGpuFds].hits);
   b.add_instance_id(instance_id_);
   b.add_start_time_ns(start_realtime_ns_);
+  b.add_when_full_drop(DropMode());
+  b.add_total_dropped_objects(drop_totals_.objects);
+  b.add_total_dropped_bytes(drop_totals_.bytes);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }
@@ -1983,6 +2100,12 @@ void Server::WriteMetrics() {
   metric("bad_requests_total", "counter", "Requests refused as protocol errors.",
          totals_.bad_requests);
   metric("full_total", "counter", "Creates refused for lack of space.", totals_.full);
+  metric("when_full_drop", "gauge", "1 when unused objects are dropped to make room.",
+         DropMode() ? 1 : 0);
+  metric("dropped_objects_total", "counter", "Objects dropped to make room.",
+         drop_totals_.objects);
+  metric("dropped_bytes_total", "counter", "Data and metadata bytes of the objects dropped.",
+         drop_totals_.bytes);
   // Limits: the totals they watch, and how often each was hit (see server/limits.cpp).
   metric("limit_usage", "gauge", "What the limits watch, now.", waiting_bytes_,
          "first{what=\"waiting_bytes\"}");

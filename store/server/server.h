@@ -182,7 +182,8 @@ class Server {
   // Drops n of c's leases on the object with this uid; deletes it if that was the last lease on
   // an object created leased. Returns whether memory may have been freed.
   bool DropLeases(uint64_t uid, uint32_t n);
-  // Deletes o as store_delete does (unlink; tombstones for its copies on disk).
+  // Deletes o as store_delete does (unlink; tombstones for its copies on disk). Returns whether
+  // its memory was freed. The caller counts it (a delete, or a drop).
   bool DeleteObject(Object* o);
   void HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r);
   void HandleStats(Client* c, uint64_t seq);
@@ -192,6 +193,17 @@ class Server {
   // Object operations shared by several requests.
   // Tries to allocate and insert; returns STORE_OK, or an error with *message set.
   int TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message);
+  // --when-full drop (server.cpp): deletes the least valuable objects nobody uses (eviction
+  // order; not leased) until `size` bytes can be allocated, and allocates them. Drops nothing and
+  // returns nullptr when all of those would not free enough.
+  void* DropForRoom(uint64_t size, uint64_t* usable);
+  bool DropMode() const { return options_.when_full == WhenFull::kDrop; }
+  // Whether o may be dropped: evictable (sealed, in memory, no reader or pin) and not leased.
+  bool Droppable(const Object* o) const;
+  // Counts drops; logs them at most once a second, aggregated (FlushDropLog, from
+  // drop_log_timer_ when the second is over, so no line waits for the next drop).
+  void NoteDrops(uint64_t objects, uint64_t bytes);
+  void FlushDropLog();
   void ReplyCreated(Client* c, uint64_t seq, const Object* o);
   void SealObject(Object* o);
   // Tells the gets waiting for this id that its object changed: sealed, restored, failed to
@@ -394,6 +406,13 @@ class Server {
     uint64_t objects = 0, bytes = 0, ns = 0, failures = 0;
     uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;
   } spill_totals_;
+  // --when-full drop: totals since start (stats), and the drops not logged yet.
+  struct DropTotals {
+    uint64_t objects = 0, bytes = 0;
+  } drop_totals_, drop_log_;
+  int64_t drop_log_until_ = 0;  // monotonic ns: drops before then wait for the timer's line
+  uv_timer_t drop_log_timer_{};
+  bool drop_log_timer_on_ = false;
   int64_t start_ns_ = 0;
   int64_t start_realtime_ns_ = 0;  // CLOCK_REALTIME at start (store_stats.start_time_ns)
   uint64_t instance_id_ = 0;       // random, never 0 (store_stats.instance_id)

@@ -155,6 +155,9 @@ class store_stats(Structure):
         ("refused_gpu_fds", c_uint64),
         ("instance_id", c_uint64),
         ("start_time_ns", c_int64),
+        ("when_full_drop", c_uint64),
+        ("total_dropped_objects", c_uint64),
+        ("total_dropped_bytes", c_uint64),
     ]
 
 

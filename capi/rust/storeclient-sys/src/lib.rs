@@ -186,6 +186,11 @@ pub struct store_stats {
     /// Which store this is: random at start, never 0.
     pub instance_id: u64,
     pub start_time_ns: i64,
+    /// 1 when the store drops unused objects to make room (`--when-full drop`), else 0.
+    pub when_full_drop: u64,
+    /// Objects dropped to make room since start, and their data and metadata bytes.
+    pub total_dropped_objects: u64,
+    pub total_dropped_bytes: u64,
 }
 
 #[repr(C)]

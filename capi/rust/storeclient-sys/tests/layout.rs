@@ -58,7 +58,8 @@ fn rust_layouts() -> Vec<Layout> {
             limit_partial_bytes, limit_clients, limit_client_gpu_fds, fd_limit,
             refused_client_waiting, refused_waiting_bytes, closed_client_backlog,
             closed_backlog, closed_partial, refused_clients, accept_failures, refused_gpu_fds,
-            instance_id, start_time_ns,
+            instance_id, start_time_ns, when_full_drop, total_dropped_objects,
+            total_dropped_bytes,
         }),
         layout!(store_connect_options { version, client_name, read_only, reserved_ }),
         layout!(store_create_options {
