@@ -360,6 +360,7 @@ class StorePlugin(WorkerPlugin):
     name = "storeclient"
 
     def setup(self, worker):
+        """Called by the worker as it starts (before it registers with the scheduler)."""
         data = worker.data
         if not isinstance(data, StoreData):
             raise TypeError("StorePlugin needs a worker whose data= is a StoreData (see "
@@ -377,6 +378,7 @@ class StorePlugin(WorkerPlugin):
         self._count_memory(worker, data)
 
     def teardown(self, worker):
+        """Called by the worker as it closes: lets go of its results and its marker."""
         data = getattr(self, "data", None)
         if data is None or data._closed:
             return
