@@ -24,3 +24,15 @@ trap 'rm -rf "$PYTHONPYCACHEPREFIX" "$work"' EXIT
 "$py" -c 'import distributed; print("distributed", distributed.__version__)'
 cd "$work"
 "$py" "$src/capi/python/tests/dask_cases.py" -v 2>&1
+
+# The example, against a store of its own: it runs, and leaves nothing behind.
+"$STORE_BIN" --socket "$work/example.sock" --memory 512M --log-level warn &
+store_pid=$!
+trap 'kill "$store_pid" 2>/dev/null; wait "$store_pid" 2>/dev/null; rm -rf "$PYTHONPYCACHEPREFIX" "$work"' EXIT
+for _ in $(seq 1 2000); do [ -S "$work/example.sock" ] && break; sleep 0.005; done
+out=$("$py" "$src/capi/python/examples/dask_local.py" "$work/example.sock" 2>"$work/example.err") || {
+  cat "$work/example.err"; echo "the example failed"; exit 1; }
+echo "$out"
+grep -q "^sum of x + x.T: " <<<"$out" || { echo "the example printed no sum"; exit 1; }
+grep -q "^objects in the store after the cluster closed: 0$" <<<"$out" ||
+  { echo "the example left objects in the store"; exit 1; }
