@@ -63,10 +63,13 @@
  *  Every client maps the store's memory read-only for its readers: a write through a pointer
  *  from store_reader_data() (or anywhere in the store's memory through it) faults (SIGSEGV) in
  *  the writing process and changes no stored byte. Writers of objects larger than a staged one
- *  write through a second, writable mapping: their pointer can still reach other objects, and
- *  the process holds a writable descriptor of the memory, so this guards against mistakes, not
- *  against a hostile process of the same user. A read-only client (store_connect_options.
- *  read_only) gets a descriptor that cannot be mapped writable at all.
+ *  write through a second, writable mapping: by default their pointer can still reach other
+ *  objects. With the write window (STORE_CLIENT_WRITE_WINDOW=1, see store_client_connect())
+ *  that mapping is writable only over the pages of the objects the process is writing, from
+ *  store_create() to their seal or abort: any other write through it faults the same way.
+ *  Either way the process holds a writable descriptor of the memory, so this guards against
+ *  mistakes, not against a hostile process of the same user. A read-only client
+ *  (store_connect_options.read_only) gets a descriptor that cannot be mapped writable at all.
  */
 #ifndef STORECLIENT_H
 #define STORECLIENT_H
@@ -368,7 +371,21 @@ typedef struct store_create_options {
  *  STORE_EPROTO  the server speaks another protocol version, or sent a malformed reply;
  *  STORE_ENOMEM  the server's shared memory cannot be mapped, or out of memory;
  *  STORE_ELIMIT  the store serves as many clients as it may (its --max-clients, shown by
- *                `store info`); the message says so. A later connect may succeed. */
+ *                `store info`); the message says so. A later connect may succeed;
+ *  STORE_ENOTSUP the write window was asked for (below) where it cannot be kept to one
+ *                object's pages: the store's memory is on huge pages (hugetlbfs), or this
+ *                system's pages are larger than 4 KiB.
+ * STORE_CLIENT_WRITE_WINDOW=1 in the environment at connect gives a client that is not
+ * read-only the strict write window: its writable mapping of the store's memory is read-only
+ * but for the pages of the objects it is writing. store_create() of an object larger than
+ * STORE_STAGED_MAX makes that object's pages (its data, rounded out to whole 4 KiB pages, which
+ * hold no other object) writable; store_writer_seal() and store_writer_abort() make them
+ * read-only again before the store hears of it, and store_client_free() or a lost connection
+ * closes every window at once. A write anywhere else, or through a writer's pointer after its
+ * seal or abort, raises SIGSEGV in the writing process and changes no stored byte. Staged
+ * writers write private memory and need no window; GPU objects are not covered. It costs two
+ * mprotect() calls per object, whose time grows with its pages: see the README's trust model
+ * for measured figures. Any other value, or none, leaves it off. */
 STORE_API int store_client_connect(store_client **out, const char *socket_path,
                                    const store_connect_options *opts);
 
