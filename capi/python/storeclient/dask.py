@@ -28,7 +28,8 @@ worker_options() gives every worker a StoreData as its `data=` mapping and a Sto
   worker's process memory is its private memory plus its results in the store's memory, and its
   spilled figures are its results on disk. Since the store bounds its memory itself, each
   worker's memory limit is raised by the store's capacity: the limit still bounds what the
-  worker holds privately.
+  worker holds privately (give it as worker_options(memory_limit=...), so that the nanny's
+  limit, which counts the store's pages the worker touched, allows for the store too).
 """
 
 import contextvars
@@ -359,6 +360,9 @@ class StorePlugin(WorkerPlugin):
 
     name = "storeclient"
 
+    def __init__(self, raise_memory_limit=True):
+        self.raise_memory_limit = raise_memory_limit
+
     def setup(self, worker):
         """Called by the worker as it starts (before it registers with the scheduler)."""
         data = worker.data
@@ -427,14 +431,28 @@ class StorePlugin(WorkerPlugin):
 
             monitor.get_process_memory = get_process_memory
         mm = getattr(worker, "memory_manager", None)
-        if mm is not None and mm.memory_limit:
+        if self.raise_memory_limit and mm is not None and mm.memory_limit:
             mm.memory_limit += data.client.stats()["capacity_bytes"]
 
 
-def worker_options(socket=None, namespace=None, timeout=DEFAULT_PUT_TIMEOUT):
+def worker_options(socket=None, namespace=None, timeout=DEFAULT_PUT_TIMEOUT, memory_limit=None):
     """Keyword arguments for LocalCluster, Nanny or Worker that keep the workers' results in the
-    store at socket: {"data": (StoreData, {...}), "plugins": (StorePlugin(),)}. Merge them with
-    your own (a plugins tuple of your own goes with StorePlugin in it)."""
-    return {"data": (StoreData, {"socket": socket, "namespace": namespace, "timeout": timeout}),
-            "plugins": (StorePlugin(),)}
-
+    store at socket: {"data": (StoreData, {...}), "plugins": (StorePlugin(),)}, and with
+    memory_limit (bytes, or a string such as "4GB": what each worker may hold of its own) a
+    "memory_limit" of that plus the store's capacity. Pass the limit here rather than to the
+    cluster: a worker's nanny counts the store's pages the worker has touched in its resident
+    memory, and restarts it at 95 % of its limit. Without it, each worker's own limit (Dask's
+    default, a share of the machine's memory) is raised by the store's capacity, its nanny's is
+    not. Merge these options with your own (a plugins tuple of your own goes with StorePlugin in
+    it)."""
+    options = {"data": (StoreData, {"socket": socket, "namespace": namespace,
+                                    "timeout": timeout}),
+               "plugins": (StorePlugin(raise_memory_limit=memory_limit is None),)}
+    if memory_limit is not None:
+        if isinstance(memory_limit, str):
+            from dask.utils import parse_bytes
+            memory_limit = parse_bytes(memory_limit)
+        with Client(socket, name="dask-options") as c:
+            capacity = c.stats()["capacity_bytes"]
+        options["memory_limit"] = int(memory_limit) + capacity
+    return options
