@@ -18,7 +18,7 @@ Workloads:
               summed: every output chunk takes a piece of every input chunk (an all-to-all shuffle)
   pressure    the transpose of an array persisted first (all of it held at once) with little
               memory: plain Dask's two workers may each hold a quarter of
-              the input beyond their own 150 MB (Dask spills to disk); with the store they have
+              the input beyond 300 MB for the process (Dask spills to disk); with the store they have
               the same limits and the store has half the input's size, with a spill directory
               (the store spills); the result is the same
 """
@@ -156,9 +156,9 @@ def main():
         spill_dir = None
         for _ in range(args.runs):
             _, nbytes = workload(name, args.quick)
-            # A worker's limit counts its whole process (about 150 MB of Python, NumPy and Dask
+            # A worker's limit counts its whole process (about 175 MB of Python, NumPy and Dask
             # here) and Dask spills from 60 % of it.
-            limit = (150 << 20) + nbytes // 4 if name == "pressure" else None
+            limit = (300 << 20) + nbytes // 4 if name == "pressure" else None
             plain.append(run_one(name, args.quick, memory_limit=limit))
             spill_dir = tempfile.mkdtemp(prefix="store-dask-bench-")
             memory = "%dM" % max(64, (nbytes // 2 if name == "pressure" else 3 * nbytes) >> 20)
