@@ -149,7 +149,19 @@ def main():
     if args.quick:
         args.runs = 1
     from storeclient import mars
+    import dask
 
+    # The workers' scratch space, removed at the end (Dask's default is a shared
+    # dask-worker-space in the temporary directory, left behind).
+    scratch = tempfile.mkdtemp(prefix="store-dask-bench-work-")
+    dask.config.set({"temporary-directory": scratch})
+    try:
+        run_all(args, mars)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_all(args, mars):
     report = {"tcp_copy_bytes_per_s": tcp_copy_rate(), "workloads": {}}
     for name in args.workloads.split(","):
         plain, stored = [], []
