@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "spill/env.h"
+#include "spill/hash.h"
 #include "spill/spill_dir.h"
 #include "spill/spill_file.h"
 
@@ -328,6 +329,36 @@ TEST_CASE("sha256 of the test matches the standard vectors") {
   CHECK(Sha256Hex({}) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   std::vector<uint8_t> a(1000000, 'a');
   CHECK(Sha256Hex(a) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("the record checksum gives the library's XXH3 values, in any chunking") {
+  // hash.h may run XXH3 from code built for AVX2: the checksums on disk must not change.
+  INFO("implementation: " << HashImplementation());
+  std::vector<uint8_t> buf(3 * kMiB + 777);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (uint8_t& b : buf) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b = static_cast<uint8_t>(x);
+  }
+  StreamHash st;
+  REQUIRE(st.ok());
+  const size_t sizes[] = {0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 4095, 65536, 1000003,
+                          buf.size()};
+  const size_t chunks[] = {1, 7, 64, 1000, 4096, 512 * 1024, SIZE_MAX};
+  for (uint64_t seed : {0ull, 1ull, 0x0123456789abcdefull}) {
+    for (size_t n : sizes) {
+      const uint64_t want = XXH3_64bits_withSeed(buf.data(), n, seed);
+      CHECK(Hash64(buf.data(), n, seed) == want);
+      for (size_t chunk : chunks) {
+        if (chunk < 64 && n > 70000) continue;  // slow and says nothing more
+        st.Reset(seed);
+        for (size_t off = 0; off < n; off += std::min(chunk, n - off)) {
+          st.Update(buf.data() + off, std::min(chunk, n - off));
+        }
+        CHECK_MESSAGE(st.Digest() == want, "size " << n << " chunk " << chunk << " seed " << seed);
+      }
+    }
+  }
 }
 
 TEST_CASE("the POSIX env") {

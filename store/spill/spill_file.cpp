@@ -1,5 +1,7 @@
 #include "spill/spill_file.h"
 
+#include "spill/hash.h"
+
 #include <fcntl.h>
 #include <limits.h>
 #include <xxhash.h>
@@ -38,21 +40,16 @@ uint32_t GetU32(const uint8_t* p) {
 
 std::string ErrnoText(int neg) { return std::strerror(-neg); }
 
-struct StateDeleter {
-  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-};
-using HashState = std::unique_ptr<XXH3_state_t, StateDeleter>;
-
 // XXH3-64 of a record: header, then metadata, then data (the on-disk order), seeded (seed 0
 // is XXH3-64 unseeded, as version 1 files have it).
-uint64_t RecordChecksum(XXH3_state_t* st, uint64_t seed, const uint8_t* header,
+uint64_t RecordChecksum(StreamHash* st, uint64_t seed, const uint8_t* header,
                         const uint8_t* metadata, uint64_t metadata_size, const uint8_t* data,
                         uint64_t data_size) {
-  XXH3_64bits_reset_withSeed(st, seed);
-  XXH3_64bits_update(st, header, kRecordHeader);
-  if (metadata_size > 0) XXH3_64bits_update(st, metadata, metadata_size);
-  if (data_size > 0) XXH3_64bits_update(st, data, data_size);
-  return XXH3_64bits_digest(st);
+  st->Reset(seed);
+  st->Update(header, kRecordHeader);
+  st->Update(metadata, metadata_size);
+  st->Update(data, data_size);
+  return st->Digest();
 }
 
 // Closes an fd on scope exit (read paths).
@@ -94,8 +91,8 @@ std::vector<uint64_t> RecordOffsets(const std::vector<SpillRecord>& records) {
 
 int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRecord>& records,
                    std::vector<RecordLocation>* out, uint64_t* file_size, std::string* error) {
-  HashState st(XXH3_createState());
-  if (!st) {
+  StreamHash st;
+  if (!st.ok()) {
     if (error) *error = "write spill file " + path + ": out of memory";
     return -ENOMEM;
   }
@@ -135,7 +132,7 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
     locs[i].offset = off;
     locs[i].size = size;
     locs[i].seeded = true;
-    locs[i].checksum = RecordChecksum(st.get(), IdSeed(r.id), h, r.metadata, r.metadata_size,
+    locs[i].checksum = RecordChecksum(&st, IdSeed(r.id), h, r.metadata, r.metadata_size,
                                       r.data, r.data_size);
     iov.push_back({h, kRecordHeader});
     // iovecs point straight at the caller's memory: no copies.
@@ -265,15 +262,15 @@ int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uin
     return fd;
   }
   FdCloser closer{env, fd};
-  HashState st(XXH3_createState());
-  if (!st) {
+  StreamHash st;
+  if (!st.ok()) {
     if (error) *error = "read spill file " + path + ": out of memory";
     return -ENOMEM;
   }
   // The kernel reads the whole record ahead while each chunk is hashed just after it lands (it
   // is still in the cache then), instead of one read and a second pass over all the bytes.
   env->ReadAhead(fd, static_cast<off_t>(loc.offset), static_cast<off_t>(loc.size));
-  XXH3_64bits_reset_withSeed(st.get(), SeedOf(loc));
+  st.Reset(SeedOf(loc));
   uint8_t header[kRecordHeader];
   // The record's bytes in file order, and where each goes: header, metadata, data.
   const iovec parts[3] = {{header, kRecordHeader},
@@ -307,7 +304,7 @@ int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uin
                          std::to_string(pos + static_cast<uint64_t>(r)) + " of " +
                          std::to_string(loc.size) + " bytes");
     }
-    for (int i = 0; i < cnt; i++) XXH3_64bits_update(st.get(), iov[i].iov_base, iov[i].iov_len);
+    for (int i = 0; i < cnt; i++) st.Update(iov[i].iov_base, iov[i].iov_len);
     pos += chunk;
   }
   const uint64_t hm = GetU64(header), hd = GetU64(header + 8);
@@ -318,7 +315,7 @@ int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uin
                        std::to_string(hd) + "; expected " + std::to_string(metadata_size) + ", " +
                        std::to_string(data_size));
   }
-  if (XXH3_64bits_digest(st.get()) != loc.checksum) {
+  if (st.Digest() != loc.checksum) {
     return Corrupt(error, path,
                    "checksum mismatch for the record at offset " + std::to_string(loc.offset));
   }
@@ -519,8 +516,8 @@ int SalvageFile(Env* env, const std::string& path, Salvage* out, std::string* er
   // 3. Each entry whose record is whole and matches it: size, header, checksum. A file's
   // entries are all of one version; when the trailer cannot say which, the seeded checksum
   // (version 2) is tried first, and unseeded ones (version 1) count only if none was seeded.
-  HashState st(XXH3_createState());
-  if (!st) {
+  StreamHash st;
+  if (!st.ok()) {
     if (error) *error = "spill file " + path + ": out of memory";
     return -ENOMEM;
   }
@@ -556,11 +553,11 @@ int SalvageFile(Env* env, const std::string& path, Salvage* out, std::string* er
     c.rec.data_size = d;
     const uint8_t* meta = buf.data() + kRecordHeader;
     if (version != 1) {
-      c.v2 = RecordChecksum(st.get(), IdSeed(loc.id), buf.data(), meta, m, meta + m, d) ==
+      c.v2 = RecordChecksum(&st, IdSeed(loc.id), buf.data(), meta, m, meta + m, d) ==
              loc.checksum;
     }
     if (version != 2 && !c.v2) {
-      c.v1 = RecordChecksum(st.get(), 0, buf.data(), meta, m, meta + m, d) == loc.checksum;
+      c.v1 = RecordChecksum(&st, 0, buf.data(), meta, m, meta + m, d) == loc.checksum;
     }
     if (c.v2 || c.v1) found.push_back(c);
   }
