@@ -1112,7 +1112,8 @@ struct OutArray {
       data = static_cast<T*>(p);
       cap = n;
     }
-    std::memset(data + size, 0, more * sizeof(T));
+    // data is still NULL when nothing was ever added (memset must not be given NULL).
+    if (more > 0) std::memset(data + size, 0, more * sizeof(T));
     return true;
   }
   void Release(T** out, size_t* count) {

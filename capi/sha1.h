@@ -55,7 +55,7 @@ inline void Sha1(const void* data, size_t len, uint8_t out[20]) {
     n -= 64;
   }
   uint8_t tail[128] = {};
-  std::memcpy(tail, p, n);
+  if (n > 0) std::memcpy(tail, p, n);  // p may be NULL when len is 0
   tail[n] = 0x80;
   size_t tail_len = n + 1 + 8 <= 64 ? 64 : 128;
   uint64_t bits = static_cast<uint64_t>(len) * 8;

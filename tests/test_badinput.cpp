@@ -465,6 +465,16 @@ uint64_t RssKib(pid_t pid) {
   return 0;
 }
 
+// Whether the server's resident set measures its heap. Not under AddressSanitizer (the test is
+// built with it exactly when the server is): freed memory waits in its quarantine (256 MiB) and
+// every allocation carries redzones, so a bounded heap still shows a large RSS. The limits
+// themselves are checked through the server's counters either way.
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool kRssIsHeap = false;
+#else
+constexpr bool kRssIsHeap = true;
+#endif
+
 // A store with a well-behaved client connected before any attack.
 struct Attacked {
   test::TestStore store;
@@ -1842,7 +1852,9 @@ TEST_CASE("waiting creates past --max-waiting-bytes get STORE_ELIMIT; the server
   MESSAGE("server RSS " << rss_before / 1024 << " MiB -> " << rss_after / 1024 << " MiB, "
                         << st.waiting_creates << " creates waiting, " << refused << " refused, "
                         << at_once << " created at once, in " << sent_ms << " ms");
-  CHECK(rss_after < rss_before + 48 * 1024);  // 16 MiB waiting, and buffers (not 1,000 MiB)
+  if (kRssIsHeap) {
+    CHECK(rss_after < rss_before + 48 * 1024);  // 16 MiB waiting, and buffers (not 1,000 MiB)
+  }
   s.CheckServes();
   // Once per burst in the log (the burst lasts a second or two), naming the client.
   const size_t lines = LogLines(s.store, "limit --max-waiting-bytes");
@@ -1957,7 +1969,9 @@ TEST_CASE("clients that never read their replies are disconnected past --max-bac
                         << st.backlog_bytes / 1024 << " KiB");
   CHECK(st.closed_backlog < kAttackers);
   CHECK(st.closed_client_backlog == 0);
-  CHECK(rss_peak < rss_before + 96 * 1024);  // 32 MiB queued and the gets' buffers, not 72 MiB
+  if (kRssIsHeap) {
+    CHECK(rss_peak < rss_before + 96 * 1024);  // 32 MiB queued and the gets' buffers, not 72 MiB
+  }
   s.CheckServes();
   CHECK(LogLines(s.store, "limit --max-backlog") >= 1);
   CHECK(LogLines(s.store, "limit --max-backlog") <= 3);
@@ -2003,6 +2017,7 @@ TEST_CASE("partial frames past --max-partial-bytes: the client holding the most 
   for (int i = 0; i < 8; i++) before.Put("before-" + std::to_string(i));
   const size_t base_fds = s.ServerFds();
   const uint64_t rss_before = RssKib(s.store.pid());
+  const auto t0 = std::chrono::steady_clock::now();
   // 200 connections each start a message of 4 MiB and send 2 MiB of it: 400 MiB of buffers
   // the server would hold (800 MiB reserved for them). It keeps 16 MiB.
   constexpr int kConns = 200;
@@ -2015,13 +2030,17 @@ TEST_CASE("partial frames past --max-partial-bytes: the client holding the most 
     conns.back()->Send(Concat({head, body}));  // fails once the server has closed it
   }
   CHECK(test::WaitFor([&] { return s.Stats().closed_partial >= kConns - 4; }));
+  const auto burst_ms =
+      std::chrono::duration_cast<Ms>(std::chrono::steady_clock::now() - t0).count();
   store_stats st = s.Stats();
   const uint64_t rss_after = RssKib(s.store.pid());
   MESSAGE("server RSS " << rss_before / 1024 << " MiB -> " << rss_after / 1024 << " MiB; "
                         << st.closed_partial << " clients disconnected, partial "
                         << st.partial_bytes / 1024 << " KiB");
   CHECK(st.partial_bytes <= (16u << 20));
-  CHECK(rss_after < rss_before + 48 * 1024);  // not 400 MiB
+  if (kRssIsHeap) {
+    CHECK(rss_after < rss_before + 48 * 1024);  // not 400 MiB
+  }
   // Those disconnected got STORE_ELIMIT first.
   size_t told = 0;
   for (auto& c : conns) {
@@ -2031,7 +2050,9 @@ TEST_CASE("partial frames past --max-partial-bytes: the client holding the most 
   CHECK(told >= kConns - 4);
   s.CheckServes();
   CHECK(LogLines(s.store, "limit --max-partial-bytes") >= 1);
-  CHECK(LogLines(s.store, "limit --max-partial-bytes") <= 4);
+  // Once per second or two of the burst (which takes longer on a slow or sanitized build).
+  CHECK(LogLines(s.store, "limit --max-partial-bytes") <=
+        std::max<size_t>(4, static_cast<size_t>(burst_ms / 1000 + 2)));
   conns.clear();
   CHECK(test::WaitFor([&] { return s.Stats().partial_bytes == 0; }));
   before.CheckIntact();

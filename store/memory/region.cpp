@@ -20,6 +20,12 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+// jemalloc's API is called by its je_ names (JEMALLOC_NO_DEMANGLE keeps the header's je_ macros).
+// By default they expand to the plain names of the system's jemalloc, which is also the server's
+// malloc. With -Dserver_heap=system the server links a copy of that jemalloc whose public
+// symbols carry the je_ prefix (jemalloc_prefixed.sh), so malloc stays the system's, and
+// JEMALLOC_NO_RENAME (set by that build) makes the header declare the je_ names as they are.
+#define JEMALLOC_NO_DEMANGLE
 #include <jemalloc/jemalloc.h>
 
 #include <algorithm>
@@ -45,7 +51,7 @@
 // the value in effect (MALLOC_CONF may override it) is large enough for its capacity.
 // retain:false makes jemalloc ask the hooks for the extents it needs, exact size, and give them
 // back through the dalloc hook, instead of growing in ever larger steps and keeping them.
-const char* malloc_conf = "lg_extent_max_active_fit:63,retain:false";
+const char* je_malloc_conf = "lg_extent_max_active_fit:63,retain:false";
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -353,7 +359,7 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
   unsigned arena = 0;
   size_t arena_len = sizeof arena;
   ArenaConfig530 config{&hs->hooks, false};
-  int rc = mallctl("experimental.arenas_create_ext", &arena, &arena_len, &config, sizeof config);
+  int rc = je_mallctl("experimental.arenas_create_ext", &arena, &arena_len, &config, sizeof config);
   if (rc != 0) return fail(ErrnoText("jemalloc experimental.arenas_create_ext", rc));
   hs->arena_created = true;
   hs->arena = arena;
@@ -365,10 +371,10 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
   ssize_t dirty = static_cast<ssize_t>(options.dirty_decay_ms < 0 ? -1 : options.dirty_decay_ms);
   ssize_t muzzy = 0;
   std::string name = ArenaCtl(arena, "dirty_decay_ms");
-  rc = mallctl(name.c_str(), nullptr, nullptr, &dirty, sizeof dirty);
+  rc = je_mallctl(name.c_str(), nullptr, nullptr, &dirty, sizeof dirty);
   if (rc != 0) return fail(ErrnoText("jemalloc " + name, rc));
   name = ArenaCtl(arena, "muzzy_decay_ms");
-  rc = mallctl(name.c_str(), nullptr, nullptr, &muzzy, sizeof muzzy);
+  rc = je_mallctl(name.c_str(), nullptr, nullptr, &muzzy, sizeof muzzy);
   if (rc != 0) return fail(ErrnoText("jemalloc " + name, rc));
   r->decay_ms_ = options.dirty_decay_ms;
 
@@ -379,7 +385,7 @@ std::unique_ptr<Region> Region::Create(const RegionOptions& options, std::string
 Region::~Region() {
   if (hooks_ != nullptr && hooks_->arena_created) {
     std::string name = ArenaCtl(hooks_->arena, "destroy");
-    if (mallctl(name.c_str(), nullptr, nullptr, nullptr, 0) != 0) {
+    if (je_mallctl(name.c_str(), nullptr, nullptr, nullptr, 0) != 0) {
       // The arena still points at the hooks: keep them (a small leak) rather than free them.
       (void)hooks_.release();
     }
@@ -408,8 +414,8 @@ void* Region::Allocate(uint64_t size, uint64_t* usable) {
       }
     }
   } else {
-    p = mallocx(static_cast<size_t>(size), flags_ | MALLOCX_ALIGN(64));
-    if (p != nullptr) u = sallocx(p, flags_);
+    p = je_mallocx(static_cast<size_t>(size), flags_ | MALLOCX_ALIGN(64));
+    if (p != nullptr) u = je_sallocx(p, flags_);
   }
   if (p == nullptr) return nullptr;
   allocated_ += u;
@@ -428,8 +434,8 @@ void Region::Free(void* p) {
     heap_->Free(it->first, u);
     large_.erase(it);
   } else {
-    u = sallocx(p, flags_);
-    dallocx(p, flags_);
+    u = je_sallocx(p, flags_);
+    je_dallocx(p, flags_);
   }
   allocated_ -= u;
   allocations_--;
@@ -444,7 +450,7 @@ uint64_t Region::LargestFree() {
 
 void Region::PurgeArena() {
   std::string name = ArenaCtl(arena_, "purge");
-  mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
+  je_mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
 }
 
 void Region::PunchFree() {
@@ -466,7 +472,7 @@ void Region::Purge() {
 void Region::Decay() {
   if (decay_ms_ < 0) return;
   std::string name = ArenaCtl(arena_, "decay");
-  mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
+  je_mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);
   PunchFree();
 }
 
