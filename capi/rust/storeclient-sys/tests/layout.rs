@@ -117,6 +117,14 @@ fn struct_layouts_match_c() {
 
     let dir = env::temp_dir().join(format!("storeclient-sys-layout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Removed however the test ends (a failed assertion included).
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
     let src = dir.join("layout.c");
     let exe = dir.join("layout");
     std::fs::write(&src, c).unwrap();
@@ -134,7 +142,6 @@ fn struct_layouts_match_c() {
     assert!(status.success(), "compiling the layout program failed");
     let out = Command::new(&exe).output().expect("cannot run the layout program");
     assert!(out.status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 
     let text = String::from_utf8(out.stdout).unwrap();
     let mut c_vals: HashMap<String, (usize, usize)> = HashMap::new();
