@@ -10,6 +10,7 @@
 
 #include <signal.h>
 #include <dirent.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -87,9 +88,14 @@ bool WaitFor(F cond, std::chrono::milliseconds timeout = std::chrono::seconds(10
 }
 
 // Runs a child process with args; returns its pid. stdout/stderr go to the given file if set.
+// The child gets SIGTERM if the test dies first (killed at its timeout, say), so no server
+// outlives the test that started it (a server stops cleanly on SIGTERM, removing what it made).
 inline pid_t Spawn(const std::vector<std::string>& args, const std::string& log_path = "") {
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(126);  // the test died before the line above
     if (!log_path.empty()) {
       int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       if (fd >= 0) {
