@@ -260,10 +260,8 @@ int Server::Run() {
   async_stop_.data = this;
   uv_check_init(&loop_, &closer_);
   closer_.data = this;
-  uv_timer_init(&loop_, &restore_log_timer_);
-  restore_log_timer_.data = this;
-  uv_timer_init(&loop_, &drop_log_timer_);
-  drop_log_timer_.data = this;
+  InitSecondlyLog(&restore_log_, &Server::FlushRestoreLog);
+  InitSecondlyLog(&drop_log_, &Server::FlushDropLog);
   if (!Listen()) {
     Shutdown();
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -325,13 +323,8 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
-  uv_timer_stop(&restore_log_timer_);
-  uv_close(reinterpret_cast<uv_handle_t*>(&restore_log_timer_), nullptr);
-  FlushRestoreLog();
-  uv_timer_stop(&drop_log_timer_);
-  uv_close(reinterpret_cast<uv_handle_t*>(&drop_log_timer_), nullptr);
-  drop_log_timer_on_ = false;
-  FlushDropLog();
+  CloseSecondlyLog(&restore_log_);
+  CloseSecondlyLog(&drop_log_);
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
@@ -874,37 +867,56 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
   return p;
 }
 
+void Server::InitSecondlyLog(SecondlyLog* l, void (Server::*flush)()) {
+  l->server = this;
+  l->flush = flush;
+  uv_timer_init(&loop_, &l->timer);
+  l->timer.data = l;
+}
+
+void Server::CloseSecondlyLog(SecondlyLog* l) {
+  uv_timer_stop(&l->timer);
+  uv_close(reinterpret_cast<uv_handle_t*>(&l->timer), nullptr);
+  l->timer_on = false;
+  (this->*l->flush)();
+}
+
+bool Server::LogNowOrLater(SecondlyLog* l) {
+  const int64_t now = MonotonicNs();
+  if (now >= l->until) {
+    l->until = now + 1000000000;
+    return true;
+  }
+  if (!l->timer_on && !stopping_) {
+    l->timer_on = true;
+    uv_timer_start(
+        &l->timer,
+        [](uv_timer_t* t) {
+          auto* l = static_cast<SecondlyLog*>(t->data);
+          l->timer_on = false;
+          (l->server->*l->flush)();
+          l->until = MonotonicNs() + 1000000000;
+        },
+        static_cast<uint64_t>((l->until - now) / 1000000 + 1), 0);
+  }
+  return false;
+}
+
 void Server::NoteDrops(uint64_t objects, uint64_t bytes) {
   if (objects == 0) return;
   drop_totals_.objects += objects;
   drop_totals_.bytes += bytes;
-  drop_log_.objects += objects;
-  drop_log_.bytes += bytes;
-  const int64_t now = MonotonicNs();
-  if (now >= drop_log_until_) {
-    // Drops a second or more after the last line are logged at once ...
-    FlushDropLog();
-    drop_log_until_ = now + 1000000000;
-  } else if (!drop_log_timer_on_ && !stopping_) {
-    // ... the ones after them together when the second is over, even if nothing drops then.
-    drop_log_timer_on_ = true;
-    uv_timer_start(
-        &drop_log_timer_,
-        [](uv_timer_t* t) {
-          auto* srv = static_cast<Server*>(t->data);
-          srv->drop_log_timer_on_ = false;
-          srv->FlushDropLog();
-          srv->drop_log_until_ = MonotonicNs() + 1000000000;
-        },
-        static_cast<uint64_t>((drop_log_until_ - now) / 1000000 + 1), 0);
-  }
+  drop_unlogged_.objects += objects;
+  drop_unlogged_.bytes += bytes;
+  if (LogNowOrLater(&drop_log_)) FlushDropLog();
 }
 
 void Server::FlushDropLog() {
-  if (drop_log_.objects == 0) return;
-  LOG_INFO("dropped %" PRIu64 " object%s (%s) to make room (--when-full drop)", drop_log_.objects,
-           drop_log_.objects == 1 ? "" : "s", Bytes(drop_log_.bytes).c_str());
-  drop_log_ = DropTotals{};
+  if (drop_unlogged_.objects == 0) return;
+  LOG_INFO("dropped %" PRIu64 " object%s (%s) to make room (--when-full drop)",
+           drop_unlogged_.objects, drop_unlogged_.objects == 1 ? "" : "s",
+           Bytes(drop_unlogged_.bytes).c_str());
+  drop_unlogged_ = DropTotals{};
 }
 
 int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message) {

@@ -200,8 +200,21 @@ class Server {
   bool DropMode() const { return options_.when_full == WhenFull::kDrop; }
   // Whether o may be dropped: evictable (sealed, in memory, no reader or pin) and not leased.
   bool Droppable(const Object* o) const;
-  // Counts drops; logs them at most once a second, aggregated (FlushDropLog, from
-  // drop_log_timer_ when the second is over, so no line waits for the next drop).
+  // A kind of log line written at most once a second: what happens in between is counted, and
+  // its flush says it when the second is over (from the timer, so no line waits for the next
+  // event). The second after a timer's line is quiet too.
+  struct SecondlyLog {
+    Server* server = nullptr;
+    void (Server::*flush)() = nullptr;
+    uv_timer_t timer{};
+    bool timer_on = false;
+    int64_t until = 0;  // monotonic ns: events before then are counted for the timer's line
+  };
+  void InitSecondlyLog(SecondlyLog* l, void (Server::*flush)());
+  void CloseSecondlyLog(SecondlyLog* l);  // at stop: the timer goes, what is counted is said
+  // True if a line may be written now (a new second starts); else the timer is set to flush.
+  bool LogNowOrLater(SecondlyLog* l);
+  // Counts drops; logs them at most once a second, aggregated (FlushDropLog).
   void NoteDrops(uint64_t objects, uint64_t bytes);
   void FlushDropLog();
   void ReplyCreated(Client* c, uint64_t seq, const Object* o);
@@ -376,12 +389,9 @@ class Server {
   std::deque<uint64_t> pending_restores_;
   std::unordered_map<uint64_t, bool> restore_queued_;
   bool restores_stalled_ = false;  // StallRestores ran and nothing was queued since
-  // Restore failures are logged once per second, with how many were not (FlushRestoreLog,
-  // from restore_log_timer_ once the second is over).
-  int64_t restore_log_until_ = 0;
+  // Restore failures are logged once per second, with how many were not (FlushRestoreLog).
+  SecondlyLog restore_log_;
   uint64_t restore_log_quiet_ = 0;
-  uv_timer_t restore_log_timer_{};
-  bool restore_log_timer_on_ = false;
   std::vector<EvictWaiter*> evict_waiters_;
   // The directories of spill files, by path (owned ones and adopted ones).
   std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;
@@ -409,10 +419,8 @@ class Server {
   // --when-full drop: totals since start (stats), and the drops not logged yet.
   struct DropTotals {
     uint64_t objects = 0, bytes = 0;
-  } drop_totals_, drop_log_;
-  int64_t drop_log_until_ = 0;  // monotonic ns: drops before then wait for the timer's line
-  uv_timer_t drop_log_timer_{};
-  bool drop_log_timer_on_ = false;
+  } drop_totals_, drop_unlogged_;
+  SecondlyLog drop_log_;
   int64_t start_ns_ = 0;
   int64_t start_realtime_ns_ = 0;  // CLOCK_REALTIME at start (store_stats.start_time_ns)
   uint64_t instance_id_ = 0;       // random, never 0 (store_stats.instance_id)

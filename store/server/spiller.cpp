@@ -1082,25 +1082,11 @@ void Server::FailRestore(Object* o, int code, const std::string& message) {
   o->restore_error = static_cast<int16_t>(code);
   // Logged once per second at most, with how many were not: a prefetch of many spilled
   // objects on a failing disk must not flood the log.
-  int64_t now = MonotonicNs();
-  if (now >= restore_log_until_) {
+  if (LogNowOrLater(&restore_log_)) {
     FlushRestoreLog();
     LOG_ERROR("cannot restore object %s: %s", Hex(o->id).c_str(), message.c_str());
-    restore_log_until_ = now + 1000000000;
   } else {
     restore_log_quiet_++;
-    if (!restore_log_timer_on_ && !stopping_) {
-      // Says how many were not logged once the second is over, even if none fails after.
-      restore_log_timer_on_ = true;
-      uv_timer_start(
-          &restore_log_timer_,
-          [](uv_timer_t* t) {
-            auto* srv = static_cast<Server*>(t->data);
-            srv->restore_log_timer_on_ = false;
-            srv->FlushRestoreLog();
-          },
-          static_cast<uint64_t>((restore_log_until_ - now) / 1000000 + 1), 0);
-    }
   }
   NotifyWaiters(o->id);
 }
