@@ -22,6 +22,7 @@ Any other buffer that is not contiguous stays in the pickle stream.
 """
 
 import contextvars
+import io
 import pickle
 import struct
 import sys
@@ -104,7 +105,6 @@ def serialize(obj):
         buffers.append(m)
         return False
 
-    import io
     f = io.BytesIO()
     if "numpy" in sys.modules:
         _Pickler(f, callback, arrays).dump(obj)

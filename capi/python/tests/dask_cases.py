@@ -40,6 +40,17 @@ def wait_for(cond, timeout=30.0, what="condition"):
         time.sleep(0.02)
 
 
+def reference(data, key):
+    """What data[key] gives a worker on the same store (the plugin's get_data sets this up):
+    (the StoreRef, the ids of the extra leases taken for it)."""
+    held = []
+    token = sd._transfer.set(held)
+    try:
+        return data[key], held
+    finally:
+        sd._transfer.reset(token)
+
+
 class StoreCase(unittest.TestCase):
     memory = "256M"
     spill = False
@@ -141,12 +152,7 @@ class TestStoreData(StoreCase):
         holder = sd.StoreData(self.sock, namespace="t")
         try:
             holder["k"] = np.arange(100000)
-            held = []
-            token = sd._transfer.set(held)
-            try:
-                ref = holder["k"]
-            finally:
-                sd._transfer.reset(token)
+            ref, held = reference(holder, "k")
             self.assertIsInstance(ref, sd.StoreRef)
             payload = pickle.dumps(ref)
             self.assertLess(len(payload), 200)  # an id, not the bytes
@@ -186,12 +192,7 @@ class TestStoreData(StoreCase):
         d = sd.StoreData(self.sock, namespace="r")
         try:
             d["k"] = b"x" * 1000
-            held = []
-            token = sd._transfer.set(held)
-            try:
-                ref = d["k"]
-            finally:
-                sd._transfer.reset(token)
+            ref, held = reference(d, "k")
             got = pickle.loads(pickle.dumps(ref))  # this process holds a lease through it
             self.assertEqual(self.objects()[0].lease_count, 3)
             self.assertEqual(bytes(got.get()), b"x" * 1000)
