@@ -288,6 +288,9 @@ TEST_CASE("bad flags exit 2 with exactly one line on stderr") {
       {"--socket", sock, "--max-clients", "32769"},
       {"--socket", sock, "--max-client-waiting", "-1"},
       {"--socket", sock, "--max-client-gpu-fds", "many"},
+      {"--socket", sock, "--restore-readahead", "-1"},
+      {"--socket", sock, "--restore-readahead", "lots"},
+      {"--socket", sock, "--restore-readahead"},
   };
   for (const auto& args : cases) {
     std::string shown;

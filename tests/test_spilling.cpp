@@ -459,6 +459,112 @@ TEST_CASE("store_prefetch restores in the background") {
   CHECK(store_prefetch(c.get(), nullptr, 1) == STORE_EINVAL);
 }
 
+// Objects put in turn and evicted together lie in one spill file in that order.
+std::vector<Obj> SpillInOrder(store_client* c, const std::string& prefix, int n, uint64_t size) {
+  std::vector<Obj> objs;
+  for (int i = 0; i < n; i++) {
+    objs.push_back(MakeObj(prefix + std::to_string(i), 900 + static_cast<uint64_t>(i), size));
+    Put(c, objs.back());
+  }
+  Evict(c, kAll);
+  SpillUrl first = UrlOf(c, objs[0]);
+  for (int i = 1; i < n; i++) {
+    SpillUrl u = UrlOf(c, objs[static_cast<size_t>(i)]);
+    REQUIRE(u.path == first.path);
+    REQUIRE(u.offset == first.offset + static_cast<uint64_t>(i) * first.size);
+  }
+  return objs;
+}
+
+bool Restored(store_client* c, const Obj& o) {
+  store_object_info i = Info(c, o);
+  return i.state == STORE_STATE_SEALED || i.state == STORE_STATE_RESTORING;
+}
+
+TEST_CASE("read-ahead: gets in spill-file order restore the objects that follow, a window ahead") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  // Windows of 4 objects of 1 MiB.
+  test::TestStore s("64M", SpillArgs(dir, {"--restore-readahead", "4M"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  std::vector<Obj> objs = SpillInOrder(c.get(), "ra-", 16, kMiB);
+
+  // One get is no pattern: nothing else is restored.
+  ReadBack(c.get(), objs[0]);
+  CHECK(IsSpilled(c.get(), objs[1]));
+  // The second in order starts the stream: the next window (2..5) is being restored by the
+  // time the get is answered; nothing past it.
+  ReadBack(c.get(), objs[1]);
+  for (int i = 2; i <= 5; i++) CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
+  for (int i = 6; i < 16; i++) CHECK(IsSpilled(c.get(), objs[static_cast<size_t>(i)]));
+  // Reading the window's first object reads the next window (6..9).
+  REQUIRE(test::WaitFor([&] { return Info(c.get(), objs[2]).state == STORE_STATE_SEALED; }));
+  ReadBack(c.get(), objs[2]);
+  for (int i = 6; i <= 9; i++) CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
+  CHECK(IsSpilled(c.get(), objs[10]));
+  // Every object reads back intact, in turn; the stream keeps ahead to the end.
+  store_stats before = Stats(c.get());
+  for (int i = 3; i < 16; i++) ReadBack(c.get(), objs[static_cast<size_t>(i)]);
+  store_stats after = Stats(c.get());
+  CHECK(after.total_restored_objects - before.total_restored_objects == 6);  // 10..15
+  CHECK(after.total_restore_failures == 0);
+  for (const Obj& o : objs) CHECK(Info(c.get(), o).state == STORE_STATE_SEALED);
+
+  // Out of order (backwards) reads nothing ahead.
+  Evict(c.get(), kAll);
+  ReadBack(c.get(), objs[9]);
+  ReadBack(c.get(), objs[8]);
+  ReadBack(c.get(), objs[3]);
+  CHECK(IsSpilled(c.get(), objs[10]));
+  CHECK(IsSpilled(c.get(), objs[4]));
+  CHECK(IsSpilled(c.get(), objs[7]));
+  for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && SpillFiles(dir).empty(); }));
+  CHECK(Stats(c.get()).used_bytes == 0);
+}
+
+TEST_CASE("read-ahead takes only memory free below the high mark, and --restore-readahead 0 is off") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  SUBCASE("below the high mark") {
+    // 32 MiB with the high mark at half; 10 MiB of other objects stay in memory, so read-ahead
+    // may take 16 - 10 - 2 (the two read) = 4 MiB.
+    test::TestStore s("32M", SpillArgs(dir, {"--spill-high", "0.5", "--spill-low", "0.25"}));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    std::vector<Obj> objs = SpillInOrder(c.get(), "ra-mark-", 12, kMiB);
+    std::vector<Obj> others;
+    for (int i = 0; i < 10; i++) {
+      others.push_back(MakeObj("ra-other-" + std::to_string(i), 950 + static_cast<uint64_t>(i), kMiB));
+      Put(c.get(), others.back());
+    }
+    const uint64_t spilled_before = Stats(c.get()).total_spilled_objects;
+    ReadBack(c.get(), objs[0]);
+    ReadBack(c.get(), objs[1]);
+    REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+    store_stats st = Stats(c.get());
+    CHECK(st.used_bytes <= st.capacity_bytes / 2);
+    for (int i = 2; i <= 5; i++) CHECK(Info(c.get(), objs[static_cast<size_t>(i)]).state == STORE_STATE_SEALED);
+    for (int i = 6; i < 12; i++) CHECK(IsSpilled(c.get(), objs[static_cast<size_t>(i)]));
+    // Nothing was spilled to make room for it.
+    CHECK(st.total_spilled_objects == spilled_before);
+    for (const Obj& o : others) CHECK(InMemoryOnly(c.get(), o));
+    for (const Obj& o : objs) ReadBack(c.get(), o);
+    for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
+    for (const Obj& o : others) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
+  }
+  SUBCASE("off") {
+    test::TestStore s("64M", SpillArgs(dir, {"--restore-readahead", "0"}));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket());
+    std::vector<Obj> objs = SpillInOrder(c.get(), "ra-off-", 6, kMiB);
+    for (int i = 0; i < 3; i++) ReadBack(c.get(), objs[static_cast<size_t>(i)]);
+    for (int i = 3; i < 6; i++) CHECK(IsSpilled(c.get(), objs[static_cast<size_t>(i)]));
+    for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
+  }
+}
+
 TEST_CASE("pinning a spilled object brings it back and keeps it in memory") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");

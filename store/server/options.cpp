@@ -81,6 +81,10 @@ const char* HelpText() {
          "  --disk-threshold F   skip a spill directory whose disk is fuller than F (default 0.95)\n"
          "  --spill-compact F    rewrite a spill file without its dead records once more than F\n"
          "                       of its bytes are dead (default 0.5; 1 = never)\n"
+         "  --restore-readahead SIZE  when objects are read back from a spill file in the\n"
+         "                       order they were written, restore up to SIZE of the ones\n"
+         "                       that follow before they are asked for, into free memory\n"
+         "                       below --spill-high only (default 32M; 0 = never)\n"
          "  --recover            serve the objects that a previous store left in the spill\n"
          "                       directories (without it they are removed at start)\n"
          "  --log-level LEVEL    error, warn, info or debug (default: info)\n"
@@ -228,6 +232,14 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
       if (!value_of(i, flag, &v)) return false;
       if (!ParseSize(v, &o.spill_file_max_size)) {
         *error = "store: invalid size for --spill-file-max-size: '" + v + "'";
+        return false;
+      }
+    } else if (flag == "--restore-readahead") {
+      if (!value_of(i, flag, &v)) return false;
+      if (v == "0") {
+        o.restore_readahead = 0;
+      } else if (!ParseSize(v, &o.restore_readahead)) {
+        *error = "store: invalid size for --restore-readahead: '" + v + "'";
         return false;
       }
     } else if (flag == "--spill-file-max-objects") {

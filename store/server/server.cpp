@@ -1206,6 +1206,7 @@ int Server::TakeReader(Client* c, Object* o, int64_t now) {
   mine++;
   o->access_ns = now;
   totals_.gets++;
+  MaybeReadAheadOnGet(o);
   return STORE_OK;
 }
 

@@ -54,6 +54,10 @@ struct SpillFile {
   bool removing = false;      // no live object left: removed once readers is 0
   bool compacting = false;    // its live records are being copied to a new file
   int64_t compact_after_ns = 0;  // after a failed compaction: not again before then
+  // (record offset, object uid) of every record written into it for an object, in offset
+  // order: how a read-ahead finds the objects that follow one. Entries outlive their objects
+  // (deleted, or moved by a compaction); a reader checks that the object is still there.
+  std::vector<std::pair<uint64_t, uint64_t>> records;
 };
 
 // A directory holding spill files (one this store owns, or one --recover adopted) and its
@@ -95,6 +99,7 @@ class Server {
   struct CreateArgs;
   struct SpillJob;
   struct RestoreJob;
+  struct ReadaheadStream;
   struct DeferredDelete;
   struct TombJob;
   struct EvictWaiter;
@@ -265,6 +270,17 @@ class Server {
   static void RestoreDone(uv_work_t* req, int status);
   void FailRestore(Object* o, int code, const std::string& message);
   void FlushRestoreLog();
+  // Read-ahead (--restore-readahead): a get that restores the record right after the one the
+  // last such get restored, in the same spill file, starts a stream; a stream restores the
+  // objects that follow, a window at a time, into free memory below the high mark, and the get
+  // of the first object of its last window starts the next (so it stays a window ahead).
+  void NoteDemandRestore(Object* o);
+  void ReadAheadAfter(Object* o);
+  void ReadAhead(ReadaheadStream* s);
+  void MaybeReadAheadOnGet(Object* o) {
+    if (o->spill_file != nullptr && readahead_streams_ > 0) ContinueReadAhead(o);
+  }
+  void ContinueReadAhead(Object* o);
   void DropSpillCopy(Object* o, bool dead);
   void RemoveSpillFile(SpillFile* f);
   // Deletion records (tombstones) and the DELETED logs (server/spiller.cpp).
@@ -389,6 +405,19 @@ class Server {
   std::deque<uint64_t> pending_restores_;
   std::unordered_map<uint64_t, bool> restore_queued_;
   bool restores_stalled_ = false;  // StallRestores ran and nothing was queued since
+  // Read-ahead streams (NoteDemandRestore), least recently used first out.
+  static constexpr int kReadaheadStreams = 4;
+  struct ReadaheadStream {
+    SpillFile* file = nullptr;       // nullptr: unused
+    uint64_t prev_end = 0;           // just past the record the last restoring get asked for
+    uint64_t window = UINT64_MAX;    // offset where the last window started (none yet)
+    uint64_t next = 0;               // just past what the stream restored or passed so far
+    uint64_t trigger = UINT64_MAX;   // a get of the object at this offset reads the next window
+    uint64_t used = 0;               // when last used (readahead_clock_)
+  } readahead_[kReadaheadStreams];
+  int readahead_streams_ = 0;        // streams in use
+  uint64_t readahead_clock_ = 0;
+  uint64_t readahead_restores_ = 0;  // restores started by read-ahead (debug log)
   // Restore failures are logged once per second, with how many were not (FlushRestoreLog).
   SecondlyLog restore_log_;
   uint64_t restore_log_quiet_ = 0;

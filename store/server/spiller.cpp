@@ -65,6 +65,18 @@ constexpr int kMaxSpillJobs = 2;
 // After a failed spill write, new spills wait this long.
 constexpr int64_t kSpillBackoffNs = 1000000000;
 
+// Notes that f holds o's record at offset (SpillFile::records). Records are added in file
+// order everywhere a file is made; one out of order is placed by insertion all the same.
+void AddRecord(SpillFile* f, uint64_t offset, uint64_t uid) {
+  auto& r = f->records;
+  if (r.empty() || r.back().first < offset) {
+    r.emplace_back(offset, uid);
+  } else {
+    r.insert(std::lower_bound(r.begin(), r.end(), std::make_pair(offset, uint64_t{0})),
+             {offset, uid});
+  }
+}
+
 std::string Dirname(const std::string& path) {
   size_t slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
@@ -173,6 +185,7 @@ void Server::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
       x->spill_offset = rec.loc.offset;
       x->spill_checksum = rec.loc.checksum;
     });
+    AddRecord(f, rec.loc.offset, o->uid);
     f->live_objects++;
     f->live_bytes += rec.loc.size;
   }
@@ -387,6 +400,7 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
       o->spill_file = f;
       o->spill_offset = loc.offset;
       o->spill_checksum = loc.checksum;
+      AddRecord(f, loc.offset, o->uid);
       f->live_objects++;
       f->live_bytes += loc.size;
       if (o->readers == 0 && o->pins == 0) {
@@ -454,6 +468,12 @@ void Server::RemoveSpillFile(SpillFile* f) {
   };
   auto* job = new UnlinkJob{{}, this, f->path, f->dir, f->number};
   job->req.data = job;
+  for (ReadaheadStream& s : readahead_) {
+    if (s.file == f) {
+      s = ReadaheadStream{};
+      readahead_streams_--;
+    }
+  }
   spill_files_.erase(f->id);
   int rc = uv_queue_work(
       &loop_, &job->req,
@@ -889,6 +909,7 @@ void Server::CompactCopyDone(uv_work_t* req, int /*status*/) {
     f->dead_bytes += was.size;
     o->spill_file = nf;
     o->spill_offset = now.offset;
+    AddRecord(nf, now.offset, o->uid);
     nf->live_objects++;
     nf->live_bytes += now.size;
   }
@@ -937,11 +958,112 @@ void Server::StartRestore(Object* o, bool prefetch, bool pump) {
     return;
   }
   o->restore_error = 0;
-  if (pending_restores_.empty() && TryStartRestore(o)) return;
+  if (!prefetch) NoteDemandRestore(o);
+  if (pending_restores_.empty() && TryStartRestore(o)) {
+    if (!prefetch) ReadAheadAfter(o);
+    return;
+  }
   pending_restores_.push_back(o->uid);
   restore_queued_.emplace(o->uid, prefetch);
   restores_stalled_ = false;
   if (pump) Pump();
+}
+
+// ------------------------------------------------------------------------------------------
+// Read-ahead.
+//
+// Objects are often read back in the order they were spilled (a partition, a frame's chunks),
+// and one restore at a time leaves the disk and the second core idle between a reply and the
+// next get. So, as a file system reads ahead, a get that restores the record right after the
+// one the previous such get restored (same file, next offset) starts a stream, and the stream
+// restores the objects that follow, up to --restore-readahead bytes at a time, as if they had
+// been prefetched. The first object of the window last read is its trigger: its get reads the
+// next window, so the stream stays a window ahead of its reader. Read-ahead only takes memory
+// that is free below the high mark, never makes room by spilling, never jumps the queue of
+// restores waiting for memory, and stops at an object it cannot restore now; what it restored
+// keeps its copy on disk, so the spiller drops it again without writing if nobody reads it.
+// A stream covers one file; a few are kept, the least recently used replaced.
+
+void Server::NoteDemandRestore(Object* o) {
+  if (options_.restore_readahead == 0 || o->spill_file == nullptr) return;
+  SpillFile* f = o->spill_file;
+  const uint64_t at = o->spill_offset, end = at + o->spill_size();
+  ReadaheadStream* mine = nullptr;
+  ReadaheadStream* lru = &readahead_[0];
+  for (ReadaheadStream& s : readahead_) {
+    if (s.file == f) mine = &s;
+    if (s.file == nullptr || s.used < lru->used) lru = &s;
+  }
+  // In order: right after the previous restoring get, or inside (or just past) the last
+  // window, which then did not keep ahead (memory ran short, or the reader overtook it).
+  if (mine && (at == mine->prev_end || (mine->window <= at && at <= mine->next))) {
+    mine->prev_end = mine->next = end;
+    mine->trigger = at;  // ReadAheadAfter reads the next window at once
+    mine->used = ++readahead_clock_;
+    return;
+  }
+  if (!mine) {
+    mine = lru;
+    if (mine->file == nullptr) readahead_streams_++;
+  }
+  *mine = ReadaheadStream{};
+  mine->file = f;
+  mine->prev_end = mine->next = end;
+  mine->used = ++readahead_clock_;
+}
+
+void Server::ReadAheadAfter(Object* o) {
+  if (readahead_streams_ == 0 || o->spill_file == nullptr) return;
+  for (ReadaheadStream& s : readahead_) {
+    // Started by this get (NoteDemandRestore): a second in order.
+    if (s.file == o->spill_file && s.trigger == o->spill_offset) {
+      s.trigger = UINT64_MAX;
+      ReadAhead(&s);
+      return;
+    }
+  }
+}
+
+void Server::ContinueReadAhead(Object* o) {
+  for (ReadaheadStream& s : readahead_) {
+    if (s.file == o->spill_file && s.trigger == o->spill_offset) {
+      s.trigger = UINT64_MAX;
+      s.used = ++readahead_clock_;
+      ReadAhead(&s);
+      return;
+    }
+  }
+}
+
+void Server::ReadAhead(ReadaheadStream* s) {
+  SpillFile* f = s->file;
+  const uint64_t mark = static_cast<uint64_t>(static_cast<double>(region_->capacity()) *
+                                              policy_.high);
+  uint64_t budget = options_.restore_readahead;
+  constexpr int kMaxWindowRecords = 64;
+  int taken = 0;
+  s->window = s->next;
+  auto it = std::lower_bound(f->records.begin(), f->records.end(),
+                             std::make_pair(s->next, uint64_t{0}));
+  for (; it != f->records.end() && budget > 0 && taken < kMaxWindowRecords; ++it) {
+    Object* x = table_.FindUid(it->second);
+    if (!x || x->spill_file != f || x->spill_offset != it->first) continue;  // gone or moved
+    const uint64_t size = x->data_size + x->metadata_size;
+    if (x->state == ObjectState::kSpilled && !x->deleted) {
+      if (stopping_ || !pending_restores_.empty() ||
+          region_->allocated_bytes() + size > mark || !TryStartRestore(x)) {
+        break;
+      }
+      readahead_restores_++;
+    }
+    if (s->trigger == UINT64_MAX) s->trigger = it->first;
+    s->next = it->first + x->spill_size();
+    budget -= std::min(budget, size);
+    taken++;
+  }
+  LOG_DEBUG("read ahead %d objects of spill file %s, up to offset %" PRIu64 " (%" PRIu64
+            " restores started by read-ahead so far)",
+            taken, f->path.c_str(), s->next, readahead_restores_);
 }
 
 bool Server::RestoreWanted(const Object* o) const {
