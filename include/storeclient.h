@@ -344,7 +344,9 @@ typedef struct store_create_options {
 /* The object is leased: its creator holds a lease on it from the create on, and it is deleted
  * when its last lease goes (see store_lease()), with no store_delete() needed. So an object a
  * client makes for itself and for the clients it hands it to goes when they are all done with
- * it or gone (a client that disconnects or dies drops its leases). */
+ * it or gone (a client that disconnects or dies drops its leases). Its holders are clients of
+ * one store process, so it does not outlive that process: a store started with --recover after
+ * a crash does not bring it back from the spill directory. */
 #define STORE_CREATE_LEASED 1u
 
 #define STORE_MAX_METADATA_SIZE (1u << 20)  /* 1 MiB */

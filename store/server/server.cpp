@@ -813,6 +813,12 @@ std::string Server::FullMessage(uint64_t want) const {
          Bytes(t.deleted_pending_bytes) + " deleted but still read)" + dropping;
 }
 
+bool Server::CreatedLeased(const Object* o) const {
+  if (leases_.empty()) return false;
+  auto it = leases_.find(o->uid);
+  return it != leases_.end() && it->second.auto_delete;
+}
+
 // ------------------------------------------------------------------------------------------
 // --when-full drop: a cache. Without a spill directory, a create that does not fit deletes the
 // least valuable objects nobody uses, in the spiller's order (lowest importance, then least

@@ -253,6 +253,10 @@ class Server {
   void SpillStep(uint64_t at_least, EvictWaiter* ew);
   void DropToDisk(Object* o);
   void StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew);
+  // One spill file of victims; leased: all of them were created leased.
+  void StartSpillJobOf(std::vector<Object*> victims, EvictWaiter* ew, bool leased);
+  // Created with STORE_CREATE_LEASED (deleted when its last lease goes).
+  bool CreatedLeased(const Object* o) const;
   static void SpillWork(uv_work_t* req);
   static void SpillDone(uv_work_t* req, int status);
   // Queues a restore of o (spilled) unless one is queued or running; prefetch: asked by a

@@ -308,13 +308,28 @@ void Server::DropToDisk(Object* o) {
 }
 
 void Server::StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew) {
+  // Objects created leased go into files of their own, which recovery removes (spill_dir.h).
+  if (!leases_.empty()) {
+    auto leased = std::stable_partition(victims.begin(), victims.end(),
+                                        [this](const Object* o) { return !CreatedLeased(o); });
+    if (leased != victims.end()) {
+      std::vector<Object*> those(leased, victims.end());
+      victims.erase(leased, victims.end());
+      StartSpillJobOf(std::move(those), ew, true);
+    }
+    if (victims.empty()) return;
+  }
+  StartSpillJobOf(std::move(victims), ew, false);
+}
+
+void Server::StartSpillJobOf(std::vector<Object*> victims, EvictWaiter* ew, bool leased) {
   auto* job = new SpillJob;
   job->server = this;
   uint64_t file_bytes = spill::kTrailer;
   for (Object* o : victims) {
     file_bytes += spill::kRecordHeader + spill::kIndexEntry + o->data_size + o->metadata_size;
   }
-  job->path = dirs_->NextFile(file_bytes);
+  job->path = dirs_->NextFile(file_bytes, leased);
   if (job->path.empty()) {
     delete job;
     last_spill_error_ = STORE_ENODISK;
@@ -849,7 +864,9 @@ void Server::CompactIndexDone(uv_work_t* req, int /*status*/) {
     }
     uint64_t bytes = spill::kTrailer;
     for (const auto& l : job->live) bytes += l.size + spill::kIndexEntry;
-    job->path = job->live.empty() ? "" : s->dirs_->NextFile(bytes);
+    job->path = job->live.empty()
+                    ? ""
+                    : s->dirs_->NextFile(bytes, spill::IsLeasedSpillFile(f->path));
   }
   if (job->rc != 0 || job->path.empty() || s->stopping_ || f->removing) {
     return s->EndCompaction(job);  // a failure is logged there

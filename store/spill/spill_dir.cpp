@@ -28,6 +28,8 @@ bool EndsWith(const std::string& s, const char* suffix) {
 bool IsSpillFileName(const std::string& name) {
   return StartsWith(name, "spill-") && EndsWith(name, ".bin");
 }
+// A spill file of objects created leased (IsLeasedSpillFile in spill_dir.h).
+constexpr const char* kLeasedSuffix = ".leased.bin";
 
 std::string Join(const std::string& dir, const std::string& name) {
   return dir == "/" ? "/" + name : dir + "/" + name;
@@ -209,6 +211,14 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
         const std::string path = Join(sub, f);
         if (!recover) {
           env_->Unlink(path);
+        } else if (IsSpillFileName(f) && EndsWith(f, kLeasedSuffix)) {
+          // Objects that lived by their leases: every holder went with that store.
+          env_->Unlink(path);
+          if (notes) {
+            notes->push_back({false, "removed " + path +
+                                         ", a spill file of objects created leased (their "
+                                         "lease holders went with the store that wrote it)"});
+          }
         } else if (IsSpillFileName(f)) {
           RecoverOne(env_, dir, sub, f, recovered, notes, &kept);
         } else if (EndsWith(f, ".tmp")) {
@@ -264,7 +274,9 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
   return true;
 }
 
-std::string SpillDirs::NextFile(uint64_t bytes) {
+bool IsLeasedSpillFile(const std::string& path) { return EndsWith(path, kLeasedSuffix); }
+
+std::string SpillDirs::NextFile(uint64_t bytes, bool leased) {
   const size_t n = owned_.size();
   for (size_t k = 0; k < n; k++) {
     const size_t i = (next_dir_ + k) % n;
@@ -273,7 +285,8 @@ std::string SpillDirs::NextFile(uint64_t bytes) {
     const double used = 1.0 - static_cast<double>(avail) / static_cast<double>(total);
     if (used > threshold_ || avail < bytes) continue;
     next_dir_ = (i + 1) % n;
-    return Join(owned_[i], "spill-" + std::to_string(next_file_++) + ".bin");
+    return Join(owned_[i], "spill-" + std::to_string(next_file_++) +
+                               (leased ? kLeasedSuffix : ".bin"));
   }
   return "";
 }

@@ -2,6 +2,10 @@
 //
 // Each --spill-dir gets a subdirectory owned by this store instance, "store-<pid>-<start ns>",
 // holding a LOCK file (flock'ed while the store runs) and the spill files "spill-<n>.bin".
+// Objects created leased (STORE_CREATE_LEASED: deleted when their last lease goes) are spilled
+// into files of their own, "spill-<n>.leased.bin", so that the name, made durable by the
+// file's rename, says what a crash does to them: their lease holders were clients of the store
+// that wrote the file, so they are gone with it, and recovery removes such files unread.
 // At start, subdirectories of dead stores (their LOCK is free) are either removed or, with
 // --recover, adopted: their spill files are listed for the caller to register, with the
 // records each still holds. A damaged file is never deleted: what can still be read of it is
@@ -20,6 +24,9 @@
 #include "spill/spill_file.h"
 
 namespace store::spill {
+
+// Whether path names a spill file of objects created leased.
+bool IsLeasedSpillFile(const std::string& path);
 
 struct RecoveredFile {
   std::string path;  // absolute
@@ -50,8 +57,9 @@ class SpillDirs {
             std::string* error);
 
   // A new file path in the next directory (round-robin) whose filesystem is at most
-  // disk_threshold full and has room for `bytes`; "" when none can take it.
-  std::string NextFile(uint64_t bytes);
+  // disk_threshold full and has room for `bytes`; "" when none can take it. leased: a file
+  // for objects created leased ("spill-<n>.leased.bin").
+  std::string NextFile(uint64_t bytes, bool leased = false);
 
   // Removes a spill file (and, for an adopted stale directory, the directory once empty).
   void Remove(const std::string& path);
