@@ -1106,6 +1106,33 @@ TEST_CASE("--recover after a crash or a stop does not bring back objects created
   }
 }
 
+TEST_CASE("a spill file of objects created leased is compacted into another such file") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-compact", "0.5"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  std::vector<Obj> leased;
+  for (int i = 0; i < 4; i++) {
+    leased.push_back(MakeObj("lc-" + std::to_string(i), 430 + i, kMiB));
+    std::vector<uint8_t> data = Bytes(leased.back().seed, leased.back().size);
+    store_create_options co = STORE_CREATE_OPTIONS_INIT;
+    co.flags = STORE_CREATE_LEASED;
+    REQUIRE(store_put(c.get(), &leased.back().id, data.data(), data.size(), &co) == STORE_OK);
+  }
+  Evict(c.get(), kAll);
+  const std::string before = UrlOf(c.get(), leased[3]).path;
+  REQUIRE(before.size() > 11);
+  CHECK(before.compare(before.size() - 11, 11, ".leased.bin") == 0);
+  for (int i = 0; i < 3; i++) Delete(c.get(), leased[static_cast<size_t>(i)]);
+  REQUIRE(test::WaitFor([&] { return UrlOf(c.get(), leased[3]).path != before; }));
+  const std::string after = UrlOf(c.get(), leased[3]).path;
+  CHECK(after.compare(after.size() - 11, 11, ".leased.bin") == 0);
+  ReadBack(c.get(), leased[3]);
+  Delete(c.get(), leased[3]);
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+}
+
 TEST_CASE("without --recover, a store removes the spill directory of a dead store") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
