@@ -57,6 +57,7 @@
 
 #include "framing.h"
 #include "gpu.h"
+#include "out_struct.h"
 #include "sha1.h"
 #include "storeclient.h"
 
@@ -1055,74 +1056,66 @@ flatbuffers::Offset<flatbuffers::Vector<const proto::ObjectId*>> IdVector(
   return vec;
 }
 
-void FromProto(const proto::ObjectInfo& p, store_object_info* out) {
-  std::memset(out, 0, sizeof *out);
-  std::memcpy(out->id.bytes, p.id().bytes()->Data(), STORE_OBJECT_ID_SIZE);
-  out->data_size = p.data_size();
-  out->metadata_size = p.metadata_size();
-  out->state = p.state();
-  out->level = p.level();
-  out->device = p.device();
-  out->importance = p.importance();
-  out->pin_count = p.pin_count();
-  out->reader_count = p.reader_count();
-  out->create_time_ns = p.create_time_ns();
-  out->last_access_ns = p.last_access_ns();
-  out->creator_pid = p.creator_pid();
-  out->lease_count = p.lease_count();
+using storeclient::OutArray;
+
+store_object_info FromProto(const proto::ObjectInfo& p) {
+  store_object_info out{};
+  std::memcpy(out.id.bytes, p.id().bytes()->Data(), STORE_OBJECT_ID_SIZE);
+  out.data_size = p.data_size();
+  out.metadata_size = p.metadata_size();
+  out.state = p.state();
+  out.level = p.level();
+  out.device = p.device();
+  out.importance = p.importance();
+  out.pin_count = p.pin_count();
+  out.reader_count = p.reader_count();
+  out.create_time_ns = p.create_time_ns();
+  out.last_access_ns = p.last_access_ns();
+  out.creator_pid = p.creator_pid();
+  out.lease_count = p.lease_count();
+  return out;
 }
 
-// The start of every call that hands the caller an array: clear the outputs, check the args.
+// The check of the struct_size a caller set in an output struct of type T (named `what`) before
+// the library writes it; STORE_EINVAL when the caller's struct is too small.
 template <class T>
-int BeginList(store_client* client, T** out, size_t* count) {
+int CheckOutStruct(const T* out, const char* what) {
+  if (const char* why = storeclient::OutStructSizeProblem<T>(out->struct_size, false)) {
+    return Fail(STORE_EINVAL,
+                "%s.struct_size %u %s (sizeof(%s) is %zu in this library, %zu at least)", what,
+                out->struct_size, why, what, sizeof(T), storeclient::OutStructFirst<T>::kSize);
+  }
+  return STORE_OK;
+}
+
+// The start of every call that hands the caller an array of T (named `what`): clear the outputs,
+// check the args, elem_size included.
+template <class T>
+int BeginList(store_client* client, T** out, size_t elem_size, size_t* count, const char* what) {
   if (out) *out = nullptr;
   if (count) *count = 0;
   if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+  if (const char* why = storeclient::OutStructSizeProblem<T>(elem_size, true)) {
+    return Fail(STORE_EINVAL, "elem_size %zu %s (sizeof(%s) is %zu in this library, %zu at least)",
+                elem_size, why, what, sizeof(T), storeclient::OutStructFirst<T>::kSize);
+  }
   return STORE_OK;
 }
 
-// Copies a reply's vector into a new C array for the caller (freed with store_free): fill(i, &out)
-// converts entry i.
+// Copies a reply's vector into a new C array for the caller (freed with store_free), its elements
+// elem_size bytes apart: fill(i) converts entry i.
 template <class T, class Vec, class Fill>
-int CopyOut(const Vec* vec, T** out, size_t* count, const char* what, Fill fill) {
+int CopyOut(const Vec* vec, T** out, size_t elem_size, size_t* count, const char* what,
+            Fill fill) {
   if (vec->size() == 0) return STORE_OK;
-  auto* arr = static_cast<T*>(std::calloc(vec->size(), sizeof(T)));
-  if (!arr) return Fail(STORE_ENOMEM, "out of memory for %u %s", vec->size(), what);
-  for (flatbuffers::uoffset_t i = 0; i < vec->size(); i++) fill(i, &arr[i]);
-  *out = arr;
-  *count = vec->size();
+  OutArray<T> arr(elem_size);
+  if (!arr.Grow(vec->size())) {
+    return Fail(STORE_ENOMEM, "out of memory for %u %s", vec->size(), what);
+  }
+  for (flatbuffers::uoffset_t i = 0; i < vec->size(); i++) arr.Put(fill(i));
+  arr.Release(out, count);
   return STORE_OK;
 }
-
-// A C array for the caller (freed with store_free), filled a page of replies at a time.
-template <class T>
-struct OutArray {
-  T* data = nullptr;
-  size_t size = 0, cap = 0;
-  OutArray() = default;
-  OutArray(const OutArray&) = delete;
-  OutArray& operator=(const OutArray&) = delete;
-  ~OutArray() { std::free(data); }
-  // Room for `more` entries after the ones there, zeroed; false when out of memory.
-  bool Grow(size_t more) {
-    if (size + more > cap) {
-      size_t n = std::max(cap * 2, size + more);
-      void* p = std::realloc(data, n * sizeof(T));
-      if (!p) return false;
-      data = static_cast<T*>(p);
-      cap = n;
-    }
-    // data is still NULL when nothing was ever added (memset must not be given NULL).
-    if (more > 0) std::memset(data + size, 0, more * sizeof(T));
-    return true;
-  }
-  void Release(T** out, size_t* count) {
-    if (size == 0) return;
-    *out = data;
-    *count = size;
-    data = nullptr;
-  }
-};
 
 int SeekImpl(uint64_t* pos, uint64_t size, int64_t offset, int whence, uint64_t* out) {
   int64_t origin;
@@ -2576,22 +2569,27 @@ int store_delete_many(store_client* client, const store_object_id* ids, size_t n
 int store_info(store_client* client, const store_object_id* id, store_object_info* info) {
   return Guard([&]() -> int {
     if (!client || !id || !info) return Fail(STORE_EINVAL, "client, id or info is NULL");
+    if (int rc = CheckOutStruct(info, "store_object_info"); rc != STORE_OK) return rc;
+    const size_t caller_size = info->struct_size;
     flatbuffers::FlatBufferBuilder fbb(128);
     proto::ObjectId pid = ProtoId(id);
     std::unique_ptr<Reply> reply;
     int rc = Call(client->conn, fbb, Body::InfoRequest, proto::CreateInfoRequest(fbb, &pid).Union(),
                   Body::InfoReply, &reply);
     if (rc != STORE_OK) return rc;
-    FromProto(*reply->msg->body_as_InfoReply()->info(), info);
+    storeclient::WriteOutStruct(FromProto(*reply->msg->body_as_InfoReply()->info()), info,
+                                caller_size);
     return STORE_OK;
   });
 }
 
-int store_list(store_client* client, store_object_info** out, size_t* count) {
+int store_list(store_client* client, store_object_info** out, size_t elem_size, size_t* count) {
   return Guard([&]() -> int {
-    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
+    if (int rc = BeginList(client, out, elem_size, count, "store_object_info"); rc != STORE_OK) {
+      return rc;
+    }
     // Page by page (each reply is bounded), through a snapshot the server keeps for this list.
-    OutArray<store_object_info> all;
+    OutArray<store_object_info> all(elem_size);
     uint64_t cursor = 0;
     do {
       flatbuffers::FlatBufferBuilder fbb(64);
@@ -2605,9 +2603,7 @@ int store_list(store_client* client, store_object_info** out, size_t* count) {
       if (!all.Grow(objs->size())) {
         return Fail(STORE_ENOMEM, "out of memory for %zu objects", all.size + objs->size());
       }
-      for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) {
-        FromProto(*objs->Get(i), &all.data[all.size++]);
-      }
+      for (flatbuffers::uoffset_t i = 0; i < objs->size(); i++) all.Put(FromProto(*objs->Get(i)));
       if (r->cursor() != 0 && r->cursor() == cursor && objs->size() == 0) {
         MarkBroken(client->conn, STORE_EPROTO, "the store's list makes no progress");
         return BrokenError(client->conn);
@@ -2681,99 +2677,104 @@ int CallStats(Conn* c, std::unique_ptr<Reply>* reply) {
 int store_stats_get(store_client* client, store_stats* stats) {
   return Guard([&]() -> int {
     if (!client || !stats) return Fail(STORE_EINVAL, "client or stats is NULL");
+    if (int rc = CheckOutStruct(stats, "store_stats"); rc != STORE_OK) return rc;
+    const size_t caller_size = stats->struct_size;
     std::unique_ptr<Reply> reply;
     if (int rc = CallStats(client->conn, &reply); rc != STORE_OK) return rc;
     auto* s = reply->msg->body_as_StatsReply();
-    std::memset(stats, 0, sizeof *stats);
-    stats->capacity_bytes = s->capacity_bytes();
-    stats->used_bytes = s->used_bytes();
-    stats->object_count = s->object_count();
-    stats->client_count = s->client_count();
-    stats->created_count = s->created_count();
-    stats->sealed_count = s->sealed_count();
-    stats->created_bytes = s->created_bytes();
-    stats->sealed_bytes = s->sealed_bytes();
-    stats->pinned_count = s->pinned_count();
-    stats->pinned_bytes = s->pinned_bytes();
-    stats->open_count = s->open_count();
-    stats->open_bytes = s->open_bytes();
-    stats->deleted_pending_count = s->deleted_pending_count();
-    stats->deleted_pending_bytes = s->deleted_pending_bytes();
-    stats->waiting_gets = s->waiting_gets();
-    stats->waiting_creates = s->waiting_creates();
-    stats->total_creates = s->total_creates();
-    stats->total_seals = s->total_seals();
-    stats->total_gets = s->total_gets();
-    stats->total_releases = s->total_releases();
-    stats->total_deletes = s->total_deletes();
-    stats->total_aborts = s->total_aborts();
-    stats->total_full = s->total_full();
-    stats->uptime_ns = s->uptime_ns();
-    stats->server_pid = s->server_pid();
-    stats->largest_free_bytes = s->largest_free_bytes();
-    stats->resident_bytes = s->resident_bytes();
-    stats->total_contains = s->total_contains();
-    stats->total_infos = s->total_infos();
-    stats->total_lists = s->total_lists();
-    stats->total_pins = s->total_pins();
-    stats->total_unpins = s->total_unpins();
-    stats->total_requests = s->total_requests();
-    stats->total_bad_requests = s->total_bad_requests();
-    stats->spilling_count = s->spilling_count();
-    stats->spilling_bytes = s->spilling_bytes();
-    stats->spilled_count = s->spilled_count();
-    stats->spilled_bytes = s->spilled_bytes();
-    stats->restoring_count = s->restoring_count();
-    stats->restoring_bytes = s->restoring_bytes();
-    stats->evictable_bytes = s->evictable_bytes();
-    stats->spill_enabled = s->spill_enabled() ? 1 : 0;
-    stats->spill_files = s->spill_files();
-    stats->spill_disk_bytes = s->spill_disk_bytes();
-    stats->spill_dead_bytes = s->spill_dead_bytes();
-    stats->total_spilled_objects = s->total_spilled_objects();
-    stats->total_spilled_bytes = s->total_spilled_bytes();
-    stats->total_spill_ns = s->total_spill_ns();
-    stats->total_restored_objects = s->total_restored_objects();
-    stats->total_restored_bytes = s->total_restored_bytes();
-    stats->total_restore_ns = s->total_restore_ns();
-    stats->total_spill_failures = s->total_spill_failures();
-    stats->total_restore_failures = s->total_restore_failures();
-    stats->waiting_bytes = s->waiting_bytes();
-    stats->backlog_bytes = s->backlog_bytes();
-    stats->partial_bytes = s->partial_bytes();
-    stats->pending_fds = s->pending_fds();
-    stats->limit_client_waiting = s->limit_client_waiting();
-    stats->limit_waiting_bytes = s->limit_waiting_bytes();
-    stats->limit_client_backlog = s->limit_client_backlog();
-    stats->limit_backlog = s->limit_backlog();
-    stats->limit_partial_bytes = s->limit_partial_bytes();
-    stats->limit_clients = s->limit_clients();
-    stats->limit_client_gpu_fds = s->limit_client_gpu_fds();
-    stats->fd_limit = s->fd_limit();
-    stats->refused_client_waiting = s->refused_client_waiting();
-    stats->refused_waiting_bytes = s->refused_waiting_bytes();
-    stats->closed_client_backlog = s->closed_client_backlog();
-    stats->closed_backlog = s->closed_backlog();
-    stats->closed_partial = s->closed_partial();
-    stats->refused_clients = s->refused_clients();
-    stats->accept_failures = s->accept_failures();
-    stats->refused_gpu_fds = s->refused_gpu_fds();
-    stats->instance_id = s->instance_id();
-    stats->start_time_ns = s->start_time_ns();
-    stats->when_full_drop = s->when_full_drop() ? 1 : 0;
-    stats->total_dropped_objects = s->total_dropped_objects();
-    stats->total_dropped_bytes = s->total_dropped_bytes();
+    // Filled in whole here, then copied out at the caller's size.
+    store_stats full{};
+    full.capacity_bytes = s->capacity_bytes();
+    full.used_bytes = s->used_bytes();
+    full.object_count = s->object_count();
+    full.client_count = s->client_count();
+    full.created_count = s->created_count();
+    full.sealed_count = s->sealed_count();
+    full.created_bytes = s->created_bytes();
+    full.sealed_bytes = s->sealed_bytes();
+    full.pinned_count = s->pinned_count();
+    full.pinned_bytes = s->pinned_bytes();
+    full.open_count = s->open_count();
+    full.open_bytes = s->open_bytes();
+    full.deleted_pending_count = s->deleted_pending_count();
+    full.deleted_pending_bytes = s->deleted_pending_bytes();
+    full.waiting_gets = s->waiting_gets();
+    full.waiting_creates = s->waiting_creates();
+    full.total_creates = s->total_creates();
+    full.total_seals = s->total_seals();
+    full.total_gets = s->total_gets();
+    full.total_releases = s->total_releases();
+    full.total_deletes = s->total_deletes();
+    full.total_aborts = s->total_aborts();
+    full.total_full = s->total_full();
+    full.uptime_ns = s->uptime_ns();
+    full.server_pid = s->server_pid();
+    full.largest_free_bytes = s->largest_free_bytes();
+    full.resident_bytes = s->resident_bytes();
+    full.total_contains = s->total_contains();
+    full.total_infos = s->total_infos();
+    full.total_lists = s->total_lists();
+    full.total_pins = s->total_pins();
+    full.total_unpins = s->total_unpins();
+    full.total_requests = s->total_requests();
+    full.total_bad_requests = s->total_bad_requests();
+    full.spilling_count = s->spilling_count();
+    full.spilling_bytes = s->spilling_bytes();
+    full.spilled_count = s->spilled_count();
+    full.spilled_bytes = s->spilled_bytes();
+    full.restoring_count = s->restoring_count();
+    full.restoring_bytes = s->restoring_bytes();
+    full.evictable_bytes = s->evictable_bytes();
+    full.spill_enabled = s->spill_enabled() ? 1 : 0;
+    full.spill_files = s->spill_files();
+    full.spill_disk_bytes = s->spill_disk_bytes();
+    full.spill_dead_bytes = s->spill_dead_bytes();
+    full.total_spilled_objects = s->total_spilled_objects();
+    full.total_spilled_bytes = s->total_spilled_bytes();
+    full.total_spill_ns = s->total_spill_ns();
+    full.total_restored_objects = s->total_restored_objects();
+    full.total_restored_bytes = s->total_restored_bytes();
+    full.total_restore_ns = s->total_restore_ns();
+    full.total_spill_failures = s->total_spill_failures();
+    full.total_restore_failures = s->total_restore_failures();
+    full.waiting_bytes = s->waiting_bytes();
+    full.backlog_bytes = s->backlog_bytes();
+    full.partial_bytes = s->partial_bytes();
+    full.pending_fds = s->pending_fds();
+    full.limit_client_waiting = s->limit_client_waiting();
+    full.limit_waiting_bytes = s->limit_waiting_bytes();
+    full.limit_client_backlog = s->limit_client_backlog();
+    full.limit_backlog = s->limit_backlog();
+    full.limit_partial_bytes = s->limit_partial_bytes();
+    full.limit_clients = s->limit_clients();
+    full.limit_client_gpu_fds = s->limit_client_gpu_fds();
+    full.fd_limit = s->fd_limit();
+    full.refused_client_waiting = s->refused_client_waiting();
+    full.refused_waiting_bytes = s->refused_waiting_bytes();
+    full.closed_client_backlog = s->closed_client_backlog();
+    full.closed_backlog = s->closed_backlog();
+    full.closed_partial = s->closed_partial();
+    full.refused_clients = s->refused_clients();
+    full.accept_failures = s->accept_failures();
+    full.refused_gpu_fds = s->refused_gpu_fds();
+    full.instance_id = s->instance_id();
+    full.start_time_ns = s->start_time_ns();
+    full.when_full_drop = s->when_full_drop() ? 1 : 0;
+    full.total_dropped_objects = s->total_dropped_objects();
+    full.total_dropped_bytes = s->total_dropped_bytes();
+    storeclient::WriteOutStruct(full, stats, caller_size);
     return STORE_OK;
   });
 }
 
-int store_gpu_stats(store_client* client, store_gpu_device_stats** out, size_t* count,
-                    int* backend) {
+int store_gpu_stats(store_client* client, store_gpu_device_stats** out, size_t elem_size,
+                    size_t* count, int* backend) {
   return Guard([&]() -> int {
-    if (out) *out = nullptr;
-    if (count) *count = 0;
     if (backend) *backend = STORE_GPU_BACKEND_NONE;
-    if (!client || !out || !count) return Fail(STORE_EINVAL, "client, out or count is NULL");
+    if (int rc = BeginList(client, out, elem_size, count, "store_gpu_device_stats");
+        rc != STORE_OK) {
+      return rc;
+    }
     // The store said at connect what backs its GPU objects, for its lifetime: with none there
     // are no devices to ask about (store-top and store info call this on every refresh).
     if (client->conn->gpu_backend == storeclient::gpu::Backend::kNone) {
@@ -2784,23 +2785,19 @@ int store_gpu_stats(store_client* client, store_gpu_device_stats** out, size_t* 
     auto* s = reply->msg->body_as_StatsReply();
     if (backend) *backend = static_cast<int>(s->gpu_backend());
     auto* gpus = s->gpus();
-    if (!gpus || gpus->size() == 0) return STORE_OK;
-    auto* v = static_cast<store_gpu_device_stats*>(
-        std::calloc(gpus->size(), sizeof(store_gpu_device_stats)));
-    if (!v) return Fail(STORE_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < gpus->size(); i++) {
+    if (!gpus) return STORE_OK;
+    return CopyOut(gpus, out, elem_size, count, "devices", [&](flatbuffers::uoffset_t i) {
       const proto::GpuDeviceStats* g = gpus->Get(i);
-      v[i].device = g->device();
-      v[i].chunks = g->chunks();
-      v[i].capacity_bytes = g->capacity_bytes();
-      v[i].used_bytes = g->used_bytes();
-      v[i].object_count = g->object_count();
-      v[i].chunk_size = g->chunk_size();
-      v[i].largest_free_bytes = g->largest_free_bytes();
-    }
-    *out = v;
-    *count = gpus->size();
-    return STORE_OK;
+      store_gpu_device_stats v{};
+      v.device = g->device();
+      v.chunks = g->chunks();
+      v.capacity_bytes = g->capacity_bytes();
+      v.used_bytes = g->used_bytes();
+      v.object_count = g->object_count();
+      v.chunk_size = g->chunk_size();
+      v.largest_free_bytes = g->largest_free_bytes();
+      return v;
+    });
   });
 }
 
@@ -2872,10 +2869,14 @@ int store_spill_url(store_client* client, const store_object_id* id, char* buf, 
   });
 }
 
-int store_list_spill_files(store_client* client, store_spill_file_info** out, size_t* count) {
+int store_list_spill_files(store_client* client, store_spill_file_info** out, size_t elem_size,
+                           size_t* count) {
   return Guard([&]() -> int {
-    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
-    OutArray<store_spill_file_info> all;
+    if (int rc = BeginList(client, out, elem_size, count, "store_spill_file_info");
+        rc != STORE_OK) {
+      return rc;
+    }
+    OutArray<store_spill_file_info> all(elem_size);
     uint64_t after = 0;
     do {
       flatbuffers::FlatBufferBuilder fbb(64);
@@ -2891,16 +2892,17 @@ int store_list_spill_files(store_client* client, store_spill_file_info** out, si
       }
       for (flatbuffers::uoffset_t i = 0; i < files->size(); i++) {
         const proto::SpillFileInfo* f = files->Get(i);
-        store_spill_file_info* o = &all.data[all.size++];
+        store_spill_file_info o{};
         if (f->path()) {
-          size_t n = std::min<size_t>(f->path()->size(), sizeof o->path - 1);
-          std::memcpy(o->path, f->path()->data(), n);
+          size_t n = std::min<size_t>(f->path()->size(), sizeof o.path - 1);
+          std::memcpy(o.path, f->path()->data(), n);
         }
-        o->size = f->size();
-        o->live_objects = f->live_objects();
-        o->live_bytes = f->live_bytes();
-        o->dead_bytes = f->dead_bytes();
-        o->created_time_ns = f->created_ns();
+        o.size = f->size();
+        o.live_objects = f->live_objects();
+        o.live_bytes = f->live_bytes();
+        o.dead_bytes = f->dead_bytes();
+        o.created_time_ns = f->created_ns();
+        all.Put(o);
       }
       if (r->next() != 0 && r->next() <= after) {
         MarkBroken(client->conn, STORE_EPROTO, "the store's list of spill files makes no progress");
@@ -2913,9 +2915,12 @@ int store_list_spill_files(store_client* client, store_spill_file_info** out, si
   });
 }
 
-int store_list_clients(store_client* client, store_client_info** out, size_t* count) {
+int store_list_clients(store_client* client, store_client_info** out, size_t elem_size,
+                       size_t* count) {
   return Guard([&]() -> int {
-    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
+    if (int rc = BeginList(client, out, elem_size, count, "store_client_info"); rc != STORE_OK) {
+      return rc;
+    }
     flatbuffers::FlatBufferBuilder fbb(64);
     std::unique_ptr<Reply> reply;
     int rc = Call(client->conn, fbb, Body::ClientsRequest, proto::CreateClientsRequest(fbb).Union(),
@@ -2923,33 +2928,37 @@ int store_list_clients(store_client* client, store_client_info** out, size_t* co
     if (rc != STORE_OK) return rc;
     auto* r = reply->msg->body_as_ClientsReply();
     auto* list = r->clients();
-    return CopyOut(list, out, count, "clients", [&](flatbuffers::uoffset_t i, store_client_info* o) {
+    return CopyOut(list, out, elem_size, count, "clients", [&](flatbuffers::uoffset_t i) {
       const proto::ClientInfo* k = list->Get(i);
-      o->client_id = k->client_id();
+      store_client_info o{};
+      o.client_id = k->client_id();
       if (k->name()) {
-        size_t n = std::min<size_t>(k->name()->size(), sizeof o->name - 1);
-        std::memcpy(o->name, k->name()->data(), n);
-        o->name[n] = '\0';
+        size_t n = std::min<size_t>(k->name()->size(), sizeof o.name - 1);
+        std::memcpy(o.name, k->name()->data(), n);
+        o.name[n] = '\0';
       }
-      o->pid = k->pid();
-      o->uid = k->uid();
-      o->objects_created = k->objects_created();
-      o->creating_count = k->creating();
-      o->readers_held = k->readers();
-      o->pins_held = k->pins();
-      o->bytes_held = k->bytes_held();
-      o->connect_time_ns = k->connect_time_ns();
-      o->requests = k->requests();
-      o->is_self = k->client_id() == r->self_id();
+      o.pid = k->pid();
+      o.uid = k->uid();
+      o.objects_created = k->objects_created();
+      o.creating_count = k->creating();
+      o.readers_held = k->readers();
+      o.pins_held = k->pins();
+      o.bytes_held = k->bytes_held();
+      o.connect_time_ns = k->connect_time_ns();
+      o.requests = k->requests();
+      o.is_self = k->client_id() == r->self_id();
+      return o;
     });
   });
 }
 
 int store_list_page(store_client* client, const store_list_options* opts, store_object_info** out,
-                    size_t* count, uint64_t* total) {
+                    size_t elem_size, size_t* count, uint64_t* total) {
   return Guard([&]() -> int {
     if (total) *total = 0;
-    if (int rc = BeginList(client, out, count); rc != STORE_OK) return rc;
+    if (int rc = BeginList(client, out, elem_size, count, "store_object_info"); rc != STORE_OK) {
+      return rc;
+    }
     static const store_list_options kDefaults = STORE_LIST_OPTIONS_INIT;
     if (!opts) opts = &kDefaults;
     if (opts->version != STORE_LIST_OPTIONS_VERSION) {
@@ -2990,8 +2999,8 @@ int store_list_page(store_client* client, const store_list_options* opts, store_
     auto* r = reply->msg->body_as_ObjectsReply();
     if (total) *total = r->total();
     auto* objs = r->objects();
-    return CopyOut(objs, out, count, "objects",
-                   [&](flatbuffers::uoffset_t i, store_object_info* o) { FromProto(*objs->Get(i), o); });
+    return CopyOut(objs, out, elem_size, count, "objects",
+                   [&](flatbuffers::uoffset_t i) { return FromProto(*objs->Get(i)); });
   });
 }
 

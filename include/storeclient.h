@@ -156,7 +156,27 @@ typedef struct store_object_id {
 #define STORE_LEVEL_DISK 4
 #define STORE_LEVEL_REMOTE 8
 
+/* Output structs. Every struct the library fills in for the caller (store_object_info,
+ * store_stats, store_client_info, store_gpu_device_stats, store_spill_file_info) opens with
+ * `uint32_t struct_size`: the size of the struct the caller was compiled with. New fields are only
+ * ever added at the end, so a program built against an older header keeps working with a newer
+ * library, and the other way round:
+ *  - For a struct the caller passes in (store_info(), store_stats_get()), the caller sets
+ *    struct_size to sizeof the struct, most simply with its *_INIT macro:
+ *        store_stats st = STORE_STATS_INIT;
+ *    The library writes at most struct_size bytes: the fields it knows, up to struct_size, and
+ *    zeros in the rest of them (fields of a newer header than the library's).
+ *  - For an array the library allocates (store_list(), store_list_page(), store_list_clients(),
+ *    store_gpu_stats(), store_list_spill_files()), the caller passes elem_size, sizeof the
+ *    element it was compiled with: the library lays the elements out elem_size bytes apart, sets
+ *    each element's struct_size to elem_size, and fills each as above. elem_size must be a
+ *    multiple of 8.
+ * A struct_size or elem_size of 0, or below the struct's size in the first header that had the
+ * field (storeclient.h of libstoreclient.so.2), is refused with STORE_EINVAL; nothing is
+ * written then. */
+
 typedef struct store_object_info {
+    uint32_t struct_size;    /* sizeof(store_object_info) of the caller; see "Output structs" */
     store_object_id id;
     uint64_t data_size;
     uint64_t metadata_size;
@@ -171,8 +191,21 @@ typedef struct store_object_info {
     int32_t creator_pid;     /* pid of the creating client, 0 if unknown */
     uint32_t lease_count;    /* leases held on it by all clients (store_lease()) */
 } store_object_info;
+#if defined(__cplusplus)
+/* C++ warns (-Wmissing-field-initializers) for an initializer that names one field only. */
+#define STORE_OBJECT_INFO_INIT                                        \
+    ([] {                                                             \
+        store_object_info init_{};                                    \
+        init_.struct_size = static_cast<uint32_t>(sizeof init_);      \
+        return init_;                                                 \
+    }())
+#else
+#define STORE_OBJECT_INFO_INIT {.struct_size = sizeof(store_object_info)}
+#endif
 
 typedef struct store_stats {
+    uint32_t struct_size;         /* sizeof(store_stats) of the caller; see "Output structs" */
+    uint32_t pad_;                /* keeps the 64-bit fields 8-byte aligned; the library writes 0 */
     uint64_t capacity_bytes;      /* size of the shared memory region */
     uint64_t used_bytes;          /* bytes allocated to objects: from 16 KiB their size rounded up
                                      to a page, below that a small size class */
@@ -276,9 +309,21 @@ typedef struct store_stats {
     uint64_t total_dropped_objects;  /* objects dropped since start */
     uint64_t total_dropped_bytes;    /* their bytes (data and metadata) */
 } store_stats;
+#if defined(__cplusplus)
+#define STORE_STATS_INIT                                              \
+    ([] {                                                             \
+        store_stats init_{};                                          \
+        init_.struct_size = static_cast<uint32_t>(sizeof init_);      \
+        return init_;                                                 \
+    }())
+#else
+#define STORE_STATS_INIT {.struct_size = sizeof(store_stats)}
+#endif
 
 /* One connected client, as store_list_clients() reports it. */
 typedef struct store_client_info {
+    uint32_t struct_size;      /* the elem_size the caller passed; see "Output structs" */
+    uint32_t pad_;             /* keeps the 64-bit fields 8-byte aligned; the library writes 0 */
     uint64_t client_id;        /* unique for the server's lifetime */
     char name[64];             /* the name given at connect, NUL-terminated, maybe cut short */
     int32_t pid;               /* from the socket's peer credentials */
@@ -569,16 +614,20 @@ STORE_API int store_delete(store_client *client, const store_object_id *id);
 STORE_API int store_delete_many(store_client *client, const store_object_id *ids, size_t n,
                                 size_t *deleted);
 
-/* Fills *info for id (any state, the caller's unsealed objects included). */
+/* Fills *info for id (any state, the caller's unsealed objects included). The caller sets
+ * info->struct_size first (STORE_OBJECT_INFO_INIT); STORE_EINVAL if it is too small (see
+ * "Output structs"). */
 STORE_API int store_info(store_client *client, const store_object_id *id,
                          store_object_info *info);
 
 /* Lists every object in the table (CREATED ones included; deleted ones not), as they are when
  * the call starts: it pages through them (a request per 65536 objects), so an object that exists
  * throughout the call is listed exactly once and one created meanwhile is not listed; one
- * deleted meanwhile may be missing. Caller owns *out (NULL when *count is 0); free with
- * store_free(). STORE_ENOMEM if the array cannot be allocated. */
-STORE_API int store_list(store_client *client, store_object_info **out, size_t *count);
+ * deleted meanwhile may be missing. elem_size is sizeof(store_object_info) (see "Output
+ * structs"). Caller owns *out (NULL when *count is 0); free with store_free(). STORE_ENOMEM if
+ * the array cannot be allocated. */
+STORE_API int store_list(store_client *client, store_object_info **out, size_t elem_size,
+                         size_t *count);
 
 /* Frees memory returned by the library (store_list). NULL-safe. */
 STORE_API void store_free(void *p);
@@ -608,7 +657,9 @@ STORE_API int store_lease(store_client *client, const store_object_id *id, uint3
 STORE_API int store_unlease(store_client *client, const store_object_id *id,
                             uint32_t *lease_count);
 
-/* Fills *stats with a snapshot of the server. Cheap: the server keeps its figures as it goes. */
+/* Fills *stats with a snapshot of the server. Cheap: the server keeps its figures as it goes.
+ * The caller sets stats->struct_size first (STORE_STATS_INIT); STORE_EINVAL if it is too small
+ * (see "Output structs"). */
 STORE_API int store_stats_get(store_client *client, store_stats *stats);
 
 /* What backs a store's GPU objects, as store_gpu_stats() reports it. */
@@ -617,6 +668,8 @@ STORE_API int store_stats_get(store_client *client, store_stats *stats);
 #define STORE_GPU_BACKEND_MEMFD_STANDIN 2 /* host memory standing in for a GPU (tests only) */
 /* One device serving GPU objects. */
 typedef struct store_gpu_device_stats {
+    uint32_t struct_size;        /* the elem_size the caller passed; see "Output structs" */
+    uint32_t pad_;               /* keeps the 64-bit fields 8-byte aligned; the library writes 0 */
     int32_t device;              /* the store's device number */
     uint32_t chunks;             /* chunks of device memory made so far */
     uint64_t capacity_bytes;     /* device memory it may take (--gpu-memory, whole chunks) */
@@ -625,10 +678,11 @@ typedef struct store_gpu_device_stats {
     uint64_t chunk_size;         /* also the largest GPU object */
     uint64_t largest_free_bytes; /* the largest free range in the chunks made so far */
 } store_gpu_device_stats;
-/* Per-device figures of the GPU objects. Caller owns *out (NULL when *count is 0); free with
- * store_free(). *backend (may be NULL) receives STORE_GPU_BACKEND_*. */
-STORE_API int store_gpu_stats(store_client *client, store_gpu_device_stats **out, size_t *count,
-                              int *backend);
+/* Per-device figures of the GPU objects. elem_size is sizeof(store_gpu_device_stats) (see
+ * "Output structs"). Caller owns *out (NULL when *count is 0); free with store_free(). *backend
+ * (may be NULL) receives STORE_GPU_BACKEND_*. */
+STORE_API int store_gpu_stats(store_client *client, store_gpu_device_stats **out,
+                              size_t elem_size, size_t *count, int *backend);
 /* Sets an object's importance: objects of lower importance are spilled first. */
 STORE_API int store_set_importance(store_client *client, const store_object_id *id,
                                    int32_t importance);
@@ -650,6 +704,8 @@ STORE_API int store_spill_url(store_client *client, const store_object_id *id, c
 
 /* One spill file, as store_list_spill_files() reports it. */
 typedef struct store_spill_file_info {
+    uint32_t struct_size;    /* the elem_size the caller passed; see "Output structs" */
+    uint32_t pad_;           /* keeps the 64-bit fields 8-byte aligned; the library writes 0 */
     char path[4096];         /* absolute, NUL-terminated */
     uint64_t size;           /* bytes on disk */
     uint64_t live_objects;   /* objects whose copy is in it */
@@ -658,18 +714,23 @@ typedef struct store_spill_file_info {
     int64_t created_time_ns; /* CLOCK_REALTIME */
 } store_spill_file_info;
 
-/* Lists the spill files. Caller owns *out (NULL when *count is 0); free with store_free(). */
+/* Lists the spill files. elem_size is sizeof(store_spill_file_info) (see "Output structs").
+ * Caller owns *out (NULL when *count is 0); free with store_free(). */
 STORE_API int store_list_spill_files(store_client *client, store_spill_file_info **out,
-                                     size_t *count);
+                                     size_t elem_size, size_t *count);
 
-/* Lists the connected clients. Caller owns *out (NULL when *count is 0); free with store_free(). */
-STORE_API int store_list_clients(store_client *client, store_client_info **out, size_t *count);
+/* Lists the connected clients. elem_size is sizeof(store_client_info) (see "Output structs").
+ * Caller owns *out (NULL when *count is 0); free with store_free(). */
+STORE_API int store_list_clients(store_client *client, store_client_info **out, size_t elem_size,
+                                 size_t *count);
 
 /* One page of the object table, filtered by id prefix and sorted by the server. opts may be NULL
- * (STORE_LIST_OPTIONS_INIT). *total (may be NULL) receives how many objects match in all.
- * Caller owns *out (NULL when *count is 0); free with store_free(). */
+ * (STORE_LIST_OPTIONS_INIT). elem_size is sizeof(store_object_info) (see "Output structs").
+ * *total (may be NULL) receives how many objects match in all. Caller owns *out (NULL when
+ * *count is 0); free with store_free(). */
 STORE_API int store_list_page(store_client *client, const store_list_options *opts,
-                              store_object_info **out, size_t *count, uint64_t *total);
+                              store_object_info **out, size_t elem_size, size_t *count,
+                              uint64_t *total);
 
 /* ---------------------------------------------------------------------------------------------
  * Helpers

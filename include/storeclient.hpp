@@ -335,21 +335,21 @@ class Client {
   }
   void Delete(const ObjectId& id) { check(store_delete(c_, &id.raw())); }
   store_object_info Info(const ObjectId& id) {
-    store_object_info info{};
+    store_object_info info = STORE_OBJECT_INFO_INIT;
     check(store_info(c_, &id.raw(), &info));
     return info;
   }
   std::vector<store_object_info> List() {
     store_object_info* p = nullptr;
     size_t n = 0;
-    check(store_list(c_, &p, &n));
+    check(store_list(c_, &p, sizeof *p, &n));
     std::unique_ptr<store_object_info, void (*)(void*)> owned(p, store_free);
     return std::vector<store_object_info>(p, p + n);
   }
   void Pin(const ObjectId& id) { check(store_pin(c_, &id.raw())); }
   void Unpin(const ObjectId& id) { check(store_unpin(c_, &id.raw())); }
   store_stats Stats() {
-    store_stats s{};
+    store_stats s = STORE_STATS_INIT;
     check(store_stats_get(c_, &s));
     return s;
   }

@@ -174,7 +174,7 @@ inline void Delete(store_client* c, const Obj& obj) {
 }
 
 inline store_stats Stats(store_client* c) {
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   int rc = store_stats_get(c, &st);
   const std::string err = store_last_error_message();
   INFO(err);
@@ -183,7 +183,7 @@ inline store_stats Stats(store_client* c) {
 }
 
 inline store_object_info Info(store_client* c, const Obj& obj) {
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   int rc = store_info(c, &obj.id, &info);
   const std::string err = store_last_error_message();
   INFO(err);

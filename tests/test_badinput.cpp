@@ -496,7 +496,7 @@ struct Attacked {
   Attacked& operator=(const Attacked&) = delete;
 
   store_stats Stats() {
-    store_stats st{};
+    store_stats st = STORE_STATS_INIT;
     CHECK(store_stats_get(good, &st) == STORE_OK);
     return st;
   }
@@ -522,7 +522,7 @@ struct Attacked {
 
     store_client* fresh = nullptr;
     REQUIRE(store_client_connect(&fresh, store.socket().c_str(), nullptr) == STORE_OK);
-    store_stats st{};
+    store_stats st = STORE_STATS_INIT;
     CHECK(store_stats_get(fresh, &st) == STORE_OK);
     CHECK(st.server_pid == store.pid());
     store_client_free(fresh);
@@ -1233,7 +1233,7 @@ TEST_CASE("releasing a uid the client does not hold is a protocol error; other r
   REQUIRE(uid != 0);
 
   auto readers = [&] {
-    store_object_info info{};
+    store_object_info info = STORE_OBJECT_INFO_INIT;
     CHECK(store_info(s.good, &id, &info) == STORE_OK);
     return info.reader_count;
   };
@@ -1320,7 +1320,7 @@ TEST_CASE("seal and abort of an object created by another client get EPERM") {
   }
 
   // Both objects are untouched: still being written by their creators, who can finish them.
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   REQUIRE(store_info(s.good, &id, &info) == STORE_OK);
   CHECK(info.state == STORE_STATE_CREATED);
   int present = 1;

@@ -211,7 +211,7 @@ void CheckServes(const char* socket_path) {
 uint64_t Capacity(const std::string& socket_path) {
   store_client* c = nullptr;
   REQUIRE(store_client_connect(&c, socket_path.c_str(), nullptr) == STORE_OK);
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   CHECK(store_stats_get(c, &st) == STORE_OK);
   store_client_free(c);
   return st.capacity_bytes;
@@ -461,7 +461,7 @@ TEST_CASE("SIGTERM and SIGINT stop the server cleanly") {
     CHECK(!Exists(sock));
 
     // The connected client learns that the server is gone; nothing hangs.
-    store_stats stats{};
+    store_stats stats = STORE_STATS_INIT;
     CHECK(store_stats_get(c, &stats) == STORE_ECONN);
     CHECK(store_put(c, &id, "more", 4, nullptr) == STORE_ECONN);
     store_reader_close(r);
@@ -523,7 +523,7 @@ TEST_CASE("without --socket the server listens on $XDG_RUNTIME_DIR/store.sock") 
     unsetenv("XDG_RUNTIME_DIR");
   }
   REQUIRE(rc == STORE_OK);
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   CHECK(store_stats_get(c, &st) == STORE_OK);
   CHECK(st.server_pid == s.pid());
   store_client_free(c);

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "../capi/out_struct.h"
 #include "client_util.h"
 #include "harness.h"
 #include "storeclient.h"
@@ -66,7 +67,7 @@ bool SameBytes(const void* p, const std::vector<uint8_t>& want) {
 }
 
 store_stats Stats(store_client* c) {
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   int rc = store_stats_get(c, &st);
   const std::string err = store_last_error_message();
   INFO(err);
@@ -75,7 +76,7 @@ store_stats Stats(store_client* c) {
 }
 
 store_object_info Info(store_client* c, const store_object_id& id) {
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   int rc = store_info(c, &id, &info);
   const std::string err = store_last_error_message();
   INFO(err);
@@ -889,7 +890,7 @@ TEST_CASE("small objects are staged: nothing reaches the store before the seal, 
   REQUIRE(store_writer_write(w, data.data() + 1000, data.size() - 1000) == STORE_OK);
   // Not in the store while it is written: no request, no object.
   CHECK(Stats(a.get()).total_requests == before + 1);  // this stats request only
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(b.get(), &id, &info) == STORE_ENOTFOUND);
   const uint64_t at_seal = Stats(a.get()).total_requests;
   REQUIRE(store_writer_seal(w) == STORE_OK);
@@ -940,7 +941,7 @@ TEST_CASE("abort, then the same id can be created again") {
   CHECK(st.used_bytes == used0);
   CHECK(st.total_aborts == 1);
   CHECK(Contains(c.get(), id) == 0);
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &id, &info) == STORE_ENOTFOUND);
 
   const std::vector<uint8_t> second = Pattern(21, 100);
@@ -974,7 +975,7 @@ TEST_CASE("delete while a reader is open: unlink semantics") {
   Delete(a.get(), id);
   CHECK(Contains(a.get(), id) == 0);
   CHECK(Contains(b.get(), id) == 0);
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(a.get(), &id, &info) == STORE_ENOTFOUND);
   store_reader* none = nullptr;
   CHECK(store_open_reader(a.get(), &none, &id, 0) == STORE_ENOTFOUND);
@@ -1280,7 +1281,7 @@ TEST_CASE("store_list and store_info fields") {
   {
     store_object_info* list = reinterpret_cast<store_object_info*>(0x1);
     size_t count = 99;
-    REQUIRE(store_list(a.get(), &list, &count) == STORE_OK);
+    REQUIRE(store_list(a.get(), &list, sizeof *list, &count) == STORE_OK);
     CHECK(count == 0);
     CHECK(list == nullptr);
   }
@@ -1339,7 +1340,7 @@ TEST_CASE("store_list and store_info fields") {
 
   store_object_info* list = nullptr;
   size_t count = 0;
-  REQUIRE(store_list(a.get(), &list, &count) == STORE_OK);
+  REQUIRE(store_list(a.get(), &list, sizeof *list, &count) == STORE_OK);
   std::unique_ptr<store_object_info, void (*)(void*)> owned(list, store_free);
   REQUIRE(count == 2);
   REQUIRE(list != nullptr);
@@ -1368,13 +1369,305 @@ TEST_CASE("store_list and store_info fields") {
   CHECK(test::WaitFor([&] { return Info(a.get(), sid).reader_count == 0; }));
   CHECK(Info(a.get(), sid).last_access_ns >= access_before);
 
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   const store_object_id missing = Id("info-missing");
   CHECK(store_info(a.get(), &missing, &info) == STORE_ENOTFOUND);
 
   REQUIRE(store_writer_abort(w.release()) == STORE_OK);
   Delete(a.get(), sid);
   CheckEmpty(a.get());
+}
+
+// ---- output structs at the caller's size ----------------------------------------------------
+
+namespace {
+
+constexpr uint8_t kGuard = 0xA5;
+
+// A caller's buffer: `size` bytes of struct (struct_size set to size), then guard bytes that the
+// library must never touch. Everything but struct_size starts as guard bytes. The guard is longer
+// than any of the structs, so that a library writing a whole struct past a smaller struct_size
+// fails the checks instead of overrunning the heap.
+struct OutBuffer {
+  explicit OutBuffer(size_t size, size_t guard = 1024) : bytes(size + guard, kGuard), size(size) {
+    const uint32_t s = static_cast<uint32_t>(size);
+    std::memcpy(bytes.data(), &s, sizeof s);
+  }
+  template <class T>
+  T* as() {
+    return reinterpret_cast<T*>(bytes.data());
+  }
+  // Whether the bytes in [from, to) all hold `value`.
+  bool All(size_t from, size_t to, uint8_t value) const {
+    for (size_t i = from; i < to; i++) {
+      if (bytes[i] != value) return false;
+    }
+    return true;
+  }
+  bool GuardIntact() const { return All(size, bytes.size(), kGuard); }
+  // The library wrote nothing: every byte after struct_size is still a guard byte.
+  bool Untouched() const { return All(sizeof(uint32_t), bytes.size(), kGuard); }
+
+  std::vector<uint8_t> bytes;  // from operator new: aligned for any of the structs
+  size_t size;
+};
+
+}  // namespace
+
+// A struct as a later header may have it: `b` appended after the first layout (struct_size, pad_,
+// a). No library of this soname has a struct longer than its first layout, so a caller with an
+// older header than the library's is checked through the code every call uses to write out.
+struct GrownOut {
+  uint32_t struct_size;
+  uint32_t pad_;
+  uint64_t a;
+  uint64_t b;  // added in the later header
+};
+template <>
+struct storeclient::OutStructFirst<GrownOut> {
+  static constexpr size_t kSize = offsetof(GrownOut, b);
+};
+
+TEST_CASE("a caller with an older header than the library's gets the fields it has, and not a "
+          "byte more") {
+  GrownOut full{};
+  full.a = 0x1111111111111111ull;
+  full.b = 0x2222222222222222ull;
+  // The older caller's struct ends before b.
+  CHECK(storeclient::OutStructSizeProblem<GrownOut>(offsetof(GrownOut, b), false) == nullptr);
+  CHECK(storeclient::OutStructSizeProblem<GrownOut>(offsetof(GrownOut, a), false) != nullptr);
+  CHECK(storeclient::OutStructSizeProblem<GrownOut>(0, false) != nullptr);
+  CHECK(storeclient::OutStructSizeProblem<GrownOut>(offsetof(GrownOut, b) + 4, true) != nullptr);
+  {
+    OutBuffer buf(offsetof(GrownOut, b));
+    storeclient::WriteOutStruct(full, buf.bytes.data(), buf.size);
+    GrownOut got;
+    std::memcpy(&got, buf.bytes.data(), buf.size);
+    CHECK(got.struct_size == offsetof(GrownOut, b));
+    CHECK(got.a == full.a);
+    CHECK(buf.GuardIntact());
+  }
+  // An array of them at the older stride: each element its prefix, nothing between them.
+  storeclient::OutArray<GrownOut> arr(offsetof(GrownOut, b));
+  REQUIRE(arr.Grow(3));
+  for (int i = 0; i < 3; i++) {
+    full.a = static_cast<uint64_t>(i) + 1;
+    arr.Put(full);
+  }
+  GrownOut* out = nullptr;
+  size_t count = 0;
+  arr.Release(&out, &count);
+  std::unique_ptr<GrownOut, void (*)(void*)> owned(out, std::free);
+  REQUIRE(count == 3);
+  for (size_t i = 0; i < count; i++) {
+    GrownOut e;
+    std::memcpy(&e, reinterpret_cast<const uint8_t*>(out) + i * offsetof(GrownOut, b),
+                offsetof(GrownOut, b));
+    CHECK(e.struct_size == offsetof(GrownOut, b));
+    CHECK(e.a == i + 1);
+  }
+}
+
+TEST_CASE("store_stats_get writes struct_size bytes: 0 and an older, smaller size are refused "
+          "untouched, a newer, larger one gets zeros past the library's fields") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr cp = Connect(s);
+  store_client* c = cp.get();
+  const store_stats want = Stats(c);
+
+  // 0: the caller forgot to set it.
+  {
+    OutBuffer b(0);
+    CHECK(store_stats_get(c, b.as<store_stats>()) == STORE_EINVAL);
+    CHECK(std::string(store_last_error_message()).find("store_stats.struct_size 0") !=
+          std::string::npos);
+    CHECK(b.Untouched());
+  }
+  // A struct that ends after the first few fields, as an older header's would: below the first
+  // layout with struct_size, so refused, and not a byte past it written (memset(sizeof) would).
+  {
+    OutBuffer b(offsetof(store_stats, object_count) + sizeof(uint64_t));
+    CHECK(store_stats_get(c, b.as<store_stats>()) == STORE_EINVAL);
+    CHECK(std::string(store_last_error_message()).find("smaller than the struct's first layout") !=
+          std::string::npos);
+    CHECK(b.Untouched());
+  }
+  // 8 bytes short of the library's struct: refused as well.
+  {
+    OutBuffer b(sizeof(store_stats) - 8);
+    CHECK(store_stats_get(c, b.as<store_stats>()) == STORE_EINVAL);
+    CHECK(b.Untouched());
+  }
+  // The library's own size: every field, nothing past it.
+  {
+    OutBuffer b(sizeof(store_stats));
+    REQUIRE(store_stats_get(c, b.as<store_stats>()) == STORE_OK);
+    const store_stats* got = b.as<store_stats>();
+    CHECK(got->struct_size == sizeof(store_stats));
+    CHECK(got->pad_ == 0);
+    CHECK(got->capacity_bytes == want.capacity_bytes);
+    CHECK(got->instance_id == want.instance_id);
+    CHECK(got->total_dropped_bytes == want.total_dropped_bytes);
+    CHECK(b.GuardIntact());
+  }
+  // A newer header's struct, 40 bytes longer: the library's fields, then zeros up to struct_size
+  // (fields it does not know), then the caller's guard bytes untouched.
+  {
+    OutBuffer b(sizeof(store_stats) + 40);
+    REQUIRE(store_stats_get(c, b.as<store_stats>()) == STORE_OK);
+    const store_stats* got = b.as<store_stats>();
+    CHECK(got->struct_size == sizeof(store_stats) + 40);
+    CHECK(got->capacity_bytes == want.capacity_bytes);
+    CHECK(got->server_pid == want.server_pid);
+    CHECK(got->instance_id == want.instance_id);
+    CHECK(got->start_time_ns == want.start_time_ns);
+    CHECK(b.All(sizeof(store_stats), sizeof(store_stats) + 40, 0));
+    CHECK(b.GuardIntact());
+  }
+  // STORE_STATS_INIT sets it (C++ builds the struct through a lambda).
+  store_stats init = STORE_STATS_INIT;
+  CHECK(init.struct_size == sizeof(store_stats));
+  CHECK(init.capacity_bytes == 0);
+}
+
+TEST_CASE("store_info writes struct_size bytes: refused when too small, zeros past the "
+          "library's fields when larger") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr cp = Connect(s);
+  store_client* c = cp.get();
+  const store_object_id id = Id("out-struct-info");
+  Put(c, id, Pattern(60, 4321));
+
+  for (size_t size : {size_t{0}, sizeof(uint32_t) + STORE_OBJECT_ID_SIZE + sizeof(uint64_t),
+                      sizeof(store_object_info) - 8}) {
+    CAPTURE(size);
+    OutBuffer b(size);
+    CHECK(store_info(c, &id, b.as<store_object_info>()) == STORE_EINVAL);
+    CHECK(std::string(store_last_error_message()).find("store_object_info.struct_size") !=
+          std::string::npos);
+    CHECK(b.Untouched());
+  }
+  {
+    OutBuffer b(sizeof(store_object_info) + 16);
+    REQUIRE(store_info(c, &id, b.as<store_object_info>()) == STORE_OK);
+    const store_object_info* got = b.as<store_object_info>();
+    CHECK(got->struct_size == sizeof(store_object_info) + 16);
+    CHECK(SameId(got->id, id));
+    CHECK(got->data_size == 4321);
+    CHECK(got->state == STORE_STATE_SEALED);
+    CHECK(got->creator_pid == getpid());
+    CHECK(b.All(sizeof(store_object_info), sizeof(store_object_info) + 16, 0));
+    CHECK(b.GuardIntact());
+  }
+  // A missing id writes nothing either.
+  {
+    const store_object_id missing = Id("out-struct-missing");
+    OutBuffer b(sizeof(store_object_info));
+    CHECK(store_info(c, &missing, b.as<store_object_info>()) == STORE_ENOTFOUND);
+    CHECK(b.Untouched());
+  }
+  Delete(c, id);
+  CheckEmpty(c);
+}
+
+TEST_CASE("arrays the library allocates are laid out at the caller's elem_size") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  ClientPtr cp = Connect(s, "stride-a");
+  ClientPtr other = Connect(s, "stride-b");
+  store_client* c = cp.get();
+  std::vector<store_object_id> ids;
+  for (int i = 0; i < 5; i++) {
+    ids.push_back(Id("out-struct-list-" + std::to_string(i)));
+    Put(c, ids.back(), Pattern(70 + i, 100 + i));
+  }
+
+  // Too small, zero, or not a multiple of 8: refused, with nothing allocated.
+  for (size_t elem : {size_t{0}, size_t{8}, sizeof(store_object_info) - 8,
+                      sizeof(store_object_info) + 4}) {
+    CAPTURE(elem);
+    store_object_info* out = reinterpret_cast<store_object_info*>(0x1);
+    size_t n = 99;
+    CHECK(store_list(c, &out, elem, &n) == STORE_EINVAL);
+    CHECK(std::string(store_last_error_message()).find("elem_size") != std::string::npos);
+    CHECK(out == nullptr);
+    CHECK(n == 0);
+    CHECK(store_list_page(c, nullptr, &out, elem, &n, nullptr) == STORE_EINVAL);
+    CHECK(out == nullptr);
+  }
+  store_client_info* clients = nullptr;
+  store_gpu_device_stats* gpus = nullptr;
+  store_spill_file_info* files = nullptr;
+  size_t n = 0;
+  CHECK(store_list_clients(c, &clients, 0, &n) == STORE_EINVAL);
+  CHECK(store_list_clients(c, &clients, sizeof *clients - 8, &n) == STORE_EINVAL);
+  CHECK(store_gpu_stats(c, &gpus, 0, &n, nullptr) == STORE_EINVAL);
+  CHECK(store_gpu_stats(c, &gpus, sizeof *gpus - 8, &n, nullptr) == STORE_EINVAL);
+  CHECK(store_list_spill_files(c, &files, 0, &n) == STORE_EINVAL);
+  CHECK(store_list_spill_files(c, &files, sizeof *files - 8, &n) == STORE_EINVAL);
+  CHECK(clients == nullptr);
+  CHECK(gpus == nullptr);
+  CHECK(files == nullptr);
+
+  // A newer header's element, 24 bytes longer: each element at that stride, its struct_size
+  // the stride, the 24 bytes past the library's fields zero.
+  const size_t stride = sizeof(store_object_info) + 24;
+  auto check_objects = [&](const uint8_t* base, size_t count) {
+    std::set<std::string> seen;
+    for (size_t i = 0; i < count; i++) {
+      const uint8_t* e = base + i * stride;
+      store_object_info info;
+      std::memcpy(&info, e, sizeof info);
+      CHECK(info.struct_size == stride);
+      CHECK(info.state == STORE_STATE_SEALED);
+      seen.insert(Hex(info.id));
+      bool tail_zero = true;
+      for (size_t k = sizeof info; k < stride; k++) tail_zero = tail_zero && e[k] == 0;
+      CHECK(tail_zero);
+    }
+    std::set<std::string> want;
+    for (const store_object_id& id : ids) want.insert(Hex(id));
+    CHECK(seen == want);
+  };
+  {
+    store_object_info* out = nullptr;
+    REQUIRE(store_list(c, &out, stride, &n) == STORE_OK);
+    std::unique_ptr<store_object_info, void (*)(void*)> owned(out, store_free);
+    REQUIRE(n == ids.size());
+    check_objects(reinterpret_cast<const uint8_t*>(out), n);
+  }
+  {
+    store_object_info* out = nullptr;
+    uint64_t total = 0;
+    REQUIRE(store_list_page(c, nullptr, &out, stride, &n, &total) == STORE_OK);
+    std::unique_ptr<store_object_info, void (*)(void*)> owned(out, store_free);
+    REQUIRE(n == ids.size());
+    CHECK(total == ids.size());
+    check_objects(reinterpret_cast<const uint8_t*>(out), n);
+  }
+  {
+    const size_t cstride = sizeof(store_client_info) + 8;
+    REQUIRE(store_list_clients(c, &clients, cstride, &n) == STORE_OK);
+    std::unique_ptr<store_client_info, void (*)(void*)> owned(clients, store_free);
+    REQUIRE(n == 2);
+    std::set<std::string> names;
+    for (size_t i = 0; i < n; i++) {
+      const uint8_t* e = reinterpret_cast<const uint8_t*>(clients) + i * cstride;
+      store_client_info ci;
+      std::memcpy(&ci, e, sizeof ci);
+      CHECK(ci.struct_size == cstride);
+      names.insert(ci.name);
+      uint64_t tail = 1;
+      std::memcpy(&tail, e + sizeof ci, sizeof tail);
+      CHECK(tail == 0);
+    }
+    CHECK(names == std::set<std::string>{"stride-a", "stride-b"});
+  }
+
+  for (const store_object_id& id : ids) Delete(c, id);
+  CheckEmpty(c);
 }
 
 TEST_CASE("pin and unpin") {
@@ -1636,7 +1929,7 @@ TEST_CASE("a full store: STORE_ENOSPACE without a ghost, and size limits") {
   CHECK(w == nullptr);
   CHECK(std::strlen(store_last_error_message()) > 0);
   CHECK(Contains(c.get(), extra) == 0);
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &extra, &info) == STORE_ENOTFOUND);
   store_stats st = Stats(c.get());
   CHECK(st.object_count == ids.size());
@@ -1883,8 +2176,8 @@ TEST_CASE("NULL arguments give STORE_EINVAL; destructors accept NULL") {
   const uint8_t byte = 7;
   store_reader* r = nullptr;
   store_writer* w = nullptr;
-  store_object_info info{};
-  store_stats st{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
+  store_stats st = STORE_STATS_INIT;
   int present = 0;
   uint64_t size = 1;
 
@@ -1970,9 +2263,9 @@ TEST_CASE("NULL arguments give STORE_EINVAL; destructors accept NULL") {
   CHECK(store_info(c, &id, nullptr) == STORE_EINVAL);
   store_object_info* list = nullptr;
   size_t count = 0;
-  CHECK(store_list(nullptr, &list, &count) == STORE_EINVAL);
-  CHECK(store_list(c, nullptr, &count) == STORE_EINVAL);
-  CHECK(store_list(c, &list, nullptr) == STORE_EINVAL);
+  CHECK(store_list(nullptr, &list, sizeof *list, &count) == STORE_EINVAL);
+  CHECK(store_list(c, nullptr, sizeof(store_object_info), &count) == STORE_EINVAL);
+  CHECK(store_list(c, &list, sizeof *list, nullptr) == STORE_EINVAL);
   store_free(nullptr);
   CHECK(store_pin(nullptr, &id) == STORE_EINVAL);
   CHECK(store_pin(c, nullptr) == STORE_EINVAL);
@@ -2234,7 +2527,7 @@ TEST_CASE("a thread blocked in an open does not stall the other threads of the c
         good = good && store_open_reader(c.get(), &r, &id, 0) == STORE_OK;
         good = good && SameBytes(store_reader_data(r), data);
         store_reader_close(r);
-        store_stats st{};
+        store_stats st = STORE_STATS_INIT;
         good = good && store_stats_get(c.get(), &st) == STORE_OK && st.waiting_gets == 1;
         good = store_delete(c.get(), &id) == STORE_OK && good;
         (good ? ok : failed)++;

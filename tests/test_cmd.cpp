@@ -201,7 +201,7 @@ TEST_CASE("STORE_SOCKET points the library, store info and the server at one soc
   int rc = store_client_connect(&c, nullptr, nullptr);
   unsetenv("STORE_SOCKET");
   REQUIRE(rc == STORE_OK);
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   CHECK(store_stats_get(c, &st) == STORE_OK);
   CHECK(st.server_pid == server);
   store_client_free(c);
@@ -245,7 +245,7 @@ TEST_CASE("store put, get and rm: keys hashed as the C library hashes them, or -
   CHECK(ReadObject(c.get(), Key("big-key"), &meta) == big);
   CHECK(meta == "application/x-test");
   const store_object_id big_id = Key("big-key"), small_id = Key("small key");
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   REQUIRE(store_info(c.get(), &big_id, &info) == STORE_OK);
   CHECK(info.importance == 4);
   CHECK(ReadObject(c.get(), Key("small key")) == small);
@@ -370,7 +370,7 @@ TEST_CASE("store evict spills and prints the bytes freed; without a spill dir it
   INFO(Describe(r));
   REQUIRE(r.Exited(0));
   CHECK(std::stoull(r.out) >= (2u << 20));
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   REQUIRE(store_info(c.get(), &id, &info) == STORE_OK);
   CHECK(info.state == STORE_STATE_SPILLED);
   // Read back through the command, from disk.

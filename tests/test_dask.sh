@@ -15,7 +15,7 @@ if ! "$py" -c 'import distributed, dask.array, numpy' 2>/dev/null; then
 fi
 STORE_BIN=${STORE_BIN:-$build/tools/store}
 export STORE_BIN=$(realpath "$STORE_BIN")
-export STORECLIENT_LIB=$build/capi/libstoreclient.so.1
+export STORECLIENT_LIB=$build/capi/libstoreclient.so.2
 export PYTHONPYCACHEPREFIX=$(mktemp -d /tmp/store-pycache-XXXXXX)
 # Dask's workers keep their scratch space here; removed with everything else at the end.
 work=$(mktemp -d /tmp/store-dask-test-XXXXXX)

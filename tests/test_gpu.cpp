@@ -102,7 +102,7 @@ store_gpu_device_stats Gpu0(store_client* c) {
   store_gpu_device_stats* v = nullptr;
   size_t n = 0;
   int backend = -1;
-  REQUIRE(store_gpu_stats(c, &v, &n, &backend) == STORE_OK);
+  REQUIRE(store_gpu_stats(c, &v, sizeof *v, &n, &backend) == STORE_OK);
   CHECK(backend == kBackend);
   REQUIRE(n == 1);
   store_gpu_device_stats s = v[0];
@@ -112,7 +112,7 @@ store_gpu_device_stats Gpu0(store_client* c) {
 }
 
 store_object_info Info(store_client* c, const store_object_id& id) {
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   REQUIRE(store_info(c, &id, &info) == STORE_OK);
   return info;
 }
@@ -361,7 +361,7 @@ TEST_CASE("a client killed while holding a GPU reader releases it") {
   CHECK(WIFSIGNALED(st));
   CHECK(test::WaitFor([&] { return Gpu0(c.get()).object_count == 0; }));
   CHECK(Gpu0(c.get()).used_bytes == 0);
-  store_stats s{};
+  store_stats s = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c.get(), &s) == STORE_OK);
   CHECK(s.object_count == 0);
   CHECK(s.client_count == 1);
@@ -450,7 +450,7 @@ TEST_CASE("a full device: creates fail at once, time out, or wait for a delete")
     if (waited == STORE_OK) waited = store_writer_seal(w2);
   });
   CHECK(test::WaitFor([&] {
-    store_stats s{};
+    store_stats s = STORE_STATS_INIT;
     return store_stats_get(c.get(), &s) == STORE_OK && s.waiting_creates == 1;
   }));
   REQUIRE(store_delete(c.get(), &a) == STORE_OK);
@@ -624,11 +624,11 @@ TEST_CASE("without --gpu-memory, GPU creates get STORE_ENOTSUP saying how to ena
   store_gpu_device_stats* v = reinterpret_cast<store_gpu_device_stats*>(1);
   size_t n = 7;
   int backend = -1;
-  REQUIRE(store_gpu_stats(c.get(), &v, &n, &backend) == STORE_OK);
+  REQUIRE(store_gpu_stats(c.get(), &v, sizeof *v, &n, &backend) == STORE_OK);
   CHECK(v == nullptr);
   CHECK(n == 0);
   CHECK(backend == STORE_GPU_BACKEND_NONE);
-  store_stats s{};
+  store_stats s = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c.get(), &s) == STORE_OK);
   CHECK(s.object_count == 0);
 }
@@ -640,7 +640,7 @@ TEST_CASE("--gpu-memory on a machine without a usable GPU: one log line, ENOTSUP
   store_gpu_device_stats* v = nullptr;
   size_t n = 0;
   int backend = -1;
-  REQUIRE(store_gpu_stats(c.get(), &v, &n, &backend) == STORE_OK);
+  REQUIRE(store_gpu_stats(c.get(), &v, sizeof *v, &n, &backend) == STORE_OK);
   store_free(v);
   if (backend == STORE_GPU_BACKEND_CUDA) {
     MESSAGE("this machine has a usable GPU: the cuda suite covers it");

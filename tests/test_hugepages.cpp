@@ -103,7 +103,7 @@ bool StartedOnHugePages(const TestStore& s) {
 }
 
 store_stats Stats(store_client* c) {
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c, &st) == STORE_OK);
   return st;
 }

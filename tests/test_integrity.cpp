@@ -56,7 +56,7 @@ std::vector<int> CrashDelaysMs() {
 }
 
 bool Present(store_client* c, const Obj& o) {
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   int rc = store_info(c, &o.id, &info);
   REQUIRE((rc == STORE_OK || rc == STORE_ENOTFOUND));
   return rc == STORE_OK;
@@ -689,7 +689,7 @@ TEST_CASE("store_list of more objects than a page, while others come and go: eac
   for (int round = 0; round < 3; round++) {
     store_object_info* out = nullptr;
     size_t count = 0;
-    REQUIRE(store_list(c.get(), &out, &count) == STORE_OK);
+    REQUIRE(store_list(c.get(), &out, sizeof *out, &count) == STORE_OK);
     std::vector<int> seen(kStable, 0);
     std::unordered_map<std::string, int> all;
     for (size_t i = 0; i < count; i++) {
@@ -841,11 +841,13 @@ namespace {
         lo.sort = static_cast<uint32_t>(next() % 6);
         store_object_info* out = nullptr;
         size_t count = 0;
-        if (store_list_page(c, &lo, &out, &count, nullptr) == STORE_OK) store_free(out);
+        if (store_list_page(c, &lo, &out, sizeof *out, &count, nullptr) == STORE_OK) {
+          store_free(out);
+        }
         break;
       }
       default: {
-        store_stats st{};
+        store_stats st = STORE_STATS_INIT;
         store_stats_get(c, &st);
         break;
       }
@@ -950,7 +952,7 @@ TEST_CASE("chaos: clients doing random operations, killed at random moments, nev
   // What the chaos clients sealed stays (sealed objects outlive their creator): delete it.
   store_object_info* all = nullptr;
   size_t count = 0;
-  REQUIRE(store_list(witness.get(), &all, &count) == STORE_OK);
+  REQUIRE(store_list(witness.get(), &all, sizeof *all, &count) == STORE_OK);
   std::vector<store_object_id> theirs;
   for (size_t i = 0; i < count; i++) {
     bool ours = false;
@@ -1027,7 +1029,7 @@ TEST_CASE("store_list of 12 million objects (long runs only): every one, and the
   store_object_info* out = nullptr;
   size_t count = 0;
   auto t0 = Clock::now();
-  int rc = store_list(c.get(), &out, &count);
+  int rc = store_list(c.get(), &out, sizeof *out, &count);
   INFO(store_last_error_message());
   REQUIRE(rc == STORE_OK);
   MESSAGE("listed ", count, " objects in ", MsSince(t0), " ms");

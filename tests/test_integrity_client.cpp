@@ -158,13 +158,13 @@ bool Inert(int rc) {
 }
 
 store_stats Stats(store_client* c) {
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c, &st) == STORE_OK);
   return st;
 }
 
 uint32_t ReaderCount(store_client* c, const store_object_id& id) {
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   REQUIRE(store_info(c, &id, &info) == STORE_OK);
   return info.reader_count;
 }
@@ -194,7 +194,7 @@ void ParentSessionIsWhole(store_client* c, const store_object_id& id, const std:
   CHECK(store_delete(c, &more) == STORE_OK);
   store_client_info* list = nullptr;
   size_t n = 0;
-  REQUIRE(store_list_clients(c, &list, &n) == STORE_OK);
+  REQUIRE(store_list_clients(c, &list, sizeof *list, &n) == STORE_OK);
   CHECK(n == 1);
   CHECK((n == 1 && list[0].is_self == 1 && list[0].readers_held == 1));
   store_free(list);
@@ -255,17 +255,17 @@ TEST_CASE("fork: an inherited client is inert in the child, and the parent's ses
     CHILD_EXPECT(Inert(store_open_readers(c, many, &id, 1, 0)));
     store_writer* w = nullptr;
     CHILD_EXPECT(Inert(store_create(c, &w, &other, 10, nullptr)));
-    store_stats st{};
+    store_stats st = STORE_STATS_INIT;
     CHILD_EXPECT(Inert(store_stats_get(c, &st)));
     int present = 1;
     CHILD_EXPECT(Inert(store_contains(c, &id, &present)));
-    store_object_info info{};
+    store_object_info info = STORE_OBJECT_INFO_INIT;
     CHILD_EXPECT(Inert(store_info(c, &id, &info)));
     store_object_info* list = nullptr;
     size_t count = 0;
-    CHILD_EXPECT(Inert(store_list(c, &list, &count)));
+    CHILD_EXPECT(Inert(store_list(c, &list, sizeof *list, &count)));
     store_client_info* clients = nullptr;
-    CHILD_EXPECT(Inert(store_list_clients(c, &clients, &count)));
+    CHILD_EXPECT(Inert(store_list_clients(c, &clients, sizeof *clients, &count)));
     CHILD_EXPECT(Inert(store_pin(c, &id)));
     CHILD_EXPECT(Inert(store_delete(c, &id)));
     CHILD_EXPECT(Inert(store_set_importance(c, &id, 5)));
@@ -381,7 +381,7 @@ TEST_CASE("fork: a child forked while other threads wait in calls frees the clie
   REQUIRE(test::WaitFor([&] { return Stats(observer.get()).waiting_gets == 2; }));
 
   const int status = RunChild([&] {
-    store_stats st{};
+    store_stats st = STORE_STATS_INIT;
     CHILD_EXPECT(Inert(store_stats_get(c, &st)));
     store_reader_close(r);
     store_client_free(c);
@@ -625,7 +625,7 @@ int OomAfterFirstBatch(const std::string& socket) {
         CHILD_EXPECT(std::memcmp(store_reader_data(r), bytes.data(), kObject) == 0);
         store_reader_close(r);
       }
-      store_stats st{};
+      store_stats st = STORE_STATS_INIT;
       CHILD_EXPECT(store_stats_get(c, &st) == STORE_OK);
       CHILD_EXPECT(st.client_count == 1);
       const store_object_id extra = IdOf("integrity-oom-extra");
@@ -703,7 +703,7 @@ void SweepAllocationFailures(const std::string& socket, const char* what, Call c
     CHILD_EXPECT(store_client_connect(&c, socket.c_str(), nullptr) == STORE_OK);
     if (!c) return;
     int broken = 0, points = 0;
-    store_stats baseline{};
+    store_stats baseline = STORE_STATS_INIT;
     CHILD_EXPECT(store_stats_get(c, &baseline) == STORE_OK);
     for (bool after : {false, true}) {
       for (long k = 0;; k++) {
@@ -718,7 +718,7 @@ void SweepAllocationFailures(const std::string& socket, const char* what, Call c
           std::fprintf(stderr, "%s: allocation %ld failed, yet the call succeeded\n", what, k);
           g_child_failures++;
         }
-        store_stats st{};
+        store_stats st = STORE_STATS_INIT;
         const int src = store_stats_get(c, &st);
         if (src == STORE_ECONN && Contains(store_last_error_message(), "out of memory")) {
           // Received bytes were lost: the connection is closed, and says why.
@@ -813,7 +813,7 @@ TEST_CASE("allocation failures at every point of put_many leave no dangling repl
         CHILD_EXPECT(ReadAll(c, probe) == "probe");
         CHILD_EXPECT(store_delete(c, &probe) == STORE_OK);
         CHILD_EXPECT(test::WaitFor([&] {
-          store_object_info info{};
+          store_object_info info = STORE_OBJECT_INFO_INIT;
           return store_info(c, &dup, &info) == STORE_OK && info.reader_count == 0;
         }));
       });
@@ -844,7 +844,7 @@ TEST_CASE("allocation failures at every point of gets and lists leave no reader 
         alloc_fault::Arm(k, after);
         int rc = store_open_reader(c, &one, &ids[7], 0);
         if (rc == STORE_OK) rc = store_open_readers(c, readers.data(), ids.data(), kCount, 0);
-        if (rc == STORE_OK) rc = store_list(c, &list, &count);
+        if (rc == STORE_OK) rc = store_list(c, &list, sizeof *list, &count);
         alloc_fault::Disarm();
         if (one) {
           CHILD_EXPECT(store_reader_size(one) == 8);
@@ -866,7 +866,7 @@ TEST_CASE("allocation failures at every point of gets and lists leave no reader 
       [&](store_client* c, long, int) {
         // Every reader the store handed out is released again.
         CHILD_EXPECT(test::WaitFor([&] {
-          store_stats st{};
+          store_stats st = STORE_STATS_INIT;
           return store_stats_get(c, &st) == STORE_OK && st.open_count == 0;
         }));
       });

@@ -199,7 +199,7 @@ TEST_CASE("a write through a reader's pointer faults in the writer and changes n
       raise(SIGKILL);
     });
     CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
-    store_object_info info{};
+    store_object_info info = STORE_OBJECT_INFO_INIT;
     CHECK(store_info(c.get(), &id, &info) == STORE_ENOTFOUND);
   }
   // The owner's objects are exactly as written, for every client.
@@ -208,11 +208,11 @@ TEST_CASE("a write through a reader's pointer faults in the writer and changes n
   ClientPtr other = test::Connect(s.socket(), "other");
   CHECK(Intact(other.get(), small, sdata));
   CHECK(Intact(other.get(), large, ldata));
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c.get(), &st) == STORE_OK);
   CHECK(st.object_count == 2);
   CHECK(test::WaitFor([&] {
-    store_stats now{};
+    store_stats now = STORE_STATS_INIT;
     return store_stats_get(c.get(), &now) == STORE_OK && now.client_count == 2 &&
            now.open_count == 0;
   }));
@@ -260,10 +260,10 @@ TEST_CASE("a read-only client reads as any other; its changes get STORE_EPERM an
   CHECK(present == 1);
   store_object_info* list = nullptr;
   size_t count = 0;
-  REQUIRE(store_list(ro.get(), &list, &count) == STORE_OK);
+  REQUIRE(store_list(ro.get(), &list, sizeof *list, &count) == STORE_OK);
   CHECK(count == 1);
   store_free(list);
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   CHECK(store_stats_get(ro.get(), &st) == STORE_OK);
   CHECK(store_prefetch(ro.get(), &id, 1) == STORE_OK);
 
@@ -287,7 +287,7 @@ TEST_CASE("a read-only client reads as any other; its changes get STORE_EPERM an
   refused(store_set_importance(ro.get(), &id, 3));
   refused(store_evict(ro.get(), 1, nullptr));
   CHECK(Intact(owner.get(), id, data));
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(owner.get(), &mine, &info) == STORE_ENOTFOUND);
 
   // Its mapping of the store's memory was made from a read-only descriptor: not even an
@@ -351,7 +351,7 @@ TEST_CASE("with the write window a writer writes its own object's pages only, an
       CHECK(KilledBySegv(status));
       done(size, mdata);
       CHECK(Intact(owner.get(), victim, vdata));
-      store_object_info info{};
+      store_object_info info = STORE_OBJECT_INFO_INIT;
       if (store_info(owner.get(), &mine, &info) == STORE_OK) {
         REQUIRE(store_delete(owner.get(), &mine) == STORE_OK);
       }
@@ -360,7 +360,7 @@ TEST_CASE("with the write window a writer writes its own object's pages only, an
   };
   auto aborted = [&](size_t, const std::vector<uint8_t>&) {
     // The writer was aborted, or its process died or let go of its client with it open.
-    store_object_info info{};
+    store_object_info info = STORE_OBJECT_INFO_INIT;
     CHECK(test::WaitFor([&] { return store_info(owner.get(), &mine, &info) == STORE_ENOTFOUND; }));
   };
 
@@ -403,7 +403,7 @@ TEST_CASE("with the write window a writer writes its own object's pages only, an
         aborted);
   }
   CHECK(test::WaitFor([&] {
-    store_stats now{};
+    store_stats now = STORE_STATS_INIT;
     return store_stats_get(owner.get(), &now) == STORE_OK && now.object_count == 0 &&
            now.client_count == 1;
   }));

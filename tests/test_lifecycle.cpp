@@ -65,7 +65,7 @@ bool SameBytes(const void* p, const std::vector<uint8_t>& want) {
 }
 
 store_stats Stats(store_client* c) {
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   int rc = store_stats_get(c, &st);
   const std::string err = store_last_error_message();
   INFO(err);
@@ -74,7 +74,7 @@ store_stats Stats(store_client* c) {
 }
 
 store_object_info Info(store_client* c, const store_object_id& id) {
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   int rc = store_info(c, &id, &info);
   const std::string err = store_last_error_message();
   INFO(err);
@@ -656,7 +656,7 @@ TEST_CASE("the server goes away: every call gives STORE_ECONN at once") {
   filler.reset();
 
   auto t0 = Clock::now();
-  store_stats stats{};
+  store_stats stats = STORE_STATS_INIT;
   CHECK(store_stats_get(c.get(), &stats) == STORE_ECONN);
   CHECK(std::strlen(store_last_error_message()) > 0);
   CHECK(store_put(c.get(), &id, data.data(), data.size(), nullptr) == STORE_ECONN);
@@ -675,11 +675,11 @@ TEST_CASE("the server goes away: every call gives STORE_ECONN at once") {
   int present = -1;
   CHECK(store_contains(c.get(), &id, &present) == STORE_ECONN);
   CHECK(store_delete(c.get(), &id) == STORE_ECONN);
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &id, &info) == STORE_ECONN);
   store_object_info* list = nullptr;
   size_t count = 0;
-  CHECK(store_list(c.get(), &list, &count) == STORE_ECONN);
+  CHECK(store_list(c.get(), &list, sizeof *list, &count) == STORE_ECONN);
   CHECK(list == nullptr);
   CHECK(store_pin(c.get(), &id) == STORE_ECONN);
   CHECK(store_unpin(c.get(), &id) == STORE_ECONN);
@@ -773,7 +773,7 @@ TEST_CASE("store_client_free with a reader and writers still open") {
   CHECK(st.object_count == 1);
   CHECK(st.used_bytes == used_alone);
   CHECK(Contains(observer.get(), wid) == 0);
-  store_object_info info{};
+  store_object_info info = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(observer.get(), &wid, &info) == STORE_ENOTFOUND);
 
   // The handles of the freed client: every call but closing gives STORE_ECONN.
@@ -843,7 +843,7 @@ TEST_CASE("client_count follows clients connecting, freeing and dying") {
     close(q.fds[0]);
     store_client* cc = ChildConnect(sock, "exits");
     if (!cc) return 2;
-    store_stats st{};
+    store_stats st = STORE_STATS_INIT;
     int rc = store_stats_get(cc, &st);
     store_client_free(cc);
     return rc == STORE_OK && st.client_count == 2 ? 0 : 3;

@@ -33,7 +33,7 @@ store_client* Connect(const test::TestStore& s, const char* name) {
 }
 
 store_stats Stats(store_client* c) {
-  store_stats st;
+  store_stats st = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c, &st) == STORE_OK);
   return st;
 }
@@ -112,7 +112,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
   // Clients.
   store_client_info* cl = nullptr;
   size_t ncl = 0;
-  REQUIRE(store_list_clients(b, &cl, &ncl) == STORE_OK);
+  REQUIRE(store_list_clients(b, &cl, sizeof *cl, &ncl) == STORE_OK);
   REQUIRE(ncl == 2);
   const store_client_info* ia = std::strcmp(cl[0].name, "writer-a") == 0 ? &cl[0] : &cl[1];
   const store_client_info* ib = ia == &cl[0] ? &cl[1] : &cl[0];
@@ -141,7 +141,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
   store_object_info* page = nullptr;
   size_t n = 0;
   uint64_t total = 0;
-  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_OK);
   CHECK(total == 11);
   REQUIRE(n == 3);
   CHECK(page[0].data_size == 100 * 1024);
@@ -151,7 +151,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
   store_free(page);
   // The next page continues where it stopped.
   lo.offset = 3;
-  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_OK);
   REQUIRE(n == 3);
   CHECK(page[0].data_size == 8 * 1024);
   store_free(page);
@@ -163,12 +163,12 @@ TEST_CASE("stats, clients and pages match a known workload") {
     all.limit = 100;
     store_object_info* whole = nullptr;
     size_t nw = 0;
-    REQUIRE(store_list_page(b, &all, &whole, &nw, &total) == STORE_OK);
+    REQUIRE(store_list_page(b, &all, &whole, sizeof *whole, &nw, &total) == STORE_OK);
     REQUIRE(nw == 11);
     for (uint64_t off : {6u, 8u, 9u, 10u}) {
       all.offset = off;
       all.limit = 3;
-      REQUIRE(store_list_page(b, &all, &page, &n, &total) == STORE_OK);
+      REQUIRE(store_list_page(b, &all, &page, sizeof *page, &n, &total) == STORE_OK);
       CHECK(n == std::min<size_t>(3, 11 - off));
       for (size_t i = 0; i < n; i++) {
         CHECK(std::memcmp(page[i].id.bytes, whole[off + i].id.bytes, 20) == 0);
@@ -176,7 +176,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
       store_free(page);
     }
     all.offset = 11;
-    REQUIRE(store_list_page(b, &all, &page, &n, &total) == STORE_OK);
+    REQUIRE(store_list_page(b, &all, &page, sizeof *page, &n, &total) == STORE_OK);
     CHECK(n == 0);
     CHECK(total == 11);
     store_free(whole);
@@ -185,7 +185,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
   lo = STORE_LIST_OPTIONS_INIT;
   lo.sort = STORE_SORT_IMPORTANCE;
   lo.limit = 2;
-  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_OK);
   REQUIRE(n == 2);
   CHECK(page[0].importance == 0);  // the unsealed writer has importance 0 too; ties by id
   store_free(page);
@@ -193,7 +193,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
   std::string hex2 = Hex(id2);
   lo = STORE_LIST_OPTIONS_INIT;
   lo.id_prefix = hex2.c_str();
-  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_OK);
   REQUIRE(n == 1);
   CHECK(total == 1);
   CHECK(std::memcmp(page[0].id.bytes, id2.bytes, 20) == 0);
@@ -203,7 +203,7 @@ TEST_CASE("stats, clients and pages match a known workload") {
   std::string p1 = hex2.substr(0, 1);
   lo.id_prefix = p1.c_str();
   lo.limit = 100;
-  REQUIRE(store_list_page(b, &lo, &page, &n, &total) == STORE_OK);
+  REQUIRE(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_OK);
   size_t expect = 0;
   for (int i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100}) expect += Hex(Id(i))[0] == p1[0];
   CHECK(n == expect);
@@ -211,13 +211,13 @@ TEST_CASE("stats, clients and pages match a known workload") {
   store_free(page);
   // Bad options.
   lo.id_prefix = "xyz";
-  CHECK(store_list_page(b, &lo, &page, &n, &total) == STORE_EINVAL);
+  CHECK(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_EINVAL);
   lo = STORE_LIST_OPTIONS_INIT;
   lo.limit = STORE_MAX_PAGE_OBJECTS + 1;
-  CHECK(store_list_page(b, &lo, &page, &n, &total) == STORE_EINVAL);
+  CHECK(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_EINVAL);
   lo = STORE_LIST_OPTIONS_INIT;
   lo.sort = 99;
-  CHECK(store_list_page(b, &lo, &page, &n, &total) == STORE_EINVAL);
+  CHECK(store_list_page(b, &lo, &page, sizeof *page, &n, &total) == STORE_EINVAL);
 
   // Undo everything: figures return to zero.
   store_readers_close(&r1, 1);
@@ -325,7 +325,7 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
     CHECK(spilled >= 8 * data.size());
     store_spill_file_info* files = nullptr;
     size_t n = 0;
-    REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
+    REQUIRE(store_list_spill_files(c, &files, sizeof *files, &n) == STORE_OK);
     store_stats st = Stats(c);
     REQUIRE(n == st.spill_files);
     REQUIRE(n >= 1);
@@ -346,7 +346,7 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
     store_object_id id0 = Id(3000);
     REQUIRE(store_spill_url(c, &id0, url, sizeof url) == STORE_OK);
     REQUIRE(store_delete(c, &id0) == STORE_OK);
-    REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
+    REQUIRE(store_list_spill_files(c, &files, sizeof *files, &n) == STORE_OK);
     uint64_t dead = 0;
     for (size_t i = 0; i < n; i++) dead += files[i].dead_bytes;
     store_free(files);
@@ -359,7 +359,7 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
       store_object_id id = Id(3000 + i);
       REQUIRE(store_delete(c, &id) == STORE_OK);
     }
-    REQUIRE(store_list_spill_files(c, &files, &n) == STORE_OK);
+    REQUIRE(store_list_spill_files(c, &files, sizeof *files, &n) == STORE_OK);
     CHECK(n == 0);
     CHECK(files == nullptr);
     // The file is unlinked off the event loop: wait for it.
@@ -401,7 +401,7 @@ TEST_CASE("objects of one size are paged in the byte order of their ids") {
     lo.limit = 1000;
     store_object_info* page = nullptr;
     size_t n = 0;
-    REQUIRE(store_list_page(c, &lo, &page, &n, nullptr) == STORE_OK);
+    REQUIRE(store_list_page(c, &lo, &page, sizeof *page, &n, nullptr) == STORE_OK);
     REQUIRE(n == ids.size());
     std::vector<store_object_info> got(page, page + n);
     if (descending) std::reverse(got.begin(), got.end());

@@ -11,7 +11,7 @@ py=${3:-python3}
 command -v "$py" >/dev/null || { echo "$py is not installed: Python tests skipped"; exit 77; }
 STORE_BIN=${STORE_BIN:-$build/tools/store}
 export STORE_BIN=$(realpath "$STORE_BIN")
-export STORECLIENT_LIB=$build/capi/libstoreclient.so.1
+export STORECLIENT_LIB=$build/capi/libstoreclient.so.2
 export STORE_ID_VECTORS=$src/tests/id_vectors.txt
 # Bytecode goes to a temporary directory, not into the source tree.
 export PYTHONPYCACHEPREFIX=$(mktemp -d /tmp/store-pycache-XXXXXX)

@@ -45,18 +45,18 @@ site=$(dirname "$(find "$tmp/pip" -path '*/storeclient/__init__.py' | head -n 1)
 site=$(dirname "$site")
 echo "pip installed the package into $site"
 if ! env -u LD_LIBRARY_PATH "$py" -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("storeclient") else 1)' &&
-   ! ls /usr/local/lib/*/libstoreclient.so.1 /usr/local/lib/libstoreclient.so.1 \
-        /usr/lib/*/libstoreclient.so.1 >/dev/null 2>&1; then
+   ! ls /usr/local/lib/*/libstoreclient.so.2 /usr/local/lib/libstoreclient.so.2 \
+        /usr/lib/*/libstoreclient.so.2 >/dev/null 2>&1; then
   # No library anywhere: the import must fail and say what to set.
   if err=$(cd "$tmp" && env -u STORECLIENT_LIB -u LD_LIBRARY_PATH PYTHONPATH="$site" \
              "$py" -c 'import storeclient' 2>&1); then
     echo "the import succeeded without a library"; exit 1
   fi
-  echo "$err" | grep -q "ImportError: storeclient: libstoreclient (libstoreclient.so.1) was not found. Set STORECLIENT_LIB" ||
+  echo "$err" | grep -q "ImportError: storeclient: libstoreclient (libstoreclient.so.2) was not found. Set STORECLIENT_LIB" ||
     { echo "unclear failure without the library:"; echo "$err"; exit 1; }
   echo "without the library the import says: $(echo "$err" | tail -n 1 | cut -c1-120)..."
 fi
-(cd "$tmp" && STORECLIENT_LIB=$build/capi/libstoreclient.so.1 PYTHONPATH="$site" \
+(cd "$tmp" && STORECLIENT_LIB=$build/capi/libstoreclient.so.2 PYTHONPATH="$site" \
    "$py" "$tmp/roundtrip.py" "$site")
 
 # 2. meson install into a staging root: found through the recorded library directory.

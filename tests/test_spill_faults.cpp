@@ -56,7 +56,7 @@ class InProcessStore {
     // One round trip: the loop is running, so Stop() can reach it.
     store_client* c = nullptr;
     REQUIRE(store_client_connect(&c, socket_.c_str(), nullptr) == STORE_OK);
-    store_stats st{};
+    store_stats st = STORE_STATS_INIT;
     int rc = store_stats_get(c, &st);
     store_client_free(c);
     REQUIRE(rc == STORE_OK);
@@ -169,7 +169,7 @@ TEST_CASE("a full disk: spills fail, nothing is lost, creates that need a spill 
   st = Stats(c.get());
   CHECK(st.waiting_creates == 0);
   CHECK(st.object_count == objs.size());
-  store_object_info none{};
+  store_object_info none = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &big.id, &none) == STORE_ENOTFOUND);
   // After the backoff the spiller tries again, fails again, and so does the create.
   const uint64_t failures = Stats(c.get()).total_spill_failures;
@@ -387,7 +387,7 @@ TEST_CASE("a tombstone that cannot be written: the delete says it is not durable
   CHECK(err.find("--recover") != std::string::npos);
   CHECK(err.find("DELETED") != std::string::npos);
   // Deleted all the same: gone from view.
-  store_object_info none{};
+  store_object_info none = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &objs[0].id, &none) == STORE_ENOTFOUND);
   // A delete of many ids: the ones that needed the log say so, the missing one is ENOTFOUND.
   store_object_id ids[2] = {objs[1].id, objs[0].id};

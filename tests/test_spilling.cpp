@@ -164,7 +164,7 @@ TEST_CASE("eviction order: low importance first, never pinned or open objects; s
   // store_list shows the spilled objects too.
   store_object_info* list = nullptr;
   size_t count = 0;
-  REQUIRE(store_list(c.get(), &list, &count) == STORE_OK);
+  REQUIRE(store_list(c.get(), &list, sizeof *list, &count) == STORE_OK);
   CHECK(count == 22);
   size_t listed_spilled = 0;
   for (size_t k = 0; k < count; k++) {
@@ -683,7 +683,7 @@ TEST_CASE("a corrupted spill file: STORE_ECORRUPT for that object, never wrong b
   // A corrupt object can still be deleted.
   Delete(c.get(), bad);
   CHECK(store_info(c.get(), &bad.id, nullptr) == STORE_EINVAL);
-  store_object_info gone{};
+  store_object_info gone = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &bad.id, &gone) == STORE_ENOTFOUND);
   CHECK(ExitedZero(s.Stop()));
 }
@@ -808,7 +808,7 @@ TEST_CASE("an object deleted while it is being spilled leaves no file and no mem
     // *spilled is in bytes: the object's memory counts whole or not at all.
     INFO("spilled ", spilled);
     CHECK((spilled == 0 || spilled >= x.size));
-    store_object_info none{};
+    store_object_info none = STORE_OBJECT_INFO_INIT;
     CHECK(store_info(c.get(), &x.id, &none) == STORE_ENOTFOUND);
     CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
     store_stats st = Stats(c.get());
@@ -838,7 +838,7 @@ TEST_CASE("a store stopped while a spill is being written exits cleanly") {
   INFO("wait status ", status, ", evict ", evict_rc);
   CHECK(ExitedZero(status));
   CHECK((evict_rc == STORE_OK || evict_rc == STORE_ECONN));
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   CHECK(store_stats_get(c.get(), &st) == STORE_ECONN);
 }
 
@@ -924,7 +924,7 @@ TEST_CASE("a create that needs spilling when everything else is pinned waits for
   st = Stats(c.get());
   CHECK(st.waiting_creates == 0);
   CHECK(st.total_spilled_objects == 0);
-  store_object_info none{};
+  store_object_info none = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &big.id, &none) == STORE_ENOTFOUND);
   // Nothing can be evicted either.
   CHECK(Evict(c.get(), kAll) == 0);
@@ -1018,7 +1018,7 @@ TEST_CASE("--recover after a crash serves every object that was spilled") {
   for (const Obj& o : back) {
     CHECK(Info(c.get(), o).level == (STORE_LEVEL_MEMORY | STORE_LEVEL_DISK));
   }
-  store_object_info none{};
+  store_object_info none = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &memory_only[0].id, &none) == STORE_ENOTFOUND);
   st = Stats(c.get());
   CHECK(st.total_restored_objects == 13);
@@ -1158,7 +1158,7 @@ TEST_CASE("without --recover, a store removes the spill directory of a dead stor
   CHECK(SpillFiles(dir).empty());
   std::vector<std::string> inst = InstanceDirs(dir);
   CHECK(inst.size() == 1);
-  store_object_info none{};
+  store_object_info none = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(c.get(), &x.id, &none) == STORE_ENOTFOUND);
   store_reader* r = nullptr;
   CHECK(store_open_reader(c.get(), &r, &x.id, 0) == STORE_ENOTFOUND);
@@ -1344,7 +1344,7 @@ TEST_CASE("two live stores on one spill directory leave each other's files alone
   ClientPtr cb = Connect(b.socket());
   CHECK(InstanceDirs(dir).size() == 2);
   CHECK(fs::exists(path));
-  store_object_info none{};
+  store_object_info none = STORE_OBJECT_INFO_INIT;
   CHECK(store_info(cb.get(), &x.id, &none) == STORE_ENOTFOUND);
   CHECK(Stats(cb.get()).spill_files == 0);
   const Obj y = MakeObj("shared-dir-y", 1501, 2 * kMiB);
@@ -1429,7 +1429,7 @@ TEST_CASE("--recover does not bring back deleted objects, and serves the newest 
     INFO("k = ", k);
     ReadBack(c.get(), keep[k]);
     ReadBack(c.get(), fresh[k]);
-    store_object_info none{};
+    store_object_info none = STORE_OBJECT_INFO_INIT;
     CHECK(store_info(c.get(), &gone[k].id, &none) == STORE_ENOTFOUND);
   }
   CHECK(Stats(c.get()).object_count == 2 * kPairs);

@@ -389,7 +389,7 @@ struct Workload {
 };
 
 void CheckServerAgrees(const Workload& w) {
-  store_stats s{};
+  store_stats s = STORE_STATS_INIT;
   REQUIRE(store_stats_get(w.owner.get(), &s) == STORE_OK);
   CHECK(s.capacity_bytes == Workload::kCapacity);
   CHECK(s.used_bytes == Workload::kUsedBytes);
@@ -662,7 +662,7 @@ TEST_CASE("store-top shows spilled objects") {
   INFO(store_last_error_message());
   REQUIRE(rc == STORE_OK);
   REQUIRE(spilled >= 3 * kSize);
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   REQUIRE(store_stats_get(c.get(), &st) == STORE_OK);
   REQUIRE(st.spilled_count >= 3);
   REQUIRE(st.spill_files >= 1);

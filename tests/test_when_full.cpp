@@ -300,7 +300,7 @@ TEST_CASE("drop: open, pinned, leased and unsealed objects stay; with only those
   {
     store_object_info* list = nullptr;
     size_t n = 0;
-    REQUIRE(store_list(c.get(), &list, &n) == STORE_OK);
+    REQUIRE(store_list(c.get(), &list, sizeof *list, &n) == STORE_OK);
     infos.assign(list, list + n);
     store_free(list);
   }

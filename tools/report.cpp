@@ -347,7 +347,7 @@ int Fetch(store_client* client, const PageRequest& page, bool with_clients, Snap
   store_gpu_device_stats* gpus = nullptr;
   size_t ngpus = 0;
   out->requests++;
-  rc = store_gpu_stats(client, &gpus, &ngpus, &out->gpu_backend);
+  rc = store_gpu_stats(client, &gpus, sizeof *gpus, &ngpus, &out->gpu_backend);
   if (rc != STORE_OK) return rc;
   out->gpus.assign(gpus, gpus + ngpus);
   store_free(gpus);
@@ -358,7 +358,7 @@ int Fetch(store_client* client, const PageRequest& page, bool with_clients, Snap
     store_client_info* list = nullptr;
     size_t n = 0;
     out->requests++;
-    rc = store_list_clients(client, &list, &n);
+    rc = store_list_clients(client, &list, sizeof *list, &n);
     if (rc != STORE_OK) return rc;
     out->clients.assign(list, list + n);
     store_free(list);
@@ -382,7 +382,7 @@ int Fetch(store_client* client, const PageRequest& page, bool with_clients, Snap
     size_t n = 0;
     uint64_t total = 0;
     out->requests++;
-    rc = store_list_page(client, &o, &objs, &n, &total);
+    rc = store_list_page(client, &o, &objs, sizeof *objs, &n, &total);
     if (rc != STORE_OK) return rc;
     out->objects.assign(objs, objs + n);
     store_free(objs);

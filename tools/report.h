@@ -37,7 +37,7 @@ struct PageRequest {
 };
 
 struct Snapshot {
-  store_stats stats{};
+  store_stats stats = STORE_STATS_INIT;
   bool has_clients = false;
   std::vector<store_client_info> clients;
   PageRequest page;

@@ -144,7 +144,7 @@ long DeleteAllOfRun(bool quiet) {
   if (!g_client) return -1;
   store_object_info* infos = nullptr;
   size_t count = 0;
-  int rc = store_list(g_client, &infos, &count);
+  int rc = store_list(g_client, &infos, sizeof *infos, &count);
   if (rc != STORE_OK) {
     if (!quiet) {
       fprintf(stderr, "store-bench: store_list failed: %s: %s\n", store_errstr(rc),
@@ -1576,7 +1576,7 @@ double ScratchResidentPercent(uint64_t bytes) {
 }
 
 store_stats Stats() {
-  store_stats s{};
+  store_stats s = STORE_STATS_INIT;
   Check(store_stats_get(g_client, &s), "store_stats_get");
   return s;
 }
@@ -1598,7 +1598,7 @@ void WaitSpillIdle() {
 void CountStates(const std::vector<store_object_id>& ids, size_t* in_memory, size_t* spilled) {
   *in_memory = *spilled = 0;
   for (const store_object_id& id : ids) {
-    store_object_info info{};
+    store_object_info info = STORE_OBJECT_INFO_INIT;
     Check(store_info(g_client, &id, &info), "store_info");
     if (info.state == STORE_STATE_SEALED) ++*in_memory;
     if (info.state == STORE_STATE_SPILLED) ++*spilled;
@@ -1989,7 +1989,7 @@ void SpillRestore(const store_stats& st) {
   munmap(rbuf, kSpillObject);
 
   // Spill files of deleted objects go with the last of them.
-  store_stats end{};
+  store_stats end = STORE_STATS_INIT;
   for (int k = 0; k < 100; k++) {
     end = Stats();
     if (end.spill_disk_bytes <= st.spill_disk_bytes) break;
@@ -2166,7 +2166,7 @@ void TableFigures() {
     AtSize a{};
     std::vector<double> ts, tp;
     for (int i = 0; i < 9; i++) {
-      store_stats x;
+      store_stats x = STORE_STATS_INIT;
       double t0 = Now();
       Check(store_stats_get(g_client, &x), "store_stats_get");
       ts.push_back((Now() - t0) * 1e3);
@@ -2177,7 +2177,7 @@ void TableFigures() {
       store_object_info* page = nullptr;
       size_t n = 0;
       t0 = Now();
-      Check(store_list_page(g_client, &lo, &page, &n, nullptr), "store_list_page");
+      Check(store_list_page(g_client, &lo, &page, sizeof *page, &n, nullptr), "store_list_page");
       tp.push_back((Now() - t0) * 1e3);
       store_free(page);
     }
@@ -2502,7 +2502,7 @@ int main(int argc, char** argv) {
   Check(store_client_connect(&client, g_set.socket, &copts), "store_client_connect");
   g_client = client;
 
-  store_stats st{};
+  store_stats st = STORE_STATS_INIT;
   Check(store_stats_get(g_client, &st), "store_stats_get");
   uint64_t creates_before = st.total_creates;
   if (Wanted("large_put")) PrepareIdleMemory(3);
@@ -2547,7 +2547,7 @@ int main(int argc, char** argv) {
   if (Wanted("batch_put")) small_fits ? BatchPut() : SkipSmall("batch_put");
   if (Wanted("clients8")) small_fits ? ManyClients() : SkipSmall("clients8");
   if (Wanted("large_put") || Wanted("large_put_window") || Wanted("large_get")) {
-    store_stats now{};
+    store_stats now = STORE_STATS_INIT;
     Check(store_stats_get(g_client, &now), "store_stats_get");
     uint8_t* src = TouchedBuffer(kLargeSize, 0);
     FillPattern(src, kLargeSize);

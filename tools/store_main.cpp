@@ -271,7 +271,7 @@ int LsCommand(const CommandLine& c) {
     lo.limit = static_cast<uint32_t>(std::min<uint64_t>(limit - all.size(), page_size));
     store_object_info* page = nullptr;
     size_t count = 0;
-    rc = store_list_page(client, &lo, &page, &count, &total);
+    rc = store_list_page(client, &lo, &page, sizeof *page, &count, &total);
     if (rc != STORE_OK) break;
     all.insert(all.end(), page, page + count);
     store_free(page);

@@ -289,7 +289,7 @@ class Top {
 
   // Rates: the stats they are measured from and store-top's own requests since then.
   bool base_valid_ = false;
-  store_stats base_{};
+  store_stats base_ = STORE_STATS_INIT;
   int own_since_base_ = 0;
   Rates rates_;
   std::array<Bucket, kHistorySeconds> history_{};

@@ -2,7 +2,7 @@
 another's result reads it from there.
 
     build/tools/store --socket /tmp/store.sock --memory 2G --spill-dir /tmp/store-spill &
-    STORECLIENT_LIB=build/capi/libstoreclient.so.1 python3 capi/python/examples/dask_local.py /tmp/store.sock
+    STORECLIENT_LIB=build/capi/libstoreclient.so.2 python3 capi/python/examples/dask_local.py /tmp/store.sock
 """
 
 import os

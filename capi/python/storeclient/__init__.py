@@ -287,7 +287,8 @@ class ObjectInfo:
 
 
 def _struct_dict(s):
-    return {name: getattr(s, name) for name, _ in s._fields_ if name != "reserved_"}
+    return {name: getattr(s, name) for name, _ in s._fields_
+            if name not in ("struct_size", "pad_", "reserved_")}
 
 
 def _create_options(metadata, importance, timeout_ms, device=-1, leased=False):
@@ -1013,7 +1014,8 @@ class Client:
         count = ctypes.c_size_t()
         total = ctypes.c_uint64()
         _check(_L.store_list_page(self._handle(), ctypes.byref(opts), ctypes.byref(out),
-                                  ctypes.byref(count), ctypes.byref(total)))
+                                  ctypes.sizeof(_lib.store_object_info), ctypes.byref(count),
+                                  ctypes.byref(total)))
         try:
             return [ObjectInfo._from_c(out[i]) for i in range(count.value)], total.value
         finally:
@@ -1031,6 +1033,7 @@ class Client:
         out = ctypes.POINTER(_lib.store_spill_file_info)()
         count = ctypes.c_size_t()
         _check(_L.store_list_spill_files(self._handle(), ctypes.byref(out),
+                                         ctypes.sizeof(_lib.store_spill_file_info),
                                          ctypes.byref(count)))
         try:
             result = []
@@ -1044,7 +1047,7 @@ class Client:
 
     def info(self, id):
         """An ObjectInfo of the object, in any state (one being written included)."""
-        out = _lib.store_object_info()
+        out = _lib.store_object_info(struct_size=ctypes.sizeof(_lib.store_object_info))
         _check(_L.store_info(self._handle(), ctypes.byref(_cid(id)), ctypes.byref(out)))
         return ObjectInfo._from_c(out)
 
@@ -1053,7 +1056,8 @@ class Client:
         one sorted, filtered page)."""
         out = ctypes.POINTER(_lib.store_object_info)()
         count = ctypes.c_size_t()
-        _check(_L.store_list(self._handle(), ctypes.byref(out), ctypes.byref(count)))
+        _check(_L.store_list(self._handle(), ctypes.byref(out),
+                             ctypes.sizeof(_lib.store_object_info), ctypes.byref(count)))
         try:
             return [ObjectInfo._from_c(out[i]) for i in range(count.value)]
         finally:
@@ -1063,7 +1067,8 @@ class Client:
         """The connected clients, as dicts of store_client_info's fields (name a str)."""
         out = ctypes.POINTER(_lib.store_client_info)()
         count = ctypes.c_size_t()
-        _check(_L.store_list_clients(self._handle(), ctypes.byref(out), ctypes.byref(count)))
+        _check(_L.store_list_clients(self._handle(), ctypes.byref(out),
+                                     ctypes.sizeof(_lib.store_client_info), ctypes.byref(count)))
         try:
             result = []
             for i in range(count.value):
@@ -1125,7 +1130,7 @@ class Client:
 
     def stats(self):
         """The store's figures, a dict of store_stats's fields."""
-        out = _lib.store_stats()
+        out = _lib.store_stats(struct_size=ctypes.sizeof(_lib.store_stats))
         _check(_L.store_stats_get(self._handle(), ctypes.byref(out)))
         return _struct_dict(out)
 
@@ -1134,7 +1139,8 @@ class Client:
         arr = ctypes.POINTER(_lib.store_gpu_device_stats)()
         n = ctypes.c_size_t()
         backend = ctypes.c_int()
-        _check(_L.store_gpu_stats(self._handle(), ctypes.byref(arr), ctypes.byref(n),
+        _check(_L.store_gpu_stats(self._handle(), ctypes.byref(arr),
+                                  ctypes.sizeof(_lib.store_gpu_device_stats), ctypes.byref(n),
                                   ctypes.byref(backend)))
         try:
             devices = [_struct_dict(arr[i]) for i in range(n.value)]

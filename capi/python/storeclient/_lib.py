@@ -58,8 +58,12 @@ class store_object_id(Structure):
     _fields_ = [("bytes", c_uint8 * STORE_OBJECT_ID_SIZE)]
 
 
+# The output structs open with struct_size, which the caller sets (storeclient.h, "Output
+# structs"): to ctypes.sizeof of the struct for store_info and store_stats_get; for the arrays
+# the library allocates, that size is passed as elem_size and the library sets it.
 class store_object_info(Structure):
     _fields_ = [
+        ("struct_size", c_uint32),
         ("id", store_object_id),
         ("data_size", c_uint64),
         ("metadata_size", c_uint64),
@@ -78,6 +82,8 @@ class store_object_info(Structure):
 
 class store_stats(Structure):
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("pad_", c_uint32),
         ("capacity_bytes", c_uint64),
         ("used_bytes", c_uint64),
         ("object_count", c_uint64),
@@ -163,6 +169,8 @@ class store_stats(Structure):
 
 class store_client_info(Structure):
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("pad_", c_uint32),
         ("client_id", c_uint64),
         ("name", c_char * 64),
         ("pid", c_int32),
@@ -214,6 +222,8 @@ class store_create_options(Structure):
 
 class store_spill_file_info(Structure):
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("pad_", c_uint32),
         ("path", c_char * 4096),
         ("size", c_uint64),
         ("live_objects", c_uint64),
@@ -225,6 +235,8 @@ class store_spill_file_info(Structure):
 
 class store_gpu_device_stats(Structure):
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("pad_", c_uint32),
         ("device", c_int32),
         ("chunks", c_uint32),
         ("capacity_bytes", c_uint64),
@@ -246,7 +258,7 @@ store_reader_p = c_void_p
 _id_p = POINTER(store_object_id)
 
 
-_SONAME = "libstoreclient.so.1"
+_SONAME = "libstoreclient.so.2"
 
 
 def _candidates():
@@ -346,7 +358,7 @@ _SIGNATURES = {
     "store_delete": (c_int, [store_client_p, _id_p]),
     "store_delete_many": (c_int, [store_client_p, _id_p, c_size_t, POINTER(c_size_t)]),
     "store_info": (c_int, [store_client_p, _id_p, POINTER(store_object_info)]),
-    "store_list": (c_int, [store_client_p, POINTER(POINTER(store_object_info)),
+    "store_list": (c_int, [store_client_p, POINTER(POINTER(store_object_info)), c_size_t,
                            POINTER(c_size_t)]),
     "store_free": (None, [c_void_p]),
     "store_pin": (c_int, [store_client_p, _id_p]),
@@ -359,14 +371,14 @@ _SIGNATURES = {
     "store_evict": (c_int, [store_client_p, c_uint64, POINTER(c_uint64)]),
     "store_spill_url": (c_int, [store_client_p, _id_p, c_char_p, c_size_t]),
     "store_list_spill_files": (c_int, [store_client_p, POINTER(POINTER(store_spill_file_info)),
-                                       POINTER(c_size_t)]),
+                                       c_size_t, POINTER(c_size_t)]),
     "store_gpu_stats": (c_int, [store_client_p, POINTER(POINTER(store_gpu_device_stats)),
-                                POINTER(c_size_t), POINTER(c_int)]),
+                                c_size_t, POINTER(c_size_t), POINTER(c_int)]),
     "store_list_clients": (c_int, [store_client_p, POINTER(POINTER(store_client_info)),
-                                   POINTER(c_size_t)]),
+                                   c_size_t, POINTER(c_size_t)]),
     "store_list_page": (c_int, [store_client_p, POINTER(store_list_options),
-                                POINTER(POINTER(store_object_info)), POINTER(c_size_t),
-                                POINTER(c_uint64)]),
+                                POINTER(POINTER(store_object_info)), c_size_t,
+                                POINTER(c_size_t), POINTER(c_uint64)]),
     "store_object_id_from_string": (c_int, [c_char_p, c_size_t, _id_p]),
     "store_object_id_to_hex": (c_int, [_id_p, c_char_p, c_size_t]),
     "store_object_id_from_hex": (c_int, [c_char_p, _id_p]),

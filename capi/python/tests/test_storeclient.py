@@ -1,6 +1,6 @@
 """Tests of the storeclient package against a real `store` server.
 
-Needs STORE_BIN (the server) and STORECLIENT_LIB (libstoreclient.so.1) in the environment."""
+Needs STORE_BIN (the server) and STORECLIENT_LIB (libstoreclient.so.2) in the environment."""
 
 import asyncio
 import ctypes
@@ -67,9 +67,12 @@ class ServerTest(unittest.TestCase):
 
 class TestClient(ServerTest):
     def test_struct_sizes(self):
+        # struct_size took store_object_info's padding after the id; the others grew by 8.
         self.assertEqual(ctypes.sizeof(_lib.store_object_info), 88)
-        self.assertEqual(ctypes.sizeof(_lib.store_stats), 624)  # 424 before 0.2's limits
-        self.assertEqual(ctypes.sizeof(_lib.store_client_info), 144)
+        self.assertEqual(ctypes.sizeof(_lib.store_stats), 632)  # 624 before struct_size
+        self.assertEqual(ctypes.sizeof(_lib.store_client_info), 152)
+        self.assertEqual(ctypes.sizeof(_lib.store_spill_file_info), 4144)
+        self.assertEqual(ctypes.sizeof(_lib.store_gpu_device_stats), 56)
         self.assertEqual(ctypes.sizeof(_lib.store_create_options), 48)  # 40 in version 1
         self.assertEqual(ctypes.sizeof(_lib.store_connect_options), 24)
         self.assertEqual(storeclient.version(), "0.1.0")

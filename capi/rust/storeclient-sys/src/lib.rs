@@ -90,6 +90,9 @@ pub const STORE_LEVEL_REMOTE: u32 = 8;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct store_object_info {
+    /// The size of the struct the caller has (`size_of::<store_object_info>()`), set by the
+    /// caller for `store_info`; see "Output structs" in storeclient.h.
+    pub struct_size: u32,
     pub id: store_object_id,
     pub data_size: u64,
     pub metadata_size: u64,
@@ -108,6 +111,9 @@ pub struct store_object_info {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct store_stats {
+    /// `size_of::<store_stats>()`, set by the caller; see "Output structs" in storeclient.h.
+    pub struct_size: u32,
+    pub pad_: u32,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub object_count: u64,
@@ -196,6 +202,9 @@ pub struct store_stats {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct store_client_info {
+    /// The elem_size the caller passed; see "Output structs" in storeclient.h.
+    pub struct_size: u32,
+    pub pad_: u32,
     pub client_id: u64,
     pub name: [c_char; 64],
     pub pid: i32,
@@ -214,6 +223,8 @@ pub struct store_client_info {
 impl Default for store_client_info {
     fn default() -> Self {
         store_client_info {
+            struct_size: 0,
+            pad_: 0,
             client_id: 0,
             name: [0; 64],
             pid: 0,
@@ -343,6 +354,9 @@ pub const STORE_GPU_BACKEND_MEMFD_STANDIN: c_int = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct store_gpu_device_stats {
+    /// The elem_size the caller passed; see "Output structs" in storeclient.h.
+    pub struct_size: u32,
+    pub pad_: u32,
     pub device: i32,
     pub chunks: u32,
     pub capacity_bytes: u64,
@@ -355,6 +369,9 @@ pub struct store_gpu_device_stats {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct store_spill_file_info {
+    /// The elem_size the caller passed; see "Output structs" in storeclient.h.
+    pub struct_size: u32,
+    pub pad_: u32,
     pub path: [c_char; 4096],
     pub size: u64,
     pub live_objects: u64,
@@ -366,6 +383,8 @@ pub struct store_spill_file_info {
 impl Default for store_spill_file_info {
     fn default() -> Self {
         store_spill_file_info {
+            struct_size: 0,
+            pad_: 0,
             path: [0; 4096],
             size: 0,
             live_objects: 0,
@@ -381,6 +400,7 @@ impl core::fmt::Debug for store_spill_file_info {
         let len = self.path.iter().position(|&c| c == 0).unwrap_or(self.path.len());
         let bytes: Vec<u8> = self.path[..len].iter().map(|&c| c as u8).collect();
         f.debug_struct("store_spill_file_info")
+            .field("struct_size", &self.struct_size)
             .field("path", &String::from_utf8_lossy(&bytes))
             .field("size", &self.size)
             .field("live_objects", &self.live_objects)
@@ -511,6 +531,7 @@ extern "C" {
     pub fn store_list(
         client: *mut store_client,
         out: *mut *mut store_object_info,
+        elem_size: usize,
         count: *mut usize,
     ) -> c_int;
     pub fn store_free(p: *mut c_void);
@@ -547,23 +568,27 @@ extern "C" {
     pub fn store_gpu_stats(
         client: *mut store_client,
         out: *mut *mut store_gpu_device_stats,
+        elem_size: usize,
         count: *mut usize,
         backend: *mut c_int,
     ) -> c_int;
     pub fn store_list_spill_files(
         client: *mut store_client,
         out: *mut *mut store_spill_file_info,
+        elem_size: usize,
         count: *mut usize,
     ) -> c_int;
     pub fn store_list_clients(
         client: *mut store_client,
         out: *mut *mut store_client_info,
+        elem_size: usize,
         count: *mut usize,
     ) -> c_int;
     pub fn store_list_page(
         client: *mut store_client,
         opts: *const store_list_options,
         out: *mut *mut store_object_info,
+        elem_size: usize,
         count: *mut usize,
         total: *mut u64,
     ) -> c_int;

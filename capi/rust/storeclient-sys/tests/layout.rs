@@ -38,12 +38,12 @@ fn rust_layouts() -> Vec<Layout> {
     vec![
         layout!(store_object_id { bytes }),
         layout!(store_object_info {
-            id, data_size, metadata_size, state, level, device, importance, pin_count,
+            struct_size, id, data_size, metadata_size, state, level, device, importance, pin_count,
             reader_count, create_time_ns, last_access_ns, creator_pid, lease_count,
         }),
         layout!(store_stats {
-            capacity_bytes, used_bytes, object_count, client_count, created_count,
-            sealed_count, created_bytes, sealed_bytes, pinned_count, pinned_bytes, open_count,
+            struct_size, pad_, capacity_bytes, used_bytes, object_count, client_count,
+            created_count, sealed_count, created_bytes, sealed_bytes, pinned_count, pinned_bytes, open_count,
             open_bytes, deleted_pending_count, deleted_pending_bytes, waiting_gets,
             waiting_creates, total_creates, total_seals, total_gets, total_releases,
             total_deletes, total_aborts, total_full, uptime_ns, server_pid, reserved_,
@@ -66,15 +66,15 @@ fn rust_layouts() -> Vec<Layout> {
             version, metadata, metadata_size, importance, device, timeout_ms, flags, reserved_,
         }),
         layout!(store_client_info {
-            client_id, name, pid, uid, objects_created, creating_count, readers_held,
-            pins_held, bytes_held, connect_time_ns, requests, is_self, reserved_,
+            struct_size, pad_, client_id, name, pid, uid, objects_created, creating_count,
+            readers_held, pins_held, bytes_held, connect_time_ns, requests, is_self, reserved_,
         }),
         layout!(store_list_options { version, sort, descending, limit, offset, id_prefix }),
         layout!(store_spill_file_info {
-            path, size, live_objects, live_bytes, dead_bytes, created_time_ns,
+            struct_size, pad_, path, size, live_objects, live_bytes, dead_bytes, created_time_ns,
         }),
         layout!(store_gpu_device_stats {
-            device, chunks, capacity_bytes, used_bytes, object_count, chunk_size,
+            struct_size, pad_, device, chunks, capacity_bytes, used_bytes, object_count, chunk_size,
             largest_free_bytes,
         }),
     ]

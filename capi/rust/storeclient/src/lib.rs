@@ -60,6 +60,7 @@ use std::fmt;
 use std::io;
 use std::iter::FusedIterator;
 use std::marker::PhantomData;
+use std::mem::size_of;
 use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -1046,7 +1047,10 @@ impl Client {
 
     /// Information about one object, in any state.
     pub fn info(&self, id: &ObjectId) -> Result<ObjectInfo> {
-        let mut info = sys::store_object_info::default();
+        let mut info = sys::store_object_info {
+            struct_size: size_of::<sys::store_object_info>() as u32,
+            ..Default::default()
+        };
         check(unsafe { sys::store_info(self.as_raw(), &id.0, &mut info) })?;
         Ok(ObjectInfo::from(&info))
     }
@@ -1056,7 +1060,14 @@ impl Client {
     pub fn list(&self) -> Result<Vec<ObjectInfo>> {
         let mut out: *mut sys::store_object_info = ptr::null_mut();
         let mut count: usize = 0;
-        check(unsafe { sys::store_list(self.as_raw(), &mut out, &mut count) })?;
+        check(unsafe {
+            sys::store_list(
+                self.as_raw(),
+                &mut out,
+                size_of::<sys::store_object_info>(),
+                &mut count,
+            )
+        })?;
         Ok(unsafe { take_array::<_, ObjectInfo>(out, count) })
     }
 
@@ -1077,7 +1088,14 @@ impl Client {
         let mut count: usize = 0;
         let mut total: u64 = 0;
         check(unsafe {
-            sys::store_list_page(self.as_raw(), &raw_opts, &mut out, &mut count, &mut total)
+            sys::store_list_page(
+                self.as_raw(),
+                &raw_opts,
+                &mut out,
+                size_of::<sys::store_object_info>(),
+                &mut count,
+                &mut total,
+            )
         })?;
         let objects = unsafe { take_array::<_, ObjectInfo>(out, count) };
         let end = opts.offset.saturating_add(objects.len() as u64);
@@ -1102,7 +1120,14 @@ impl Client {
     pub fn list_clients(&self) -> Result<Vec<ClientInfo>> {
         let mut out: *mut sys::store_client_info = ptr::null_mut();
         let mut count: usize = 0;
-        check(unsafe { sys::store_list_clients(self.as_raw(), &mut out, &mut count) })?;
+        check(unsafe {
+            sys::store_list_clients(
+                self.as_raw(),
+                &mut out,
+                size_of::<sys::store_client_info>(),
+                &mut count,
+            )
+        })?;
         Ok(unsafe { take_array::<_, ClientInfo>(out, count) })
     }
 
@@ -1110,7 +1135,14 @@ impl Client {
     pub fn list_spill_files(&self) -> Result<Vec<SpillFileInfo>> {
         let mut out: *mut sys::store_spill_file_info = ptr::null_mut();
         let mut count: usize = 0;
-        check(unsafe { sys::store_list_spill_files(self.as_raw(), &mut out, &mut count) })?;
+        check(unsafe {
+            sys::store_list_spill_files(
+                self.as_raw(),
+                &mut out,
+                size_of::<sys::store_spill_file_info>(),
+                &mut count,
+            )
+        })?;
         Ok(unsafe { take_array::<_, SpillFileInfo>(out, count) })
     }
 
@@ -1177,7 +1209,10 @@ impl Client {
 
     /// A snapshot of the server's figures.
     pub fn stats(&self) -> Result<Stats> {
-        let mut s = sys::store_stats::default();
+        let mut s = sys::store_stats {
+            struct_size: size_of::<sys::store_stats>() as u32,
+            ..Default::default()
+        };
         check(unsafe { sys::store_stats_get(self.as_raw(), &mut s) })?;
         Ok(s)
     }
