@@ -1089,7 +1089,7 @@ TEST_CASE("--recover after a crash or a stop does not bring back objects created
     REQUIRE(s.started());
     ClientPtr c = Connect(s.socket());
     for (const Obj& o : leased) {
-      store_object_info none{};
+      store_object_info none = STORE_OBJECT_INFO_INIT;
       CHECK(store_info(c.get(), &o.id, &none) == STORE_ENOTFOUND);
     }
     for (const Obj& o : plain) ReadBack(c.get(), o);
