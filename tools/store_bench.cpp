@@ -73,6 +73,7 @@
 #include <string>
 #include <vector>
 
+#include "hex.h"
 #include "storeclient.h"
 
 namespace {
@@ -132,11 +133,7 @@ bool HasPrefix(const store_object_id& id) {
   return memcmp(id.bytes, g_prefix, sizeof g_prefix) == 0;
 }
 
-std::string PrefixHex() {
-  char buf[2 * sizeof g_prefix + 1];
-  for (size_t i = 0; i < sizeof g_prefix; i++) snprintf(buf + 2 * i, 3, "%02x", g_prefix[i]);
-  return buf;
-}
+std::string PrefixHex() { return store::hex::Encode(g_prefix, sizeof g_prefix); }
 
 // Deletes every sealed object carrying this run's prefix. Returns how many are left after
 // it (-1 if the store could not be listed). quiet: print nothing on errors.
