@@ -73,6 +73,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "hex.h"
 #include "storeclient.h"
 
@@ -2406,62 +2407,65 @@ void Usage(FILE* f) {
           "Every object made is deleted before exit. Exit status: 0 ok, 1 failure, 2 usage.\n");
 }
 
+// Parses argv into g_set. Returns -1 to go on, or the exit code: 0 after --help, 2 on bad usage
+// (with one line on stderr).
+int ParseArgs(int argc, char** argv) {
+  static std::string socket_path;
+  bool help = false;
+  CLI::App app("", "store-bench");
+  store::cli::Configure(app);
+  using store::cli::Reject;
+  store::cli::Flag(app, "-h,--help", [&] { help = true; });
+  store::cli::Flag(app, "--json", [] { g_set.json = true; });
+  store::cli::Flag(app, "--quick", [] { g_set.quick = true; });
+  store::cli::Value(app, "--socket", [](const std::string& v) {
+    socket_path = v;
+    g_set.socket = socket_path.c_str();
+  });
+  store::cli::Value(app, "--spill-dir", [](std::string v) {
+    if (v.empty()) Reject("store-bench: --spill-dir needs a directory");
+    while (v.size() > 1 && v.back() == '/') v.pop_back();
+    g_set.spill_dir = v;
+  });
+  store::cli::Value(app, "--only", [](std::string v) {
+    if (v == "large_put_first") v = "large_put";
+    if (v == "clients8_put" || v == "clients8_get") v = "clients8";
+    if (v == "restore" || v == "restore_prefetch" || v == "restore_cold") v = "spill";
+    bool known = false;
+    for (const char* n : kFigureNames) known = known || v == n;
+    if (!known) Reject("store-bench: unknown figure '" + v + "'; see --help");
+    g_set.only = v;
+  });
+  store::cli::Failure failure;
+  std::string error;
+  if (!store::cli::Parse(app, argc, argv, &failure)) {
+    switch (failure.kind) {
+      case store::cli::Failure::Kind::kNeedsValue:
+        error = "store-bench: " + failure.option + " needs a value";
+        break;
+      case store::cli::Failure::Kind::kTakesNoValue:
+        error = "store-bench: " + failure.option + " takes no value; see --help";
+        break;
+      case store::cli::Failure::Kind::kOther:
+        error = failure.message;
+        break;
+    }
+  } else if (help) {
+    Usage(stdout);
+    return 0;
+  } else if (auto rest = app.remaining(); !rest.empty()) {
+    error = "store-bench: unknown argument '" + rest[0] + "'; see --help";
+  } else {
+    return -1;
+  }
+  fprintf(stderr, "%s\n", error.c_str());
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; i++) {
-    std::string a = argv[i];
-    auto value = [&](const char* opt, std::string* out) -> bool {
-      size_t n = strlen(opt);
-      if (a == opt) {
-        if (i + 1 >= argc) {
-          fprintf(stderr, "store-bench: %s needs a value\n", opt);
-          exit(2);
-        }
-        *out = argv[++i];
-        return true;
-      }
-      if (a.compare(0, n, opt) == 0 && a.size() > n && a[n] == '=') {
-        *out = a.substr(n + 1);
-        return true;
-      }
-      return false;
-    };
-    static std::string socket_path;
-    std::string v;
-    if (a == "--help" || a == "-h") {
-      Usage(stdout);
-      return 0;
-    } else if (a == "--json") {
-      g_set.json = true;
-    } else if (a == "--quick") {
-      g_set.quick = true;
-    } else if (value("--socket", &v)) {
-      socket_path = v;
-      g_set.socket = socket_path.c_str();
-    } else if (value("--spill-dir", &v)) {
-      if (v.empty()) {
-        fprintf(stderr, "store-bench: --spill-dir needs a directory\n");
-        return 2;
-      }
-      while (v.size() > 1 && v.back() == '/') v.pop_back();
-      g_set.spill_dir = v;
-    } else if (value("--only", &v)) {
-      if (v == "large_put_first") v = "large_put";
-      if (v == "clients8_put" || v == "clients8_get") v = "clients8";
-      if (v == "restore" || v == "restore_prefetch" || v == "restore_cold") v = "spill";
-      bool known = false;
-      for (const char* n : kFigureNames) known = known || v == n;
-      if (!known) {
-        fprintf(stderr, "store-bench: unknown figure '%s'; see --help\n", v.c_str());
-        return 2;
-      }
-      g_set.only = v;
-    } else {
-      fprintf(stderr, "store-bench: unknown argument '%s'; see --help\n", a.c_str());
-      return 2;
-    }
-  }
+  if (int rc = ParseArgs(argc, argv); rc >= 0) return rc;
   if (g_set.quick) {
     g_set.rounds = 3;
     g_set.round_s = 0.05;
