@@ -73,6 +73,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "cli.h"
 #include "hex.h"
 #include "storeclient.h"
@@ -2036,35 +2038,11 @@ void SpillRestore(const store_stats& st) {
 
 // ---- output --------------------------------------------------------------------------------
 
-std::string JsonString(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char b[8];
-      snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else {
-      o += static_cast<char>(c);
-    }
-  }
-  return o + "\"";
-}
+using Json = nlohmann::ordered_json;  // keys in the order they are set
 
-std::string JsonNumber(double v) {
-  char b[64];
-  snprintf(b, sizeof b, "%.6g", v);
-  return b;
-}
-
-std::string JsonSeries(const Series& s) {
-  std::string o = "{\"name\": " + JsonString(s.name) + ", \"unit\": " + JsonString(s.unit) +
-                  ", \"median\": " + JsonNumber(s.Median()) + ", \"min\": " +
-                  JsonNumber(s.Min()) + ", \"max\": " + JsonNumber(s.Max()) + ", \"samples\": [";
-  for (size_t i = 0; i < s.v.size(); i++) o += (i ? ", " : "") + JsonNumber(s.v[i]);
-  return o + "]";
+Json SeriesJson(const Series& s) {
+  return Json{{"name", s.name}, {"unit", s.unit},   {"median", s.Median()},
+              {"min", s.Min()}, {"max", s.Max()}, {"samples", s.v}};
 }
 
 // The table figures: what one request costs with few and with very many objects in the table
@@ -2298,59 +2276,58 @@ Machine GetMachine() {
   return m;
 }
 
+// One JSON document on stdout. Figures that are not numbers (NaN, infinities) print as null.
 void PrintJson(const Machine& m, const store_stats& st, uint64_t creates_before, double elapsed,
                long left) {
-  std::string o = "{\n";
-  o += "  \"tool\": \"store-bench\",\n";
-  o += "  \"library_version\": " + JsonString(store_version_string()) + ",\n";
-  o += "  \"machine\": {\"nproc\": " + std::to_string(m.nproc) + ", \"kernel\": " +
-       JsonString(m.kernel) + ", \"cpu\": " + JsonString(m.cpu) +
-       ", \"transparent_hugepage\": " + JsonString(m.thp) + "},\n";
-  o += "  \"store\": {\"socket\": " +
-       (g_set.socket ? JsonString(g_set.socket) : std::string("null")) +
-       ", \"server_pid\": " + std::to_string(st.server_pid) +
-       ", \"capacity_bytes\": " + std::to_string(st.capacity_bytes) +
-       ", \"used_bytes_at_start\": " + std::to_string(st.used_bytes) +
-       ", \"objects_at_start\": " + std::to_string(st.object_count) +
-       ", \"creates_before_run\": " + std::to_string(creates_before) + "},\n";
-  o += "  \"mode\": " + JsonString(g_set.quick ? "quick" : "full") + ",\n";
-  o += "  \"rounds\": " + std::to_string(g_set.rounds) + ",\n";
-  o += "  \"spill_rounds\": " + std::to_string(g_set.spill_rounds) + ",\n";
-  o += "  \"spill_dir\": " +
-       (g_set.spill_dir.empty() ? std::string("null") : JsonString(g_set.spill_dir)) + ",\n";
-  o += "  \"id_prefix\": " + JsonString(PrefixHex()) + ",\n";
-  o += "  \"figures\": [";
-  for (size_t i = 0; i < g_results.size(); i++) {
-    const Result& r = g_results[i];
-    o += i ? ",\n    {" : "\n    {";
-    o += "\"name\": " + JsonString(r.name) + ", \"description\": " + JsonString(r.description);
+  Json figures = Json::array();
+  for (const Result& r : g_results) {
+    Json f{{"name", r.name}, {"description", r.description}, {"skipped", r.skipped}};
     if (r.skipped) {
-      o += ", \"skipped\": true, \"reason\": " + JsonString(r.reason) + "}";
+      f["reason"] = r.reason;
+      figures.push_back(std::move(f));
       continue;
     }
-    o += ", \"skipped\": false,\n     \"figure\": " + JsonSeries(r.figure) + "},\n";
-    o += "     \"limits\": [";
-    for (size_t k = 0; k < r.limits.size(); k++) {
-      o += (k ? ",\n                " : "") + JsonSeries(r.limits[k]) +
-           ", \"ratio\": " + JsonNumber(Ratio(r.figure, r.limits[k])) + "}";
+    f["figure"] = SeriesJson(r.figure);
+    Json limits = Json::array();
+    for (const Series& l : r.limits) {
+      Json j = SeriesJson(l);
+      j["ratio"] = Ratio(r.figure, l);
+      limits.push_back(std::move(j));
     }
-    o += "]";
+    f["limits"] = std::move(limits);
     if (!r.also.empty()) {
-      o += ",\n     \"also\": [";
-      for (size_t k = 0; k < r.also.size(); k++) {
-        o += (k ? ",\n              " : "") + JsonSeries(r.also[k]) + "}";
-      }
-      o += "]";
+      Json also = Json::array();
+      for (const Series& a : r.also) also.push_back(SeriesJson(a));
+      f["also"] = std::move(also);
     }
-    if (!r.note.empty()) o += ",\n     \"note\": " + JsonString(r.note);
-    o += "}";
+    if (!r.note.empty()) f["note"] = r.note;
+    figures.push_back(std::move(f));
   }
-  o += "\n  ],\n";
-  o += "  \"cleanup\": {\"created\": " + std::to_string(g_created) +
-       ", \"deleted\": " + std::to_string(g_deleted) +
-       ", \"left\": " + std::to_string(left) + "},\n";
-  o += "  \"elapsed_s\": " + JsonNumber(elapsed) + "\n}\n";
-  fputs(o.c_str(), stdout);
+  Json doc{
+      {"tool", "store-bench"},
+      {"library_version", store_version_string()},
+      {"machine",
+       {{"nproc", m.nproc}, {"kernel", m.kernel}, {"cpu", m.cpu}, {"transparent_hugepage", m.thp}}},
+      {"store",
+       {{"socket", g_set.socket ? Json(g_set.socket) : Json(nullptr)},
+        {"server_pid", st.server_pid},
+        {"capacity_bytes", st.capacity_bytes},
+        {"used_bytes_at_start", st.used_bytes},
+        {"objects_at_start", st.object_count},
+        {"creates_before_run", creates_before}}},
+      {"mode", g_set.quick ? "quick" : "full"},
+      {"rounds", g_set.rounds},
+      {"spill_rounds", g_set.spill_rounds},
+      {"spill_dir", g_set.spill_dir.empty() ? Json(nullptr) : Json(g_set.spill_dir)},
+      {"id_prefix", PrefixHex()},
+      {"figures", std::move(figures)},
+      {"cleanup", {{"created", g_created}, {"deleted", g_deleted}, {"left", left}}},
+      {"elapsed_s", elapsed},
+  };
+  // Bytes that are not UTF-8 (a kernel or CPU name could hold some) become U+FFFD.
+  std::string text = doc.dump(2, ' ', false, Json::error_handler_t::replace);
+  text += '\n';
+  fputs(text.c_str(), stdout);
 }
 
 void Usage(FILE* f) {
