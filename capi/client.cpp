@@ -57,6 +57,7 @@
 
 #include "framing.h"
 #include "gpu.h"
+#include "hex.h"
 #include "out_struct.h"
 #include "sha1.h"
 #include "storeclient.h"
@@ -3018,11 +3019,7 @@ int store_object_id_to_hex(const store_object_id* id, char* hex, size_t hex_size
     return Fail(STORE_EINVAL, "hex needs %d bytes, got %zu", 2 * STORE_OBJECT_ID_SIZE + 1,
                 hex_size);
   }
-  static const char* d = "0123456789abcdef";
-  for (int i = 0; i < STORE_OBJECT_ID_SIZE; i++) {
-    hex[2 * i] = d[id->bytes[i] >> 4];
-    hex[2 * i + 1] = d[id->bytes[i] & 15];
-  }
+  store::hex::Encode(id->bytes, STORE_OBJECT_ID_SIZE, hex);
   hex[2 * STORE_OBJECT_ID_SIZE] = '\0';
   return STORE_OK;
 }

@@ -4,8 +4,9 @@
 set -euo pipefail
 
 STORE_PACKAGES=(meson ninja-build pkg-config g++ libuv1-dev libflatbuffers-dev
-  flatbuffers-compiler libjemalloc-dev doctest-dev libncurses-dev libxxhash-dev tmux python3 cargo
-  python3-numpy python3-pip python3-setuptools python3-wheel python3-dask python3-distributed)
+  flatbuffers-compiler libjemalloc-dev doctest-dev libncurses-dev libxxhash-dev libcli11-dev
+  nlohmann-json3-dev tmux python3 cargo python3-numpy python3-pip python3-setuptools
+  python3-wheel python3-dask python3-distributed)
 
 store_install_deps() {
   local missing=()

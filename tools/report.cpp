@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 namespace store::report {
 
 namespace {
@@ -61,199 +63,130 @@ std::string Scaled(uint64_t n, bool short_form) {
   return buf;
 }
 
-// The length of the valid UTF-8 sequence of two to four bytes at s[i], or 0.
-size_t Utf8Length(const std::string& s, size_t i) {
-  unsigned char c = static_cast<unsigned char>(s[i]);
-  size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return 0;
-  uint32_t cp = c & (0xFF >> (n + 1));
-  for (size_t k = 1; k < n; k++) {
-    unsigned char d = static_cast<unsigned char>(s[i + k]);
-    if ((d & 0xC0) != 0x80) return 0;
-    cp = cp << 6 | (d & 0x3F);
-  }
-  // No overlong forms, surrogates or code points past U+10FFFF.
-  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-      (cp >= 0xD800 && cp <= 0xDFFF)) {
-    return 0;
-  }
-  return n;
+using Json = nlohmann::ordered_json;  // keys in the order they are set
+
+// Writes doc on one line and a newline. Strings that are not UTF-8 (client names are whatever
+// bytes a client sent) get U+FFFD in place of the bad bytes; numbers that are not finite print
+// as null.
+void WriteJson(const Json& doc, FILE* out) {
+  std::string text = doc.dump(-1, ' ', false, Json::error_handler_t::replace);
+  text += '\n';
+  fputs(text.c_str(), out);
 }
 
-// ---- a minimal JSON writer ------------------------------------------------------------------
-
-class Json {
- public:
-  explicit Json(FILE* out) : out_(out) {}
-  void Open(const char* key = nullptr) { Key(key); fputc('{', out_); first_ = true; }
-  void Close() { fputc('}', out_); first_ = false; }
-  void OpenArray(const char* key = nullptr) { Key(key); fputc('[', out_); first_ = true; }
-  void CloseArray() { fputc(']', out_); first_ = false; }
-  void U(const char* key, uint64_t v) { Key(key); fprintf(out_, "%" PRIu64, v); }
-  void I(const char* key, int64_t v) { Key(key); fprintf(out_, "%" PRId64, v); }
-  void B(const char* key, bool v) { Key(key); fputs(v ? "true" : "false", out_); }
-  void D(const char* key, double v) {
-    Key(key);
-    if (std::isfinite(v)) {
-      fprintf(out_, "%.6g", v);
-    } else {
-      fputs("null", out_);
-    }
-  }
-  void S(const char* key, const std::string& v) {
-    Key(key);
-    fputc('"', out_);
-    for (size_t i = 0; i < v.size(); i++) {
-      unsigned char c = static_cast<unsigned char>(v[i]);
-      switch (c) {
-        case '"': fputs("\\\"", out_); break;
-        case '\\': fputs("\\\\", out_); break;
-        case '\n': fputs("\\n", out_); break;
-        case '\r': fputs("\\r", out_); break;
-        case '\t': fputs("\\t", out_); break;
-        default:
-          if (c < 0x20 || c == 0x7f) {
-            fprintf(out_, "\\u%04x", c);
-          } else if (c < 0x80) {
-            fputc(c, out_);
-          } else if (size_t n = Utf8Length(v, i)) {
-            fwrite(v.data() + i, 1, n, out_);
-            i += n - 1;
-          } else {
-            fputs("\\ufffd", out_);  // not UTF-8: names are whatever bytes a client sent
-          }
-      }
-    }
-    fputc('"', out_);
-  }
-
- private:
-  void Key(const char* key) {
-    if (!first_) fputc(',', out_);
-    first_ = false;
-    if (key) {
-      fputc('"', out_);
-      fputs(key, out_);
-      fputs("\":", out_);
-    }
-  }
-  FILE* out_;
-  bool first_ = true;
-};
-
-void JsonStats(Json& j, const store_stats& s) {
-  j.Open("stats");
-  j.U("capacity_bytes", s.capacity_bytes);
-  j.U("used_bytes", s.used_bytes);
-  j.U("largest_free_bytes", s.largest_free_bytes);
-  j.U("resident_bytes", s.resident_bytes);
-  j.U("object_count", s.object_count);
-  j.U("client_count", s.client_count);
-  j.U("created_count", s.created_count);
-  j.U("created_bytes", s.created_bytes);
-  j.U("sealed_count", s.sealed_count);
-  j.U("sealed_bytes", s.sealed_bytes);
-  j.U("open_count", s.open_count);
-  j.U("open_bytes", s.open_bytes);
-  j.U("pinned_count", s.pinned_count);
-  j.U("pinned_bytes", s.pinned_bytes);
-  j.U("deleted_pending_count", s.deleted_pending_count);
-  j.U("deleted_pending_bytes", s.deleted_pending_bytes);
-  j.U("spilling_count", s.spilling_count);
-  j.U("spilling_bytes", s.spilling_bytes);
-  j.U("spilled_count", s.spilled_count);
-  j.U("spilled_bytes", s.spilled_bytes);
-  j.U("restoring_count", s.restoring_count);
-  j.U("restoring_bytes", s.restoring_bytes);
-  j.U("evictable_bytes", s.evictable_bytes);
-  j.U("spill_enabled", s.spill_enabled);
-  j.U("spill_files", s.spill_files);
-  j.U("spill_disk_bytes", s.spill_disk_bytes);
-  j.U("spill_dead_bytes", s.spill_dead_bytes);
-  j.U("total_spilled_objects", s.total_spilled_objects);
-  j.U("total_spilled_bytes", s.total_spilled_bytes);
-  j.U("total_spill_ns", s.total_spill_ns);
-  j.U("total_restored_objects", s.total_restored_objects);
-  j.U("total_restored_bytes", s.total_restored_bytes);
-  j.U("total_restore_ns", s.total_restore_ns);
-  j.U("total_spill_failures", s.total_spill_failures);
-  j.U("total_restore_failures", s.total_restore_failures);
-  j.U("waiting_bytes", s.waiting_bytes);
-  j.U("backlog_bytes", s.backlog_bytes);
-  j.U("partial_bytes", s.partial_bytes);
-  j.U("pending_fds", s.pending_fds);
-  j.U("limit_client_waiting", s.limit_client_waiting);
-  j.U("limit_waiting_bytes", s.limit_waiting_bytes);
-  j.U("limit_client_backlog", s.limit_client_backlog);
-  j.U("limit_backlog", s.limit_backlog);
-  j.U("limit_partial_bytes", s.limit_partial_bytes);
-  j.U("limit_clients", s.limit_clients);
-  j.U("limit_client_gpu_fds", s.limit_client_gpu_fds);
-  j.U("fd_limit", s.fd_limit);
-  j.U("refused_client_waiting", s.refused_client_waiting);
-  j.U("refused_waiting_bytes", s.refused_waiting_bytes);
-  j.U("closed_client_backlog", s.closed_client_backlog);
-  j.U("closed_backlog", s.closed_backlog);
-  j.U("closed_partial", s.closed_partial);
-  j.U("refused_clients", s.refused_clients);
-  j.U("accept_failures", s.accept_failures);
-  j.U("refused_gpu_fds", s.refused_gpu_fds);
-  j.U("waiting_gets", s.waiting_gets);
-  j.U("waiting_creates", s.waiting_creates);
-  j.U("total_creates", s.total_creates);
-  j.U("total_seals", s.total_seals);
-  j.U("total_gets", s.total_gets);
-  j.U("total_releases", s.total_releases);
-  j.U("total_deletes", s.total_deletes);
-  j.U("total_aborts", s.total_aborts);
-  j.U("total_full", s.total_full);
-  j.U("when_full_drop", s.when_full_drop);
-  j.U("total_dropped_objects", s.total_dropped_objects);
-  j.U("total_dropped_bytes", s.total_dropped_bytes);
-  j.U("total_contains", s.total_contains);
-  j.U("total_infos", s.total_infos);
-  j.U("total_lists", s.total_lists);
-  j.U("total_pins", s.total_pins);
-  j.U("total_unpins", s.total_unpins);
-  j.U("total_requests", s.total_requests);
-  j.U("total_bad_requests", s.total_bad_requests);
-  j.U("uptime_ns", s.uptime_ns);
-  j.I("server_pid", s.server_pid);
-  j.Close();
+Json JsonStats(const store_stats& s) {
+  Json j = Json::object();
+  j["capacity_bytes"] = s.capacity_bytes;
+  j["used_bytes"] = s.used_bytes;
+  j["largest_free_bytes"] = s.largest_free_bytes;
+  j["resident_bytes"] = s.resident_bytes;
+  j["object_count"] = s.object_count;
+  j["client_count"] = s.client_count;
+  j["created_count"] = s.created_count;
+  j["created_bytes"] = s.created_bytes;
+  j["sealed_count"] = s.sealed_count;
+  j["sealed_bytes"] = s.sealed_bytes;
+  j["open_count"] = s.open_count;
+  j["open_bytes"] = s.open_bytes;
+  j["pinned_count"] = s.pinned_count;
+  j["pinned_bytes"] = s.pinned_bytes;
+  j["deleted_pending_count"] = s.deleted_pending_count;
+  j["deleted_pending_bytes"] = s.deleted_pending_bytes;
+  j["spilling_count"] = s.spilling_count;
+  j["spilling_bytes"] = s.spilling_bytes;
+  j["spilled_count"] = s.spilled_count;
+  j["spilled_bytes"] = s.spilled_bytes;
+  j["restoring_count"] = s.restoring_count;
+  j["restoring_bytes"] = s.restoring_bytes;
+  j["evictable_bytes"] = s.evictable_bytes;
+  j["spill_enabled"] = s.spill_enabled;
+  j["spill_files"] = s.spill_files;
+  j["spill_disk_bytes"] = s.spill_disk_bytes;
+  j["spill_dead_bytes"] = s.spill_dead_bytes;
+  j["total_spilled_objects"] = s.total_spilled_objects;
+  j["total_spilled_bytes"] = s.total_spilled_bytes;
+  j["total_spill_ns"] = s.total_spill_ns;
+  j["total_restored_objects"] = s.total_restored_objects;
+  j["total_restored_bytes"] = s.total_restored_bytes;
+  j["total_restore_ns"] = s.total_restore_ns;
+  j["total_spill_failures"] = s.total_spill_failures;
+  j["total_restore_failures"] = s.total_restore_failures;
+  j["waiting_bytes"] = s.waiting_bytes;
+  j["backlog_bytes"] = s.backlog_bytes;
+  j["partial_bytes"] = s.partial_bytes;
+  j["pending_fds"] = s.pending_fds;
+  j["limit_client_waiting"] = s.limit_client_waiting;
+  j["limit_waiting_bytes"] = s.limit_waiting_bytes;
+  j["limit_client_backlog"] = s.limit_client_backlog;
+  j["limit_backlog"] = s.limit_backlog;
+  j["limit_partial_bytes"] = s.limit_partial_bytes;
+  j["limit_clients"] = s.limit_clients;
+  j["limit_client_gpu_fds"] = s.limit_client_gpu_fds;
+  j["fd_limit"] = s.fd_limit;
+  j["refused_client_waiting"] = s.refused_client_waiting;
+  j["refused_waiting_bytes"] = s.refused_waiting_bytes;
+  j["closed_client_backlog"] = s.closed_client_backlog;
+  j["closed_backlog"] = s.closed_backlog;
+  j["closed_partial"] = s.closed_partial;
+  j["refused_clients"] = s.refused_clients;
+  j["accept_failures"] = s.accept_failures;
+  j["refused_gpu_fds"] = s.refused_gpu_fds;
+  j["waiting_gets"] = s.waiting_gets;
+  j["waiting_creates"] = s.waiting_creates;
+  j["total_creates"] = s.total_creates;
+  j["total_seals"] = s.total_seals;
+  j["total_gets"] = s.total_gets;
+  j["total_releases"] = s.total_releases;
+  j["total_deletes"] = s.total_deletes;
+  j["total_aborts"] = s.total_aborts;
+  j["total_full"] = s.total_full;
+  j["when_full_drop"] = s.when_full_drop;
+  j["total_dropped_objects"] = s.total_dropped_objects;
+  j["total_dropped_bytes"] = s.total_dropped_bytes;
+  j["total_contains"] = s.total_contains;
+  j["total_infos"] = s.total_infos;
+  j["total_lists"] = s.total_lists;
+  j["total_pins"] = s.total_pins;
+  j["total_unpins"] = s.total_unpins;
+  j["total_requests"] = s.total_requests;
+  j["total_bad_requests"] = s.total_bad_requests;
+  j["uptime_ns"] = s.uptime_ns;
+  j["server_pid"] = s.server_pid;
+  return j;
 }
 
-void JsonObject(Json& j, const store_object_info& o) {
-  j.Open();
-  j.S("id", HexId(o.id));
-  j.U("data_size", o.data_size);
-  j.U("metadata_size", o.metadata_size);
-  j.S("state", StateName(o.state));
-  j.U("level", o.level);
-  j.I("device", o.device);
-  j.I("importance", o.importance);
-  j.U("reader_count", o.reader_count);
-  j.U("pin_count", o.pin_count);
-  j.I("create_time_ns", o.create_time_ns);
-  j.I("last_access_ns", o.last_access_ns);
-  j.I("creator_pid", o.creator_pid);
-  j.Close();
+Json JsonObject(const store_object_info& o) {
+  Json j = Json::object();
+  j["id"] = HexId(o.id);
+  j["data_size"] = o.data_size;
+  j["metadata_size"] = o.metadata_size;
+  j["state"] = StateName(o.state);
+  j["level"] = o.level;
+  j["device"] = o.device;
+  j["importance"] = o.importance;
+  j["reader_count"] = o.reader_count;
+  j["pin_count"] = o.pin_count;
+  j["create_time_ns"] = o.create_time_ns;
+  j["last_access_ns"] = o.last_access_ns;
+  j["creator_pid"] = o.creator_pid;
+  return j;
 }
 
-void JsonClient(Json& j, const store_client_info& c) {
-  j.Open();
-  j.U("client_id", c.client_id);
-  j.S("name", std::string(c.name, strnlen(c.name, sizeof c.name)));
-  j.I("pid", c.pid);
-  j.U("uid", c.uid);
-  j.U("objects_created", c.objects_created);
-  j.U("creating_count", c.creating_count);
-  j.U("readers_held", c.readers_held);
-  j.U("pins_held", c.pins_held);
-  j.U("bytes_held", c.bytes_held);
-  j.I("connect_time_ns", c.connect_time_ns);
-  j.U("requests", c.requests);
-  j.B("is_self", c.is_self != 0);
-  j.Close();
+Json JsonClient(const store_client_info& c) {
+  Json j = Json::object();
+  j["client_id"] = c.client_id;
+  j["name"] = std::string(c.name, strnlen(c.name, sizeof c.name));
+  j["pid"] = c.pid;
+  j["uid"] = c.uid;
+  j["objects_created"] = c.objects_created;
+  j["creating_count"] = c.creating_count;
+  j["readers_held"] = c.readers_held;
+  j["pins_held"] = c.pins_held;
+  j["bytes_held"] = c.bytes_held;
+  j["connect_time_ns"] = c.connect_time_ns;
+  j["requests"] = c.requests;
+  j["is_self"] = c.is_self != 0;
+  return j;
 }
 
 void TextRow(FILE* out, const char* label, uint64_t count, uint64_t bytes) {
@@ -611,63 +544,55 @@ void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
 }
 
 void PrintJson(const Snapshot& snap, const std::string& socket, FILE* out) {
-  Json j(out);
   Derived d = Derive(snap.stats);
-  j.Open();
-  j.S("socket", socket);
-  j.S("library_version", store_version_string());
-  j.I("time_ns", snap.taken_ns);
-  JsonStats(j, snap.stats);
-  j.Open("derived");
-  j.U("free_bytes", d.free_bytes);
-  j.D("used_ratio", d.used_ratio);
-  j.B("evictable_exact", d.evictable_exact);
-  j.U("evictable_bytes_min", d.evictable_min);
-  j.U("evictable_bytes_max", d.evictable_max);
-  j.U("held_bytes", d.held_bytes);
-  j.D("spill_write_bytes_per_second", d.spill_write_bps);
-  j.D("restore_read_bytes_per_second", d.restore_read_bps);
-  j.Close();
-  j.Open("gpu");
-  j.S("backend", GpuBackendName(snap.gpu_backend));
-  j.OpenArray("devices");
+  Json doc = Json::object();
+  doc["socket"] = socket;
+  doc["library_version"] = store_version_string();
+  doc["time_ns"] = snap.taken_ns;
+  doc["stats"] = JsonStats(snap.stats);
+  doc["derived"] = Json{
+      {"free_bytes", d.free_bytes},
+      {"used_ratio", d.used_ratio},
+      {"evictable_exact", d.evictable_exact},
+      {"evictable_bytes_min", d.evictable_min},
+      {"evictable_bytes_max", d.evictable_max},
+      {"held_bytes", d.held_bytes},
+      {"spill_write_bytes_per_second", d.spill_write_bps},
+      {"restore_read_bytes_per_second", d.restore_read_bps},
+  };
+  Json devices = Json::array();
   for (const auto& g : snap.gpus) {
-    j.Open();
-    j.I("device", g.device);
-    j.U("capacity_bytes", g.capacity_bytes);
-    j.U("used_bytes", g.used_bytes);
-    j.U("object_count", g.object_count);
-    j.U("chunks", g.chunks);
-    j.U("chunk_size", g.chunk_size);
-    j.U("largest_free_bytes", g.largest_free_bytes);
-    j.Close();
+    devices.push_back(Json{
+        {"device", g.device},
+        {"capacity_bytes", g.capacity_bytes},
+        {"used_bytes", g.used_bytes},
+        {"object_count", g.object_count},
+        {"chunks", g.chunks},
+        {"chunk_size", g.chunk_size},
+        {"largest_free_bytes", g.largest_free_bytes},
+    });
   }
-  j.CloseArray();
-  j.Close();
+  doc["gpu"] = Json{{"backend", GpuBackendName(snap.gpu_backend)}, {"devices", devices}};
   if (snap.has_clients) {
-    j.OpenArray("clients");
-    for (const auto& c : snap.clients) JsonClient(j, c);
-    j.CloseArray();
+    Json clients = Json::array();
+    for (const auto& c : snap.clients) clients.push_back(JsonClient(c));
+    doc["clients"] = std::move(clients);
   }
-  if (snap.page.limit == 0) {  // no page was asked for
-    j.Close();
-    fputc('\n', out);
-    return;
+  if (snap.page.limit > 0) {  // a page was asked for
+    const char* sort = SortName(snap.page.sort);
+    Json page = Json::array();
+    for (const auto& o : snap.objects) page.push_back(JsonObject(o));
+    doc["objects"] = Json{
+        {"sort", sort ? sort : "?"},
+        {"descending", snap.page.descending},
+        {"offset", snap.page.offset},
+        {"limit", snap.page.limit},
+        {"id_prefix", snap.page.prefix},
+        {"matching", snap.objects_matching},
+        {"page", std::move(page)},
+    };
   }
-  j.Open("objects");
-  const char* sort = SortName(snap.page.sort);
-  j.S("sort", sort ? sort : "?");
-  j.B("descending", snap.page.descending);
-  j.U("offset", snap.page.offset);
-  j.U("limit", snap.page.limit);
-  j.S("id_prefix", snap.page.prefix);
-  j.U("matching", snap.objects_matching);
-  j.OpenArray("page");
-  for (const auto& o : snap.objects) JsonObject(j, o);
-  j.CloseArray();
-  j.Close();
-  j.Close();
-  fputc('\n', out);
+  WriteJson(doc, out);
 }
 
 void PrintInfoSections(const Snapshot& snap, FILE* out) {
@@ -814,14 +739,9 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
 }
 
 void PrintObjectsJson(const std::vector<store_object_info>& objects, uint64_t total, FILE* out) {
-  Json j(out);
-  j.Open();
-  j.U("total", total);
-  j.OpenArray("objects");
-  for (const auto& o : objects) JsonObject(j, o);
-  j.CloseArray();
-  j.Close();
-  fputc('\n', out);
+  Json list = Json::array();
+  for (const auto& o : objects) list.push_back(JsonObject(o));
+  WriteJson(Json{{"total", total}, {"objects", std::move(list)}}, out);
 }
 
 int PrintInfo(const char* socket_path, FILE* out) {

@@ -73,6 +73,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "cli.h"
+#include "hex.h"
 #include "storeclient.h"
 
 namespace {
@@ -132,11 +136,7 @@ bool HasPrefix(const store_object_id& id) {
   return memcmp(id.bytes, g_prefix, sizeof g_prefix) == 0;
 }
 
-std::string PrefixHex() {
-  char buf[2 * sizeof g_prefix + 1];
-  for (size_t i = 0; i < sizeof g_prefix; i++) snprintf(buf + 2 * i, 3, "%02x", g_prefix[i]);
-  return buf;
-}
+std::string PrefixHex() { return store::hex::Encode(g_prefix, sizeof g_prefix); }
 
 // Deletes every sealed object carrying this run's prefix. Returns how many are left after
 // it (-1 if the store could not be listed). quiet: print nothing on errors.
@@ -2038,35 +2038,11 @@ void SpillRestore(const store_stats& st) {
 
 // ---- output --------------------------------------------------------------------------------
 
-std::string JsonString(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char b[8];
-      snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else {
-      o += static_cast<char>(c);
-    }
-  }
-  return o + "\"";
-}
+using Json = nlohmann::ordered_json;  // keys in the order they are set
 
-std::string JsonNumber(double v) {
-  char b[64];
-  snprintf(b, sizeof b, "%.6g", v);
-  return b;
-}
-
-std::string JsonSeries(const Series& s) {
-  std::string o = "{\"name\": " + JsonString(s.name) + ", \"unit\": " + JsonString(s.unit) +
-                  ", \"median\": " + JsonNumber(s.Median()) + ", \"min\": " +
-                  JsonNumber(s.Min()) + ", \"max\": " + JsonNumber(s.Max()) + ", \"samples\": [";
-  for (size_t i = 0; i < s.v.size(); i++) o += (i ? ", " : "") + JsonNumber(s.v[i]);
-  return o + "]";
+Json SeriesJson(const Series& s) {
+  return Json{{"name", s.name}, {"unit", s.unit},   {"median", s.Median()},
+              {"min", s.Min()}, {"max", s.Max()}, {"samples", s.v}};
 }
 
 // The table figures: what one request costs with few and with very many objects in the table
@@ -2300,59 +2276,58 @@ Machine GetMachine() {
   return m;
 }
 
+// One JSON document on stdout. Figures that are not numbers (NaN, infinities) print as null.
 void PrintJson(const Machine& m, const store_stats& st, uint64_t creates_before, double elapsed,
                long left) {
-  std::string o = "{\n";
-  o += "  \"tool\": \"store-bench\",\n";
-  o += "  \"library_version\": " + JsonString(store_version_string()) + ",\n";
-  o += "  \"machine\": {\"nproc\": " + std::to_string(m.nproc) + ", \"kernel\": " +
-       JsonString(m.kernel) + ", \"cpu\": " + JsonString(m.cpu) +
-       ", \"transparent_hugepage\": " + JsonString(m.thp) + "},\n";
-  o += "  \"store\": {\"socket\": " +
-       (g_set.socket ? JsonString(g_set.socket) : std::string("null")) +
-       ", \"server_pid\": " + std::to_string(st.server_pid) +
-       ", \"capacity_bytes\": " + std::to_string(st.capacity_bytes) +
-       ", \"used_bytes_at_start\": " + std::to_string(st.used_bytes) +
-       ", \"objects_at_start\": " + std::to_string(st.object_count) +
-       ", \"creates_before_run\": " + std::to_string(creates_before) + "},\n";
-  o += "  \"mode\": " + JsonString(g_set.quick ? "quick" : "full") + ",\n";
-  o += "  \"rounds\": " + std::to_string(g_set.rounds) + ",\n";
-  o += "  \"spill_rounds\": " + std::to_string(g_set.spill_rounds) + ",\n";
-  o += "  \"spill_dir\": " +
-       (g_set.spill_dir.empty() ? std::string("null") : JsonString(g_set.spill_dir)) + ",\n";
-  o += "  \"id_prefix\": " + JsonString(PrefixHex()) + ",\n";
-  o += "  \"figures\": [";
-  for (size_t i = 0; i < g_results.size(); i++) {
-    const Result& r = g_results[i];
-    o += i ? ",\n    {" : "\n    {";
-    o += "\"name\": " + JsonString(r.name) + ", \"description\": " + JsonString(r.description);
+  Json figures = Json::array();
+  for (const Result& r : g_results) {
+    Json f{{"name", r.name}, {"description", r.description}, {"skipped", r.skipped}};
     if (r.skipped) {
-      o += ", \"skipped\": true, \"reason\": " + JsonString(r.reason) + "}";
+      f["reason"] = r.reason;
+      figures.push_back(std::move(f));
       continue;
     }
-    o += ", \"skipped\": false,\n     \"figure\": " + JsonSeries(r.figure) + "},\n";
-    o += "     \"limits\": [";
-    for (size_t k = 0; k < r.limits.size(); k++) {
-      o += (k ? ",\n                " : "") + JsonSeries(r.limits[k]) +
-           ", \"ratio\": " + JsonNumber(Ratio(r.figure, r.limits[k])) + "}";
+    f["figure"] = SeriesJson(r.figure);
+    Json limits = Json::array();
+    for (const Series& l : r.limits) {
+      Json j = SeriesJson(l);
+      j["ratio"] = Ratio(r.figure, l);
+      limits.push_back(std::move(j));
     }
-    o += "]";
+    f["limits"] = std::move(limits);
     if (!r.also.empty()) {
-      o += ",\n     \"also\": [";
-      for (size_t k = 0; k < r.also.size(); k++) {
-        o += (k ? ",\n              " : "") + JsonSeries(r.also[k]) + "}";
-      }
-      o += "]";
+      Json also = Json::array();
+      for (const Series& a : r.also) also.push_back(SeriesJson(a));
+      f["also"] = std::move(also);
     }
-    if (!r.note.empty()) o += ",\n     \"note\": " + JsonString(r.note);
-    o += "}";
+    if (!r.note.empty()) f["note"] = r.note;
+    figures.push_back(std::move(f));
   }
-  o += "\n  ],\n";
-  o += "  \"cleanup\": {\"created\": " + std::to_string(g_created) +
-       ", \"deleted\": " + std::to_string(g_deleted) +
-       ", \"left\": " + std::to_string(left) + "},\n";
-  o += "  \"elapsed_s\": " + JsonNumber(elapsed) + "\n}\n";
-  fputs(o.c_str(), stdout);
+  Json doc{
+      {"tool", "store-bench"},
+      {"library_version", store_version_string()},
+      {"machine",
+       {{"nproc", m.nproc}, {"kernel", m.kernel}, {"cpu", m.cpu}, {"transparent_hugepage", m.thp}}},
+      {"store",
+       {{"socket", g_set.socket ? Json(g_set.socket) : Json(nullptr)},
+        {"server_pid", st.server_pid},
+        {"capacity_bytes", st.capacity_bytes},
+        {"used_bytes_at_start", st.used_bytes},
+        {"objects_at_start", st.object_count},
+        {"creates_before_run", creates_before}}},
+      {"mode", g_set.quick ? "quick" : "full"},
+      {"rounds", g_set.rounds},
+      {"spill_rounds", g_set.spill_rounds},
+      {"spill_dir", g_set.spill_dir.empty() ? Json(nullptr) : Json(g_set.spill_dir)},
+      {"id_prefix", PrefixHex()},
+      {"figures", std::move(figures)},
+      {"cleanup", {{"created", g_created}, {"deleted", g_deleted}, {"left", left}}},
+      {"elapsed_s", elapsed},
+  };
+  // Bytes that are not UTF-8 (a kernel or CPU name could hold some) become U+FFFD.
+  std::string text = doc.dump(2, ' ', false, Json::error_handler_t::replace);
+  text += '\n';
+  fputs(text.c_str(), stdout);
 }
 
 void Usage(FILE* f) {
@@ -2409,62 +2384,65 @@ void Usage(FILE* f) {
           "Every object made is deleted before exit. Exit status: 0 ok, 1 failure, 2 usage.\n");
 }
 
+// Parses argv into g_set. Returns -1 to go on, or the exit code: 0 after --help, 2 on bad usage
+// (with one line on stderr).
+int ParseArgs(int argc, char** argv) {
+  static std::string socket_path;
+  bool help = false;
+  CLI::App app("", "store-bench");
+  store::cli::Configure(app);
+  using store::cli::Reject;
+  store::cli::Flag(app, "-h,--help", [&] { help = true; });
+  store::cli::Flag(app, "--json", [] { g_set.json = true; });
+  store::cli::Flag(app, "--quick", [] { g_set.quick = true; });
+  store::cli::Value(app, "--socket", [](const std::string& v) {
+    socket_path = v;
+    g_set.socket = socket_path.c_str();
+  });
+  store::cli::Value(app, "--spill-dir", [](std::string v) {
+    if (v.empty()) Reject("store-bench: --spill-dir needs a directory");
+    while (v.size() > 1 && v.back() == '/') v.pop_back();
+    g_set.spill_dir = v;
+  });
+  store::cli::Value(app, "--only", [](std::string v) {
+    if (v == "large_put_first") v = "large_put";
+    if (v == "clients8_put" || v == "clients8_get") v = "clients8";
+    if (v == "restore" || v == "restore_prefetch" || v == "restore_cold") v = "spill";
+    bool known = false;
+    for (const char* n : kFigureNames) known = known || v == n;
+    if (!known) Reject("store-bench: unknown figure '" + v + "'; see --help");
+    g_set.only = v;
+  });
+  store::cli::Failure failure;
+  std::string error;
+  if (!store::cli::Parse(app, argc, argv, &failure)) {
+    switch (failure.kind) {
+      case store::cli::Failure::Kind::kNeedsValue:
+        error = "store-bench: " + failure.option + " needs a value";
+        break;
+      case store::cli::Failure::Kind::kTakesNoValue:
+        error = "store-bench: " + failure.option + " takes no value; see --help";
+        break;
+      case store::cli::Failure::Kind::kOther:
+        error = failure.message;
+        break;
+    }
+  } else if (help) {
+    Usage(stdout);
+    return 0;
+  } else if (auto rest = app.remaining(); !rest.empty()) {
+    error = "store-bench: unknown argument '" + rest[0] + "'; see --help";
+  } else {
+    return -1;
+  }
+  fprintf(stderr, "%s\n", error.c_str());
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; i++) {
-    std::string a = argv[i];
-    auto value = [&](const char* opt, std::string* out) -> bool {
-      size_t n = strlen(opt);
-      if (a == opt) {
-        if (i + 1 >= argc) {
-          fprintf(stderr, "store-bench: %s needs a value\n", opt);
-          exit(2);
-        }
-        *out = argv[++i];
-        return true;
-      }
-      if (a.compare(0, n, opt) == 0 && a.size() > n && a[n] == '=') {
-        *out = a.substr(n + 1);
-        return true;
-      }
-      return false;
-    };
-    static std::string socket_path;
-    std::string v;
-    if (a == "--help" || a == "-h") {
-      Usage(stdout);
-      return 0;
-    } else if (a == "--json") {
-      g_set.json = true;
-    } else if (a == "--quick") {
-      g_set.quick = true;
-    } else if (value("--socket", &v)) {
-      socket_path = v;
-      g_set.socket = socket_path.c_str();
-    } else if (value("--spill-dir", &v)) {
-      if (v.empty()) {
-        fprintf(stderr, "store-bench: --spill-dir needs a directory\n");
-        return 2;
-      }
-      while (v.size() > 1 && v.back() == '/') v.pop_back();
-      g_set.spill_dir = v;
-    } else if (value("--only", &v)) {
-      if (v == "large_put_first") v = "large_put";
-      if (v == "clients8_put" || v == "clients8_get") v = "clients8";
-      if (v == "restore" || v == "restore_prefetch" || v == "restore_cold") v = "spill";
-      bool known = false;
-      for (const char* n : kFigureNames) known = known || v == n;
-      if (!known) {
-        fprintf(stderr, "store-bench: unknown figure '%s'; see --help\n", v.c_str());
-        return 2;
-      }
-      g_set.only = v;
-    } else {
-      fprintf(stderr, "store-bench: unknown argument '%s'; see --help\n", a.c_str());
-      return 2;
-    }
-  }
+  if (int rc = ParseArgs(argc, argv); rc >= 0) return rc;
   if (g_set.quick) {
     g_set.rounds = 3;
     g_set.round_s = 0.05;

@@ -15,8 +15,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "cli.h"
 #include "report.h"
 #include "server/log.h"
 #include "server/options.h"
@@ -45,68 +47,75 @@ const char kCommands[] =
 // The options every command shares, and the arguments left over.
 struct CommandLine {
   const char* name = "";
-  const char* socket = nullptr;
+  std::string socket;  // empty: the default socket
   bool hex = false;
   bool help = false;
   std::vector<std::string> args;  // positional
-  std::vector<std::pair<std::string, std::string>> opts;  // --key value (or "" for flags)
+  // The command's own options in the order given: --key value (or "" for flags), and options
+  // no command knows (each with ""), which the command reports in its own words.
+  std::vector<std::pair<std::string, std::string>> opts;
   std::string error;
 };
 
-// Flags that take no value, per command; every other --option takes one.
-bool IsFlag(const std::string& cmd, const std::string& key) {
-  if (key == "--hex" || key == "--help" || key == "-h") return true;
-  if (cmd == "ls") return key == "--reverse" || key == "--json" || key == "-q";
-  if (cmd == "get") return key == "--metadata";
-  return false;
+// The options of each command besides --socket, --hex and --help: flags, then options that take
+// a value.
+struct CommandOptions {
+  std::vector<const char*> flags;
+  std::vector<const char*> values;
+};
+CommandOptions OptionsOf(const std::string& cmd) {
+  if (cmd == "ls") return {{"--reverse", "--json", "-q"},
+                           {"--sort", "--limit", "--offset", "--prefix", "--page-size"}};
+  if (cmd == "get") return {{"--metadata"}, {"--timeout"}};
+  if (cmd == "put") return {{}, {"--timeout", "--importance", "--metadata"}};
+  return {};
 }
 
 CommandLine Parse(int argc, char** argv) {
   CommandLine c;
   c.name = argv[1];
   const std::string cmd = c.name;
-  for (int i = 2; i < argc; i++) {
-    std::string a = argv[i];
-    if (a == "--") {
-      for (i++; i < argc; i++) c.args.push_back(argv[i]);
-      break;
+  CLI::App app("", "store " + cmd);
+  store::cli::Configure(app);
+  store::cli::Flag(app, "-h,--help", [&] { c.help = true; });
+  store::cli::Flag(app, "--hex", [&] { c.hex = true; });
+  store::cli::Value(app, "--socket", [&](const std::string& v) {
+    if (v.empty()) store::cli::Reject("store " + cmd + ": --socket needs a path");
+    c.socket = v;
+  });
+  const CommandOptions options = OptionsOf(cmd);
+  for (const char* f : options.flags) {
+    store::cli::Flag(app, f, [&c, f] { c.opts.push_back({f, ""}); });
+  }
+  for (const char* k : options.values) {
+    store::cli::Value(app, k, [&c, k](const std::string& v) { c.opts.push_back({k, v}); });
+  }
+  // argv[1], the command, stands where CLI11 expects the program's name.
+  store::cli::Failure failure;
+  if (!store::cli::Parse(app, argc - 1, argv + 1, &failure)) {
+    switch (failure.kind) {
+      case store::cli::Failure::Kind::kNeedsValue:
+        c.error = "store " + cmd + ": " + failure.option + " needs a value";
+        break;
+      case store::cli::Failure::Kind::kTakesNoValue:
+        c.error = "store " + cmd + ": " + failure.option + " takes no value";
+        break;
+      case store::cli::Failure::Kind::kOther:
+        c.error = failure.message;
+        break;
     }
-    if (a.size() < 2 || a[0] != '-' || (a[1] != '-' && a != "-h" && a != "-q")) {
-      c.args.push_back(a);
-      continue;
-    }
-    std::string key = a, value;
-    bool has_value = false;
-    if (auto eq = a.find('='); eq != std::string::npos && a.rfind("--", 0) == 0) {
-      key = a.substr(0, eq);
-      value = a.substr(eq + 1);
-      has_value = true;
-    }
-    if (IsFlag(cmd, key)) {
-      if (has_value) {
-        c.error = "store " + cmd + ": " + key + " takes no value";
-        return c;
-      }
-      if (key == "--hex") c.hex = true;
-      else if (key == "--help" || key == "-h") c.help = true;
-      else c.opts.push_back({key, ""});
-      continue;
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) {
-        c.error = "store " + cmd + ": " + key + " needs a value";
-        return c;
-      }
-      value = argv[++i];
-    }
-    if (key == "--socket") {
-      if (value.empty()) {
-        c.error = "store " + cmd + ": --socket needs a path";
-        return c;
-      }
-      c.socket = argv[i] + (has_value ? std::strlen("--socket=") : 0);
+    return c;
+  }
+  // What the command does not know: before a "--", an argument that starts with "--" (or is
+  // -q) is an unknown option; anything else (a key may start with '-') is an ID or SIZE.
+  bool positional_only = false;
+  for (const std::string& a : app.remaining()) {
+    if (!positional_only && a == "--") {
+      positional_only = true;
+    } else if (!positional_only && (a.rfind("--", 0) == 0 || a == "-q")) {
+      c.opts.push_back({a.substr(0, a.find('=')), ""});
     } else {
-      c.opts.push_back({key, value});
+      c.args.push_back(a);
     }
   }
   return c;
@@ -118,7 +127,7 @@ int Usage(const std::string& message) {
 }
 
 std::string SocketOf(const CommandLine& c) {
-  return c.socket ? c.socket : store::report::DefaultSocketPath();
+  return c.socket.empty() ? store::report::DefaultSocketPath() : c.socket;
 }
 
 // Connects (named after the command); prints the failure and returns nullptr if it cannot.

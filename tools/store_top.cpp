@@ -11,6 +11,9 @@
 // q, Ctrl-C, SIGTERM, SIGHUP (the handlers only set a flag; the main loop ends curses).
 //
 // --once and --json print one snapshot without curses (see report.h) and exit.
+// Before curses.h, whose macros (clear(), erase(), timeout()...) would rewrite CLI11's methods.
+#include "cli.h"
+
 #include <curses.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -80,85 +83,74 @@ struct Options {
 
 // Parses argv into *o. Returns false with *error set (one line) on bad usage.
 bool ParseArgs(int argc, char** argv, Options* o, std::string* error) {
-  for (int i = 1; i < argc; i++) {
-    std::string a = argv[i];
-    std::string value;
-    bool has_value = false;
-    size_t eq = a.find('=');
-    if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = a.substr(eq + 1);
-      a = a.substr(0, eq);
-      has_value = true;
+  CLI::App app("", "store-top");
+  store::cli::Configure(app);
+  using store::cli::Reject;
+  store::cli::Value(app, "--socket", [&](const std::string& v) {
+    if (v.empty()) Reject("--socket needs a non-empty path");
+    o->socket = v;
+  });
+  store::cli::Value(app, "--interval", [&](const std::string& v) {
+    char* end = nullptr;
+    errno = 0;
+    double secs = strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || errno != 0 || !std::isfinite(secs) || secs < 0.05 ||
+        secs > 3600) {
+      Reject("--interval must be a number of seconds from 0.05 to 3600, not '" + v + "'");
     }
-    auto take = [&](const char* what) -> bool {
-      if (has_value) return true;
-      if (i + 1 >= argc) {
-        *error = "option " + a + " needs " + what;
-        return false;
+    o->interval = secs;
+  });
+  store::cli::Value(app, "--sort", [&](const std::string& v) {
+    if (!ParseSort(v, &o->sort)) {
+      Reject("--sort must be size, age, access, importance, state or id, not '" + v + "'");
+    }
+    o->sort_given = true;
+  });
+  store::cli::Value(app, "--limit", [&](const std::string& v) {
+    char* end = nullptr;
+    errno = 0;
+    unsigned long long n = strtoull(v.c_str(), &end, 10);
+    if (v.empty() || v[0] == '-' || *end != '\0' || errno != 0 || n > STORE_MAX_PAGE_OBJECTS) {
+      Reject("--limit must be a number from 0 to " + std::to_string(STORE_MAX_PAGE_OBJECTS) +
+             ", not '" + v + "'");
+    }
+    o->limit = static_cast<uint32_t>(n);
+  });
+  store::cli::Flag(app, "--once", [&] { o->once = true; });
+  store::cli::Flag(app, "--json", [&] { o->json = true; });
+  store::cli::Flag(app, "-h,--help", [&] { o->help = true; });
+  store::cli::Flag(app, "--version", [&] { o->version = true; });
+
+  store::cli::Failure failure;
+  if (!store::cli::Parse(app, argc, argv, &failure)) {
+    switch (failure.kind) {
+      case store::cli::Failure::Kind::kNeedsValue: {
+        const std::string& f = failure.option;
+        *error = "option " + f + " needs " +
+                 (f == "--socket"     ? "a path"
+                  : f == "--interval" ? "a number of seconds"
+                  : f == "--sort"     ? "a key"
+                                      : "a number");
+        break;
       }
-      value = argv[++i];
-      return true;
-    };
-    auto flag = [&]() -> bool {
-      if (has_value) *error = "option " + a + " takes no value";
-      return !has_value;
-    };
-    if (a == "--socket") {
-      if (!take("a path")) return false;
-      if (value.empty()) {
-        *error = "--socket needs a non-empty path";
-        return false;
-      }
-      o->socket = value;
-    } else if (a == "--interval") {
-      if (!take("a number of seconds")) return false;
-      char* end = nullptr;
-      errno = 0;
-      double v = strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0' || errno != 0 || !std::isfinite(v) || v < 0.05 ||
-          v > 3600) {
-        *error = "--interval must be a number of seconds from 0.05 to 3600, not '" + value + "'";
-        return false;
-      }
-      o->interval = v;
-    } else if (a == "--sort") {
-      if (!take("a key")) return false;
-      if (!ParseSort(value, &o->sort)) {
-        *error = "--sort must be size, age, access, importance, state or id, not '" + value + "'";
-        return false;
-      }
-      o->sort_given = true;
-    } else if (a == "--limit") {
-      if (!take("a number")) return false;
-      char* end = nullptr;
-      errno = 0;
-      unsigned long long v = strtoull(value.c_str(), &end, 10);
-      if (value.empty() || value[0] == '-' || *end != '\0' || errno != 0 ||
-          v > STORE_MAX_PAGE_OBJECTS) {
-        *error = "--limit must be a number from 0 to " + std::to_string(STORE_MAX_PAGE_OBJECTS) +
-                 ", not '" + value + "'";
-        return false;
-      }
-      o->limit = static_cast<uint32_t>(v);
-    } else if (a == "--once") {
-      if (!flag()) return false;
-      o->once = true;
-    } else if (a == "--json") {
-      if (!flag()) return false;
-      o->json = true;
-    } else if (a == "--help" || a == "-h") {
-      if (!flag()) return false;
-      o->help = true;
-    } else if (a == "--version") {
-      if (!flag()) return false;
-      o->version = true;
-    } else if (a.rfind("-", 0) == 0) {
-      *error = "unknown option '" + a + "' (see store-top --help)";
-      return false;
+      case store::cli::Failure::Kind::kTakesNoValue:
+        *error = "option " + failure.option + " takes no value";
+        break;
+      case store::cli::Failure::Kind::kOther:
+        *error = failure.message;
+        break;
+    }
+    return false;
+  }
+  if (auto rest = app.remaining(); !rest.empty()) {
+    const std::string& a = rest[0];
+    if (a.rfind("-", 0) == 0) {
+      *error = "unknown option '" + a.substr(0, a.rfind("--", 0) == 0 ? a.find('=') : a.npos) +
+               "' (see store-top --help)";
     } else {
       *error = "unexpected argument '" + a + "' (see store-top --help)";
-      return false;
     }
+    return false;
   }
   return true;
 }

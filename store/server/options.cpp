@@ -1,5 +1,6 @@
 #include "server/options.h"
 
+#include "cli.h"
 #include "framing.h"
 
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 namespace store {
 
@@ -135,222 +137,186 @@ const char* HelpText() {
          "The server stops cleanly on SIGINT or SIGTERM and removes its socket.\n";
 }
 
+namespace {
+
+// The value of a count flag: 1 to most, or the flag's one-line failure.
+uint32_t Count(const std::string& flag, const std::string& v, unsigned long most) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long n = std::strtoul(v.c_str(), &end, 10);
+  if (v.empty() || v[0] == '-' || *end != '\0' || errno == ERANGE || n == 0 || n > most) {
+    cli::Reject("store: invalid " + flag + " '" + v + "' (1 to " + std::to_string(most) + ")");
+  }
+  return static_cast<uint32_t>(n);
+}
+
+// The value of a fraction flag (0 < f <= 1).
+double Fraction(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  double f = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || !(f > 0) || f > 1) {
+    cli::Reject("store: invalid " + flag + " '" + v + "' (a fraction, 0 < f <= 1)");
+  }
+  return f;
+}
+
+// A path that must not be empty.
+std::string Path(const std::string& flag, const std::string& v) {
+  if (v.empty()) cli::Reject("store: " + flag + " needs a non-empty path");
+  return v;
+}
+
+}  // namespace
+
 bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error) {
   ServerOptions o;
-  auto value_of = [&](int& i, const std::string& flag, std::string* v) -> bool {
-    std::string a = argv[i];
-    size_t eq = a.find('=');
-    if (eq != std::string::npos) {
-      *v = a.substr(eq + 1);
-      return true;
-    }
-    if (i + 1 >= argc) {
-      *error = "store: option " + flag + " needs a value (see --help)";
-      return false;
-    }
-    *v = argv[++i];
-    return true;
+  CLI::App app("A node-local shared-memory object store server.", "store");
+  cli::Configure(app);
+  auto flag = [&](const char* names, std::function<void()> fn) { cli::Flag(app, names, fn); };
+  auto value = [&](const char* names, std::function<void(const std::string&)> fn) {
+    cli::Value(app, names, fn);
   };
-  for (int i = 1; i < argc; i++) {
-    std::string a = argv[i];
-    std::string flag = a.substr(0, a.find('='));
-    std::string v;
-    bool has_value = a.find('=') != std::string::npos;
-    if (has_value && (flag == "--help" || flag == "-h" || flag == "--version" || flag == "-V" ||
-                      flag == "--prefault" || flag == "--no-prefault" || flag == "--hugepages" ||
-                      flag == "--no-hugepages" || flag == "--recover")) {
-      *error = "store: option " + flag + " takes no value (see --help)";
-      return false;
-    }
-    if (flag == "--help" || flag == "-h") {
-      o.help = true;
-    } else if (flag == "--version" || flag == "-V") {
-      o.version = true;
-    } else if (flag == "--prefault") {
-      o.prefault = true;
-    } else if (flag == "--no-prefault") {
-      o.prefault = false;
-    } else if (flag == "--hugepages") {
-      o.hugepages = HugePages::kAsked;
-    } else if (flag == "--no-hugepages") {
-      o.hugepages = HugePages::kNever;
-    } else if (flag == "--socket") {
-      if (!value_of(i, flag, &v)) return false;
-      if (v.empty()) {
-        *error = "store: --socket needs a non-empty path";
-        return false;
-      }
-      if (v.size() >= 108) {
-        *error = "store: socket path is too long (" + std::to_string(v.size()) +
-                 " bytes; Unix sockets allow 107): " + v;
-        return false;
-      }
-      o.socket_path = v;
-    } else if (flag == "--memory") {
-      if (!value_of(i, flag, &v)) return false;
-      if (!ParseSize(v, &o.memory)) {
-        *error = "store: invalid size for --memory: '" + v + "' (examples: 1073741824, 512M, 4G)";
-        return false;
-      }
-      if (o.memory < (1ull << 20)) {
-        *error = "store: --memory must be at least 1M, got '" + v + "'";
-        return false;
-      }
-    } else if (flag == "--spill-dir") {
-      if (!value_of(i, flag, &v)) return false;
-      if (v.empty()) {
-        *error = "store: --spill-dir needs a non-empty path";
-        return false;
-      }
-      o.spill_dirs.push_back(v);
-    } else if (flag == "--recover") {
-      o.recover = true;
-    } else if (flag == "--when-full") {
-      if (!value_of(i, flag, &v)) return false;
-      if (v == "refuse") {
-        o.when_full = WhenFull::kRefuse;
-      } else if (v == "drop") {
-        o.when_full = WhenFull::kDrop;
-      } else {
-        *error = "store: invalid --when-full '" + v + "' (refuse or drop)";
-        return false;
-      }
-    } else if (flag == "--spill-high" || flag == "--spill-low" || flag == "--disk-threshold" ||
-               flag == "--spill-compact") {
-      if (!value_of(i, flag, &v)) return false;
-      char* end = nullptr;
-      double f = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end != '\0' || !(f > 0) || f > 1) {
-        *error = "store: invalid " + flag + " '" + v + "' (a fraction, 0 < f <= 1)";
-        return false;
-      }
-      (flag == "--spill-high"      ? o.spill_high
-       : flag == "--spill-low"     ? o.spill_low
-       : flag == "--spill-compact" ? o.spill_compact
-                                   : o.disk_threshold) = f;
-    } else if (flag == "--spill-file-max-size") {
-      if (!value_of(i, flag, &v)) return false;
-      if (!ParseSize(v, &o.spill_file_max_size)) {
-        *error = "store: invalid size for --spill-file-max-size: '" + v + "'";
-        return false;
-      }
-    } else if (flag == "--restore-readahead") {
-      if (!value_of(i, flag, &v)) return false;
-      if (v == "0") {
-        o.restore_readahead = 0;
-      } else if (!ParseSize(v, &o.restore_readahead)) {
-        *error = "store: invalid size for --restore-readahead: '" + v + "'";
-        return false;
-      }
-    } else if (flag == "--spill-file-max-objects") {
-      if (!value_of(i, flag, &v)) return false;
-      char* end = nullptr;
-      unsigned long n = std::strtoul(v.c_str(), &end, 10);
-      if (v.empty() || *end != '\0' || n == 0 || n > 1000000) {
-        *error = "store: invalid --spill-file-max-objects '" + v + "' (1 to 1000000)";
-        return false;
-      }
-      o.spill_file_max_objects = static_cast<uint32_t>(n);
-    } else if (flag == "--metrics-file") {
-      if (!value_of(i, flag, &v)) return false;
-      if (v.empty()) {
-        *error = "store: --metrics-file needs a non-empty path";
-        return false;
-      }
-      o.metrics_file = v;
-    } else if (flag == "--metrics-interval") {
-      if (!value_of(i, flag, &v)) return false;
-      char* end = nullptr;
-      double secs = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end != '\0' || !(secs >= 0.05) || secs > 86400) {
-        *error = "store: invalid --metrics-interval '" + v + "' (seconds, 0.05 to 86400)";
-        return false;
-      }
-      o.metrics_interval_ms = static_cast<uint64_t>(secs * 1000);
-    } else if (flag == "--log-level") {
-      if (!value_of(i, flag, &v)) return false;
-      if (!ParseLogLevel(v.c_str(), &o.log_level)) {
-        *error = "store: invalid --log-level '" + v + "' (use error, warn, info or debug)";
-        return false;
-      }
-    } else if (flag == "--gpu-memory" || flag == "--gpu-chunk-size") {
-      if (!value_of(i, flag, &v)) return false;
-      if (!ParseSize(v, flag == "--gpu-memory" ? &o.gpu_memory : &o.gpu_chunk_size)) {
-        *error = "store: invalid size for " + flag + ": '" + v + "'";
-        return false;
-      }
-    } else if (flag == "--gpu-devices") {
-      if (!value_of(i, flag, &v)) return false;
-      o.gpu_devices.clear();
-      size_t start = 0;
-      while (start <= v.size()) {
-        size_t comma = v.find(',', start);
-        std::string item = v.substr(start, comma == std::string::npos ? std::string::npos
-                                                                        : comma - start);
-        char* end = nullptr;
-        long d = std::strtol(item.c_str(), &end, 10);
-        if (item.empty() || *end != '\0' || d < 0 || d > 1023) {
-          *error = "store: invalid --gpu-devices '" + v + "' (device numbers, e.g. 0,1)";
-          return false;
-        }
-        o.gpu_devices.push_back(static_cast<int>(d));
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-      }
-    } else if (flag == "--max-waiting-bytes" || flag == "--max-client-backlog" ||
-               flag == "--max-backlog" || flag == "--max-partial-bytes") {
-      if (!value_of(i, flag, &v)) return false;
-      uint64_t* dst = flag == "--max-waiting-bytes"    ? &o.max_waiting_bytes
-                      : flag == "--max-client-backlog" ? &o.max_client_backlog
-                      : flag == "--max-backlog"        ? &o.max_backlog
-                                                       : &o.max_partial_bytes;
+  // A size flag whose value must be at least least bytes; say why, if it is not, in why.
+  auto size = [&](const char* name, uint64_t* dst, uint64_t least = 1, const char* why = "",
+                  const char* examples = "") {
+    value(name, [=](const std::string& v) {
       if (!ParseSize(v, dst)) {
-        *error = "store: invalid size for " + flag + ": '" + v + "' (examples: 64M, 1G)";
-        return false;
+        cli::Reject(std::string("store: invalid size for ") + name + ": '" + v + "'" + examples);
       }
-      // A backlog limit must hold the largest reply (a page of objects, under 10 MiB), or a
-      // client that reads would be dropped for one large page.
-      if ((flag == "--max-client-backlog" || flag == "--max-backlog") && *dst < (16ull << 20)) {
-        *error = "store: " + flag + " must be at least 16M (the largest reply), got '" + v + "'";
-        return false;
+      if (*dst < least) {
+        cli::Reject(std::string("store: ") + name + " must be at least " + why + ", got '" + v +
+                    "'");
       }
-      // Two requests of the largest size (4 MiB) may be on their way at once.
-      if (flag == "--max-partial-bytes" && *dst < (8ull << 20)) {
-        *error = "store: --max-partial-bytes must be at least 8M (two of the largest requests), "
-                 "got '" + v + "'";
-        return false;
-      }
-      // A quarter of it (one client's share) holds a waiting create with 1 MiB of metadata.
-      if (flag == "--max-waiting-bytes" && *dst < (8ull << 20)) {
-        *error = "store: --max-waiting-bytes must be at least 8M (a client's quarter then holds "
-                 "a waiting create of the largest metadata), got '" + v + "'";
-        return false;
-      }
-    } else if (flag == "--max-client-waiting" || flag == "--max-clients" ||
-               flag == "--max-client-gpu-fds") {
-      if (!value_of(i, flag, &v)) return false;
-      const unsigned long most = flag == "--max-clients" ? kMaxClientsCap : 1000000;
-      char* end = nullptr;
-      errno = 0;
-      unsigned long n = std::strtoul(v.c_str(), &end, 10);
-      if (v.empty() || v[0] == '-' || *end != '\0' || errno == ERANGE || n == 0 || n > most) {
-        *error = "store: invalid " + flag + " '" + v + "' (1 to " + std::to_string(most) + ")";
-        return false;
-      }
-      (flag == "--max-client-waiting" ? o.max_client_waiting
-       : flag == "--max-clients"      ? o.max_clients
-                                      : o.max_client_gpu_fds) = static_cast<uint32_t>(n);
-    } else if (flag == "--gpu-backend") {
-      if (!value_of(i, flag, &v)) return false;
-      if (v != "cuda" && v != "memfd-standin") {
-        *error = "store: invalid --gpu-backend '" + v + "' (cuda or memfd-standin)";
-        return false;
-      }
-      o.gpu_backend = v;
-    } else {
-      *error = "store: unknown option '" + a + "' (see --help)";
-      return false;
+    });
+  };
+
+  flag("-h,--help", [&] { o.help = true; });
+  flag("-V,--version", [&] { o.version = true; });
+  flag("--prefault", [&] { o.prefault = true; });
+  flag("--no-prefault", [&] { o.prefault = false; });
+  flag("--hugepages", [&] { o.hugepages = HugePages::kAsked; });
+  flag("--no-hugepages", [&] { o.hugepages = HugePages::kNever; });
+  flag("--recover", [&] { o.recover = true; });
+  value("--socket", [&](const std::string& v) {
+    o.socket_path = Path("--socket", v);
+    if (v.size() >= 108) {
+      cli::Reject("store: socket path is too long (" + std::to_string(v.size()) +
+                  " bytes; Unix sockets allow 107): " + v);
     }
+  });
+  size("--memory", &o.memory, 1ull << 20, "1M", " (examples: 1073741824, 512M, 4G)");
+  value("--spill-dir", [&](const std::string& v) { o.spill_dirs.push_back(Path("--spill-dir", v)); });
+  value("--when-full", [&](const std::string& v) {
+    if (v == "refuse") {
+      o.when_full = WhenFull::kRefuse;
+    } else if (v == "drop") {
+      o.when_full = WhenFull::kDrop;
+    } else {
+      cli::Reject("store: invalid --when-full '" + v + "' (refuse or drop)");
+    }
+  });
+  value("--spill-high", [&](const std::string& v) { o.spill_high = Fraction("--spill-high", v); });
+  value("--spill-low", [&](const std::string& v) { o.spill_low = Fraction("--spill-low", v); });
+  value("--disk-threshold",
+        [&](const std::string& v) { o.disk_threshold = Fraction("--disk-threshold", v); });
+  value("--spill-compact",
+        [&](const std::string& v) { o.spill_compact = Fraction("--spill-compact", v); });
+  size("--spill-file-max-size", &o.spill_file_max_size);
+  value("--restore-readahead", [&](const std::string& v) {
+    if (v == "0") {
+      o.restore_readahead = 0;
+    } else if (!ParseSize(v, &o.restore_readahead)) {
+      cli::Reject("store: invalid size for --restore-readahead: '" + v + "'");
+    }
+  });
+  value("--spill-file-max-objects", [&](const std::string& v) {
+    char* end = nullptr;
+    unsigned long n = std::strtoul(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || n == 0 || n > 1000000) {
+      cli::Reject("store: invalid --spill-file-max-objects '" + v + "' (1 to 1000000)");
+    }
+    o.spill_file_max_objects = static_cast<uint32_t>(n);
+  });
+  value("--metrics-file", [&](const std::string& v) { o.metrics_file = Path("--metrics-file", v); });
+  value("--metrics-interval", [&](const std::string& v) {
+    char* end = nullptr;
+    double secs = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(secs >= 0.05) || secs > 86400) {
+      cli::Reject("store: invalid --metrics-interval '" + v + "' (seconds, 0.05 to 86400)");
+    }
+    o.metrics_interval_ms = static_cast<uint64_t>(secs * 1000);
+  });
+  value("--log-level", [&](const std::string& v) {
+    if (!ParseLogLevel(v.c_str(), &o.log_level)) {
+      cli::Reject("store: invalid --log-level '" + v + "' (use error, warn, info or debug)");
+    }
+  });
+  size("--gpu-memory", &o.gpu_memory);
+  size("--gpu-chunk-size", &o.gpu_chunk_size);
+  value("--gpu-devices", [&](const std::string& v) {
+    o.gpu_devices.clear();
+    size_t start = 0;
+    while (start <= v.size()) {
+      size_t comma = v.find(',', start);
+      std::string item =
+          v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      char* end = nullptr;
+      long d = std::strtol(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || d < 0 || d > 1023) {
+        cli::Reject("store: invalid --gpu-devices '" + v + "' (device numbers, e.g. 0,1)");
+      }
+      o.gpu_devices.push_back(static_cast<int>(d));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  });
+  // A quarter of it (one client's share) holds a waiting create with 1 MiB of metadata.
+  size("--max-waiting-bytes", &o.max_waiting_bytes, 8ull << 20,
+       "8M (a client's quarter then holds a waiting create of the largest metadata)",
+       " (examples: 64M, 1G)");
+  // A backlog limit must hold the largest reply (a page of objects, under 10 MiB), or a client
+  // that reads would be dropped for one large page.
+  size("--max-client-backlog", &o.max_client_backlog, 16ull << 20, "16M (the largest reply)",
+       " (examples: 64M, 1G)");
+  size("--max-backlog", &o.max_backlog, 16ull << 20, "16M (the largest reply)",
+       " (examples: 64M, 1G)");
+  // Two requests of the largest size (4 MiB) may be on their way at once.
+  size("--max-partial-bytes", &o.max_partial_bytes, 8ull << 20,
+       "8M (two of the largest requests)", " (examples: 64M, 1G)");
+  value("--max-client-waiting", [&](const std::string& v) {
+    o.max_client_waiting = Count("--max-client-waiting", v, 1000000);
+  });
+  value("--max-clients",
+        [&](const std::string& v) { o.max_clients = Count("--max-clients", v, kMaxClientsCap); });
+  value("--max-client-gpu-fds", [&](const std::string& v) {
+    o.max_client_gpu_fds = Count("--max-client-gpu-fds", v, 1000000);
+  });
+  value("--gpu-backend", [&](const std::string& v) {
+    if (v != "cuda" && v != "memfd-standin") {
+      cli::Reject("store: invalid --gpu-backend '" + v + "' (cuda or memfd-standin)");
+    }
+    o.gpu_backend = v;
+  });
+
+  cli::Failure failure;
+  if (!cli::Parse(app, argc, argv, &failure)) {
+    switch (failure.kind) {
+      case cli::Failure::Kind::kNeedsValue:
+        *error = "store: option " + failure.option + " needs a value (see --help)";
+        break;
+      case cli::Failure::Kind::kTakesNoValue:
+        *error = "store: option " + failure.option + " takes no value (see --help)";
+        break;
+      case cli::Failure::Kind::kOther:
+        *error = failure.message;
+        break;
+    }
+    return false;
+  }
+  // The server takes no arguments besides its options.
+  if (auto rest = app.remaining(); !rest.empty()) {
+    *error = "store: unknown option '" + rest[0] + "' (see --help)";
+    return false;
   }
   // A store that spills never deletes what it was given; one that drops has no disk to spill to.
   if (o.when_full == WhenFull::kDrop && !o.spill_dirs.empty()) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "framing.h"
+#include "hex.h"
 #include "objects/object_table.h"
 
 namespace store {
@@ -30,15 +31,8 @@ inline ObjectKey KeyOf(const proto::ObjectId* id) {
   return k;
 }
 
-inline std::string Hex(const ObjectKey& k) {
-  static const char* d = "0123456789abcdef";
-  std::string s(40, '0');
-  for (int i = 0; i < 20; i++) {
-    s[2 * i] = d[k.bytes[i] >> 4];
-    s[2 * i + 1] = d[k.bytes[i] & 15];
-  }
-  return s;
-}
+// The id in 40 lowercase hex digits, as the client library and the tools print ids.
+inline std::string Hex(const ObjectKey& k) { return hex::Encode(k.bytes, sizeof k.bytes); }
 
 inline std::string Bytes(uint64_t n) {
   char buf[64];
@@ -58,13 +52,13 @@ inline std::string Bytes(uint64_t n) {
 // backslash and bytes that are not part of well-formed UTF-8 (C1 controls included) become
 // \n, \t, \\ or \xHH. Well-formed UTF-8 for printable characters is kept.
 inline std::string Printable(const char* s, size_t n) {
-  static const char* d = "0123456789abcdef";
   std::string out;
   out.reserve(n);
   auto escape = [&](uint8_t b) {
+    char digits[2];
+    hex::Byte(b, digits);
     out += "\\x";
-    out += d[b >> 4];
-    out += d[b & 15];
+    out.append(digits, 2);
   };
   for (size_t i = 0; i < n;) {
     const uint8_t b = static_cast<uint8_t>(s[i]);
