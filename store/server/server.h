@@ -10,6 +10,12 @@
 // A request that breaks the protocol gets an error reply and its connection is closed; a
 // request that is well formed but cannot be served gets an error reply only. Nothing a client
 // sends can stop the server.
+//
+// The class is defined in several files, one part each: server.cpp (start-up, the loop,
+// shutdown), connections.cpp (accept, read, dispatch, replies, closing), objects.cpp (requests
+// that change objects, creates waiting for memory, --when-full drop), gets.cpp (get, release,
+// gets waiting for objects), introspection.cpp (contains, info, list, stats, clients, objects),
+// metrics.cpp (the metrics file), limits.cpp, gpu.cpp and spiller.cpp.
 #pragma once
 
 #include <uv.h>
@@ -182,7 +188,7 @@ class Server {
   void HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r);
   void HandleList(Client* c, uint64_t seq, const proto::ListRequest* r);
   void HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r);
-  // Leases (server.cpp): objects created leased go with their last lease.
+  // Leases (server/objects.cpp): objects created leased go with their last lease.
   void HandleLease(Client* c, uint64_t seq, const proto::LeaseRequest* r);
   // Drops n of c's leases on the object with this uid; deletes it if that was the last lease on
   // an object created leased. Returns whether memory may have been freed.
@@ -198,9 +204,9 @@ class Server {
   // Object operations shared by several requests.
   // Tries to allocate and insert; returns STORE_OK, or an error with *message set.
   int TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message);
-  // --when-full drop (server.cpp): deletes the least valuable objects nobody uses (eviction
-  // order; not leased) until `size` bytes can be allocated, and allocates them. Drops nothing and
-  // returns nullptr when all of those would not free enough.
+  // --when-full drop (server/objects.cpp): deletes the least valuable objects nobody uses
+  // (eviction order; not leased) until `size` bytes can be allocated, and allocates them. Drops
+  // nothing and returns nullptr when all of those would not free enough.
   void* DropForRoom(uint64_t size, uint64_t* usable);
   bool DropMode() const { return options_.when_full == WhenFull::kDrop; }
   // Whether o may be dropped: evictable (sealed, in memory, no reader or pin) and not leased.

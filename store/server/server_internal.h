@@ -1,5 +1,5 @@
 // server_internal.h - the server's private records: connections, waiting requests, IO jobs.
-// Included by server.cpp and spiller.cpp only.
+// Included only by the server's own files (store/server/*.cpp).
 #pragma once
 
 #include <uv.h>
@@ -18,6 +18,9 @@
 
 namespace store {
 
+// Most bytes of replies held back while a read's requests are handled; a reply that would pass
+// it goes out at once, after those held.
+constexpr size_t kMaxCorkBytes = 256u << 10;
 
 // The objects a client's list (ListRequest) goes through: the uids visible when it started.
 struct Server::ListSnapshot {
@@ -227,5 +230,24 @@ struct Server::RestoreJob {
   std::string error;
   int64_t ns = 0;
 };
+
+// Appends to the replies held back for c a copy of the reply in *tmpl (built by build() the
+// first time, with every field present, so that each can be written in place) and returns the
+// copy; nullptr when no copy can be held (c not corked or going away, the buffer not 8-aligned
+// so far, or full).
+template <class Build>
+proto::Message* Server::HoldCopy(Client* c, std::vector<uint8_t>* tmpl, Build&& build) {
+  if (!c->corked || c->closing || c->doomed || c->out.size() % 8 != 0) return nullptr;
+  if (tmpl->empty()) {
+    flatbuffers::FlatBufferBuilder b(256);
+    b.ForceDefaults(true);
+    build(b);
+    tmpl->assign(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+  }
+  if (c->out.size() + tmpl->size() > kMaxCorkBytes) return nullptr;
+  size_t at = c->out.size();
+  c->out.insert(c->out.end(), tmpl->begin(), tmpl->end());
+  return proto::GetMutableSizePrefixedMessage(c->out.data() + at);
+}
 
 }  // namespace store
