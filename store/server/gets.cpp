@@ -61,6 +61,11 @@ void Server::NotifyWaiters(const ObjectKey& id) {
   for (WaitingGet* g : ready) CompleteGet(g, false);
 }
 
+bool Server::GetsWaitFor(const ObjectKey& id) const {
+  auto w = get_waiters_.find(id);
+  return w != get_waiters_.end() && !w->second.empty();
+}
+
 int Server::TakeReader(Client* c, Object* o, int64_t now) {
   uint32_t& mine = c->readers[o->uid];
   if (mine == UINT32_MAX || !table_.AddReader(o)) {
@@ -70,7 +75,7 @@ int Server::TakeReader(Client* c, Object* o, int64_t now) {
   mine++;
   o->access_ns = now;
   totals_.gets++;
-  MaybeReadAheadOnGet(o);
+  spiller_.MaybeReadAheadOnGet(o);
   return STORE_OK;
 }
 
@@ -237,7 +242,7 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
     if (o && o->state == ObjectState::kSpilled) to_restore.push_back(o);
   }
   g = nullptr;  // a restore that fails at once completes (and frees) the get
-  for (Object* o : to_restore) StartRestore(o, false, false);
+  for (Object* o : to_restore) spiller_.StartRestore(o, false, false);
   if (!to_restore.empty()) Pump();
 }
 
@@ -296,7 +301,7 @@ void Server::Locate(Client* c, Object* o, int64_t now, bool timed_out,
   if (o && o->state == ObjectState::kSpilled) {
     if (o->restore_error != 0) {
       status = o->restore_error;
-    } else if (timed_out && restore_queued_.count(o->uid)) {
+    } else if (timed_out && spiller_.RestoreQueued(o->uid)) {
       status = STORE_ENOSPACE;  // on disk, and no room could be made for it in time
     }
   }

@@ -1,5 +1,5 @@
 // introspection.cpp - requests that look and change nothing: contains, info, list, stats,
-// clients and objects (the pages store-top shows).
+// clients and objects (the pages store-top shows), and spill files.
 #include <unistd.h>
 
 #include <algorithm>
@@ -147,23 +147,23 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_restoring_count(t.restoring_count);
   b.add_restoring_bytes(t.restoring_bytes);
   b.add_evictable_bytes(t.evictable_bytes);
-  b.add_spill_enabled(dirs_ != nullptr);
+  b.add_spill_enabled(spiller_.enabled());
   uint64_t disk = 0, dead = 0;
-  for (auto& [id, f] : spill_files_) {
+  for (auto& [id, f] : spiller_.files()) {
     disk += f->size;
     dead += f->dead_bytes;
   }
-  b.add_spill_files(spill_files_.size());
+  b.add_spill_files(spiller_.files().size());
   b.add_spill_disk_bytes(disk);
   b.add_spill_dead_bytes(dead);
-  b.add_total_spilled_objects(spill_totals_.objects);
-  b.add_total_spilled_bytes(spill_totals_.bytes);
-  b.add_total_spill_ns(spill_totals_.ns);
-  b.add_total_restored_objects(spill_totals_.restored_objects);
-  b.add_total_restored_bytes(spill_totals_.restored_bytes);
-  b.add_total_restore_ns(spill_totals_.restore_ns);
-  b.add_total_spill_failures(spill_totals_.failures);
-  b.add_total_restore_failures(spill_totals_.restore_failures);
+  b.add_total_spilled_objects(spiller_.totals().objects);
+  b.add_total_spilled_bytes(spiller_.totals().bytes);
+  b.add_total_spill_ns(spiller_.totals().ns);
+  b.add_total_restored_objects(spiller_.totals().restored_objects);
+  b.add_total_restored_bytes(spiller_.totals().restored_bytes);
+  b.add_total_restore_ns(spiller_.totals().restore_ns);
+  b.add_total_spill_failures(spiller_.totals().failures);
+  b.add_total_restore_failures(spiller_.totals().restore_failures);
   // Limits (server/limits.cpp).
   b.add_waiting_bytes(waiting_bytes_);
   b.add_backlog_bytes(backlog_bytes_);
@@ -341,6 +341,32 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
   auto vec = fbb_.CreateUninitializedVectorOfStructs(end - begin, &infos);
   for (uint64_t i = begin; i < end; i++) infos[i - begin] = InfoOf(*all[i]);
   SendEmpty(c, seq, Body::ObjectsReply, proto::CreateObjectsReply(fbb_, total, vec).Union());
+}
+
+void Server::HandleSpillFiles(Client* c, uint64_t seq, const proto::SpillFilesRequest* r) {
+  uint32_t limit = r->limit();
+  if (limit == 0 || limit > proto::kMaxSpillFilesPage) limit = proto::kMaxSpillFilesPage;
+  std::vector<const SpillFile*> after;
+  for (auto& [id, f] : spiller_.files()) {
+    if (id > r->after()) after.push_back(f.get());
+  }
+  const bool more = after.size() > limit;
+  auto by_id = [](const SpillFile* a, const SpillFile* b) { return a->id < b->id; };
+  if (more) {
+    std::nth_element(after.begin(), after.begin() + limit, after.end(), by_id);
+    after.resize(limit);
+  }
+  std::sort(after.begin(), after.end(), by_id);
+  fbb_.Clear();
+  std::vector<flatbuffers::Offset<proto::SpillFileInfo>> files;
+  for (const SpillFile* f : after) {
+    auto path = fbb_.CreateString(f->path);
+    files.push_back(proto::CreateSpillFileInfo(fbb_, path, f->size, f->live_objects,
+                                               f->live_bytes, f->dead_bytes, f->created_ns));
+  }
+  auto vec = fbb_.CreateVector(files);
+  uint64_t next = more ? after.back()->id : 0;
+  SendEmpty(c, seq, Body::SpillFilesReply, proto::CreateSpillFilesReply(fbb_, vec, next).Union());
 }
 
 }  // namespace store

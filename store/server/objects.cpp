@@ -1,5 +1,6 @@
-// objects.cpp - requests that change objects: create, seal, abort, delete, pin, unpin, lease;
-// the creates waiting for memory, --when-full drop, and freeing objects.
+// objects.cpp - requests that change objects: create, seal, abort, delete, pin, unpin, lease,
+// importance, evict and prefetch; the creates waiting for memory, Pump (which serves them and the
+// restores, and asks the Spiller for room), --when-full drop, and freeing objects.
 #include <algorithm>
 #include <cinttypes>
 #include <cstring>
@@ -106,7 +107,7 @@ void Server::NoteDrops(uint64_t objects, uint64_t bytes) {
   drop_totals_.bytes += bytes;
   drop_unlogged_.objects += objects;
   drop_unlogged_.bytes += bytes;
-  if (LogNowOrLater(&drop_log_)) FlushDropLog();
+  if (drop_log_.NowOrLater(stopping_)) FlushDropLog();
 }
 
 void Server::FlushDropLog() {
@@ -263,9 +264,9 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   if (rc != STORE_ENOSPACE || timeout == 0) {
     if (rc == STORE_ENOSPACE) {
       totals_.full++;
-      if (dirs_ && a.device < 0) {
+      if (spiller_.enabled() && a.device < 0) {
         // It will not wait, but the next one may fit: spill down to the low mark now.
-        SpillStep(a.data_size + a.metadata.size(), nullptr);
+        spiller_.SpillStep(a.data_size + a.metadata.size(), nullptr);
         message += "; spilling has started to make room";
       }
     }
@@ -340,13 +341,108 @@ bool Server::ServeWaitingCreates() {
   return true;
 }
 
+// ------------------------------------------------------------------------------------------
+// Serving what waits for memory.
+
+// Serves what waits for memory: the GPU creates when device memory was freed, then the queued
+// restores and the waiting creates, each in arrival order (restores first), and asks the
+// Spiller to free what the marks and the heads of those queues call for. A call made while it
+// runs (from a completion or a free it causes) only makes it go round once more.
+//
+// Invariant on return: every queued restore and create that fits has been served, in arrival
+// order (restores first); spilling was started for what the marks and the heads of those
+// queues need; and what still waits can be served later: spill writes are in flight, or room
+// can only come from outside (a delete, an unpin, a closed reader), which pumps again. Nothing
+// waiting for memory is failed here except for a failing disk (STORE_ENODISK) and gets that
+// asked not to wait (StallRestores); the others wait for their deadlines.
+void Server::Pump() {
+  if (pumping_) {
+    pump_again_ = true;
+    return;
+  }
+  pumping_ = true;
+  do {
+    pump_again_ = false;
+    if (gpu_freed_) ServeWaitingGpuCreates();
+    while (Object* o = spiller_.HeadRestore()) {
+      if (!spiller_.TryStartRestore(o)) break;
+      spiller_.PopRestore(o);
+    }
+    bool blocked = !ServeWaitingCreates() || spiller_.HeadRestore() != nullptr;
+    if (!spiller_.enabled() || stopping_) continue;  // without spilling, waiters wait for deletes
+    if (spiller_.SpillStep(0, nullptr)) pump_again_ = true;  // memory is free now
+    if (!blocked || pump_again_) continue;
+    if (spiller_.jobs() == 0 && !spiller_.BackingOff() && spiller_.CanSpillMore()) {
+      // Enough bytes are free in all but not in one piece: spill what the head needs anyway.
+      if (spiller_.SpillStep(spiller_.NeedNow(), nullptr)) pump_again_ = true;
+      if (pump_again_ || spiller_.jobs() > 0) continue;
+    }
+    // Something waits for memory that spilling cannot free now.
+    bool backoff = spiller_.BackingOff();
+    if (backoff || spiller_.last_error() == STORE_ENODISK) {
+      // The disk fails: what needs a spill fails now rather than wait on a broken disk.
+      if (spiller_.jobs() > 0) continue;
+      std::string why = "spilling cannot make room: " + spiller_.last_message();
+      if (Object* o = spiller_.HeadRestore()) {
+        spiller_.PopRestore(o);
+        spiller_.FailRestore(o, STORE_ENODISK,
+                             why + "; " + FullMessage(o->data_size + o->metadata_size));
+      } else {
+        WaitingCreate* w = create_queue_.front();
+        totals_.full++;
+        FinishCreateWait(w, STORE_ENODISK,
+                         why + "; " + FullMessage(w->args.data_size + w->args.metadata.size()));
+      }
+      pump_again_ = true;
+    } else if (!spiller_.CanSpillMore()) {
+      // Only a delete, an unpin or a closed reader can make room: creates and restores wait
+      // for it until their deadlines (their timers), except gets that asked not to wait.
+      StallRestores();
+    }
+  } while (pump_again_);
+  pumping_ = false;
+}
+
+void Server::StallRestores() {
+  // Gets that asked not to wait (timeout 0) hear now that there is no room; prefetches (a
+  // hint) are dropped; every other restore waits for room until its gets' deadlines.
+  std::vector<ObjectKey> queued;
+  if (!spiller_.Stall(&queued)) return;
+  std::vector<std::pair<WaitingGet*, uint32_t>> no_room;
+  for (const ObjectKey& id : queued) {
+    auto w = get_waiters_.find(id);
+    if (w != get_waiters_.end()) {
+      for (const GetWaiter& gw : w->second) {
+        if (gw.get->timeout == 0) no_room.emplace_back(gw.get, gw.first_pos);
+      }
+    }
+  }
+  std::vector<WaitingGet*> done;
+  for (auto [g, first] : no_room) {
+    for (uint32_t i = first; i != WaitingGet::kEnd; i = g->next_same[i]) {
+      if (g->taken[i] == 0 && g->status[i] == 0) g->status[i] = STORE_ENOSPACE;
+    }
+    Unregister(g, first);
+    if (g->missing == 0) done.push_back(g);
+  }
+  for (WaitingGet* g : done) CompleteGet(g, false);
+  // What nobody waits for any more leaves the queue (HeadRestore drops it on the way).
+  spiller_.HeadRestore();
+}
+
+uint64_t Server::WaitingCreateBytes() const {
+  if (create_queue_.empty()) return 0;
+  const WaitingCreate* w = create_queue_.front();
+  return w->args.data_size + w->args.metadata.size();
+}
+
 void Server::SealObject(Object* o) {
   o->access_ns = RealtimeNs();  // before Seal: the eviction order reads it
   table_.Seal(o);
   totals_.seals++;
   NotifyWaiters(o->id);
   // Over the high-water mark? Or, when full drops objects, the creates waiting may drop it.
-  if (dirs_ || (DropMode() && !create_queue_.empty())) Pump();
+  if (spiller_.enabled() || (DropMode() && !create_queue_.empty())) Pump();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -394,9 +490,11 @@ void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) 
 }
 
 void Server::FreeObject(Object* o) {
-  restore_queued_.erase(o->uid);  // its queue entry is skipped when it comes up
+  spiller_.ForgetRestore(o->uid);  // its queue entry is skipped when it comes up
   if (!leases_.empty()) leases_.erase(o->uid);
-  if (o->spill_file && TombstoneFor(o)) MaybeStartTombJob();  // deletes drop it before
+  if (o->spill_file && spiller_.TombstoneFor(o)) {
+    spiller_.MaybeStartTombJob();  // deletes drop it before
+  }
   if (o->data) region_->Free(o->data);
   if (o->on_gpu()) GpuFree(o);
   table_.Erase(o);
@@ -437,7 +535,7 @@ void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r
       ObjectKey key = o->id;
       table_.Unlink(o);
       std::vector<SpillDirState*> dirs;
-      if (TombstoneFor(o, &dirs)) {
+      if (spiller_.TombstoneFor(o, &dirs)) {
         for (SpillDirState* dir : dirs) needs.emplace_back(static_cast<uint32_t>(i), dir);
       }
       freed |= MaybeFree(o);
@@ -449,15 +547,28 @@ void Server::HandleDelete(Client* c, uint64_t seq, const proto::DeleteRequest* r
     auto vec = fbb_.CreateVector(statuses);
     SendEmpty(c, seq, Body::DeleteReply, proto::CreateDeleteReply(fbb_, vec).Union());
   } else {
-    auto* d = new DeferredDelete;
+    auto* d = new Spiller::DeferredDelete;
     d->client_id = c->id;
     d->seq = seq;
     d->statuses = std::move(statuses);
     d->needs = std::move(needs);
-    deletes_waiting_.push_back(d);
-    MaybeStartTombJob();
+    spiller_.ReplyWhenDurable(d);
   }
   if (freed) Pump();
+}
+
+void Server::ReplyDelete(const Spiller::DeferredDelete& d, const std::string& why) {
+  auto c = clients_.find(d.client_id);
+  if (c != clients_.end()) {
+    fbb_.Clear();
+    auto vec = fbb_.CreateVector(d.statuses);
+    auto msg = why.empty() ? flatbuffers::Offset<flatbuffers::String>()
+                           : fbb_.CreateString(
+                                 "deleted, but a restart with --recover could bring it back: " +
+                                 why);
+    SendEmpty(c->second, d.seq, Body::DeleteReply,
+              proto::CreateDeleteReply(fbb_, vec, msg).Union());
+  }
 }
 
 bool Server::DeleteObject(Object* o) {
@@ -465,7 +576,7 @@ bool Server::DeleteObject(Object* o) {
   bool on_disk = o->state == ObjectState::kSpilled;
   ObjectKey key = o->id;
   table_.Unlink(o);
-  if (TombstoneFor(o)) MaybeStartTombJob();  // no reply waits for it: nobody asked
+  if (spiller_.TombstoneFor(o)) spiller_.MaybeStartTombJob();  // no reply waits: nobody asked
   bool freed = MaybeFree(o);
   if (on_disk) NotifyWaiters(key);
   return freed;
@@ -552,7 +663,7 @@ void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
   mine++;
   totals_.pins++;
   // A pin keeps an object in memory: one on disk comes back.
-  if (o->state == ObjectState::kSpilled) StartRestore(o);
+  if (o->state == ObjectState::kSpilled) spiller_.StartRestore(o);
   fbb_.Clear();
   SendEmpty(c, seq, Body::PinReply, proto::CreatePinReply(fbb_).Union());
 }
@@ -572,7 +683,81 @@ void Server::HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r) 
   fbb_.Clear();
   SendEmpty(c, seq, Body::UnpinReply, proto::CreateUnpinReply(fbb_).Union());
   // Evictable now: what waits for memory may be served by spilling it.
-  if (o->evictable() && (!create_queue_.empty() || !pending_restores_.empty())) Pump();
+  if (o->evictable() && (!create_queue_.empty() || spiller_.RestoresWaiting())) Pump();
+}
+
+// ------------------------------------------------------------------------------------------
+// Requests for the spiller: evict, prefetch; and importance, which orders its victims.
+
+void Server::FinishEvict(EvictWaiter* ew) {
+  evict_waiters_.erase(std::remove(evict_waiters_.begin(), evict_waiters_.end(), ew),
+                       evict_waiters_.end());
+  if (ew->client) {
+    fbb_.Clear();
+    SendEmpty(ew->client, ew->seq, Body::EvictReply,
+              proto::CreateEvictReply(fbb_, ew->spilled).Union());
+  }
+  delete ew;
+}
+
+void Server::EvictDone(Spiller::Eviction* e) { FinishEvict(static_cast<EvictWaiter*>(e)); }
+
+void Server::HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r) {
+  if (!spiller_.enabled()) {
+    return SendError(c, seq, STORE_ENOTSUP, "this store has no --spill-dir: it cannot spill");
+  }
+  if (spiller_.BackingOff()) {
+    return SendError(c, seq, STORE_ENODISK,
+                     "spilling failed a moment ago: " + spiller_.last_message());
+  }
+  auto* ew = new EvictWaiter;
+  ew->client = c;
+  ew->seq = seq;
+  ew->target = r->bytes();
+  evict_waiters_.push_back(ew);
+  ew->pending++;  // held while the batches start
+  spiller_.SpillStep(0, ew);
+  int err = spiller_.last_error();
+  if (--ew->pending == 0) {
+    if (err == STORE_ENODISK && ew->spilled == 0) {
+      evict_waiters_.pop_back();
+      delete ew;
+      SendError(c, seq, STORE_ENODISK, spiller_.last_message());
+    } else {
+      FinishEvict(ew);
+    }
+  }
+  Pump();
+}
+
+void Server::HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r) {
+  auto ids = r->ids();
+  if (ids->size() > proto::kMaxIdsPerRequest) {
+    return SendError(c, seq, STORE_EINVAL,
+                     "prefetch names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
+  }
+  // O(1) per id: each is queued (or started) without serving the queue; the queue is served
+  // once at the end.
+  uint32_t started = 0;
+  for (const proto::ObjectId* id : *ids) {
+    Object* o = table_.Find(KeyOf(id));
+    if (!o || o->state != ObjectState::kSpilled) continue;
+    spiller_.StartRestore(o, true, false);
+    started++;
+  }
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::PrefetchReply, proto::CreatePrefetchReply(fbb_, started).Union());
+  if (started > 0) Pump();
+}
+
+void Server::HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r) {
+  ObjectKey id = KeyOf(r->id());
+  Object* o = table_.Find(id);
+  if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
+  int32_t importance = r->importance();
+  table_.Mutate(o, [&](Object* x) { x->importance = importance; });
+  fbb_.Clear();
+  SendEmpty(c, seq, Body::SetImportanceReply, proto::CreateSetImportanceReply(fbb_).Union());
 }
 
 }  // namespace store

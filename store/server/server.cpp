@@ -6,8 +6,8 @@
 // server is in files of its own: connections.cpp (accept, read, framing, replies, closing),
 // objects.cpp (create, seal, abort, delete, pin, lease; creates waiting for memory; Pump),
 // gets.cpp (get and release; gets waiting for objects), introspection.cpp (stats, clients,
-// objects, info, list, contains, spill files), metrics.cpp (the metrics file), limits.cpp,
-// gpu.cpp and spiller.cpp.
+// objects, info, list, contains, spill files), metrics.cpp (the metrics file), limits.cpp and
+// gpu.cpp; the Spiller (spiller.h) holds what spilling keeps.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -64,12 +64,8 @@ std::string HugetlbAdvice(uint64_t capacity) {
 // Start-up and shutdown.
 
 Server::Server(ServerOptions options, spill::Env* env)
-    : options_(std::move(options)), env_(env ? env : spill::Env::Default()) {
-  policy_.high = options_.spill_high;
-  policy_.low = options_.spill_low;
-  policy_.max_file_bytes = options_.spill_file_max_size;
-  policy_.max_file_objects = options_.spill_file_max_objects;
-}
+    : options_(std::move(options)),
+      spiller_(options_, env ? env : spill::Env::Default(), &table_, this) {}
 
 Server::~Server() = default;
 
@@ -197,7 +193,7 @@ int Server::Run() {
   // their tombstone logs, queues work on it.
   uv_loop_init(&loop_);
   loop_.data = this;
-  if (!OpenSpill(&error)) {
+  if (!spiller_.Open(&loop_, region_.get(), &error)) {
     LOG_ERROR("cannot use the spill directories: %s", error.c_str());
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
@@ -221,13 +217,12 @@ int Server::Run() {
   async_stop_.data = this;
   uv_check_init(&loop_, &closer_);
   closer_.data = this;
-  InitSecondlyLog(&restore_log_, &Server::FlushRestoreLog);
-  InitSecondlyLog(&drop_log_, &Server::FlushDropLog);
+  drop_log_.Init(&loop_, [this] { FlushDropLog(); });
   if (!Listen()) {
     Shutdown();
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
-    dirs_.reset();
+    spiller_.Close();
     region_.reset();
     return 1;
   }
@@ -249,11 +244,7 @@ int Server::Run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
   if (rc != 0) LOG_WARN("event loop closed with handles still open: %s", uv_strerror(rc));
-  for (auto& [path, dir] : dir_states_) {
-    if (dir->log_fd >= 0) env_->Close(dir->log_fd);
-    dir->log_fd = -1;
-  }
-  dirs_.reset();  // releases the spill directories (spill files of live objects stay)
+  spiller_.Close();  // releases the spill directories (spill files of live objects stay)
   region_.reset();
   LOG_INFO("stopped");
   return 0;
@@ -272,6 +263,7 @@ void Server::OnSignal(uv_signal_t* h, int signum) {
 void Server::Shutdown() {
   if (stopping_) return;
   stopping_ = true;
+  spiller_.Stop();
   if (listening_) {
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
     unlink(options_.socket_path.c_str());
@@ -284,52 +276,14 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
-  CloseSecondlyLog(&restore_log_);
-  CloseSecondlyLog(&drop_log_);
+  spiller_.CloseRestoreLog();
+  drop_log_.Close();
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
     metrics_active_ = false;
     unlink(options_.metrics_file.c_str());  // figures of a stopped store would mislead
   }
-}
-
-// ------------------------------------------------------------------------------------------
-// Log lines written at most once a second.
-
-void Server::InitSecondlyLog(SecondlyLog* l, void (Server::*flush)()) {
-  l->server = this;
-  l->flush = flush;
-  uv_timer_init(&loop_, &l->timer);
-  l->timer.data = l;
-}
-
-void Server::CloseSecondlyLog(SecondlyLog* l) {
-  uv_timer_stop(&l->timer);
-  uv_close(reinterpret_cast<uv_handle_t*>(&l->timer), nullptr);
-  l->timer_on = false;
-  (this->*l->flush)();
-}
-
-bool Server::LogNowOrLater(SecondlyLog* l) {
-  const int64_t now = MonotonicNs();
-  if (now >= l->until) {
-    l->until = now + 1000000000;
-    return true;
-  }
-  if (!l->timer_on && !stopping_) {
-    l->timer_on = true;
-    uv_timer_start(
-        &l->timer,
-        [](uv_timer_t* t) {
-          auto* l = static_cast<SecondlyLog*>(t->data);
-          l->timer_on = false;
-          (l->server->*l->flush)();
-          l->until = MonotonicNs() + 1000000000;
-        },
-        static_cast<uint64_t>((l->until - now) / 1000000 + 1), 0);
-  }
-  return false;
 }
 
 }  // namespace store
