@@ -4,8 +4,9 @@
 // How it works
 // ------------
 // Memory use is kept between two marks (eviction/policy.h). Server::Pump() (server/objects.cpp)
-// is the one place that decides: it serves what waits for memory (restores first, then creates, each in arrival
-// order), and asks SpillStep() to free what the marks and the head of those queues call for.
+// is the one place that decides: it serves what waits for memory (restores first, then creates,
+// each in arrival order), and asks SpillStep() to free what the marks and the head of those
+// queues call for.
 // SpillStep takes victims in eviction order (lowest importance, then least recently used, among
 // sealed objects nobody reads or pins). A victim that still has a copy on disk is dropped from
 // memory at once; the others are marked SPILLING and written together into one fused spill file
@@ -1151,7 +1152,7 @@ Object* Spiller::HeadRestore() {
 bool Spiller::Stall(std::vector<ObjectKey>* ids) {
   if (restores_stalled_) return false;
   restores_stalled_ = true;
-  // Prefetches (a hint) become plain restores, kept only while a get waits for them (see
+  // Prefetches (a hint) become plain restores, kept only while a get or a pin wants them (see
   // Server::StallRestores); what is gone leaves the queue.
   std::deque<uint64_t> keep;
   for (uint64_t uid : pending_restores_) {
