@@ -1,7 +1,8 @@
 // server.h - the store server: one libuv loop that owns every piece of state.
 //
 // Owns: the listening socket, the connected clients, the shared memory Region, the
-// ObjectTable, the gets waiting for seals and the creates waiting for space.
+// ObjectTable, the gets waiting for seals and the creates waiting for space, and the Spiller
+// (server/spiller.h), which owns what spilling keeps and calls back through Spiller::Host.
 // Called by: tools/store_main.cpp (Run blocks until SIGINT/SIGTERM or Stop()).
 // Threads: everything runs on the loop thread. Stop() may be called from any thread.
 //
@@ -10,6 +11,12 @@
 // A request that breaks the protocol gets an error reply and its connection is closed; a
 // request that is well formed but cannot be served gets an error reply only. Nothing a client
 // sends can stop the server.
+//
+// The class is defined in several files, one part each: server.cpp (start-up, the loop,
+// shutdown), connections.cpp (accept, read, dispatch, replies, closing), objects.cpp (requests
+// that change objects, creates waiting for memory, Pump, --when-full drop, evict and prefetch),
+// gets.cpp (get, release, gets waiting for objects), introspection.cpp (contains, info, list,
+// stats, clients, objects, spill files), metrics.cpp (the metrics file), limits.cpp and gpu.cpp.
 #pragma once
 
 #include <uv.h>
@@ -30,54 +37,14 @@
 #include "memory/region.h"
 #include "objects/object_table.h"
 #include "server/options.h"
+#include "server/secondly_log.h"
+#include "server/spiller.h"
 #include "spill/env.h"
 #include "spill/spill_dir.h"
 
 namespace store {
 
-struct SpillDirState;
-
-// One spill file, as the server accounts for it. Objects point at it while they have a copy
-// in it; it is deleted when the last of them goes.
-struct SpillFile {
-  uint64_t id = 0;
-  std::string path;
-  SpillDirState* dir = nullptr;  // the directory holding it
-  uint64_t number = 0;        // n of spill-<n>.bin
-  uint64_t size = 0;
-  uint64_t live_objects = 0;  // objects whose copy is here
-  uint64_t live_bytes = 0;
-  uint64_t dead_bytes = 0;    // records of deleted objects
-  int64_t created_ns = 0;
-  uint32_t version = 0;       // of the file format (its records' checksums)
-  uint32_t readers = 0;       // restores and a compaction reading it now: it stays until 0
-  bool removing = false;      // no live object left: removed once readers is 0
-  bool compacting = false;    // its live records are being copied to a new file
-  int64_t compact_after_ns = 0;  // after a failed compaction: not again before then
-  // (record offset, object uid) of every record written into it for an object, in offset
-  // order: how a read-ahead finds the objects that follow one. Entries outlive their objects
-  // (deleted, or moved by a compaction); a reader checks that the object is still there.
-  std::vector<std::pair<uint64_t, uint64_t>> records;
-};
-
-// A directory holding spill files (one this store owns, or one --recover adopted) and its
-// DELETED log: 16-byte tombstones [u64 LE file number][u64 LE record offset] of deleted objects
-// whose records live on in files that other objects keep. A store started with --recover
-// serves no record a tombstone names. The log is written only by the TombJob in flight.
-struct SpillDirState {
-  std::string path;
-  bool adopted = false;
-  uint64_t files = 0;            // spill files in it that exist or are being written
-  std::vector<uint8_t> pending;  // tombstones not written yet
-  uint64_t log_bytes = 0;        // bytes of the log on disk (whole entries)
-  int log_fd = -1;               // open while it has entries; used by the tomb job only
-  int64_t retry_after_ns = 0;    // after a failed write: no rewrite or removal before then
-  // The log's entries whose file may still exist, by file number: what a rewrite keeps.
-  std::unordered_map<uint64_t, std::vector<uint64_t>> live;
-  uint64_t live_entries = 0;
-};
-
-class Server {
+class Server final : private Spiller::Host {
  public:
   // env: the filesystem for spilling (nullptr = the real one); tests pass a fault injector.
   explicit Server(ServerOptions options, spill::Env* env = nullptr);
@@ -97,11 +64,6 @@ class Server {
   struct WaitingGet;
   struct WaitingCreate;
   struct CreateArgs;
-  struct SpillJob;
-  struct RestoreJob;
-  struct ReadaheadStream;
-  struct DeferredDelete;
-  struct TombJob;
   struct EvictWaiter;
   struct GpuDevice;
 
@@ -182,7 +144,7 @@ class Server {
   void HandleInfo(Client* c, uint64_t seq, const proto::InfoRequest* r);
   void HandleList(Client* c, uint64_t seq, const proto::ListRequest* r);
   void HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r);
-  // Leases (server.cpp): objects created leased go with their last lease.
+  // Leases (server/objects.cpp): objects created leased go with their last lease.
   void HandleLease(Client* c, uint64_t seq, const proto::LeaseRequest* r);
   // Drops n of c's leases on the object with this uid; deletes it if that was the last lease on
   // an object created leased. Returns whether memory may have been freed.
@@ -198,27 +160,15 @@ class Server {
   // Object operations shared by several requests.
   // Tries to allocate and insert; returns STORE_OK, or an error with *message set.
   int TryCreate(Client* c, const CreateArgs& a, Object** out, std::string* message);
-  // --when-full drop (server.cpp): deletes the least valuable objects nobody uses (eviction
-  // order; not leased) until `size` bytes can be allocated, and allocates them. Drops nothing and
-  // returns nullptr when all of those would not free enough.
+  // --when-full drop (server/objects.cpp): deletes the least valuable objects nobody uses
+  // (eviction order; not leased) until `size` bytes can be allocated, and allocates them. Drops
+  // nothing and returns nullptr when all of those would not free enough.
   void* DropForRoom(uint64_t size, uint64_t* usable);
   bool DropMode() const { return options_.when_full == WhenFull::kDrop; }
+  // Created with STORE_CREATE_LEASED (deleted when its last lease goes).
+  bool CreatedLeased(const Object* o) const override;
   // Whether o may be dropped: evictable (sealed, in memory, no reader or pin) and not leased.
   bool Droppable(const Object* o) const;
-  // A kind of log line written at most once a second: what happens in between is counted, and
-  // its flush says it when the second is over (from the timer, so no line waits for the next
-  // event). The second after a timer's line is quiet too.
-  struct SecondlyLog {
-    Server* server = nullptr;
-    void (Server::*flush)() = nullptr;
-    uv_timer_t timer{};
-    bool timer_on = false;
-    int64_t until = 0;  // monotonic ns: events before then are counted for the timer's line
-  };
-  void InitSecondlyLog(SecondlyLog* l, void (Server::*flush)());
-  void CloseSecondlyLog(SecondlyLog* l);  // at stop: the timer goes, what is counted is said
-  // True if a line may be written now (a new second starts); else the timer is set to flush.
-  bool LogNowOrLater(SecondlyLog* l);
   // Counts drops; logs them at most once a second, aggregated (FlushDropLog).
   void NoteDrops(uint64_t objects, uint64_t bytes);
   void FlushDropLog();
@@ -226,7 +176,7 @@ class Server {
   void SealObject(Object* o);
   // Tells the gets waiting for this id that its object changed: sealed, restored, failed to
   // restore, or deleted while on disk. Each get takes the id (or its error) once.
-  void NotifyWaiters(const ObjectKey& id);
+  void NotifyWaiters(const ObjectKey& id) override;
   // Makes c a reader of o (readable): counts, access time. STORE_OK, or STORE_EMISUSE when o or
   // c already holds the most readers a count can hold.
   int TakeReader(Client* c, Object* o, int64_t now);
@@ -235,84 +185,24 @@ class Server {
   void Unregister(WaitingGet* g, uint32_t first_pos);
   void FreeObject(Object* o);
   // Frees o if it is deleted, unread and not in the middle of IO.
-  bool MaybeFree(Object* o);
+  bool MaybeFree(Object* o) override;
   void ReleaseReader(Client* c, Object* o);
   // Serves what waits for memory (restores, then creates, in order), spilling to make room;
-  // the one place that decides. Reentrant calls are folded into the running one.
-  void Pump();
+  // the one place that decides. Reentrant calls are folded into the running one. Its invariant
+  // is stated where it is defined (server/objects.cpp).
+  void Pump() override;
   bool ServeWaitingCreates();
-
-  // Spilling (server/spiller.cpp).
-  bool OpenSpill(std::string* error);
-  void RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
-                   const std::set<std::pair<uint64_t, uint64_t>>& deleted);
-  uint64_t NeedNow();
-  bool CanSpillMore() const;
-  // Spills what the water marks and the waiting requests call for, and at least `at_least`
-  // bytes (or, for an evict request, its target).
-  void SpillStep(uint64_t at_least, EvictWaiter* ew);
-  void DropToDisk(Object* o);
-  void StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew);
-  // One spill file of victims; leased: all of them were created leased.
-  void StartSpillJobOf(std::vector<Object*> victims, EvictWaiter* ew, bool leased);
-  // Created with STORE_CREATE_LEASED (deleted when its last lease goes).
-  bool CreatedLeased(const Object* o) const;
-  static void SpillWork(uv_work_t* req);
-  static void SpillDone(uv_work_t* req, int status);
-  // Queues a restore of o (spilled) unless one is queued or running; prefetch: asked by a
-  // prefetch (kept only while spilling can make room). Pump serves the queue unless told not to
-  // (a caller queueing many pumps once at the end).
-  void StartRestore(Object* o, bool prefetch = false, bool pump = true);
-  // The first queued restore still wanted (dropping the ones nobody wants any more), or nullptr.
-  Object* HeadRestore();
-  bool RestoreWanted(const Object* o) const;
   // Spilling cannot make room now: gets that do not wait for room (timeout 0) end with
   // STORE_ENOSPACE, restores nobody waits for are dropped; the rest wait for their deadlines.
   void StallRestores();
-  bool TryStartRestore(Object* o);
-  static void RestoreWork(uv_work_t* req);
-  static void RestoreDone(uv_work_t* req, int status);
-  void FailRestore(Object* o, int code, const std::string& message);
-  void FlushRestoreLog();
-  // Read-ahead (--restore-readahead): a get that restores the record right after the one the
-  // last such get restored, in the same spill file, starts a stream; a stream restores the
-  // objects that follow, a window at a time, into free memory below the high mark, and the get
-  // of the first object of its last window starts the next (so it stays a window ahead).
-  void NoteDemandRestore(Object* o);
-  void ReadAheadAfter(Object* o);
-  void ReadAhead(ReadaheadStream* s);
-  void MaybeReadAheadOnGet(Object* o) {
-    if (o->spill_file != nullptr && readahead_streams_ > 0) ContinueReadAhead(o);
-  }
-  void ContinueReadAhead(Object* o);
-  void DropSpillCopy(Object* o, bool dead);
-  void RemoveSpillFile(SpillFile* f);
-  // Deletion records (tombstones) and the DELETED logs (server/spiller.cpp).
-  SpillDirState* DirState(const std::string& dir);
-  // Queues a tombstone for the record at (number, offset) of a file in dir; written by the
-  // next tomb job.
-  void QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset);
-  // Writes o's tombstones if it has a copy on disk (or one being written, or copied by a
-  // compaction) and drops that copy; adds the directories they went to to *dirs (may be
-  // nullptr). Returns whether it wrote any.
-  bool TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs = nullptr);
-  // Compaction (server/spiller.cpp): a spill file whose dead records pass --spill-compact of
-  // its size is rewritten with its live records only, one file at a time.
-  struct CompactJob;
-  void MaybeCompact(SpillFile* f);
-  void StartCompaction(SpillFile* f);
-  static void CompactIndexWork(uv_work_t* req);
-  static void CompactIndexDone(uv_work_t* req, int status);
-  static void CompactCopyWork(uv_work_t* req);
-  static void CompactCopyDone(uv_work_t* req, int status);
-  void EndCompaction(CompactJob* job);
-  // Starts a tomb job if none runs and there is work: tombstones to write, replies waiting,
-  // logs to rewrite or to remove.
-  void MaybeStartTombJob();
-  static void TombWork(uv_work_t* req);
-  static void TombDone(uv_work_t* req, int status);
-  void SpillFileGone(SpillDirState* dir, uint64_t number);
-  std::set<std::pair<uint64_t, uint64_t>> LoadTombstones(SpillDirState* dir);
+
+  // What the Spiller asks of the server (Spiller::Host); the others are above.
+  bool GetsWaitFor(const ObjectKey& id) const override;
+  uint64_t WaitingCreateBytes() const override;
+  void EvictDone(Spiller::Eviction* e) override;
+  void ReplyDelete(const Spiller::DeferredDelete& d, const std::string& why) override;
+
+  // Requests for the spiller (server/objects.cpp) and about it (server/introspection.cpp).
   void FinishEvict(EvictWaiter* ew);
   void HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r);
   void HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r);
@@ -391,64 +281,9 @@ class Server {
   std::vector<Object*> get_scratch_;    // HandleGet's objects of a get answered at once
   bool pumping_ = false, pump_again_ = false;
 
-  // Spilling.
-  spill::Env* env_;
-  std::unique_ptr<spill::SpillDirs> dirs_;
-  SpillPolicy policy_;
-  std::unordered_map<uint64_t, std::unique_ptr<SpillFile>> spill_files_;
-  uint64_t next_spill_file_ = 1;
-  int spill_jobs_ = 0;              // spill files being written
-  uint64_t spill_in_flight_ = 0;    // memory they will free
-  int64_t spill_backoff_until_ = 0;  // after a failed write, monotonic ns
-  int last_spill_error_ = 0;
-  bool nodisk_logged_ = false;
-  std::string last_spill_message_;
-  // Spilled objects waiting for memory to restore into, by uid, in arrival order. An entry
-  // counts only while restore_queued_ has its uid (true: asked by a prefetch); the others are
-  // skipped when they reach the front.
-  std::deque<uint64_t> pending_restores_;
-  std::unordered_map<uint64_t, bool> restore_queued_;
-  bool restores_stalled_ = false;  // StallRestores ran and nothing was queued since
-  // Read-ahead streams (NoteDemandRestore), least recently used first out.
-  static constexpr int kReadaheadStreams = 4;
-  struct ReadaheadStream {
-    SpillFile* file = nullptr;       // nullptr: unused
-    uint64_t prev_end = 0;           // just past the record the last restoring get asked for
-    uint64_t window = UINT64_MAX;    // offset where the last window started (none yet)
-    uint64_t next = 0;               // just past what the stream restored or passed so far
-    uint64_t trigger = UINT64_MAX;   // a get of the object at this offset reads the next window
-    uint64_t used = 0;               // when last used (readahead_clock_)
-  } readahead_[kReadaheadStreams];
-  int readahead_streams_ = 0;        // streams in use
-  uint64_t readahead_clock_ = 0;
-  uint64_t readahead_restores_ = 0;  // restores started by read-ahead (debug log)
-  // Restore failures are logged once per second, with how many were not (FlushRestoreLog).
-  SecondlyLog restore_log_;
-  uint64_t restore_log_quiet_ = 0;
+  // Spilling: the Spiller, and the evict requests waiting for its writes.
+  Spiller spiller_;
   std::vector<EvictWaiter*> evict_waiters_;
-  // The directories of spill files, by path (owned ones and adopted ones).
-  std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;
-  // Where the objects being spilled will be, by uid: a delete then writes their tombstone.
-  struct SpillingAt {
-    SpillDirState* dir;
-    uint64_t number;
-    uint64_t offset;
-  };
-  std::unordered_map<uint64_t, SpillingAt> spilling_at_;
-  // Where the objects a compaction copies will be in its new file, by uid: a delete then writes
-  // a tombstone for that record too.
-  std::unordered_map<uint64_t, SpillingAt> compacting_at_;
-  CompactJob* compact_job_ = nullptr;   // the one in flight
-  std::set<uint64_t> compact_wanted_;  // ids of files to look at once it is done
-  struct CompactTotals {
-    uint64_t files = 0, bytes_copied = 0, bytes_freed = 0, failures = 0;
-  } compact_totals_;
-  TombJob* tomb_job_ = nullptr;                    // the one in flight
-  std::vector<DeferredDelete*> deletes_waiting_;   // for the next tomb job
-  struct SpillTotals {
-    uint64_t objects = 0, bytes = 0, ns = 0, failures = 0;
-    uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;
-  } spill_totals_;
   // --when-full drop: totals since start (stats), and the drops not logged yet.
   struct DropTotals {
     uint64_t objects = 0, bytes = 0;

@@ -1,5 +1,5 @@
-// server_internal.h - the server's private records: connections, waiting requests, IO jobs.
-// Included by server.cpp and spiller.cpp only.
+// server_internal.h - the server's private records: connections, waiting requests, held replies.
+// Included only by the server's own files (store/server/*.cpp).
 #pragma once
 
 #include <uv.h>
@@ -14,10 +14,12 @@
 #include "framing.h"
 #include "objects/object_table.h"
 #include "server/server.h"
-#include "spill/spill_file.h"
 
 namespace store {
 
+// Most bytes of replies held back while a read's requests are handled; a reply that would pass
+// it goes out at once, after those held.
+constexpr size_t kMaxCorkBytes = 256u << 10;
 
 // The objects a client's list (ListRequest) goes through: the uids visible when it started.
 struct Server::ListSnapshot {
@@ -138,94 +140,29 @@ struct Server::WaitingCreate {
   uint64_t held = 0;  // bytes counted against the waiting limits
 };
 
-struct Server::EvictWaiter {
+// An evict request waiting for the spill jobs started for it (Spiller::Eviction).
+struct Server::EvictWaiter : Spiller::Eviction {
   Client* client = nullptr;  // nullptr once it disconnected
   uint64_t seq = 0;
-  uint64_t target = 0;
-  uint64_t spilled = 0;
-  int pending = 0;           // spill jobs still writing for it
 };
 
-struct Server::SpillJob {
-  uv_work_t req{};
-  Server* server = nullptr;
-  SpillDirState* dir = nullptr;
-  uint64_t number = 0;  // n of its spill-<n>.bin
-  std::string path;
-  std::vector<Object*> objects;
-  std::vector<spill::SpillRecord> records;
-  std::vector<spill::RecordLocation> locations;
-  uint64_t memory = 0;  // memory the objects hold
-  uint64_t file_size = 0;
-  EvictWaiter* evict = nullptr;
-  int rc = 0;
-  std::string error;
-  int64_t ns = 0;
-};
-
-// A delete reply held until the tombstones it wrote are durable (see Server::HandleDelete).
-struct Server::DeferredDelete {
-  uint64_t client_id = 0;  // the client may be gone by then
-  uint64_t seq = 0;
-  std::vector<int32_t> statuses;
-  // Ids whose tombstone went to a directory's log: (position in statuses, that directory).
-  std::vector<std::pair<uint32_t, SpillDirState*>> needs;
-};
-
-// One write of the DELETED logs on the threadpool; at most one runs at a time, so the logs are
-// only ever touched by one thread. Each item appends tombstones (then fdatasync), rewrites the
-// log with the entries still needed (write, fdatasync, rename, fsync of the directory), or
-// removes it once the directory holds no spill file (fsync of the directory first, so the
-// files' removal is durable before the log's).
-struct Server::TombJob {
-  uv_work_t req{};
-  Server* server = nullptr;
-  struct Item {
-    SpillDirState* dir = nullptr;
-    enum Kind { kAppend, kRewrite, kRemove } kind = kAppend;
-    std::string path;           // the directory
-    int fd = -1;                // the log, if open (kAppend); the job opens it otherwise
-    uint64_t offset = 0;        // kAppend: where the entries go
-    std::vector<uint8_t> bytes;  // kAppend: entries to add; kRewrite: the whole new log
-    int rc = 0;                 // 0 or -errno
-    std::string error;
-  };
-  std::vector<Item> items;
-  std::vector<DeferredDelete*> replies;  // sent once the items are done
-};
-
-// A compaction: the old file's index is read (threadpool), its live records chosen (loop),
-// copied to a new file (threadpool), and the objects moved to it (loop).
-struct Server::CompactJob {
-  uv_work_t req{};
-  Server* server = nullptr;
-  SpillFile* from = nullptr;  // holds a reader count of it until the end
-  std::string from_path;
-  uint32_t version = 0;
-  std::vector<spill::IndexedRecord> index;  // the old file's records
-  std::vector<spill::RecordLocation> live;  // the ones to copy, in the old file
-  std::vector<uint64_t> uids;               // their objects
-  std::string path;                         // the new file
-  SpillDirState* dir = nullptr;
-  uint64_t number = 0;
-  std::vector<spill::RecordLocation> locations;  // in the new file
-  uint64_t file_size = 0;
-  int rc = 0;
-  std::string error;
-};
-
-struct Server::RestoreJob {
-  uv_work_t req{};
-  Server* server = nullptr;
-  SpillFile* file = nullptr;  // holds a reader count of it until the read is done
-  Object* object = nullptr;
-  std::string path;
-  spill::RecordLocation location;
-  uint8_t* dst = nullptr;
-  uint64_t data_size = 0, metadata_size = 0;
-  int rc = 0;
-  std::string error;
-  int64_t ns = 0;
-};
+// Appends to the replies held back for c a copy of the reply in *tmpl (built by build() the
+// first time, with every field present, so that each can be written in place) and returns the
+// copy; nullptr when no copy can be held (c not corked or going away, the buffer not 8-aligned
+// so far, or full).
+template <class Build>
+proto::Message* Server::HoldCopy(Client* c, std::vector<uint8_t>* tmpl, Build&& build) {
+  if (!c->corked || c->closing || c->doomed || c->out.size() % 8 != 0) return nullptr;
+  if (tmpl->empty()) {
+    flatbuffers::FlatBufferBuilder b(256);
+    b.ForceDefaults(true);
+    build(b);
+    tmpl->assign(b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize());
+  }
+  if (c->out.size() + tmpl->size() > kMaxCorkBytes) return nullptr;
+  size_t at = c->out.size();
+  c->out.insert(c->out.end(), tmpl->begin(), tmpl->end());
+  return proto::GetMutableSizePrefixedMessage(c->out.data() + at);
+}
 
 }  // namespace store

@@ -1,10 +1,12 @@
-// spiller.cpp - the server's side of spilling: when to spill, what, and what it does to objects.
+// spiller.cpp - the Spiller (spiller.h): what to spill, writing and restoring, and what it does
+// to objects; tombstones, compaction and read-ahead.
 //
 // How it works
 // ------------
-// Memory use is kept between two marks (eviction/policy.h). Pump() is the one place that
-// decides: it serves what waits for memory (restores first, then creates, each in arrival
-// order), and asks SpillStep() to free what the marks and the head of those queues call for.
+// Memory use is kept between two marks (eviction/policy.h). Server::Pump() (server/objects.cpp)
+// is the one place that decides: it serves what waits for memory (restores first, then creates,
+// each in arrival order), and asks SpillStep() to free what the marks and the head of those
+// queues call for.
 // SpillStep takes victims in eviction order (lowest importance, then least recently used, among
 // sealed objects nobody reads or pins). A victim that still has a copy on disk is dropped from
 // memory at once; the others are marked SPILLING and written together into one fused spill file
@@ -37,6 +39,8 @@
 // At start with --recover, the files of stale directories come from SpillDirs::Open with the
 // records that can still be served: all of an intact file, the verified ones of a damaged file
 // (whose bytes SpillDirs keeps in quarantine). What was lost is logged at error level.
+#include "server/spiller.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -48,15 +52,11 @@
 #include <ctime>
 
 #include "server/log.h"
-#include "server/server.h"
-#include "server/server_internal.h"
 #include "server/util.h"
 #include "spill/spill_file.h"
 #include "storeclient.h"
 
 namespace store {
-
-using proto::Body;
 
 namespace {
 
@@ -99,10 +99,113 @@ uint64_t InstanceStart(const std::string& dir) {
 
 }  // namespace
 
-// ------------------------------------------------------------------------------------------
-// Start-up: the spill directories, and what a previous store left in them.
+struct Spiller::SpillJob {
+  uv_work_t req{};
+  Spiller* spiller = nullptr;
+  SpillDirState* dir = nullptr;
+  uint64_t number = 0;  // n of its spill-<n>.bin
+  std::string path;
+  std::vector<Object*> objects;
+  std::vector<spill::SpillRecord> records;
+  std::vector<spill::RecordLocation> locations;
+  uint64_t memory = 0;  // memory the objects hold
+  uint64_t file_size = 0;
+  Eviction* evict = nullptr;
+  int rc = 0;
+  std::string error;
+  int64_t ns = 0;
+};
 
-bool Server::OpenSpill(std::string* error) {
+// One write of the DELETED logs on the threadpool; at most one runs at a time, so the logs are
+// only ever touched by one thread. Each item appends tombstones (then fdatasync), rewrites the
+// log with the entries still needed (write, fdatasync, rename, fsync of the directory), or
+// removes it once the directory holds no spill file (fsync of the directory first, so the
+// files' removal is durable before the log's).
+struct Spiller::TombJob {
+  uv_work_t req{};
+  Spiller* spiller = nullptr;
+  struct Item {
+    SpillDirState* dir = nullptr;
+    enum Kind { kAppend, kRewrite, kRemove } kind = kAppend;
+    std::string path;           // the directory
+    int fd = -1;                // the log, if open (kAppend); the job opens it otherwise
+    uint64_t offset = 0;        // kAppend: where the entries go
+    std::vector<uint8_t> bytes;  // kAppend: entries to add; kRewrite: the whole new log
+    int rc = 0;                 // 0 or -errno
+    std::string error;
+  };
+  std::vector<Item> items;
+  std::vector<DeferredDelete*> replies;  // sent once the items are done
+};
+
+// A compaction: the old file's index is read (threadpool), its live records chosen (loop),
+// copied to a new file (threadpool), and the objects moved to it (loop).
+struct Spiller::CompactJob {
+  uv_work_t req{};
+  Spiller* spiller = nullptr;
+  SpillFile* from = nullptr;  // holds a reader count of it until the end
+  std::string from_path;
+  uint32_t version = 0;
+  std::vector<spill::IndexedRecord> index;  // the old file's records
+  std::vector<spill::RecordLocation> live;  // the ones to copy, in the old file
+  std::vector<uint64_t> uids;               // their objects
+  std::string path;                         // the new file
+  SpillDirState* dir = nullptr;
+  uint64_t number = 0;
+  std::vector<spill::RecordLocation> locations;  // in the new file
+  uint64_t file_size = 0;
+  int rc = 0;
+  std::string error;
+};
+
+struct Spiller::RestoreJob {
+  uv_work_t req{};
+  Spiller* spiller = nullptr;
+  SpillFile* file = nullptr;  // holds a reader count of it until the read is done
+  Object* object = nullptr;
+  std::string path;
+  spill::RecordLocation location;
+  uint8_t* dst = nullptr;
+  uint64_t data_size = 0, metadata_size = 0;
+  int rc = 0;
+  std::string error;
+  int64_t ns = 0;
+};
+
+// ------------------------------------------------------------------------------------------
+// Start-up and shutdown: the spill directories, and what a previous store left in them.
+
+Spiller::Spiller(const ServerOptions& options, spill::Env* env, ObjectTable* table, Host* host)
+    : options_(options), env_(env), table_(*table), host_(*host) {
+  policy_.high = options_.spill_high;
+  policy_.low = options_.spill_low;
+  policy_.max_file_bytes = options_.spill_file_max_size;
+  policy_.max_file_objects = options_.spill_file_max_objects;
+}
+
+Spiller::~Spiller() = default;
+
+bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
+  loop_ = loop;
+  region_ = region;
+  if (!OpenDirs(error)) return false;
+  restore_log_.Init(loop_, [this] { FlushRestoreLog(); });
+  return true;
+}
+
+void Spiller::Stop() { stopping_ = true; }
+
+void Spiller::CloseRestoreLog() { restore_log_.Close(); }
+
+void Spiller::Close() {
+  for (auto& [path, dir] : dir_states_) {
+    if (dir->log_fd >= 0) env_->Close(dir->log_fd);
+    dir->log_fd = -1;
+  }
+  dirs_.reset();  // releases the spill directories (spill files of live objects stay)
+}
+
+bool Spiller::OpenDirs(std::string* error) {
   if (options_.spill_dirs.empty()) {
     if (options_.recover) LOG_WARN("--recover has no effect without --spill-dir");
     return true;
@@ -150,7 +253,7 @@ bool Server::OpenSpill(std::string* error) {
   return true;
 }
 
-void Server::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
+void Spiller::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
                          const std::set<std::pair<uint64_t, uint64_t>>& deleted) {
   uint64_t number = FileNumber(rf.path);
   dir->files++;
@@ -195,77 +298,21 @@ void Server::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
 // ------------------------------------------------------------------------------------------
 // Deciding.
 
-uint64_t Server::NeedNow() {
+uint64_t Spiller::NeedNow() {
   uint64_t need = 0;
   if (const Object* o = HeadRestore()) need = std::max(need, o->data_size + o->metadata_size);
-  if (!create_queue_.empty()) {
-    const WaitingCreate* w = create_queue_.front();
-    need = std::max(need, w->args.data_size + w->args.metadata.size());
-  }
+  need = std::max(need, host_.WaitingCreateBytes());
   return need;
 }
 
-bool Server::CanSpillMore() const {
+bool Spiller::BackingOff() const { return MonotonicNs() < spill_backoff_until_; }
+
+bool Spiller::CanSpillMore() const {
   return table_.counters().evictable_count > 0 || spill_jobs_ > 0;
 }
 
-void Server::Pump() {
-  // Invariant on return: every queued restore and create that fits has been served, in arrival
-  // order (restores first); spilling was started for what the marks and the heads of those
-  // queues need; and what still waits can be served later: spill writes are in flight, or room
-  // can only come from outside (a delete, an unpin, a closed reader), which pumps again. Nothing
-  // waiting for memory is failed here except for a failing disk (STORE_ENODISK) and gets that
-  // asked not to wait (StallRestores); the others wait for their deadlines.
-  if (pumping_) {
-    pump_again_ = true;
-    return;
-  }
-  pumping_ = true;
-  do {
-    pump_again_ = false;
-    if (gpu_freed_) ServeWaitingGpuCreates();
-    while (Object* o = HeadRestore()) {
-      if (!TryStartRestore(o)) break;
-      restore_queued_.erase(o->uid);
-      pending_restores_.pop_front();
-    }
-    bool blocked = !ServeWaitingCreates() || HeadRestore() != nullptr;
-    if (!dirs_ || stopping_) continue;  // without spilling, waiters wait for deletes
-    SpillStep(0, nullptr);
-    if (!blocked || pump_again_) continue;
-    if (spill_jobs_ == 0 && MonotonicNs() >= spill_backoff_until_ && CanSpillMore()) {
-      // Enough bytes are free in all but not in one piece: spill what the head needs anyway.
-      SpillStep(NeedNow(), nullptr);
-      if (pump_again_ || spill_jobs_ > 0) continue;
-    }
-    // Something waits for memory that spilling cannot free now.
-    bool backoff = MonotonicNs() < spill_backoff_until_;
-    if (backoff || last_spill_error_ == STORE_ENODISK) {
-      // The disk fails: what needs a spill fails now rather than wait on a broken disk.
-      if (spill_jobs_ > 0) continue;
-      std::string why = "spilling cannot make room: " + last_spill_message_;
-      if (Object* o = HeadRestore()) {
-        restore_queued_.erase(o->uid);
-        pending_restores_.pop_front();
-        FailRestore(o, STORE_ENODISK, why + "; " + FullMessage(o->data_size + o->metadata_size));
-      } else {
-        WaitingCreate* w = create_queue_.front();
-        totals_.full++;
-        FinishCreateWait(w, STORE_ENODISK,
-                         why + "; " + FullMessage(w->args.data_size + w->args.metadata.size()));
-      }
-      pump_again_ = true;
-    } else if (!CanSpillMore()) {
-      // Only a delete, an unpin or a closed reader can make room: creates and restores wait
-      // for it until their deadlines (their timers), except gets that asked not to wait.
-      StallRestores();
-    }
-  } while (pump_again_);
-  pumping_ = false;
-}
-
-void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
-  if (!dirs_ || stopping_) return;
+bool Spiller::SpillStep(uint64_t at_least, Eviction* ew) {
+  if (!dirs_ || stopping_) return false;
   bool drops_only = MonotonicNs() < spill_backoff_until_;  // writes pause after a failure
   uint64_t need;
   if (ew) {
@@ -276,12 +323,13 @@ void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
     need = std::max(need, at_least);
   }
   last_spill_error_ = 0;
+  bool freed_now = false;
   while (need > 0 && (ew || spill_jobs_ < kMaxSpillJobs)) {
     SpillBatch b = ChooseVictims(table_, need, policy_, drops_only);
     if (b.write.empty() && b.drop.empty()) break;
     for (Object* o : b.drop) DropToDisk(o);
     if (ew) ew->spilled += b.bytes;
-    if (!b.drop.empty()) pump_again_ = true;  // memory is free now
+    if (!b.drop.empty()) freed_now = true;  // memory is free now
     if (!b.write.empty()) {
       uint64_t write_bytes = 0;
       for (Object* o : b.write) write_bytes += o->alloc_size;
@@ -292,12 +340,13 @@ void Server::SpillStep(uint64_t at_least, EvictWaiter* ew) {
     }
     need -= std::min(need, b.bytes);
   }
+  return freed_now;
 }
 
 // ------------------------------------------------------------------------------------------
 // Spilling.
 
-void Server::DropToDisk(Object* o) {
+void Spiller::DropToDisk(Object* o) {
   // Frees o's memory and leaves it SPILLED. REQUIRES: o has a copy on disk and no reader.
   region_->Free(o->data);
   table_.Mutate(o, [](Object* x) {
@@ -307,24 +356,22 @@ void Server::DropToDisk(Object* o) {
   });
 }
 
-void Server::StartSpillJob(std::vector<Object*> victims, EvictWaiter* ew) {
+void Spiller::StartSpillJob(std::vector<Object*> victims, Eviction* ew) {
   // Objects created leased go into files of their own, which recovery removes (spill_dir.h).
-  if (!leases_.empty()) {
-    auto leased = std::stable_partition(victims.begin(), victims.end(),
-                                        [this](const Object* o) { return !CreatedLeased(o); });
-    if (leased != victims.end()) {
-      std::vector<Object*> those(leased, victims.end());
-      victims.erase(leased, victims.end());
-      StartSpillJobOf(std::move(those), ew, true);
-    }
-    if (victims.empty()) return;
+  auto leased = std::stable_partition(victims.begin(), victims.end(),
+                                      [this](const Object* o) { return !host_.CreatedLeased(o); });
+  if (leased != victims.end()) {
+    std::vector<Object*> those(leased, victims.end());
+    victims.erase(leased, victims.end());
+    StartSpillJobOf(std::move(those), ew, true);
   }
+  if (victims.empty()) return;
   StartSpillJobOf(std::move(victims), ew, false);
 }
 
-void Server::StartSpillJobOf(std::vector<Object*> victims, EvictWaiter* ew, bool leased) {
+void Spiller::StartSpillJobOf(std::vector<Object*> victims, Eviction* ew, bool leased) {
   auto* job = new SpillJob;
-  job->server = this;
+  job->spiller = this;
   uint64_t file_bytes = spill::kTrailer;
   for (Object* o : victims) {
     file_bytes += spill::kRecordHeader + spill::kIndexEntry + o->data_size + o->metadata_size;
@@ -364,7 +411,7 @@ void Server::StartSpillJobOf(std::vector<Object*> victims, EvictWaiter* ew, bool
   spill_in_flight_ += job->memory;
   if (ew) ew->pending++;
   job->req.data = job;
-  int rc = uv_queue_work(&loop_, &job->req, SpillWork, SpillDone);
+  int rc = uv_queue_work(loop_, &job->req, SpillWork, SpillDone);
   if (rc != 0) {  // cannot happen with a live loop; undo
     job->rc = -EAGAIN;
     job->error = uv_strerror(rc);
@@ -372,17 +419,17 @@ void Server::StartSpillJobOf(std::vector<Object*> victims, EvictWaiter* ew, bool
   }
 }
 
-void Server::SpillWork(uv_work_t* req) {
+void Spiller::SpillWork(uv_work_t* req) {
   auto* job = static_cast<SpillJob*>(req->data);
   int64_t t0 = MonotonicNs();
-  job->rc = spill::WriteSpillFile(job->server->env_, job->path, job->records, &job->locations,
+  job->rc = spill::WriteSpillFile(job->spiller->env_, job->path, job->records, &job->locations,
                                   &job->file_size, &job->error);
   job->ns = MonotonicNs() - t0;
 }
 
-void Server::SpillDone(uv_work_t* req, int /*status*/) {
+void Spiller::SpillDone(uv_work_t* req, int /*status*/) {
   auto* job = static_cast<SpillJob*>(req->data);
-  Server* s = job->server;
+  Spiller* s = job->spiller;
   s->spill_jobs_--;
   s->spill_in_flight_ -= job->memory;
   for (Object* o : job->objects) s->spilling_at_.erase(o->uid);
@@ -409,7 +456,7 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
         f->dead_bytes += loc.size;
         s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
         uint64_t mem = o->alloc_size;
-        if (s->MaybeFree(o)) freed += mem;
+        if (s->host_.MaybeFree(o)) freed += mem;
         continue;
       }
       o->spill_file = f;
@@ -443,18 +490,18 @@ void Server::SpillDone(uv_work_t* req, int /*status*/) {
     s->last_spill_message_ = job->error;
     for (Object* o : job->objects) {
       s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
-      s->MaybeFree(o);
+      s->host_.MaybeFree(o);
     }
   }
-  if (EvictWaiter* ew = job->evict) {
+  if (Eviction* ew = job->evict) {
     ew->spilled += freed;
-    if (--ew->pending == 0) s->FinishEvict(ew);
+    if (--ew->pending == 0) s->host_.EvictDone(ew);
   }
   delete job;
-  s->Pump();
+  s->host_.Pump();
 }
 
-void Server::DropSpillCopy(Object* o, bool dead) {
+void Spiller::DropSpillCopy(Object* o, bool dead) {
   SpillFile* f = o->spill_file;
   o->spill_file = nullptr;
   f->live_objects--;
@@ -467,7 +514,7 @@ void Server::DropSpillCopy(Object* o, bool dead) {
   }
 }
 
-void Server::RemoveSpillFile(SpillFile* f) {
+void Spiller::RemoveSpillFile(SpillFile* f) {
   if (f->readers > 0) {
     f->removing = true;  // a restore or a compaction still reads it: removed when it is done
     return;
@@ -476,7 +523,7 @@ void Server::RemoveSpillFile(SpillFile* f) {
   // SpillDirs tidy its directory on the loop and the directory's log follow (SpillFileGone).
   struct UnlinkJob {
     uv_work_t req;
-    Server* server;
+    Spiller* spiller;
     std::string path;
     SpillDirState* dir;
     uint64_t number;
@@ -491,15 +538,15 @@ void Server::RemoveSpillFile(SpillFile* f) {
   }
   spill_files_.erase(f->id);
   int rc = uv_queue_work(
-      &loop_, &job->req,
+      loop_, &job->req,
       [](uv_work_t* req) {
         auto* j = static_cast<UnlinkJob*>(req->data);
-        j->server->env_->Unlink(j->path);
+        j->spiller->env_->Unlink(j->path);
       },
       [](uv_work_t* req, int) {
         auto* j = static_cast<UnlinkJob*>(req->data);
-        if (j->server->dirs_) j->server->dirs_->Remove(j->path);
-        j->server->SpillFileGone(j->dir, j->number);
+        if (j->spiller->dirs_) j->spiller->dirs_->Remove(j->path);
+        j->spiller->SpillFileGone(j->dir, j->number);
         delete j;
       });
   if (rc != 0) {
@@ -532,7 +579,7 @@ void PutEntry(std::vector<uint8_t>* out, uint64_t number, uint64_t offset) {
 
 }  // namespace
 
-SpillDirState* Server::DirState(const std::string& dir) {
+SpillDirState* Spiller::DirState(const std::string& dir) {
   auto& slot = dir_states_[dir];
   if (!slot) {
     slot = std::make_unique<SpillDirState>();
@@ -541,7 +588,7 @@ SpillDirState* Server::DirState(const std::string& dir) {
   return slot.get();
 }
 
-std::set<std::pair<uint64_t, uint64_t>> Server::LoadTombstones(SpillDirState* dir) {
+std::set<std::pair<uint64_t, uint64_t>> Spiller::LoadTombstones(SpillDirState* dir) {
   std::set<std::pair<uint64_t, uint64_t>> set;
   std::string path = dir->path + "/" + kDeletedLog;
   int fd = env_->Open(path, O_RDONLY, 0);
@@ -568,13 +615,13 @@ std::set<std::pair<uint64_t, uint64_t>> Server::LoadTombstones(SpillDirState* di
   return set;
 }
 
-void Server::QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset) {
+void Spiller::QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset) {
   PutEntry(&dir->pending, number, offset);
   dir->live[number].push_back(offset);
   dir->live_entries++;
 }
 
-bool Server::TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs) {
+bool Spiller::TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs) {
   auto add = [&](SpillDirState* d) {
     if (dirs && std::find(dirs->begin(), dirs->end(), d) == dirs->end()) dirs->push_back(d);
   };
@@ -603,7 +650,7 @@ bool Server::TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs) {
   return false;
 }
 
-void Server::SpillFileGone(SpillDirState* dir, uint64_t number) {
+void Spiller::SpillFileGone(SpillDirState* dir, uint64_t number) {
   if (!dir) return;
   if (dir->files > 0) dir->files--;
   auto it = dir->live.find(number);
@@ -614,10 +661,15 @@ void Server::SpillFileGone(SpillDirState* dir, uint64_t number) {
   MaybeStartTombJob();
 }
 
-void Server::MaybeStartTombJob() {
+void Spiller::ReplyWhenDurable(DeferredDelete* d) {
+  deletes_waiting_.push_back(d);
+  MaybeStartTombJob();
+}
+
+void Spiller::MaybeStartTombJob() {
   if (tomb_job_) return;  // TombDone starts the next
   auto* job = new TombJob;
-  job->server = this;
+  job->spiller = this;
   const int64_t now = MonotonicNs();
   for (auto& [path, d] : dir_states_) {
     SpillDirState* dir = d.get();
@@ -660,7 +712,7 @@ void Server::MaybeStartTombJob() {
   job->replies.swap(deletes_waiting_);
   job->req.data = job;
   tomb_job_ = job;
-  if (uv_queue_work(&loop_, &job->req, TombWork, TombDone) != 0) {
+  if (uv_queue_work(loop_, &job->req, TombWork, TombDone) != 0) {
     for (auto& item : job->items) {
       item.rc = -EAGAIN;
       item.error = "cannot queue the write";
@@ -669,9 +721,9 @@ void Server::MaybeStartTombJob() {
   }
 }
 
-void Server::TombWork(uv_work_t* req) {
+void Spiller::TombWork(uv_work_t* req) {
   auto* job = static_cast<TombJob*>(req->data);
-  spill::Env* env = job->server->env_;
+  spill::Env* env = job->spiller->env_;
   for (TombJob::Item& item : job->items) {
     const std::string log = item.path + "/" + kDeletedLog;
     auto fail = [&](int rc, const char* what) {
@@ -741,9 +793,9 @@ void Server::TombWork(uv_work_t* req) {
   }
 }
 
-void Server::TombDone(uv_work_t* req, int /*status*/) {
+void Spiller::TombDone(uv_work_t* req, int /*status*/) {
   auto* job = static_cast<TombJob*>(req->data);
-  Server* s = job->server;
+  Spiller* s = job->spiller;
   if (s->tomb_job_ == job) s->tomb_job_ = nullptr;
   std::unordered_map<SpillDirState*, const TombJob::Item*> failed;
   for (TombJob::Item& item : job->items) {
@@ -779,17 +831,7 @@ void Server::TombDone(uv_work_t* req, int /*status*/) {
       d->statuses[pos] = STORE_ENODISK;
       why = it->second->error;
     }
-    auto c = s->clients_.find(d->client_id);
-    if (c != s->clients_.end()) {
-      s->fbb_.Clear();
-      auto vec = s->fbb_.CreateVector(d->statuses);
-      auto msg = why.empty() ? flatbuffers::Offset<flatbuffers::String>()
-                             : s->fbb_.CreateString(
-                                   "deleted, but a restart with --recover could bring it back: " +
-                                   why);
-      s->SendEmpty(c->second, d->seq, Body::DeleteReply,
-                   proto::CreateDeleteReply(s->fbb_, vec, msg).Union());
-    }
+    s->host_.ReplyDelete(*d, why);
     delete d;
   }
   delete job;
@@ -808,7 +850,7 @@ void Server::TombDone(uv_work_t* req, int /*status*/) {
 // once no restore reads it. A crash at any point leaves the old file whole, the new one whole
 // or absent, and every acknowledged delete tombstoned in both.
 
-void Server::MaybeCompact(SpillFile* f) {
+void Spiller::MaybeCompact(SpillFile* f) {
   if (!dirs_ || stopping_ || options_.spill_compact >= 1.0 || f->compacting || f->removing ||
       f->live_objects == 0 || f->size == 0) {
     return;
@@ -824,9 +866,9 @@ void Server::MaybeCompact(SpillFile* f) {
   StartCompaction(f);
 }
 
-void Server::StartCompaction(SpillFile* f) {
+void Spiller::StartCompaction(SpillFile* f) {
   auto* job = new CompactJob;
-  job->server = this;
+  job->spiller = this;
   job->from = f;
   job->from_path = f->path;
   job->version = f->version;
@@ -834,21 +876,21 @@ void Server::StartCompaction(SpillFile* f) {
   f->readers++;
   compact_job_ = job;
   job->req.data = job;
-  if (uv_queue_work(&loop_, &job->req, CompactIndexWork, CompactIndexDone) != 0) {
+  if (uv_queue_work(loop_, &job->req, CompactIndexWork, CompactIndexDone) != 0) {
     job->rc = -EAGAIN;
     job->error = "cannot queue the work";
     CompactIndexDone(&job->req, 0);
   }
 }
 
-void Server::CompactIndexWork(uv_work_t* req) {
+void Spiller::CompactIndexWork(uv_work_t* req) {
   auto* job = static_cast<CompactJob*>(req->data);
-  job->rc = spill::ReadIndex(job->server->env_, job->from_path, &job->index, &job->error);
+  job->rc = spill::ReadIndex(job->spiller->env_, job->from_path, &job->index, &job->error);
 }
 
-void Server::CompactIndexDone(uv_work_t* req, int /*status*/) {
+void Spiller::CompactIndexDone(uv_work_t* req, int /*status*/) {
   auto* job = static_cast<CompactJob*>(req->data);
-  Server* s = job->server;
+  Spiller* s = job->spiller;
   SpillFile* f = job->from;
   if (job->rc == 0 && !s->stopping_ && !f->removing) {
     // Its live records: those whose object still points at them.
@@ -879,22 +921,22 @@ void Server::CompactIndexDone(uv_work_t* req, int /*status*/) {
     s->compacting_at_[job->uids[i]] = SpillingAt{job->dir, job->number, off};
     off += job->live[i].size;
   }
-  if (uv_queue_work(&s->loop_, &job->req, CompactCopyWork, CompactCopyDone) != 0) {
+  if (uv_queue_work(s->loop_, &job->req, CompactCopyWork, CompactCopyDone) != 0) {
     job->rc = -EAGAIN;
     job->error = "cannot queue the copy";
     CompactCopyDone(&job->req, 0);
   }
 }
 
-void Server::CompactCopyWork(uv_work_t* req) {
+void Spiller::CompactCopyWork(uv_work_t* req) {
   auto* job = static_cast<CompactJob*>(req->data);
-  job->rc = spill::CopySpillFile(job->server->env_, job->from_path, job->live, job->version,
+  job->rc = spill::CopySpillFile(job->spiller->env_, job->from_path, job->live, job->version,
                                  job->path, &job->locations, &job->file_size, &job->error);
 }
 
-void Server::CompactCopyDone(uv_work_t* req, int /*status*/) {
+void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
   auto* job = static_cast<CompactJob*>(req->data);
-  Server* s = job->server;
+  Spiller* s = job->spiller;
   SpillFile* f = job->from;
   for (uint64_t uid : job->uids) s->compacting_at_.erase(uid);
   if (job->rc != 0) {
@@ -939,7 +981,7 @@ void Server::CompactCopyDone(uv_work_t* req, int /*status*/) {
   s->EndCompaction(job);
 }
 
-void Server::EndCompaction(CompactJob* job) {
+void Spiller::EndCompaction(CompactJob* job) {
   SpillFile* f = job->from;
   if (job->rc != 0) {
     compact_totals_.failures++;
@@ -965,13 +1007,13 @@ void Server::EndCompaction(CompactJob* job) {
 // ------------------------------------------------------------------------------------------
 // Restoring.
 
-void Server::StartRestore(Object* o, bool prefetch, bool pump) {
+void Spiller::StartRestore(Object* o, bool prefetch, bool pump) {
   if (o->state != ObjectState::kSpilled || !dirs_) return;
   auto it = restore_queued_.find(o->uid);
   if (it != restore_queued_.end()) {
     it->second = it->second || prefetch;
     restores_stalled_ = false;  // a new asker: tell it if nothing can make room
-    if (pump) Pump();
+    if (pump) host_.Pump();
     return;
   }
   o->restore_error = 0;
@@ -983,7 +1025,7 @@ void Server::StartRestore(Object* o, bool prefetch, bool pump) {
   pending_restores_.push_back(o->uid);
   restore_queued_.emplace(o->uid, prefetch);
   restores_stalled_ = false;
-  if (pump) Pump();
+  if (pump) host_.Pump();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1001,7 +1043,7 @@ void Server::StartRestore(Object* o, bool prefetch, bool pump) {
 // keeps its copy on disk, so the spiller drops it again without writing if nobody reads it.
 // A stream covers one file; a few are kept, the least recently used replaced.
 
-void Server::NoteDemandRestore(Object* o) {
+void Spiller::NoteDemandRestore(Object* o) {
   if (options_.restore_readahead == 0 || o->spill_file == nullptr) return;
   SpillFile* f = o->spill_file;
   const uint64_t at = o->spill_offset, end = at + o->spill_size();
@@ -1029,7 +1071,7 @@ void Server::NoteDemandRestore(Object* o) {
   mine->used = ++readahead_clock_;
 }
 
-void Server::ReadAheadAfter(Object* o) {
+void Spiller::ReadAheadAfter(Object* o) {
   if (readahead_streams_ == 0 || o->spill_file == nullptr) return;
   for (ReadaheadStream& s : readahead_) {
     // Started by this get (NoteDemandRestore): a second in order.
@@ -1041,7 +1083,7 @@ void Server::ReadAheadAfter(Object* o) {
   }
 }
 
-void Server::ContinueReadAhead(Object* o) {
+void Spiller::ContinueReadAhead(Object* o) {
   for (ReadaheadStream& s : readahead_) {
     if (s.file == o->spill_file && s.trigger == o->spill_offset) {
       s.trigger = UINT64_MAX;
@@ -1052,7 +1094,7 @@ void Server::ContinueReadAhead(Object* o) {
   }
 }
 
-void Server::ReadAhead(ReadaheadStream* s) {
+void Spiller::ReadAhead(ReadaheadStream* s) {
   SpillFile* f = s->file;
   const uint64_t mark = static_cast<uint64_t>(static_cast<double>(region_->capacity()) *
                                               policy_.high);
@@ -1083,15 +1125,19 @@ void Server::ReadAhead(ReadaheadStream* s) {
             taken, f->path.c_str(), s->next, readahead_restores_);
 }
 
-bool Server::RestoreWanted(const Object* o) const {
+bool Spiller::RestoreWanted(const Object* o) const {
   if (o->pins > 0) return true;
-  auto w = get_waiters_.find(o->id);
-  if (w != get_waiters_.end() && !w->second.empty()) return true;
+  if (host_.GetsWaitFor(o->id)) return true;
   auto q = restore_queued_.find(o->uid);
   return q != restore_queued_.end() && q->second;  // a prefetch
 }
 
-Object* Server::HeadRestore() {
+void Spiller::PopRestore(const Object* o) {
+  restore_queued_.erase(o->uid);
+  pending_restores_.pop_front();
+}
+
+Object* Spiller::HeadRestore() {
   while (!pending_restores_.empty()) {
     uint64_t uid = pending_restores_.front();
     Object* o = restore_queued_.count(uid) ? table_.FindUid(uid) : nullptr;
@@ -1103,12 +1149,11 @@ Object* Server::HeadRestore() {
   return nullptr;
 }
 
-void Server::StallRestores() {
-  if (restores_stalled_) return;
+bool Spiller::Stall(std::vector<ObjectKey>* ids) {
+  if (restores_stalled_) return false;
   restores_stalled_ = true;
-  // Gets that asked not to wait (timeout 0) hear now that there is no room; prefetches (a
-  // hint) are dropped; every other restore waits for room until its gets' deadlines.
-  std::vector<std::pair<WaitingGet*, uint32_t>> no_room;
+  // Prefetches (a hint) become plain restores, kept only while a get or a pin wants them (see
+  // Server::StallRestores); what is gone leaves the queue.
   std::deque<uint64_t> keep;
   for (uint64_t uid : pending_restores_) {
     auto q = restore_queued_.find(uid);
@@ -1118,29 +1163,14 @@ void Server::StallRestores() {
       continue;
     }
     q->second = false;  // no longer a prefetch
-    auto w = get_waiters_.find(o->id);
-    if (w != get_waiters_.end()) {
-      for (const GetWaiter& gw : w->second) {
-        if (gw.get->timeout == 0) no_room.emplace_back(gw.get, gw.first_pos);
-      }
-    }
+    ids->push_back(o->id);
     keep.push_back(uid);
   }
   pending_restores_.swap(keep);
-  std::vector<WaitingGet*> done;
-  for (auto [g, first] : no_room) {
-    for (uint32_t i = first; i != WaitingGet::kEnd; i = g->next_same[i]) {
-      if (g->taken[i] == 0 && g->status[i] == 0) g->status[i] = STORE_ENOSPACE;
-    }
-    Unregister(g, first);
-    if (g->missing == 0) done.push_back(g);
-  }
-  for (WaitingGet* g : done) CompleteGet(g, false);
-  // What nobody waits for any more leaves the queue (HeadRestore drops it on the way).
-  HeadRestore();
+  return true;
 }
 
-bool Server::TryStartRestore(Object* o) {
+bool Spiller::TryStartRestore(Object* o) {
   uint64_t total = o->data_size + o->metadata_size;
   uint64_t usable = 0;
   void* p = region_->Allocate(total, &usable);
@@ -1151,7 +1181,7 @@ bool Server::TryStartRestore(Object* o) {
     x->state = ObjectState::kRestoring;
   });
   auto* job = new RestoreJob;
-  job->server = this;
+  job->spiller = this;
   job->object = o;
   job->file = o->spill_file;
   job->file->readers++;
@@ -1165,7 +1195,7 @@ bool Server::TryStartRestore(Object* o) {
   job->data_size = o->data_size;
   job->metadata_size = o->metadata_size;
   job->req.data = job;
-  if (uv_queue_work(&loop_, &job->req, RestoreWork, RestoreDone) != 0) {
+  if (uv_queue_work(loop_, &job->req, RestoreWork, RestoreDone) != 0) {
     job->rc = -EAGAIN;
     job->error = "cannot queue the read";
     RestoreDone(&job->req, 0);
@@ -1173,17 +1203,17 @@ bool Server::TryStartRestore(Object* o) {
   return true;
 }
 
-void Server::RestoreWork(uv_work_t* req) {
+void Spiller::RestoreWork(uv_work_t* req) {
   auto* job = static_cast<RestoreJob*>(req->data);
   int64_t t0 = MonotonicNs();
-  job->rc = spill::ReadRecord(job->server->env_, job->path, job->location, job->dst,
+  job->rc = spill::ReadRecord(job->spiller->env_, job->path, job->location, job->dst,
                               job->data_size, job->metadata_size, &job->error);
   job->ns = MonotonicNs() - t0;
 }
 
-void Server::RestoreDone(uv_work_t* req, int /*status*/) {
+void Spiller::RestoreDone(uv_work_t* req, int /*status*/) {
   auto* job = static_cast<RestoreJob*>(req->data);
-  Server* s = job->server;
+  Spiller* s = job->spiller;
   Object* o = job->object;
   ObjectKey key = o->id;
   bool deleted = o->deleted;
@@ -1194,8 +1224,8 @@ void Server::RestoreDone(uv_work_t* req, int /*status*/) {
     s->spill_totals_.restore_ns += static_cast<uint64_t>(job->ns);
     o->access_ns = RealtimeNs();
     s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
-    if (!deleted) s->NotifyWaiters(key);
-    s->MaybeFree(o);
+    if (!deleted) s->host_.NotifyWaiters(key);
+    s->host_.MaybeFree(o);
   } else {
     s->spill_totals_.restore_failures++;
     s->DropToDisk(o);  // the memory read into is not served
@@ -1204,134 +1234,37 @@ void Server::RestoreDone(uv_work_t* req, int /*status*/) {
     std::string why = job->error;
     delete job;
     if (deleted) {
-      s->MaybeFree(o);
-      s->NotifyWaiters(key);
+      s->host_.MaybeFree(o);
+      s->host_.NotifyWaiters(key);
     } else {
       s->FailRestore(o, code, why);
     }
-    s->Pump();
+    s->host_.Pump();
     return;
   }
   delete job;
-  if (deleted) s->NotifyWaiters(key);
-  s->Pump();
+  if (deleted) s->host_.NotifyWaiters(key);
+  s->host_.Pump();
 }
 
-void Server::FailRestore(Object* o, int code, const std::string& message) {
+void Spiller::FailRestore(Object* o, int code, const std::string& message) {
   o->restore_error = static_cast<int16_t>(code);
   // Logged once per second at most, with how many were not: a prefetch of many spilled
   // objects on a failing disk must not flood the log.
-  if (LogNowOrLater(&restore_log_)) {
+  if (restore_log_.NowOrLater(stopping_)) {
     FlushRestoreLog();
     LOG_ERROR("cannot restore object %s: %s", Hex(o->id).c_str(), message.c_str());
   } else {
     restore_log_quiet_++;
   }
-  NotifyWaiters(o->id);
+  host_.NotifyWaiters(o->id);
 }
 
-void Server::FlushRestoreLog() {
+void Spiller::FlushRestoreLog() {
   if (restore_log_quiet_ == 0) return;
   LOG_ERROR("%" PRIu64 " more restores failed in the last second (not logged one by one)",
             restore_log_quiet_);
   restore_log_quiet_ = 0;
-}
-
-// ------------------------------------------------------------------------------------------
-// Requests.
-
-void Server::FinishEvict(EvictWaiter* ew) {
-  evict_waiters_.erase(std::remove(evict_waiters_.begin(), evict_waiters_.end(), ew),
-                       evict_waiters_.end());
-  if (ew->client) {
-    fbb_.Clear();
-    SendEmpty(ew->client, ew->seq, Body::EvictReply,
-              proto::CreateEvictReply(fbb_, ew->spilled).Union());
-  }
-  delete ew;
-}
-
-void Server::HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r) {
-  if (!dirs_) {
-    return SendError(c, seq, STORE_ENOTSUP, "this store has no --spill-dir: it cannot spill");
-  }
-  if (MonotonicNs() < spill_backoff_until_) {
-    return SendError(c, seq, STORE_ENODISK, "spilling failed a moment ago: " + last_spill_message_);
-  }
-  auto* ew = new EvictWaiter;
-  ew->client = c;
-  ew->seq = seq;
-  ew->target = r->bytes();
-  evict_waiters_.push_back(ew);
-  ew->pending++;  // held while the batches start
-  SpillStep(0, ew);
-  int err = last_spill_error_;
-  if (--ew->pending == 0) {
-    if (err == STORE_ENODISK && ew->spilled == 0) {
-      evict_waiters_.pop_back();
-      delete ew;
-      SendError(c, seq, STORE_ENODISK, last_spill_message_);
-    } else {
-      FinishEvict(ew);
-    }
-  }
-  Pump();
-}
-
-void Server::HandlePrefetch(Client* c, uint64_t seq, const proto::PrefetchRequest* r) {
-  auto ids = r->ids();
-  if (ids->size() > proto::kMaxIdsPerRequest) {
-    return SendError(c, seq, STORE_EINVAL,
-                     "prefetch names at most " + std::to_string(proto::kMaxIdsPerRequest) + " ids");
-  }
-  // O(1) per id: each is queued (or started) without serving the queue; the queue is served
-  // once at the end.
-  uint32_t started = 0;
-  for (const proto::ObjectId* id : *ids) {
-    Object* o = table_.Find(KeyOf(id));
-    if (!o || o->state != ObjectState::kSpilled) continue;
-    StartRestore(o, true, false);
-    started++;
-  }
-  fbb_.Clear();
-  SendEmpty(c, seq, Body::PrefetchReply, proto::CreatePrefetchReply(fbb_, started).Union());
-  if (started > 0) Pump();
-}
-
-void Server::HandleSetImportance(Client* c, uint64_t seq, const proto::SetImportanceRequest* r) {
-  ObjectKey id = KeyOf(r->id());
-  Object* o = table_.Find(id);
-  if (!o) return SendError(c, seq, STORE_ENOTFOUND, "object " + Hex(id) + " does not exist");
-  int32_t importance = r->importance();
-  table_.Mutate(o, [&](Object* x) { x->importance = importance; });
-  fbb_.Clear();
-  SendEmpty(c, seq, Body::SetImportanceReply, proto::CreateSetImportanceReply(fbb_).Union());
-}
-
-void Server::HandleSpillFiles(Client* c, uint64_t seq, const proto::SpillFilesRequest* r) {
-  uint32_t limit = r->limit();
-  if (limit == 0 || limit > proto::kMaxSpillFilesPage) limit = proto::kMaxSpillFilesPage;
-  std::vector<const SpillFile*> after;
-  for (auto& [id, f] : spill_files_) {
-    if (id > r->after()) after.push_back(f.get());
-  }
-  const bool more = after.size() > limit;
-  auto by_id = [](const SpillFile* a, const SpillFile* b) { return a->id < b->id; };
-  if (more) {
-    std::nth_element(after.begin(), after.begin() + limit, after.end(), by_id);
-    after.resize(limit);
-  }
-  std::sort(after.begin(), after.end(), by_id);
-  fbb_.Clear();
-  std::vector<flatbuffers::Offset<proto::SpillFileInfo>> files;
-  for (const SpillFile* f : after) {
-    auto path = fbb_.CreateString(f->path);
-    files.push_back(proto::CreateSpillFileInfo(fbb_, path, f->size, f->live_objects,
-                                               f->live_bytes, f->dead_bytes, f->created_ns));
-  }
-  auto vec = fbb_.CreateVector(files);
-  uint64_t next = more ? after.back()->id : 0;
-  SendEmpty(c, seq, Body::SpillFilesReply, proto::CreateSpillFilesReply(fbb_, vec, next).Union());
 }
 
 }  // namespace store

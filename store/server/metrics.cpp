@@ -1,0 +1,148 @@
+// metrics.cpp - the metrics file (--metrics-file): the figures of stats in the Prometheus text
+// format, rewritten every --metrics-interval-ms from a loop timer.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "server/log.h"
+#include "server/server.h"
+#include "server/server_internal.h"
+#include "server/util.h"
+
+namespace store {
+
+// ------------------------------------------------------------------------------------------
+// Metrics file: the same figures as stats, in the Prometheus text format, replaced atomically
+// (write a temporary file, then rename) so a node exporter's textfile collector never reads half.
+
+void Server::OnMetricsTimer(uv_timer_t* t) { static_cast<Server*>(t->data)->WriteMetrics(); }
+
+void Server::WriteMetrics() {
+  const auto& t = table_.counters();
+  std::string out;
+  out.reserve(4096);
+  auto metric = [&](const char* name, const char* type, const char* help, uint64_t value,
+                    const char* labels = nullptr) {
+    if (!labels || std::strstr(labels, "first")) {
+      out += "# HELP store_";
+      out += name;
+      out += ' ';
+      out += help;
+      out += "\n# TYPE store_";
+      out += name;
+      out += ' ';
+      out += type;
+      out += '\n';
+    }
+    out += "store_";
+    out += name;
+    if (labels) {
+      const char* l = std::strchr(labels, '{');
+      out += l ? l : "";
+    }
+    out += ' ';
+    out += std::to_string(value);
+    out += '\n';
+  };
+  metric("capacity_bytes", "gauge", "Shared memory for objects.", region_->capacity());
+  metric("used_bytes", "gauge", "Bytes allocated to objects.", region_->allocated_bytes());
+  metric("resident_bytes", "gauge", "Memory the region holds.", region_->ResidentBytes());
+  metric("objects", "gauge", "Objects in the table.", t.objects);
+  metric("clients", "gauge", "Connected clients.", clients_.size());
+  metric("objects_by_state", "gauge", "Objects by state.", t.created_count,
+         "first{state=\"created\"}");
+  metric("objects_by_state", "gauge", "", t.sealed_count, "{state=\"sealed\"}");
+  metric("objects_by_state", "gauge", "", t.open_count, "{state=\"open\"}");
+  metric("objects_by_state", "gauge", "", t.pinned_count, "{state=\"pinned\"}");
+  metric("objects_by_state", "gauge", "", t.deleted_pending_count, "{state=\"deleted_pending\"}");
+  metric("bytes_by_state", "gauge", "Object bytes by state.", t.created_bytes,
+         "first{state=\"created\"}");
+  metric("bytes_by_state", "gauge", "", t.sealed_bytes, "{state=\"sealed\"}");
+  metric("bytes_by_state", "gauge", "", t.open_bytes, "{state=\"open\"}");
+  metric("bytes_by_state", "gauge", "", t.pinned_bytes, "{state=\"pinned\"}");
+  metric("bytes_by_state", "gauge", "", t.deleted_pending_bytes, "{state=\"deleted_pending\"}");
+  metric("waiting_gets", "gauge", "Get requests waiting for a seal.", waiting_gets_);
+  metric("waiting_creates", "gauge", "Create requests waiting for space.",
+         create_queue_.size() + gpu_create_queue_.size());
+  metric("operations_total", "counter", "Operations since start.", totals_.creates,
+         "first{op=\"create\"}");
+  metric("operations_total", "counter", "", totals_.seals, "{op=\"seal\"}");
+  metric("operations_total", "counter", "", totals_.gets, "{op=\"get\"}");
+  metric("operations_total", "counter", "", totals_.releases, "{op=\"release\"}");
+  metric("operations_total", "counter", "", totals_.deletes, "{op=\"delete\"}");
+  metric("operations_total", "counter", "", totals_.aborts, "{op=\"abort\"}");
+  metric("requests_total", "counter", "Requests from all clients.", totals_.requests);
+  metric("bad_requests_total", "counter", "Requests refused as protocol errors.",
+         totals_.bad_requests);
+  metric("full_total", "counter", "Creates refused for lack of space.", totals_.full);
+  metric("when_full_drop", "gauge", "1 when unused objects are dropped to make room.",
+         DropMode() ? 1 : 0);
+  metric("dropped_objects_total", "counter", "Objects dropped to make room.",
+         drop_totals_.objects);
+  metric("dropped_bytes_total", "counter", "Data and metadata bytes of the objects dropped.",
+         drop_totals_.bytes);
+  // Limits: the totals they watch, and how often each was hit (see server/limits.cpp).
+  metric("limit_usage", "gauge", "What the limits watch, now.", waiting_bytes_,
+         "first{what=\"waiting_bytes\"}");
+  metric("limit_usage", "gauge", "", backlog_bytes_, "{what=\"backlog_bytes\"}");
+  metric("limit_usage", "gauge", "", partial_bytes_, "{what=\"partial_bytes\"}");
+  metric("limit_usage", "gauge", "", pending_fds_, "{what=\"pending_fds\"}");
+  metric("limit_hits_total", "counter", "Requests refused or clients closed by a limit.",
+         limits_[kLimitClientWaiting].hits, "first{limit=\"max_client_waiting\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitWaitingBytes].hits,
+         "{limit=\"max_waiting_bytes\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitClientBacklog].hits,
+         "{limit=\"max_client_backlog\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitBacklog].hits,
+         "{limit=\"max_backlog\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitPartial].hits,
+         "{limit=\"max_partial_bytes\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitClients].hits,
+         "{limit=\"max_clients\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitAccept].hits,
+         "{limit=\"accept\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitGpuFds].hits,
+         "{limit=\"max_client_gpu_fds\"}");
+  // GPU objects, per device (only when the store serves them).
+  auto per_gpu = [&](const char* name, const char* help, auto value) {
+    for (size_t i = 0; i < gpus_.size(); i++) {
+      std::string l = std::string(i == 0 ? "first" : "") + "{device=\"" +
+                      std::to_string(gpus_[i]->info.ordinal) + "\"}";
+      metric(name, "gauge", help, value(*gpus_[i]), l.c_str());
+    }
+  };
+  per_gpu("gpu_capacity_bytes", "Device memory GPU objects may take.",
+          [](const GpuDevice& d) { return d.alloc->capacity(); });
+  per_gpu("gpu_used_bytes", "Device memory allocated to GPU objects.",
+          [](const GpuDevice& d) { return d.alloc->used_bytes(); });
+  per_gpu("gpu_objects", "GPU objects on the device.",
+          [](const GpuDevice& d) { return d.objects; });
+
+  std::string tmp = options_.metrics_file + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bool ok = fd >= 0;
+  size_t done = 0;
+  while (ok && done < out.size()) {
+    ssize_t n = write(fd, out.data() + done, out.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<size_t>(n);
+  }
+  if (fd >= 0) close(fd);
+  ok = ok && rename(tmp.c_str(), options_.metrics_file.c_str()) == 0;
+  if (!ok) {
+    if (!metrics_failing_) {
+      LOG_WARN("cannot write the metrics file %s: %s", options_.metrics_file.c_str(),
+               std::strerror(errno));
+    }
+    metrics_failing_ = true;
+    unlink(tmp.c_str());
+  } else {
+    metrics_failing_ = false;
+  }
+}
+
+}  // namespace store
