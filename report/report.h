@@ -7,6 +7,13 @@
 //
 // The functions here only read: they never create, pin or delete anything. They print to the
 // FILE* they are given and nothing else; errors come back as STORE_E* codes.
+//
+// Owns: nothing beyond the snapshots it returns; the caller's client stays the caller's.
+// Called by: tools/store_top.cpp (the live view, --once, --json), tools/store_main.cpp (`store
+// info`, `store ls`) and tests/test_top.cpp. A client of the store through libstoreclient; the
+// server's core (store/) never links it.
+// Threads: any. The functions keep no state between calls; a client passed in is used as the
+// client library's rules allow.
 #pragma once
 
 #include <stdint.h>
