@@ -10,7 +10,7 @@
 #include <unordered_map>
 
 #ifdef STORE_HAVE_CUDA
-#include "cuda/driver.h"
+#include "cuda_driver.h"
 #endif
 
 namespace storeclient::gpu {

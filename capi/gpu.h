@@ -5,7 +5,9 @@
 // to a chunk of one server), each mapped once and reference-counted by the connections that
 // use it. A handle can be imported once per process, so every client of the same server in a
 // process shares the mapping; the last connection to let go unmaps it.
-// Called by: capi/client.cpp, from any thread (the table has its own lock).
+// Called by: capi/mapping.cpp (Import, Release), the connection's destructor (Release, in
+// capi/client_internal.h), capi/writer.cpp and capi/reader.cpp (the copies), from any thread
+// (the table has its own lock).
 // Never prints, aborts or throws: failures return false with *why.
 #pragma once
 

@@ -5,8 +5,9 @@
 //
 // Owns: nothing; the functions write into memory the caller of the library passed or into arrays
 // they allocate for it.
-// Called by: capi/client.cpp, for every call that fills an output struct; tests/test_client.cpp
-// checks the sizes no library of this soname meets yet (a header older than the library's).
+// Called by: capi/management.cpp, for every call that fills an output struct;
+// tests/test_client.cpp checks the sizes no library of this soname meets yet (a header older than
+// the library's).
 // Threads: any; the functions keep no state.
 #pragma once
 

@@ -13,8 +13,8 @@
 //  - memory lives while a handle or a mapping refers to it.
 // Device pointers are host addresses here, so tests read and write them with memcpy.
 //
-// Built as a shared module; the store's driver table (store/cuda/driver.cpp) loads it instead of
-// the real driver when STORE_FAKE_CUDA_DRIVER names it.
+// Built as a shared module; the store's driver table (store/common/cuda_driver.cpp) loads it
+// instead of the real driver when STORE_FAKE_CUDA_DRIVER names it.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -25,7 +25,7 @@
 #include <mutex>
 #include <vector>
 
-#include "cuda/driver.h"
+#include "cuda_driver.h"
 
 namespace {
 

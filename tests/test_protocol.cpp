@@ -1,5 +1,5 @@
 // test_protocol.cpp - unit tests for the wire protocol: the generated flatbuffers code for
-// protocol.fbs, VerifyMessage, FrameBuffer and ToProto (store/protocol/framing.h).
+// protocol.fbs, VerifyMessage, FrameBuffer and ToProto (store/common/protocol/framing.h).
 #include <doctest.h>
 
 #include <algorithm>

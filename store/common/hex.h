@@ -3,7 +3,7 @@
 //
 // Owns: nothing; header-only, with no dependency beyond the standard library.
 // Called by: the server (server/util.h: ids in messages and logs, \xHH escapes), the client
-// library (store_object_id_to_hex in capi/client.cpp) and store-bench (its id prefix).
+// library (store_object_id_to_hex in capi/ids.cpp) and store-bench (its id prefix).
 // Threads: any; the functions only read their input and write their output.
 #pragma once
 

@@ -7,7 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "cuda/driver.h"
+#include "cuda_driver.h"
 
 namespace store::cuda {
 

@@ -1,4 +1,4 @@
-// driver.h - the CUDA driver calls the store makes, reached without linking libcuda.
+// cuda_driver.h - the CUDA driver calls the store makes, reached without linking libcuda.
 //
 // Owns: nothing but a table of function pointers, filled once per process.
 // Called by: the server's CUDA device backend and libstoreclient's GPU imports.

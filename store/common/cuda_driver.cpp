@@ -1,7 +1,7 @@
-// driver.cpp - loads the CUDA driver entry points through the static runtime.
+// cuda_driver.cpp - loads the CUDA driver entry points through the static runtime.
 #ifdef STORE_HAVE_CUDA
 
-#include "cuda/driver.h"
+#include "cuda_driver.h"
 
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -14,7 +14,7 @@ namespace store::cuda {
 
 namespace {
 
-// Driver API version of the signatures in driver.h (the VMM calls exist since 10.2; 12.0 is the
+// Driver API version of the signatures in cuda_driver.h (the VMM calls exist since 10.2; 12.0 is the
 // oldest ABI the CUDA 13 runtime offers).
 constexpr int kDriverApiVersion = 12000;
 
