@@ -140,10 +140,6 @@ class PosixEnv final : public Env {
     return static_cast<ssize_t>(done);
   }
 
-  void ReadAhead(int fd, off_t off, off_t len) override {
-    (void)::posix_fadvise(fd, off, len, POSIX_FADV_WILLNEED);
-  }
-
   int Unlink(const std::string& path) override { return ::unlink(path.c_str()) == 0 ? 0 : Err(); }
 
   int Rename(const std::string& from, const std::string& to) override {
@@ -363,7 +359,6 @@ ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t of
 }
 
 int FaultInjectionEnv::Fdatasync(int fd) { return base_->Fdatasync(fd); }
-void FaultInjectionEnv::ReadAhead(int fd, off_t off, off_t len) { base_->ReadAhead(fd, off, len); }
 ssize_t FaultInjectionEnv::CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) {
   return CopyByReading(this, in, in_off, out, out_off, len, 0);
 }

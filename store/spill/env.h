@@ -38,9 +38,6 @@ class Env {
   // Copies len bytes from in at in_off to out at out_off (copy_file_range where the filesystem
   // can, which may share the blocks; else read and write). Bytes copied or -errno.
   virtual ssize_t CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) = 0;
-  // Asks the kernel to start reading [off, off + len) into the page cache now (a hint: errors
-  // are ignored).
-  virtual void ReadAhead(int fd, off_t off, off_t len) = 0;
   virtual int Unlink(const std::string& path) = 0;
   virtual int Rename(const std::string& from, const std::string& to) = 0;
   // Renames from to `to` unless `to` exists (then -EEXIST and nothing changes).
@@ -87,7 +84,6 @@ class FaultInjectionEnv : public Env {
   ssize_t PWritev(int fd, const iovec* iov, int iovcnt, off_t off) override;
   ssize_t PReadv(int fd, const iovec* iov, int iovcnt, off_t off) override;
   int Fdatasync(int fd) override;
-  void ReadAhead(int fd, off_t off, off_t len) override;
   // Read and write through this Env, so that its faults apply.
   ssize_t CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) override;
   int Unlink(const std::string& path) override;
