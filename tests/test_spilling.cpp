@@ -392,6 +392,15 @@ TEST_CASE("a spill file is deleted with the last object in it; the store's direc
   CHECK(fs::is_directory(dir));  // the given directory itself is not the store's
 }
 
+// Puts obj created leased (STORE_CREATE_LEASED): it goes when its last lease does.
+void PutLeased(store_client* c, const Obj& obj) {
+  std::vector<uint8_t> data = Bytes(obj.seed, obj.size);
+  store_create_options o = STORE_CREATE_OPTIONS_INIT;
+  o.flags = STORE_CREATE_LEASED;
+  o.timeout_ms = -1;
+  REQUIRE(store_put(c, &obj.id, data.data(), data.size(), &o) == STORE_OK);
+}
+
 TEST_CASE("objects created leased go from disk too when their holder disconnects") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
@@ -403,11 +412,7 @@ TEST_CASE("objects created leased go from disk too when their holder disconnects
     ClientPtr c = Connect(s.socket(), "holder");
     for (int i = 0; i < 8; i++) {
       objs.push_back(MakeObj("leased-" + std::to_string(i), 70 + i, 2 * kMiB));
-      std::vector<uint8_t> data = Bytes(objs.back().seed, objs.back().size);
-      store_create_options o = STORE_CREATE_OPTIONS_INIT;
-      o.flags = STORE_CREATE_LEASED;
-      o.timeout_ms = -1;
-      REQUIRE(store_put(c.get(), &objs.back().id, data.data(), data.size(), &o) == STORE_OK);
+      PutLeased(c.get(), objs.back());
     }
     Evict(c.get(), kAll);
     for (const Obj& o : objs) CHECK(IsSpilled(watcher.get(), o));
@@ -1058,11 +1063,7 @@ TEST_CASE("--recover after a crash or a stop does not bring back objects created
       // Interleaved, so that one batch holds both kinds.
       for (int i = 0; i < 4; i++) {
         Put(c.get(), plain[static_cast<size_t>(i)]);
-        const Obj& o = leased[static_cast<size_t>(i)];
-        std::vector<uint8_t> data = Bytes(o.seed, o.size);
-        store_create_options co = STORE_CREATE_OPTIONS_INIT;
-        co.flags = STORE_CREATE_LEASED;
-        REQUIRE(store_put(c.get(), &o.id, data.data(), data.size(), &co) == STORE_OK);
+        PutLeased(c.get(), leased[static_cast<size_t>(i)]);
       }
       Evict(c.get(), kAll);
       for (const Obj& o : leased) REQUIRE(IsSpilled(c.get(), o));
@@ -1115,10 +1116,7 @@ TEST_CASE("a spill file of objects created leased is compacted into another such
   std::vector<Obj> leased;
   for (int i = 0; i < 4; i++) {
     leased.push_back(MakeObj("lc-" + std::to_string(i), 430 + i, kMiB));
-    std::vector<uint8_t> data = Bytes(leased.back().seed, leased.back().size);
-    store_create_options co = STORE_CREATE_OPTIONS_INIT;
-    co.flags = STORE_CREATE_LEASED;
-    REQUIRE(store_put(c.get(), &leased.back().id, data.data(), data.size(), &co) == STORE_OK);
+    PutLeased(c.get(), leased.back());
   }
   Evict(c.get(), kAll);
   const std::string before = UrlOf(c.get(), leased[3]).path;
