@@ -531,10 +531,7 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
   auto* job = new UnlinkJob{{}, this, f->path, f->dir, f->number};
   job->req.data = job;
   for (ReadaheadStream& s : readahead_) {
-    if (s.file == f) {
-      s = ReadaheadStream{};
-      readahead_streams_--;
-    }
+    if (s.file == f) s = ReadaheadStream{};
   }
   spill_files_.erase(f->id);
   int rc = uv_queue_work(
@@ -1019,7 +1016,7 @@ void Spiller::StartRestore(Object* o, bool prefetch, bool pump) {
   o->restore_error = 0;
   if (!prefetch) NoteDemandRestore(o);
   if (pending_restores_.empty() && TryStartRestore(o)) {
-    if (!prefetch) ReadAheadAfter(o);
+    if (!prefetch) ContinueReadAhead(o);  // the second get in order reads a window now
     return;
   }
   pending_restores_.push_back(o->uid);
@@ -1057,30 +1054,15 @@ void Spiller::NoteDemandRestore(Object* o) {
   // window, which then did not keep ahead (memory ran short, or the reader overtook it).
   if (mine && (at == mine->prev_end || (mine->window <= at && at <= mine->next))) {
     mine->prev_end = mine->next = end;
-    mine->trigger = at;  // ReadAheadAfter reads the next window at once
+    mine->trigger = at;  // so StartRestore reads the next window at once
     mine->used = ++readahead_clock_;
     return;
   }
-  if (!mine) {
-    mine = lru;
-    if (mine->file == nullptr) readahead_streams_++;
-  }
+  if (!mine) mine = lru;
   *mine = ReadaheadStream{};
   mine->file = f;
   mine->prev_end = mine->next = end;
   mine->used = ++readahead_clock_;
-}
-
-void Spiller::ReadAheadAfter(Object* o) {
-  if (readahead_streams_ == 0 || o->spill_file == nullptr) return;
-  for (ReadaheadStream& s : readahead_) {
-    // Started by this get (NoteDemandRestore): a second in order.
-    if (s.file == o->spill_file && s.trigger == o->spill_offset) {
-      s.trigger = UINT64_MAX;
-      ReadAhead(&s);
-      return;
-    }
-  }
 }
 
 void Spiller::ContinueReadAhead(Object* o) {

@@ -194,7 +194,7 @@ class Spiller {
   bool Stall(std::vector<ObjectKey>* ids);
   // A get took a reader of o: a read-ahead stream that o triggers reads its next window.
   void MaybeReadAheadOnGet(Object* o) {
-    if (o->spill_file != nullptr && readahead_streams_ > 0) ContinueReadAhead(o);
+    if (o->spill_file != nullptr) ContinueReadAhead(o);
   }
 
   // Deletes.
@@ -244,7 +244,6 @@ class Spiller {
   // of the first object of its last window starts the next (so it stays a window ahead).
   struct ReadaheadStream;
   void NoteDemandRestore(Object* o);
-  void ReadAheadAfter(Object* o);
   void ReadAhead(ReadaheadStream* s);
   void ContinueReadAhead(Object* o);
   // Deletion records (tombstones) and the DELETED logs.
@@ -301,7 +300,6 @@ class Spiller {
     uint64_t trigger = UINT64_MAX;   // a get of the object at this offset reads the next window
     uint64_t used = 0;               // when last used (readahead_clock_)
   } readahead_[kReadaheadStreams];
-  int readahead_streams_ = 0;        // streams in use
   uint64_t readahead_clock_ = 0;
   uint64_t readahead_restores_ = 0;  // restores started by read-ahead (debug log)
   // Restore failures are logged once per second, with how many were not (FlushRestoreLog).
