@@ -335,6 +335,22 @@ TEST_CASE("store_spill_url: the record at that offset holds the header, metadata
   for (const Obj& o : objs) ReadBack(c.get(), o);
 }
 
+// How many of pid's descriptors name target (readlink of /proc/<pid>/fd/N), or that start with
+// prefix when target ends with '*'.
+int ServerFdsTo(pid_t pid, const std::string& target) {
+  const bool prefix = !target.empty() && target.back() == '*';
+  const std::string want = prefix ? target.substr(0, target.size() - 1) : target;
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::error_code rec;
+    std::string to = fs::read_symlink(e.path(), rec).string();
+    if (rec) continue;
+    if (prefix ? to.rfind(want, 0) == 0 : to == want) n++;
+  }
+  return n;
+}
+
 TEST_CASE("a spill file is deleted with the last object in it; the store's directory at stop") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
@@ -364,8 +380,12 @@ TEST_CASE("a spill file is deleted with the last object in it; the store's direc
   CHECK(st.spill_dead_bytes == 0);
 
   // One object restored (it keeps its copy), then all deleted one by one: the file stays while
-  // any object still has its copy there.
+  // any object still has its copy there. The restore leaves the file open in the store (for the
+  // next restores' read-ahead); removing the file closes it first, so no deleted file's blocks
+  // stay in use.
+  CHECK(ServerFdsTo(s.pid(), path) == 0);
   ReadBack(c.get(), objs[3]);
+  CHECK(ServerFdsTo(s.pid(), path) == 1);
   for (int i = 0; i < 3; i++) {
     Delete(c.get(), objs[i]);
     CHECK(fs::exists(path));
@@ -375,6 +395,8 @@ TEST_CASE("a spill file is deleted with the last object in it; the store's direc
   CHECK(st.spill_dead_bytes > 0);
   Delete(c.get(), objs[3]);
   CHECK(test::WaitFor([&] { return !fs::exists(path); }));
+  CHECK(ServerFdsTo(s.pid(), path) == 0);
+  CHECK(ServerFdsTo(s.pid(), path + " (deleted)") == 0);
   st = Stats(c.get());
   CHECK(st.spill_files == 0);
   CHECK(st.spill_disk_bytes == 0);
@@ -390,6 +412,41 @@ TEST_CASE("a spill file is deleted with the last object in it; the store's direc
   CHECK(ExitedZero(s.Stop()));
   CHECK(!fs::exists(mine[0]));
   CHECK(fs::is_directory(dir));  // the given directory itself is not the store's
+}
+
+TEST_CASE("restores keep at most 16 spill files open, and close each before it is removed") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-compact", "1", "--restore-readahead", "0"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  // 24 objects, each evicted alone: 24 spill files.
+  std::vector<Obj> objs;
+  for (int i = 0; i < 24; i++) {
+    objs.push_back(MakeObj("kept-" + std::to_string(i), 300 + i, 64 * 1024 + i, i));
+    Put(c.get(), objs.back());
+    Evict(c.get(), kAll);
+  }
+  REQUIRE(Stats(c.get()).spill_files == 24);
+  REQUIRE(InstanceDirs(dir).size() == 1);
+  const std::string files = InstanceDirs(dir)[0];
+  CHECK(ServerFdsTo(s.pid(), files + "/spill-*") == 0);
+  // Each read back restores it (and keeps its file open); evicting it again writes nothing.
+  for (int round = 0; round < 2; round++) {
+    for (const Obj& o : objs) {
+      ReadBack(c.get(), o);
+      Evict(c.get(), kAll);
+    }
+    INFO("round " << round);
+    CHECK(ServerFdsTo(s.pid(), files + "/spill-*") == 16);
+  }
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  CHECK(Stats(c.get()).spill_files == 24);
+  for (const Obj& o : objs) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return Stats(c.get()).spill_files == 0; }));
+  CHECK(ServerFdsTo(s.pid(), files + "/spill-*") == 0);
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
 }
 
 // Puts obj created leased (STORE_CREATE_LEASED): it goes when its last lease does.

@@ -65,7 +65,8 @@ constexpr size_t kKeepScratchBytes = 64u << 10;
 
 // Descriptors the server keeps for itself whatever the clients do: stdio, the loop (epoll,
 // signals, async), the listener, the region, the metrics file, the files of spill and restore
-// jobs on the threadpool, and accept itself.
+// jobs on the threadpool, and accept itself. Spill directories add one each, and the spill files
+// kept open for restores (Spiller::kKeptReadFds).
 constexpr uint64_t kBaseReserveFds = 64;
 // The most clients served by default, however many descriptors there are.
 constexpr uint64_t kDefaultMaxClients = 16384;
@@ -110,7 +111,9 @@ void Server::SetUpLimits() {
     chunks += size ? (d->alloc->capacity() + size - 1) / size : 0;
   }
   gpu_fd_pool_ = gpus_.empty() ? 0 : 4ull * options_.max_client_gpu_fds;
-  const uint64_t reserve = kBaseReserveFds + options_.spill_dirs.size() + chunks + gpu_fd_pool_;
+  const uint64_t reserve = kBaseReserveFds + options_.spill_dirs.size() +
+                           (options_.spill_dirs.empty() ? 0 : Spiller::kKeptReadFds) + chunks +
+                           gpu_fd_pool_;
   const uint64_t fit = fd_limit_ > reserve + 2 ? (fd_limit_ - reserve) / 2 : 1;
   if (options_.max_clients == 0) {
     max_clients_ = std::min(fit, kDefaultMaxClients);

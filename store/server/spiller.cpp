@@ -164,6 +164,8 @@ struct Spiller::RestoreJob {
   SpillFile* file = nullptr;  // holds a reader count of it until the read is done
   Object* object = nullptr;
   std::string path;
+  int fd = -1;         // the file's read_fd, when it had one at the start
+  int opened_fd = -1;  // else a descriptor the read opened, kept by the file when done
   spill::RecordLocation location;
   uint8_t* dst = nullptr;
   uint64_t data_size = 0, metadata_size = 0;
@@ -198,6 +200,7 @@ void Spiller::Stop() { stopping_ = true; }
 void Spiller::CloseRestoreLog() { restore_log_.Close(); }
 
 void Spiller::Close() {
+  while (!kept_fds_.empty()) CloseReadFd(kept_fds_.front());
   for (auto& [path, dir] : dir_states_) {
     if (dir->log_fd >= 0) env_->Close(dir->log_fd);
     dir->log_fd = -1;
@@ -528,6 +531,7 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
     SpillDirState* dir;
     uint64_t number;
   };
+  CloseReadFd(f);  // before the unlink, or the file's blocks would stay in use
   auto* job = new UnlinkJob{{}, this, f->path, f->dir, f->number};
   job->req.data = job;
   for (ReadaheadStream& s : readahead_) {
@@ -1168,6 +1172,7 @@ bool Spiller::TryStartRestore(Object* o) {
   job->file = o->spill_file;
   job->file->readers++;
   job->path = o->spill_file->path;
+  job->fd = o->spill_file->read_fd;
   std::memcpy(job->location.id, o->id.bytes, 20);
   job->location.offset = o->spill_offset;
   job->location.size = o->spill_size();
@@ -1188,8 +1193,20 @@ bool Spiller::TryStartRestore(Object* o) {
 void Spiller::RestoreWork(uv_work_t* req) {
   auto* job = static_cast<RestoreJob*>(req->data);
   int64_t t0 = MonotonicNs();
-  job->rc = spill::ReadRecord(job->spiller->env_, job->path, job->location, job->dst,
-                              job->data_size, job->metadata_size, &job->error);
+  spill::Env* env = job->spiller->env_;
+  int fd = job->fd;
+  if (fd < 0) {
+    fd = env->Open(job->path, O_RDONLY, 0);
+    if (fd < 0) {
+      job->rc = fd;
+      job->error = "read spill file " + job->path + ": open: " + std::strerror(-fd);
+    }
+    job->opened_fd = fd;
+  }
+  if (fd >= 0) {
+    job->rc = spill::ReadRecordFrom(env, fd, job->path, job->location, job->dst, job->data_size,
+                                    job->metadata_size, &job->error);
+  }
   job->ns = MonotonicNs() - t0;
 }
 
@@ -1199,6 +1216,7 @@ void Spiller::RestoreDone(uv_work_t* req, int /*status*/) {
   Object* o = job->object;
   ObjectKey key = o->id;
   bool deleted = o->deleted;
+  s->KeepReadFd(job->file, job->opened_fd);
   if (--job->file->readers == 0 && job->file->removing) s->RemoveSpillFile(job->file);
   if (job->rc == 0) {
     s->spill_totals_.restored_objects++;
@@ -1227,6 +1245,36 @@ void Spiller::RestoreDone(uv_work_t* req, int /*status*/) {
   delete job;
   if (deleted) s->host_.NotifyWaiters(key);
   s->host_.Pump();
+}
+
+void Spiller::KeepReadFd(SpillFile* f, int fd) {
+  if (f->read_fd >= 0) {
+    if (fd >= 0) env_->Close(fd);  // another read opened the file first
+    kept_fds_.splice(kept_fds_.begin(), kept_fds_, f->kept);
+    return;
+  }
+  if (fd < 0) return;
+  if (kept_fds_.size() >= kKeptReadFds) {
+    // The least recently restored from that no read uses now (a read in flight holds the file's
+    // descriptor until it is done; it also holds a reader count).
+    for (auto it = kept_fds_.end(); it != kept_fds_.begin();) {
+      --it;
+      if ((*it)->readers == 0) {
+        CloseReadFd(*it);
+        break;
+      }
+    }
+  }
+  f->read_fd = fd;
+  kept_fds_.push_front(f);
+  f->kept = kept_fds_.begin();
+}
+
+void Spiller::CloseReadFd(SpillFile* f) {
+  if (f->read_fd < 0) return;
+  env_->Close(f->read_fd);
+  f->read_fd = -1;
+  kept_fds_.erase(f->kept);
 }
 
 void Spiller::FailRestore(Object* o, int code, const std::string& message) {

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <set>
 #include <string>
@@ -52,6 +53,12 @@ struct SpillFile {
   uint32_t readers = 0;       // restores and a compaction reading it now: it stays until 0
   bool removing = false;      // no live object left: removed once readers is 0
   bool compacting = false;    // its live records are being copied to a new file
+  // A descriptor of it for restores, kept after a restore's read (up to kKeptReadFds files, the
+  // least recently restored from closed first, and at its removal), so the kernel's read-ahead
+  // state follows restores in turn: a descriptor opened per record starts that state afresh,
+  // and its first read gets no read-ahead. Opened on the threadpool.
+  int read_fd = -1;
+  std::list<SpillFile*>::iterator kept;  // its place in Spiller::kept_fds_ while read_fd >= 0
   int64_t compact_after_ns = 0;  // after a failed compaction: not again before then
   // (record offset, object uid) of every record written into it for an object, in offset
   // order: how a read-ahead finds the objects that follow one. Entries outlive their objects
@@ -78,6 +85,8 @@ struct SpillDirState {
 
 class Spiller {
  public:
+  // Spill files whose descriptor is kept open for restores (SpillFile::read_fd), at most.
+  static constexpr uint64_t kKeptReadFds = 16;
   // An evict request as the Spiller sees it: what it asked for, what was spilled for it, and
   // the spill jobs still writing for it. The server's EvictWaiter extends it with its client.
   struct Eviction {
@@ -277,6 +286,10 @@ class Spiller {
   std::unique_ptr<spill::SpillDirs> dirs_;
   SpillPolicy policy_;
   std::unordered_map<uint64_t, std::unique_ptr<SpillFile>> spill_files_;
+  // Files with a read_fd, the most recently restored from first.
+  std::list<SpillFile*> kept_fds_;
+  void KeepReadFd(SpillFile* f, int fd);
+  void CloseReadFd(SpillFile* f);
   uint64_t next_spill_file_ = 1;
   int spill_jobs_ = 0;              // spill files being written
   uint64_t spill_in_flight_ = 0;    // memory they will free

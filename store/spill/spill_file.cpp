@@ -247,6 +247,17 @@ int CopySpillFile(Env* env, const std::string& from_path, const std::vector<Reco
 
 int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uint8_t* dst,
                uint64_t data_size, uint64_t metadata_size, std::string* error) {
+  int fd = env->Open(path, O_RDONLY, 0);
+  if (fd < 0) {
+    if (error) *error = "read spill file " + path + ": open: " + ErrnoText(fd);
+    return fd;
+  }
+  FdCloser closer{env, fd};
+  return ReadRecordFrom(env, fd, path, loc, dst, data_size, metadata_size, error);
+}
+
+int ReadRecordFrom(Env* env, int fd, const std::string& path, const RecordLocation& loc,
+                   uint8_t* dst, uint64_t data_size, uint64_t metadata_size, std::string* error) {
   const uint64_t expect = kRecordHeader + data_size + metadata_size;
   if (data_size > UINT64_MAX - kRecordHeader ||
       metadata_size > UINT64_MAX - kRecordHeader - data_size || loc.size != expect) {
@@ -256,12 +267,6 @@ int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uin
                        std::to_string(kRecordHeader) + "+" + std::to_string(metadata_size) + "+" +
                        std::to_string(data_size));
   }
-  int fd = env->Open(path, O_RDONLY, 0);
-  if (fd < 0) {
-    if (error) *error = "read spill file " + path + ": open: " + ErrnoText(fd);
-    return fd;
-  }
-  FdCloser closer{env, fd};
   StreamHash st;
   if (!st.ok()) {
     if (error) *error = "read spill file " + path + ": out of memory";
