@@ -29,11 +29,12 @@ store_install_deps() {
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Configures (once) and builds into $1 (default: build).
+# Configures (once, with the meson options that follow $1) and builds into $1 (default: build).
 store_build() {
   local dir=${1:-build}
+  if [ $# -gt 0 ]; then shift; fi
   if [ ! -f "$dir/build.ninja" ]; then
-    meson setup "$dir" >/dev/null
+    meson setup "$dir" "$@" >/dev/null
   fi
-  meson compile -C "$dir" >/dev/null
+  meson compile -C "$dir" -j "$(nproc)" >/dev/null
 }
