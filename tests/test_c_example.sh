@@ -13,6 +13,8 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+. "$(dirname "$0")/hosted_env.sh"
+store_hosted_preload
 
 for tool in cc c++ pkg-config; do
   command -v "$tool" >/dev/null || { echo "$tool is missing"; exit 77; }

@@ -16,6 +16,8 @@ fi
 STORE_BIN=${STORE_BIN:-$build/tools/store}
 export STORE_BIN=$(realpath "$STORE_BIN")
 export STORECLIENT_LIB=$build/capi/libstoreclient.so.2
+. "$(dirname "$0")/hosted_env.sh"
+store_hosted_preload
 export PYTHONPYCACHEPREFIX=$(mktemp -d /tmp/store-pycache-XXXXXX)
 # Dask's workers keep their scratch space here; removed with everything else at the end.
 work=$(mktemp -d /tmp/store-dask-test-XXXXXX)

@@ -12,6 +12,8 @@ command -v "$py" >/dev/null || { echo "$py is not installed: Python tests skippe
 STORE_BIN=${STORE_BIN:-$build/tools/store}
 export STORE_BIN=$(realpath "$STORE_BIN")
 export STORECLIENT_LIB=$build/capi/libstoreclient.so.2
+. "$(dirname "$0")/hosted_env.sh"
+store_hosted_preload
 export STORE_ID_VECTORS=$src/tests/id_vectors.txt
 # Bytecode goes to a temporary directory, not into the source tree.
 export PYTHONPYCACHEPREFIX=$(mktemp -d /tmp/store-pycache-XXXXXX)

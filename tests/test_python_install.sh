@@ -16,6 +16,8 @@ export PYTHONPYCACHEPREFIX=$tmp/pycache
 "$py" -m pip --version >/dev/null 2>&1 || { echo "pip is missing for $py: skipped"; exit 77; }
 STORE_BIN=$(realpath "${STORE_BIN:-$build/tools/store}")
 export STORE_BIN
+. "$(dirname "$0")/hosted_env.sh"
+store_hosted_preload
 
 # A put and get against a store started for it, through the installed package.
 cat > "$tmp/roundtrip.py" <<'PY'

@@ -21,6 +21,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+. "$(dirname "$0")/hosted_env.sh"
+runner=$(store_hosted_runner)
+if [ -n "$runner" ]; then export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$runner; fi
+
 # The crates' own tests (each starts its own stores).
 CARGO_TARGET_DIR=$build/rust-target STORECLIENT_LIB_DIR=$build/capi \
   STORECLIENT_INCLUDE_DIR=$src/include \

@@ -12,16 +12,15 @@
 #       tests wait on sockets and processes more than they compute.
 # One build with both sanitizers, not one each: a build takes most of the added time.
 # There `meson test --setup sanitize` (tests/meson.build) leaves out what only repeats the normal
-# run or cannot work under a sanitizer:
+# run or means nothing under a sanitizer:
 #   bench      store-bench's figures: timing under a sanitizer means nothing, and its code paths
 #              are the client library's, which the integration suites cover.
 #   hugepages  the client, cli, lifecycle, isolation and spilling suites again on huge pages:
 #              the same code with another mapping flag, already run in build.
-#   hosted     rust, python, python_install, dask and c_example: they load libstoreclient into
-#              programs built without the sanitizer (interpreters, cargo's test binaries, the
-#              README's example built by `cc`), where the ASan runtime cannot come first in the
-#              library list as it must.
 #   slow       not in the default run either.
+# The tests that load the library into programs built without the sanitizer (rust, python,
+# python_install, dask, c_example) run with the AddressSanitizer runtime preloaded into those
+# programs and their leak report off (tests/hosted_env.sh).
 # STORE_SANITIZE=0 skips the sanitizer build. Arguments are passed to every `meson test`.
 # Prints meson's reports; the exit code is non-zero if any test failed.
 set -euo pipefail
@@ -35,7 +34,7 @@ rm -f build-san/meson-logs/testlog*.json
 meson test -C build --print-errorlogs --num-processes 2 "$@" || rc=$?
 
 if [ "${STORE_SANITIZE:-1}" != 0 ]; then
-  echo "== build-san: the C/C++ suites under -fsanitize=address,undefined"
+  echo "== build-san: the suites under -fsanitize=address,undefined"
   if store_build build-san -Db_sanitize=address,undefined -Dserver_heap=system -Doptimization=0; then
     meson test -C build-san --setup sanitize --print-errorlogs --num-processes 2 "$@" || rc=1
   else
