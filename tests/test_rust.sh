@@ -73,7 +73,7 @@ check "deleted $id and $id2" "$out"
 # nowhere: found its library by its rpath alone.
 exe=$CARGO_TARGET_DIR/debug/examples/put_get
 readelf -d "$exe" | grep -q "R*PATH.*\[$build/capi\]" || { readelf -d "$exe"; echo "no rpath to $build/capi"; exit 1; }
-out=$(STORE_SOCKET=$tmp/nothing.sock "$exe" "$tmp/store.sock" other-key "second value")
+out=$(STORE_SOCKET=$tmp/nothing.sock $runner "$exe" "$tmp/store.sock" other-key "second value")
 check "$(printf '%s' other-key | sha1sum | cut -c1-40) = \"second value\" (metadata \"text/plain\")" "$out"
 left=$("$STORE_BIN" ls -q --socket "$tmp/store.sock")
 [ -z "$left" ] || { echo "the example left objects behind: $left"; exit 1; }
