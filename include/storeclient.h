@@ -82,9 +82,9 @@ extern "C" {
 #endif
 
 #define STORE_VERSION_MAJOR 0
-#define STORE_VERSION_MINOR 1
+#define STORE_VERSION_MINOR 2
 #define STORE_VERSION_PATCH 0
-#define STORE_VERSION_STRING "0.1.0"
+#define STORE_VERSION_STRING "0.2.0"
 
 #if defined(__GNUC__)
 #define STORE_API __attribute__((visibility("default")))
@@ -128,7 +128,7 @@ STORE_API const char *store_errstr(int code);
  * written"). Borrowed; valid until the next failing call on this thread. Never NULL. */
 STORE_API const char *store_last_error_message(void);
 
-/* "0.1.0". Static; never NULL. */
+/* "0.2.0". Static; never NULL. */
 STORE_API const char *store_version_string(void);
 
 /* ---------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def errstr(code):
 
 
 def version():
-    """The version of libstoreclient ("0.1.0")."""
+    """The version of libstoreclient ("0.2.0")."""
     return _L.store_version_string().decode()
 
 

@@ -75,7 +75,7 @@ class TestClient(ServerTest):
         self.assertEqual(ctypes.sizeof(_lib.store_gpu_device_stats), 56)
         self.assertEqual(ctypes.sizeof(_lib.store_create_options), 48)  # 40 in version 1
         self.assertEqual(ctypes.sizeof(_lib.store_connect_options), 24)
-        self.assertEqual(storeclient.version(), "0.1.0")
+        self.assertEqual(storeclient.version(), "0.2.0")
 
     def test_leases(self):
         c = self.client

@@ -13,9 +13,9 @@ use std::os::raw::{c_char, c_int, c_void};
 // ---------------------------------------------------------------------------------------------
 
 pub const STORE_VERSION_MAJOR: u32 = 0;
-pub const STORE_VERSION_MINOR: u32 = 1;
+pub const STORE_VERSION_MINOR: u32 = 2;
 pub const STORE_VERSION_PATCH: u32 = 0;
-pub const STORE_VERSION_STRING: &str = "0.1.0";
+pub const STORE_VERSION_STRING: &str = "0.2.0";
 
 // ---------------------------------------------------------------------------------------------
 // Errors (enum store_status)

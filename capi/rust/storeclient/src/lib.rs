@@ -334,7 +334,7 @@ fn timeout_ms(timeout: Option<Duration>) -> i64 {
     }
 }
 
-/// The library's version string ("0.1.0").
+/// The library's version string ("0.2.0").
 pub fn version() -> String {
     unsafe { cstr_to_string(sys::store_version_string()) }
 }
