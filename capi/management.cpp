@@ -363,6 +363,10 @@ int store_stats_get(store_client* client, store_stats* stats) {
     full.when_full_drop = s->when_full_drop() ? 1 : 0;
     full.total_dropped_objects = s->total_dropped_objects();
     full.total_dropped_bytes = s->total_dropped_bytes();
+    full.total_compactions = s->total_compactions();
+    full.total_compact_bytes_copied = s->total_compact_bytes_copied();
+    full.total_compact_bytes_freed = s->total_compact_bytes_freed();
+    full.total_compact_failures = s->total_compact_failures();
     storeclient::WriteOutStruct(full, stats, caller_size);
     return STORE_OK;
   });

@@ -6,8 +6,8 @@
 // Owns: nothing; the functions write into memory the caller of the library passed or into arrays
 // they allocate for it.
 // Called by: capi/management.cpp, for every call that fills an output struct;
-// tests/test_client.cpp checks the sizes no library of this soname meets yet (a header older than
-// the library's).
+// tests/test_client.cpp checks callers with a header older than the library's (store_stats
+// without the compaction totals, and a made-up struct for the arrays).
 // Threads: any; the functions keep no state.
 #pragma once
 

@@ -308,6 +308,15 @@ typedef struct store_stats {
     uint64_t when_full_drop;         /* 1 when the store drops objects to make room, else 0 */
     uint64_t total_dropped_objects;  /* objects dropped since start */
     uint64_t total_dropped_bytes;    /* their bytes (data and metadata) */
+    /* Added in 0.2: compaction of spill files (--spill-compact): a spill file whose records of
+     * deleted objects pass that fraction of its size is rewritten with its live records only,
+     * and the old file removed, giving its dead bytes back to the disk. Since start: */
+    uint64_t total_compactions;          /* spill files rewritten without their dead records */
+    uint64_t total_compact_bytes_copied; /* bytes written into the new files */
+    uint64_t total_compact_bytes_freed;  /* disk bytes given back: old size minus new size,
+                                            summed */
+    uint64_t total_compact_failures;     /* compactions that failed; nothing is lost: the old
+                                            file stays as it was (not tried for a minute) */
 } store_stats;
 #if defined(__cplusplus)
 #define STORE_STATS_INIT                                              \

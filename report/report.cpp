@@ -111,6 +111,10 @@ Json JsonStats(const store_stats& s) {
   j["total_restore_ns"] = s.total_restore_ns;
   j["total_spill_failures"] = s.total_spill_failures;
   j["total_restore_failures"] = s.total_restore_failures;
+  j["total_compactions"] = s.total_compactions;
+  j["total_compact_bytes_copied"] = s.total_compact_bytes_copied;
+  j["total_compact_bytes_freed"] = s.total_compact_bytes_freed;
+  j["total_compact_failures"] = s.total_compact_failures;
   j["waiting_bytes"] = s.waiting_bytes;
   j["backlog_bytes"] = s.backlog_bytes;
   j["partial_bytes"] = s.partial_bytes;
@@ -469,8 +473,11 @@ void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
     fprintf(out, "  %-22s %s/s writing, %s/s reading\n", "throughput",
             Bytes(static_cast<uint64_t>(d.spill_write_bps)).c_str(),
             Bytes(static_cast<uint64_t>(d.restore_read_bps)).c_str());
+    // Compaction: the files rewritten without their dead records, and the disk they gave back.
+    TextRow(out, "compacted, bytes freed", s.total_compactions, s.total_compact_bytes_freed);
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed spills", s.total_spill_failures);
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed restores", s.total_restore_failures);
+    fprintf(out, "  %-22s %12" PRIu64 "\n", "failed compactions", s.total_compact_failures);
   }
   if (s.when_full_drop) {
     fprintf(out, "when full: drop unused objects (lowest importance, least recently used first)\n");
@@ -701,6 +708,10 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   fprintf(out, "restore_read_bytes_per_second:%.0f\n", d.restore_read_bps);
   u("total_spill_failures", s.total_spill_failures);
   u("total_restore_failures", s.total_restore_failures);
+  u("total_compactions", s.total_compactions);
+  u("total_compact_bytes_copied", s.total_compact_bytes_copied);
+  u("total_compact_bytes_freed", s.total_compact_bytes_freed);
+  u("total_compact_failures", s.total_compact_failures);
   fputc('\n', out);
 
   // Each limit (a flag of the store), what it watches now, and how often it was hit.

@@ -1415,8 +1415,9 @@ struct OutBuffer {
 }  // namespace
 
 // A struct as a later header may have it: `b` appended after the first layout (struct_size, pad_,
-// a). No library of this soname has a struct longer than its first layout, so a caller with an
-// older header than the library's is checked through the code every call uses to write out.
+// a). Of the library's structs only store_stats is longer than its first layout yet (see the
+// store_stats_get case below), so a caller with an older header than the library's is checked
+// here through the code every call uses to write out.
 struct GrownOut {
   uint32_t struct_size;
   uint32_t pad_;
@@ -1468,8 +1469,9 @@ TEST_CASE("a caller with an older header than the library's gets the fields it h
   }
 }
 
-TEST_CASE("store_stats_get writes struct_size bytes: 0 and an older, smaller size are refused "
-          "untouched, a newer, larger one gets zeros past the library's fields") {
+TEST_CASE("store_stats_get writes struct_size bytes: 0 and a size below the first layout are "
+          "refused untouched, the first layout gets its fields only, a newer, larger one gets "
+          "zeros past the library's fields") {
   test::TestStore s("64M");
   REQUIRE(s.started());
   ClientPtr cp = Connect(s);
@@ -1493,11 +1495,25 @@ TEST_CASE("store_stats_get writes struct_size bytes: 0 and an older, smaller siz
           std::string::npos);
     CHECK(b.Untouched());
   }
-  // 8 bytes short of the library's struct: refused as well.
+  // The first layout (the header of libstoreclient.so.2 before the compaction totals were
+  // appended) ends with total_dropped_bytes; 8 bytes short of it is refused as well.
+  constexpr size_t kFirst = storeclient::OutStructFirst<store_stats>::kSize;
+  static_assert(kFirst == offsetof(store_stats, total_compactions));
   {
-    OutBuffer b(sizeof(store_stats) - 8);
+    OutBuffer b(kFirst - 8);
     CHECK(store_stats_get(c, b.as<store_stats>()) == STORE_EINVAL);
     CHECK(b.Untouched());
+  }
+  // A program built against that header: its fields, and not a byte past them written.
+  {
+    OutBuffer b(kFirst);
+    REQUIRE(store_stats_get(c, b.as<store_stats>()) == STORE_OK);
+    const store_stats* got = b.as<store_stats>();
+    CHECK(got->struct_size == kFirst);
+    CHECK(got->capacity_bytes == want.capacity_bytes);
+    CHECK(got->instance_id == want.instance_id);
+    CHECK(got->total_dropped_bytes == want.total_dropped_bytes);
+    CHECK(b.GuardIntact());
   }
   // The library's own size: every field, nothing past it.
   {
@@ -1509,6 +1525,7 @@ TEST_CASE("store_stats_get writes struct_size bytes: 0 and an older, smaller siz
     CHECK(got->capacity_bytes == want.capacity_bytes);
     CHECK(got->instance_id == want.instance_id);
     CHECK(got->total_dropped_bytes == want.total_dropped_bytes);
+    CHECK(got->total_compact_failures == want.total_compact_failures);
     CHECK(b.GuardIntact());
   }
   // A newer header's struct, 40 bytes longer: the library's fields, then zeros up to struct_size

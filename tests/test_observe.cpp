@@ -277,6 +277,12 @@ TEST_CASE("the metrics file follows the store and goes away with it") {
     auto m = ReadMetrics(path);
     CHECK(m["store_capacity_bytes"] == std::to_string(32 << 20));
     CHECK(m["store_objects"] == "0");
+    // Spill-file compaction: written by a store without a spill directory too, all 0.
+    for (const char* k : {"store_spill_compactions_total", "store_spill_compact_bytes_copied_total",
+                          "store_spill_compact_bytes_freed_total",
+                          "store_spill_compact_failures_total"}) {
+      CHECK_MESSAGE(m[k] == "0", k);
+    }
     store_client* c = Connect(s, "metrics");
     std::vector<uint8_t> data(4096, 3);
     for (int i = 0; i < 3; i++) {

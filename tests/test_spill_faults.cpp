@@ -1,7 +1,7 @@
 // test_spill_faults.cpp - spilling when the disk misbehaves. The server runs in this process on a
 // thread, with a FaultInjectionEnv between the spiller and the filesystem: a full disk, writes
-// that fail halfway, read errors, corrupted reads and a disk over the threshold. Clients talk to
-// it through the C API as usual.
+// that fail halfway, read errors, corrupted reads, a disk over the threshold, tombstones and
+// compactions that cannot be written. Clients talk to it through the C API as usual.
 #include <doctest.h>
 
 #include <sys/stat.h>
@@ -405,6 +405,49 @@ TEST_CASE("a tombstone that cannot be written: the delete says it is not durable
   store_stats st = Stats(c.get());
   CHECK(st.object_count == 0);
   CHECK(st.spill_files == 0);
+  c.reset();
+  CHECK(s.Stop() == 0);
+}
+
+TEST_CASE("a compaction that cannot write its new file: counted as failed, the old file stays") {
+  InProcessStore s;  // --spill-compact 0.5 (the default)
+  ClientPtr c = Connect(s);
+  // Four objects in one spill file; deleting three makes more than half of it dead.
+  std::vector<Obj> objs = PutMany(c.get(), "cmpfail", 4, kMiB, 900);
+  uint64_t spilled = 0;
+  REQUIRE(EvictSucceeds(c.get(), &spilled));
+  for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+  const std::string path = UrlOf(c.get(), objs[3]).path;
+  const uint64_t size = fs::file_size(path);
+  store_stats st = Stats(c.get());
+  CHECK(st.total_compactions == 0);
+  CHECK(st.total_compact_failures == 0);
+
+  // The compaction writes its new file as <name>.bin.tmp; only those writes fail.
+  s.env().FailWritesTo(".bin.tmp", EIO);
+  for (size_t i = 0; i < 3; i++) Delete(c.get(), objs[i]);
+  CHECK(test::WaitFor([&] { return Stats(c.get()).total_compact_failures == 1; }));
+  st = Stats(c.get());
+  CHECK(st.total_compact_failures == 1);
+  CHECK(st.total_compactions == 0);
+  CHECK(st.total_compact_bytes_copied == 0);
+  CHECK(st.total_compact_bytes_freed == 0);
+  // Nothing lost, nothing left behind: the old file as it was, the partial one removed.
+  CHECK(st.spill_files == 1);
+  CHECK(st.spill_disk_bytes == size);
+  CHECK(UrlOf(c.get(), objs[3]).path == path);
+  CHECK(fs::file_size(path) == size);
+  for (const std::string& f : FilesUnder(s.spill_dir())) {
+    CHECK(f.find(".tmp") == std::string::npos);
+  }
+  ReadBack(c.get(), objs[3]);
+
+  s.env().FailWritesTo("", 0);
+  Delete(c.get(), objs[3]);
+  CHECK(test::WaitFor([&] { return Stats(c.get()).spill_files == 0; }));
+  st = Stats(c.get());
+  CHECK(st.total_compact_failures == 1);
+  CHECK(st.total_compactions == 0);
   c.reset();
   CHECK(s.Stop() == 0);
 }

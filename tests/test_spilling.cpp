@@ -2,7 +2,7 @@
 // --spill-dir: many times more data than memory, eviction order (importance, LRU, pins, open
 // readers), storage levels, spill URLs and the file layout behind them, the life of spill files,
 // prefetch, shared restores, corrupted files, creates waiting for spills, recovery after a
-// crash, and the disk threshold.
+// crash, compaction and its counters, and the disk threshold.
 #include <doctest.h>
 
 #include <fcntl.h>
@@ -18,6 +18,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -1185,6 +1187,109 @@ TEST_CASE("a spill file of objects created leased is compacted into another such
   CHECK(after.compare(after.size() - 11, 11, ".leased.bin") == 0);
   ReadBack(c.get(), leased[3]);
   Delete(c.get(), leased[3]);
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+}
+
+TEST_CASE("compactions are counted: the files rewritten, the bytes copied into the new files "
+          "and the disk given back, in store_stats, store info and the metrics file") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  const std::string metrics = tmp / "metrics.prom";
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-compact", "0.5", "--spill-file-max-objects",
+                                           "4", "--metrics-file", metrics,
+                                           "--metrics-interval", "0.05"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  // Two spill files of four objects each, of different sizes, some with metadata.
+  std::vector<Obj> objs;
+  for (int i = 0; i < 8; i++) {
+    objs.push_back(MakeObj("cc-" + std::to_string(i), 470 + i, kMiB + 1000 * i, i % 2 ? 8 : 0));
+    Put(c.get(), objs.back());
+    if (i % 4 == 3) Evict(c.get(), kAll);
+  }
+  for (size_t i = 0; i < objs.size(); i++) {
+    REQUIRE(UrlOf(c.get(), objs[i]).path == UrlOf(c.get(), objs[i < 4 ? 3 : 7]).path);
+  }
+  REQUIRE(UrlOf(c.get(), objs[3]).path != UrlOf(c.get(), objs[7]).path);
+  store_stats st = Stats(c.get());
+  REQUIRE(st.spill_files == 2);
+  CHECK(st.total_compactions == 0);
+  CHECK(st.total_compact_bytes_copied == 0);
+  CHECK(st.total_compact_bytes_freed == 0);
+  CHECK(st.total_compact_failures == 0);
+
+  // Deletes the first three objects of a file (the smaller ones: only the third makes more than
+  // half of it dead, so it is compacted once), waits for the fourth to move to the new file and
+  // for the old one to go, and checks what the counters gained against the files on disk.
+  uint64_t copied = 0, freed = 0;
+  auto compact = [&](size_t first) {
+    const Obj& kept = objs[first + 3];
+    const std::string old_path = UrlOf(c.get(), kept).path;
+    const uint64_t old_size = fs::file_size(old_path);
+    const store_stats before = Stats(c.get());
+    for (size_t i = first; i < first + 3; i++) Delete(c.get(), objs[i]);
+    REQUIRE(test::WaitFor([&] { return UrlOf(c.get(), kept).path != old_path; }));
+    REQUIRE(test::WaitFor([&] { return !fs::exists(old_path); }));
+    const std::string new_path = UrlOf(c.get(), kept).path;
+    const uint64_t new_size = fs::file_size(new_path);
+    REQUIRE(new_size < old_size);
+    const store_stats after = Stats(c.get());
+    CHECK(after.total_compactions == before.total_compactions + 1);
+    CHECK(after.total_compact_bytes_copied == before.total_compact_bytes_copied + new_size);
+    CHECK(after.total_compact_bytes_freed == before.total_compact_bytes_freed + old_size - new_size);
+    // What the store says is on disk went down by exactly what the compaction says it freed.
+    CHECK(before.spill_disk_bytes - after.spill_disk_bytes ==
+          after.total_compact_bytes_freed - before.total_compact_bytes_freed);
+    CHECK(after.total_compact_failures == 0);
+    copied += new_size;
+    freed += old_size - new_size;
+  };
+  compact(0);
+  compact(4);
+  st = Stats(c.get());
+  CHECK(st.total_compactions == 2);
+  CHECK(st.total_compact_bytes_copied == copied);
+  CHECK(st.total_compact_bytes_freed == freed);
+  CHECK(st.total_compact_failures == 0);
+  uint64_t on_disk = 0;
+  REQUIRE(SpillFiles(dir, &on_disk).size() == 2);
+  CHECK(on_disk == st.spill_disk_bytes);
+  CHECK(on_disk == copied);  // the two new files are all there is
+
+  // store info.
+  const std::string out = tmp / "info.out";
+  pid_t pid = test::Spawn({test::StoreBin(), "info", "--socket", s.socket()}, out);
+  REQUIRE(test::ExitedCleanly(test::WaitExit(pid)));
+  auto read_all = [](const std::string& path) {
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  };
+  const std::string info = read_all(out);
+  INFO(info);
+  CHECK(info.find("\ntotal_compactions:2\n") != std::string::npos);
+  CHECK(info.find("\ntotal_compact_bytes_copied:" + std::to_string(copied) + "\n") !=
+        std::string::npos);
+  CHECK(info.find("\ntotal_compact_bytes_freed:" + std::to_string(freed) + "\n") !=
+        std::string::npos);
+  CHECK(info.find("\ntotal_compact_failures:0\n") != std::string::npos);
+
+  // The metrics file.
+  std::string m;
+  INFO(m);
+  CHECK(test::WaitFor([&] {
+    m = read_all(metrics);
+    return m.find("\nstore_spill_compactions_total 2\n") != std::string::npos &&
+           m.find("\nstore_spill_compact_bytes_copied_total " + std::to_string(copied) + "\n") !=
+               std::string::npos &&
+           m.find("\nstore_spill_compact_bytes_freed_total " + std::to_string(freed) + "\n") !=
+               std::string::npos &&
+           m.find("\nstore_spill_compact_failures_total 0\n") != std::string::npos;
+  }));
+
+  ReadBack(c.get(), objs[3]);
+  ReadBack(c.get(), objs[7]);
+  Delete(c.get(), objs[3]);
+  Delete(c.get(), objs[7]);
   CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
 }
 

@@ -679,6 +679,9 @@ TEST_CASE("store-top shows spilled objects") {
   CHECK(Row(spill_rows, "on disk", 1)[0] == st.spill_disk_bytes);
   CHECK(Row(spill_rows, "written since start") ==
         std::vector<uint64_t>{st.total_spilled_objects, st.total_spilled_bytes});
+  CHECK(Row(spill_rows, "compacted, bytes freed") ==
+        std::vector<uint64_t>{st.total_compactions, st.total_compact_bytes_freed});
+  CHECK(Row(spill_rows, "failed compactions", 1)[0] == st.total_compact_failures);
   // Sorted by state, descending is off: sealed (2) before spilled (4).
   auto table = Section(r.out, "objects by state, ascending");
   REQUIRE(table.size() == kObjects + 1);
@@ -691,6 +694,10 @@ TEST_CASE("store-top shows spilled objects") {
   CHECK(j["stats"]["spill_enabled"].U() == 1);
   CHECK(j["stats"]["spilled_count"].U() == st.spilled_count);
   CHECK(j["stats"]["total_spilled_bytes"].U() == st.total_spilled_bytes);
+  for (const char* k : {"total_compactions", "total_compact_bytes_copied",
+                        "total_compact_bytes_freed", "total_compact_failures"}) {
+    CHECK_MESSAGE(j["stats"][k].U() == 0, k);  // nothing deleted: no compaction
+  }
   CHECK(j["derived"]["spill_write_bytes_per_second"].type == Json::kNumber);
   int spilled_rows = 0;
   for (const Json& o : j["objects"]["page"].items) spilled_rows += o["state"].S() == "spilled";
@@ -742,6 +749,10 @@ TEST_CASE("PrintInfo prints INFO sections") {
   CHECK(kv["total_creates"] == "10");
   CHECK(kv["server_pid"] == std::to_string(store.pid()));
   CHECK(kv["spilled_count"] == "0");
+  for (const char* k : {"total_compactions", "total_compact_bytes_copied",
+                        "total_compact_bytes_freed", "total_compact_failures"}) {
+    CHECK_MESSAGE(kv[k] == "0", k);
+  }
   CHECK(kv.count("client0") == 1);
 
   // Nothing listening: 1 and a message.

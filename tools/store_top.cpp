@@ -829,6 +829,11 @@ int Top::DrawHeader(int y) {
                    BytesShort(static_cast<uint64_t>(rates_.spilled_bytes)).c_str(),
                    BytesShort(static_cast<uint64_t>(rates_.restored_bytes)).c_str());
     }
+    // Compaction, once there was one: the disk it gave back (the line stays short until then).
+    if (s.total_compactions > 0) {
+      spill += Fmt("  compacted %" PRIu64 " (freed %s)", s.total_compactions,
+                   BytesShort(s.total_compact_bytes_freed).c_str());
+    }
   }
   if (s.when_full_drop) {
     // A cache: what it dropped to make room, next to what it spills (nothing: no spill dir).
@@ -836,12 +841,14 @@ int Top::DrawHeader(int y) {
                  BytesShort(s.total_dropped_bytes).c_str());
   }
   Put(y, 1, spill);
-  uint64_t failures = s.total_spill_failures + s.total_restore_failures;
+  uint64_t failures = s.total_spill_failures + s.total_restore_failures + s.total_compact_failures;
   if (failures > 0) {
-    Put(y, 3 + Cols(spill),
-        Fmt("failed: %" PRIu64 " spills, %" PRIu64 " restores", s.total_spill_failures,
-            s.total_restore_failures),
-        (colors_ ? COLOR_PAIR(kAlert) : A_NORMAL) | A_BOLD);
+    std::string failed = Fmt("failed: %" PRIu64 " spills, %" PRIu64 " restores",
+                             s.total_spill_failures, s.total_restore_failures);
+    if (s.total_compact_failures > 0) {
+      failed += Fmt(", %" PRIu64 " compactions", s.total_compact_failures);
+    }
+    Put(y, 3 + Cols(spill), failed, (colors_ ? COLOR_PAIR(kAlert) : A_NORMAL) | A_BOLD);
   }
   y++;
   if (!snap_.gpus.empty()) {

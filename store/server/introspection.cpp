@@ -190,6 +190,11 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_when_full_drop(DropMode());
   b.add_total_dropped_objects(drop_totals_.objects);
   b.add_total_dropped_bytes(drop_totals_.bytes);
+  const Spiller::CompactTotals& compact = spiller_.compact_totals();
+  b.add_total_compactions(compact.files);
+  b.add_total_compact_bytes_copied(compact.bytes_copied);
+  b.add_total_compact_bytes_freed(compact.bytes_freed);
+  b.add_total_compact_failures(compact.failures);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }

@@ -84,6 +84,16 @@ void Server::WriteMetrics() {
          drop_totals_.objects);
   metric("dropped_bytes_total", "counter", "Data and metadata bytes of the objects dropped.",
          drop_totals_.bytes);
+  // Compaction of spill files (--spill-compact): how much disk it gave back.
+  const Spiller::CompactTotals& compact = spiller_.compact_totals();
+  metric("spill_compactions_total", "counter", "Spill files rewritten without their dead records.",
+         compact.files);
+  metric("spill_compact_bytes_copied_total", "counter",
+         "Bytes written into the spill files compactions made.", compact.bytes_copied);
+  metric("spill_compact_bytes_freed_total", "counter",
+         "Disk bytes compactions gave back (old file size minus new).", compact.bytes_freed);
+  metric("spill_compact_failures_total", "counter",
+         "Compactions that failed (the old spill file stays).", compact.failures);
   // Limits: the totals they watch, and how often each was hit (see server/limits.cpp).
   metric("limit_usage", "gauge", "What the limits watch, now.", waiting_bytes_,
          "first{what=\"waiting_bytes\"}");

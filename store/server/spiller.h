@@ -134,6 +134,11 @@ class Spiller {
     uint64_t objects = 0, bytes = 0, ns = 0, failures = 0;
     uint64_t restored_objects = 0, restored_bytes = 0, restore_ns = 0, restore_failures = 0;
   };
+  // Compactions since start: files rewritten, the bytes written into the new files, the disk
+  // bytes given back (old size minus new, summed), and the compactions that failed.
+  struct CompactTotals {
+    uint64_t files = 0, bytes_copied = 0, bytes_freed = 0, failures = 0;
+  };
 
   // env: the filesystem spill files live on (tests pass a fault injector). options, table and
   // host must outlive the Spiller.
@@ -222,6 +227,7 @@ class Spiller {
     return spill_files_;
   }
   const Totals& totals() const { return spill_totals_; }
+  const CompactTotals& compact_totals() const { return compact_totals_; }
 
  private:
   struct SpillJob;
@@ -332,9 +338,7 @@ class Spiller {
   std::unordered_map<uint64_t, SpillingAt> compacting_at_;
   CompactJob* compact_job_ = nullptr;   // the one in flight
   std::set<uint64_t> compact_wanted_;  // ids of files to look at once it is done
-  struct CompactTotals {
-    uint64_t files = 0, bytes_copied = 0, bytes_freed = 0, failures = 0;
-  } compact_totals_;
+  CompactTotals compact_totals_;
   TombJob* tomb_job_ = nullptr;                    // the one in flight
   std::vector<DeferredDelete*> deletes_waiting_;   // for the next tomb job
   Totals spill_totals_;

@@ -164,6 +164,11 @@ class store_stats(Structure):
         ("when_full_drop", c_uint64),
         ("total_dropped_objects", c_uint64),
         ("total_dropped_bytes", c_uint64),
+        # Added in 0.2: compaction of spill files (--spill-compact).
+        ("total_compactions", c_uint64),
+        ("total_compact_bytes_copied", c_uint64),
+        ("total_compact_bytes_freed", c_uint64),
+        ("total_compact_failures", c_uint64),
     ]
 
 

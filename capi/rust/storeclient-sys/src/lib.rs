@@ -197,6 +197,15 @@ pub struct store_stats {
     /// Objects dropped to make room since start, and their data and metadata bytes.
     pub total_dropped_objects: u64,
     pub total_dropped_bytes: u64,
+    // Added in 0.2: compaction of spill files (`--spill-compact`).
+    /// Spill files rewritten without their dead records since start.
+    pub total_compactions: u64,
+    /// Bytes written into the new files.
+    pub total_compact_bytes_copied: u64,
+    /// Disk bytes given back: old file size minus new, summed.
+    pub total_compact_bytes_freed: u64,
+    /// Compactions that failed (nothing is lost: the old file stays).
+    pub total_compact_failures: u64,
 }
 
 #[repr(C)]

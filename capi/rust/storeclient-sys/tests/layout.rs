@@ -59,7 +59,8 @@ fn rust_layouts() -> Vec<Layout> {
             refused_client_waiting, refused_waiting_bytes, closed_client_backlog,
             closed_backlog, closed_partial, refused_clients, accept_failures, refused_gpu_fds,
             instance_id, start_time_ns, when_full_drop, total_dropped_objects,
-            total_dropped_bytes,
+            total_dropped_bytes, total_compactions, total_compact_bytes_copied,
+            total_compact_bytes_freed, total_compact_failures,
         }),
         layout!(store_connect_options { version, client_name, read_only, reserved_ }),
         layout!(store_create_options {
