@@ -1190,6 +1190,28 @@ TEST_CASE("a spill file of objects created leased is compacted into another such
   CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
 }
 
+// The metrics file's spill lines, as they must read for st ("name value" each).
+std::vector<std::string> SpillMetricLines(const store_stats& st) {
+  std::vector<std::pair<const char*, uint64_t>> want = {
+      {"store_spill_enabled", st.spill_enabled},
+      {"store_spilled_objects", st.spilled_count},
+      {"store_spilled_bytes", st.spilled_bytes},
+      {"store_spill_files", st.spill_files},
+      {"store_spill_disk_bytes", st.spill_disk_bytes},
+      {"store_spill_dead_bytes", st.spill_dead_bytes},
+      {"store_spilled_objects_total", st.total_spilled_objects},
+      {"store_spilled_bytes_total", st.total_spilled_bytes},
+      {"store_restored_objects_total", st.total_restored_objects},
+      {"store_restored_bytes_total", st.total_restored_bytes},
+      {"store_spill_failures_total", st.total_spill_failures},
+      {"store_restore_failures_total", st.total_restore_failures}};
+  std::vector<std::string> lines;
+  for (const auto& [name, value] : want) {
+    lines.push_back("\n" + std::string(name) + " " + std::to_string(value) + "\n");
+  }
+  return lines;
+}
+
 TEST_CASE("compactions are counted: the files rewritten, the bytes copied into the new files "
           "and the disk given back, in store_stats, store info and the metrics file") {
   TempDir tmp;
@@ -1211,8 +1233,28 @@ TEST_CASE("compactions are counted: the files rewritten, the bytes copied into t
     REQUIRE(UrlOf(c.get(), objs[i]).path == UrlOf(c.get(), objs[i < 4 ? 3 : 7]).path);
   }
   REQUIRE(UrlOf(c.get(), objs[3]).path != UrlOf(c.get(), objs[7]).path);
+  auto read_all = [](const std::string& path) {
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  };
+  // The metrics file shows what store_stats shows of spilling (nothing changes meanwhile).
+  auto metrics_match = [&](const store_stats& want) {
+    std::string m;
+    bool ok = test::WaitFor([&] {
+      m = read_all(metrics);
+      for (const std::string& line : SpillMetricLines(want)) {
+        if (m.find(line) == std::string::npos) return false;
+      }
+      return true;
+    });
+    INFO(m);
+    CHECK(ok);
+  };
   store_stats st = Stats(c.get());
   REQUIRE(st.spill_files == 2);
+  CHECK(st.spilled_count == 8);
+  CHECK(st.total_spilled_objects == 8);
+  metrics_match(st);
   CHECK(st.total_compactions == 0);
   CHECK(st.total_compact_bytes_copied == 0);
   CHECK(st.total_compact_bytes_freed == 0);
@@ -1260,10 +1302,6 @@ TEST_CASE("compactions are counted: the files rewritten, the bytes copied into t
   const std::string out = tmp / "info.out";
   pid_t pid = test::Spawn({test::StoreBin(), "info", "--socket", s.socket()}, out);
   REQUIRE(test::ExitedCleanly(test::WaitExit(pid)));
-  auto read_all = [](const std::string& path) {
-    std::ifstream f(path);
-    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-  };
   const std::string info = read_all(out);
   INFO(info);
   CHECK(info.find("\ntotal_compactions:2\n") != std::string::npos);
@@ -1288,6 +1326,10 @@ TEST_CASE("compactions are counted: the files rewritten, the bytes copied into t
 
   ReadBack(c.get(), objs[3]);
   ReadBack(c.get(), objs[7]);
+  st = Stats(c.get());
+  CHECK(st.total_restored_objects == 2);
+  CHECK(st.spilled_count == 0);
+  metrics_match(st);
   Delete(c.get(), objs[3]);
   Delete(c.get(), objs[7]);
   CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));

@@ -149,10 +149,7 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_evictable_bytes(t.evictable_bytes);
   b.add_spill_enabled(spiller_.enabled());
   uint64_t disk = 0, dead = 0;
-  for (auto& [id, f] : spiller_.files()) {
-    disk += f->size;
-    dead += f->dead_bytes;
-  }
+  spiller_.DiskBytes(&disk, &dead);
   b.add_spill_files(spiller_.files().size());
   b.add_spill_disk_bytes(disk);
   b.add_spill_dead_bytes(dead);

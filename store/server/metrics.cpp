@@ -84,6 +84,25 @@ void Server::WriteMetrics() {
          drop_totals_.objects);
   metric("dropped_bytes_total", "counter", "Data and metadata bytes of the objects dropped.",
          drop_totals_.bytes);
+  // Spilling (all 0 without --spill-dir): what is on disk now, and the totals since start.
+  uint64_t disk = 0, dead = 0;
+  spiller_.DiskBytes(&disk, &dead);
+  const Spiller::Totals& spill = spiller_.totals();
+  metric("spill_enabled", "gauge", "1 when the store spills to disk.", spiller_.enabled() ? 1 : 0);
+  metric("spilled_objects", "gauge", "Objects whose only copy is on disk.", t.spilled_count);
+  metric("spilled_bytes", "gauge", "Their bytes.", t.spilled_bytes);
+  metric("spill_files", "gauge", "Spill files on disk.", spiller_.files().size());
+  metric("spill_disk_bytes", "gauge", "Bytes of the spill files.", disk);
+  metric("spill_dead_bytes", "gauge", "Of which records of deleted objects.", dead);
+  metric("spilled_objects_total", "counter", "Objects written to spill files.", spill.objects);
+  metric("spilled_bytes_total", "counter", "Record bytes written to spill files.", spill.bytes);
+  metric("restored_objects_total", "counter", "Objects read back from spill files.",
+         spill.restored_objects);
+  metric("restored_bytes_total", "counter", "Record bytes read back.", spill.restored_bytes);
+  metric("spill_failures_total", "counter", "Spill files that could not be written (nothing lost).",
+         spill.failures);
+  metric("restore_failures_total", "counter", "Restores that failed (I/O error or corrupt data).",
+         spill.restore_failures);
   // Compaction of spill files (--spill-compact): how much disk it gave back.
   const Spiller::CompactTotals& compact = spiller_.compact_totals();
   metric("spill_compactions_total", "counter", "Spill files rewritten without their dead records.",

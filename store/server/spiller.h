@@ -227,6 +227,14 @@ class Spiller {
     return spill_files_;
   }
   const Totals& totals() const { return spill_totals_; }
+  // Bytes of the spill files on disk, and of those the records of deleted objects.
+  void DiskBytes(uint64_t* disk, uint64_t* dead) const {
+    *disk = *dead = 0;
+    for (const auto& [id, f] : spill_files_) {
+      *disk += f->size;
+      *dead += f->dead_bytes;
+    }
+  }
   const CompactTotals& compact_totals() const { return compact_totals_; }
 
  private:
