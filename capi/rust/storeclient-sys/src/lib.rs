@@ -87,8 +87,9 @@ pub const STORE_LEVEL_MEMORY: u32 = 2;
 pub const STORE_LEVEL_DISK: u32 = 4;
 pub const STORE_LEVEL_REMOTE: u32 = 8;
 
+/// `Default` is `STORE_OBJECT_INFO_INIT`: zeros, with `struct_size` set.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct store_object_info {
     /// The size of the struct the caller has (`size_of::<store_object_info>()`), set by the
     /// caller for `store_info`; see "Output structs" in storeclient.h.
@@ -108,8 +109,9 @@ pub struct store_object_info {
     pub lease_count: u32,
 }
 
+/// `Default` is `STORE_STATS_INIT`: zeros, with `struct_size` set.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct store_stats {
     /// `size_of::<store_stats>()`, set by the caller; see "Output structs" in storeclient.h.
     pub struct_size: u32,
@@ -206,6 +208,24 @@ pub struct store_stats {
     pub total_compact_bytes_freed: u64,
     /// Compactions that failed (nothing is lost: the old file stays).
     pub total_compact_failures: u64,
+}
+
+impl Default for store_object_info {
+    fn default() -> Self {
+        // SAFETY: every field is an integer or an array of bytes, for which zeros are valid.
+        let mut info: store_object_info = unsafe { std::mem::zeroed() };
+        info.struct_size = std::mem::size_of::<store_object_info>() as u32;
+        info
+    }
+}
+
+impl Default for store_stats {
+    fn default() -> Self {
+        // SAFETY: every field is an integer, for which zeros are valid.
+        let mut stats: store_stats = unsafe { std::mem::zeroed() };
+        stats.struct_size = std::mem::size_of::<store_stats>() as u32;
+        stats
+    }
 }
 
 #[repr(C)]

@@ -200,3 +200,17 @@ fn error_codes_match_library() {
     let v = unsafe { CStr::from_ptr(store_version_string()) };
     assert_eq!(v.to_str().unwrap(), STORE_VERSION_STRING);
 }
+
+#[test]
+fn output_structs_default_to_their_init_macros() {
+    // As STORE_STATS_INIT and STORE_OBJECT_INFO_INIT: zeros with struct_size set, so a Default
+    // value can be passed to store_stats_get and store_info as it is.
+    let stats = store_stats::default();
+    assert_eq!(stats.struct_size as usize, size_of::<store_stats>());
+    assert_eq!(stats.capacity_bytes, 0);
+    assert_eq!(stats.total_compact_failures, 0);
+    let info = store_object_info::default();
+    assert_eq!(info.struct_size as usize, size_of::<store_object_info>());
+    assert_eq!(info.id, store_object_id::default());
+    assert_eq!(info.lease_count, 0);
+}
