@@ -21,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -316,8 +317,10 @@ class RawConn {
           out->storage.assign((out->size + 7) / 8, 0);
           std::memcpy(out->storage.data(), in_.data(), out->size);
           in_.erase(in_.begin(), in_.begin() + static_cast<ptrdiff_t>(out->size));
-          out->fds = fds_received_;
-          fds_received_ = 0;
+          auto at = fds_at_.find(consumed_);
+          out->fds = at != fds_at_.end() ? at->second : 0;
+          if (at != fds_at_.end()) fds_at_.erase(at);
+          consumed_ += out->size;
           out->msg = proto::VerifyMessage(reinterpret_cast<const uint8_t*>(out->storage.data()),
                                           out->size);
           return out->msg ? Got::kMessage : Got::kBadMessage;
@@ -342,6 +345,7 @@ class RawConn {
         if (errno == EAGAIN || errno == EINTR) continue;
         return errno == ECONNRESET ? Got::kReset : Got::kError;
       }
+      size_t fds = 0;
       for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
         if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
         size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -349,11 +353,27 @@ class RawConn {
           int fd;
           std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
           close(fd);
-          fds_received_++;
+          fds++;
         }
       }
       if (n == 0) return in_.empty() ? Got::kEof : Got::kBadMessage;
+      const size_t old_size = in_.size();
       in_.insert(in_.end(), buf, buf + n);
+      if (fds > 0) {
+        // Descriptors arrive with the bytes of the send that carried them, and a read stops
+        // right after them: the server sends a reply's descriptor with that reply's first
+        // bytes, so they belong to the last message that starts within this read (the bytes
+        // before it may finish earlier messages). in_ starts at a message's start.
+        size_t pos = 0, start = 0;
+        while (pos < in_.size()) {
+          if (pos >= old_size) start = pos;
+          if (pos + 4 > in_.size()) break;
+          uint32_t l;
+          std::memcpy(&l, in_.data() + pos, 4);
+          pos += 4 + size_t{flatbuffers::EndianScalar(l)};
+        }
+        fds_at_[consumed_ + start] += fds;
+      }
     }
   }
 
@@ -373,7 +393,9 @@ class RawConn {
  private:
   int fd_ = -1;
   Bytes in_;
-  size_t fds_received_ = 0;
+  uint64_t consumed_ = 0;  // stream offset of in_[0], a message's start
+  // Descriptors received, by the stream offset of the message they came with.
+  std::map<uint64_t, size_t> fds_at_;
 };
 
 // The next message must be an error reply with this status (and seq, if given), a message and
