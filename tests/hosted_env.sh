@@ -10,11 +10,15 @@
 store_hosted_preload() {
   if [ -n "${STORE_TEST_PRELOAD:-}" ]; then
     export LD_PRELOAD=$STORE_TEST_PRELOAD
-    export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+    export ASAN_OPTIONS=$(store_hosted_asan_options)
   fi
 }
 store_hosted_runner() {
   if [ -n "${STORE_TEST_PRELOAD:-}" ]; then
-    echo "env LD_PRELOAD=$STORE_TEST_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    echo "env LD_PRELOAD=$STORE_TEST_PRELOAD ASAN_OPTIONS=$(store_hosted_asan_options)"
   fi
+}
+# The sanitizer's options for such programs: the test's, without the leak report.
+store_hosted_asan_options() {
+  echo "${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 }

@@ -1195,18 +1195,10 @@ void Spiller::RestoreWork(uv_work_t* req) {
   int64_t t0 = MonotonicNs();
   spill::Env* env = job->spiller->env_;
   int fd = job->fd;
-  if (fd < 0) {
-    fd = env->Open(job->path, O_RDONLY, 0);
-    if (fd < 0) {
-      job->rc = fd;
-      job->error = "read spill file " + job->path + ": open: " + std::strerror(-fd);
-    }
-    job->opened_fd = fd;
-  }
-  if (fd >= 0) {
-    job->rc = spill::ReadRecordFrom(env, fd, job->path, job->location, job->dst, job->data_size,
-                                    job->metadata_size, &job->error);
-  }
+  if (fd < 0) fd = job->opened_fd = spill::OpenForRecords(env, job->path, &job->error);
+  job->rc = fd < 0 ? fd
+                   : spill::ReadRecordFrom(env, fd, job->path, job->location, job->dst,
+                                           job->data_size, job->metadata_size, &job->error);
   job->ns = MonotonicNs() - t0;
 }
 

@@ -245,13 +245,16 @@ int CopySpillFile(Env* env, const std::string& from_path, const std::vector<Reco
   return FinishSpillFile(env, fd, tmp, path, std::move(locs), off, version, out, file_size, error);
 }
 
+int OpenForRecords(Env* env, const std::string& path, std::string* error) {
+  int fd = env->Open(path, O_RDONLY, 0);
+  if (fd < 0 && error) *error = "read spill file " + path + ": open: " + ErrnoText(fd);
+  return fd;
+}
+
 int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uint8_t* dst,
                uint64_t data_size, uint64_t metadata_size, std::string* error) {
-  int fd = env->Open(path, O_RDONLY, 0);
-  if (fd < 0) {
-    if (error) *error = "read spill file " + path + ": open: " + ErrnoText(fd);
-    return fd;
-  }
+  int fd = OpenForRecords(env, path, error);
+  if (fd < 0) return fd;
   FdCloser closer{env, fd};
   return ReadRecordFrom(env, fd, path, loc, dst, data_size, metadata_size, error);
 }

@@ -65,6 +65,9 @@ int WriteSpillFile(Env* env, const std::string& path, const std::vector<SpillRec
 // failure (the caller must not serve it then).
 int ReadRecord(Env* env, const std::string& path, const RecordLocation& loc, uint8_t* dst,
                uint64_t data_size, uint64_t metadata_size, std::string* error);
+// Opens the spill file at path for ReadRecordFrom: the descriptor, or -errno with *error set.
+int OpenForRecords(Env* env, const std::string& path, std::string* error);
+
 // As ReadRecord, from fd, a descriptor of the file at path opened for reading (path only names it
 // in *error). A descriptor kept open across reads keeps the kernel's read-ahead state of the file.
 int ReadRecordFrom(Env* env, int fd, const std::string& path, const RecordLocation& loc,
