@@ -546,40 +546,51 @@ bool Restored(store_client* c, const Obj& o) {
   return i.state == STORE_STATE_SEALED || i.state == STORE_STATE_RESTORING;
 }
 
-TEST_CASE("read-ahead: gets in spill-file order restore the objects that follow, a window ahead") {
+TEST_CASE("read-ahead: gets in spill-file order keep the objects that follow restored, a window ahead") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
-  // Windows of 4 objects of 1 MiB.
+  // A window of 4 objects of 1 MiB.
   test::TestStore s("64M", SpillArgs(dir, {"--restore-readahead", "4M"}));
   REQUIRE(s.started());
   ClientPtr c = Connect(s.socket());
   std::vector<Obj> objs = SpillInOrder(c.get(), "ra-", 16, kMiB);
+  auto restored_through = [&](int last) {
+    for (int i = 0; i <= last; i++) {
+      if (!Restored(c.get(), objs[static_cast<size_t>(i)])) return false;
+    }
+    for (int i = last + 1; i < 16; i++) {
+      if (!IsSpilled(c.get(), objs[static_cast<size_t>(i)])) return false;
+    }
+    return true;
+  };
 
   // One get is no pattern: nothing else is restored.
   ReadBack(c.get(), objs[0]);
-  CHECK(IsSpilled(c.get(), objs[1]));
-  // The second in order starts the stream: the next window (2..5) is being restored by the
+  CHECK(restored_through(0));
+  // The second in order starts the stream: the window after it (2..5) is being restored by the
   // time the get is answered; nothing past it.
   ReadBack(c.get(), objs[1]);
-  for (int i = 2; i <= 5; i++) CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
-  for (int i = 6; i < 16; i++) CHECK(IsSpilled(c.get(), objs[static_cast<size_t>(i)]));
-  // Reading the window's first object reads the next window (6..9).
+  CHECK(restored_through(5));
+  // Each get inside the window slides it: the stream stays a window ahead of its reader, one
+  // object at a time, instead of waiting for the reader to use up a window before the next.
   REQUIRE(test::WaitFor([&] { return Info(c.get(), objs[2]).state == STORE_STATE_SEALED; }));
   ReadBack(c.get(), objs[2]);
-  for (int i = 6; i <= 9; i++) CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
-  CHECK(IsSpilled(c.get(), objs[10]));
+  CHECK(restored_through(6));
+  REQUIRE(test::WaitFor([&] { return Info(c.get(), objs[3]).state == STORE_STATE_SEALED; }));
+  ReadBack(c.get(), objs[3]);
+  CHECK(restored_through(7));
   // Every object reads back intact, in turn; the stream keeps ahead to the end. (Restores are
-  // counted when done: the window 6..9 first.)
+  // counted when done: 4..7 first.)
   REQUIRE(test::WaitFor([&] {
-    for (int i = 6; i <= 9; i++) {
+    for (int i = 4; i <= 7; i++) {
       if (Info(c.get(), objs[static_cast<size_t>(i)]).state != STORE_STATE_SEALED) return false;
     }
     return true;
   }));
   store_stats before = Stats(c.get());
-  for (int i = 3; i < 16; i++) ReadBack(c.get(), objs[static_cast<size_t>(i)]);
+  for (int i = 4; i < 16; i++) ReadBack(c.get(), objs[static_cast<size_t>(i)]);
   store_stats after = Stats(c.get());
-  CHECK(after.total_restored_objects - before.total_restored_objects == 6);  // 10..15
+  CHECK(after.total_restored_objects - before.total_restored_objects == 8);  // 8..15
   CHECK(after.total_restore_failures == 0);
   for (const Obj& o : objs) CHECK(Info(c.get(), o).state == STORE_STATE_SEALED);
 
@@ -591,6 +602,53 @@ TEST_CASE("read-ahead: gets in spill-file order restore the objects that follow,
   CHECK(IsSpilled(c.get(), objs[10]));
   CHECK(IsSpilled(c.get(), objs[4]));
   CHECK(IsSpilled(c.get(), objs[7]));
+  for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && SpillFiles(dir).empty(); }));
+  CHECK(Stats(c.get()).used_bytes == 0);
+}
+
+TEST_CASE("read-ahead goes on into the spill file written next") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  // One eviction writes 12 objects of 1 MiB into three files of 4, in order.
+  test::TestStore s("64M", SpillArgs(dir, {"--restore-readahead", "4M",
+                                           "--spill-file-max-objects", "4"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  std::vector<Obj> objs;
+  for (int i = 0; i < 12; i++) {
+    objs.push_back(MakeObj("ra-files-" + std::to_string(i), 960 + static_cast<uint64_t>(i), kMiB));
+    Put(c.get(), objs.back());
+  }
+  Evict(c.get(), kAll);
+  std::vector<std::string> paths;
+  for (int i = 0; i < 12; i++) {
+    SpillUrl u = UrlOf(c.get(), objs[static_cast<size_t>(i)]);
+    if (i % 4 == 0) {
+      paths.push_back(u.path);
+      CHECK(u.offset == UrlOf(c.get(), objs[0]).offset);  // each file's first record
+    } else {
+      REQUIRE(u.path == paths.back());
+    }
+  }
+  REQUIRE(paths.size() == 3);
+  REQUIRE(SpillFiles(dir).size() == 3);
+
+  ReadBack(c.get(), objs[0]);
+  ReadBack(c.get(), objs[1]);
+  // The window (2..5) runs past the end of the first file into the second.
+  for (int i = 2; i <= 5; i++) CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
+  for (int i = 6; i < 12; i++) CHECK(IsSpilled(c.get(), objs[static_cast<size_t>(i)]));
+  // Read in turn to the end, across both boundaries, nothing is restored on demand: each get
+  // finds its object restored or being restored by the stream.
+  for (int i = 2; i < 12; i++) {
+    CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
+    REQUIRE(test::WaitFor([&] {
+      return Info(c.get(), objs[static_cast<size_t>(i)]).state == STORE_STATE_SEALED;
+    }));
+    ReadBack(c.get(), objs[static_cast<size_t>(i)]);
+  }
+  CHECK(Stats(c.get()).total_restore_failures == 0);
   for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
   REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && SpillFiles(dir).empty(); }));
   CHECK(Stats(c.get()).used_bytes == 0);

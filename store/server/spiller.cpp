@@ -448,6 +448,7 @@ void Spiller::SpillDone(uv_work_t* req, int /*status*/) {
     f->version = spill::kFileVersion;
     f->created_ns = RealtimeNs();
     s->spill_files_.emplace(f->id, std::move(owned));
+    s->spilled_by_number_[f->number] = f;
     s->spill_totals_.objects += job->objects.size();
     s->spill_totals_.ns += static_cast<uint64_t>(job->ns);
     for (size_t i = 0; i < job->objects.size(); i++) {
@@ -535,7 +536,11 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
   auto* job = new UnlinkJob{{}, this, f->path, f->dir, f->number};
   job->req.data = job;
   for (ReadaheadStream& s : readahead_) {
-    if (s.file == f) s = ReadaheadStream{};
+    if (s.file == f || s.at == f) s = ReadaheadStream{};
+  }
+  auto by_number = spilled_by_number_.find(f->number);
+  if (by_number != spilled_by_number_.end() && by_number->second == f) {
+    spilled_by_number_.erase(by_number);
   }
   spill_files_.erase(f->id);
   int rc = uv_queue_work(
@@ -1018,9 +1023,9 @@ void Spiller::StartRestore(Object* o, bool prefetch, bool pump) {
     return;
   }
   o->restore_error = 0;
-  if (!prefetch) NoteDemandRestore(o);
+  ReadaheadStream* stream = prefetch ? nullptr : NoteDemandRestore(o);
   if (pending_restores_.empty() && TryStartRestore(o)) {
-    if (!prefetch) ContinueReadAhead(o);  // the second get in order reads a window now
+    if (stream != nullptr) ReadAhead(stream);
     return;
   }
   pending_restores_.push_back(o->uid);
@@ -1036,16 +1041,55 @@ void Spiller::StartRestore(Object* o, bool prefetch, bool pump) {
 // and one restore at a time leaves the disk and the second core idle between a reply and the
 // next get. So, as a file system reads ahead, a get that restores the record right after the
 // one the previous such get restored (same file, next offset) starts a stream, and the stream
-// restores the objects that follow, up to --restore-readahead bytes at a time, as if they had
-// been prefetched. The first object of the window last read is its trigger: its get reads the
-// next window, so the stream stays a window ahead of its reader. Read-ahead only takes memory
-// that is free below the high mark, never makes room by spilling, never jumps the queue of
-// restores waiting for memory, and stops at an object it cannot restore now; what it restored
-// keeps its copy on disk, so the spiller drops it again without writing if nobody reads it.
-// A stream covers one file; a few are kept, the least recently used replaced.
+// restores the objects that follow, as if they had been prefetched, until --restore-readahead
+// bytes of them are ahead of its reader. Every get of one of those moves the reader on and the
+// stream tops its window up again, so restores start one or two at a time, well before they
+// are asked for (a window read whole when the reader reaches it would keep the reader waiting
+// for its first object, restored alongside the rest). At the end of a spill file the stream
+// goes on into the file written next: one eviction writes its objects into several files in
+// turn. Read-ahead only takes memory that is free below the high mark, never makes room by
+// spilling, never jumps the queue of restores waiting for memory, and stops at an object it
+// cannot restore now (the reader's next get tries again); what it restored keeps its copy on
+// disk, so the spiller drops it again without writing if nobody reads it. A few streams are
+// kept, the least recently used replaced.
 
-void Spiller::NoteDemandRestore(Object* o) {
-  if (options_.restore_readahead == 0 || o->spill_file == nullptr) return;
+Spiller::ReadaheadStream* Spiller::ReaderMoved(const Object* o) {
+  const SpillFile* f = o->spill_file;
+  const uint64_t at = o->spill_offset, end = at + o->spill_size();
+  for (ReadaheadStream& s : readahead_) {
+    if (s.at == nullptr) continue;
+    bool moved = false;
+    for (size_t i = 0; i < s.ahead.size(); i++) {
+      if (s.ahead[i].file_id == f->id && s.ahead[i].offset == at) {
+        // The reader is here: what it passed is behind it.
+        for (size_t k = 0; k <= i; k++) {
+          s.ahead_bytes -= s.ahead.front().bytes;
+          s.ahead.pop_front();
+        }
+        moved = true;
+        break;
+      }
+    }
+    if (!moved && s.at == f && at == s.next) {
+      // Right after the window: the stream could not keep ahead (memory ran short).
+      s.ahead.clear();
+      s.ahead_bytes = 0;
+      s.next = end;
+      moved = true;
+    }
+    if (moved) {
+      s.file = o->spill_file;
+      s.prev_end = end;
+      s.used = ++readahead_clock_;
+      return &s;
+    }
+  }
+  return nullptr;
+}
+
+Spiller::ReadaheadStream* Spiller::NoteDemandRestore(Object* o) {
+  if (options_.restore_readahead == 0 || o->spill_file == nullptr) return nullptr;
+  if (ReadaheadStream* s = ReaderMoved(o)) return s;
   SpillFile* f = o->spill_file;
   const uint64_t at = o->spill_offset, end = at + o->spill_size();
   ReadaheadStream* mine = nullptr;
@@ -1054,45 +1098,58 @@ void Spiller::NoteDemandRestore(Object* o) {
     if (s.file == f) mine = &s;
     if (s.file == nullptr || s.used < lru->used) lru = &s;
   }
-  // In order: right after the previous restoring get, or inside (or just past) the last
-  // window, which then did not keep ahead (memory ran short, or the reader overtook it).
-  if (mine && (at == mine->prev_end || (mine->window <= at && at <= mine->next))) {
-    mine->prev_end = mine->next = end;
-    mine->trigger = at;  // so StartRestore reads the next window at once
+  if (mine && at == mine->prev_end) {
+    // The second in order: read ahead from here.
+    mine->at = f;
+    mine->next = mine->prev_end = end;
+    mine->ahead.clear();
+    mine->ahead_bytes = 0;
     mine->used = ++readahead_clock_;
-    return;
+    return mine;
   }
   if (!mine) mine = lru;
   *mine = ReadaheadStream{};
   mine->file = f;
-  mine->prev_end = mine->next = end;
+  mine->prev_end = end;
   mine->used = ++readahead_clock_;
+  return nullptr;
 }
 
 void Spiller::ContinueReadAhead(Object* o) {
-  for (ReadaheadStream& s : readahead_) {
-    if (s.file == o->spill_file && s.trigger == o->spill_offset) {
-      s.trigger = UINT64_MAX;
-      s.used = ++readahead_clock_;
-      ReadAhead(&s);
-      return;
-    }
-  }
+  if (options_.restore_readahead == 0) return;
+  if (ReadaheadStream* s = ReaderMoved(o)) ReadAhead(s);
 }
 
 void Spiller::ReadAhead(ReadaheadStream* s) {
-  SpillFile* f = s->file;
   const uint64_t mark = static_cast<uint64_t>(static_cast<double>(region_->capacity()) *
                                               policy_.high);
-  uint64_t budget = options_.restore_readahead;
-  constexpr int kMaxWindowRecords = 64;
-  int taken = 0;
-  s->window = s->next;
-  auto it = std::lower_bound(f->records.begin(), f->records.end(),
-                             std::make_pair(s->next, uint64_t{0}));
-  for (; it != f->records.end() && budget > 0 && taken < kMaxWindowRecords; ++it) {
+  const uint64_t budget = options_.restore_readahead;
+  int started = 0;
+  // Records looked at, bounded so that one get never walks far through records that are gone
+  // (deleted, or moved by a compaction) or files that have none left.
+  int looked = 0;
+  while (s->at != nullptr && s->ahead_bytes < budget && s->ahead.size() < kReadaheadRecords &&
+         looked++ < 4 * static_cast<int>(kReadaheadRecords)) {
+    SpillFile* f = s->at;
+    auto it = std::lower_bound(f->records.begin(), f->records.end(),
+                               std::make_pair(s->next, uint64_t{0}));
+    if (it == f->records.end()) {
+      // The end of the file: on into the one the same spilling wrote next, once it is there.
+      auto me = spilled_by_number_.find(f->number);
+      auto n = spilled_by_number_.find(f->number + 1);
+      if (me == spilled_by_number_.end() || me->second != f || n == spilled_by_number_.end() ||
+          n->second->records.empty()) {
+        break;
+      }
+      s->at = n->second;
+      s->next = 0;
+      continue;
+    }
     Object* x = table_.FindUid(it->second);
-    if (!x || x->spill_file != f || x->spill_offset != it->first) continue;  // gone or moved
+    if (!x || x->spill_file != f || x->spill_offset != it->first) {  // gone or moved
+      s->next = it->first + 1;
+      continue;
+    }
     const uint64_t size = x->data_size + x->metadata_size;
     if (x->state == ObjectState::kSpilled && !x->deleted) {
       if (stopping_ || !pending_restores_.empty() ||
@@ -1100,15 +1157,17 @@ void Spiller::ReadAhead(ReadaheadStream* s) {
         break;
       }
       readahead_restores_++;
+      started++;
     }
-    if (s->trigger == UINT64_MAX) s->trigger = it->first;
+    s->ahead.push_back({f->id, it->first, size});
+    s->ahead_bytes += size;
     s->next = it->first + x->spill_size();
-    budget -= std::min(budget, size);
-    taken++;
   }
-  LOG_DEBUG("read ahead %d objects of spill file %s, up to offset %" PRIu64 " (%" PRIu64
-            " restores started by read-ahead so far)",
-            taken, f->path.c_str(), s->next, readahead_restores_);
+  if (started > 0) {
+    LOG_DEBUG("read ahead %d objects, to offset %" PRIu64 " of spill file %s (%" PRIu64
+              " restores started by read-ahead so far)",
+              started, s->next, s->at->path.c_str(), readahead_restores_);
+  }
 }
 
 bool Spiller::RestoreWanted(const Object* o) const {

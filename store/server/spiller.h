@@ -206,7 +206,7 @@ class Spiller {
   // the queue, prefetches become plain restores, and the ids of the queued objects are put in
   // *ids. False, doing nothing, when it ran already and nothing was queued since.
   bool Stall(std::vector<ObjectKey>* ids);
-  // A get took a reader of o: a read-ahead stream that o triggers reads its next window.
+  // A get took a reader of o: a read-ahead stream whose reader that moves on tops its window up.
   void MaybeReadAheadOnGet(Object* o) {
     if (o->spill_file != nullptr) ContinueReadAhead(o);
   }
@@ -262,11 +262,16 @@ class Spiller {
   static void RestoreDone(uv_work_t* req, int status);
   void FlushRestoreLog();
   // Read-ahead (--restore-readahead): a get that restores the record right after the one the
-  // last such get restored, in the same spill file, starts a stream; a stream restores the
-  // objects that follow, a window at a time, into free memory below the high mark, and the get
-  // of the first object of its last window starts the next (so it stays a window ahead).
+  // last such get restored, in the same spill file, starts a stream. The stream keeps the
+  // objects that follow restored (or being restored), up to --restore-readahead bytes ahead of
+  // its reader: every get of one of them moves the window on, into the spill file written next
+  // when it reaches the end of one. It takes only free memory below the high mark.
   struct ReadaheadStream;
-  void NoteDemandRestore(Object* o);
+  // Notes a get that restores o: returns the stream to read ahead once o's restore started.
+  ReadaheadStream* NoteDemandRestore(Object* o);
+  // The stream whose reader o's get moved on (o is one of the records it passed, or the one
+  // right after them), or nullptr.
+  ReadaheadStream* ReaderMoved(const Object* o);
   void ReadAhead(ReadaheadStream* s);
   void ContinueReadAhead(Object* o);
   // Deletion records (tombstones) and the DELETED logs.
@@ -300,6 +305,9 @@ class Spiller {
   std::unique_ptr<spill::SpillDirs> dirs_;
   SpillPolicy policy_;
   std::unordered_map<uint64_t, std::unique_ptr<SpillFile>> spill_files_;
+  // The files this store's spills wrote, by number (numbers are given in the order the writes
+  // start): how a read-ahead finds the file written after one.
+  std::unordered_map<uint64_t, SpillFile*> spilled_by_number_;
   // Files with a read_fd, the most recently restored from first.
   std::list<SpillFile*> kept_fds_;
   void KeepReadFd(SpillFile* f, int fd);
@@ -319,13 +327,20 @@ class Spiller {
   bool restores_stalled_ = false;  // Stall ran and nothing was queued since
   // Read-ahead streams (NoteDemandRestore), least recently used first out.
   static constexpr int kReadaheadStreams = 4;
+  static constexpr size_t kReadaheadRecords = 64;  // the most records a stream holds ahead
   struct ReadaheadStream {
-    SpillFile* file = nullptr;       // nullptr: unused
-    uint64_t prev_end = 0;           // just past the record the last restoring get asked for
-    uint64_t window = UINT64_MAX;    // offset where the last window started (none yet)
-    uint64_t next = 0;               // just past what the stream restored or passed so far
-    uint64_t trigger = UINT64_MAX;   // a get of the object at this offset reads the next window
-    uint64_t used = 0;               // when last used (readahead_clock_)
+    SpillFile* file = nullptr;  // where its last demand get restored from (nullptr: unused)
+    uint64_t prev_end = 0;      // just past the record that get restored
+    SpillFile* at = nullptr;    // where it reads ahead next (nullptr: not reading ahead)
+    uint64_t next = 0;          // the offset in *at it goes on from
+    // The records it passed ahead of its reader, in order (restored, being restored, or in
+    // memory already), and their objects' bytes in memory.
+    struct Ahead {
+      uint64_t file_id, offset, bytes;
+    };
+    std::deque<Ahead> ahead;
+    uint64_t ahead_bytes = 0;
+    uint64_t used = 0;  // when last used (readahead_clock_)
   } readahead_[kReadaheadStreams];
   uint64_t readahead_clock_ = 0;
   uint64_t readahead_restores_ = 0;  // restores started by read-ahead (debug log)
