@@ -1393,6 +1393,57 @@ TEST_CASE("compactions are counted: the files rewritten, the bytes copied into t
   CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
 }
 
+TEST_CASE("compactions are logged once a second at most, the others counted in one line") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-compact", "0.5", "--spill-file-max-objects",
+                                           "2", "--log-level", "info"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  // 40 spill files of a large and a small object: deleting the large one makes most of its file
+  // dead, so each is compacted; churn does this many times a second.
+  constexpr int kFiles = 40;
+  std::vector<Obj> large, small;
+  for (int i = 0; i < kFiles; i++) {
+    large.push_back(MakeObj("cl-large-" + std::to_string(i), 2000 + i, 64 * 1024));
+    small.push_back(MakeObj("cl-small-" + std::to_string(i), 3000 + i, 1024));
+    Put(c.get(), large.back());
+    Put(c.get(), small.back());
+  }
+  Evict(c.get(), kAll);
+  REQUIRE(Stats(c.get()).spill_files == kFiles);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<store_object_id> ids;
+  for (const Obj& o : large) ids.push_back(o.id);
+  REQUIRE(store_delete_many(c.get(), ids.data(), ids.size(), nullptr) == STORE_OK);
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).total_compactions == kFiles; }));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // Every compaction is in the log, one by one or in a count, once the second is over.
+  auto said = [&](size_t* lines) {
+    const std::string log = s.Log();
+    size_t one = 0, counted = 0;
+    for (size_t at = log.find("compacted spill file "); at != std::string::npos;
+         at = log.find("compacted spill file ", at + 1)) {
+      one++;
+    }
+    const std::string more = " more spill files compacted in the last second";
+    for (size_t at = log.find(more); at != std::string::npos; at = log.find(more, at + 1)) {
+      size_t b = log.rfind(' ', at - 1);
+      counted += std::stoull(log.substr(b + 1, at - b - 1));
+    }
+    *lines = one;
+    return one + counted;
+  };
+  size_t lines = 0;
+  CHECK(test::WaitFor([&] { return said(&lines) == kFiles; }));
+  INFO(s.Log());
+  CHECK(lines >= 1);
+  CHECK(static_cast<double>(lines) <= seconds + 2);
+  for (const Obj& o : small) ReadBack(c.get(), o);
+  for (const Obj& o : small) Delete(c.get(), o);
+  CHECK(test::WaitFor([&] { return SpillFiles(dir).empty(); }));
+}
+
 TEST_CASE("without --recover, a store removes the spill directory of a dead store") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");

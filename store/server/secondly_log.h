@@ -1,7 +1,7 @@
 // secondly_log.h - a kind of log line written at most once a second.
 //
 // Owns: one loop timer, which flushes what was counted when the second is over.
-// Called by: Server (--when-full drops) and Spiller (restore failures).
+// Called by: Server (--when-full drops) and Spiller (restore failures, compactions).
 // Threads: the loop thread only.
 //
 // What happens in between is counted by the caller, and its flush says it when the second is

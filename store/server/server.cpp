@@ -276,7 +276,7 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
-  spiller_.CloseRestoreLog();
+  spiller_.CloseLogs();
   drop_log_.Close();
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);

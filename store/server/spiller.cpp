@@ -192,12 +192,16 @@ bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
   region_ = region;
   if (!OpenDirs(error)) return false;
   restore_log_.Init(loop_, [this] { FlushRestoreLog(); });
+  compact_log_.Init(loop_, [this] { FlushCompactLog(); });
   return true;
 }
 
 void Spiller::Stop() { stopping_ = true; }
 
-void Spiller::CloseRestoreLog() { restore_log_.Close(); }
+void Spiller::CloseLogs() {
+  restore_log_.Close();
+  compact_log_.Close();
+}
 
 void Spiller::Close() {
   while (!kept_fds_.empty()) CloseReadFd(kept_fds_.front());
@@ -978,11 +982,22 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
     nf->live_objects++;
     nf->live_bytes += now.size;
   }
+  const uint64_t freed = f->size > job->file_size ? f->size - job->file_size : 0;
   s->compact_totals_.files++;
   s->compact_totals_.bytes_copied += job->file_size;
-  s->compact_totals_.bytes_freed += f->size > job->file_size ? f->size - job->file_size : 0;
-  LOG_INFO("compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
-           " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
+  s->compact_totals_.bytes_freed += freed;
+  // One line a second at most; the others are counted in the next.
+  if (s->compact_log_.NowOrLater(s->stopping_)) {
+    s->FlushCompactLog();
+    LOG_INFO("compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
+             " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
+  } else {
+    s->compact_log_quiet_.files++;
+    s->compact_log_quiet_.copied += job->file_size;
+    s->compact_log_quiet_.freed += freed;
+    LOG_DEBUG("compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
+              " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
+  }
   if (nf->live_objects == 0) s->RemoveSpillFile(nf);
   s->EndCompaction(job);
 }
@@ -1339,6 +1354,15 @@ void Spiller::FailRestore(Object* o, int code, const std::string& message) {
     restore_log_quiet_++;
   }
   host_.NotifyWaiters(o->id);
+}
+
+void Spiller::FlushCompactLog() {
+  if (compact_log_quiet_.files == 0) return;
+  LOG_INFO("%" PRIu64 " more spill files compacted in the last second (%" PRIu64
+           " bytes copied into new files, %" PRIu64 " bytes of disk given back; not logged one "
+           "by one)",
+           compact_log_quiet_.files, compact_log_quiet_.copied, compact_log_quiet_.freed);
+  compact_log_quiet_ = {};
 }
 
 void Spiller::FlushRestoreLog() {

@@ -155,9 +155,9 @@ class Spiller {
   bool Open(uv_loop_t* loop, Region* region, std::string* error);
   // The server is shutting down: no spill, compaction or read-ahead starts from now on.
   void Stop();
-  // At stop, after Stop(): the restore failures not logged yet are said, and the log's timer
-  // goes.
-  void CloseRestoreLog();
+  // At stop, after Stop(): the restore failures and compactions not logged yet are said, and
+  // the logs' timers go.
+  void CloseLogs();
   // After the loop ended: closes the DELETED logs and releases the spill directories (the
   // spill files of live objects stay).
   void Close();
@@ -261,6 +261,7 @@ class Spiller {
   static void RestoreWork(uv_work_t* req);
   static void RestoreDone(uv_work_t* req, int status);
   void FlushRestoreLog();
+  void FlushCompactLog();
   // Read-ahead (--restore-readahead): a get that restores the record right after the one the
   // last such get restored, in the same spill file, starts a stream. The stream keeps the
   // objects that follow restored (or being restored), up to --restore-readahead bytes ahead of
@@ -347,6 +348,11 @@ class Spiller {
   // Restore failures are logged once per second, with how many were not (FlushRestoreLog).
   SecondlyLog restore_log_;
   uint64_t restore_log_quiet_ = 0;
+  // Compactions likewise (churn compacts many small files a second): the others are counted.
+  SecondlyLog compact_log_;
+  struct {
+    uint64_t files = 0, copied = 0, freed = 0;
+  } compact_log_quiet_;
   // The directories of spill files, by path (owned ones and adopted ones).
   std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;
   // Where the objects being spilled will be, by uid: a delete then writes their tombstone.
