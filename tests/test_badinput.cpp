@@ -1715,6 +1715,47 @@ TEST_CASE("a client dropped for its backlog by the reply to its waiting create")
   CHECK(present == 0);
 }
 
+TEST_CASE("protocol errors are logged once a second at most, the others counted in one line") {
+  // A broken client that reconnects in a loop, or a hostile one, must not flood the log.
+  Attacked s;
+  const size_t fds = s.ServerFds();
+  const uint64_t bad_before = s.Stats().total_bad_requests;
+  constexpr int kConns = 300;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kConns; i++) {
+    RawConn c(s.store.socket());
+    REQUIRE(c.ok());
+    REQUIRE(c.Send(Prefix(0)));
+    ExpectProtocolError(c, 0);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(s.Stats().total_bad_requests - bad_before == kConns);
+  // Every one is in the log, by itself or in a count, once its second is over.
+  size_t lines = 0;
+  auto said = [&] {
+    const std::string log = s.store.Log();
+    size_t one = 0, counted = 0;
+    for (size_t at = log.find("; closing its connection"); at != std::string::npos;
+         at = log.find("; closing its connection", at + 1)) {
+      one++;
+    }
+    const std::string more = " more connections closed for protocol errors in the last second";
+    for (size_t at = log.find(more); at != std::string::npos; at = log.find(more, at + 1)) {
+      const size_t b = log.rfind(' ', at - 1);
+      counted += std::stoull(log.substr(b + 1, at - b - 1));
+    }
+    lines = one;
+    return one + counted;
+  };
+  CHECK(test::WaitFor([&] { return said() == kConns; }));
+  INFO(s.store.Log());
+  CHECK(lines >= 1);
+  CHECK(static_cast<double>(lines) <= seconds + 2);
+  s.CheckBaseline(fds);
+  s.CheckServes();
+}
+
 TEST_CASE("hundreds of connections opened and closed quickly leave nothing behind") {
   Attacked s;
   const size_t base = s.ServerFds();

@@ -218,6 +218,7 @@ int Server::Run() {
   uv_check_init(&loop_, &closer_);
   closer_.data = this;
   drop_log_.Init(&loop_, [this] { FlushDropLog(); });
+  protocol_log_.Init(&loop_, [this] { FlushProtocolLog(); });
   if (!Listen()) {
     Shutdown();
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -278,6 +279,7 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
   spiller_.CloseLogs();
   drop_log_.Close();
+  protocol_log_.Close();
   if (metrics_active_) {
     uv_timer_stop(&metrics_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&metrics_timer_), nullptr);
