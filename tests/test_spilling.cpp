@@ -654,6 +654,43 @@ TEST_CASE("read-ahead goes on into the spill file written next") {
   CHECK(Stats(c.get()).used_bytes == 0);
 }
 
+TEST_CASE("objects read ahead but not read yet are dropped before objects that were read") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  test::TestStore s("64M", SpillArgs(dir, {"--restore-readahead", "4M"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket());
+  std::vector<Obj> objs = SpillInOrder(c.get(), "ra-lru-", 8, kMiB);
+  // h is read after the spilled objects were last used.
+  const Obj h = MakeObj("ra-lru-h", 990, kMiB);
+  Put(c.get(), h);
+  ReadBack(c.get(), h);
+  // Two gets in order read 2..5 ahead.
+  ReadBack(c.get(), objs[0]);
+  ReadBack(c.get(), objs[1]);
+  REQUIRE(test::WaitFor([&] {
+    for (int i = 2; i <= 5; i++) {
+      if (Info(c.get(), objs[static_cast<size_t>(i)]).state != STORE_STATE_SEALED) return false;
+    }
+    return true;
+  }));
+  // Nobody has read 2..5: a read-ahead is a guess, so it does not make them recently used.
+  // Evicting one object's worth drops one of them (its copy is on disk: nothing is written)
+  // rather than writing h, which was read.
+  const store_stats before = Stats(c.get());
+  Evict(c.get(), kMiB);
+  CHECK(InMemoryOnly(c.get(), h));
+  CHECK(Stats(c.get()).total_spilled_bytes == before.total_spilled_bytes);
+  int dropped = 0;
+  for (int i = 2; i <= 5; i++) dropped += IsSpilled(c.get(), objs[static_cast<size_t>(i)]) ? 1 : 0;
+  CHECK(dropped >= 1);
+  // Once read, one is recently used like any other object.
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+  for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
+  CHECK(store_delete(c.get(), &h.id) == STORE_OK);
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && SpillFiles(dir).empty(); }));
+}
+
 TEST_CASE("read-ahead takes only memory free below the high mark, and --restore-readahead 0 is off") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");

@@ -111,6 +111,7 @@ struct Spiller::SpillJob {
   uint64_t memory = 0;  // memory the objects hold
   uint64_t file_size = 0;
   Eviction* evict = nullptr;
+  bool readahead = false;  // started by a read-ahead: o's access time stays as it was
   int rc = 0;
   std::string error;
   int64_t ns = 0;
@@ -169,6 +170,7 @@ struct Spiller::RestoreJob {
   spill::RecordLocation location;
   uint8_t* dst = nullptr;
   uint64_t data_size = 0, metadata_size = 0;
+  bool readahead = false;  // started by a read-ahead: o's access time stays as it was
   int rc = 0;
   std::string error;
   int64_t ns = 0;
@@ -1168,7 +1170,7 @@ void Spiller::ReadAhead(ReadaheadStream* s) {
     const uint64_t size = x->data_size + x->metadata_size;
     if (x->state == ObjectState::kSpilled && !x->deleted) {
       if (stopping_ || !pending_restores_.empty() ||
-          region_->allocated_bytes() + size > mark || !TryStartRestore(x)) {
+          region_->allocated_bytes() + size > mark || !TryStartRestore(x, true)) {
         break;
       }
       readahead_restores_++;
@@ -1230,7 +1232,7 @@ bool Spiller::Stall(std::vector<ObjectKey>* ids) {
   return true;
 }
 
-bool Spiller::TryStartRestore(Object* o) {
+bool Spiller::TryStartRestore(Object* o, bool readahead) {
   uint64_t total = o->data_size + o->metadata_size;
   uint64_t usable = 0;
   void* p = region_->Allocate(total, &usable);
@@ -1243,6 +1245,7 @@ bool Spiller::TryStartRestore(Object* o) {
   auto* job = new RestoreJob;
   job->spiller = this;
   job->object = o;
+  job->readahead = readahead;
   job->file = o->spill_file;
   job->file->readers++;
   job->path = o->spill_file->path;
@@ -1288,7 +1291,7 @@ void Spiller::RestoreDone(uv_work_t* req, int /*status*/) {
     s->spill_totals_.restored_objects++;
     s->spill_totals_.restored_bytes += job->location.size;
     s->spill_totals_.restore_ns += static_cast<uint64_t>(job->ns);
-    o->access_ns = RealtimeNs();
+    if (!job->readahead) o->access_ns = RealtimeNs();  // a get's or a prefetch's
     s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
     if (!deleted) s->host_.NotifyWaiters(key);
     s->host_.MaybeFree(o);

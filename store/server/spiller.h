@@ -192,7 +192,9 @@ class Spiller {
   // Takes o off the queue. REQUIRES: o is HeadRestore().
   void PopRestore(const Object* o);
   // Starts restoring o into memory allocated now; false when there is no room.
-  bool TryStartRestore(Object* o);
+  // A read-ahead's restore (a guess) leaves o's access time as it was, so that an object read
+  // ahead and never read is dropped before the objects that were read.
+  bool TryStartRestore(Object* o, bool readahead = false);
   // o cannot be restored: its gets hear the error (code), and the failure is logged (at most
   // once a second, with how many were not).
   void FailRestore(Object* o, int code, const std::string& message);
