@@ -111,7 +111,6 @@ struct Spiller::SpillJob {
   uint64_t memory = 0;  // memory the objects hold
   uint64_t file_size = 0;
   Eviction* evict = nullptr;
-  bool readahead = false;  // started by a read-ahead: o's access time stays as it was
   int rc = 0;
   std::string error;
   int64_t ns = 0;

@@ -208,7 +208,8 @@ class Spiller {
   // the queue, prefetches become plain restores, and the ids of the queued objects are put in
   // *ids. False, doing nothing, when it ran already and nothing was queued since.
   bool Stall(std::vector<ObjectKey>* ids);
-  // A get took a reader of o: a read-ahead stream whose reader that moves on tops its window up.
+  // A get took a reader of o: if a read-ahead stream passed o, its reader is there now, and
+  // the stream tops its window up.
   void MaybeReadAheadOnGet(Object* o) {
     if (o->spill_file != nullptr) ContinueReadAhead(o);
   }
