@@ -215,4 +215,18 @@ pid_t ForkChild(F fn) {
   return pid;
 }
 
+// Events of a kind a server logs one a second at most: the lines that name one (containing
+// `one`; their number goes to *lines) plus the N of the lines "N<more>" that count the others.
+inline size_t LoggedOrCounted(const std::string& log, const std::string& one,
+                              const std::string& more, size_t* lines) {
+  size_t named = 0, counted = 0;
+  for (size_t at = log.find(one); at != std::string::npos; at = log.find(one, at + 1)) named++;
+  for (size_t at = log.find(more); at != std::string::npos; at = log.find(more, at + 1)) {
+    const size_t b = log.rfind(' ', at - 1);
+    counted += std::stoull(log.substr(b + 1, at - b - 1));
+  }
+  *lines = named;
+  return named + counted;
+}
+
 }  // namespace test

@@ -1734,19 +1734,9 @@ TEST_CASE("protocol errors are logged once a second at most, the others counted 
   // Every one is in the log, by itself or in a count, once its second is over.
   size_t lines = 0;
   auto said = [&] {
-    const std::string log = s.store.Log();
-    size_t one = 0, counted = 0;
-    for (size_t at = log.find("; closing its connection"); at != std::string::npos;
-         at = log.find("; closing its connection", at + 1)) {
-      one++;
-    }
-    const std::string more = " more connections closed for protocol errors in the last second";
-    for (size_t at = log.find(more); at != std::string::npos; at = log.find(more, at + 1)) {
-      const size_t b = log.rfind(' ', at - 1);
-      counted += std::stoull(log.substr(b + 1, at - b - 1));
-    }
-    lines = one;
-    return one + counted;
+    return test::LoggedOrCounted(
+        s.store.Log(), "; closing its connection",
+        " more connections closed for protocol errors in the last second", &lines);
   };
   CHECK(test::WaitFor([&] { return said() == kConns; }));
   INFO(s.store.Log());

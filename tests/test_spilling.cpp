@@ -1454,25 +1454,15 @@ TEST_CASE("compactions are logged once a second at most, the others counted in o
   for (const Obj& o : large) ids.push_back(o.id);
   REQUIRE(store_delete_many(c.get(), ids.data(), ids.size(), nullptr) == STORE_OK);
   REQUIRE(test::WaitFor([&] { return Stats(c.get()).total_compactions == kFiles; }));
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Every compaction is in the log, one by one or in a count, once the second is over.
-  auto said = [&](size_t* lines) {
-    const std::string log = s.Log();
-    size_t one = 0, counted = 0;
-    for (size_t at = log.find("compacted spill file "); at != std::string::npos;
-         at = log.find("compacted spill file ", at + 1)) {
-      one++;
-    }
-    const std::string more = " more spill files compacted in the last second";
-    for (size_t at = log.find(more); at != std::string::npos; at = log.find(more, at + 1)) {
-      size_t b = log.rfind(' ', at - 1);
-      counted += std::stoull(log.substr(b + 1, at - b - 1));
-    }
-    *lines = one;
-    return one + counted;
-  };
   size_t lines = 0;
-  CHECK(test::WaitFor([&] { return said(&lines) == kFiles; }));
+  auto said = [&] {
+    return test::LoggedOrCounted(s.Log(), "compacted spill file ",
+                                 " more spill files compacted in the last second", &lines);
+  };
+  CHECK(test::WaitFor([&] { return said() == kFiles; }));
   INFO(s.Log());
   CHECK(lines >= 1);
   CHECK(static_cast<double>(lines) <= seconds + 2);
