@@ -546,7 +546,8 @@ bool Restored(store_client* c, const Obj& o) {
   return i.state == STORE_STATE_SEALED || i.state == STORE_STATE_RESTORING;
 }
 
-TEST_CASE("read-ahead: gets in spill-file order keep the objects that follow restored, a window ahead") {
+TEST_CASE("read-ahead: gets in spill-file order keep the objects that follow restored, a window "
+          "ahead") {
   TempDir tmp;
   const std::string dir = tmp.Sub("spill");
   // A window of 4 objects of 1 MiB.
