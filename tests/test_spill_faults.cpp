@@ -4,6 +4,7 @@
 // compactions that cannot be written. Clients talk to it through the C API as usual.
 #include <doctest.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -133,6 +136,32 @@ bool EvictSucceeds(store_client* c, uint64_t* spilled) {
       [&] { return store_evict(c, kAll, spilled) == STORE_OK && *spilled > 0; },
       std::chrono::seconds(10));
 }
+
+// What this process writes to its standard error (the in-process server's log) while it lives.
+class StderrCapture {
+ public:
+  explicit StderrCapture(const std::string& path) : path_(path) {
+    saved_ = dup(STDERR_FILENO);
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(dup2(fd, STDERR_FILENO) == STDERR_FILENO);
+    close(fd);
+  }
+  ~StderrCapture() {
+    dup2(saved_, STDERR_FILENO);
+    close(saved_);
+  }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+  std::string Text() const {
+    std::ifstream f(path_);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
 
 }  // namespace
 
@@ -448,6 +477,45 @@ TEST_CASE("a compaction that cannot write its new file: counted as failed, the o
   st = Stats(c.get());
   CHECK(st.total_compact_failures == 1);
   CHECK(st.total_compactions == 0);
+  c.reset();
+  CHECK(s.Stop() == 0);
+}
+
+TEST_CASE("compactions that fail one after another are logged once a second at most") {
+  TempDir logs;
+  StderrCapture err(logs.path + "/stderr");
+  InProcessStore s;  // --spill-compact 0.5 (the default)
+  ClientPtr c = Connect(s);
+  // Six spill files of four objects; deleting three of each makes more than half of it dead.
+  constexpr int kFiles = 6;
+  std::vector<std::vector<Obj>> files;
+  for (int f = 0; f < kFiles; f++) {
+    files.push_back(PutMany(c.get(), "cmpfails" + std::to_string(f), 4, kMiB, 1000 + 10 * f));
+    uint64_t spilled = 0;
+    REQUIRE(EvictSucceeds(c.get(), &spilled));
+  }
+  REQUIRE(Stats(c.get()).spill_files == kFiles);
+  // A disk that fails every compaction's writes: each fails in turn, at once.
+  s.env().FailWritesTo(".bin.tmp", EIO);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const auto& objs : files) {
+    for (size_t i = 0; i < 3; i++) Delete(c.get(), objs[i]);
+  }
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).total_compact_failures == kFiles; }));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  size_t lines = 0;
+  CHECK(test::WaitFor([&] {
+    return test::LoggedOrCounted(err.Text(), "cannot compact spill file ",
+                                 " more compactions failed in the last second", &lines) == kFiles;
+  }));
+  INFO(err.Text());
+  CHECK(lines >= 1);
+  CHECK(static_cast<double>(lines) <= seconds + 2);
+  s.env().FailWritesTo("", 0);
+  for (const auto& objs : files) ReadBack(c.get(), objs[3]);
+  for (const auto& objs : files) Delete(c.get(), objs[3]);
+  CHECK(test::WaitFor([&] { return Stats(c.get()).spill_files == 0; }));
   c.reset();
   CHECK(s.Stop() == 0);
 }

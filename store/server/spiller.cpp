@@ -194,6 +194,7 @@ bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
   if (!OpenDirs(error)) return false;
   restore_log_.Init(loop_, [this] { FlushRestoreLog(); });
   compact_log_.Init(loop_, [this] { FlushCompactLog(); });
+  compact_fail_log_.Init(loop_, [this] { FlushCompactFailLog(); });
   return true;
 }
 
@@ -202,6 +203,7 @@ void Spiller::Stop() { stopping_ = true; }
 void Spiller::CloseLogs() {
   restore_log_.Close();
   compact_log_.Close();
+  compact_fail_log_.Close();
 }
 
 void Spiller::Close() {
@@ -1008,8 +1010,14 @@ void Spiller::EndCompaction(CompactJob* job) {
   if (job->rc != 0) {
     compact_totals_.failures++;
     f->compact_after_ns = MonotonicNs() + 60ll * 1000000000;  // not again for a minute
-    LOG_WARN("cannot compact spill file %s (it stays as it is): %s", job->from_path.c_str(),
-             job->error.c_str());
+    // One line a second at most: a failing disk fails the compaction of every file that asks.
+    if (compact_fail_log_.NowOrLater(stopping_)) {
+      FlushCompactFailLog();
+      LOG_WARN("cannot compact spill file %s (it stays as it is): %s", job->from_path.c_str(),
+               job->error.c_str());
+    } else {
+      compact_fail_log_quiet_++;
+    }
   }
   f->compacting = false;
   compact_job_ = nullptr;
@@ -1365,6 +1373,13 @@ void Spiller::FlushCompactLog() {
            "by one)",
            compact_log_quiet_.files, compact_log_quiet_.copied, compact_log_quiet_.freed);
   compact_log_quiet_ = {};
+}
+
+void Spiller::FlushCompactFailLog() {
+  if (compact_fail_log_quiet_ == 0) return;
+  LOG_WARN("%" PRIu64 " more compactions failed in the last second (their files stay as they "
+           "are; not logged one by one)", compact_fail_log_quiet_);
+  compact_fail_log_quiet_ = 0;
 }
 
 void Spiller::FlushRestoreLog() {

@@ -155,8 +155,8 @@ class Spiller {
   bool Open(uv_loop_t* loop, Region* region, std::string* error);
   // The server is shutting down: no spill, compaction or read-ahead starts from now on.
   void Stop();
-  // At stop, after Stop(): the restore failures and compactions not logged yet are said, and
-  // the logs' timers go.
+  // At stop, after Stop(): the restore failures and compactions (done or failed) not logged yet
+  // are said, and the logs' timers go.
   void CloseLogs();
   // After the loop ended: closes the DELETED logs and releases the spill directories (the
   // spill files of live objects stay).
@@ -265,6 +265,7 @@ class Spiller {
   static void RestoreDone(uv_work_t* req, int status);
   void FlushRestoreLog();
   void FlushCompactLog();
+  void FlushCompactFailLog();
   // Read-ahead (--restore-readahead): a get that restores the record right after the one the
   // last such get restored, in the same spill file, starts a stream. The stream keeps the
   // objects that follow restored (or being restored), up to --restore-readahead bytes ahead of
@@ -356,6 +357,8 @@ class Spiller {
   struct {
     uint64_t files = 0, copied = 0, freed = 0;
   } compact_log_quiet_;
+  SecondlyLog compact_fail_log_;  // failed compactions likewise
+  uint64_t compact_fail_log_quiet_ = 0;
   // The directories of spill files, by path (owned ones and adopted ones).
   std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;
   // Where the objects being spilled will be, by uid: a delete then writes their tombstone.
