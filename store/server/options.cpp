@@ -86,7 +86,7 @@ const char* HelpText() {
          "  --restore-readahead SIZE  when objects are read back from a spill file in the\n"
          "                       order they were written, keep up to SIZE of the ones that\n"
          "                       follow restored ahead of the reader, into free memory\n"
-         "                       below --spill-high only (default 32M; 0 = never)\n"
+         "                       below --spill-high only (default 128M; 0 = never)\n"
          "  --recover            serve the objects that a previous store left in the spill\n"
          "                       directories (without it they are removed at start)\n"
          "  --log-level LEVEL    error, warn, info or debug (default: info)\n"

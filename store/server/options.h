@@ -26,7 +26,7 @@ struct ServerOptions {
   uint32_t spill_file_max_objects = 2000;       // --spill-file-max-objects
   double disk_threshold = 0.95;         // --disk-threshold
   double spill_compact = 0.5;           // --spill-compact: rewrite a file once this much is dead
-  uint64_t restore_readahead = 32ull << 20;  // --restore-readahead: bytes restored ahead; 0 = off
+  uint64_t restore_readahead = 128ull << 20;  // --restore-readahead: bytes restored ahead; 0 = off
   bool recover = false;                 // --recover
   WhenFull when_full = WhenFull::kRefuse;  // --when-full refuse|drop (drop: not with --spill-dir)
   LogLevel log_level = LogLevel::kInfo;
