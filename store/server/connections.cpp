@@ -386,23 +386,13 @@ void Server::SendEmpty(Client* c, uint64_t seq, Body type, flatbuffers::Offset<v
 
 void Server::ProtocolError(Client* c, uint64_t seq, const std::string& message) {
   // One a second at most: a broken client reconnecting in a loop must not flood the log.
-  if (protocol_log_.NowOrLater(stopping_)) {
-    FlushProtocolLog();
+  if (protocol_log_.Now(stopping_)) {
     LOG_WARN("client %" PRIu64 " (%s, pid %d): %s; closing its connection", c->id,
              c->name.c_str(), static_cast<int>(c->pid), message.c_str());
-  } else {
-    protocol_unlogged_++;
   }
   totals_.bad_requests++;
   SendError(c, seq, STORE_EPROTO, message);
   CloseClient(c, "protocol error");
-}
-
-void Server::FlushProtocolLog() {
-  if (protocol_unlogged_ == 0) return;
-  LOG_WARN("%" PRIu64 " more connections closed for protocol errors in the last second (not "
-           "logged one by one)", protocol_unlogged_);
-  protocol_unlogged_ = 0;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // secondly_log.cpp - log lines written at most once a second (see secondly_log.h).
 #include "server/secondly_log.h"
 
+#include <cinttypes>
 #include <utility>
 
 #include "server/util.h"
@@ -39,6 +40,28 @@ bool SecondlyLog::NowOrLater(bool stopping) {
         static_cast<uint64_t>((until_ - now) / 1000000 + 1), 0);
   }
   return false;
+}
+
+void CountedLog::Init(uv_loop_t* loop, LogLevel level, std::string what) {
+  level_ = level;
+  what_ = std::move(what);
+  log_.Init(loop, [this] { Flush(); });
+}
+
+bool CountedLog::Now(bool stopping) {
+  if (log_.NowOrLater(stopping)) {
+    Flush();
+    return true;
+  }
+  quiet_++;
+  return false;
+}
+
+void CountedLog::Flush() {
+  if (quiet_ == 0) return;
+  STORE_LOG(level_, "%" PRIu64 " more %s in the last second (not logged one by one)", quiet_,
+            what_.c_str());
+  quiet_ = 0;
 }
 
 }  // namespace store

@@ -1,7 +1,8 @@
 // secondly_log.h - a kind of log line written at most once a second.
 //
 // Owns: one loop timer, which flushes what was counted when the second is over.
-// Called by: Server (--when-full drops) and Spiller (restore failures, compactions).
+// Called by: Server (--when-full drops, protocol errors) and Spiller (restore failures,
+// compactions and their failures).
 // Threads: the loop thread only.
 //
 // What happens in between is counted by the caller, and its flush says it when the second is
@@ -13,6 +14,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
+
+#include "server/log.h"
 
 namespace store {
 
@@ -31,6 +35,24 @@ class SecondlyLog {
   uv_timer_t timer_{};
   bool timer_on_ = false;
   int64_t until_ = 0;  // monotonic ns: events before then are counted for the timer's line
+};
+
+// Events of one kind where the first of each second is logged by itself and the others are
+// counted: "N more <what> in the last second (not logged one by one)" when the second is over.
+class CountedLog {
+ public:
+  void Init(uv_loop_t* loop, LogLevel level, std::string what);
+  void Close() { log_.Close(); }
+  // True if this event is to be logged by itself now (what was counted is said first); else it
+  // is counted.
+  bool Now(bool stopping);
+
+ private:
+  void Flush();
+  SecondlyLog log_;
+  LogLevel level_ = LogLevel::kWarn;
+  std::string what_;
+  uint64_t quiet_ = 0;
 };
 
 }  // namespace store

@@ -218,7 +218,7 @@ int Server::Run() {
   uv_check_init(&loop_, &closer_);
   closer_.data = this;
   drop_log_.Init(&loop_, [this] { FlushDropLog(); });
-  protocol_log_.Init(&loop_, [this] { FlushProtocolLog(); });
+  protocol_log_.Init(&loop_, LogLevel::kWarn, "connections closed for protocol errors");
   if (!Listen()) {
     Shutdown();
     uv_run(&loop_, UV_RUN_DEFAULT);

@@ -172,7 +172,6 @@ class Server final : private Spiller::Host {
   // Counts drops; logs them at most once a second, aggregated (FlushDropLog).
   void NoteDrops(uint64_t objects, uint64_t bytes);
   void FlushDropLog();
-  void FlushProtocolLog();
   void ReplyCreated(Client* c, uint64_t seq, const Object* o);
   void SealObject(Object* o);
   // Tells the gets waiting for this id that its object changed: sealed, restored, failed to
@@ -290,9 +289,8 @@ class Server final : private Spiller::Host {
     uint64_t objects = 0, bytes = 0;
   } drop_totals_, drop_unlogged_;
   SecondlyLog drop_log_;
-  // Protocol errors: one logged a second at most, the others counted (FlushProtocolLog).
-  SecondlyLog protocol_log_;
-  uint64_t protocol_unlogged_ = 0;
+  // Protocol errors: one logged a second at most, the others counted.
+  CountedLog protocol_log_;
   int64_t start_ns_ = 0;
   int64_t start_realtime_ns_ = 0;  // CLOCK_REALTIME at start (store_stats.start_time_ns)
   uint64_t instance_id_ = 0;       // random, never 0 (store_stats.instance_id)

@@ -192,9 +192,9 @@ bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
   loop_ = loop;
   region_ = region;
   if (!OpenDirs(error)) return false;
-  restore_log_.Init(loop_, [this] { FlushRestoreLog(); });
-  compact_log_.Init(loop_, [this] { FlushCompactLog(); });
-  compact_fail_log_.Init(loop_, [this] { FlushCompactFailLog(); });
+  restore_log_.Init(loop_, LogLevel::kError, "restores failed");
+  compact_log_.Init(loop_, LogLevel::kInfo, "spill files compacted");
+  compact_fail_log_.Init(loop_, LogLevel::kWarn, "compactions failed");
   return true;
 }
 
@@ -985,22 +985,14 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
     nf->live_objects++;
     nf->live_bytes += now.size;
   }
-  const uint64_t freed = f->size > job->file_size ? f->size - job->file_size : 0;
   s->compact_totals_.files++;
   s->compact_totals_.bytes_copied += job->file_size;
-  s->compact_totals_.bytes_freed += freed;
-  // One line a second at most; the others are counted in the next.
-  if (s->compact_log_.NowOrLater(s->stopping_)) {
-    s->FlushCompactLog();
-    LOG_INFO("compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
-             " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
-  } else {
-    s->compact_log_quiet_.files++;
-    s->compact_log_quiet_.copied += job->file_size;
-    s->compact_log_quiet_.freed += freed;
-    LOG_DEBUG("compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
-              " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
-  }
+  s->compact_totals_.bytes_freed += f->size > job->file_size ? f->size - job->file_size : 0;
+  // One line a second at most (info); the others are counted, and each is said at debug level.
+  const LogLevel level = s->compact_log_.Now(s->stopping_) ? LogLevel::kInfo : LogLevel::kDebug;
+  STORE_LOG(level,
+            "compacted spill file %s (%" PRIu64 " of %" PRIu64 " bytes dead) into %s (%" PRIu64
+            " bytes)", f->path.c_str(), f->dead_bytes, f->size, nf->path.c_str(), nf->size);
   if (nf->live_objects == 0) s->RemoveSpillFile(nf);
   s->EndCompaction(job);
 }
@@ -1011,12 +1003,9 @@ void Spiller::EndCompaction(CompactJob* job) {
     compact_totals_.failures++;
     f->compact_after_ns = MonotonicNs() + 60ll * 1000000000;  // not again for a minute
     // One line a second at most: a failing disk fails the compaction of every file that asks.
-    if (compact_fail_log_.NowOrLater(stopping_)) {
-      FlushCompactFailLog();
+    if (compact_fail_log_.Now(stopping_)) {
       LOG_WARN("cannot compact spill file %s (it stays as it is): %s", job->from_path.c_str(),
                job->error.c_str());
-    } else {
-      compact_fail_log_quiet_++;
     }
   }
   f->compacting = false;
@@ -1357,36 +1346,10 @@ void Spiller::FailRestore(Object* o, int code, const std::string& message) {
   o->restore_error = static_cast<int16_t>(code);
   // Logged once per second at most, with how many were not: a prefetch of many spilled
   // objects on a failing disk must not flood the log.
-  if (restore_log_.NowOrLater(stopping_)) {
-    FlushRestoreLog();
+  if (restore_log_.Now(stopping_)) {
     LOG_ERROR("cannot restore object %s: %s", Hex(o->id).c_str(), message.c_str());
-  } else {
-    restore_log_quiet_++;
   }
   host_.NotifyWaiters(o->id);
-}
-
-void Spiller::FlushCompactLog() {
-  if (compact_log_quiet_.files == 0) return;
-  LOG_INFO("%" PRIu64 " more spill files compacted in the last second (%" PRIu64
-           " bytes copied into new files, %" PRIu64 " bytes of disk given back; not logged one "
-           "by one)",
-           compact_log_quiet_.files, compact_log_quiet_.copied, compact_log_quiet_.freed);
-  compact_log_quiet_ = {};
-}
-
-void Spiller::FlushCompactFailLog() {
-  if (compact_fail_log_quiet_ == 0) return;
-  LOG_WARN("%" PRIu64 " more compactions failed in the last second (their files stay as they "
-           "are; not logged one by one)", compact_fail_log_quiet_);
-  compact_fail_log_quiet_ = 0;
-}
-
-void Spiller::FlushRestoreLog() {
-  if (restore_log_quiet_ == 0) return;
-  LOG_ERROR("%" PRIu64 " more restores failed in the last second (not logged one by one)",
-            restore_log_quiet_);
-  restore_log_quiet_ = 0;
 }
 
 }  // namespace store

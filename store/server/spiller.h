@@ -263,9 +263,6 @@ class Spiller {
   bool RestoreWanted(const Object* o) const;
   static void RestoreWork(uv_work_t* req);
   static void RestoreDone(uv_work_t* req, int status);
-  void FlushRestoreLog();
-  void FlushCompactLog();
-  void FlushCompactFailLog();
   // Read-ahead (--restore-readahead): a get that restores the record right after the one the
   // last such get restored, in the same spill file, starts a stream. The stream keeps the
   // objects that follow restored (or being restored), up to --restore-readahead bytes ahead of
@@ -349,16 +346,9 @@ class Spiller {
   } readahead_[kReadaheadStreams];
   uint64_t readahead_clock_ = 0;
   uint64_t readahead_restores_ = 0;  // restores started by read-ahead (debug log)
-  // Restore failures are logged once per second, with how many were not (FlushRestoreLog).
-  SecondlyLog restore_log_;
-  uint64_t restore_log_quiet_ = 0;
-  // Compactions likewise (churn compacts many small files a second): the others are counted.
-  SecondlyLog compact_log_;
-  struct {
-    uint64_t files = 0, copied = 0, freed = 0;
-  } compact_log_quiet_;
-  SecondlyLog compact_fail_log_;  // failed compactions likewise
-  uint64_t compact_fail_log_quiet_ = 0;
+  // One restore failure, compaction (churn compacts many small files a second) and failed
+  // compaction is logged a second at most; the others are counted.
+  CountedLog restore_log_, compact_log_, compact_fail_log_;
   // The directories of spill files, by path (owned ones and adopted ones).
   std::unordered_map<std::string, std::unique_ptr<SpillDirState>> dir_states_;
   // Where the objects being spilled will be, by uid: a delete then writes their tombstone.
