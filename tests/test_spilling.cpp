@@ -546,6 +546,16 @@ bool Restored(store_client* c, const Obj& o) {
   return i.state == STORE_STATE_SEALED || i.state == STORE_STATE_RESTORING;
 }
 
+// Waits until objs[first..last] are all in memory, their restores done.
+bool WaitSealed(store_client* c, const std::vector<Obj>& objs, size_t first, size_t last) {
+  return test::WaitFor([&] {
+    for (size_t i = first; i <= last; i++) {
+      if (Info(c, objs[i]).state != STORE_STATE_SEALED) return false;
+    }
+    return true;
+  });
+}
+
 TEST_CASE("read-ahead: gets in spill-file order keep the objects that follow restored, a window "
           "ahead") {
   TempDir tmp;
@@ -574,20 +584,15 @@ TEST_CASE("read-ahead: gets in spill-file order keep the objects that follow res
   CHECK(restored_through(5));
   // Each get inside the window slides it: the stream stays a window ahead of its reader, one
   // object at a time, instead of waiting for the reader to use up a window before the next.
-  REQUIRE(test::WaitFor([&] { return Info(c.get(), objs[2]).state == STORE_STATE_SEALED; }));
+  REQUIRE(WaitSealed(c.get(), objs, 2, 2));
   ReadBack(c.get(), objs[2]);
   CHECK(restored_through(6));
-  REQUIRE(test::WaitFor([&] { return Info(c.get(), objs[3]).state == STORE_STATE_SEALED; }));
+  REQUIRE(WaitSealed(c.get(), objs, 3, 3));
   ReadBack(c.get(), objs[3]);
   CHECK(restored_through(7));
   // Every object reads back intact, in turn; the stream keeps ahead to the end. (Restores are
   // counted when done: 4..7 first.)
-  REQUIRE(test::WaitFor([&] {
-    for (int i = 4; i <= 7; i++) {
-      if (Info(c.get(), objs[static_cast<size_t>(i)]).state != STORE_STATE_SEALED) return false;
-    }
-    return true;
-  }));
+  REQUIRE(WaitSealed(c.get(), objs, 4, 7));
   store_stats before = Stats(c.get());
   for (int i = 4; i < 16; i++) ReadBack(c.get(), objs[static_cast<size_t>(i)]);
   store_stats after = Stats(c.get());
@@ -642,12 +647,10 @@ TEST_CASE("read-ahead goes on into the spill file written next") {
   for (int i = 6; i < 12; i++) CHECK(IsSpilled(c.get(), objs[static_cast<size_t>(i)]));
   // Read in turn to the end, across both boundaries, nothing is restored on demand: each get
   // finds its object restored or being restored by the stream.
-  for (int i = 2; i < 12; i++) {
-    CHECK(Restored(c.get(), objs[static_cast<size_t>(i)]));
-    REQUIRE(test::WaitFor([&] {
-      return Info(c.get(), objs[static_cast<size_t>(i)]).state == STORE_STATE_SEALED;
-    }));
-    ReadBack(c.get(), objs[static_cast<size_t>(i)]);
+  for (size_t i = 2; i < 12; i++) {
+    CHECK(Restored(c.get(), objs[i]));
+    REQUIRE(WaitSealed(c.get(), objs, i, i));
+    ReadBack(c.get(), objs[i]);
   }
   CHECK(Stats(c.get()).total_restore_failures == 0);
   for (const Obj& o : objs) CHECK(store_delete(c.get(), &o.id) == STORE_OK);
@@ -669,12 +672,7 @@ TEST_CASE("objects read ahead but not read yet are dropped before objects that w
   // Two gets in order read 2..5 ahead.
   ReadBack(c.get(), objs[0]);
   ReadBack(c.get(), objs[1]);
-  REQUIRE(test::WaitFor([&] {
-    for (int i = 2; i <= 5; i++) {
-      if (Info(c.get(), objs[static_cast<size_t>(i)]).state != STORE_STATE_SEALED) return false;
-    }
-    return true;
-  }));
+  REQUIRE(WaitSealed(c.get(), objs, 2, 5));
   // Nobody has read 2..5: a read-ahead is a guess, so it does not make them recently used.
   // Evicting one object's worth drops one of them (its copy is on disk: nothing is written)
   // rather than writing h, which was read.
