@@ -367,6 +367,8 @@ int store_stats_get(store_client* client, store_stats* stats) {
     full.total_compact_bytes_copied = s->total_compact_bytes_copied();
     full.total_compact_bytes_freed = s->total_compact_bytes_freed();
     full.total_compact_failures = s->total_compact_failures();
+    full.limit_objects = s->limit_objects();
+    full.refused_objects = s->refused_objects();
     storeclient::WriteOutStruct(full, stats, caller_size);
     return STORE_OK;
   });

@@ -317,6 +317,13 @@ typedef struct store_stats {
                                             summed */
     uint64_t total_compact_failures;     /* compactions that failed; nothing is lost: the old
                                             file stays as it was (not tried for a minute) */
+    /* Added in 0.2: --max-objects. Whatever its size, an object costs the server about 200
+     * bytes of its own memory, in memory or spilled; the store holds at most this many (every
+     * state, deleted ones still read included). A create over it gets STORE_ELIMIT, or with
+     * `--when-full drop` drops the least valuable unused objects first. */
+    uint64_t limit_objects;              /* --max-objects (by default one object per 2 KiB of
+                                            the machine's memory, at least 2^20) */
+    uint64_t refused_objects;            /* creates refused over it since start */
 } store_stats;
 #if defined(__cplusplus)
 #define STORE_STATS_INIT                                              \
@@ -470,7 +477,9 @@ STORE_API void store_client_free(store_client *client);
  * disk; STORE_EINVAL for a zero size, a size that can never fit, or bad options;
  * STORE_ENOTSUP for a GPU object on a store without GPU objects; STORE_ELIMIT if it would wait
  * and this client, or all of them, already have as many creates and gets waiting as the store
- * allows (its --max-client-waiting and --max-waiting-bytes; the message says which);
+ * allows (its --max-client-waiting and --max-waiting-bytes; the message says which), or at once
+ * whatever the timeout if the store holds as many objects as its --max-objects allows
+ * (store_stats.limit_objects);
  * STORE_ECONN if the connection is lost; STORE_ENOMEM if this process is out of memory.
  * GPU objects (opts->device >= 0) live in device memory the store owns: write them through
  * store_writer_device_ptr() (or store_writer_write(), which copies from the host); readers in
@@ -506,8 +515,8 @@ STORE_API int store_writer_device_ptr(store_writer *w, void **dptr, int *device)
  * STORE_ECONN if the connection is lost (the server then aborts the object); STORE_EMISUSE in a
  * forked child (the writer is the parent's: only the child's handle is freed). For a staged
  * (small) object the seal is also its create, so it may return what store_create() returns
- * (STORE_EEXISTS, STORE_ENOSPACE, STORE_ETIMEDOUT, STORE_ENODISK, STORE_EPERM), after waiting
- * for space as opts->timeout_ms of the create said. */
+ * (STORE_EEXISTS, STORE_ENOSPACE, STORE_ETIMEDOUT, STORE_ENODISK, STORE_EPERM, STORE_ELIMIT),
+ * after waiting for space as opts->timeout_ms of the create said. */
 STORE_API int store_writer_seal(store_writer *w);
 
 /* Throws the object away, frees its memory and the writer (a staged object: nothing is sent).

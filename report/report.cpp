@@ -135,6 +135,8 @@ Json JsonStats(const store_stats& s) {
   j["refused_clients"] = s.refused_clients;
   j["accept_failures"] = s.accept_failures;
   j["refused_gpu_fds"] = s.refused_gpu_fds;
+  j["limit_objects"] = s.limit_objects;
+  j["refused_objects"] = s.refused_objects;
   j["waiting_gets"] = s.waiting_gets;
   j["waiting_creates"] = s.waiting_creates;
   j["total_creates"] = s.total_creates;
@@ -421,6 +423,7 @@ void PrintLimits(const store_stats& s, FILE* out) {
   row("failed accepts (descriptor limit)", "-", n(s.fd_limit), s.accept_failures);
   row("unsent GPU fds (limit per client)", n(s.pending_fds), n(s.limit_client_gpu_fds),
       s.refused_gpu_fds);
+  row("objects", n(s.object_count), n(s.limit_objects), s.refused_objects);
 }
 }  // namespace
 
@@ -736,6 +739,8 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   u("pending_fds", s.pending_fds);
   u("limit_client_gpu_fds", s.limit_client_gpu_fds);
   u("refused_gpu_fds", s.refused_gpu_fds);
+  u("limit_objects", s.limit_objects);
+  u("refused_objects", s.refused_objects);
   fputc('\n', out);
 
   fputs("# gpu\n", out);

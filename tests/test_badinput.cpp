@@ -1941,6 +1941,100 @@ TEST_CASE("waiting creates past --max-waiting-bytes get STORE_ELIMIT; the server
   CHECK(s.Stats().object_count == 0);  // the raw creators' objects were aborted with them
 }
 
+TEST_CASE("objects past --max-objects get STORE_ELIMIT, spilled ones counted; the server's memory "
+          "stays bounded") {
+  // Whatever its size, an object costs the server about 200 bytes of its own memory: 8 million
+  // objects of one byte, spilled, took a store's RSS from 72 MB to 1.7 GB on 421 MB of disk.
+  test::TempDir tmp;
+  Attacked s("64M", {"--max-objects", "20000", "--spill-dir", tmp.Sub("spill")});
+  Witnesses before(s);
+  for (int i = 0; i < 8; i++) before.Put("before-" + std::to_string(i));
+  CHECK(s.Stats().limit_objects == 20000);
+  const size_t base_fds = s.ServerFds();
+  const uint64_t rss_before = RssKib(s.store.pid());
+
+  store_client* bad = nullptr;
+  store_connect_options o = STORE_CONNECT_OPTIONS_INIT;
+  o.client_name = "attacker";
+  REQUIRE(store_client_connect(&bad, s.store.socket().c_str(), &o) == STORE_OK);
+  // 300,000 objects of one byte, 4096 to a call; the first 10,000 are spilled to disk, which
+  // frees their memory but not what the server keeps for each.
+  constexpr size_t kBatch = 4096, kTries = 300000;
+  std::vector<store_object_id> ids(kBatch);
+  std::vector<const void*> datas(kBatch);
+  std::vector<uint64_t> sizes(kBatch, 1);
+  const char one = 'x';
+  size_t put = 0, tried = 0, refused_calls = 0;
+  bool spilled = false;
+  std::string why;
+  auto t0 = std::chrono::steady_clock::now();
+  for (; tried < kTries; tried += kBatch) {
+    for (size_t i = 0; i < kBatch; i++) {
+      ids[i] = CIdOf("tiny-" + std::to_string(tried + i));
+      datas[i] = &one;
+    }
+    size_t done = 0;
+    int rc = store_put_many(bad, ids.data(), datas.data(), sizes.data(), kBatch, nullptr, &done);
+    put += done;
+    if (rc != STORE_OK) {
+      CHECK(rc == STORE_ELIMIT);
+      why = store_last_error_message();
+      refused_calls++;
+    }
+    if (!spilled && put >= 10000) {
+      uint64_t n = 0;
+      REQUIRE(store_evict(bad, UINT64_MAX, &n) == STORE_OK);
+      spilled = true;
+    }
+  }
+  const auto sent_ms =
+      std::chrono::duration_cast<Ms>(std::chrono::steady_clock::now() - t0).count();
+  store_stats st = s.Stats();
+  INFO("put " << put << ", objects " << st.object_count << ", spilled " << st.spilled_count
+              << ", refused " << st.refused_objects << "; " << why);
+  CHECK(put == 20000 - 8);
+  CHECK(st.object_count == 20000);
+  CHECK(st.spilled_count >= 10000);
+  CHECK(st.refused_objects == tried - put);
+  CHECK(refused_calls >= (tried - 20000) / kBatch);
+  CHECK(why.find("--max-objects") != std::string::npos);
+  CHECK(why.find("20000") != std::string::npos);
+  const uint64_t rss_after = RssKib(s.store.pid());
+  MESSAGE("server RSS " << rss_before / 1024 << " MiB -> " << rss_after / 1024 << " MiB with "
+                        << st.object_count << " objects, " << st.refused_objects
+                        << " refused, in " << sent_ms << " ms");
+  if (kRssIsHeap) {
+    CHECK(rss_after < rss_before + 24 * 1024);  // 20,000 objects, not 300,000 (60 MB)
+  }
+  // Every client is refused alike (objects belong to no client), and reads go on.
+  store_object_id more = CIdOf("one more");
+  CHECK(store_put(s.good, &more, &one, 1, nullptr) == STORE_ELIMIT);
+  before.CheckIntact();
+  // Once per burst in the log, naming the client.
+  const size_t lines = LogLines(s.store, "limit --max-objects");
+  CHECK(lines >= 1);
+  CHECK(lines <= static_cast<size_t>(sent_ms / 1000 + 2));
+  CHECK(s.store.Log().find("'attacker'") != std::string::npos);
+  // Deletes make room again.
+  for (size_t i = 0; i < put; i++) {
+    store_object_id id = CIdOf("tiny-" + std::to_string(i));
+    REQUIRE(store_delete(bad, &id) == STORE_OK);
+  }
+  store_client_free(bad);
+  s.CheckServes();
+  before.CheckIntact();
+  before.DeleteAll();
+  s.CheckBaseline(base_fds);
+  CHECK(s.Stats().object_count == 0);
+}
+
+TEST_CASE("--max-objects by default: one object per 2 KiB of the machine's memory, at least 2^20") {
+  Attacked s("64M");
+  const uint64_t ram = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                       static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  CHECK(s.Stats().limit_objects == std::max<uint64_t>(uint64_t{1} << 20, ram / 2048));
+}
+
 TEST_CASE("waiting gets past --max-client-waiting get STORE_ELIMIT and the connection stays open") {
   Attacked s("64M", {"--max-client-waiting", "4"});
   const size_t base_fds = s.ServerFds();

@@ -439,7 +439,7 @@ TEST_CASE("store-top --once prints the workload's figures exactly") {
   // The limits: the figures each watches, the limits of a store started without limit flags
   // (--max-clients from its descriptor limit), and no hit.
   auto limits = Section(r.out, "limits ");
-  REQUIRE(limits.size() == 8);
+  REQUIRE(limits.size() == 9);
   auto words = [](const std::string& line) {
     std::string out;
     for (const auto& t : Tokens(line)) out += (out.empty() ? "" : " ") + t;
@@ -453,6 +453,10 @@ TEST_CASE("store-top --once prints the workload's figures exactly") {
   CHECK(clients_row[0] == 3);
   CHECK(clients_row[1] > 0);
   CHECK(clients_row[2] == 0);
+  auto objects_row = Row(limits, "objects", 3);
+  CHECK(objects_row[0] == 10);
+  CHECK(objects_row[1] >= (1u << 20));
+  CHECK(objects_row[2] == 0);
 
   auto ops = Section(r.out, "operations since start");
   CHECK(Row(ops, "create", 1)[0] == 10);
@@ -554,6 +558,8 @@ TEST_CASE("store-top --json prints one document with the workload's figures") {
     CHECK(s["limit_clients"].U() > 0);
     CHECK(s["refused_clients"].U() == 0);
     CHECK(s["closed_partial"].U() == 0);
+    CHECK(s["limit_objects"].U() >= (1u << 20));
+    CHECK(s["refused_objects"].U() == 0);
 
     const Json& d = j["derived"];
     CHECK(d["free_bytes"].U() == Workload::kCapacity - Workload::kUsedBytes);
@@ -736,6 +742,8 @@ TEST_CASE("PrintInfo prints INFO sections") {
   CHECK(kv["closed_backlog"] == "0");
   CHECK(kv["partial_bytes"] == "0");
   CHECK(std::stoull(kv["limit_clients"]) > 0);
+  CHECK(std::stoull(kv["limit_objects"]) >= (1u << 20));
+  CHECK(kv["refused_objects"] == "0");
   CHECK(kv["gpu_backend"] == "none");  // a store without --gpu-memory
   CHECK(kv["capacity_bytes"] == std::to_string(Workload::kCapacity));
   CHECK(kv["used_bytes"] == std::to_string(Workload::kUsedBytes));
@@ -970,6 +978,7 @@ TEST_CASE("store-top under tmux") {
       CHECK(Contains(screen, "evictable 7.77M"));
       CHECK(Contains(screen, "Clients: 3"));
       CHECK(Contains(screen, "Limits: waiting 0B/256M  backlog 0B/1.00G  partial 0B/256M  clients 3/"));
+      CHECK(Contains(screen, "  objects 10/"));
 
       // s: largest first; the largest object is the one being written.
       tmux.Cmd({"send-keys", "-t", "top", "s"});

@@ -180,6 +180,43 @@ TEST_CASE("drop: a 16 MiB store takes 64 MiB of 1 MiB objects; the oldest go, co
   CHECK(s.Alive());
 }
 
+TEST_CASE("drop: at --max-objects a create drops the least valuable object, as when memory is full") {
+  test::TestStore s("64M", {"--when-full", "drop", "--max-objects", "100"});
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket(), "when_full");
+  std::vector<Obj> objs;
+  for (int i = 0; i < 250; i++) {
+    objs.push_back(MakeObj("many-" + std::to_string(i), 300 + i, 100 + i));
+    int rc = TryPut(c.get(), objs.back(), 0, 0);
+    INFO("put ", i, ": ", store_last_error_message());
+    REQUIRE(rc == STORE_OK);
+  }
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == 100);
+  CHECK(st.total_dropped_objects == 150);
+  CHECK(st.refused_objects == 0);
+  for (int i = 0; i < 250; i++) {
+    INFO("object ", i);
+    if (i < 150) {
+      CHECK_FALSE(Present(c.get(), objs[i]));
+    } else {
+      ReadBack(c.get(), objs[i]);
+    }
+  }
+  // With every object open, nothing can go: the create is refused over the limit.
+  std::vector<ReaderPtr> held;
+  for (int i = 150; i < 250; i++) held.push_back(Open(c.get(), objs[i]));
+  Obj extra = MakeObj("one too many", 7, 10);
+  CHECK(TryPut(c.get(), extra, 0, 0) == STORE_ELIMIT);
+  CHECK(std::string(store_last_error_message()).find("--max-objects") != std::string::npos);
+  CHECK(Stats(c.get()).refused_objects == 1);
+  held.pop_back();  // objs[249] may go now
+  Put(c.get(), extra, 0, 0);
+  CHECK_FALSE(Present(c.get(), objs[249]));
+  CHECK(Stats(c.get()).object_count == 100);
+  CHECK(s.Alive());
+}
+
 TEST_CASE("drop: lowest importance goes first, then the least recently used") {
   test::TestStore s("16M", kDrop);
   REQUIRE(s.started());

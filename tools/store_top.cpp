@@ -875,22 +875,23 @@ int Top::DrawHeader(int y) {
   // often one was hit (refused a request or closed a client), highlighted when any was.
   const uint64_t hits = s.refused_client_waiting + s.refused_waiting_bytes +
                         s.closed_client_backlog + s.closed_backlog + s.closed_partial +
-                        s.refused_clients + s.accept_failures + s.refused_gpu_fds;
+                        s.refused_clients + s.accept_failures + s.refused_gpu_fds +
+                        s.refused_objects;
   std::string limits =
       Fmt("Limits: waiting %s/%s  backlog %s/%s  partial %s/%s  clients %" PRIu64 "/%" PRIu64
-          "  unsent fds %" PRIu64,
+          "  unsent fds %" PRIu64 "  objects %" PRIu64 "/%" PRIu64,
           BytesShort(s.waiting_bytes).c_str(), BytesShort(s.limit_waiting_bytes).c_str(),
           BytesShort(s.backlog_bytes).c_str(), BytesShort(s.limit_backlog).c_str(),
           BytesShort(s.partial_bytes).c_str(), BytesShort(s.limit_partial_bytes).c_str(),
-          s.client_count, s.limit_clients, s.pending_fds);
+          s.client_count, s.limit_clients, s.pending_fds, s.object_count, s.limit_objects);
   Put(y, 1, limits);
   if (hits > 0) {
     Put(y, 3 + Cols(limits),
         Fmt("hit: waiting %" PRIu64 "  backlog %" PRIu64 "  partial %" PRIu64 "  clients %" PRIu64
-            "  accept %" PRIu64 "  gpu fds %" PRIu64,
+            "  accept %" PRIu64 "  gpu fds %" PRIu64 "  objects %" PRIu64,
             s.refused_client_waiting + s.refused_waiting_bytes,
             s.closed_client_backlog + s.closed_backlog, s.closed_partial, s.refused_clients,
-            s.accept_failures, s.refused_gpu_fds),
+            s.accept_failures, s.refused_gpu_fds, s.refused_objects),
         (colors_ ? COLOR_PAIR(kAlert) : A_NORMAL) | A_BOLD);
   }
   y++;

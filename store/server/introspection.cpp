@@ -192,6 +192,8 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_total_compact_bytes_copied(compact.bytes_copied);
   b.add_total_compact_bytes_freed(compact.bytes_freed);
   b.add_total_compact_failures(compact.failures);
+  b.add_limit_objects(max_objects_);
+  b.add_refused_objects(limits_[kLimitObjects].hits);
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }

@@ -27,6 +27,14 @@
 //                      is written to the client's socket. --max-client-gpu-fds per client, and a
 //                      pool of four times that in all: a GPU chunk request over either gets
 //                      STORE_ELIMIT (a client reading its replies never comes near).
+//   objects            whatever its size, an object costs the server about 200 bytes of its
+//                      own (its entry, indexes, eviction order), on disk as in memory, so tiny
+//                      spilled objects could take the server's memory far past the disk's.
+//                      --max-objects counts every object (deleted ones still read included;
+//                      objects belong to no client once sealed, so the limit is global): a
+//                      create over it gets STORE_ELIMIT, or with --when-full drop drops the
+//                      least valuable unused objects first. By default one object per 2 KiB
+//                      of the machine's memory. A recovery keeps every object it finds.
 //
 // Counting costs O(1) per request and no system call: a waiting request adds its bytes when it
 // starts to wait and takes them off when it ends; the backlog is read from the stream's write
@@ -37,7 +45,9 @@
 // Each hit counts (store_stats, `store info`, the metrics file) and is logged at warn level,
 // naming the client, at most once a second per limit, with how many hits were not logged.
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstring>
 
@@ -55,8 +65,9 @@ namespace {
 constexpr const char* kLimitFlag[] = {
     "--max-client-waiting", "--max-waiting-bytes", "--max-client-backlog", "--max-backlog",
     "--max-partial-bytes",  "--max-clients",       "accept",               "--max-client-gpu-fds",
+    "--max-objects",
 };
-static_assert(sizeof kLimitFlag / sizeof kLimitFlag[0] == 8);
+static_assert(sizeof kLimitFlag / sizeof kLimitFlag[0] == 9);
 
 // The read buffer every connection reads into.
 constexpr size_t kReadBufBytes = 64u << 10;
@@ -70,6 +81,12 @@ constexpr size_t kKeepScratchBytes = 64u << 10;
 constexpr uint64_t kBaseReserveFds = 64;
 // The most clients served by default, however many descriptors there are.
 constexpr uint64_t kDefaultMaxClients = 16384;
+
+// --max-objects' default: one object per kRamPerObject bytes of the machine's memory, so that
+// the server's own memory for them (its table and indexes: about 200 bytes an object) stays
+// near a tenth of it; at least kMinDefaultMaxObjects.
+constexpr uint64_t kRamPerObject = 2048;
+constexpr uint64_t kMinDefaultMaxObjects = uint64_t{1} << 20;
 
 // The largest entry of one client in a ClientsReply: its name (kMaxClientName bytes, each
 // escaped to at most 4 by Printable) and its fields, with the table's overhead.
@@ -127,6 +144,22 @@ void Server::SetUpLimits() {
   }
   LOG_DEBUG("serving up to %" PRIu64 " clients (descriptor limit %" PRIu64 ")", max_clients_,
             fd_limit_);
+
+  if (options_.max_objects != 0) {
+    max_objects_ = options_.max_objects;
+  } else {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const uint64_t ram =
+        pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+    max_objects_ = std::clamp<uint64_t>(ram / kRamPerObject, kMinDefaultMaxObjects, kMaxObjectsCap);
+  }
+  // A recovery keeps every object it found, however many: creates wait for deletes then.
+  if (table_.instances() > max_objects_) {
+    LOG_WARN("recovered %zu objects, more than --max-objects allows (%" PRIu64
+             "): every one is served, and creates are refused until deletes bring the count "
+             "under the limit",
+             table_.instances(), max_objects_);
+  }
   read_buf_.reset(new uint64_t[kReadBufBytes / sizeof(uint64_t)]);
 }
 
@@ -151,6 +184,41 @@ void Server::LogLimit(LimitKind k, const Client* c, const std::string& what) {
   }
   LOG_WARN("limit %s: %s%s%s", kLimitFlag[k], who.c_str(), what.c_str(), more.c_str());
   l.quiet = 0;
+}
+
+// ------------------------------------------------------------------------------------------
+// Objects.
+
+bool Server::AdmitObject(Client* c, std::string* message) {
+  if (table_.instances() < max_objects_) return true;
+  if (DropMode()) {
+    // A cache: the least valuable objects nobody uses go, as when memory is full.
+    DropTotals dropped;
+    while (table_.instances() >= max_objects_) {
+      Object* victim = nullptr;
+      table_.ForEachEvictable([&](Object* o) {
+        if (!Droppable(o)) return true;
+        victim = o;
+        return false;
+      });
+      if (!victim) break;
+      dropped.objects++;
+      dropped.bytes += victim->data_size + victim->metadata_size;
+      DeleteObject(victim);
+    }
+    NoteDrops(dropped.objects, dropped.bytes);
+    if (table_.instances() < max_objects_) return true;
+  }
+  const uint64_t pending = table_.counters().deleted_pending_count;
+  std::string held = std::to_string(table_.instances()) + " objects" +
+                     (pending ? " (" + std::to_string(pending) + " of them deleted but still read)"
+                              : std::string()) +
+                     ", as many as --max-objects allows (" + std::to_string(max_objects_) + ")";
+  if (LimitHit(kLimitObjects)) LogLimit(kLimitObjects, c, "refused a create: the store holds " + held);
+  *message = "the store holds " + held +
+             (DropMode() ? " and none of them can be dropped" : std::string()) +
+             "; delete objects, or raise --max-objects of the store";
+  return false;
 }
 
 // ------------------------------------------------------------------------------------------

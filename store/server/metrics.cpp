@@ -119,6 +119,7 @@ void Server::WriteMetrics() {
   metric("limit_usage", "gauge", "", backlog_bytes_, "{what=\"backlog_bytes\"}");
   metric("limit_usage", "gauge", "", partial_bytes_, "{what=\"partial_bytes\"}");
   metric("limit_usage", "gauge", "", pending_fds_, "{what=\"pending_fds\"}");
+  metric("limit_usage", "gauge", "", table_.instances(), "{what=\"objects\"}");
   metric("limit_hits_total", "counter", "Requests refused or clients closed by a limit.",
          limits_[kLimitClientWaiting].hits, "first{limit=\"max_client_waiting\"}");
   metric("limit_hits_total", "counter", "", limits_[kLimitWaitingBytes].hits,
@@ -135,6 +136,8 @@ void Server::WriteMetrics() {
          "{limit=\"accept\"}");
   metric("limit_hits_total", "counter", "", limits_[kLimitGpuFds].hits,
          "{limit=\"max_client_gpu_fds\"}");
+  metric("limit_hits_total", "counter", "", limits_[kLimitObjects].hits,
+         "{limit=\"max_objects\"}");
   // GPU objects, per device (only when the store serves them).
   auto per_gpu = [&](const char* name, const char* help, auto value) {
     for (size_t i = 0; i < gpus_.size(); i++) {

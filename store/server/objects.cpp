@@ -123,6 +123,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
     *message = "object " + Hex(a.id) + " already exists";
     return STORE_EEXISTS;
   }
+  if (!AdmitObject(c, message)) return STORE_ELIMIT;
   Object proto;
   if (a.device >= 0) {
     int rc = GpuAllocate(a.device, a.data_size, &proto, message);

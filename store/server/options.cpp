@@ -128,6 +128,11 @@ const char* HelpText() {
          "                       most 16384; never more than 32768)\n"
          "  --max-client-gpu-fds N  GPU chunk replies (each carrying a descriptor) one client may\n"
          "                       have unsent, not reading them; more get STORE_ELIMIT (default 64)\n"
+         "  --max-objects N      objects the store may hold, in memory and spilled, whatever\n"
+         "                       their size (the server keeps about 200 bytes of its own memory\n"
+         "                       for each); a create past it gets STORE_ELIMIT, or with\n"
+         "                       --when-full drop drops one (default: one per 2 KiB of the\n"
+         "                       machine's memory, at least 1048576)\n"
          "  --help               show this help and exit\n"
          "  --version            show the version and exit\n"
          "\n"
@@ -291,6 +296,8 @@ bool ParseOptions(int argc, char** argv, ServerOptions* out, std::string* error)
   value("--max-client-gpu-fds", [&](const std::string& v) {
     o.max_client_gpu_fds = Count("--max-client-gpu-fds", v, 1000000);
   });
+  value("--max-objects",
+        [&](const std::string& v) { o.max_objects = Count("--max-objects", v, kMaxObjectsCap); });
   value("--gpu-backend", [&](const std::string& v) {
     if (v != "cuda" && v != "memfd-standin") {
       cli::Reject("store: invalid --gpu-backend '" + v + "' (cuda or memfd-standin)");

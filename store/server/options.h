@@ -50,6 +50,7 @@ struct ServerOptions {
   uint64_t max_partial_bytes = 256ull << 20;    // --max-partial-bytes: in all
   uint32_t max_clients = 0;                     // --max-clients; 0 = from the descriptor limit
   uint32_t max_client_gpu_fds = 64;             // --max-client-gpu-fds
+  uint32_t max_objects = 0;                     // --max-objects; 0 = from the machine's memory
   bool help = false;
   bool version = false;
 };
@@ -65,6 +66,8 @@ bool ParseSize(const std::string& text, uint64_t* out);
 // The most clients --max-clients may allow: the list of clients (ClientsReply) then always fits
 // in one reply (see kMaxClientInfoBytes in server/limits.cpp).
 inline constexpr uint32_t kMaxClientsCap = 32768;
+// The most objects the server's table can number (slots are 32-bit, one value means none).
+inline constexpr uint32_t kMaxObjectsCap = UINT32_MAX - 1;
 
 // Parses argv. Returns true on success; on failure fills *error with one line (the caller
 // prints it and exits with 2).

@@ -91,7 +91,7 @@ class Server final : private Spiller::Host {
   // counted in O(1) per request, reported in stats and logged at most once a second each.
   enum LimitKind {
     kLimitClientWaiting, kLimitWaitingBytes, kLimitClientBacklog, kLimitBacklog, kLimitPartial,
-    kLimitClients, kLimitAccept, kLimitGpuFds, kLimitKinds
+    kLimitClients, kLimitAccept, kLimitGpuFds, kLimitObjects, kLimitKinds
   };
   // Raises the descriptor limit, works out --max-clients' default, sets up the read buffer.
   void SetUpLimits();
@@ -111,6 +111,9 @@ class Server final : private Spiller::Host {
   bool AdmitClient(Client* c);
   // Whether c may be sent one more reply carrying a GPU chunk's descriptor.
   bool AdmitGpuFd(Client* c, uint64_t seq);
+  // Whether one more object may be created under --max-objects (with --when-full drop, after
+  // dropping the least valuable unused objects); if not, *message says why (STORE_ELIMIT).
+  bool AdmitObject(Client* c, std::string* message);
   // Partial frames: whether c's input buffer may grow to `held` bytes under
   // --max-partial-bytes, disconnecting the client holding the most if not (c itself: false).
   bool HoldInput(Client* c, size_t held);
@@ -307,6 +310,7 @@ class Server final : private Spiller::Host {
   uint64_t partial_bytes_ = 0;  // clients' input buffers
   uint64_t pending_fds_ = 0;    // descriptors in replies not yet written
   uint64_t max_clients_ = 0;
+  uint64_t max_objects_ = 0;    // --max-objects, or its default
   uint64_t fd_limit_ = 0;
   uint64_t gpu_fd_pool_ = 0;    // descriptors kept for GPU chunk replies, over all clients
   std::unique_ptr<uint64_t[]> read_buf_;  // every connection reads into it (FrameBuffer::Lend)

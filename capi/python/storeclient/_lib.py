@@ -169,6 +169,8 @@ class store_stats(Structure):
         ("total_compact_bytes_copied", c_uint64),
         ("total_compact_bytes_freed", c_uint64),
         ("total_compact_failures", c_uint64),
+        ("limit_objects", c_uint64),
+        ("refused_objects", c_uint64),
     ]
 
 

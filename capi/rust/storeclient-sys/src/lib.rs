@@ -208,6 +208,8 @@ pub struct store_stats {
     pub total_compact_bytes_freed: u64,
     /// Compactions that failed (nothing is lost: the old file stays).
     pub total_compact_failures: u64,
+    pub limit_objects: u64,
+    pub refused_objects: u64,
 }
 
 impl Default for store_object_info {
