@@ -570,7 +570,43 @@ TEST_CASE("randomized operations keep the counters equal to a reference model") 
   int mismatches = 0, model_mismatches = 0;
   int ops[8] = {};
   uint64_t max_uid = 0;
+  // A list paged through the table with ForEachVisibleBetween while it changes, as store_list
+  // does: each object visible from its start to its end is listed once, none created after it
+  // started, none twice, each visible when listed.
+  struct Walk {
+    bool active = false;
+    uint64_t after = 0, upto = 0;
+    std::set<uint64_t> at_start, removed, listed;
+  } walk;
+  int walks_done = 0, walk_mismatches = 0;
+  auto walk_page = [&]() {
+    size_t want = 1 + rng() % 20, got = 0;
+    t.ForEachVisibleBetween(walk.after, walk.upto, [&](const Object& o) {
+      if (o.uid <= walk.after || o.uid > walk.upto || o.deleted || t.Find(o.id) != &o ||
+          !walk.listed.insert(o.uid).second) {
+        walk_mismatches++;
+      }
+      walk.after = o.uid;
+      return ++got < want;
+    });
+    if (got == want) return;
+    for (uint64_t uid : walk.at_start) {
+      if (!walk.removed.count(uid) && !walk.listed.count(uid)) walk_mismatches++;
+    }
+    walk.active = false;
+    walks_done++;
+  };
+  auto note_removed = [&](uint64_t uid) {
+    if (walk.active) walk.removed.insert(uid);
+  };
   for (int step = 0; step < kSteps && mismatches == 0 && model_mismatches == 0; step++) {
+    if (walk.active && step % 3 == 0) walk_page();
+    if (!walk.active && step % 97 == 0) {
+      walk = Walk{};
+      walk.active = true;
+      walk.upto = t.last_uid();
+      for (auto& [id, uid] : by_id) walk.at_start.insert(uid);
+    }
     int op = static_cast<int>(rng() % 100);
     if (live.empty() || op < 22) {  // insert (or seal if the id is visible)
       uint32_t id = static_cast<uint32_t>(rng() % kIds);
@@ -627,14 +663,20 @@ TEST_CASE("randomized operations keep the counters equal to a reference model") 
         }
       } else if (op < 93) {
         t.Unlink(o);
-        if (!m.deleted) by_id.erase(m.id);
+        if (!m.deleted) {
+          by_id.erase(m.id);
+          note_removed(uid);
+        }
         m.deleted = true;
         ops[6]++;
       } else {
         // Erase: as the server does, only objects nobody reads any more, or deleted ones.
         if (m.readers == 0 || m.deleted) {
           t.Erase(o);
-          if (!m.deleted) by_id.erase(m.id);
+          if (!m.deleted) {
+          by_id.erase(m.id);
+          note_removed(uid);
+        }
           live.erase(uid);
           ops[7]++;
         }
@@ -673,6 +715,8 @@ TEST_CASE("randomized operations keep the counters equal to a reference model") 
   }
   CHECK(mismatches == 0);
   CHECK(model_mismatches == 0);
+  CHECK(walk_mismatches == 0);
+  CHECK(walks_done > 100);
   // Every kind of operation really ran, many times.
   if (mismatches == 0 && model_mismatches == 0) {
     for (int i = 0; i < 8; i++) {

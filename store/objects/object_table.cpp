@@ -195,15 +195,27 @@ void ObjectTable::Erase(Object* o) {
 }
 
 void ObjectTable::DenseAdd(Object* o) {
-  o->dense_index = static_cast<uint32_t>(dense_.size());
-  dense_.push_back(o);
+  o->dense_index = static_cast<uint32_t>(order_.size());
+  order_.push_back(reinterpret_cast<uintptr_t>(o));
 }
 
 void ObjectTable::DenseRemove(Object* o) {
-  Object* last = dense_.back();
-  dense_[o->dense_index] = last;
-  last->dense_index = o->dense_index;
-  dense_.pop_back();
+  order_[o->dense_index] = static_cast<uintptr_t>(o->uid << 1 | 1);
+  order_gaps_++;
+  if (order_gaps_ >= 64 && order_gaps_ * 2 >= order_.size()) CompactOrder();
+}
+
+void ObjectTable::CompactOrder() {
+  size_t n = 0;
+  for (uintptr_t e : order_) {
+    if (e & 1) continue;
+    reinterpret_cast<Object*>(e)->dense_index = static_cast<uint32_t>(n);
+    order_[n++] = e;
+  }
+  order_.resize(n);
+  order_gaps_ = 0;
+  // After a mass delete, give the memory back.
+  if (order_.capacity() > 4 * n + 1024) order_.shrink_to_fit();
 }
 
 }  // namespace store

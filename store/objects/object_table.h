@@ -68,7 +68,7 @@ struct Object {
   int32_t creator_pid = 0;
   uint32_t readers = 0;         // open readers over all clients
   uint32_t pins = 0;            // pins over all clients
-  uint32_t dense_index = 0;     // position in the table's list of visible objects
+  uint32_t dense_index = 0;     // position in the table's uid order of visible objects
   // Links of the table's eviction order (a treap of the evictable objects): slots of the
   // table's ObjectPool, kNoSlot for none; the table's own.
   uint32_t evict_left = kNoSlot;
@@ -308,8 +308,26 @@ class ObjectTable {
   size_t instances() const { return by_uid_.size(); }
   template <class F>
   void ForEachVisible(F f) const {
-    for (Object* o : dense_) f(*o);  // a flat array: cheap to walk even with millions
+    for (uintptr_t e : order_) {  // a flat array: cheap to walk even with millions
+      if (!(e & 1)) f(*reinterpret_cast<const Object*>(e));
+    }
   }
+  // The visible objects whose uid is in (after, upto], in uid order (the order they were
+  // created in), until f returns false. O(log n) to find the first, then O(1) each (amortized:
+  // the gaps left by deleted objects are at most as many as the objects). A walk resumed from
+  // the last uid it saw lists each object that stayed visible exactly once, and none created
+  // after upto was the newest uid: a store_list pages through the table with no copy of it.
+  template <class F>
+  void ForEachVisibleBetween(uint64_t after, uint64_t upto, F f) const {
+    auto it = std::partition_point(order_.begin(), order_.end(),
+                                   [&](uintptr_t e) { return UidAt(e) <= after; });
+    for (; it != order_.end(); ++it) {
+      if (UidAt(*it) > upto) return;
+      if (!(*it & 1) && !f(*reinterpret_cast<const Object*>(*it))) return;
+    }
+  }
+  // The uid of the newest object (0 before the first).
+  uint64_t last_uid() const { return next_uid_ - 1; }
 
  private:
   void CountState(Object* o, int sign);
@@ -348,7 +366,16 @@ class ObjectTable {
   };
   ObjectPool pool_;  // declared first: destroyed after the indexes
   ObjectIndex<ObjectKey, IdOf, ObjectKeyHash> by_id_;
-  std::vector<Object*> dense_;  // the visible objects, in no particular order
+  // The visible objects in uid order: an Object* each, or where one left (deleted), its uid
+  // tagged (uid << 1 | 1; pointers are even) until the gaps are as many as the objects and
+  // CompactOrder closes them. Objects are created with ever larger uids, so appending keeps the
+  // order. 8 bytes per object.
+  std::vector<uintptr_t> order_;
+  size_t order_gaps_ = 0;
+  static uint64_t UidAt(uintptr_t e) {
+    return (e & 1) ? static_cast<uint64_t>(e >> 1) : reinterpret_cast<const Object*>(e)->uid;
+  }
+  void CompactOrder();
   ObjectIndex<uint64_t, UidOf, UidHash> by_uid_;  // every live instance; owns them (in pool_)
   uint64_t next_uid_ = 1;
   TableCounters c_;

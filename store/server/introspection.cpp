@@ -69,26 +69,32 @@ void Server::HandleList(Client* c, uint64_t seq, const proto::ListRequest* r) {
   uint32_t limit = r->limit();
   if (limit == 0 || limit > proto::kMaxListPage) limit = proto::kMaxListPage;
   if (r->cursor() == 0) {
-    // A snapshot of the uids of every visible object: 8 bytes each, one list per client.
+    // The objects there now: those up to the newest uid, paged in uid order. Nothing is copied.
     totals_.lists++;
-    auto snap = std::make_unique<ListSnapshot>();
-    snap->id = next_list_id_++;
-    snap->uids.reserve(table_.visible());
-    table_.ForEachVisible([&](const Object& o) { snap->uids.push_back(o.uid); });
-    c->list = std::move(snap);
+    auto l = std::make_unique<ListCursor>();
+    l->id = next_list_id_++;
+    l->upto = table_.last_uid();
+    l->total = table_.visible();
+    c->list = std::move(l);
   } else if (!c->list || c->list->id != r->cursor()) {
     return SendError(c, seq, STORE_EINVAL,
                      "unknown list cursor (a list was started again, or it ended)");
   }
-  ListSnapshot& snap = *c->list;
+  ListCursor& l = *c->list;
   std::vector<proto::ObjectInfo> page;
-  page.reserve(std::min<size_t>(limit, snap.uids.size() - snap.pos));
-  while (snap.pos < snap.uids.size() && page.size() < limit) {
-    const Object* o = table_.FindUid(snap.uids[snap.pos++]);
-    if (o && !o->deleted) page.push_back(InfoOf(*o));  // still there
-  }
-  const uint64_t total = snap.uids.size();
-  const uint64_t cursor = snap.pos < snap.uids.size() ? snap.id : 0;
+  page.reserve(std::min<uint64_t>(limit, l.total));
+  bool more = false;
+  table_.ForEachVisibleBetween(l.after, l.upto, [&](const Object& o) {
+    if (page.size() == limit) {
+      more = true;  // one more is there: the next page starts with it
+      return false;
+    }
+    page.push_back(InfoOf(o));
+    l.after = o.uid;
+    return true;
+  });
+  const uint64_t total = l.total;
+  const uint64_t cursor = more ? l.id : 0;
   if (cursor == 0) c->list.reset();
   fbb_.Clear();
   auto vec = fbb_.CreateVectorOfStructs(page);

@@ -60,7 +60,7 @@ class Server final : private Spiller::Host {
 
  private:
   struct Client;
-  struct ListSnapshot;
+  struct ListCursor;
   struct WaitingGet;
   struct WaitingCreate;
   struct CreateArgs;
@@ -264,7 +264,7 @@ class Server final : private Spiller::Host {
   };
   std::unordered_map<uint64_t, LeaseState> leases_;  // by object uid; only leased objects
   uint64_t next_client_id_ = 1;
-  uint64_t next_list_id_ = 1;  // store_list snapshots (ListSnapshot::id)
+  uint64_t next_list_id_ = 1;  // store_list cursors (ListCursor::id)
   struct GetWaiter {
     WaitingGet* get;
     uint32_t first_pos;  // of the id in the get's ids

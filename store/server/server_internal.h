@@ -21,11 +21,14 @@ namespace store {
 // it goes out at once, after those held.
 constexpr size_t kMaxCorkBytes = 256u << 10;
 
-// The objects a client's list (ListRequest) goes through: the uids visible when it started.
-struct Server::ListSnapshot {
-  uint64_t id = 0;  // the cursor the client pages with
-  std::vector<uint64_t> uids;
-  size_t pos = 0;   // next uid to look at
+// A store_list in progress: it pages through the table in uid order (ObjectTable::
+// ForEachVisibleBetween), from the object after the last one listed up to the newest when it
+// started. A few words per client, however many objects.
+struct Server::ListCursor {
+  uint64_t id = 0;     // the cursor the client pages with
+  uint64_t upto = 0;   // the newest uid when the list started
+  uint64_t after = 0;  // the last uid listed
+  uint64_t total = 0;  // visible objects when the list started
 };
 
 struct Server::Client {
@@ -51,7 +54,7 @@ struct Server::Client {
   std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
-  std::unique_ptr<ListSnapshot> list;  // its store_list in progress, if any
+  std::unique_ptr<ListCursor> list;  // its store_list in progress, if any
   int64_t connect_ns = 0;
   uint64_t objects_created = 0;
   uint64_t requests = 0;
