@@ -745,7 +745,9 @@ STORE_API int store_list_clients(store_client *client, store_client_info **out, 
 /* One page of the object table, filtered by id prefix and sorted by the server. opts may be NULL
  * (STORE_LIST_OPTIONS_INIT). elem_size is sizeof(store_object_info) (see "Output structs").
  * *total (may be NULL) receives how many objects match in all. Caller owns *out (NULL when
- * *count is 0); free with store_free(). */
+ * *count is 0); free with store_free(). Each page is a pass over the whole table; the store
+ * makes one per turn of its loop, serving other clients in between. To go through every object
+ * once, store_list() is cheaper. */
 STORE_API int store_list_page(store_client *client, const store_list_options *opts,
                               store_object_info **out, size_t elem_size, size_t *count,
                               uint64_t *total);

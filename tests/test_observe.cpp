@@ -422,6 +422,89 @@ TEST_CASE("objects of one size are paged in the byte order of their ids") {
   store_client_free(c);
 }
 
+TEST_CASE("pages deep in a large table, from both ends and with a prefix, agree with the order "
+          "the objects were put in") {
+  // Pages near either end come from a bounded heap; deeper ones (past 32768 objects from both
+  // ends) from a selection over every object: both must give the same order.
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  store_client* c = Connect(s, "deep-pages");
+  constexpr int kObjects = 80000;
+  struct Want {
+    uint64_t size;
+    store_object_id id;
+  };
+  std::vector<Want> want;
+  std::vector<store_object_id> ids;
+  std::vector<const void*> datas;
+  std::vector<uint64_t> sizes;
+  static const uint8_t bytes[128] = {};
+  for (int i = 0; i < kObjects; i++) {
+    std::string key = "deep-" + std::to_string(i);
+    store_object_id id;
+    store_object_id_from_string(key.data(), key.size(), &id);
+    uint64_t size = 1 + static_cast<uint64_t>(i * 7919) % 97;
+    want.push_back({size, id});
+    ids.push_back(id);
+    datas.push_back(bytes);
+    sizes.push_back(size);
+  }
+  size_t done = 0;
+  REQUIRE(store_put_many(c, ids.data(), datas.data(), sizes.data(), ids.size(), nullptr, &done) ==
+          STORE_OK);
+  auto less = [](const Want& a, const Want& b) {
+    if (a.size != b.size) return a.size < b.size;
+    return std::memcmp(a.id.bytes, b.id.bytes, 20) < 0;
+  };
+  std::sort(want.begin(), want.end(), less);
+  // The same order restricted to ids starting with hex digit 'a'.
+  std::vector<Want> want_a;
+  for (const Want& w : want) {
+    if (Hex(w.id)[0] == 'a') want_a.push_back(w);
+  }
+  auto check_page = [&](const std::vector<Want>& order, int descending, uint64_t offset,
+                        uint32_t limit, const char* prefix) {
+    store_list_options lo = STORE_LIST_OPTIONS_INIT;
+    lo.sort = STORE_SORT_SIZE;
+    lo.descending = descending;
+    lo.offset = offset;
+    lo.limit = limit;
+    lo.id_prefix = prefix;
+    store_object_info* page = nullptr;
+    size_t n = 0;
+    uint64_t total = 0;
+    REQUIRE(store_list_page(c, &lo, &page, sizeof *page, &n, &total) == STORE_OK);
+    CHECK(total == order.size());
+    const size_t expect = offset >= order.size() ? 0 : std::min<size_t>(limit, order.size() - offset);
+    INFO("descending " << descending << " offset " << offset << " limit " << limit);
+    CHECK(n == expect);
+    size_t bad = 0;
+    for (size_t i = 0; i < std::min(n, expect); i++) {
+      const Want& w = descending ? order[order.size() - 1 - (offset + i)] : order[offset + i];
+      if (page[i].data_size != w.size || std::memcmp(page[i].id.bytes, w.id.bytes, 20) != 0) bad++;
+    }
+    CHECK(bad == 0);
+    store_free(page);
+  };
+  for (int descending : {0, 1}) {
+    for (uint64_t offset : {0ull, 100ull, 30000ull, 32768ull, 39990ull, 40000ull, 45000ull,
+                            60000ull, 79950ull, 79999ull, 80000ull}) {
+      check_page(want, descending, offset, 100, nullptr);
+    }
+    check_page(want, descending, 20000, 40000, nullptr);  // most of the table in one page
+    check_page(want, descending, 0, kObjects, nullptr);
+  }
+  REQUIRE(want_a.size() > 4000);
+  for (uint64_t offset : {uint64_t{0}, uint64_t{want_a.size() / 2}, uint64_t{want_a.size() - 10}}) {
+    check_page(want_a, 0, offset, 100, "a");
+  }
+  check_page(want_a, 1, 0, 100000, "a");
+  size_t deleted = 0;
+  CHECK(store_delete_many(c, ids.data(), ids.size(), &deleted) == STORE_OK);
+  CHECK(deleted == ids.size());
+  store_client_free(c);
+}
+
 TEST_CASE("store_delete_many deletes every id it can and says how many") {
   test::TestStore s("32M");
   REQUIRE(s.started());

@@ -160,7 +160,7 @@ void Server::OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* /*buf*/)
 void Server::ProcessInput(Client* c) {
   // The replies to all the requests of this read leave in one write.
   c->corked = true;
-  while (!c->closing && !c->doomed) {
+  while (!c->closing && !c->doomed && !c->deferred) {
     const uint8_t* msg;
     size_t len;
     auto next = c->in.Pop(&msg, &len);
@@ -176,10 +176,55 @@ void Server::ProcessInput(Client* c) {
       ProtocolError(c, 0, "malformed message (it failed verification)");
       break;
     }
+    if (m->body_type() == proto::Body::ObjectsRequest) {
+      if (scanned_) {  // one pass over the table per turn: this one waits for the next
+        c->in.Unpop(len);
+        Defer(c);
+        break;
+      }
+      scanned_ = true;
+      scanner_ = c->id;
+      uv_idle_start(&turn_, OnTurn);  // the next turn clears it
+    }
     Dispatch(c, m);
   }
   c->corked = false;
   Flush(c);
+}
+
+void Server::Defer(Client* c) {
+  c->deferred = true;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->pipe));
+  deferred_.push_back(c->id);
+}
+
+void Server::OnTurn(uv_idle_t* h) {
+  auto* s = static_cast<Server*>(h->data);
+  s->scanned_ = false;
+  std::vector<uint64_t> ids;
+  ids.swap(s->deferred_);
+  for (uint64_t id : ids) {
+    auto it = s->clients_.find(id);
+    if (it != s->clients_.end()) s->ResumeInput(it->second);
+  }
+  // Round robin: the one that made its page waits behind the others that wait.
+  auto& d = s->deferred_;
+  if (s->scanned_) {
+    auto it = std::find(d.begin(), d.end(), s->scanner_);
+    if (it != d.end()) std::rotate(it, it + 1, d.end());
+  }
+  if (d.empty() && !s->scanned_) uv_idle_stop(h);
+}
+
+void Server::ResumeInput(Client* c) {
+  c->deferred = false;
+  if (c->closing || c->doomed) return;
+  ProcessInput(c);
+  if (c->closing) return;
+  if (!c->deferred && !c->doomed) {
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->pipe), OnAlloc, OnRead);
+  }
+  KeepInput(c);
 }
 
 void Server::DeferClose(Client* c, const char* why) {

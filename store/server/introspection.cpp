@@ -320,27 +320,47 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
     offset = visible - offset - limit;
   }
   auto order = [&](const Object* a, const Object* b) { return desc ? less(b, a) : less(a, b); };
-  // Keep the first offset+limit in a bounded heap: one pass, O(n log k), no copy of the table.
+  // The page is the objects at ranks [offset, offset + limit) in that order. A page near the
+  // front (the common one) comes from a bounded heap of the first offset+limit: one pass,
+  // O(n log k), memory for k pointers. A deeper one from a selection over them all: O(n)
+  // expected whatever the offset, memory for n pointers (in a table of two million, a heap of a
+  // million took 1.6 s, of 65,400 0.23 s, the selection 0.13 s).
+  constexpr uint64_t kMaxHeap = 32768;
   uint64_t want = std::min<uint64_t>(offset + limit, visible);
   std::vector<const Object*> heap;
-  heap.reserve(want);
   uint64_t total = 0;
-  table_.ForEachVisible([&](const Object& o) {
-    if (nibbles && !matches(o)) return;
-    total++;
-    if (want == 0) return;
-    if (heap.size() < want) {
-      heap.push_back(&o);
-      std::push_heap(heap.begin(), heap.end(), order);
-    } else if (order(&o, heap.front())) {
-      std::pop_heap(heap.begin(), heap.end(), order);
-      heap.back() = &o;
-      std::push_heap(heap.begin(), heap.end(), order);
-    }
-  });
-  std::sort_heap(heap.begin(), heap.end(), order);
-  uint64_t begin = std::min<uint64_t>(offset, heap.size());
-  uint64_t end = std::min<uint64_t>(heap.size(), begin + limit);
+  uint64_t begin = 0, end = 0;
+  if (want <= kMaxHeap) {
+    heap.reserve(want);
+    table_.ForEachVisible([&](const Object& o) {
+      if (nibbles && !matches(o)) return;
+      total++;
+      if (want == 0) return;
+      if (heap.size() < want) {
+        heap.push_back(&o);
+        std::push_heap(heap.begin(), heap.end(), order);
+      } else if (order(&o, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), order);
+        heap.back() = &o;
+        std::push_heap(heap.begin(), heap.end(), order);
+      }
+    });
+    std::sort_heap(heap.begin(), heap.end(), order);
+    begin = std::min<uint64_t>(offset, heap.size());
+    end = std::min<uint64_t>(heap.size(), begin + limit);
+  } else {
+    heap.reserve(visible);
+    table_.ForEachVisible([&](const Object& o) {
+      if (!nibbles || matches(o)) heap.push_back(&o);
+    });
+    total = heap.size();
+    begin = std::min<uint64_t>(offset, heap.size());
+    end = std::min<uint64_t>(heap.size(), begin + limit);
+    auto at = [&](uint64_t i) { return heap.begin() + static_cast<ptrdiff_t>(i); };
+    std::nth_element(heap.begin(), at(begin), heap.end(), order);
+    if (end < heap.size()) std::nth_element(at(begin), at(end), heap.end(), order);
+    std::sort(at(begin), at(end), order);
+  }
   if (from_end) {
     std::reverse(heap.begin() + static_cast<ptrdiff_t>(begin),
                  heap.begin() + static_cast<ptrdiff_t>(end));

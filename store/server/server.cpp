@@ -217,6 +217,8 @@ int Server::Run() {
   async_stop_.data = this;
   uv_check_init(&loop_, &closer_);
   closer_.data = this;
+  uv_idle_init(&loop_, &turn_);
+  turn_.data = this;
   drop_log_.Init(&loop_, [this] { FlushDropLog(); });
   protocol_log_.Init(&loop_, LogLevel::kWarn, "connections closed for protocol errors");
   if (!Listen()) {
@@ -277,6 +279,7 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&turn_), nullptr);
   spiller_.CloseLogs();
   drop_log_.Close();
   protocol_log_.Close();

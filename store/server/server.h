@@ -250,6 +250,18 @@ class Server final : private Spiller::Host {
   uv_async_t async_stop_{};
   uv_check_t closer_{};
   std::vector<uint64_t> doomed_;
+  // Turns of the loop. A page of the objects (ObjectsRequest) is a pass over the whole table,
+  // a second or more for millions of objects: one runs per turn at most. A client whose next
+  // request is one when one already ran stops being read, its input kept, until the next turn
+  // (an idle handle, so the loop does not sleep meanwhile); the other clients are served in
+  // between, in turns that each hold at most one such pass.
+  uv_idle_t turn_{};
+  bool scanned_ = false;            // a page of the objects was made in this turn
+  uint64_t scanner_ = 0;            // by this client
+  std::vector<uint64_t> deferred_;  // clients waiting for the next turn, in order
+  static void OnTurn(uv_idle_t* h);
+  void Defer(Client* c);
+  void ResumeInput(Client* c);
   uv_timer_t metrics_timer_{};
   bool metrics_active_ = false;
   bool metrics_failing_ = false;

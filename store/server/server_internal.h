@@ -69,6 +69,7 @@ struct Server::Client {
   uint32_t pending_fds = 0;    // descriptors in its replies not yet written
   size_t input_held = 0;       // bytes its input buffer holds, as last counted
   bool input_refused = false;  // its input buffer may not grow (--max-partial-bytes)
+  bool deferred = false;       // its next request waits for the next turn (Server::turn_)
 };
 
 struct Server::GpuDevice {

@@ -219,6 +219,8 @@ class FrameBuffer {
     begin_ += *len;
     return Next::kMessage;
   }
+  // Puts back the message the last Pop returned: the next Pop returns it again.
+  void Unpop(size_t len) { begin_ -= len; }
   // Bytes a partially received message still needs (0 if unknown); lets readers size recvs.
   size_t Pending() const {
     size_t have = end_ - begin_;
