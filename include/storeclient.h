@@ -641,9 +641,10 @@ STORE_API int store_info(store_client *client, const store_object_id *id,
 /* Lists every object in the table (CREATED ones included; deleted ones not), as they are when
  * the call starts: it pages through them (a request per 65536 objects), so an object that exists
  * throughout the call is listed exactly once and one created meanwhile is not listed; one
- * deleted meanwhile may be missing. elem_size is sizeof(store_object_info) (see "Output
- * structs"). Caller owns *out (NULL when *count is 0); free with store_free(). STORE_ENOMEM if
- * the array cannot be allocated. */
+ * deleted meanwhile may be missing. They come in the order they entered the store (created, or
+ * found by --recover). elem_size is sizeof(store_object_info) (see "Output structs"). Caller
+ * owns *out (NULL when *count is 0); free with store_free(). STORE_ENOMEM if the array cannot
+ * be allocated. */
 STORE_API int store_list(store_client *client, store_object_info **out, size_t elem_size,
                          size_t *count);
 
