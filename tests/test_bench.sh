@@ -38,7 +38,8 @@ names = {f["name"] for f in figs}
 want = {"small_put", "small_write", "small_get", "idle_put", "batch_get", "batch_put", "clients8_put", "clients8_get",
         "large_put_first", "large_put_new_client", "large_put", "large_put_window", "large_get",
         "spill", "restore",
-        "restore_prefetch", "restore_cold", "table_stats", "table_page", "table_put", "table_get",
+        "restore_prefetch", "restore_cold", "table_stats", "table_page", "table_page_middle",
+        "table_put", "table_get",
         "table_memory", "fill_1m_64m", "fill_16m_256m", "fill_64k_4m", "spill_churn"}
 missing = want - names
 assert not missing, f"figures missing: {sorted(missing)}"

@@ -30,8 +30,10 @@
 //   spill_churn      spill files' bytes on disk / the bytes of the live records in them, after
 //                    each round of deleting a fifth of the spilled objects and spilling as many
 //                    new ones (compaction gives dead bytes back)  vs 1.5, the goal
-//   table_stats, table_page, table_put, table_get  one request with 1,000,000 objects in the
-//                    table (100,000 with --quick), and with 10,000   vs the same round trip
+//   table_stats, table_page, table_page_middle, table_put, table_get  one request with
+//                    1,000,000 objects in the table (100,000 with --quick), and with 10,000
+//                    (table_page_middle: the page at the middle of the order, the deepest)
+//                    vs the same round trip
 //   table_memory     the server's heap growth per object while they were added (no limit:
 //                    the goal is 200 bytes)
 //   fill_1m_64m, fill_16m_256m, fill_64k_4m  the store's free memory filled with objects of

@@ -129,11 +129,11 @@ void TableFigures(Run& run) {
     return v.empty() ? 0 : v[v.size() / 2];
   };
   struct AtSize {
-    double stats_ms, page_ms, put_ops, get_ops;
+    double stats_ms, page_ms, middle_ms, put_ops, get_ops;
   };
   auto measure = [&]() {
     AtSize a{};
-    std::vector<double> ts, tp;
+    std::vector<double> ts, tp, tm;
     for (int i = 0; i < 9; i++) {
       store_stats x = STORE_STATS_INIT;
       double t0 = Now();
@@ -150,9 +150,16 @@ void TableFigures(Run& run) {
             "store_list_page");
       tp.push_back((Now() - t0) * 1e3);
       store_free(page);
+      lo.offset = ids.size() / 2;  // the deepest page there is
+      t0 = Now();
+      Check(run, store_list_page(run.client, &lo, &page, sizeof *page, &n, nullptr),
+            "store_list_page (middle)");
+      tm.push_back((Now() - t0) * 1e3);
+      store_free(page);
     }
     a.stats_ms = median_ms(ts);
     a.page_ms = median_ms(tp);
+    a.middle_ms = median_ms(tm);
     // Puts and gets of new objects while the table holds what it holds.
     const int k = run.set.quick ? 2000 : 10000;
     std::vector<store_object_id> extra;
@@ -204,6 +211,9 @@ void TableFigures(Run& run) {
        at_big.stats_ms, "socket_rtt", rtt_ms);
   line("table_page", ("store_list_page of 50 by size, latency " + at).c_str(), "ms",
        at_small.page_ms, at_big.page_ms, "socket_rtt", rtt_ms);
+  line("table_page_middle",
+       ("store_list_page of 50 by size at the middle of the order, latency " + at).c_str(), "ms",
+       at_small.middle_ms, at_big.middle_ms, "socket_rtt", rtt_ms);
   line("table_put", ("store_put of 16 B " + at).c_str(), "ops/s", at_small.put_ops,
        at_big.put_ops, "socket_rtt", 1e3 / rtt_ms);
   line("table_get", ("store_open_reader + close " + at).c_str(), "ops/s", at_small.get_ops,
