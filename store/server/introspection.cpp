@@ -265,6 +265,47 @@ inline bool IdLess(const ObjectKey& a, const ObjectKey& b) {
   }
   return LoadBig<uint32_t>(a.bytes + 16) < LoadBig<uint32_t>(b.bytes + 16);
 }
+
+// The first `want` visible objects of the table in `order` (of those that `match`, if filter)
+// into *out, sorted, from a bounded heap: one pass, O(n log want). Returns how many matched.
+// Out of line, with everything it calls inlined (flatten): once a selection's sorts sat beside
+// it in HandleObjects, the compiler called the comparator once per object, and a page 20,000
+// deep in a million objects took 40-47 ms instead of 28.
+template <class Match, class Order>
+__attribute__((noinline, flatten)) uint64_t FirstRanks(const ObjectTable& table, uint64_t want,
+                                                       bool filter, const Match& match,
+                                                       const Order& order,
+                                                       std::vector<const Object*>* out) {
+  std::vector<const Object*>& heap = *out;
+  heap.reserve(want);
+  uint64_t total = 0;
+  table.ForEachVisible([&](const Object& o) {
+    if (filter && !match(o)) return;
+    total++;
+    if (want == 0) return;
+    if (heap.size() < want) {
+      heap.push_back(&o);
+      std::push_heap(heap.begin(), heap.end(), order);
+    } else if (order(&o, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), order);
+      heap.back() = &o;
+      std::push_heap(heap.begin(), heap.end(), order);
+    }
+  });
+  std::sort_heap(heap.begin(), heap.end(), order);
+  return total;
+}
+
+// Puts the elements of v at ranks [begin, end) of order in v[begin, end), sorted: O(n) expected.
+template <class Order>
+__attribute__((noinline)) void SelectRanks(std::vector<const Object*>& v, uint64_t begin,
+                                           uint64_t end, const Order& order) {
+  auto at = [&](uint64_t i) { return v.begin() + static_cast<ptrdiff_t>(i); };
+  std::nth_element(v.begin(), at(begin), v.end(), order);
+  if (end < v.size()) std::nth_element(at(begin), at(end), v.end(), order);
+  std::sort(at(begin), at(end), order);
+}
+
 }  // namespace
 
 void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest* r) {
@@ -331,21 +372,7 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
   uint64_t total = 0;
   uint64_t begin = 0, end = 0;
   if (want <= kMaxHeap) {
-    heap.reserve(want);
-    table_.ForEachVisible([&](const Object& o) {
-      if (nibbles && !matches(o)) return;
-      total++;
-      if (want == 0) return;
-      if (heap.size() < want) {
-        heap.push_back(&o);
-        std::push_heap(heap.begin(), heap.end(), order);
-      } else if (order(&o, heap.front())) {
-        std::pop_heap(heap.begin(), heap.end(), order);
-        heap.back() = &o;
-        std::push_heap(heap.begin(), heap.end(), order);
-      }
-    });
-    std::sort_heap(heap.begin(), heap.end(), order);
+    total = FirstRanks(table_, want, nibbles != 0, matches, order, &heap);
     begin = std::min<uint64_t>(offset, heap.size());
     end = std::min<uint64_t>(heap.size(), begin + limit);
   } else {
@@ -356,10 +383,7 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
     total = heap.size();
     begin = std::min<uint64_t>(offset, heap.size());
     end = std::min<uint64_t>(heap.size(), begin + limit);
-    auto at = [&](uint64_t i) { return heap.begin() + static_cast<ptrdiff_t>(i); };
-    std::nth_element(heap.begin(), at(begin), heap.end(), order);
-    if (end < heap.size()) std::nth_element(at(begin), at(end), heap.end(), order);
-    std::sort(at(begin), at(end), order);
+    SelectRanks(heap, begin, end, order);
   }
   if (from_end) {
     std::reverse(heap.begin() + static_cast<ptrdiff_t>(begin),
