@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -370,6 +372,57 @@ TEST_CASE("spill files are listed with their live and dead bytes") {
     CHECK(files == nullptr);
     // The file is unlinked off the event loop: wait for it.
     CHECK(test::WaitFor([&] { return access(first_path.c_str(), F_OK) != 0; }));
+    store_client_free(c);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("more spill files than a page holds (4096): each is listed once") {
+  std::string dir = test::MakeTempDir();
+  {
+    // One object per file: an eviction of them all writes as many files.
+    test::TestStore s("64M", {"--spill-dir", dir, "--spill-compact", "1",
+                              "--spill-file-max-objects", "1"});
+    REQUIRE(s.started());
+    store_client* c = Connect(s, "many-spill-files");
+    constexpr int kFiles = 5000;
+    std::vector<store_object_id> ids;
+    std::vector<const void*> datas;
+    std::vector<uint64_t> sizes;
+    static const uint8_t bytes[512] = {7};
+    for (int i = 0; i < kFiles; i++) {
+      ids.push_back(Id(50000 + i));
+      datas.push_back(bytes);
+      sizes.push_back(sizeof bytes);
+    }
+    size_t done = 0;
+    REQUIRE(store_put_many(c, ids.data(), datas.data(), sizes.data(), ids.size(), nullptr,
+                           &done) == STORE_OK);
+    REQUIRE(store_evict(c, 1ull << 40, nullptr) == STORE_OK);
+    REQUIRE(Stats(c).spill_files == kFiles);
+    store_spill_file_info* files = nullptr;
+    size_t n = 0;
+    REQUIRE(store_list_spill_files(c, &files, sizeof *files, &n) == STORE_OK);
+    CHECK(n == kFiles);
+    std::set<std::string> paths;
+    uint64_t live = 0;
+    for (size_t i = 0; i < n; i++) {
+      paths.insert(files[i].path);
+      live += files[i].live_objects;
+    }
+    CHECK(paths.size() == n);
+    CHECK(live == kFiles);
+    store_free(files);
+    size_t deleted = 0;
+    CHECK(store_delete_many(c, ids.data(), ids.size(), &deleted) == STORE_OK);
+    CHECK(deleted == ids.size());
+    REQUIRE(store_list_spill_files(c, &files, sizeof *files, &n) == STORE_OK);
+    CHECK(n == 0);
+    // Files are unlinked off the event loop: wait for them.
+    CHECK(test::WaitFor([&] {
+      return std::all_of(paths.begin(), paths.end(),
+                         [](const std::string& p) { return access(p.c_str(), F_OK) != 0; });
+    }));
     store_client_free(c);
   }
   std::filesystem::remove_all(dir);

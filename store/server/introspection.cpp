@@ -400,17 +400,12 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
 void Server::HandleSpillFiles(Client* c, uint64_t seq, const proto::SpillFilesRequest* r) {
   uint32_t limit = r->limit();
   if (limit == 0 || limit > proto::kMaxSpillFilesPage) limit = proto::kMaxSpillFilesPage;
+  // The files after the last one listed, in id order: O(log n) to find the first.
   std::vector<const SpillFile*> after;
-  for (auto& [id, f] : spiller_.files()) {
-    if (id > r->after()) after.push_back(f.get());
-  }
-  const bool more = after.size() > limit;
-  auto by_id = [](const SpillFile* a, const SpillFile* b) { return a->id < b->id; };
-  if (more) {
-    std::nth_element(after.begin(), after.begin() + limit, after.end(), by_id);
-    after.resize(limit);
-  }
-  std::sort(after.begin(), after.end(), by_id);
+  const auto& all = spiller_.files();
+  auto it = all.upper_bound(r->after());
+  for (; it != all.end() && after.size() < limit; ++it) after.push_back(it->second.get());
+  const bool more = it != all.end();
   fbb_.Clear();
   std::vector<flatbuffers::Offset<proto::SpillFileInfo>> files;
   for (const SpillFile* f : after) {

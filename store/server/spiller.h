@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <deque>
 #include <list>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -226,9 +227,7 @@ class Spiller {
   void ReplyWhenDurable(DeferredDelete* d);
 
   // What introspection shows.
-  const std::unordered_map<uint64_t, std::unique_ptr<SpillFile>>& files() const {
-    return spill_files_;
-  }
+  const std::map<uint64_t, std::unique_ptr<SpillFile>>& files() const { return spill_files_; }
   const Totals& totals() const { return spill_totals_; }
   // Bytes of the spill files on disk, and of those the records of deleted objects.
   void DiskBytes(uint64_t* disk, uint64_t* dead) const {
@@ -306,7 +305,8 @@ class Spiller {
 
   std::unique_ptr<spill::SpillDirs> dirs_;
   SpillPolicy policy_;
-  std::unordered_map<uint64_t, std::unique_ptr<SpillFile>> spill_files_;
+  // By id, in order: a page of store_list_spill_files starts at the id after the last one.
+  std::map<uint64_t, std::unique_ptr<SpillFile>> spill_files_;
   // The files this store's spills wrote, by number (numbers are given in the order the writes
   // start): how a read-ahead finds the file written after one.
   std::unordered_map<uint64_t, SpillFile*> spilled_by_number_;
