@@ -370,21 +370,19 @@ void Server::HandleObjects(Client* c, uint64_t seq, const proto::ObjectsRequest*
   uint64_t want = std::min<uint64_t>(offset + limit, visible);
   std::vector<const Object*> heap;
   uint64_t total = 0;
-  uint64_t begin = 0, end = 0;
-  if (want <= kMaxHeap) {
+  const bool select = want > kMaxHeap;
+  if (!select) {
     total = FirstRanks(table_, want, nibbles != 0, matches, order, &heap);
-    begin = std::min<uint64_t>(offset, heap.size());
-    end = std::min<uint64_t>(heap.size(), begin + limit);
   } else {
     heap.reserve(visible);
     table_.ForEachVisible([&](const Object& o) {
       if (!nibbles || matches(o)) heap.push_back(&o);
     });
     total = heap.size();
-    begin = std::min<uint64_t>(offset, heap.size());
-    end = std::min<uint64_t>(heap.size(), begin + limit);
-    SelectRanks(heap, begin, end, order);
   }
+  const uint64_t begin = std::min<uint64_t>(offset, heap.size());
+  const uint64_t end = std::min<uint64_t>(heap.size(), begin + limit);
+  if (select) SelectRanks(heap, begin, end, order);
   if (from_end) {
     std::reverse(heap.begin() + static_cast<ptrdiff_t>(begin),
                  heap.begin() + static_cast<ptrdiff_t>(end));

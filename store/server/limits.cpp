@@ -192,22 +192,19 @@ void Server::LogLimit(LimitKind k, const Client* c, const std::string& what) {
 bool Server::AdmitObject(Client* c, std::string* message) {
   if (table_.instances() < max_objects_) return true;
   if (DropMode()) {
-    // A cache: the least valuable objects nobody uses go, as when memory is full.
-    DropTotals dropped;
-    while (table_.instances() >= max_objects_) {
-      Object* victim = nullptr;
-      table_.ForEachEvictable([&](Object* o) {
-        if (!Droppable(o)) return true;
-        victim = o;
-        return false;
-      });
-      if (!victim) break;
-      dropped.objects++;
-      dropped.bytes += victim->data_size + victim->metadata_size;
+    // A cache: the least valuable object nobody uses goes, as when memory is full. Only a
+    // recovery brings a store past the limit, and drop mode has no spill dir to recover from:
+    // one object makes room.
+    Object* victim = nullptr;
+    table_.ForEachEvictable([&](Object* o) {
+      if (Droppable(o)) victim = o;
+      return victim == nullptr;
+    });
+    if (victim) {
+      NoteDrops(1, victim->data_size + victim->metadata_size);
       DeleteObject(victim);
+      if (table_.instances() < max_objects_) return true;
     }
-    NoteDrops(dropped.objects, dropped.bytes);
-    if (table_.instances() < max_objects_) return true;
   }
   const uint64_t pending = table_.counters().deleted_pending_count;
   std::string held = std::to_string(table_.instances()) + " objects" +
