@@ -249,7 +249,8 @@ typedef struct store_stats {
     uint64_t spilled_bytes;
     uint64_t restoring_count;
     uint64_t restoring_bytes;
-    uint64_t evictable_bytes;     /* sealed bytes in memory that nobody reads or pins */
+    uint64_t evictable_bytes;     /* sealed bytes in memory that nobody reads or pins (nor,
+                                     with --when-full drop, leases): what may go now */
     uint64_t spill_enabled;       /* 1 when the server has spill directories */
     uint64_t spill_files;         /* spill files on disk */
     uint64_t spill_disk_bytes;    /* their bytes */

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -2080,6 +2081,78 @@ TEST_CASE("waiting gets past --max-client-waiting get STORE_ELIMIT and the conne
   s.CheckBaseline(base_fds);
   s.CheckServes();
   CHECK(LogLines(s.store, "limit --max-client-waiting") == 1);
+}
+
+// The server's own CPU time (user + system), in seconds.
+double ServerCpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+  std::istringstream in(line.substr(line.rfind(')') + 2));
+  std::vector<std::string> fields;
+  for (std::string w; in >> w;) fields.push_back(w);
+  REQUIRE(fields.size() > 12);
+  return static_cast<double>(std::stoull(fields[11]) + std::stoull(fields[12])) /
+         static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// 262,144 gets waiting on one id (256 connections of 1,024, inside every default limit) all end
+// at its seal. Each used to leave the id's list of waiters by a search of that list: the seal
+// cost the server about 23 s of CPU in a release build, a minute under sanitizers, while it
+// served nobody. Now each leaves in O(1), and the whole seal takes a fraction of a second; the
+// bound below is ten times that, and half of what the search took.
+TEST_CASE("a quarter million gets waiting on one id all end at its seal in linear time") {
+  test::TestStore s("64M");
+  REQUIRE(s.started());
+  constexpr int kConns = 256, kGets = 1024;
+  const proto::ObjectId id = IdOf("awaited");
+  std::vector<std::unique_ptr<RawConn>> conns;
+  for (int i = 0; i < kConns; i++) {
+    conns.push_back(std::make_unique<RawConn>(s.socket()));
+    REQUIRE(Handshake(*conns.back()) > 0);
+    Bytes batch;
+    for (int k = 0; k < kGets; k++) {
+      Bytes m = GetMsg(100 + static_cast<uint64_t>(k), {id}, -1);
+      batch.insert(batch.end(), m.begin(), m.end());
+    }
+    REQUIRE(conns.back()->Send(batch));
+  }
+  RawConn probe(s.socket());
+  REQUIRE(Handshake(probe) > 0);
+  uint64_t seq = 2;
+  auto waiting = [&] {
+    REQUIRE(probe.Send(StatsMsg(++seq)));
+    Reply r;
+    REQUIRE(ExpectReply(probe, seq, Body::StatsReply, &r));
+    return r.msg->body_as_StatsReply()->waiting_gets();
+  };
+  REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kGets; },
+                        std::chrono::seconds(120)));
+
+  const double cpu0 = ServerCpuSeconds(s.pid());
+  RawConn writer(s.socket());
+  REQUIRE(Handshake(writer) > 0);
+  CreateArgs put;
+  put.key = "awaited";
+  put.data = Bytes(16, 'x');
+  REQUIRE(writer.Send(CreateMsg(2, put)));
+  Reply r;
+  REQUIRE(ExpectReply(writer, 2, Body::CreateReply, &r));
+  CHECK(waiting() == 0);
+  const double cpu = ServerCpuSeconds(s.pid()) - cpu0;
+  INFO("server CPU for the seal and its 262,144 replies: ", cpu, " s");
+  CHECK(cpu < 10.0);
+  // Every get got its object.
+  for (auto& c : conns) {
+    for (int k = 0; k < kGets; k++) {
+      Reply g;
+      REQUIRE(c->Next(&g) == Got::kMessage);
+      REQUIRE(g.msg->status() == 0);
+      REQUIRE(g.msg->body_type() == Body::GetReply);
+    }
+  }
+  CHECK(s.Alive());
 }
 
 TEST_CASE("clients that never read their replies are disconnected past --max-backlog, the largest first") {

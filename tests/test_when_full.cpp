@@ -263,6 +263,82 @@ TEST_CASE("drop: lowest importance goes first, then the least recently used") {
   CHECK(Stats(c.get()).total_dropped_objects == m + 2);
 }
 
+// A leased object is no candidate, so it is not among the objects a drop looks at at all: it is
+// out of the eviction order (evictable_bytes leaves it out) until its last lease goes. Were it
+// kept in that order, one client holding many leases on the least valuable objects would make
+// every create at the limit walk past all of them, holding up every client (1M leased objects:
+// 50 ms per create instead of 0.09).
+TEST_CASE("drop: leased objects are out of the eviction order until their last lease goes") {
+  test::TestStore s("64M", {"--when-full", "drop", "--max-objects", "40"});
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket(), "when_full");
+  ClientPtr holder = Connect(s.socket(), "lease holder");
+  std::vector<Obj> plain;
+  for (int i = 0; i < 10; i++) {
+    plain.push_back(MakeObj("plain-" + std::to_string(i), 500 + i, 4096));
+    Put(c.get(), plain.back(), 0, 0);
+  }
+  const uint64_t plain_bytes = Stats(c.get()).evictable_bytes;
+  REQUIRE(plain_bytes >= 10 * 4096);
+
+  // Of the lowest importance: a drop would take them first if it could. Half created leased by
+  // the holder, half leased by it after an ordinary put.
+  std::vector<Obj> created_leased, leased;
+  for (int i = 0; i < 10; i++) {
+    created_leased.push_back(MakeObj("created-leased-" + std::to_string(i), 600 + i, 4096));
+    PutLeased(holder.get(), created_leased.back(), -5);
+    leased.push_back(MakeObj("leased-" + std::to_string(i), 700 + i, 4096));
+    Put(c.get(), leased.back(), -5, 0);
+    uint32_t n = 0;
+    REQUIRE(store_lease(holder.get(), &leased.back().id, &n) == STORE_OK);
+    REQUIRE(n == 1);
+  }
+  CHECK(Stats(c.get()).evictable_bytes == plain_bytes);
+  // A second lease, then its release: still held by the first.
+  uint32_t n = 0;
+  REQUIRE(store_lease(c.get(), &leased[0].id, &n) == STORE_OK);
+  REQUIRE(n == 2);
+  REQUIRE(store_unlease(c.get(), &leased[0].id, &n) == STORE_OK);
+  REQUIRE(n == 1);
+  CHECK(Stats(c.get()).evictable_bytes == plain_bytes);
+
+  // At the limit (40 objects) each create drops a plain one, never a leased one.
+  std::vector<Obj> more;
+  for (int i = 0; i < 15; i++) {
+    more.push_back(MakeObj("more-" + std::to_string(i), 800 + i, 4096));
+    Put(c.get(), more.back(), 0, 0);
+  }
+  store_stats st = Stats(c.get());
+  CHECK(st.object_count == 40);
+  CHECK(st.total_dropped_objects == 5);
+  for (int i = 0; i < 5; i++) CHECK_FALSE(Present(c.get(), plain[i]));
+  for (const Obj& o : created_leased) CHECK(Present(c.get(), o));
+  for (const Obj& o : leased) CHECK(Present(c.get(), o));
+
+  // Its last lease gone, leased[3] is a candidate again, and the first (lowest importance).
+  const uint64_t before = Stats(c.get()).evictable_bytes;
+  REQUIRE(store_unlease(holder.get(), &leased[3].id, &n) == STORE_OK);
+  REQUIRE(n == 0);
+  CHECK(Stats(c.get()).evictable_bytes > before);
+  Put(c.get(), MakeObj("after-unlease", 900, 4096), 0, 0);
+  CHECK_FALSE(Present(c.get(), leased[3]));
+  CHECK(Present(c.get(), plain[5]));
+  CHECK(Stats(c.get()).total_dropped_objects == 6);
+
+  // The holder gone: the objects it created leased go with it, the others it leased become
+  // candidates, and the next create drops the first of them.
+  holder.reset();
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).object_count == 30; },
+                        std::chrono::seconds(10)));
+  for (const Obj& o : created_leased) CHECK_FALSE(Present(c.get(), o));
+  CHECK(Stats(c.get()).evictable_bytes > before);
+  for (int i = 0; i < 11; i++) Put(c.get(), MakeObj("last-" + std::to_string(i), 950 + i, 4096), 0, 0);
+  CHECK_FALSE(Present(c.get(), leased[0]));
+  CHECK(Present(c.get(), leased[1]));
+  CHECK(Present(c.get(), plain[5]));
+  CHECK(s.Alive());
+}
+
 TEST_CASE("drop: when the first victims are not next to each other, the next ones go too") {
   test::TestStore s("16M", kDrop);
   REQUIRE(s.started());
@@ -348,7 +424,7 @@ TEST_CASE("drop: open, pinned, leased and unsealed objects stay; with only those
     held.emplace_back(r);
   }
   REQUIRE(held.size() == k - 5);
-  REQUIRE(Stats(c.get()).evictable_bytes == kMiB * 2);  // the two leased ones
+  REQUIRE(Stats(c.get()).evictable_bytes == 0);  // the two leased ones are no candidates
   const Obj extra = MakeObj("extra", 7, kMiB);
   CHECK(TryPut(c.get(), extra, 0, 0) == STORE_ENOSPACE);
   const std::string full = store_last_error_message();

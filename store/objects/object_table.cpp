@@ -52,6 +52,7 @@ void ObjectTable::CountState(Object* o, int sign) {
     case ObjectState::kRestoring: Bump(c_.restoring_count, c_.restoring_bytes, b, sign); break;
   }
   if (o->pins > 0) Bump(c_.pinned_count, c_.pinned_bytes, b, sign);
+  if (o->lease_kept) Bump(c_.lease_kept_count, c_.lease_kept_bytes, b, sign);
   if (o->readers > 0) Bump(c_.open_count, c_.open_bytes, b, sign);
 }
 
@@ -120,6 +121,21 @@ uint32_t ObjectTable::EvictErase(uint32_t root, Object* o) {
     o->evict_right = Object::kNoSlot;
   }
   return root;
+}
+
+size_t ObjectTable::EvictHeight() const {
+  size_t height = 0;
+  std::vector<std::pair<uint32_t, size_t>> stack;  // (slot, its depth)
+  if (evict_root_ != Object::kNoSlot) stack.emplace_back(evict_root_, 1);
+  while (!stack.empty()) {
+    auto [slot, depth] = stack.back();
+    stack.pop_back();
+    height = std::max(height, depth);
+    const Object* n = pool_.At(slot);
+    if (n->evict_left != Object::kNoSlot) stack.emplace_back(n->evict_left, depth + 1);
+    if (n->evict_right != Object::kNoSlot) stack.emplace_back(n->evict_right, depth + 1);
+  }
+  return height;
 }
 
 Object* ObjectTable::Insert(const Object& proto) {

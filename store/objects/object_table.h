@@ -15,6 +15,8 @@
 #include <new>
 #include <vector>
 
+#include "keyed_hash.h"
+
 namespace store {
 
 struct SpillFile;  // owned by the server's spiller; objects only point at it
@@ -24,18 +26,10 @@ struct ObjectKey {
   bool operator==(const ObjectKey& o) const { return std::memcmp(bytes, o.bytes, 20) == 0; }
 };
 
+// Keyed (keyed_hash.h): a client chooses ids, and must not be able to choose ids that collide.
 struct ObjectKeyHash {
   size_t operator()(const ObjectKey& k) const {
-    uint64_t a, b;
-    uint32_t c;
-    std::memcpy(&a, k.bytes, 8);
-    std::memcpy(&b, k.bytes + 8, 8);
-    std::memcpy(&c, k.bytes + 16, 4);
-    uint64_t h = a * 0x9E3779B97F4A7C15ull;
-    h ^= (b + 0x632BE59BD9B4E019ull + (h << 6) + (h >> 2));
-    h ^= (uint64_t{c} * 0xC2B2AE3D27D4EB4Full) + (h << 6) + (h >> 2);
-    h ^= h >> 29;
-    return static_cast<size_t>(h);
+    return static_cast<size_t>(SipHash13(ProcessHashKey(), k.bytes, sizeof k.bytes));
   }
 };
 
@@ -54,7 +48,10 @@ struct Object {
   ObjectKey id;
   ObjectState state = ObjectState::kCreated;
   bool deleted = false;         // unlinked from the id index; freed when readers reach 0
-  int16_t restore_error = 0;    // why the last restore failed (a STORE_E* code; 0 = it did not)
+  int8_t restore_error = 0;     // why the last restore failed (a STORE_E* code; 0 = it did not)
+  // Leased in a store that drops (--when-full drop): never a victim, so out of the eviction
+  // order, which a drop then never walks past it (set and cleared by the server, via Mutate).
+  bool lease_kept = false;
   uint64_t data_size = 0;       // next to the id: a page of objects sorted by size reads both
   uint64_t uid = 0;
   uint8_t* data = nullptr;      // in the region; metadata follows at data + data_size
@@ -98,10 +95,11 @@ struct Object {
   uint64_t bytes() const {
     return alloc_size || on_gpu() ? alloc_size : data_size + metadata_size;
   }
-  // May the spiller take it? Sealed, in host memory, not read, not pinned, not deleted.
+  // May the spiller (or a drop) take it? Sealed, in host memory, not read, not pinned, not
+  // deleted, not kept by a lease.
   bool evictable() const {
     return !deleted && state == ObjectState::kSealed && readers == 0 && pins == 0 &&
-           data != nullptr && !on_gpu();
+           !lease_kept && data != nullptr && !on_gpu();
   }
 };
 
@@ -117,6 +115,7 @@ struct TableCounters {
   uint64_t restoring_count = 0, restoring_bytes = 0;
   uint64_t evictable_count = 0, evictable_bytes = 0;  // what the spiller may take now
   uint64_t pinned_count = 0, pinned_bytes = 0;
+  uint64_t lease_kept_count = 0, lease_kept_bytes = 0;  // not deleted
   uint64_t open_count = 0, open_bytes = 0;
   uint64_t deleted_pending_count = 0, deleted_pending_bytes = 0;
 };
@@ -174,17 +173,8 @@ class ObjectIndex {
   size_t capacity_bytes() const { return slots_.capacity() * sizeof(Object*); }
 
  private:
-  // The key's home slot. The hash is mixed again (murmur3's finalizer) because the mask keeps
-  // only its low bits, and ids that differ only in a few bytes must still spread over them.
-  size_t Home(const Key& k) const {
-    uint64_t h = static_cast<uint64_t>(Hash()(k));
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return static_cast<size_t>(h) & mask_;
-  }
+  // The key's home slot: the hash's low bits (both hashes are SipHash, uniform in every bit).
+  size_t Home(const Key& k) const { return static_cast<size_t>(Hash()(k)) & mask_; }
   void Grow() {
     std::vector<Object*> old;
     old.swap(slots_);
@@ -300,6 +290,9 @@ class ObjectTable {
       n = Node(n->evict_right);
     }
   }
+  // The height of the eviction order's tree (0 when empty): what a change of it or the first
+  // step of ForEachEvictable costs. O(n); for tests.
+  size_t EvictHeight() const;
   // Removes o entirely and destroys it. The caller frees its memory first.
   void Erase(Object* o);
 
@@ -332,18 +325,18 @@ class ObjectTable {
  private:
   void CountState(Object* o, int sign);
   // The eviction order: lowest importance, then least recent access, then uid. A treap whose
-  // links live in the objects (no node of its own) and whose heap priority is a hash of the
-  // uid: O(log n) expected per insert or erase. An object's key fields must not change while it
-  // is in the treap (Mutate takes it out first).
+  // links live in the objects (no node of its own) and whose heap priority is a keyed hash of
+  // the uid: O(log n) expected per insert or erase, whatever order a client uses objects in.
+  // An object's key fields must not change while it is in the treap (Mutate takes it out).
   static bool EvictLess(const Object* a, const Object* b) {
     if (a->importance != b->importance) return a->importance < b->importance;
     if (a->access_ns != b->access_ns) return a->access_ns < b->access_ns;
     return a->uid < b->uid;
   }
-  static uint64_t EvictPriority(const Object* o) {
-    uint64_t h = o->uid * 0x9E3779B97F4A7C15ull;
-    return h ^ (h >> 31);
-  }
+  // The treap's heap priority: keyed (keyed_hash.h), as uids are in every reply and a client
+  // that uses objects in the order of predictable priorities makes the tree a list. Not the
+  // uid index's hash (the uid is complemented first).
+  static uint64_t EvictPriority(const Object* o) { return SipHash13(ProcessHashKey(), ~o->uid); }
   Object* Node(uint32_t slot) const { return slot == Object::kNoSlot ? nullptr : pool_.At(slot); }
   uint32_t EvictInsert(uint32_t root, Object* o);
   uint32_t EvictErase(uint32_t root, Object* o);
@@ -358,10 +351,11 @@ class ObjectTable {
   struct UidOf {
     uint64_t operator()(const Object* o) const { return o->uid; }
   };
+  // Keyed too: uids are in every reply, and a client that keeps only the objects whose uids
+  // share a slot would otherwise make one long run of the index.
   struct UidHash {
     size_t operator()(uint64_t uid) const {
-      uint64_t h = uid * 0x9E3779B97F4A7C15ull;
-      return static_cast<size_t>(h ^ (h >> 32));
+      return static_cast<size_t>(SipHash13(ProcessHashKey(), uid));
     }
   };
   ObjectPool pool_;  // declared first: destroyed after the indexes

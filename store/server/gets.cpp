@@ -98,12 +98,11 @@ void Server::Unregister(WaitingGet* g, uint32_t first_pos) {
   auto it = get_waiters_.find(g->ids[first_pos]);
   if (it == get_waiters_.end()) return;
   auto& v = it->second;
-  for (size_t k = 0; k < v.size(); k++) {
-    if (v[k].get == g) {
-      v[k] = v.back();
-      v.pop_back();
-      break;
-    }
+  const uint32_t k = g->waiter_at[first_pos];
+  if (k < v.size() && v[k].get == g && v[k].first_pos == first_pos) {
+    v[k] = v.back();  // the last entry moves into its place
+    v[k].get->waiter_at[v[k].first_pos] = k;
+    v.pop_back();
   }
   if (v.empty()) get_waiters_.erase(it);
 }
@@ -221,13 +220,21 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   }
   g->missing = g->waiting_on.size();
   if (g->missing == 0) return CompleteGet(g, false);
-  for (uint32_t first : g->waiting_on) get_waiters_[g->ids[first]].push_back({g, first});
+  g->waiter_at.assign(n, 0);
+  for (uint32_t first : g->waiting_on) {
+    auto& v = get_waiters_[g->ids[first]];
+    g->waiter_at[first] = static_cast<uint32_t>(v.size());
+    v.push_back({g, first});
+  }
   c->gets.insert(g);
   waiting_gets_++;
   if (timeout > 0) {
     uv_timer_init(&loop_, &g->timer);
     g->timer.data = g;
     g->has_timer = true;
+    // From now, not from the start of this loop turn (libuv's cached time): a request read late
+    // in a long turn would otherwise time out early by the turn's length.
+    uv_update_time(&loop_);
     uv_timer_start(
         &g->timer,
         [](uv_timer_t* t) {
@@ -366,6 +373,8 @@ void Server::HandleRelease(Client* c, uint64_t seq, const proto::ReleaseRequest*
     auto it = c->readers.find(uid);
     Object* o = it == c->readers.end() ? nullptr : table_.FindUid(uid);
     if (!o) {
+      // What the uids before it freed is freed: the creates waiting for room hear of it.
+      if (freed) Pump();
       return ProtocolError(c, seq, "release of object instance " + std::to_string(uid) +
                                        ", which this client does not hold");
     }

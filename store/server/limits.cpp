@@ -194,11 +194,11 @@ bool Server::AdmitObject(Client* c, std::string* message) {
   if (DropMode()) {
     // A cache: the least valuable object nobody uses goes, as when memory is full. Only a
     // recovery brings a store past the limit, and drop mode has no spill dir to recover from:
-    // one object makes room.
+    // one object makes room. The first in the eviction order: leased ones are not in it.
     Object* victim = nullptr;
     table_.ForEachEvictable([&](Object* o) {
-      if (Droppable(o)) victim = o;
-      return victim == nullptr;
+      victim = o;
+      return false;
     });
     if (victim) {
       NoteDrops(1, victim->data_size + victim->metadata_size);

@@ -22,16 +22,10 @@ std::string Server::FullMessage(uint64_t want) const {
   const auto& t = table_.counters();
   std::string leased, dropping;
   if (DropMode()) {
-    // What leases hold, and what could be dropped: the unused objects without a lease.
-    uint64_t leased_bytes = 0, leased_unused = 0;
-    for (const auto& [uid, l] : leases_) {
-      const Object* o = table_.FindUid(uid);
-      if (!o || o->deleted || l.count == 0) continue;
-      leased_bytes += o->alloc_size;
-      if (o->evictable()) leased_unused += o->alloc_size;
-    }
-    leased = ", " + Bytes(leased_bytes) + " leased";
-    dropping = "; dropping the " + Bytes(t.evictable_bytes - leased_unused) +
+    // What leases hold, and what could be dropped: the unused objects without a lease (leased
+    // ones are not evictable in drop mode).
+    leased = ", " + Bytes(t.lease_kept_bytes) + " leased";
+    dropping = "; dropping the " + Bytes(t.evictable_bytes) +
                " of objects nobody uses would not make room";
   }
   return "the store is full: " + Bytes(want) + " requested, " +
@@ -50,8 +44,9 @@ bool Server::CreatedLeased(const Object* o) const {
 // ------------------------------------------------------------------------------------------
 // --when-full drop: a cache. Without a spill directory, a create that does not fit deletes the
 // least valuable objects nobody uses, in the spiller's order (lowest importance, then least
-// recently used, among sealed objects with no reader and no pin), skipping leased ones, until
-// it fits. Each is deleted as store_delete deletes (unlinked, then freed: nobody reads it).
+// recently used, among sealed objects with no reader, pin or lease: in this mode leased objects
+// are out of that order, see KeepLeased), until it fits. Each is deleted as store_delete
+// deletes (unlinked, then freed: nobody reads it).
 // When all of them would not free enough bytes, none is dropped and the create waits or fails
 // as it would without the flag; a release, an unpin, an unlease, a seal or a disconnect that
 // makes an object droppable pumps the waiting creates again. Victims are chosen by bytes; when
@@ -59,11 +54,9 @@ bool Server::CreatedLeased(const Object* o) const {
 // with the free pages cut up by objects that must stay, more may go than the create needed).
 // GPU objects are never candidates, and device memory is never made by dropping.
 
-bool Server::Droppable(const Object* o) const {
-  if (!o->evictable()) return false;
-  if (leases_.empty()) return true;
-  auto it = leases_.find(o->uid);
-  return it == leases_.end() || it->second.count == 0;
+void Server::KeepLeased(Object* o, bool kept) {
+  if (!DropMode() || o->lease_kept == kept) return;
+  table_.Mutate(o, [kept](Object* x) { x->lease_kept = kept; });
 }
 
 void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
@@ -71,7 +64,7 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
     uint64_t used = region_->allocated_bytes(), cap = region_->capacity();
     return cap > used ? cap - used : 0;
   };
-  auto keep = [this](const Object* o) { return !Droppable(o); };
+  auto keep = [](const Object* o) { return !o->evictable(); };
   std::vector<Object*> victims = ChooseDrops(table_, free_now(), size, keep);
   // None chosen: all of them would not free enough bytes, or enough are free but not in one
   // piece (then the loop drops one candidate at a time).
@@ -158,6 +151,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
   if (a.leased) {
     leases_[o->uid] = LeaseState{1, true};
     c->leases[o->uid] = Client::HeldLease{o->id, 1};
+    KeepLeased(o, true);
   }
   if (a.inline_put) {
     std::memcpy(o->data, a.inline_data.data(), a.data_size);
@@ -286,6 +280,9 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
     uv_timer_init(&loop_, &w->timer);
     w->timer.data = w;
     w->has_timer = true;
+    // From now, not from the start of this loop turn (libuv's cached time): a request read late
+    // in a long turn would otherwise time out early by the turn's length.
+    uv_update_time(&loop_);
     uv_timer_start(
         &w->timer,
         [](uv_timer_t* t) {
@@ -591,7 +588,9 @@ bool Server::DropLeases(uint64_t uid, uint32_t n) {
   bool auto_delete = it->second.auto_delete;
   leases_.erase(it);
   Object* o = table_.FindUid(uid);
-  if (!o || o->deleted) return false;
+  if (!o) return false;
+  KeepLeased(o, false);
+  if (o->deleted) return false;
   // Without a lease an unused object may be dropped to make room (--when-full drop).
   if (!auto_delete) return DropMode() && o->evictable();
   if (o->state == ObjectState::kCreated) return false;  // an unsealed one is aborted
@@ -644,6 +643,7 @@ void Server::HandleLease(Client* c, uint64_t seq, const proto::LeaseRequest* r) 
   l.count++;
   mine.id = o->id;
   mine.n++;
+  KeepLeased(o, true);
   fbb_.Clear();
   SendEmpty(c, seq, Body::LeaseReply, proto::CreateLeaseReply(fbb_, l.count).Union());
 }

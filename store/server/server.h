@@ -170,8 +170,10 @@ class Server final : private Spiller::Host {
   bool DropMode() const { return options_.when_full == WhenFull::kDrop; }
   // Created with STORE_CREATE_LEASED (deleted when its last lease goes).
   bool CreatedLeased(const Object* o) const override;
-  // Whether o may be dropped: evictable (sealed, in memory, no reader or pin) and not leased.
-  bool Droppable(const Object* o) const;
+  // In drop mode a leased object is kept: out of the eviction order while any lease on it lasts
+  // (Object::lease_kept), so that what a drop walks is only what it may take. Call with true
+  // when a lease is taken, false when the last goes; nothing outside drop mode.
+  void KeepLeased(Object* o, bool kept);
   // Counts drops; logs them at most once a second, aggregated (FlushDropLog).
   void NoteDrops(uint64_t objects, uint64_t bytes);
   void FlushDropLog();

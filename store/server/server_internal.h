@@ -96,14 +96,18 @@ struct Server::WaitingGet {
   std::vector<uint32_t> next_same;  // per id: the next position of the same id, or kEnd
   std::vector<uint8_t> resolved;   // per first position of an id: its wait is over
   std::vector<uint32_t> waiting_on;  // first positions of the distinct ids waited for
+  // Per first position waited for: where its entry is in its id's list of waiters, so that an
+  // entry leaves in O(1) (thousands of gets may wait on one id and all end at its seal).
+  std::vector<uint32_t> waiter_at;
   size_t missing = 0;              // of those, not resolved yet
   uv_timer_t timer{};
   bool has_timer = false;
   uint64_t held = 0;               // bytes counted against the waiting limits
   static constexpr uint32_t kEnd = UINT32_MAX;
   // Its bytes per id, as the waiting limits count them: the id, the instance taken, the status,
-  // the chain of equal ids, the resolved flag and, for an id waited for, its waiter entry.
-  static constexpr uint64_t kHeldPerId = 20 + 8 + 4 + 4 + 1 + 4 + 16 + 48;
+  // the chain of equal ids, the resolved flag and, for an id waited for, its waiter entry and
+  // the entry's place.
+  static constexpr uint64_t kHeldPerId = 20 + 8 + 4 + 4 + 1 + 4 + 16 + 48 + 4;
 };
 
 // A create's arguments. metadata and inline_data borrow the request's bytes while it is served
