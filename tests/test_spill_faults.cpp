@@ -481,6 +481,69 @@ TEST_CASE("a compaction that cannot write its new file: counted as failed, the o
   CHECK(s.Stop() == 0);
 }
 
+// A compaction moves an object's record to a new file while a restore still reads the old one,
+// which then stays on disk until that read ends. A delete of the moved object must tombstone
+// its old record too: a crash before the old file's unlink, then --recover, used to find that
+// record untombstoned and serve the deleted object again. The crash is the spill directory as
+// it is at that moment, copied, and recovered by a real store.
+TEST_CASE("an object deleted after its file was compacted, while the old file is still read, "
+          "does not come back after a crash") {
+  InProcessStore s;  // --spill-compact 0.5 (the default)
+  ClientPtr c = Connect(s);
+  const Obj big = MakeObj("moved-big", 950, 4 * kMiB), k = MakeObj("moved-k", 951, 64 * kKiB, 9),
+            dead = MakeObj("moved-dead", 952, 8 * kMiB);
+  for (const Obj* o : {&big, &k, &dead}) Put(c.get(), *o);
+  uint64_t spilled = 0;
+  REQUIRE(EvictSucceeds(c.get(), &spilled));
+  const std::string old_file = UrlOf(c.get(), k).path;
+  REQUIRE(UrlOf(c.get(), big).path == old_file);
+  REQUIRE(UrlOf(c.get(), dead).path == old_file);
+
+  // A restore of big holds the old file: its first read waits until released.
+  s.env().HoldNextReadOf(256 * kKiB);
+  ClientPtr reader = Connect(s);
+  std::atomic<int> open_rc{1};
+  std::thread restore([&] {
+    store_reader* r = nullptr;
+    open_rc = store_open_reader(reader.get(), &r, &big.id, 30000);
+    if (open_rc == STORE_OK) store_reader_close(r);
+  });
+  REQUIRE(test::WaitFor([&] { return s.env().read_held(); }));
+
+  // Two thirds of the file dead: it is compacted, k moves into the new file.
+  Delete(c.get(), dead);
+  REQUIRE(test::WaitFor([&] { return Stats(c.get()).total_compactions == 1; }));
+  const std::string new_file = UrlOf(c.get(), k).path;
+  CHECK(new_file != old_file);
+  REQUIRE(fs::exists(old_file));  // still read
+  Delete(c.get(), k);             // durable when it returns
+
+  // The crash: the spill directory as it is now.
+  TempDir crash;
+  const std::string copy = crash.Sub("spill");
+  fs::copy(s.spill_dir(), copy, fs::copy_options::recursive);
+  CHECK(fs::exists(copy + old_file.substr(s.spill_dir().size())));
+
+  s.env().ReleaseHeldRead();
+  restore.join();
+  CHECK(open_rc == STORE_OK);
+  reader.reset();
+  c.reset();
+  CHECK(s.Stop() == 0);
+
+  test::TestStore r("64M", SpillArgs(copy, {"--recover"}));
+  INFO(r.Log());
+  REQUIRE(r.started());
+  ClientPtr rc = test::Connect(r.socket(), "after the crash");
+  int present = -1;
+  REQUIRE(store_contains(rc.get(), &k.id, &present) == STORE_OK);
+  CHECK(present == 0);
+  REQUIRE(store_contains(rc.get(), &dead.id, &present) == STORE_OK);
+  CHECK(present == 0);
+  ReadBack(rc.get(), big);
+  CHECK(Stats(rc.get()).object_count == 1);
+}
+
 TEST_CASE("compactions that fail one after another are logged once a second at most") {
   TempDir logs;
   StderrCapture err(logs.path + "/stderr");

@@ -638,6 +638,17 @@ bool Spiller::TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs) {
   auto add = [&](SpillDirState* d) {
     if (dirs && std::find(dirs->begin(), dirs->end(), d) == dirs->end()) dirs->push_back(d);
   };
+  // Its records in files compacted since, which are still on disk.
+  if (!moved_from_.empty()) {
+    auto m = moved_from_.find(o->uid);
+    if (m != moved_from_.end()) {
+      for (const SpillingAt& at : m->second) {
+        QueueTombstone(at.dir, at.number, at.offset);
+        add(at.dir);
+      }
+      moved_from_.erase(m);
+    }
+  }
   if (o->spill_file) {
     SpillDirState* dir = o->spill_file->dir;
     QueueTombstone(dir, o->spill_file->number, o->spill_offset);
@@ -665,6 +676,18 @@ bool Spiller::TombstoneFor(Object* o, std::vector<SpillDirState*>* dirs) {
 
 void Spiller::SpillFileGone(SpillDirState* dir, uint64_t number) {
   if (!dir) return;
+  auto mf = moved_by_file_.find({dir, number});
+  if (mf != moved_by_file_.end()) {
+    for (uint64_t uid : mf->second) {
+      auto m = moved_from_.find(uid);
+      if (m == moved_from_.end()) continue;  // deleted since: tombstoned
+      std::erase_if(m->second, [&](const SpillingAt& a) {
+        return a.dir == dir && a.number == number;
+      });
+      if (m->second.empty()) moved_from_.erase(m);
+    }
+    moved_by_file_.erase(mf);
+  }
   if (dir->files > 0) dir->files--;
   auto it = dir->live.find(number);
   if (it != dir->live.end()) {
@@ -745,12 +768,14 @@ void Spiller::TombWork(uv_work_t* req) {
     };
     switch (item.kind) {
       case TombJob::Item::kAppend: {
+        bool opened = false;
         if (item.fd < 0) {
           item.fd = env->Open(log, O_WRONLY | O_CREAT, 0600);
           if (item.fd < 0) {
             fail(item.fd, "cannot open");
             break;
           }
+          opened = true;
         }
         iovec iov{item.bytes.data(), item.bytes.size()};
         ssize_t w = env->PWritev(item.fd, &iov, 1, static_cast<off_t>(item.offset));
@@ -760,6 +785,15 @@ void Spiller::TombWork(uv_work_t* req) {
           fail(-EIO, "short write to");
         } else if (int rc = env->Fdatasync(item.fd); rc < 0) {
           fail(rc, "cannot sync");
+        } else if (opened) {
+          // A log this open may have just created: its name made durable too, or a power cut
+          // could lose the whole log and revive what it deletes. Retried on the next append if
+          // it fails (the descriptor is not kept then).
+          if (int drc = env->SyncDir(item.path); drc < 0) {
+            fail(drc, "cannot sync the directory of");
+            env->Close(item.fd);
+            item.fd = -1;
+          }
         }
         break;
       }
@@ -967,7 +1001,9 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
   nf->created_ns = RealtimeNs();
   s->spill_files_.emplace(nf->id, std::move(owned));
   // The objects still there move to the new file; the records of those deleted meanwhile are
-  // dead in it (and tombstoned).
+  // dead in it (and tombstoned). The old records stay on disk until the old file is gone: a
+  // delete tombstones them too (moved_from_).
+  std::vector<uint64_t>& moved = s->moved_by_file_[{f->dir, f->number}];
   for (size_t i = 0; i < job->uids.size(); i++) {
     const spill::RecordLocation& was = job->live[i];
     const spill::RecordLocation& now = job->locations[i];
@@ -979,6 +1015,8 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
     f->live_objects--;
     f->live_bytes -= was.size;
     f->dead_bytes += was.size;
+    s->moved_from_[o->uid].push_back(SpillingAt{f->dir, f->number, was.offset});
+    moved.push_back(o->uid);
     o->spill_file = nf;
     o->spill_offset = now.offset;
     AddRecord(nf, now.offset, o->uid);
@@ -1343,7 +1381,8 @@ void Spiller::CloseReadFd(SpillFile* f) {
 }
 
 void Spiller::FailRestore(Object* o, int code, const std::string& message) {
-  o->restore_error = static_cast<int16_t>(code);
+  static_assert(STORE_ERRNO_MIN_ >= INT8_MIN, "a STORE_E* code fits restore_error");
+  o->restore_error = static_cast<int8_t>(code);
   // Logged once per second at most, with how many were not: a prefetch of many spilled
   // objects on a failing disk must not flood the log.
   if (restore_log_.Now(stopping_)) {

@@ -361,6 +361,12 @@ class Spiller {
   // Where the objects a compaction copies will be in its new file, by uid: a delete then writes
   // a tombstone for that record too.
   std::unordered_map<uint64_t, SpillingAt> compacting_at_;
+  // The records a compaction copied out of a file that is not gone yet (a restore still reads
+  // it, or its unlink has not finished), by uid: a delete tombstones them too, or after a crash
+  // before the unlink a --recover would find the old copy untombstoned and serve the deleted
+  // object again. Dropped when the file is gone (SpillFileGone), by file (moved_by_file_).
+  std::unordered_map<uint64_t, std::vector<SpillingAt>> moved_from_;
+  std::map<std::pair<const SpillDirState*, uint64_t>, std::vector<uint64_t>> moved_by_file_;
   CompactJob* compact_job_ = nullptr;   // the one in flight
   std::set<uint64_t> compact_wanted_;  // ids of files to look at once it is done
   CompactTotals compact_totals_;

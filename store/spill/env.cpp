@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <condition_variable>
 #include <mutex>
 #include <unordered_map>
 
@@ -245,6 +246,9 @@ struct FaultInjectionEnv::State {
   std::string fail_suffix;  // FailWritesTo
   int fail_suffix_err = 0;
   std::unordered_map<int, std::string> paths;  // open fds -> their paths (for FailWritesTo)
+  uint64_t hold_at_least = 0;  // HoldNextReadOf: 0 = none armed
+  bool holding = false, released = false;
+  std::condition_variable held_cv;
 };
 
 std::shared_ptr<FaultInjectionEnv::State> FaultInjectionEnv::MakeState() {
@@ -256,6 +260,24 @@ void FaultInjectionEnv::FailWritesAfter(int64_t bytes, int err) {
   state_->write_limit_set = bytes >= 0;
   state_->write_limit = bytes >= 0 ? state_->written + static_cast<uint64_t>(bytes) : 0;
   state_->write_err = err;
+}
+
+void FaultInjectionEnv::HoldNextReadOf(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->hold_at_least = bytes;
+  state_->holding = false;
+  state_->released = false;
+}
+
+bool FaultInjectionEnv::read_held() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->holding;
+}
+
+void FaultInjectionEnv::ReleaseHeldRead() {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->released = true;
+  state_->held_cv.notify_all();
 }
 
 void FaultInjectionEnv::FailReads(int err) {
@@ -339,9 +361,17 @@ ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t of
   int read_err;
   int64_t corrupt_at;
   {
-    std::lock_guard<std::mutex> lock(state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     read_err = state_->read_err;
     corrupt_at = state_->corrupt_at;
+    uint64_t want = 0;
+    for (int i = 0; i < iovcnt; i++) want += iov[i].iov_len;
+    if (state_->hold_at_least > 0 && want >= state_->hold_at_least) {
+      state_->hold_at_least = 0;
+      state_->holding = true;
+      state_->held_cv.wait(lock, [&] { return state_->released; });
+      state_->holding = false;
+    }
   }
   if (read_err != 0) return -read_err;
   ssize_t n = base_->PReadv(fd, iov, iovcnt, off);

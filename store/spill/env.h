@@ -77,6 +77,12 @@ class FaultInjectionEnv : public Env {
   // Writes to files whose name ends with `suffix` fail with -err (err 0 = off); other files
   // are written as usual.
   void FailWritesTo(const std::string& suffix, int err);
+  // The next read of at least `bytes` waits, before it reads, until ReleaseHeldRead (a slow
+  // disk under one read, at a moment the test chooses); later reads go on as usual.
+  void HoldNextReadOf(uint64_t bytes);
+  // Whether a read is waiting now.
+  bool read_held() const;
+  void ReleaseHeldRead();
   uint64_t bytes_written() const;
 
   int Open(const std::string& path, int flags, int mode) override;

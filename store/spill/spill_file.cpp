@@ -204,6 +204,16 @@ int FinishSpillFile(Env* env, int fd, const std::string& tmp, const std::string&
     if (error) *error = "write spill file " + path + ": rename: " + ErrnoText(rc);
     return rc;
   }
+  // The rename made durable before anyone relies on the file (the spiller frees the objects'
+  // memory next): after a power cut the directory could otherwise still name only the ".tmp"
+  // file, which a --recover removes.
+  const size_t slash = path.rfind('/');
+  rc = env->SyncDir(slash == std::string::npos ? "." : path.substr(0, slash));
+  if (rc < 0) {
+    env->Unlink(path);
+    if (error) *error = "write spill file " + path + ": sync its directory: " + ErrnoText(rc);
+    return rc;
+  }
   if (out) *out = std::move(locs);
   if (file_size) *file_size = index_offset + tail_size;
   return 0;
