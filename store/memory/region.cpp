@@ -448,6 +448,27 @@ uint64_t Region::LargestFree() {
   return heap_->largest_free();
 }
 
+uint64_t Region::LargestFreeIfFreed(const std::vector<uint64_t>& offsets) {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (offset, length)
+  {
+    std::lock_guard<std::mutex> lock(hooks_->mu);
+    runs.reserve(heap_->free_runs() + offsets.size());
+    heap_->ForEachFree([&](uint64_t off, uint64_t len) { runs.emplace_back(off, len); });
+  }
+  for (uint64_t off : offsets) {
+    auto it = large_.find(off);
+    if (it != large_.end()) runs.emplace_back(off, it->second);
+  }
+  std::sort(runs.begin(), runs.end());
+  uint64_t best = 0, start = 0, end = 0;
+  for (const auto& [off, len] : runs) {
+    if (off > end) start = off;  // a gap: a new run starts
+    end = std::max(end, off + len);
+    best = std::max(best, end - start);
+  }
+  return best;
+}
+
 void Region::PurgeArena() {
   std::string name = ArenaCtl(arena_, "purge");
   je_mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);

@@ -15,7 +15,10 @@ void ObjectPool::AddChunk() {
                                         return x.base < c.base;
                                       }),
                      at);
-  for (size_t i = kChunk; i-- > 0;) free_ = new (mem + i * kStride) FreeEntry{free_};
+  for (size_t i = kChunk; i-- > 0;) {
+    free_ = new (mem + i * kStride) FreeEntry{free_};
+    Poison(mem + i * kStride);
+  }
 }
 
 namespace {

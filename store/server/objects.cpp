@@ -51,7 +51,8 @@ bool Server::CreatedLeased(const Object* o) const {
 // as it would without the flag; a release, an unpin, an unlease, a seal or a disconnect that
 // makes an object droppable pumps the waiting creates again. Victims are chosen by bytes; when
 // the freed bytes are not in one piece, the next candidates go one at a time until it fits (so
-// with the free pages cut up by objects that must stay, more may go than the create needed).
+// with the free pages cut up by objects that must stay, more may go than the create needed),
+// but only if dropping them all could make a run long enough (Region::LargestFreeIfFreed).
 // GPU objects are never candidates, and device memory is never made by dropping.
 
 void Server::KeepLeased(Object* o, bool kept) {
@@ -72,10 +73,23 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
   DropTotals dropped;
   void* p = nullptr;
   size_t next = 0;
+  bool could_fit = false;
   while (true) {
     if (free_now() >= size && (p = region_->Allocate(size, usable)) != nullptr) break;
     if (next == victims.size()) {
-      // Enough bytes are free but not in one piece: the next candidate, one at a time.
+      // Enough bytes are free but not in one piece: the next candidate, one at a time. But only
+      // if dropping every candidate could make a run long enough: where objects that stay cut
+      // the memory up, it could not, and every droppable object would go for nothing.
+      if (!could_fit) {
+        std::vector<uint64_t> offsets;
+        table_.ForEachEvictable([&](Object* o) {
+          if (!keep(o)) offsets.push_back(region_->OffsetOf(o->data));
+          return true;
+        });
+        const uint64_t pages = (size + 4095) / 4096 * 4096;
+        if (region_->LargestFreeIfFreed(offsets) < pages) break;
+        could_fit = true;
+      }
       victims.clear();
       next = 0;
       table_.ForEachEvictable([&](Object* o) {
@@ -253,9 +267,13 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
       message = "object " + Hex(a.id) + " already exists";
     }
   } else {
+    // An inline put is sealed inside TryCreate, and the pump after a seal may drop or spill
+    // the new object (a create waiting for room): it runs once the reply, which reads the
+    // object, is out.
+    PumpHold hold(this);
     rc = TryCreate(c, a, &o, &message);  // straight from the request's bytes
+    if (rc == STORE_OK) return ReplyCreated(c, seq, o);
   }
-  if (rc == STORE_OK) return ReplyCreated(c, seq, o);
   if (rc != STORE_ENOSPACE || timeout == 0) {
     if (rc == STORE_ENOSPACE) {
       totals_.full++;

@@ -297,6 +297,23 @@ class Server final : private Spiller::Host {
   std::vector<uint8_t> get_one_reply_;  // the reply to a get of one id CompleteGet copies
   std::vector<Object*> get_scratch_;    // HandleGet's objects of a get answered at once
   bool pumping_ = false, pump_again_ = false;
+  // Holds Pump back while it lives (a Pump called meanwhile runs when it ends): for work that
+  // must finish before a pump may free what it uses.
+  class PumpHold {
+   public:
+    explicit PumpHold(Server* s) : s_(s), held_(!s->pumping_) { s_->pumping_ = true; }
+    ~PumpHold() {
+      if (!held_) return;
+      s_->pumping_ = false;
+      if (s_->pump_again_) s_->Pump();
+    }
+    PumpHold(const PumpHold&) = delete;
+    PumpHold& operator=(const PumpHold&) = delete;
+
+   private:
+    Server* s_;
+    bool held_;
+  };
 
   // Spilling: the Spiller, and the evict requests waiting for its writes.
   Spiller spiller_;
