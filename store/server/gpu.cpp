@@ -188,18 +188,14 @@ void Server::GpuFree(Object* o) {
 bool Server::ServeWaitingGpuCreates() {
   gpu_freed_ = false;
   std::vector<int> blocked;  // devices whose head does not fit: the rest of them keep waiting
-  for (size_t i = 0; i < gpu_create_queue_.size();) {
-    WaitingCreate* w = gpu_create_queue_[i];
-    if (std::find(blocked.begin(), blocked.end(), w->args.device) != blocked.end()) {
-      i++;
-      continue;
-    }
+  for (auto it = gpu_create_queue_.begin(); it != gpu_create_queue_.end();) {
+    WaitingCreate* w = *it++;  // the next one first: w may leave the queue below
+    if (std::find(blocked.begin(), blocked.end(), w->args.device) != blocked.end()) continue;
     Object* o = nullptr;
     std::string message;
     int rc = TryCreate(w->client, w->args, &o, &message);
     if (rc == STORE_ENOSPACE) {
       blocked.push_back(w->args.device);
-      i++;
       continue;
     }
     Client* c = w->client;

@@ -286,7 +286,8 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
     return SendError(c, seq, rc, message);
   }
   // Wait for space, in arrival order.
-  const uint64_t held = sizeof(WaitingCreate) + a.metadata.size() + a.inline_data.size();
+  const uint64_t held =
+      sizeof(WaitingCreate) + WaitingCreate::kHeld + a.metadata.size() + a.inline_data.size();
   if (!AdmitWaiting(c, seq, held)) return;
   auto* w = new WaitingCreate;
   w->client = c;
@@ -315,7 +316,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
         static_cast<uint64_t>(timeout), 0);
   }
   c->creates.insert(w);
-  queue.push_back(w);
+  w->at = queue.insert(queue.end(), w);
   Pump();
 }
 
@@ -328,8 +329,7 @@ void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& m
   auto& queue = w->args.device >= 0 ? gpu_create_queue_ : create_queue_;
   // One that leaves unserved may have held up smaller ones behind it on its device.
   if (w->args.device >= 0 && status != STORE_OK) gpu_freed_ = true;
-  auto it = std::find(queue.begin(), queue.end(), w);
-  if (it != queue.end()) queue.erase(it);
+  queue.erase(w->at);
   w->client->creates.erase(w);
   EndWaiting(w->client, w->held);
   if (status != STORE_OK && status != STORE_ECONN) SendError(w->client, w->seq, status, message);

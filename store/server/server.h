@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <set>
 #include <string>
@@ -285,12 +286,14 @@ class Server final : private Spiller::Host {
   };
   std::unordered_map<ObjectKey, std::vector<GetWaiter>, ObjectKeyHash> get_waiters_;
   size_t waiting_gets_ = 0;
-  std::deque<WaitingCreate*> create_queue_;
+  // Lists, each entry knowing its place (WaitingCreate::at): one leaves in O(1) when it times
+  // out or its client goes, however many wait.
+  std::list<WaitingCreate*> create_queue_;
   // GPU objects.
   std::unique_ptr<cuda::DeviceBackend> gpu_backend_;
   std::vector<std::unique_ptr<GpuDevice>> gpus_;
   std::string gpu_disabled_why_;
-  std::deque<WaitingCreate*> gpu_create_queue_;  // GPU creates waiting for device memory
+  std::list<WaitingCreate*> gpu_create_queue_;  // GPU creates waiting for device memory
   bool gpu_freed_ = false;                       // since the queue was last served
   flatbuffers::FlatBufferBuilder fbb_{1024};
   std::vector<uint8_t> created_reply_;  // the create reply ReplyCreated copies (built once)

@@ -4,6 +4,7 @@
 
 #include <uv.h>
 
+#include <list>
 #include <memory>
 #include <span>
 #include <string>
@@ -146,6 +147,10 @@ struct Server::WaitingCreate {
   uv_timer_t timer{};
   bool has_timer = false;
   uint64_t held = 0;  // bytes counted against the waiting limits
+  std::list<WaitingCreate*>::iterator at;  // its place in its queue
+  // What the waiting limits count for it besides its metadata and inline data: itself and its
+  // queue entry.
+  static constexpr uint64_t kHeld = 3 * sizeof(void*);
 };
 
 // An evict request waiting for the spill jobs started for it (Spiller::Eviction).
