@@ -1507,6 +1507,37 @@ TEST_CASE("without --recover, a store removes the spill directory of a dead stor
   CHECK(fs::is_empty(dir));
 }
 
+// A store killed while it made its own subdirectory (after its mkdir, before the rename to
+// its final name) left a "tmp-store-<pid>-<ns>" directory that no later start looked at: one
+// more with each such crash. The next start removes it once that pid is gone; one whose
+// process lives is left alone.
+TEST_CASE("a subdirectory a store was making when it died is removed by the next start") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  fs::create_directory(dir);
+  pid_t dead = fork();
+  REQUIRE(dead >= 0);
+  if (dead == 0) _exit(0);
+  int status = 0;
+  REQUIRE(waitpid(dead, &status, 0) == dead);
+  const std::string stale = dir + "/tmp-store-" + std::to_string(dead) + "-12345";
+  const std::string live = dir + "/tmp-store-" + std::to_string(getpid()) + "-12345";
+  for (const std::string& d : {stale, live}) {
+    REQUIRE(fs::create_directory(d));
+    std::ofstream(d + "/LOCK").put('\n');
+  }
+  {
+    test::TestStore s("64M", SpillArgs(dir));
+    REQUIRE(s.started());
+    CHECK(!fs::exists(stale));
+    CHECK(fs::exists(live + "/LOCK"));
+    CHECK(InstanceDirs(dir).size() == 1);
+    CHECK(ExitedZero(s.Stop()));
+  }
+  fs::remove_all(live);
+  CHECK(fs::is_empty(dir));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Disk threshold.
 

@@ -1,10 +1,12 @@
 #include "spill/spill_dir.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -189,6 +191,20 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
     std::vector<std::string> names;
     rc = env_->ListDir(dir, &names);
     if (rc < 0) return fail("spill dir " + dir + ": " + ErrnoText(rc));
+
+    // Subdirectories a store was making when it died (between their mkdir and their rename to
+    // the final name; they hold no spill file): removed once the process named in them is gone.
+    for (const std::string& n : names) {
+      if (!StartsWith(n, kCreatingPrefix)) continue;
+      const char* digits = n.c_str() + std::strlen(kCreatingPrefix);
+      char* end = nullptr;
+      const long pid = std::strtol(digits, &end, 10);
+      if (end == digits || *end != '-' || pid <= 0 || pid == getpid()) continue;
+      if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive
+      const std::string sub = Join(dir, n);
+      env_->Unlink(Join(sub, kLockName));
+      env_->Rmdir(sub);
+    }
 
     // Subdirectories of other instances: live ones hold their LOCK; the rest are stale.
     for (const std::string& n : names) {
