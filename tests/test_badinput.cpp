@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <map>
 #include <memory>
@@ -2083,6 +2084,42 @@ TEST_CASE("waiting gets past --max-client-waiting get STORE_ELIMIT and the conne
   CHECK(LogLines(s.store, "limit --max-client-waiting") == 1);
 }
 
+// n connections, each sending per_conn requests in one write (msg(i, k) is request k of
+// connection i) and reading none of the replies.
+std::vector<std::unique_ptr<RawConn>> Flood(const std::string& socket, int n, int per_conn,
+                                            const std::function<Bytes(int, int)>& msg) {
+  std::vector<std::unique_ptr<RawConn>> conns;
+  for (int i = 0; i < n; i++) {
+    conns.push_back(std::make_unique<RawConn>(socket));
+    REQUIRE(Handshake(*conns.back()) > 0);
+    Bytes batch;
+    for (int k = 0; k < per_conn; k++) {
+      Bytes m = msg(i, k);
+      batch.insert(batch.end(), m.begin(), m.end());
+    }
+    REQUIRE(conns.back()->Send(batch));
+  }
+  return conns;
+}
+
+// A connection of its own that asks for the server's stats.
+class StatsProbe {
+ public:
+  explicit StatsProbe(const std::string& socket) : conn_(socket) { REQUIRE(Handshake(conn_) > 0); }
+  // f applied to a fresh StatsReply.
+  template <class F>
+  auto Read(F f) {
+    REQUIRE(conn_.Send(StatsMsg(++seq_)));
+    Reply r;
+    REQUIRE(ExpectReply(conn_, seq_, Body::StatsReply, &r));
+    return f(*r.msg->body_as_StatsReply());
+  }
+
+ private:
+  RawConn conn_;
+  uint64_t seq_ = 1;  // the handshake's
+};
+
 // The server's own CPU time (user + system), in seconds.
 double ServerCpuSeconds(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
@@ -2107,26 +2144,12 @@ TEST_CASE("a quarter million gets waiting on one id all end at its seal in linea
   REQUIRE(s.started());
   constexpr int kConns = 256, kGets = 1024;
   const proto::ObjectId id = IdOf("awaited");
-  std::vector<std::unique_ptr<RawConn>> conns;
-  for (int i = 0; i < kConns; i++) {
-    conns.push_back(std::make_unique<RawConn>(s.socket()));
-    REQUIRE(Handshake(*conns.back()) > 0);
-    Bytes batch;
-    for (int k = 0; k < kGets; k++) {
-      Bytes m = GetMsg(100 + static_cast<uint64_t>(k), {id}, -1);
-      batch.insert(batch.end(), m.begin(), m.end());
-    }
-    REQUIRE(conns.back()->Send(batch));
-  }
-  RawConn probe(s.socket());
-  REQUIRE(Handshake(probe) > 0);
-  uint64_t seq = 2;
-  auto waiting = [&] {
-    REQUIRE(probe.Send(StatsMsg(++seq)));
-    Reply r;
-    REQUIRE(ExpectReply(probe, seq, Body::StatsReply, &r));
-    return r.msg->body_as_StatsReply()->waiting_gets();
-  };
+  std::vector<std::unique_ptr<RawConn>> conns =
+      Flood(s.socket(), kConns, kGets, [&](int, int k) {
+        return GetMsg(100 + static_cast<uint64_t>(k), {id}, -1);
+      });
+  StatsProbe probe(s.socket());
+  auto waiting = [&] { return probe.Read([](const auto& st) { return st.waiting_gets(); }); };
   REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kGets; },
                         std::chrono::seconds(120)));
 
@@ -2172,30 +2195,16 @@ TEST_CASE("a quarter million waiting creates leave the queue in linear time when
   REQUIRE(ExpectReply(holder, 2, Body::CreateReply, &r));
 
   constexpr int kConns = 256, kCreates = 1024;
-  std::vector<std::unique_ptr<RawConn>> conns;
-  for (int i = 0; i < kConns; i++) {
-    conns.push_back(std::make_unique<RawConn>(s.socket()));
-    REQUIRE(Handshake(*conns.back()) > 0);
-    Bytes batch;
-    for (int k = 0; k < kCreates; k++) {
-      CreateArgs a;
-      a.key = "waits-" + std::to_string(i) + "-" + std::to_string(k);
-      a.data_size = 32ull << 20;
-      a.timeout_ms = -1;
-      Bytes m = CreateMsg(100 + static_cast<uint64_t>(k), a);
-      batch.insert(batch.end(), m.begin(), m.end());
-    }
-    REQUIRE(conns.back()->Send(batch));
-  }
-  RawConn probe(s.socket());
-  REQUIRE(Handshake(probe) > 0);
-  uint64_t seq = 2;
-  auto waiting = [&] {
-    REQUIRE(probe.Send(StatsMsg(++seq)));
-    Reply st;
-    REQUIRE(ExpectReply(probe, seq, Body::StatsReply, &st));
-    return st.msg->body_as_StatsReply()->waiting_creates();
-  };
+  std::vector<std::unique_ptr<RawConn>> conns =
+      Flood(s.socket(), kConns, kCreates, [](int i, int k) {
+        CreateArgs a;
+        a.key = "waits-" + std::to_string(i) + "-" + std::to_string(k);
+        a.data_size = 32ull << 20;
+        a.timeout_ms = -1;
+        return CreateMsg(100 + static_cast<uint64_t>(k), a);
+      });
+  StatsProbe probe(s.socket());
+  auto waiting = [&] { return probe.Read([](const auto& st) { return st.waiting_creates(); }); };
   REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kCreates; },
                         std::chrono::seconds(120)));
 
