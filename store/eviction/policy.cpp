@@ -50,7 +50,7 @@ std::vector<Object*> ChooseDrops(const ObjectTable& table, uint64_t free_now, ui
   // Every candidate is evictable: when even all of those would not do, walk nothing.
   if (room + table.counters().evictable_bytes < need) return victims;
   table.ForEachEvictable([&](Object* o) {
-    if (keep(o)) return true;
+    if (keep && keep(o)) return true;
     victims.push_back(o);
     room += o->alloc_size;
     return room < need;

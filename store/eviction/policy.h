@@ -9,7 +9,7 @@
 // writing anything; the others are written together into one fused spill file, up to the
 // file's size and object limits.
 // Without a spill directory, a store started with --when-full drop deletes instead: when a create
-// does not fit, ChooseDrops takes victims in the same order (leased objects skipped) until they
+// does not fit, ChooseDrops takes victims in the same order (leased objects are not in it) until they
 // and the free memory cover it, or none at all when every candidate together would not.
 // Called by: the server loop thread. Pure functions: no IO, no clock.
 #pragma once
@@ -46,7 +46,9 @@ SpillBatch ChooseVictims(const ObjectTable& table, uint64_t bytes, const SpillPo
                          bool drops_only = false);
 
 // Objects to delete, in eviction order, until `free_now` bytes plus their memory cover `need`;
-// keep(o) true means o must stay (leased). Empty when all the candidates would not cover it.
+// keep(o) true means o must stay (keep may be empty: every object in the order may go; the
+// server's drop mode keeps leased objects out of the order instead). Empty when all the
+// candidates would not cover it.
 std::vector<Object*> ChooseDrops(const ObjectTable& table, uint64_t free_now, uint64_t need,
                                  const std::function<bool(const Object*)>& keep);
 

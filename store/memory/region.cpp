@@ -448,7 +448,8 @@ uint64_t Region::LargestFree() {
   return heap_->largest_free();
 }
 
-uint64_t Region::LargestFreeIfFreed(const std::vector<uint64_t>& offsets) {
+bool Region::FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets) {
+  const uint64_t need = RoundUp(size, kPage);
   std::vector<std::pair<uint64_t, uint64_t>> runs;  // (offset, length)
   {
     std::lock_guard<std::mutex> lock(hooks_->mu);
@@ -460,13 +461,13 @@ uint64_t Region::LargestFreeIfFreed(const std::vector<uint64_t>& offsets) {
     if (it != large_.end()) runs.emplace_back(off, it->second);
   }
   std::sort(runs.begin(), runs.end());
-  uint64_t best = 0, start = 0, end = 0;
+  uint64_t start = 0, end = 0;
   for (const auto& [off, len] : runs) {
     if (off > end) start = off;  // a gap: a new run starts
     end = std::max(end, off + len);
-    best = std::max(best, end - start);
+    if (end - start >= need) return true;
   }
-  return best;
+  return false;
 }
 
 void Region::PurgeArena() {

@@ -68,10 +68,10 @@ class Region {
   // The size of the largest object that could be allocated now: the longest free run of
   // pages. O(1).
   uint64_t LargestFree();
-  // The longest run of pages that would be free if the objects at these offsets were freed
-  // too (only those with pages of their own count: freeing a small object frees no page).
-  // O((free runs + n) log). What a drop of those objects could make room for, at most.
-  uint64_t LargestFreeIfFreed(const std::vector<uint64_t>& offsets);
+  // Whether `size` bytes would fit in one run of pages if the objects at these offsets were
+  // freed too (only those with pages of their own count: freeing a small object frees no
+  // page). O((free runs + n) log). What a drop of those objects could make room for, at most.
+  bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
   // Resident bytes of the memfd (st_blocks * 512).
   uint64_t ResidentBytes() const;
   // Hands every free page back to the OS now: jemalloc's unused extents go back to the page

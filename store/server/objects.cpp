@@ -52,7 +52,7 @@ bool Server::CreatedLeased(const Object* o) const {
 // makes an object droppable pumps the waiting creates again. Victims are chosen by bytes; when
 // the freed bytes are not in one piece, the next candidates go one at a time until it fits (so
 // with the free pages cut up by objects that must stay, more may go than the create needed),
-// but only if dropping them all could make a run long enough (Region::LargestFreeIfFreed).
+// but only if dropping them all could make a run long enough (Region::FitsIfFreed).
 // GPU objects are never candidates, and device memory is never made by dropping.
 
 void Server::KeepLeased(Object* o, bool kept) {
@@ -65,8 +65,8 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
     uint64_t used = region_->allocated_bytes(), cap = region_->capacity();
     return cap > used ? cap - used : 0;
   };
-  auto keep = [](const Object* o) { return !o->evictable(); };
-  std::vector<Object*> victims = ChooseDrops(table_, free_now(), size, keep);
+  // Every object in the eviction order may go: leased ones are out of it in this mode.
+  std::vector<Object*> victims = ChooseDrops(table_, free_now(), size, {});
   // None chosen: all of them would not free enough bytes, or enough are free but not in one
   // piece (then the loop drops one candidate at a time).
   if (victims.empty() && free_now() < size) return nullptr;
@@ -83,17 +83,15 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
       if (!could_fit) {
         std::vector<uint64_t> offsets;
         table_.ForEachEvictable([&](Object* o) {
-          if (!keep(o)) offsets.push_back(region_->OffsetOf(o->data));
+          offsets.push_back(region_->OffsetOf(o->data));
           return true;
         });
-        const uint64_t pages = (size + 4095) / 4096 * 4096;
-        if (region_->LargestFreeIfFreed(offsets) < pages) break;
+        if (!region_->FitsIfFreed(size, offsets)) break;
         could_fit = true;
       }
       victims.clear();
       next = 0;
       table_.ForEachEvictable([&](Object* o) {
-        if (keep(o)) return true;
         victims.push_back(o);
         return false;
       });

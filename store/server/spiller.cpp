@@ -58,6 +58,8 @@
 
 namespace store {
 
+using spill::Dirname;
+
 namespace {
 
 // At most this many spill files are written at once (the threadpool is shared with restores).
@@ -75,11 +77,6 @@ void AddRecord(SpillFile* f, uint64_t offset, uint64_t uid) {
     r.insert(std::lower_bound(r.begin(), r.end(), std::make_pair(offset, uint64_t{0})),
              {offset, uid});
   }
-}
-
-std::string Dirname(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
 // n of ".../spill-<n>.bin", 0 if the name is not like that.
@@ -1003,7 +1000,7 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
   // The objects still there move to the new file; the records of those deleted meanwhile are
   // dead in it (and tombstoned). The old records stay on disk until the old file is gone: a
   // delete tombstones them too (moved_from_).
-  std::vector<uint64_t>& moved = s->moved_by_file_[{f->dir, f->number}];
+  std::vector<uint64_t> moved;
   for (size_t i = 0; i < job->uids.size(); i++) {
     const spill::RecordLocation& was = job->live[i];
     const spill::RecordLocation& now = job->locations[i];
@@ -1022,6 +1019,10 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
     AddRecord(nf, now.offset, o->uid);
     nf->live_objects++;
     nf->live_bytes += now.size;
+  }
+  if (!moved.empty()) {
+    std::vector<uint64_t>& by_file = s->moved_by_file_[{f->dir, f->number}];
+    by_file.insert(by_file.end(), moved.begin(), moved.end());
   }
   s->compact_totals_.files++;
   s->compact_totals_.bytes_copied += job->file_size;

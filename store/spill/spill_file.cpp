@@ -207,8 +207,7 @@ int FinishSpillFile(Env* env, int fd, const std::string& tmp, const std::string&
   // The rename made durable before anyone relies on the file (the spiller frees the objects'
   // memory next): after a power cut the directory could otherwise still name only the ".tmp"
   // file, which a --recover removes.
-  const size_t slash = path.rfind('/');
-  rc = env->SyncDir(slash == std::string::npos ? "." : path.substr(0, slash));
+  rc = env->SyncDir(Dirname(path));
   if (rc < 0) {
     env->Unlink(path);
     if (error) *error = "write spill file " + path + ": sync its directory: " + ErrnoText(rc);
@@ -610,6 +609,11 @@ int SalvageFile(Env* env, const std::string& path, Salvage* out, std::string* er
       trailer_ok ? index_offset : !out->records.empty() ? walk_end : file_size;
   out->lost_bytes = record_bytes > covered ? record_bytes - covered : 0;
   return 0;
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
 std::string SpillUrl(const std::string& absolute_path, uint64_t offset, uint64_t size) {

@@ -111,6 +111,9 @@ struct Salvage {
 // Returns 0 with *out filled, or -errno if the file cannot be read (nothing can be said then).
 int SalvageFile(Env* env, const std::string& path, Salvage* out, std::string* error);
 
+// The directory part of a path ("." for a bare name).
+std::string Dirname(const std::string& path);
+
 // "file://<path>?offset=<o>&size=<s>"
 std::string SpillUrl(const std::string& absolute_path, uint64_t offset, uint64_t size);
 
