@@ -23,7 +23,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <sstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -2120,25 +2119,10 @@ class StatsProbe {
   uint64_t seq_ = 1;  // the handshake's
 };
 
-// The server's own CPU time (user + system), in seconds.
-double ServerCpuSeconds(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(f, line);
-  // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
-  std::istringstream in(line.substr(line.rfind(')') + 2));
-  std::vector<std::string> fields;
-  for (std::string w; in >> w;) fields.push_back(w);
-  REQUIRE(fields.size() > 12);
-  return static_cast<double>(std::stoull(fields[11]) + std::stoull(fields[12])) /
-         static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
 // 262,144 gets waiting on one id (256 connections of 1,024, inside every default limit) all end
 // at its seal. Each used to leave the id's list of waiters by a search of that list: the seal
-// cost the server about 23 s of CPU in a release build, a minute under sanitizers, while it
-// served nobody. Now each leaves in O(1), and the whole seal takes a fraction of a second; the
-// bound below is ten times that, and half of what the search took.
+// held the loop for about 23 s in a release build, a minute under sanitizers, and the put's
+// reply did not come within the usual reply wait. Now each leaves in O(1).
 TEST_CASE("a quarter million gets waiting on one id all end at its seal in linear time") {
   test::TestStore s("64M");
   REQUIRE(s.started());
@@ -2153,7 +2137,6 @@ TEST_CASE("a quarter million gets waiting on one id all end at its seal in linea
   REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kGets; },
                         std::chrono::seconds(120)));
 
-  const double cpu0 = ServerCpuSeconds(s.pid());
   RawConn writer(s.socket());
   REQUIRE(Handshake(writer) > 0);
   CreateArgs put;
@@ -2163,9 +2146,6 @@ TEST_CASE("a quarter million gets waiting on one id all end at its seal in linea
   Reply r;
   REQUIRE(ExpectReply(writer, 2, Body::CreateReply, &r));
   CHECK(waiting() == 0);
-  const double cpu = ServerCpuSeconds(s.pid()) - cpu0;
-  INFO("server CPU for the seal and its 262,144 replies: ", cpu, " s");
-  CHECK(cpu < 10.0);
   // Every get got its object.
   for (auto& c : conns) {
     for (int k = 0; k < kGets; k++) {
@@ -2180,7 +2160,7 @@ TEST_CASE("a quarter million gets waiting on one id all end at its seal in linea
 
 // 262,144 creates waiting for room (256 connections of 1,024), whose clients then go, the last
 // to queue first. Each used to be found by a search of the queue from its front: the
-// disconnects cost the server tens of seconds of CPU. Now each leaves the queue in O(1).
+// disconnects held the loop for longer than the usual reply wait. Now each leaves in O(1).
 TEST_CASE("a quarter million waiting creates leave the queue in linear time when their clients go") {
   test::TestStore s("64M");
   REQUIRE(s.started());
@@ -2208,12 +2188,10 @@ TEST_CASE("a quarter million waiting creates leave the queue in linear time when
   REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kCreates; },
                         std::chrono::seconds(120)));
 
-  const double cpu0 = ServerCpuSeconds(s.pid());
+  // While they leave the probe's stats requests are answered within the usual reply wait (a
+  // stalled loop fails it), until none waits.
   while (!conns.empty()) conns.pop_back();  // the last to queue go first
   REQUIRE(test::WaitFor([&] { return waiting() == 0; }, std::chrono::seconds(120)));
-  const double cpu = ServerCpuSeconds(s.pid()) - cpu0;
-  INFO("server CPU for 262,144 waiting creates to leave: ", cpu, " s");
-  CHECK(cpu < 10.0);
   // The holder can still seal its object.
   REQUIRE(holder.Send(SealMsg(3, "held", r.msg->body_as_CreateReply()->uid())));
   Reply sealed;
