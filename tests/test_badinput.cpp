@@ -2199,6 +2199,93 @@ TEST_CASE("a quarter million waiting creates leave the queue in linear time when
   CHECK(s.Alive());
 }
 
+Bytes ClientsMsg(uint64_t seq) {
+  flatbuffers::FlatBufferBuilder b(64);
+  return Finish(b, seq, Body::ClientsRequest, proto::CreateClientsRequest(b).Union());
+}
+
+// The list of clients (store-top asks for it every second) is counted as it changes. It used
+// to walk every reader, pin and create of every client on each request: with 131,072 readers
+// held, 4,000 requests sent at once held the loop past the usual reply wait.
+TEST_CASE("the list of clients costs the same however many objects clients hold") {
+  test::TestStore s("256M");
+  REQUIRE(s.started());
+  constexpr int kObjects = 131072, kChunk = 4096;
+  RawConn holder(s.socket());
+  REQUIRE(Handshake(holder) > 0);
+  // kObjects small puts, then a reader of each, held.
+  std::vector<proto::ObjectId> ids;
+  uint64_t seq = 10;
+  for (int at = 0; at < kObjects; at += kChunk) {
+    Bytes batch;
+    for (int k = at; k < at + kChunk; k++) {
+      CreateArgs a;
+      a.key = "held-" + std::to_string(k);
+      a.data_size = 8;
+      a.data = Bytes(8, 'h');
+      ids.push_back(IdOf(a.key));
+      Bytes m = CreateMsg(seq++, a);
+      batch.insert(batch.end(), m.begin(), m.end());
+    }
+    REQUIRE(holder.Send(batch));
+    for (int k = 0; k < kChunk; k++) {
+      Reply r;
+      REQUIRE(ExpectReply(holder, seq - kChunk + k, Body::CreateReply, &r));
+    }
+  }
+  for (size_t at = 0; at < ids.size(); at += proto::kMaxIdsPerRequest) {
+    std::vector<proto::ObjectId> part(ids.begin() + static_cast<ptrdiff_t>(at),
+                                      ids.begin() + static_cast<ptrdiff_t>(at) +
+                                          proto::kMaxIdsPerRequest);
+    REQUIRE(holder.Send(GetMsg(seq, part)));
+    Reply r;
+    REQUIRE(ExpectReply(holder, seq++, Body::GetReply, &r));
+  }
+  StatsProbe probe(s.socket());
+  const uint64_t open_bytes = probe.Read([](const auto& st) { return st.open_bytes(); });
+  REQUIRE(open_bytes >= uint64_t{kObjects} * 8);
+  // What the list says of the holder: every reader, and the bytes they hold.
+  RawConn asker(s.socket());
+  REQUIRE(Handshake(asker) > 0);
+  REQUIRE(asker.Send(ClientsMsg(2)));
+  Reply r;
+  REQUIRE(ExpectReply(asker, 2, Body::ClientsReply, &r));
+  int found = 0;
+  for (const proto::ClientInfo* k : *r.msg->body_as_ClientsReply()->clients()) {
+    if (k->readers() == 0) continue;
+    found++;
+    CHECK(k->readers() == uint64_t{kObjects});
+    CHECK(k->pins() == 0);
+    CHECK(k->bytes_held() == open_bytes);
+  }
+  CHECK(found == 1);
+
+  // 4 connections ask for the list 1,000 times each in one write; the probe is answered within
+  // the usual reply wait meanwhile.
+  std::vector<std::unique_ptr<RawConn>> askers =
+      Flood(s.socket(), 4, 1000, [](int, int k) { return ClientsMsg(100 + static_cast<uint64_t>(k)); });
+  for (int i = 0; i < 3; i++) {
+    CHECK(probe.Read([](const auto& st) { return st.open_bytes(); }) == open_bytes);
+  }
+  for (auto& a : askers) {
+    for (int k = 0; k < 1000; k++) {
+      Reply g;
+      REQUIRE(a->Next(&g) == Got::kMessage);
+      REQUIRE(g.msg->body_type() == Body::ClientsReply);
+    }
+  }
+  // The holder goes: what the list counts goes with it.
+  holder.Close();
+  REQUIRE(test::WaitFor([&] { return probe.Read([](const auto& st) { return st.open_bytes(); }) == 0; }));
+  REQUIRE(asker.Send(ClientsMsg(3)));
+  REQUIRE(ExpectReply(asker, 3, Body::ClientsReply, &r));
+  for (const proto::ClientInfo* k : *r.msg->body_as_ClientsReply()->clients()) {
+    CHECK(k->readers() == 0);
+    CHECK(k->bytes_held() == 0);
+  }
+  CHECK(s.Alive());
+}
+
 TEST_CASE("clients that never read their replies are disconnected past --max-backlog, the largest first") {
   Attacked s("64M", {"--max-backlog", "32M", "--max-client-backlog", "64M"});
   Witnesses before(s);

@@ -316,6 +316,55 @@ TEST_CASE("the metrics file follows the store and goes away with it") {
   std::filesystem::remove_all(dir);
 }
 
+// The list of clients counts what each holds as it changes: a pin taken on an object on disk
+// counts its memory (it is brought back), and the pins on an object deleted while pinned go
+// with it.
+TEST_CASE("the list of clients counts pins on spilled and deleted objects") {
+  std::string dir = test::MakeTempDir();
+  {
+    test::TestStore s("32M", {"--spill-dir", dir});
+    REQUIRE(s.started());
+    store_client* c = Connect(s, "pinner");
+    auto mine = [&] {
+      store_client_info* cl = nullptr;
+      size_t n = 0;
+      REQUIRE(store_list_clients(c, &cl, sizeof *cl, &n) == STORE_OK);
+      REQUIRE(n == 1);
+      store_client_info me = cl[0];
+      store_free(cl);
+      return me;
+    };
+    std::vector<uint8_t> data(300 * 1024, 5);
+    store_object_id big = Id(4000), small = Id(4001);
+    REQUIRE(store_put(c, &big, data.data(), data.size(), nullptr) == STORE_OK);
+    REQUIRE(store_put(c, &small, data.data(), 100, nullptr) == STORE_OK);
+    uint64_t spilled = 0;
+    REQUIRE(store_evict(c, 64ull << 20, &spilled) == STORE_OK);
+    REQUIRE(Stats(c).spilled_count == 2);
+    REQUIRE(store_pin(c, &big) == STORE_OK);
+    REQUIRE(store_pin(c, &big) == STORE_OK);
+    REQUIRE(store_pin(c, &small) == STORE_OK);
+    REQUIRE(test::WaitFor([&] { return Stats(c).spilled_count == 0; }));
+    store_client_info me = mine();
+    CHECK(me.pins_held == 3);
+    CHECK(me.bytes_held == Stats(c).pinned_bytes);
+    CHECK(me.bytes_held >= data.size() + 100);
+    // Deleted while pinned: it is freed, and its pins are gone from the list.
+    REQUIRE(store_delete(c, &big) == STORE_OK);
+    me = mine();
+    CHECK(me.pins_held == 1);
+    CHECK(me.bytes_held == Stats(c).pinned_bytes);
+    CHECK(me.bytes_held < data.size());
+    REQUIRE(store_unpin(c, &small) == STORE_OK);
+    me = mine();
+    CHECK(me.pins_held == 0);
+    CHECK(me.bytes_held == 0);
+    REQUIRE(store_delete(c, &small) == STORE_OK);
+    store_client_free(c);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("spill files are listed with their live and dead bytes") {
   std::string dir = test::MakeTempDir();
   {

@@ -424,6 +424,15 @@ void* Region::Allocate(uint64_t size, uint64_t* usable) {
   return p;
 }
 
+uint64_t Region::UsableSize(uint64_t size) const {
+  if (size == 0) return 0;
+  if (size >= kLargeFrom) {
+    const uint64_t page = heap_->page();
+    return (size + page - 1) & ~(page - 1);
+  }
+  return je_nallocx(static_cast<size_t>(size), flags_ | MALLOCX_ALIGN(64));
+}
+
 void Region::Free(void* p) {
   if (p == nullptr) return;
   uint64_t u = 0;

@@ -55,6 +55,8 @@ class Region {
   // (at most 2 KiB more). Returns nullptr when the region cannot hold it. *usable receives the
   // bytes actually taken, which is what allocated_bytes() counts.
   void* Allocate(uint64_t size, uint64_t* usable);
+  // What Allocate(size) takes when it succeeds (*usable), without allocating (0 for 0).
+  uint64_t UsableSize(uint64_t size) const;
   // Frees a pointer returned by Allocate. REQUIRES: p came from this region.
   void Free(void* p);
 

@@ -172,9 +172,9 @@ bool ObjectTable::AddReader(Object* o) {
   return true;
 }
 
-void ObjectTable::RemoveReader(Object* o) {
+void ObjectTable::RemoveReader(Object* o, uint32_t n) {
   CountState(o, -1);
-  o->readers--;
+  o->readers -= n;
   CountState(o, +1);
 }
 
@@ -186,9 +186,9 @@ bool ObjectTable::AddPin(Object* o) {
   return true;
 }
 
-void ObjectTable::RemovePin(Object* o) {
+void ObjectTable::RemovePin(Object* o, uint32_t n) {
   CountState(o, -1);
-  o->pins--;
+  o->pins -= n;
   CountState(o, +1);
 }
 

@@ -293,9 +293,9 @@ class ObjectTable {
   void Seal(Object* o);
   // One more reader or pin; false (nothing changed) when o holds the most a count can hold.
   bool AddReader(Object* o);
-  void RemoveReader(Object* o);
+  void RemoveReader(Object* o, uint32_t n = 1);  // REQUIRES: o holds n readers
   bool AddPin(Object* o);
-  void RemovePin(Object* o);
+  void RemovePin(Object* o, uint32_t n = 1);  // REQUIRES: o holds n pins
   // Removes o from the id index (unlink); it stays findable by uid until Erase.
   void Unlink(Object* o);
   // Any other change to an object's state, importance, access time, memory or spill copy goes

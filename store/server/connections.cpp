@@ -273,7 +273,7 @@ void Server::ReleaseClientState(Client* c) {
   for (auto& [uid, count] : c->readers) {
     Object* o = table_.FindUid(uid);
     if (!o) continue;
-    for (uint32_t i = 0; i < count; i++) table_.RemoveReader(o);
+    table_.RemoveReader(o, count);
     totals_.releases += count;
     // Freed, or unread now: what waits for memory may spill or drop it.
     freed |= MaybeFree(o) || o->evictable();
@@ -283,7 +283,7 @@ void Server::ReleaseClientState(Client* c) {
   for (auto& [uid, count] : c->pins) {
     Object* o = table_.FindUid(uid);
     if (!o) continue;
-    for (uint32_t i = 0; i < count; i++) table_.RemovePin(o);
+    table_.RemovePin(o, count);
     freed = true;  // it may be evictable now
   }
   c->pins.clear();
@@ -302,6 +302,7 @@ void Server::ReleaseClientState(Client* c) {
     freed = true;
   }
   c->creating.clear();
+  c->readers_held = c->pins_held = c->bytes_held = 0;
   if (freed) Pump();
 }
 

@@ -67,12 +67,16 @@ bool Server::GetsWaitFor(const ObjectKey& id) const {
 }
 
 int Server::TakeReader(Client* c, Object* o, int64_t now) {
-  uint32_t& mine = c->readers[o->uid];
-  if (mine == UINT32_MAX || !table_.AddReader(o)) {
-    if (mine == 0) c->readers.erase(o->uid);
+  auto it = c->readers.find(o->uid);
+  if ((it != c->readers.end() && it->second == UINT32_MAX) || !table_.AddReader(o)) {
     return STORE_EMISUSE;
   }
-  mine++;
+  if (it == c->readers.end()) {
+    Hold(c, o);
+    it = c->readers.emplace(o->uid, 0).first;
+  }
+  it->second++;
+  c->readers_held++;
   o->access_ns = now;
   totals_.gets++;
   spiller_.MaybeReadAheadOnGet(o);
@@ -356,10 +360,38 @@ void Server::CompleteGet(WaitingGet* g, bool timed_out) {
 
 void Server::ReleaseReader(Client* c, Object* o) {
   auto it = c->readers.find(o->uid);
-  if (--it->second == 0) c->readers.erase(it);
+  if (--it->second == 0) {
+    c->readers.erase(it);
+    Unhold(c, o);
+  }
+  c->readers_held--;
   o->access_ns = RealtimeNs();  // before RemoveReader: the eviction order reads it
   table_.RemoveReader(o);
   totals_.releases++;
+}
+
+void Server::Hold(Client* c, const Object* o) {
+  if (c->readers.count(o->uid) || c->pins.count(o->uid) || c->creating.count(o->uid)) return;
+  c->bytes_held += HeldSize(o);
+}
+
+void Server::Unhold(Client* c, const Object* o) {
+  if (c->readers.count(o->uid) || c->pins.count(o->uid) || c->creating.count(o->uid)) return;
+  c->bytes_held -= HeldSize(o);
+}
+
+uint64_t Server::HeldSize(const Object* o) const {
+  return region_->UsableSize((o->on_gpu() ? 0 : o->data_size) + o->metadata_size);
+}
+
+void Server::DropPinsOf(const Object* o) {
+  for (auto& [id, c] : clients_) {
+    auto it = c->pins.find(o->uid);
+    if (it == c->pins.end()) continue;
+    c->pins_held -= it->second;
+    c->pins.erase(it);
+    Unhold(c, o);
+  }
 }
 
 void Server::HandleRelease(Client* c, uint64_t seq, const proto::ReleaseRequest* r) {

@@ -209,22 +209,7 @@ void Server::HandleClients(Client* c, uint64_t seq) {
   std::vector<flatbuffers::Offset<proto::ClientInfo>> infos;
   infos.reserve(clients_.size());
   for (auto& [id, k] : clients_) {
-    // Bytes held: every object it writes, reads or pins, each counted once.
-    std::unordered_set<uint64_t> seen;
-    uint64_t bytes = 0, readers = 0, pins = 0;
-    auto add = [&](uint64_t uid) {
-      if (!seen.insert(uid).second) return;
-      if (Object* o = table_.FindUid(uid)) bytes += o->alloc_size;
-    };
-    for (auto& [uid, n] : k->readers) {
-      readers += n;
-      add(uid);
-    }
-    for (auto& [uid, n] : k->pins) {
-      pins += n;
-      add(uid);
-    }
-    for (uint64_t uid : k->creating) add(uid);
+    // Counted as they change (Server::Hold): a request costs nothing per object held.
     auto name = fbb_.CreateString(k->name);
     proto::ClientInfoBuilder b(fbb_);
     b.add_client_id(k->id);
@@ -233,9 +218,9 @@ void Server::HandleClients(Client* c, uint64_t seq) {
     b.add_uid(static_cast<uint32_t>(k->uid));
     b.add_objects_created(k->objects_created);
     b.add_creating(k->creating.size());
-    b.add_readers(readers);
-    b.add_pins(pins);
-    b.add_bytes_held(bytes);
+    b.add_readers(k->readers_held);
+    b.add_pins(k->pins_held);
+    b.add_bytes_held(k->bytes_held);
     b.add_connect_time_ns(k->connect_ns);
     b.add_requests(k->requests);
     infos.push_back(b.Finish());

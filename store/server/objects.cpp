@@ -169,6 +169,7 @@ int Server::TryCreate(Client* c, const CreateArgs& a, Object** out, std::string*
     std::memcpy(o->data, a.inline_data.data(), a.data_size);
     SealObject(o);
   } else {
+    Hold(c, o);
     c->creating.insert(o->uid);
   }
   *out = o;
@@ -476,6 +477,7 @@ void Server::HandleSeal(Client* c, uint64_t seq, const proto::SealRequest* r) {
                      "object " + Hex(id) + " is being written by another client");
   }
   c->creating.erase(o->uid);
+  Unhold(c, o);
   SealObject(o);
   fbb_.Clear();
   SendEmpty(c, seq, Body::SealReply, proto::CreateSealReply(fbb_).Union());
@@ -496,6 +498,7 @@ void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) 
                      "object " + Hex(id) + " is being written by another client");
   }
   c->creating.erase(o->uid);
+  Unhold(c, o);
   totals_.aborts++;
   FreeObject(o);
   fbb_.Clear();
@@ -504,6 +507,7 @@ void Server::HandleAbort(Client* c, uint64_t seq, const proto::AbortRequest* r) 
 }
 
 void Server::FreeObject(Object* o) {
+  if (o->pins > 0) DropPinsOf(o);  // deleted while pinned: the pins go with it
   spiller_.ForgetRestore(o->uid);  // its queue entry is skipped when it comes up
   if (!leases_.empty()) leases_.erase(o->uid);
   if (o->spill_file && spiller_.TombstoneFor(o)) {
@@ -671,13 +675,17 @@ void Server::HandlePin(Client* c, uint64_t seq, const proto::PinRequest* r) {
   if (o->state == ObjectState::kCreated) {
     return SendError(c, seq, STORE_ENOTSEALED, "object " + Hex(id) + " is not sealed yet");
   }
-  uint32_t& mine = c->pins[o->uid];
-  if (mine == UINT32_MAX || !table_.AddPin(o)) {
-    if (mine == 0) c->pins.erase(o->uid);
+  auto it = c->pins.find(o->uid);
+  if ((it != c->pins.end() && it->second == UINT32_MAX) || !table_.AddPin(o)) {
     return SendError(c, seq, STORE_EMISUSE,
                      "object " + Hex(id) + " holds the most pins a count can hold");
   }
-  mine++;
+  if (it == c->pins.end()) {
+    Hold(c, o);
+    it = c->pins.emplace(o->uid, 0).first;
+  }
+  it->second++;
+  c->pins_held++;
   totals_.pins++;
   // A pin keeps an object in memory: one on disk comes back.
   if (o->state == ObjectState::kSpilled) spiller_.StartRestore(o);
@@ -694,7 +702,11 @@ void Server::HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r) 
     return SendError(c, seq, STORE_EMISUSE,
                      "this client holds no pin on object " + Hex(id));
   }
-  if (--it->second == 0) c->pins.erase(it);
+  if (--it->second == 0) {
+    c->pins.erase(it);
+    Unhold(c, o);
+  }
+  c->pins_held--;
   table_.RemovePin(o);
   totals_.unpins++;
   fbb_.Clear();

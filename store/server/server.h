@@ -193,6 +193,15 @@ class Server final : private Spiller::Host {
   // Frees o if it is deleted, unread and not in the middle of IO.
   bool MaybeFree(Object* o) override;
   void ReleaseReader(Client* c, Object* o);
+  // What the list of clients counts (Client::readers_held, pins_held, bytes_held) as they
+  // change, O(1) each. Hold: c takes its first reader, pin or create of o (call before adding
+  // it); Unhold: c's last one went (call after removing it). An object is counted once, by
+  // HeldSize: what it takes in memory, also while a pinned one is still on disk.
+  void Hold(Client* c, const Object* o);
+  void Unhold(Client* c, const Object* o);
+  uint64_t HeldSize(const Object* o) const;
+  // The pins clients hold on o, which is being freed (deleted while pinned), go with it.
+  void DropPinsOf(const Object* o);
   // Serves what waits for memory (restores, then creates, in order), spilling to make room;
   // the one place that decides. Reentrant calls are folded into the running one. Its invariant
   // is stated where it is defined (server/objects.cpp).

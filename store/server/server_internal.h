@@ -53,6 +53,10 @@ struct Server::Client {
   };
   std::unordered_map<uint64_t, HeldLease> leases;  // object uid -> leases held
   std::unordered_set<uint64_t> creating;           // uids of this client's CREATED objects
+  // What the list of clients shows of those, counted as they change (Server::Hold, Unhold):
+  uint64_t readers_held = 0;  // sum of readers
+  uint64_t pins_held = 0;     // sum of pins
+  uint64_t bytes_held = 0;    // the objects it reads, pins or writes, each once (HeldSize)
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
   std::unique_ptr<ListCursor> list;  // its store_list in progress, if any
