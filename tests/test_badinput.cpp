@@ -2084,20 +2084,23 @@ TEST_CASE("waiting gets past --max-client-waiting get STORE_ELIMIT and the conne
 }
 
 // n connections, each sending per_conn requests in one write (msg(i, k) is request k of
-// connection i) and reading none of the replies.
+// connection i) and reading none of the replies. All are connected first and then send, one
+// right after the other: the server finds them all to read at once, and a cost that grows with
+// what the earlier ones left shows as one long stall.
 std::vector<std::unique_ptr<RawConn>> Flood(const std::string& socket, int n, int per_conn,
                                             const std::function<Bytes(int, int)>& msg) {
   std::vector<std::unique_ptr<RawConn>> conns;
+  std::vector<Bytes> batches;
   for (int i = 0; i < n; i++) {
     conns.push_back(std::make_unique<RawConn>(socket));
     REQUIRE(Handshake(*conns.back()) > 0);
-    Bytes batch;
+    Bytes& batch = batches.emplace_back();
     for (int k = 0; k < per_conn; k++) {
       Bytes m = msg(i, k);
       batch.insert(batch.end(), m.begin(), m.end());
     }
-    REQUIRE(conns.back()->Send(batch));
   }
+  for (int i = 0; i < n; i++) REQUIRE(conns[static_cast<size_t>(i)]->Send(batches[static_cast<size_t>(i)]));
   return conns;
 }
 
@@ -2284,6 +2287,122 @@ TEST_CASE("the list of clients costs the same however many objects clients hold"
     CHECK(k->bytes_held() == 0);
   }
   CHECK(s.Alive());
+}
+
+// A store with a spill dir whose n small objects ("spilled-<k>", 64 bytes of k) are on disk,
+// and whose memory is all taken by an object being written: no restore fits, and nothing can
+// be spilled to make room, until Release.
+struct StalledRestores {
+  test::TempDir spill;
+  test::TestStore s{"64M", {"--spill-dir", spill.path}};
+  RawConn owner{s.socket()};
+  uint64_t seq = 10;
+  uint64_t hold_uid = 0;
+  static constexpr int kBatch = 1024;
+
+  explicit StalledRestores(int n) {
+    REQUIRE(s.started());
+    REQUIRE(Handshake(owner) > 0);
+    for (int at = 0; at < n; at += kBatch) {
+      Bytes batch;
+      for (int k = at; k < std::min(n, at + kBatch); k++) {
+        CreateArgs a;
+        a.key = "spilled-" + std::to_string(k);
+        a.data_size = 64;
+        a.data = Bytes(64, static_cast<uint8_t>(k));
+        Bytes m = CreateMsg(seq++, a);
+        batch.insert(batch.end(), m.begin(), m.end());
+      }
+      REQUIRE(owner.Send(batch));
+      for (uint64_t k = seq - static_cast<uint64_t>(std::min(n - at, kBatch)); k < seq; k++) {
+        Reply r;
+        REQUIRE(ExpectReply(owner, k, Body::CreateReply, &r));
+      }
+    }
+    flatbuffers::FlatBufferBuilder eb(64);
+    REQUIRE(owner.Send(Finish(eb, seq, Body::EvictRequest,
+                              proto::CreateEvictRequest(eb, 1ull << 40).Union())));
+    Reply r;
+    REQUIRE(ExpectReply(owner, seq++, Body::EvictReply, &r));
+    StatsProbe probe(s.socket());
+    REQUIRE(probe.Read([](const auto& st) { return st.spilled_count(); }) == uint64_t(n));
+    // Every free page (jemalloc's unused ones are purged for it).
+    CreateArgs hold;
+    hold.key = "holds-the-memory";
+    hold.data_size = probe.Read([](const auto& st) { return st.capacity_bytes() - st.used_bytes(); }) &
+                     ~uint64_t{4095};
+    REQUIRE(owner.Send(CreateMsg(seq, hold)));
+    REQUIRE(ExpectReply(owner, seq++, Body::CreateReply, &r));
+    hold_uid = r.msg->body_as_CreateReply()->uid();
+  }
+  // Room comes.
+  void Release() {
+    REQUIRE(owner.Send(AbortMsg(seq, "holds-the-memory", hold_uid)));
+    Reply r;
+    REQUIRE(ExpectReply(owner, seq++, Body::AbortReply, &r));
+  }
+};
+
+// Reads the replies to the n gets each connection sent, each of one object: all find it.
+void ExpectObjects(std::vector<std::unique_ptr<RawConn>>& conns, int n) {
+  for (auto& c : conns) {
+    for (int k = 0; k < n; k++) {
+      Reply g;
+      REQUIRE(c->Next(&g) == Got::kMessage);
+      REQUIRE(g.msg->status() == 0);
+      REQUIRE(g.msg->body_type() == Body::GetReply);
+      REQUIRE(g.msg->body_as_GetReply()->objects()->Get(0)->status() == 0);
+    }
+  }
+}
+
+// Gets of objects on disk while no room can be made: their restores queue until room comes.
+// Each new one used to rescan the whole queue (Spiller::Stall): 32,768 gets sent at once held
+// the loop past the usual reply wait. Now each is looked at once. Then, when room came, every
+// queued restore started at once and each opened its spill file: the descriptors ran out, and
+// the gets failed with STORE_ECORRUPT. Now at most Spiller::kMaxRestoreJobs run at a time.
+TEST_CASE("gets of spilled objects queue their restores in linear time while no room can be made") {
+  constexpr int kConns = 32, kGets = 1024;
+  StalledRestores st(kConns * kGets);
+  std::vector<std::unique_ptr<RawConn>> conns = Flood(st.s.socket(), kConns, kGets, [](int i, int k) {
+    return GetMsg(100 + static_cast<uint64_t>(k), {IdOf("spilled-" + std::to_string(i * kGets + k))},
+                  -1);
+  });
+  StatsProbe probe(st.s.socket());
+  auto waiting = [&] { return probe.Read([](const auto& x) { return x.waiting_gets(); }); };
+  REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kGets; },
+                        std::chrono::seconds(120)));
+  CHECK(probe.Read([](const auto& x) { return x.spilled_count(); }) == uint64_t{kConns} * kGets);
+  st.Release();
+  ExpectObjects(conns, kGets);
+  CHECK(waiting() == 0);
+  CHECK(st.s.Alive());
+}
+
+// 262,144 gets of one object on disk while no room can be made. Each new one used to walk
+// every get already waiting for that id, to tell those that asked not to wait (timeout 0):
+// quadratic. Those come first in the id's list now. One that asks not to wait still hears at
+// once that there is no room.
+TEST_CASE("a quarter million gets of one spilled object wait in linear time while no room can be made") {
+  constexpr int kConns = 256, kGets = 1024;
+  StalledRestores st(1);
+  std::vector<std::unique_ptr<RawConn>> conns = Flood(st.s.socket(), kConns, kGets, [](int, int k) {
+    return GetMsg(100 + static_cast<uint64_t>(k), {IdOf("spilled-0")}, -1);
+  });
+  StatsProbe probe(st.s.socket());
+  auto waiting = [&] { return probe.Read([](const auto& x) { return x.waiting_gets(); }); };
+  REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kGets; },
+                        std::chrono::seconds(120)));
+  RawConn impatient(st.s.socket());
+  REQUIRE(Handshake(impatient) > 0);
+  REQUIRE(impatient.Send(GetMsg(2, {IdOf("spilled-0")}, 0)));
+  Reply r;
+  REQUIRE(ExpectReply(impatient, 2, Body::GetReply, &r));
+  CHECK(r.msg->body_as_GetReply()->objects()->Get(0)->status() == STORE_ENOSPACE);
+  st.Release();
+  ExpectObjects(conns, kGets);
+  CHECK(waiting() == 0);
+  CHECK(st.s.Alive());
 }
 
 TEST_CASE("clients that never read their replies are disconnected past --max-backlog, the largest first") {

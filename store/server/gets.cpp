@@ -40,7 +40,7 @@ void Server::NotifyWaiters(const ObjectKey& id) {
   const bool readable = Readable(o);
   const bool failed = o && o->state == ObjectState::kSpilled && o->restore_error != 0;
   const int64_t now = RealtimeNs();
-  std::vector<GetWaiter> list = it->second;  // a copy: resolving edits it
+  std::vector<GetWaiter> list = it->second.list;  // a copy: resolving edits it
   std::vector<WaitingGet*> ready;
   for (const GetWaiter& w : list) {
     WaitingGet* g = w.get;
@@ -63,7 +63,7 @@ void Server::NotifyWaiters(const ObjectKey& id) {
 
 bool Server::GetsWaitFor(const ObjectKey& id) const {
   auto w = get_waiters_.find(id);
-  return w != get_waiters_.end() && !w->second.empty();
+  return w != get_waiters_.end() && !w->second.list.empty();
 }
 
 int Server::TakeReader(Client* c, Object* o, int64_t now) {
@@ -95,17 +95,30 @@ void Server::TakeForGet(WaitingGet* g, uint32_t first_pos, Object* o, int64_t no
   }
 }
 
+void Server::MoveWaiter(GetWaiters* w, uint32_t from, uint32_t to) {
+  if (from == to) return;
+  GetWaiter& e = w->list[to];
+  e = w->list[from];
+  e.get->waiter_at[e.first_pos] = to;
+}
+
 void Server::Unregister(WaitingGet* g, uint32_t first_pos) {
   if (g->resolved[first_pos]) return;
   g->resolved[first_pos] = 1;
   g->missing--;
   auto it = get_waiters_.find(g->ids[first_pos]);
   if (it == get_waiters_.end()) return;
-  auto& v = it->second;
+  GetWaiters& w = it->second;
+  auto& v = w.list;
   const uint32_t k = g->waiter_at[first_pos];
   if (k < v.size() && v[k].get == g && v[k].first_pos == first_pos) {
-    v[k] = v.back();  // the last entry moves into its place
-    v[k].get->waiter_at[v[k].first_pos] = k;
+    uint32_t hole = k;
+    if (hole < w.zero) {
+      // The last of the gets that do not wait for room moves into its place: they stay first.
+      MoveWaiter(&w, --w.zero, hole);
+      hole = w.zero;
+    }
+    MoveWaiter(&w, static_cast<uint32_t>(v.size() - 1), hole);  // the last entry
     v.pop_back();
   }
   if (v.empty()) get_waiters_.erase(it);
@@ -226,9 +239,17 @@ void Server::HandleGet(Client* c, uint64_t seq, const proto::GetRequest* r) {
   if (g->missing == 0) return CompleteGet(g, false);
   g->waiter_at.assign(n, 0);
   for (uint32_t first : g->waiting_on) {
-    auto& v = get_waiters_[g->ids[first]];
-    g->waiter_at[first] = static_cast<uint32_t>(v.size());
-    v.push_back({g, first});
+    GetWaiters& w = get_waiters_[g->ids[first]];
+    auto k = static_cast<uint32_t>(w.list.size());
+    w.list.push_back({g, first});
+    g->waiter_at[first] = k;
+    if (timeout == 0) {
+      // Among the first: the first entry that waits for room moves to the end.
+      const uint32_t at = w.zero++;
+      MoveWaiter(&w, at, k);
+      w.list[at] = {g, first};
+      g->waiter_at[first] = at;
+    }
   }
   c->gets.insert(g);
   waiting_gets_++;

@@ -379,11 +379,13 @@ void Server::Pump() {
   do {
     pump_again_ = false;
     if (gpu_freed_) ServeWaitingGpuCreates();
+    // Restores wait for memory, or for a job slot (RestoreSlot): a completion pumps again.
+    bool restores_busy = false;
     while (Object* o = spiller_.HeadRestore()) {
-      if (!spiller_.TryStartRestore(o)) break;
+      if ((restores_busy = !spiller_.RestoreSlot()) || !spiller_.TryStartRestore(o)) break;
       spiller_.PopRestore(o);
     }
-    bool blocked = !ServeWaitingCreates() || spiller_.HeadRestore() != nullptr;
+    bool blocked = !ServeWaitingCreates() || (!restores_busy && spiller_.HeadRestore() != nullptr);
     if (!spiller_.enabled() || stopping_) continue;  // without spilling, waiters wait for deletes
     if (spiller_.SpillStep(0, nullptr)) pump_again_ = true;  // memory is free now
     if (!blocked || pump_again_) continue;
@@ -427,9 +429,8 @@ void Server::StallRestores() {
   for (const ObjectKey& id : queued) {
     auto w = get_waiters_.find(id);
     if (w != get_waiters_.end()) {
-      for (const GetWaiter& gw : w->second) {
-        if (gw.get->timeout == 0) no_room.emplace_back(gw.get, gw.first_pos);
-      }
+      const GetWaiters& gw = w->second;
+      for (uint32_t k = 0; k < gw.zero; k++) no_room.emplace_back(gw.list[k].get, gw.list[k].first_pos);
     }
   }
   std::vector<WaitingGet*> done;

@@ -189,6 +189,9 @@ class Server final : private Spiller::Host {
   // Takes o for every position of g's id at first_pos (an error there ends those positions).
   void TakeForGet(WaitingGet* g, uint32_t first_pos, Object* o, int64_t now);
   void Unregister(WaitingGet* g, uint32_t first_pos);
+  struct GetWaiters;
+  // list[from] into list[to], telling its get where it is now.
+  static void MoveWaiter(GetWaiters* w, uint32_t from, uint32_t to);
   void FreeObject(Object* o);
   // Frees o if it is deleted, unread and not in the middle of IO.
   bool MaybeFree(Object* o) override;
@@ -293,7 +296,13 @@ class Server final : private Spiller::Host {
     WaitingGet* get;
     uint32_t first_pos;  // of the id in the get's ids
   };
-  std::unordered_map<ObjectKey, std::vector<GetWaiter>, ObjectKeyHash> get_waiters_;
+  // The gets waiting for an id. Those that asked not to wait for room (timeout 0) come first,
+  // list[0, zero): a stall tells them, however many others wait (StallRestores).
+  struct GetWaiters {
+    std::vector<GetWaiter> list;
+    uint32_t zero = 0;
+  };
+  std::unordered_map<ObjectKey, GetWaiters, ObjectKeyHash> get_waiters_;
   size_t waiting_gets_ = 0;
   // Lists, each entry knowing its place (WaitingCreate::at): one leaves in O(1) when it times
   // out or its client goes, however many wait.

@@ -50,6 +50,7 @@
 #include <cinttypes>
 #include <cstring>
 #include <ctime>
+#include <unordered_set>
 
 #include "server/log.h"
 #include "server/util.h"
@@ -1070,7 +1071,7 @@ void Spiller::StartRestore(Object* o, bool prefetch, bool pump) {
   auto it = restore_queued_.find(o->uid);
   if (it != restore_queued_.end()) {
     it->second = it->second || prefetch;
-    restores_stalled_ = false;  // a new asker: tell it if nothing can make room
+    NoteAsked(o->uid);  // a new asker: tell it if nothing can make room
     if (pump) host_.Pump();
     return;
   }
@@ -1082,7 +1083,7 @@ void Spiller::StartRestore(Object* o, bool prefetch, bool pump) {
   }
   pending_restores_.push_back(o->uid);
   restore_queued_.emplace(o->uid, prefetch);
-  restores_stalled_ = false;
+  NoteAsked(o->uid);
   if (pump) host_.Pump();
 }
 
@@ -1231,7 +1232,16 @@ bool Spiller::RestoreWanted(const Object* o) const {
 
 void Spiller::PopRestore(const Object* o) {
   restore_queued_.erase(o->uid);
+  PopFrontRestore();
+}
+
+void Spiller::PopFrontRestore() {
   pending_restores_.pop_front();
+  stall_compacted_ = std::min(stall_compacted_, pending_restores_.size());
+  if (pending_restores_.empty()) {  // nothing left that a stall could concern
+    stall_new_.clear();
+    stall_all_ = false;
+  }
 }
 
 Object* Spiller::HeadRestore() {
@@ -1241,33 +1251,67 @@ Object* Spiller::HeadRestore() {
     if (o && o->state == ObjectState::kSpilled && !o->deleted && RestoreWanted(o)) return o;
     // Freed, deleted, restored another way, or nobody waits for it any more.
     restore_queued_.erase(uid);
-    pending_restores_.pop_front();
+    PopFrontRestore();
   }
   return nullptr;
 }
 
+void Spiller::NoteAsked(uint64_t uid) {
+  if (stall_all_) return;
+  // More than the queue holds: asked again and again. The next Stall looks at the whole queue
+  // instead, which these calls pay for.
+  if (stall_new_.size() > pending_restores_.size() + 1024) {
+    stall_new_.clear();
+    stall_all_ = true;
+    return;
+  }
+  stall_new_.push_back(uid);
+}
+
 bool Spiller::Stall(std::vector<ObjectKey>* ids) {
-  if (restores_stalled_) return false;
-  restores_stalled_ = true;
+  if (!stall_all_ && stall_new_.empty()) return false;
+  // The entries of objects gone leave the queue once it has doubled since the last pass.
+  const bool compact = pending_restores_.size() >= 2 * stall_compacted_ + 64;
+  auto live = [&](uint64_t uid, std::unordered_map<uint64_t, bool>::iterator* q) -> Object* {
+    *q = restore_queued_.find(uid);
+    Object* o = *q != restore_queued_.end() ? table_.FindUid(uid) : nullptr;
+    return o && o->state == ObjectState::kSpilled && !o->deleted ? o : nullptr;
+  };
   // Prefetches (a hint) become plain restores, kept only while a get or a pin wants them (see
-  // Server::StallRestores); what is gone leaves the queue.
-  std::deque<uint64_t> keep;
-  for (uint64_t uid : pending_restores_) {
-    auto q = restore_queued_.find(uid);
-    Object* o = q != restore_queued_.end() ? table_.FindUid(uid) : nullptr;
-    if (!o || o->state != ObjectState::kSpilled || o->deleted) {
-      if (q != restore_queued_.end()) restore_queued_.erase(q);
-      continue;
-    }
+  // Server::StallRestores).
+  std::unordered_set<uint64_t> seen;
+  auto note = [&](uint64_t uid) {
+    std::unordered_map<uint64_t, bool>::iterator q;
+    Object* o = live(uid, &q);
+    if (!o || !seen.insert(uid).second) return o != nullptr;
     q->second = false;  // no longer a prefetch
     ids->push_back(o->id);
-    keep.push_back(uid);
+    return true;
+  };
+  if (stall_all_ || compact) {
+    std::deque<uint64_t> keep;
+    for (uint64_t uid : pending_restores_) {
+      std::unordered_map<uint64_t, bool>::iterator q;
+      if (!live(uid, &q)) {
+        if (q != restore_queued_.end()) restore_queued_.erase(q);
+        continue;
+      }
+      keep.push_back(uid);
+      if (stall_all_) note(uid);
+    }
+    pending_restores_.swap(keep);
+    stall_compacted_ = pending_restores_.size();
   }
-  pending_restores_.swap(keep);
+  if (!stall_all_) {
+    for (uint64_t uid : stall_new_) note(uid);
+  }
+  stall_new_.clear();
+  stall_all_ = false;
   return true;
 }
 
 bool Spiller::TryStartRestore(Object* o, bool readahead) {
+  if (!RestoreSlot()) return false;
   uint64_t total = o->data_size + o->metadata_size;
   uint64_t usable = 0;
   void* p = region_->Allocate(total, &usable);
@@ -1294,6 +1338,7 @@ bool Spiller::TryStartRestore(Object* o, bool readahead) {
   job->data_size = o->data_size;
   job->metadata_size = o->metadata_size;
   job->req.data = job;
+  restore_jobs_++;
   if (uv_queue_work(loop_, &job->req, RestoreWork, RestoreDone) != 0) {
     job->rc = -EAGAIN;
     job->error = "cannot queue the read";
@@ -1320,6 +1365,7 @@ void Spiller::RestoreDone(uv_work_t* req, int /*status*/) {
   Object* o = job->object;
   ObjectKey key = o->id;
   bool deleted = o->deleted;
+  s->restore_jobs_--;
   s->KeepReadFd(job->file, job->opened_fd);
   if (--job->file->readers == 0 && job->file->removing) s->RemoveSpillFile(job->file);
   if (job->rc == 0) {

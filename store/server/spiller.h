@@ -192,7 +192,13 @@ class Spiller {
   Object* HeadRestore();
   // Takes o off the queue. REQUIRES: o is HeadRestore().
   void PopRestore(const Object* o);
-  // Starts restoring o into memory allocated now; false when there is no room.
+  // Restore jobs in flight at most: each may hold a descriptor of its file until its
+  // completion runs on the loop (the server keeps kBaseReserveFds for such jobs), and one pump
+  // starts no more than this many. The rest wait in the queue for a completion.
+  static constexpr int kMaxRestoreJobs = 32;
+  bool RestoreSlot() const { return restore_jobs_ < kMaxRestoreJobs; }
+  // Starts restoring o into memory allocated now; false when there is no room (or no
+  // RestoreSlot).
   // A read-ahead's restore (a guess) leaves o's access time as it was, so that an object read
   // ahead and never read is dropped before the objects that were read.
   bool TryStartRestore(Object* o, bool readahead = false);
@@ -205,9 +211,11 @@ class Spiller {
   bool RestoresWaiting() const { return !pending_restores_.empty(); }
   // The object with this uid is gone: its queue entry is skipped when it comes up.
   void ForgetRestore(uint64_t uid) { restore_queued_.erase(uid); }
-  // Spilling cannot make room now (Server::StallRestores): the restores of objects gone leave
-  // the queue, prefetches become plain restores, and the ids of the queued objects are put in
-  // *ids. False, doing nothing, when it ran already and nothing was queued since.
+  // Spilling cannot make room now (Server::StallRestores): the restores asked for since the
+  // last call (queued, or asked again) are looked at, each once: prefetches among them become
+  // plain restores, and the ids of those still queued are put in *ids. False, doing nothing,
+  // when none was asked for since. O(restores asked since), amortized: the restores of objects
+  // gone leave the queue in a pass over it once it has doubled since the last such pass.
   bool Stall(std::vector<ObjectKey>* ids);
   // A get took a reader of o: if a read-ahead stream passed o, its reader is there now, and
   // the stream tops its window up.
@@ -326,7 +334,14 @@ class Spiller {
   // skipped when they reach the front.
   std::deque<uint64_t> pending_restores_;
   std::unordered_map<uint64_t, bool> restore_queued_;
-  bool restores_stalled_ = false;  // Stall ran and nothing was queued since
+  // Uids of the restores queued or asked for again since Stall last ran (stall_all_: too many
+  // to keep, the whole queue is looked at), and the queue's length after its last pass.
+  std::vector<uint64_t> stall_new_;
+  int restore_jobs_ = 0;  // started, their completion not run yet
+  bool stall_all_ = false;
+  size_t stall_compacted_ = 0;
+  void NoteAsked(uint64_t uid);
+  void PopFrontRestore();
   // Read-ahead streams (NoteDemandRestore), least recently used first out.
   static constexpr int kReadaheadStreams = 4;
   static constexpr size_t kReadaheadRecords = 64;  // the most records a stream holds ahead
