@@ -691,3 +691,41 @@ TEST_CASE("region: pages small objects held go back to large ones") {
   CHECK(whole != nullptr);
   r->Free(whole);
 }
+
+TEST_CASE("region: FitsIfFreed and FitsIfFreedNear agree on runs that freed objects would make") {
+  auto r = MakeRegion(16 * kMiB);
+  // 1 MiB objects one after another until full, then every fourth freed: holes of 1 MiB.
+  std::vector<void*> objs;
+  for (;;) {
+    uint64_t usable = 0;
+    void* p = r->Allocate(kMiB, &usable);
+    if (!p) break;
+    objs.push_back(p);
+  }
+  REQUIRE(objs.size() >= 12);
+  std::sort(objs.begin(), objs.end());
+  for (size_t i = 0; i < objs.size(); i += 4) {
+    r->Free(objs[i]);
+    objs[i] = nullptr;
+  }
+  auto off = [&](size_t i) { return r->OffsetOf(objs[i]); };
+  // objs[1] is next to the hole at 0 and to objs[2]; objs[3] to objs[2] and the hole at 4.
+  for (bool near : {false, true}) {
+    INFO("near " << near);
+    auto fits = [&](uint64_t size, std::vector<uint64_t> offs) {
+      return near ? r->FitsIfFreedNear(size, offs) : r->FitsIfFreed(size, offs);
+    };
+    CHECK(fits(2 * kMiB, {off(1)}));            // with the hole before it
+    CHECK_FALSE(fits(3 * kMiB, {off(1)}));
+    CHECK(fits(3 * kMiB, {off(2), off(1)}));     // hole, 1, 2, and nothing more
+    CHECK_FALSE(fits(4 * kMiB, {off(1), off(2)}));
+    CHECK(fits(5 * kMiB, {off(1), off(2), off(3)}));  // hole, 1, 2, 3, hole
+    CHECK_FALSE(fits(6 * kMiB, {off(1), off(2), off(3)}));
+    CHECK_FALSE(fits(3 * kMiB, {off(1), off(6)}));    // apart: 2 MiB runs each
+  }
+  // A small object's room does not need pages: FitsIfFreedNear does not judge it.
+  CHECK(r->FitsIfFreedNear(100, {}));
+  for (void* p : objs) {
+    if (p) r->Free(p);
+  }
+}

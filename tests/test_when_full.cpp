@@ -387,6 +387,44 @@ TEST_CASE("drop: a create that no drop could fit drops nothing") {
   CHECK(s.Alive());
 }
 
+// The same with every hole filled: the create's bytes are not free, so the least valuable
+// objects are chosen by bytes first. They used to be dropped before the check that dropping
+// could make a run long enough at all: three objects went for nothing at each try.
+TEST_CASE("drop: a create that no drop could fit drops nothing, with no bytes free") {
+  test::TestStore s("32M", kDrop);
+  REQUIRE(s.started());
+  ClientPtr hog = Connect(s.socket(), "hog");
+  ClientPtr c = Connect(s.socket(), "when_full");
+  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+  opts.timeout_ms = 0;
+  std::vector<WriterPtr> unsealed;
+  for (int i = 0; i < 64; i++) {
+    const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
+    store_writer* w = nullptr;
+    if (store_create(hog.get(), &w, &o.id, o.size, &opts) != STORE_OK) break;
+    unsealed.emplace_back(w);
+  }
+  REQUIRE(unsealed.size() >= 24);
+  for (size_t i = 0; i < unsealed.size(); i += 2) {
+    REQUIRE(store_writer_abort(unsealed[i].release()) == STORE_OK);
+  }
+  // Every hole filled with an object that may be dropped.
+  std::vector<Obj> kept;
+  for (size_t i = 0; i < unsealed.size(); i += 2) {
+    kept.push_back(MakeObj("kept-" + std::to_string(i), 1100 + i, kMiB));
+    Put(c.get(), kept.back(), 0, 0);
+  }
+  REQUIRE(Stats(c.get()).total_dropped_objects == 0);
+  REQUIRE(Stats(c.get()).largest_free_bytes < 3 * kMiB);
+  const Obj big = MakeObj("three-mib", 1200, 3 * kMiB);
+  CHECK(TryPut(c.get(), big, 0, 0) == STORE_ENOSPACE);
+  CHECK(TryPut(c.get(), big, 0, 200) == STORE_ETIMEDOUT);
+  CHECK(Stats(c.get()).total_dropped_objects == 0);
+  for (const Obj& o : kept) CHECK(Present(c.get(), o));
+  unsealed.clear();
+  CHECK(s.Alive());
+}
+
 TEST_CASE("drop: when the first victims are not next to each other, the next ones go too") {
   test::TestStore s("16M", kDrop);
   REQUIRE(s.started());

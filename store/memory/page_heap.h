@@ -42,6 +42,17 @@ class PageHeap {
   // The longest free run: the largest object that fits now.
   uint64_t largest_free() const { return by_size_.empty() ? 0 : by_size_.rbegin()->first; }
   size_t free_runs() const { return by_offset_.size(); }
+  // The length of the free run that ends at `offset`, or that starts there (0 if none).
+  uint64_t FreeEndingAt(uint64_t offset) const {
+    auto it = by_offset_.lower_bound(offset);
+    if (it == by_offset_.begin()) return 0;
+    --it;
+    return it->first + it->second == offset ? it->second : 0;
+  }
+  uint64_t FreeStartingAt(uint64_t offset) const {
+    auto it = by_offset_.find(offset);
+    return it == by_offset_.end() ? 0 : it->second;
+  }
   // Calls f(offset, length) for each free run, in offset order.
   template <class F>
   void ForEachFree(F f) const {

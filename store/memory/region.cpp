@@ -479,6 +479,31 @@ bool Region::FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets) {
   return false;
 }
 
+bool Region::FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets) {
+  if (size < kLargeFrom) return true;
+  const uint64_t need = RoundUp(size, kPage);
+  // Each freed object with the free runs on either side: the runs that freeing them makes
+  // are these segments where they meet.
+  std::vector<std::pair<uint64_t, uint64_t>> segs;  // [start, end)
+  {
+    std::lock_guard<std::mutex> lock(hooks_->mu);
+    for (uint64_t off : offsets) {
+      auto it = large_.find(off);
+      if (it == large_.end()) continue;
+      const uint64_t end = off + it->second;
+      segs.emplace_back(off - heap_->FreeEndingAt(off), end + heap_->FreeStartingAt(end));
+    }
+  }
+  std::sort(segs.begin(), segs.end());
+  uint64_t start = 0, end = 0;
+  for (const auto& [s, e] : segs) {
+    if (s > end) start = s;
+    end = std::max(end, e);
+    if (end - start >= need) return true;
+  }
+  return false;
+}
+
 void Region::PurgeArena() {
   std::string name = ArenaCtl(arena_, "purge");
   je_mallctl(name.c_str(), nullptr, nullptr, nullptr, 0);

@@ -74,6 +74,10 @@ class Region {
   // freed too (only those with pages of their own count: freeing a small object frees no
   // page). O((free runs + n) log). What a drop of those objects could make room for, at most.
   bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
+  // The same, looking only next to those objects: O(n log), whatever the number of free runs.
+  // True for a size below a page heap object's (a small object's room comes from any freed
+  // object, page or not).
+  bool FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets);
   // Resident bytes of the memfd (st_blocks * 512).
   uint64_t ResidentBytes() const;
   // Hands every free page back to the OS now: jemalloc's unused extents go back to the page

@@ -70,10 +70,26 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
   // None chosen: all of them would not free enough bytes, or enough are free but not in one
   // piece (then the loop drops one candidate at a time).
   if (victims.empty() && free_now() < size) return nullptr;
+  bool could_fit = false;
+  if (!victims.empty()) {
+    // Before any goes: when these would not make a run long enough, go on only if dropping
+    // every candidate could (else a create that cannot fit would drop them for nothing).
+    std::vector<uint64_t> offsets;
+    offsets.reserve(victims.size());
+    for (const Object* o : victims) offsets.push_back(region_->OffsetOf(o->data));
+    if (!region_->FitsIfFreedNear(size, offsets)) {
+      offsets.clear();
+      table_.ForEachEvictable([&](Object* o) {
+        offsets.push_back(region_->OffsetOf(o->data));
+        return true;
+      });
+      if (!region_->FitsIfFreed(size, offsets)) return nullptr;
+      could_fit = true;
+    }
+  }
   DropTotals dropped;
   void* p = nullptr;
   size_t next = 0;
-  bool could_fit = false;
   while (true) {
     if (free_now() >= size && (p = region_->Allocate(size, usable)) != nullptr) break;
     if (next == victims.size()) {
