@@ -1094,6 +1094,52 @@ TEST_CASE("a create that needs spilling when everything else is pinned waits for
   ReadBack(c.get(), big);
 }
 
+// Objects being written every other MiB: no run of 3 MiB can be made whatever is spilled. A
+// create of 3 MiB used to spill what it needed, then more at every pump, until every sealed
+// object (16) was on disk, for nothing. Now, once the bytes it needs are free but not in one
+// piece, the store checks that spilling every candidate could make a run long enough, and
+// spills no more otherwise: what it needed (3 objects, still readable) is all that goes.
+TEST_CASE("a create that no spilling could fit spills nothing") {
+  TempDir tmp;
+  // No spilling past a high mark: only for room.
+  test::TestStore s("32M", SpillArgs(tmp.Sub("spill"), {"--spill-high", "1", "--spill-low", "0.99"}));
+  REQUIRE(s.started());
+  ClientPtr hog = Connect(s.socket());
+  ClientPtr c = Connect(s.socket());
+  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+  opts.timeout_ms = 0;
+  std::vector<store_writer*> unsealed;
+  for (int i = 0; i < 64; i++) {
+    const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
+    store_writer* w = nullptr;
+    if (store_create(hog.get(), &w, &o.id, o.size, &opts) != STORE_OK) break;
+    unsealed.push_back(w);
+  }
+  REQUIRE(unsealed.size() >= 24);
+  std::vector<Obj> kept;
+  for (size_t i = 0; i < unsealed.size(); i += 2) {
+    REQUIRE(store_writer_abort(unsealed[i]) == STORE_OK);
+    unsealed[i] = nullptr;
+    kept.push_back(MakeObj("kept-" + std::to_string(i), 1100 + i, kMiB));
+  }
+  // Every hole filled, one at a time so each goes in a hole (none is spilled for room).
+  for (const Obj& o : kept) Put(c.get(), o, 0, 0);
+  REQUIRE(Stats(c.get()).total_spilled_objects == 0);
+  const Obj big = MakeObj("three-mib", 1200, 3 * kMiB);
+  CHECK(TryPut(c.get(), big, 0, 500) == STORE_ETIMEDOUT);
+  CHECK(TryPut(c.get(), big, 0, 0) == STORE_ENOSPACE);
+  store_stats st = Stats(c.get());
+  CHECK(st.total_spilled_objects <= 3);
+  CHECK(st.spilled_count <= 3);
+  // Once the objects being written go, the same create spills what it needs and fits.
+  for (store_writer* w : unsealed) {
+    if (w) REQUIRE(store_writer_abort(w) == STORE_OK);
+  }
+  Put(c.get(), big, 0, -1);
+  for (const Obj& o : kept) ReadBack(c.get(), o);
+  ReadBack(c.get(), big);
+}
+
 TEST_CASE("without --spill-dir: store_evict is STORE_ENOTSUP") {
   test::TestStore s("64M");
   REQUIRE(s.started());

@@ -448,6 +448,7 @@ void Region::Free(void* p) {
   }
   allocated_ -= u;
   allocations_--;
+  frees_++;
 }
 
 uint64_t Region::LargestFree() {
@@ -458,6 +459,7 @@ uint64_t Region::LargestFree() {
 }
 
 bool Region::FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets) {
+  if (size < kLargeFrom) return true;  // a small object's room comes from any freed object
   const uint64_t need = RoundUp(size, kPage);
   std::vector<std::pair<uint64_t, uint64_t>> runs;  // (offset, length)
   {

@@ -62,6 +62,8 @@ class Region {
 
   uint64_t allocated_bytes() const { return allocated_; }
   uint64_t allocation_count() const { return allocations_; }
+  // Frees so far: what FitsIfFreed says for given objects holds until this or they change.
+  uint64_t free_count() const { return frees_; }
   bool Contains(const void* p) const {
     auto u = reinterpret_cast<const uint8_t*>(p);
     return u >= base_ && u < base_ + capacity_;
@@ -73,10 +75,10 @@ class Region {
   // Whether `size` bytes would fit in one run of pages if the objects at these offsets were
   // freed too (only those with pages of their own count: freeing a small object frees no
   // page). O((free runs + n) log). What a drop of those objects could make room for, at most.
-  bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
-  // The same, looking only next to those objects: O(n log), whatever the number of free runs.
   // True for a size below a page heap object's (a small object's room comes from any freed
   // object, page or not).
+  bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
+  // The same, looking only next to those objects: O(n log), whatever the number of free runs.
   bool FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets);
   // Resident bytes of the memfd (st_blocks * 512).
   uint64_t ResidentBytes() const;
@@ -101,6 +103,7 @@ class Region {
   int64_t decay_ms_ = -1;
   uint64_t allocated_ = 0;
   uint64_t allocations_ = 0;
+  uint64_t frees_ = 0;
   bool hugepages_active_ = false;
   struct HookState;
   void PurgeArena();  // jemalloc's unused extents back to the page heap

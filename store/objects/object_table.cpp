@@ -38,6 +38,7 @@ void ObjectTable::CountState(Object* o, int sign) {
   if (o->evictable()) {
     Bump(c_.evictable_count, c_.evictable_bytes, b, sign);
     if (sign > 0) {
+      evictable_joins_++;
       evict_root_ = EvictInsert(evict_root_, o);
     } else {
       evict_root_ = EvictErase(evict_root_, o);

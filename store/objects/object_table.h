@@ -331,6 +331,8 @@ class ObjectTable {
   void Erase(Object* o);
 
   const TableCounters& counters() const { return c_; }
+  // Objects put in the eviction order so far (also each time one in it changed).
+  uint64_t evictable_joins() const { return evictable_joins_; }
   size_t visible() const { return by_id_.size(); }
   size_t instances() const { return by_uid_.size(); }
   template <class F>
@@ -407,6 +409,7 @@ class ObjectTable {
   ObjectIndex<uint64_t, UidOf, UidHash> by_uid_;  // every live instance; owns them (in pool_)
   uint64_t next_uid_ = 1;
   TableCounters c_;
+  uint64_t evictable_joins_ = 0;
 };
 
 }  // namespace store

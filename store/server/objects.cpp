@@ -60,6 +60,19 @@ void Server::KeepLeased(Object* o, bool kept) {
   table_.Mutate(o, [kept](Object* x) { x->lease_kept = kept; });
 }
 
+bool Server::RoomPossible(uint64_t size) {
+  const uint64_t epoch = region_->free_count() + table_.evictable_joins();
+  if (no_room_.epoch == epoch && size >= no_room_.size) return false;
+  std::vector<uint64_t> offsets;
+  table_.ForEachEvictable([&](Object* o) {
+    if (o->data) offsets.push_back(region_->OffsetOf(o->data));
+    return true;
+  });
+  if (region_->FitsIfFreed(size, offsets)) return true;
+  if (no_room_.epoch != epoch || size < no_room_.size) no_room_ = NoRoom{epoch, size};
+  return false;
+}
+
 void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
   auto free_now = [this] {
     uint64_t used = region_->allocated_bytes(), cap = region_->capacity();
@@ -78,12 +91,7 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
     offsets.reserve(victims.size());
     for (const Object* o : victims) offsets.push_back(region_->OffsetOf(o->data));
     if (!region_->FitsIfFreedNear(size, offsets)) {
-      offsets.clear();
-      table_.ForEachEvictable([&](Object* o) {
-        offsets.push_back(region_->OffsetOf(o->data));
-        return true;
-      });
-      if (!region_->FitsIfFreed(size, offsets)) return nullptr;
+      if (!RoomPossible(size)) return nullptr;
       could_fit = true;
     }
   }
@@ -97,12 +105,7 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
       // if dropping every candidate could make a run long enough: where objects that stay cut
       // the memory up, it could not, and every droppable object would go for nothing.
       if (!could_fit) {
-        std::vector<uint64_t> offsets;
-        table_.ForEachEvictable([&](Object* o) {
-          offsets.push_back(region_->OffsetOf(o->data));
-          return true;
-        });
-        if (!region_->FitsIfFreed(size, offsets)) break;
+        if (!RoomPossible(size)) break;
         could_fit = true;
       }
       victims.clear();
@@ -405,8 +408,12 @@ void Server::Pump() {
     if (!spiller_.enabled() || stopping_) continue;  // without spilling, waiters wait for deletes
     if (spiller_.SpillStep(0, nullptr)) pump_again_ = true;  // memory is free now
     if (!blocked || pump_again_) continue;
-    if (spiller_.jobs() == 0 && !spiller_.BackingOff() && spiller_.CanSpillMore()) {
-      // Enough bytes are free in all but not in one piece: spill what the head needs anyway.
+    // Enough bytes are free in all but not in one piece: spill what the head needs anyway, if
+    // spilling every candidate could make a run long enough (else all would go to disk for
+    // nothing, where objects that stay cut the memory up).
+    bool room_possible = true;
+    if (spiller_.jobs() == 0 && !spiller_.BackingOff() && spiller_.CanSpillMore() &&
+        (room_possible = RoomPossible(spiller_.NeedNow()))) {
       if (spiller_.SpillStep(spiller_.NeedNow(), nullptr)) pump_again_ = true;
       if (pump_again_ || spiller_.jobs() > 0) continue;
     }
@@ -427,7 +434,7 @@ void Server::Pump() {
                          why + "; " + FullMessage(w->args.data_size + w->args.metadata.size()));
       }
       pump_again_ = true;
-    } else if (!spiller_.CanSpillMore()) {
+    } else if (!spiller_.CanSpillMore() || !room_possible) {
       // Only a delete, an unpin or a closed reader can make room: creates and restores wait
       // for it until their deadlines (their timers), except gets that asked not to wait.
       StallRestores();

@@ -168,6 +168,14 @@ class Server final : private Spiller::Host {
   // (eviction order; not leased) until `size` bytes can be allocated, and allocates them. Drops
   // nothing and returns nullptr when all of those would not free enough.
   void* DropForRoom(uint64_t size, uint64_t* usable);
+  // Whether freeing every object in the eviction order (spilled or dropped) could make a run
+  // of `size` bytes in one piece. O(n log n), remembered until memory is freed or an object
+  // joins the order: a create that waits on holes asks again at every pump.
+  bool RoomPossible(uint64_t size);
+  struct NoRoom {
+    uint64_t epoch = UINT64_MAX;  // region frees + eviction-order joins when it was found
+    uint64_t size = 0;            // the smallest size found not to fit then
+  } no_room_;
   bool DropMode() const { return options_.when_full == WhenFull::kDrop; }
   // Created with STORE_CREATE_LEASED (deleted when its last lease goes).
   bool CreatedLeased(const Object* o) const override;
