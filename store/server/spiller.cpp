@@ -275,13 +275,15 @@ void Spiller::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
   f->size = rf.size;
   f->version = rf.version;
   f->created_ns = RealtimeNs();
+  disk_total_ += f->size;
+  dead_total_ += f->dead_bytes;
   spill_files_.emplace(f->id, std::move(owned));
   int64_t now = RealtimeNs();
   for (const auto& rec : rf.records) {
     ObjectKey key;
     std::memcpy(key.bytes, rec.loc.id, 20);
     if (table_.Find(key) || rec.data_size == 0 || deleted.count({number, rec.loc.offset})) {
-      f->dead_bytes += rec.loc.size;  // a duplicate (or empty) record: nobody can read it
+      AddDead(f, rec.loc.size);  // a duplicate (or empty) record: nobody can read it
       continue;
     }
     Object proto;
@@ -452,6 +454,8 @@ void Spiller::SpillDone(uv_work_t* req, int /*status*/) {
     f->size = job->file_size;
     f->version = spill::kFileVersion;
     f->created_ns = RealtimeNs();
+    s->disk_total_ += f->size;
+    s->dead_total_ += f->dead_bytes;
     s->spill_files_.emplace(f->id, std::move(owned));
     s->spilled_by_number_[f->number] = f;
     s->spill_totals_.objects += job->objects.size();
@@ -462,7 +466,7 @@ void Spiller::SpillDone(uv_work_t* req, int /*status*/) {
       s->spill_totals_.bytes += loc.size;
       if (o->deleted) {
         // Deleted during the write: its tombstone was queued then (TombstoneFor).
-        f->dead_bytes += loc.size;
+        s->AddDead(f, loc.size);
         s->table_.Mutate(o, [](Object* x) { x->state = ObjectState::kSealed; });
         uint64_t mem = o->alloc_size;
         if (s->host_.MaybeFree(o)) freed += mem;
@@ -515,7 +519,7 @@ void Spiller::DropSpillCopy(Object* o, bool dead) {
   o->spill_file = nullptr;
   f->live_objects--;
   f->live_bytes -= o->spill_size();
-  if (dead) f->dead_bytes += o->spill_size();
+  if (dead) AddDead(f, o->spill_size());
   if (f->live_objects == 0) {
     RemoveSpillFile(f);
   } else if (dead) {
@@ -547,6 +551,8 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
   if (by_number != spilled_by_number_.end() && by_number->second == f) {
     spilled_by_number_.erase(by_number);
   }
+  disk_total_ -= f->size;
+  dead_total_ -= f->dead_bytes;
   spill_files_.erase(f->id);
   int rc = uv_queue_work(
       loop_, &job->req,
@@ -997,6 +1003,8 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
   nf->size = job->file_size;
   nf->version = job->version;
   nf->created_ns = RealtimeNs();
+  s->disk_total_ += nf->size;
+  s->dead_total_ += nf->dead_bytes;
   s->spill_files_.emplace(nf->id, std::move(owned));
   // The objects still there move to the new file; the records of those deleted meanwhile are
   // dead in it (and tombstoned). The old records stay on disk until the old file is gone: a
@@ -1007,12 +1015,12 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
     const spill::RecordLocation& now = job->locations[i];
     Object* o = s->table_.FindUid(job->uids[i]);
     if (!o || o->spill_file != f || o->spill_offset != was.offset) {
-      nf->dead_bytes += now.size;
+      s->AddDead(nf, now.size);
       continue;
     }
     f->live_objects--;
     f->live_bytes -= was.size;
-    f->dead_bytes += was.size;
+    s->AddDead(f, was.size);
     s->moved_from_[o->uid].push_back(SpillingAt{f->dir, f->number, was.offset});
     moved.push_back(o->uid);
     o->spill_file = nf;

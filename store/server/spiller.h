@@ -238,12 +238,10 @@ class Spiller {
   const std::map<uint64_t, std::unique_ptr<SpillFile>>& files() const { return spill_files_; }
   const Totals& totals() const { return spill_totals_; }
   // Bytes of the spill files on disk, and of those the records of deleted objects.
+  // Counted as files come and go, O(1): stats and metrics ask for them.
   void DiskBytes(uint64_t* disk, uint64_t* dead) const {
-    *disk = *dead = 0;
-    for (const auto& [id, f] : spill_files_) {
-      *disk += f->size;
-      *dead += f->dead_bytes;
-    }
+    *disk = disk_total_;
+    *dead = dead_total_;
   }
   const CompactTotals& compact_totals() const { return compact_totals_; }
 
@@ -338,6 +336,13 @@ class Spiller {
   // to keep, the whole queue is looked at), and the queue's length after its last pass.
   std::vector<uint64_t> stall_new_;
   int restore_jobs_ = 0;  // started, their completion not run yet
+  // The sizes of the files in spill_files_, and their dead bytes (DiskBytes). A file's size is
+  // set before it joins the map and its dead bytes only grow, through AddDead.
+  uint64_t disk_total_ = 0, dead_total_ = 0;
+  void AddDead(SpillFile* f, uint64_t bytes) {
+    f->dead_bytes += bytes;
+    dead_total_ += bytes;
+  }
   bool stall_all_ = false;
   size_t stall_compacted_ = 0;
   void NoteAsked(uint64_t uid);
