@@ -723,8 +723,17 @@ TEST_CASE("region: FitsIfFreed and FitsIfFreedNear agree on runs that freed obje
     CHECK_FALSE(fits(6 * kMiB, {off(1), off(2), off(3)}));
     CHECK_FALSE(fits(3 * kMiB, {off(1), off(6)}));    // apart: 2 MiB runs each
   }
-  // A small object's room does not need pages: FitsIfFreedNear does not judge it.
+  // A small object's room does not need pages: neither judges it.
   CHECK(r->FitsIfFreedNear(100, {}));
+  CHECK(r->FitsIfFreed(100, {}));
+  // Nor a small object's extent: freeing it may give back its pages.
+  uint64_t usable = 0;
+  void* tiny = r->Allocate(64, &usable);
+  REQUIRE(tiny != nullptr);
+  CHECK(r->FitsIfFreed(8 * kMiB, {r->OffsetOf(tiny)}));
+  CHECK(r->FitsIfFreedNear(8 * kMiB, {r->OffsetOf(tiny)}));
+  CHECK_FALSE(r->FitsIfFreed(8 * kMiB, {off(1)}));
+  r->Free(tiny);
   for (void* p : objs) {
     if (p) r->Free(p);
   }

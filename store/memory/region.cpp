@@ -469,7 +469,9 @@ bool Region::FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets) {
   }
   for (uint64_t off : offsets) {
     auto it = large_.find(off);
-    if (it != large_.end()) runs.emplace_back(off, it->second);
+    // A small object: freeing it may empty its extent, which a purge gives back. No telling.
+    if (it == large_.end()) return true;
+    runs.emplace_back(off, it->second);
   }
   std::sort(runs.begin(), runs.end());
   uint64_t start = 0, end = 0;
@@ -491,7 +493,7 @@ bool Region::FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets
     std::lock_guard<std::mutex> lock(hooks_->mu);
     for (uint64_t off : offsets) {
       auto it = large_.find(off);
-      if (it == large_.end()) continue;
+      if (it == large_.end()) return true;  // a small object: no telling (see FitsIfFreed)
       const uint64_t end = off + it->second;
       segs.emplace_back(off - heap_->FreeEndingAt(off), end + heap_->FreeStartingAt(end));
     }

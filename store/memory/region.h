@@ -73,10 +73,10 @@ class Region {
   // pages. O(1).
   uint64_t LargestFree();
   // Whether `size` bytes would fit in one run of pages if the objects at these offsets were
-  // freed too (only those with pages of their own count: freeing a small object frees no
-  // page). O((free runs + n) log). What a drop of those objects could make room for, at most.
-  // True for a size below a page heap object's (a small object's room comes from any freed
-  // object, page or not).
+  // freed too. O((free runs + n) log). What a drop of those objects could make room for, at
+  // most. True (no telling) when one of them is a small object: freeing it may empty its
+  // jemalloc extent, which a purge gives back to the pages. True for a size below a page heap
+  // object's (a small object's room comes from any freed object, page or not).
   bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
   // The same, looking only next to those objects: O(n log), whatever the number of free runs.
   bool FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets);

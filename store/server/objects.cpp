@@ -89,7 +89,9 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
     // every candidate could (else a create that cannot fit would drop them for nothing).
     std::vector<uint64_t> offsets;
     offsets.reserve(victims.size());
-    for (const Object* o : victims) offsets.push_back(region_->OffsetOf(o->data));
+    for (const Object* o : victims) {
+      if (o->data) offsets.push_back(region_->OffsetOf(o->data));
+    }
     if (!region_->FitsIfFreedNear(size, offsets)) {
       if (!RoomPossible(size)) return nullptr;
       could_fit = true;
@@ -423,7 +425,10 @@ void Server::Pump() {
       // The disk fails: what needs a spill fails now rather than wait on a broken disk.
       if (spiller_.jobs() > 0) continue;
       std::string why = "spilling cannot make room: " + spiller_.last_message();
-      if (Object* o = spiller_.HeadRestore()) {
+      // A restore that waits only for a job slot does not need the disk's writes: the create
+      // that is blocked goes then.
+      Object* o = restores_busy ? nullptr : spiller_.HeadRestore();
+      if (o) {
         spiller_.PopRestore(o);
         spiller_.FailRestore(o, STORE_ENODISK,
                              why + "; " + FullMessage(o->data_size + o->metadata_size));
@@ -434,9 +439,10 @@ void Server::Pump() {
                          why + "; " + FullMessage(w->args.data_size + w->args.metadata.size()));
       }
       pump_again_ = true;
-    } else if (!spiller_.CanSpillMore() || !room_possible) {
+    } else if ((!spiller_.CanSpillMore() || !room_possible) && !restores_busy) {
       // Only a delete, an unpin or a closed reader can make room: creates and restores wait
       // for it until their deadlines (their timers), except gets that asked not to wait.
+      // (Restores that wait for a job slot hear of it after a slot frees, if still no room.)
       StallRestores();
     }
   } while (pump_again_);
