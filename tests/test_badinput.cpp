@@ -2772,6 +2772,76 @@ TEST_CASE("GPU requests to a store without GPU objects get STORE_ENOTSUP, and it
 
 // The memfd stand-in is host memory in place of device memory: these cases test the server's
 // checks of GPU requests, not a GPU.
+// GPU creates waiting for device memory (memfd stand-in). Each GPU free used to walk every
+// waiting create of every device, and each new create looked through them for one on its
+// device: 32,768 creates and aborts of small objects, sent at once while 262,144 creates of
+// whole chunks waited, held the loop past the usual reply wait. Each device now has its own
+// queue, served from its head.
+TEST_CASE("GPU creates that wait for device memory cost the others nothing (memfd stand-in)") {
+  test::TestStore s("64M", {"--gpu-backend", "memfd-standin", "--gpu-memory", "8M",
+                            "--gpu-chunk-size", "4M"});
+  REQUIRE(s.started());
+  // A chunk and half of the other taken by objects being written: 2 MiB stay free.
+  RawConn holder(s.socket());
+  REQUIRE(Handshake(holder) > 0);
+  std::vector<uint64_t> held;
+  for (uint64_t k = 0; k < 2; k++) {
+    CreateArgs a;
+    a.key = "device-" + std::to_string(k);
+    a.device = 0;
+    a.data_size = k == 0 ? 4u << 20 : 2u << 20;
+    REQUIRE(holder.Send(CreateMsg(2 + k, a)));
+    Reply r;
+    REQUIRE(ExpectReply(holder, 2 + k, Body::CreateReply, &r));
+    held.push_back(r.msg->body_as_CreateReply()->uid());
+  }
+  constexpr int kConns = 256, kWaits = 1024, kPairs = 32768;
+  std::vector<std::unique_ptr<RawConn>> waiters = Flood(s.socket(), kConns, kWaits, [](int i, int k) {
+    CreateArgs a;
+    a.key = "waits-" + std::to_string(i) + "-" + std::to_string(k);
+    a.device = 0;
+    a.data_size = 4u << 20;
+    a.timeout_ms = -1;
+    return CreateMsg(100 + static_cast<uint64_t>(k), a);
+  });
+  StatsProbe probe(s.socket());
+  auto waiting = [&] { return probe.Read([](const auto& st) { return st.waiting_creates(); }); };
+  REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kWaits; },
+                        std::chrono::seconds(120)));
+  // Small objects that fit the free 2 MiB, created (not waiting) and aborted at once.
+  std::vector<std::unique_ptr<RawConn>> churn = Flood(s.socket(), 1, 2 * kPairs, [](int, int k) {
+    const std::string key = "small-" + std::to_string(k / 2);
+    if (k % 2 == 1) return AbortMsg(100 + static_cast<uint64_t>(k), key, 0);
+    CreateArgs a;
+    a.key = key;
+    a.device = 0;
+    a.data_size = 1u << 20;
+    return CreateMsg(100 + static_cast<uint64_t>(k), a);
+  });
+  CHECK(waiting() == uint64_t{kConns} * kWaits);
+  for (int k = 0; k < 2 * kPairs; k++) {
+    Reply r;
+    REQUIRE(churn[0]->Next(&r) == Got::kMessage);
+    REQUIRE(r.msg->status() == 0);
+  }
+  // The device freed: the first two waiting get its chunks, in turn.
+  for (uint64_t k = 0; k < 2; k++) {
+    REQUIRE(holder.Send(AbortMsg(10 + k, "device-" + std::to_string(k), held[k])));
+    Reply r;
+    REQUIRE(ExpectReply(holder, 10 + k, Body::AbortReply, &r));
+  }
+  for (int k = 0; k < 2; k++) {
+    Reply r;
+    REQUIRE(waiters[0]->Next(&r) == Got::kMessage);
+    CHECK(r.msg->status() == 0);
+    CHECK(r.msg->seq() == 100 + static_cast<uint64_t>(k));
+  }
+  CHECK(waiting() == uint64_t{kConns} * kWaits - 2);
+  waiters.clear();
+  REQUIRE(test::WaitFor([&] { return waiting() == 0; }));
+  CHECK(s.Alive());
+}
+
 TEST_CASE("bad GPU requests to a store with GPU objects (memfd stand-in) get clear errors") {
   Attacked a("64M", {"--gpu-backend", "memfd-standin", "--gpu-memory", "8M",
                      "--gpu-chunk-size", "4M"});

@@ -185,25 +185,29 @@ void Server::GpuFree(Object* o) {
   gpu_freed_ = true;
 }
 
+std::list<Server::WaitingCreate*>& Server::CreateQueueFor(int device) {
+  if (device < 0) return create_queue_;
+  GpuDevice* d = FindGpu(device);
+  return d ? d->create_queue : no_queue_;
+}
+
 bool Server::ServeWaitingGpuCreates() {
   gpu_freed_ = false;
-  std::vector<int> blocked;  // devices whose head does not fit: the rest of them keep waiting
-  for (auto it = gpu_create_queue_.begin(); it != gpu_create_queue_.end();) {
-    WaitingCreate* w = *it++;  // the next one first: w may leave the queue below
-    if (std::find(blocked.begin(), blocked.end(), w->args.device) != blocked.end()) continue;
-    Object* o = nullptr;
-    std::string message;
-    int rc = TryCreate(w->client, w->args, &o, &message);
-    if (rc == STORE_ENOSPACE) {
-      blocked.push_back(w->args.device);
-      continue;
+  // Each device's queue from its head, until a create does not fit: the rest keep waiting.
+  for (const auto& d : gpus_) {
+    while (!d->create_queue.empty()) {
+      WaitingCreate* w = d->create_queue.front();
+      Object* o = nullptr;
+      std::string message;
+      int rc = TryCreate(w->client, w->args, &o, &message);
+      if (rc == STORE_ENOSPACE) break;
+      Client* c = w->client;
+      uint64_t seq = w->seq;
+      FinishCreateWait(w, rc, message);  // removes it from the queue and frees it
+      if (rc == STORE_OK) ReplyCreated(c, seq, o);
     }
-    Client* c = w->client;
-    uint64_t seq = w->seq;
-    FinishCreateWait(w, rc, message);  // removes it from the queue and frees it
-    if (rc == STORE_OK) ReplyCreated(c, seq, o);
   }
-  return gpu_create_queue_.empty();
+  return gpu_waiting_ == 0;
 }
 
 void Server::HandleGpuChunk(Client* c, uint64_t seq, const proto::GpuChunkRequest* r) {

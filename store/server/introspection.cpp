@@ -127,7 +127,7 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_deleted_pending_count(t.deleted_pending_count);
   b.add_deleted_pending_bytes(t.deleted_pending_bytes);
   b.add_waiting_gets(waiting_gets_);
-  b.add_waiting_creates(create_queue_.size() + gpu_create_queue_.size());
+  b.add_waiting_creates(create_queue_.size() + gpu_waiting_);
   b.add_total_creates(totals_.creates);
   b.add_total_seals(totals_.seals);
   b.add_total_gets(totals_.gets);

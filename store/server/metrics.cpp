@@ -66,7 +66,7 @@ void Server::WriteMetrics() {
   metric("bytes_by_state", "gauge", "", t.deleted_pending_bytes, "{state=\"deleted_pending\"}");
   metric("waiting_gets", "gauge", "Get requests waiting for a seal.", waiting_gets_);
   metric("waiting_creates", "gauge", "Create requests waiting for space.",
-         create_queue_.size() + gpu_create_queue_.size());
+         create_queue_.size() + gpu_waiting_);
   metric("operations_total", "counter", "Operations since start.", totals_.creates,
          "first{op=\"create\"}");
   metric("operations_total", "counter", "", totals_.seals, "{op=\"seal\"}");

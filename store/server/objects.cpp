@@ -274,12 +274,8 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   int rc;
   // Creates that already wait keep their turn: a new one queues behind them unless it will
   // not wait at all.
-  auto& queue = a.device >= 0 ? gpu_create_queue_ : create_queue_;
-  bool others_wait = a.device >= 0 ? std::any_of(queue.begin(), queue.end(),
-                                                 [&](const WaitingCreate* w) {
-                                                   return w->args.device == a.device;
-                                                 })
-                                   : !queue.empty();
+  auto& queue = CreateQueueFor(a.device);
+  bool others_wait = !queue.empty();
   if (others_wait && timeout != 0) {
     rc = STORE_ENOSPACE;
     if (table_.Find(a.id)) {
@@ -337,6 +333,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   }
   c->creates.insert(w);
   w->at = queue.insert(queue.end(), w);
+  if (w->args.device >= 0) gpu_waiting_++;
   Pump();
 }
 
@@ -346,9 +343,12 @@ std::string Server::NoSpaceMessage(const CreateArgs& a) const {
 }
 
 void Server::FinishCreateWait(WaitingCreate* w, int status, const std::string& message) {
-  auto& queue = w->args.device >= 0 ? gpu_create_queue_ : create_queue_;
+  auto& queue = CreateQueueFor(w->args.device);
   // One that leaves unserved may have held up smaller ones behind it on its device.
-  if (w->args.device >= 0 && status != STORE_OK) gpu_freed_ = true;
+  if (w->args.device >= 0) {
+    if (status != STORE_OK) gpu_freed_ = true;
+    gpu_waiting_--;
+  }
   queue.erase(w->at);
   w->client->creates.erase(w);
   EndWaiting(w->client, w->held);

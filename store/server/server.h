@@ -319,7 +319,10 @@ class Server final : private Spiller::Host {
   std::unique_ptr<cuda::DeviceBackend> gpu_backend_;
   std::vector<std::unique_ptr<GpuDevice>> gpus_;
   std::string gpu_disabled_why_;
-  std::list<WaitingCreate*> gpu_create_queue_;  // GPU creates waiting for device memory
+  size_t gpu_waiting_ = 0;  // GPU creates waiting for device memory (GpuDevice::create_queue)
+  // The queue a create for this device waits in (an empty one for a device not served).
+  std::list<WaitingCreate*>& CreateQueueFor(int device);
+  std::list<WaitingCreate*> no_queue_;
   bool gpu_freed_ = false;                       // since the queue was last served
   flatbuffers::FlatBufferBuilder fbb_{1024};
   std::vector<uint8_t> created_reply_;  // the create reply ReplyCreated copies (built once)

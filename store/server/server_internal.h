@@ -86,6 +86,9 @@ struct Server::GpuDevice {
   };
   std::vector<Chunk> chunks;  // index = the allocator's chunk index
   uint64_t objects = 0;
+  // Creates waiting for its memory, in arrival order (WaitingCreate::at): served from the
+  // head, so a device's waiters cost nothing to the creates and frees of the others.
+  std::list<WaitingCreate*> create_queue;
 };
 
 // A get that waits for some of its ids. Each id is taken once, when it is first readable: the
