@@ -348,8 +348,10 @@ typedef struct store_client_info {
     uint64_t objects_created;  /* creates made since it connected */
     uint64_t creating_count;   /* its objects still being written */
     uint64_t readers_held;
-    uint64_t pins_held;
-    uint64_t bytes_held;       /* bytes of the objects it writes, reads or pins (each once) */
+    uint64_t pins_held;        /* pins of objects still there (a deleted one's pins go) */
+    uint64_t bytes_held;       /* bytes of the objects it writes, reads or pins (each once), in
+                                  the store's memory (a pinned one still on disk: what it
+                                  will take there) */
     int64_t connect_time_ns;   /* CLOCK_REALTIME */
     uint64_t requests;         /* requests it sent */
     int32_t is_self;           /* 1 for the client that asked */
