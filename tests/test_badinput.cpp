@@ -2109,6 +2109,21 @@ std::vector<std::unique_ptr<RawConn>> Flood(const std::string& socket, int n, in
   return conns;
 }
 
+// n connections, each sending per_conn creates of `size` bytes on `device` (-1: host memory)
+// that wait without end (named "waits-<i>-<k>", request k numbered 100 + k), reading nothing.
+std::vector<std::unique_ptr<RawConn>> FloodWaitingCreates(const std::string& socket, int n,
+                                                          int per_conn, uint64_t size,
+                                                          int32_t device = -1) {
+  return Flood(socket, n, per_conn, [=](int i, int k) {
+    CreateArgs a;
+    a.key = "waits-" + std::to_string(i) + "-" + std::to_string(k);
+    a.device = device;
+    a.data_size = size;
+    a.timeout_ms = -1;
+    return CreateMsg(100 + static_cast<uint64_t>(k), a);
+  });
+}
+
 // A connection of its own that asks for the server's stats.
 class StatsProbe {
  public:
@@ -2184,13 +2199,7 @@ TEST_CASE("a quarter million waiting creates leave the queue in linear time when
 
   constexpr int kConns = 256, kCreates = 1024;
   std::vector<std::unique_ptr<RawConn>> conns =
-      Flood(s.socket(), kConns, kCreates, [](int i, int k) {
-        CreateArgs a;
-        a.key = "waits-" + std::to_string(i) + "-" + std::to_string(k);
-        a.data_size = 32ull << 20;
-        a.timeout_ms = -1;
-        return CreateMsg(100 + static_cast<uint64_t>(k), a);
-      });
+      FloodWaitingCreates(s.socket(), kConns, kCreates, 32ull << 20);
   StatsProbe probe(s.socket());
   auto waiting = [&] { return probe.Read([](const auto& st) { return st.waiting_creates(); }); };
   REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kCreates; },
@@ -2796,14 +2805,8 @@ TEST_CASE("GPU creates that wait for device memory cost the others nothing (memf
     held.push_back(r.msg->body_as_CreateReply()->uid());
   }
   constexpr int kConns = 256, kWaits = 1024, kPairs = 32768;
-  std::vector<std::unique_ptr<RawConn>> waiters = Flood(s.socket(), kConns, kWaits, [](int i, int k) {
-    CreateArgs a;
-    a.key = "waits-" + std::to_string(i) + "-" + std::to_string(k);
-    a.device = 0;
-    a.data_size = 4u << 20;
-    a.timeout_ms = -1;
-    return CreateMsg(100 + static_cast<uint64_t>(k), a);
-  });
+  std::vector<std::unique_ptr<RawConn>> waiters =
+      FloodWaitingCreates(s.socket(), kConns, kWaits, 4u << 20, 0);
   StatsProbe probe(s.socket());
   auto waiting = [&] { return probe.Read([](const auto& st) { return st.waiting_creates(); }); };
   REQUIRE(test::WaitFor([&] { return waiting() == uint64_t{kConns} * kWaits; },

@@ -339,34 +339,40 @@ TEST_CASE("drop: leased objects are out of the eviction order until their last l
   CHECK(s.Alive());
 }
 
-// 1 MiB objects written by hog (never sealed) until the store is full, every other one then
-// aborted: holes of 1 MiB between objects that stay. The aborted ones are null in the result.
-std::vector<WriterPtr> CutIntoHoles(store_client* hog) {
-  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
-  opts.timeout_ms = 0;
+// A 32M store in drop mode whose memory is cut into holes: 1 MiB objects written by "hog"
+// (never sealed) until it is full, every other one then aborted (null in unsealed), so holes
+// of 1 MiB lie between objects that stay. c is a second client.
+struct Holed {
+  test::TestStore s{"32M", kDrop};
+  ClientPtr hog, c;
   std::vector<WriterPtr> unsealed;
-  for (int i = 0; i < 64; i++) {
-    const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
-    store_writer* w = nullptr;
-    if (store_create(hog, &w, &o.id, o.size, &opts) != STORE_OK) break;
-    unsealed.emplace_back(w);
+  Holed() {
+    REQUIRE(s.started());
+    hog = Connect(s.socket(), "hog");
+    c = Connect(s.socket(), "when_full");
+    store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+    opts.timeout_ms = 0;
+    for (int i = 0; i < 64; i++) {
+      const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
+      store_writer* w = nullptr;
+      if (store_create(hog.get(), &w, &o.id, o.size, &opts) != STORE_OK) break;
+      unsealed.emplace_back(w);
+    }
+    REQUIRE(unsealed.size() >= 24);
+    for (size_t i = 0; i < unsealed.size(); i += 2) {
+      REQUIRE(store_writer_abort(unsealed[i].release()) == STORE_OK);
+    }
   }
-  REQUIRE(unsealed.size() >= 24);
-  for (size_t i = 0; i < unsealed.size(); i += 2) {
-    REQUIRE(store_writer_abort(unsealed[i].release()) == STORE_OK);
-  }
-  return unsealed;
-}
+};
 
 // Objects that stay (here unsealed ones) cut the free memory into 1 MiB holes. A create of
 // 3 MiB could not fit whatever was dropped, and used to drop every droppable object anyway, one
 // at a time, before it failed (and then each later put too). Now nothing is dropped for it.
 TEST_CASE("drop: a create that no drop could fit drops nothing") {
-  test::TestStore s("32M", kDrop);
-  REQUIRE(s.started());
-  ClientPtr hog = Connect(s.socket(), "hog");
-  ClientPtr c = Connect(s.socket(), "when_full");
-  std::vector<WriterPtr> unsealed = CutIntoHoles(hog.get());
+  Holed h;
+  test::TestStore& s = h.s;
+  ClientPtr& c = h.c;
+  std::vector<WriterPtr>& unsealed = h.unsealed;
   std::vector<Obj> kept;
   for (int i = 0; i < 4; i++) {
     kept.push_back(MakeObj("kept-" + std::to_string(i), 1100 + i, kMiB));
@@ -397,11 +403,10 @@ TEST_CASE("drop: a create that no drop could fit drops nothing") {
 // objects are chosen by bytes first. They used to be dropped before the check that dropping
 // could make a run long enough at all: three objects went for nothing at each try.
 TEST_CASE("drop: a create that no drop could fit drops nothing, with no bytes free") {
-  test::TestStore s("32M", kDrop);
-  REQUIRE(s.started());
-  ClientPtr hog = Connect(s.socket(), "hog");
-  ClientPtr c = Connect(s.socket(), "when_full");
-  std::vector<WriterPtr> unsealed = CutIntoHoles(hog.get());
+  Holed h;
+  test::TestStore& s = h.s;
+  ClientPtr& c = h.c;
+  std::vector<WriterPtr>& unsealed = h.unsealed;
   // Every hole filled with an object that may be dropped.
   std::vector<Obj> kept;
   for (size_t i = 0; i < unsealed.size(); i += 2) {

@@ -459,32 +459,12 @@ uint64_t Region::LargestFree() {
 }
 
 bool Region::FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets) {
-  if (size < kLargeFrom) return true;  // a small object's room comes from any freed object
-  const uint64_t need = RoundUp(size, kPage);
-  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (offset, length)
-  {
-    std::lock_guard<std::mutex> lock(hooks_->mu);
-    runs.reserve(heap_->free_runs() + offsets.size());
-    heap_->ForEachFree([&](uint64_t off, uint64_t len) { runs.emplace_back(off, len); });
-  }
-  for (uint64_t off : offsets) {
-    auto it = large_.find(off);
-    // A small object: freeing it may empty its extent, which a purge gives back. No telling.
-    if (it == large_.end()) return true;
-    runs.emplace_back(off, it->second);
-  }
-  std::sort(runs.begin(), runs.end());
-  uint64_t start = 0, end = 0;
-  for (const auto& [off, len] : runs) {
-    if (off > end) start = off;  // a gap: a new run starts
-    end = std::max(end, off + len);
-    if (end - start >= need) return true;
-  }
-  return false;
+  // A run made by freeing objects holds at least one of them; a free run is whole already.
+  return LargestFree() >= RoundUp(size, kPage) || FitsIfFreedNear(size, offsets);
 }
 
 bool Region::FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets) {
-  if (size < kLargeFrom) return true;
+  if (size < kLargeFrom) return true;  // a small object's room comes from any freed object
   const uint64_t need = RoundUp(size, kPage);
   // Each freed object with the free runs on either side: the runs that freeing them makes
   // are these segments where they meet.
@@ -493,7 +473,8 @@ bool Region::FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets
     std::lock_guard<std::mutex> lock(hooks_->mu);
     for (uint64_t off : offsets) {
       auto it = large_.find(off);
-      if (it == large_.end()) return true;  // a small object: no telling (see FitsIfFreed)
+      // A small object: freeing it may empty its extent, which a purge gives back. No telling.
+      if (it == large_.end()) return true;
       const uint64_t end = off + it->second;
       segs.emplace_back(off - heap_->FreeEndingAt(off), end + heap_->FreeStartingAt(end));
     }

@@ -73,12 +73,11 @@ class Region {
   // pages. O(1).
   uint64_t LargestFree();
   // Whether `size` bytes would fit in one run of pages if the objects at these offsets were
-  // freed too. O((free runs + n) log). What a drop of those objects could make room for, at
-  // most. True (no telling) when one of them is a small object: freeing it may empty its
+  // freed too. O(n log n). What a drop of those objects could make room for, at most. True (no telling) when one of them is a small object: freeing it may empty its
   // jemalloc extent, which a purge gives back to the pages. True for a size below a page heap
   // object's (a small object's room comes from any freed object, page or not).
   bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
-  // The same, looking only next to those objects: O(n log), whatever the number of free runs.
+  // The same, leaving out a free run long enough by itself (the caller knows there is none).
   bool FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets);
   // Resident bytes of the memfd (st_blocks * 512).
   uint64_t ResidentBytes() const;

@@ -392,13 +392,11 @@ void Server::ReleaseReader(Client* c, Object* o) {
 }
 
 void Server::Hold(Client* c, const Object* o) {
-  if (c->readers.count(o->uid) || c->pins.count(o->uid) || c->creating.count(o->uid)) return;
-  c->bytes_held += HeldSize(o);
+  if (!c->Holds(o->uid)) c->bytes_held += HeldSize(o);
 }
 
 void Server::Unhold(Client* c, const Object* o) {
-  if (c->readers.count(o->uid) || c->pins.count(o->uid) || c->creating.count(o->uid)) return;
-  c->bytes_held -= HeldSize(o);
+  if (!c->Holds(o->uid)) c->bytes_held -= HeldSize(o);
 }
 
 uint64_t Server::HeldSize(const Object* o) const {

@@ -69,7 +69,7 @@ bool Server::RoomPossible(uint64_t size) {
     return true;
   });
   if (region_->FitsIfFreed(size, offsets)) return true;
-  if (no_room_.epoch != epoch || size < no_room_.size) no_room_ = NoRoom{epoch, size};
+  no_room_ = NoRoom{epoch, size};  // a new epoch, or a smaller size than the one known
   return false;
 }
 

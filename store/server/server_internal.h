@@ -57,6 +57,9 @@ struct Server::Client {
   uint64_t readers_held = 0;  // sum of readers
   uint64_t pins_held = 0;     // sum of pins
   uint64_t bytes_held = 0;    // the objects it reads, pins or writes, each once (HeldSize)
+  bool Holds(uint64_t uid) const {
+    return readers.count(uid) || pins.count(uid) || creating.count(uid);
+  }
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
   std::unique_ptr<ListCursor> list;  // its store_list in progress, if any

@@ -275,9 +275,7 @@ void Spiller::RecoverFile(const spill::RecoveredFile& rf, SpillDirState* dir,
   f->size = rf.size;
   f->version = rf.version;
   f->created_ns = RealtimeNs();
-  disk_total_ += f->size;
-  dead_total_ += f->dead_bytes;
-  spill_files_.emplace(f->id, std::move(owned));
+  AddSpillFile(std::move(owned));
   int64_t now = RealtimeNs();
   for (const auto& rec : rf.records) {
     ObjectKey key;
@@ -454,9 +452,7 @@ void Spiller::SpillDone(uv_work_t* req, int /*status*/) {
     f->size = job->file_size;
     f->version = spill::kFileVersion;
     f->created_ns = RealtimeNs();
-    s->disk_total_ += f->size;
-    s->dead_total_ += f->dead_bytes;
-    s->spill_files_.emplace(f->id, std::move(owned));
+    s->AddSpillFile(std::move(owned));
     s->spilled_by_number_[f->number] = f;
     s->spill_totals_.objects += job->objects.size();
     s->spill_totals_.ns += static_cast<uint64_t>(job->ns);
@@ -1003,9 +999,7 @@ void Spiller::CompactCopyDone(uv_work_t* req, int /*status*/) {
   nf->size = job->file_size;
   nf->version = job->version;
   nf->created_ns = RealtimeNs();
-  s->disk_total_ += nf->size;
-  s->dead_total_ += nf->dead_bytes;
-  s->spill_files_.emplace(nf->id, std::move(owned));
+  s->AddSpillFile(std::move(owned));
   // The objects still there move to the new file; the records of those deleted meanwhile are
   // dead in it (and tombstoned). The old records stay on disk until the old file is gone: a
   // delete tombstones them too (moved_from_).
@@ -1286,15 +1280,14 @@ bool Spiller::Stall(std::vector<ObjectKey>* ids) {
     return o && o->state == ObjectState::kSpilled && !o->deleted ? o : nullptr;
   };
   // Prefetches (a hint) become plain restores, kept only while a get or a pin wants them (see
-  // Server::StallRestores).
+  // Server::StallRestores). Each id is reported once.
   std::unordered_set<uint64_t> seen;
   auto note = [&](uint64_t uid) {
     std::unordered_map<uint64_t, bool>::iterator q;
     Object* o = live(uid, &q);
-    if (!o || !seen.insert(uid).second) return o != nullptr;
+    if (!o || !seen.insert(uid).second) return;
     q->second = false;  // no longer a prefetch
     ids->push_back(o->id);
-    return true;
   };
   if (stall_all_ || compact) {
     std::deque<uint64_t> keep;

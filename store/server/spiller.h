@@ -335,18 +335,24 @@ class Spiller {
   // Uids of the restores queued or asked for again since Stall last ran (stall_all_: too many
   // to keep, the whole queue is looked at), and the queue's length after its last pass.
   std::vector<uint64_t> stall_new_;
-  int restore_jobs_ = 0;  // started, their completion not run yet
-  // The sizes of the files in spill_files_, and their dead bytes (DiskBytes). A file's size is
-  // set before it joins the map and its dead bytes only grow, through AddDead.
-  uint64_t disk_total_ = 0, dead_total_ = 0;
-  void AddDead(SpillFile* f, uint64_t bytes) {
-    f->dead_bytes += bytes;
-    dead_total_ += bytes;
-  }
   bool stall_all_ = false;
   size_t stall_compacted_ = 0;
   void NoteAsked(uint64_t uid);
   void PopFrontRestore();
+  int restore_jobs_ = 0;  // started, their completion not run yet
+  // The sizes of the files in spill_files_, and their dead bytes (DiskBytes). A file's size is
+  // set before it joins the map (AddSpillFile) and its dead bytes only grow, through AddDead.
+  uint64_t disk_total_ = 0, dead_total_ = 0;
+  void AddSpillFile(std::unique_ptr<SpillFile> f) {
+    disk_total_ += f->size;
+    dead_total_ += f->dead_bytes;
+    const uint64_t id = f->id;
+    spill_files_.emplace(id, std::move(f));
+  }
+  void AddDead(SpillFile* f, uint64_t bytes) {
+    f->dead_bytes += bytes;
+    dead_total_ += bytes;
+  }
   // Read-ahead streams (NoteDemandRestore), least recently used first out.
   static constexpr int kReadaheadStreams = 4;
   static constexpr size_t kReadaheadRecords = 64;  // the most records a stream holds ahead
