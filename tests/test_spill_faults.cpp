@@ -1,7 +1,9 @@
 // test_spill_faults.cpp - spilling when the disk misbehaves. The server runs in this process on a
 // thread, with a FaultInjectionEnv between the spiller and the filesystem: a full disk, writes
 // that fail halfway, read errors, corrupted reads, a disk over the threshold, tombstones and
-// compactions that cannot be written. Clients talk to it through the C API as usual.
+// compactions that cannot be written, and a crash before each change to the disk (the spill
+// directory copied at that moment, then recovered by a real store). Clients talk to it through
+// the C API as usual.
 #include <doctest.h>
 
 #include <fcntl.h>
@@ -542,6 +544,116 @@ TEST_CASE("an object deleted after its file was compacted, while the old file is
   CHECK(present == 0);
   ReadBack(rc.get(), big);
   CHECK(Stats(rc.get()).object_count == 1);
+}
+
+// A crash just before each change the spiller makes to the disk, one after another: every file
+// written, synced, renamed, linked or removed while objects are spilled, restored, deleted (their
+// tombstones) and their files compacted or removed. Each crash is the spill directory as it is
+// at that moment, copied, and recovered by a real store: it serves every object that was spilled
+// and not yet deleted, byte-exact, and none whose delete was acknowledged.
+TEST_CASE("a crash just before any change to the spill files loses no spilled object and brings "
+          "back no deleted one") {
+  TempDir crashes;
+  InProcessStore s;  // --spill-compact 0.5 (the default)
+  ClientPtr c = Connect(s);
+  // The crashes, numbered by the change they come before: steps is the next one's number.
+  std::atomic<uint64_t> steps{0};
+  s.env().BeforeEachChange([&] {
+    const uint64_t n = steps.load();
+    std::error_code ec;
+    fs::copy(s.spill_dir(), crashes.path + "/" + std::to_string(n), fs::copy_options::recursive,
+             ec);
+    REQUIRE_FALSE(ec);
+    steps.store(n + 1);
+  });
+  // What each crash must show of each object: spilled_from, the first crash after the test saw
+  // it spilled (every later one has it, unless it was deleted meanwhile); delete_sent, the first
+  // crash after its delete was sent (every earlier one has it, if spilled); deleted_from, the
+  // first after the delete returned (no later one has it).
+  constexpr uint64_t kNever = UINT64_MAX;
+  struct Tracked {
+    Obj obj;
+    uint64_t spilled_from = kNever, delete_sent = kNever, deleted_from = kNever;
+  };
+  std::vector<Tracked> objs;
+  for (int i = 0; i < 16; i++) {
+    objs.push_back({MakeObj("every-step-" + std::to_string(i), 2000 + i, 96 * kKiB + 8 * i,
+                            i % 2 ? 40 : 0)});
+  }
+  // Four spill files of four objects.
+  for (int f = 0; f < 4; f++) {
+    for (int i = 4 * f; i < 4 * f + 4; i++) Put(c.get(), objs[i].obj);
+    uint64_t spilled = 0;
+    REQUIRE(EvictSucceeds(c.get(), &spilled));
+    for (int i = 4 * f; i < 4 * f + 4; i++) {
+      REQUIRE(IsSpilled(c.get(), objs[i].obj));
+      objs[i].spilled_from = steps.load();
+    }
+  }
+  REQUIRE(Stats(c.get()).spill_files == 4);
+  // The last file read back: its objects in memory, their copies still on disk.
+  for (int i = 12; i < 16; i++) ReadBack(c.get(), objs[i].obj);
+  auto del = [&](int i) {
+    objs[i].delete_sent = steps.load();
+    Delete(c.get(), objs[i].obj);
+    objs[i].deleted_from = steps.load();
+  };
+  // Three of file 0 (it is compacted: its last object moves), one of file 1, all of file 2
+  // (it is removed), one read back from file 3.
+  for (int i : {0, 1, 2, 5, 8, 9, 10, 11, 13}) del(i);
+  REQUIRE(test::WaitFor([&] {
+    store_stats st = Stats(c.get());
+    return st.total_compactions >= 1 && st.spill_files == 3 && Quiet(c.get());
+  }));
+  // The moved object, then the rest of file 1.
+  for (int i : {3, 4, 6}) del(i);
+  REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+  const uint64_t stopping = steps.load();
+  c.reset();
+  CHECK(s.Stop() == 0);
+  s.env().BeforeEachChange(nullptr);
+  const uint64_t total = steps.load();
+  MESSAGE(total << " changes to the spill files, " << stopping << " before the stop");
+  REQUIRE(total > 40);
+
+  int lost = 0, back = 0, damaged = 0, failed = 0;
+  for (uint64_t n = 0; n < total; n++) {
+    const std::string dir = crashes.path + "/" + std::to_string(n);
+    INFO("the crash before change " << n);
+    test::TestStore r("16M", SpillArgs(dir, {"--recover", "--no-prefault"}));
+    INFO(r.Log());
+    if (!r.started()) {
+      failed++;
+      CHECK(r.started());
+      continue;
+    }
+    ClientPtr rc = test::Connect(r.socket(), "after the crash");
+    uint64_t present = 0;
+    for (const Tracked& t : objs) {
+      bool intact = false;
+      int got = TryRead(rc.get(), t.obj, &intact);
+      CHECK((got == STORE_OK || got == STORE_ENOTFOUND));
+      if (got == STORE_OK) {
+        present++;
+        if (!intact) damaged++;
+        if (n >= t.deleted_from) {
+          back++;
+          MESSAGE("crash " << n << ": deleted object " << Hex(t.obj.id) << " came back");
+        }
+      } else if (n >= t.spilled_from && n < t.delete_sent && n < stopping) {
+        lost++;
+        MESSAGE("crash " << n << ": spilled object " << Hex(t.obj.id) << " was lost");
+      }
+    }
+    CHECK(Stats(rc.get()).object_count == present);
+    rc.reset();
+    CHECK(ExitedZero(r.Stop()));
+    fs::remove_all(dir);
+  }
+  CHECK(failed == 0);
+  CHECK(lost == 0);
+  CHECK(back == 0);
+  CHECK(damaged == 0);
 }
 
 TEST_CASE("compactions that fail one after another are logged once a second at most") {

@@ -249,7 +249,27 @@ struct FaultInjectionEnv::State {
   uint64_t hold_at_least = 0;  // HoldNextReadOf: 0 = none armed
   bool holding = false, released = false;
   std::condition_variable held_cv;
+  std::function<void()> before_change;  // BeforeEachChange
+  std::mutex change_mu;                 // held across the hook and the change it precedes
 };
+
+template <typename Op>
+auto FaultInjectionEnv::Change(Op op) -> decltype(op()) {
+  std::function<void()> hook;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    hook = state_->before_change;
+  }
+  if (!hook) return op();
+  std::lock_guard<std::mutex> lock(state_->change_mu);
+  hook();
+  return op();
+}
+
+void FaultInjectionEnv::BeforeEachChange(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->before_change = std::move(hook);
+}
 
 std::shared_ptr<FaultInjectionEnv::State> FaultInjectionEnv::MakeState() {
   return std::make_shared<State>();
@@ -307,7 +327,9 @@ uint64_t FaultInjectionEnv::bytes_written() const {
 }
 
 int FaultInjectionEnv::Open(const std::string& path, int flags, int mode) {
-  int fd = base_->Open(path, flags, mode);
+  int fd = (flags & (O_CREAT | O_TRUNC)) != 0
+               ? Change([&] { return base_->Open(path, flags, mode); })
+               : base_->Open(path, flags, mode);
   if (fd >= 0) {
     std::lock_guard<std::mutex> lock(state_->mu);
     state_->paths[fd] = path;
@@ -324,6 +346,10 @@ int FaultInjectionEnv::Close(int fd) {
 }
 
 ssize_t FaultInjectionEnv::PWritev(int fd, const iovec* iov, int iovcnt, off_t off) {
+  return Change([&] { return WriteWithFaults(fd, iov, iovcnt, off); });
+}
+
+ssize_t FaultInjectionEnv::WriteWithFaults(int fd, const iovec* iov, int iovcnt, off_t off) {
   // The lock is held across the write so that concurrent writers see one exact byte limit.
   std::lock_guard<std::mutex> lock(state_->mu);
   State& s = *state_;
@@ -388,23 +414,33 @@ ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t of
   return n;
 }
 
-int FaultInjectionEnv::Fdatasync(int fd) { return base_->Fdatasync(fd); }
+int FaultInjectionEnv::Fdatasync(int fd) {
+  return Change([&] { return base_->Fdatasync(fd); });
+}
 ssize_t FaultInjectionEnv::CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) {
   return CopyByReading(this, in, in_off, out, out_off, len, 0);
 }
-int FaultInjectionEnv::Unlink(const std::string& path) { return base_->Unlink(path); }
+int FaultInjectionEnv::Unlink(const std::string& path) {
+  return Change([&] { return base_->Unlink(path); });
+}
 int FaultInjectionEnv::Rename(const std::string& from, const std::string& to) {
-  return base_->Rename(from, to);
+  return Change([&] { return base_->Rename(from, to); });
 }
 int FaultInjectionEnv::RenameNoReplace(const std::string& from, const std::string& to) {
-  return base_->RenameNoReplace(from, to);
+  return Change([&] { return base_->RenameNoReplace(from, to); });
 }
 int FaultInjectionEnv::Link(const std::string& from, const std::string& to) {
-  return base_->Link(from, to);
+  return Change([&] { return base_->Link(from, to); });
 }
-int FaultInjectionEnv::SyncDir(const std::string& dir) { return base_->SyncDir(dir); }
-int FaultInjectionEnv::Mkdir(const std::string& path, int mode) { return base_->Mkdir(path, mode); }
-int FaultInjectionEnv::Rmdir(const std::string& path) { return base_->Rmdir(path); }
+int FaultInjectionEnv::SyncDir(const std::string& dir) {
+  return Change([&] { return base_->SyncDir(dir); });
+}
+int FaultInjectionEnv::Mkdir(const std::string& path, int mode) {
+  return Change([&] { return base_->Mkdir(path, mode); });
+}
+int FaultInjectionEnv::Rmdir(const std::string& path) {
+  return Change([&] { return base_->Rmdir(path); });
+}
 int FaultInjectionEnv::ListDir(const std::string& dir, std::vector<std::string>* names) {
   return base_->ListDir(dir, names);
 }

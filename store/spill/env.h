@@ -12,6 +12,7 @@
 #include <climits>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,6 +85,11 @@ class FaultInjectionEnv : public Env {
   bool read_held() const;
   void ReleaseHeldRead();
   uint64_t bytes_written() const;
+  // Calls `hook` (empty = none) before each change to the filesystem: a write, a sync, a file
+  // created, renamed, linked or removed, a directory made or removed. With a hook, changes run
+  // one at a time, each right after its call of the hook, so that the hook sees the files as a
+  // crash just before that change would leave them.
+  void BeforeEachChange(std::function<void()> hook);
 
   int Open(const std::string& path, int flags, int mode) override;
   int Close(int fd) override;
@@ -109,6 +115,10 @@ class FaultInjectionEnv : public Env {
   struct State;
   std::shared_ptr<State> state_ = MakeState();
   static std::shared_ptr<State> MakeState();
+  ssize_t WriteWithFaults(int fd, const iovec* iov, int iovcnt, off_t off);
+  // Runs op(), after the BeforeEachChange hook if there is one.
+  template <typename Op>
+  auto Change(Op op) -> decltype(op());
 };
 
 }  // namespace store::spill
