@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 
@@ -251,6 +252,108 @@ struct FaultInjectionEnv::State {
   std::condition_variable held_cv;
   std::function<void()> before_change;  // BeforeEachChange
   std::mutex change_mu;                 // held across the hook and the change it precedes
+  // ModelPowerCuts, guarded by change_mu. A file's bytes as of its last sync, shared by the
+  // durable names of it; an inode number maps to the file that has it now (a removed file's
+  // number may be reused).
+  struct Inode {
+    std::string data;
+  };
+  struct Entry {
+    bool dir = false;
+    std::shared_ptr<Inode> inode;  // files only
+  };
+  std::string model_root;  // empty: no model
+  std::unordered_map<ino_t, std::shared_ptr<Inode>> inodes;
+  std::map<std::string, std::map<std::string, Entry>> names;  // directory -> its durable names
+
+  std::shared_ptr<Inode>& InodeOf(ino_t ino) {
+    auto& p = inodes[ino];
+    if (!p) p = std::make_shared<Inode>();
+    return p;
+  }
+  // The file's bytes now become its durable bytes.
+  void SyncData(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return;
+    // fd may be open for writing only.
+    int rfd = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) return;
+    std::string data(static_cast<size_t>(st.st_size), '\0');
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = pread(rfd, data.data() + done, data.size() - done, static_cast<off_t>(done));
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    close(rfd);
+    data.resize(done);
+    InodeOf(st.st_ino)->data = std::move(data);
+  }
+  // The directory's names now become its durable names.
+  void SyncNames(const std::string& dir) {
+    std::map<std::string, Entry> now;
+    if (DIR* d = opendir(dir.c_str())) {
+      while (dirent* e = readdir(d)) {
+        std::string name = e->d_name;
+        if (name == "." || name == "..") continue;
+        struct stat st;
+        if (lstat((dir + "/" + name).c_str(), &st) != 0) continue;
+        Entry entry;
+        entry.dir = S_ISDIR(st.st_mode);
+        if (!entry.dir) entry.inode = InodeOf(st.st_ino);
+        now[name] = entry;
+      }
+      closedir(d);
+    }
+    names[dir] = std::move(now);
+  }
+  // Everything under dir is durable as it is.
+  void TakeAsDurable(const std::string& dir) {
+    SyncNames(dir);
+    for (const auto& [name, e] : names[dir]) {
+      const std::string path = dir + "/" + name;
+      if (e.dir) {
+        TakeAsDurable(path);
+      } else if (int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+        SyncData(fd);
+        close(fd);
+      }
+    }
+  }
+  // Before path's name goes (unlinked, or replaced by a rename): if it is the file's last name,
+  // its inode number is free for a new file once it goes.
+  void NameGoing(const std::string& path) {
+    struct stat st;
+    if (lstat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) && st.st_nlink <= 1) {
+      inodes.erase(st.st_ino);
+    }
+  }
+  int WriteImage(const std::string& dir, const std::string& dest) const {
+    if (mkdir(dest.c_str(), 0700) != 0) return Err();
+    auto it = names.find(dir);
+    if (it == names.end()) return 0;
+    for (const auto& [name, e] : it->second) {
+      const std::string from = dir + "/" + name, to = dest + "/" + name;
+      if (e.dir) {
+        if (int rc = WriteImage(from, to); rc < 0) return rc;
+        continue;
+      }
+      int fd = open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd < 0) return Err();
+      const std::string& data = e.inode->data;
+      size_t done = 0;
+      while (done < data.size()) {
+        ssize_t n = write(fd, data.data() + done, data.size() - done);
+        if (n <= 0) {
+          close(fd);
+          return Err();
+        }
+        done += static_cast<size_t>(n);
+      }
+      close(fd);
+    }
+    return 0;
+  }
 };
 
 template <typename Op>
@@ -269,6 +372,20 @@ auto FaultInjectionEnv::Change(Op op) -> decltype(op()) {
 void FaultInjectionEnv::BeforeEachChange(std::function<void()> hook) {
   std::lock_guard<std::mutex> lock(state_->mu);
   state_->before_change = std::move(hook);
+}
+
+void FaultInjectionEnv::ModelPowerCuts(const std::string& root) {
+  std::lock_guard<std::mutex> lock(state_->change_mu);
+  state_->model_root = root;
+  state_->inodes.clear();
+  state_->names.clear();
+  state_->TakeAsDurable(root);
+}
+
+int FaultInjectionEnv::WritePowerCutImage(const std::string& dest) {
+  // Called from the hook, with change_mu held.
+  if (state_->model_root.empty()) return -EINVAL;
+  return state_->WriteImage(state_->model_root, dest);
 }
 
 std::shared_ptr<FaultInjectionEnv::State> FaultInjectionEnv::MakeState() {
@@ -415,16 +532,26 @@ ssize_t FaultInjectionEnv::PReadv(int fd, const iovec* iov, int iovcnt, off_t of
 }
 
 int FaultInjectionEnv::Fdatasync(int fd) {
-  return Change([&] { return base_->Fdatasync(fd); });
+  return Change([&] {
+    int rc = base_->Fdatasync(fd);
+    if (rc == 0 && !state_->model_root.empty()) state_->SyncData(fd);
+    return rc;
+  });
 }
 ssize_t FaultInjectionEnv::CopyRange(int in, off_t in_off, int out, off_t out_off, size_t len) {
   return CopyByReading(this, in, in_off, out, out_off, len, 0);
 }
 int FaultInjectionEnv::Unlink(const std::string& path) {
-  return Change([&] { return base_->Unlink(path); });
+  return Change([&] {
+    if (!state_->model_root.empty()) state_->NameGoing(path);
+    return base_->Unlink(path);
+  });
 }
 int FaultInjectionEnv::Rename(const std::string& from, const std::string& to) {
-  return Change([&] { return base_->Rename(from, to); });
+  return Change([&] {
+    if (!state_->model_root.empty()) state_->NameGoing(to);
+    return base_->Rename(from, to);
+  });
 }
 int FaultInjectionEnv::RenameNoReplace(const std::string& from, const std::string& to) {
   return Change([&] { return base_->RenameNoReplace(from, to); });
@@ -433,7 +560,11 @@ int FaultInjectionEnv::Link(const std::string& from, const std::string& to) {
   return Change([&] { return base_->Link(from, to); });
 }
 int FaultInjectionEnv::SyncDir(const std::string& dir) {
-  return Change([&] { return base_->SyncDir(dir); });
+  return Change([&] {
+    int rc = base_->SyncDir(dir);
+    if (rc == 0 && !state_->model_root.empty()) state_->SyncNames(dir);
+    return rc;
+  });
 }
 int FaultInjectionEnv::Mkdir(const std::string& path, int mode) {
   return Change([&] { return base_->Mkdir(path, mode); });

@@ -90,6 +90,14 @@ class FaultInjectionEnv : public Env {
   // one at a time, each right after its call of the hook, so that the hook sees the files as a
   // crash just before that change would leave them.
   void BeforeEachChange(std::function<void()> hook);
+  // Keeps, from now on, a model of what a power cut would leave of the files under root (with a
+  // BeforeEachChange hook only): a file's bytes as of its last Fdatasync, a directory's names as
+  // of its last SyncDir; whatever is under root now counts as durable. What the model keeps, a
+  // filesystem is bound to keep; a real one may keep more.
+  void ModelPowerCuts(const std::string& root);
+  // Writes into dest (a directory that does not exist yet) the files under root as a power cut
+  // now would leave them, by the model. Call it from the hook. Returns 0 or -errno.
+  int WritePowerCutImage(const std::string& dest);
 
   int Open(const std::string& path, int flags, int mode) override;
   int Close(int fd) override;
