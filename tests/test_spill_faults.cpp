@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <string>
@@ -41,14 +42,23 @@ namespace {
 // A store server on a thread of this process, spilling through a fault injector.
 class InProcessStore {
  public:
-  explicit InProcessStore(uint64_t memory = 64 * kMiB) : env_(store::spill::Env::Default()) {
+  explicit InProcessStore(uint64_t memory = 64 * kMiB)
+      : InProcessStore("", false, nullptr, memory) {}
+  // A store on spill_dir ("" = a new one of its own), with --recover if recover; prepare (may
+  // be empty) is called with the fault injector before the store starts.
+  InProcessStore(const std::string& spill_dir, bool recover,
+                 const std::function<void(store::spill::FaultInjectionEnv&)>& prepare,
+                 uint64_t memory = 64 * kMiB)
+      : env_(store::spill::Env::Default()) {
     socket_ = tmp_.path + "/store.sock";
-    spill_dir_ = tmp_.path + "/spill";
-    REQUIRE(mkdir(spill_dir_.c_str(), 0700) == 0);
+    spill_dir_ = spill_dir.empty() ? tmp_.path + "/spill" : spill_dir;
+    if (spill_dir.empty()) REQUIRE(mkdir(spill_dir_.c_str(), 0700) == 0);
+    if (prepare) prepare(env_);
     store::ServerOptions o;
     o.socket_path = socket_;
     o.memory = memory;
     o.spill_dirs = {spill_dir_};
+    o.recover = recover;
     o.log_level = store::LogLevel::kWarn;
     store::SetLogLevel(store::LogLevel::kWarn);
     server_ = std::make_unique<store::Server>(o, &env_);
@@ -546,6 +556,98 @@ TEST_CASE("an object deleted after its file was compacted, while the old file is
   CHECK(Stats(rc.get()).object_count == 1);
 }
 
+namespace {
+
+// What each crash must show of an object: spilled_from, the first crash after the test saw it
+// spilled (every later one has it, unless it was deleted meanwhile); delete_sent, the first
+// crash after its delete was sent (every earlier one has it, if spilled); deleted_from, the
+// first after the delete returned (no later one has it).
+constexpr uint64_t kNever = UINT64_MAX;
+struct Tracked {
+  Obj obj;
+  uint64_t spilled_from = kNever, delete_sent = kNever, deleted_from = kNever;
+};
+
+// Recovers each crash image under dir ("kill-N" and "cut-N" for N < total) with a real store
+// and checks it against objs: the store starts; an object it serves is byte-exact; none whose
+// delete returned before the crash; every one spilled before the crash and not yet being
+// deleted, for crashes before `stopping` (a crash while the store stops may leave less).
+// Removes each image once checked.
+void CheckCrashes(const std::string& dir, uint64_t total, uint64_t stopping,
+                  const std::vector<Tracked>& objs) {
+  int lost = 0, back = 0, damaged = 0, failed = 0;
+  for (uint64_t k = 0; k < 2 * total; k++) {
+    const uint64_t n = k / 2;
+    const bool cut = k % 2 == 1;
+    const std::string image = dir + (cut ? "/cut-" : "/kill-") + std::to_string(n);
+    INFO((cut ? "a power cut" : "a kill") << " before change " << n);
+    test::TestStore r("16M", SpillArgs(image, {"--recover", "--no-prefault"}));
+    INFO(r.Log());
+    if (!r.started()) {
+      failed++;
+      CHECK(r.started());
+      continue;
+    }
+    ClientPtr rc = test::Connect(r.socket(), "after the crash");
+    uint64_t present = 0;
+    for (const Tracked& t : objs) {
+      bool intact = false;
+      int got = TryRead(rc.get(), t.obj, &intact);
+      CHECK((got == STORE_OK || got == STORE_ENOTFOUND));
+      if (got == STORE_OK) {
+        present++;
+        if (!intact) damaged++;
+        if (n >= t.deleted_from) {
+          back++;
+          const std::string what = std::string(cut ? "power cut " : "kill ") +
+                                   std::to_string(n) + ": deleted object " + Hex(t.obj.id) +
+                                   " came back";
+          MESSAGE(what);
+        }
+      } else if (n >= t.spilled_from && n < t.delete_sent && n < stopping) {
+        lost++;
+        const std::string what = std::string(cut ? "power cut " : "kill ") +
+                                 std::to_string(n) + ": spilled object " + Hex(t.obj.id) +
+                                 " was lost";
+        MESSAGE(what);
+      }
+    }
+    CHECK(Stats(rc.get()).object_count == present);
+    rc.reset();
+    CHECK(ExitedZero(r.Stop()));
+    fs::remove_all(image);
+  }
+  CHECK(failed == 0);
+  CHECK(lost == 0);
+  CHECK(back == 0);
+  CHECK(damaged == 0);
+}
+
+bool Contains(store_client* c, const Obj& o) {
+  int present = -1;
+  REQUIRE(store_contains(c, &o.id, &present) == STORE_OK);
+  return present == 1;
+}
+
+// Before each change the fault injector sees, the kill image and the power-cut image of the
+// spill directory under dir, numbered by a counter (*steps: the next change's number). Any
+// image that could not be written is counted in *errors.
+void RecordCrashes(store::spill::FaultInjectionEnv& env, const std::string& spill_dir,
+                   const std::string& dir, std::atomic<uint64_t>* steps,
+                   std::atomic<int>* errors) {
+  env.BeforeEachChange([&env, spill_dir, dir, steps, errors] {
+    const uint64_t n = steps->load();
+    std::error_code ec;
+    fs::copy(spill_dir, dir + "/kill-" + std::to_string(n), fs::copy_options::recursive, ec);
+    if (ec) (*errors)++;
+    if (env.WritePowerCutImage(dir + "/cut-" + std::to_string(n)) != 0) (*errors)++;
+    steps->store(n + 1);
+  });
+  env.ModelPowerCuts(spill_dir);
+}
+
+}  // namespace
+
 // A crash just before each change the spiller makes to the disk, one after another: every file
 // written, synced, renamed, linked or removed while objects are spilled, restored, deleted (their
 // tombstones) and their files compacted or removed. Each change is preceded by two crashes: a
@@ -563,27 +665,7 @@ TEST_CASE("a kill or a power cut just before any change to the spill files loses
   // The crashes, numbered by the change they come before: steps is the next one's number.
   std::atomic<uint64_t> steps{0};
   std::atomic<int> image_errors{0};
-  s.env().BeforeEachChange([&] {
-    const uint64_t n = steps.load();
-    std::error_code ec;
-    fs::copy(s.spill_dir(), crashes.path + "/kill-" + std::to_string(n),
-             fs::copy_options::recursive, ec);
-    if (ec) image_errors++;
-    if (s.env().WritePowerCutImage(crashes.path + "/cut-" + std::to_string(n)) != 0) {
-      image_errors++;
-    }
-    steps.store(n + 1);
-  });
-  s.env().ModelPowerCuts(s.spill_dir());
-  // What each crash must show of each object: spilled_from, the first crash after the test saw
-  // it spilled (every later one has it, unless it was deleted meanwhile); delete_sent, the first
-  // crash after its delete was sent (every earlier one has it, if spilled); deleted_from, the
-  // first after the delete returned (no later one has it).
-  constexpr uint64_t kNever = UINT64_MAX;
-  struct Tracked {
-    Obj obj;
-    uint64_t spilled_from = kNever, delete_sent = kNever, deleted_from = kNever;
-  };
+  RecordCrashes(s.env(), s.spill_dir(), crashes.path, &steps, &image_errors);
   std::vector<Tracked> objs;
   for (int i = 0; i < 16; i++) {
     objs.push_back({MakeObj("every-step-" + std::to_string(i), 2000 + i, 96 * kKiB + 8 * i,
@@ -629,52 +711,124 @@ TEST_CASE("a kill or a power cut just before any change to the spill files loses
   REQUIRE(total > 40);
 
   REQUIRE(image_errors == 0);
-  int lost = 0, back = 0, damaged = 0, failed = 0;
-  for (uint64_t k = 0; k < 2 * total; k++) {
-    const uint64_t n = k / 2;
-    const bool cut = k % 2 == 1;
-    const std::string dir = crashes.path + (cut ? "/cut-" : "/kill-") + std::to_string(n);
-    INFO((cut ? "a power cut" : "a kill") << " before change " << n);
-    test::TestStore r("16M", SpillArgs(dir, {"--recover", "--no-prefault"}));
-    INFO(r.Log());
-    if (!r.started()) {
-      failed++;
-      CHECK(r.started());
-      continue;
-    }
-    ClientPtr rc = test::Connect(r.socket(), "after the crash");
-    uint64_t present = 0;
-    for (const Tracked& t : objs) {
-      bool intact = false;
-      int got = TryRead(rc.get(), t.obj, &intact);
-      CHECK((got == STORE_OK || got == STORE_ENOTFOUND));
-      if (got == STORE_OK) {
-        present++;
-        if (!intact) damaged++;
-        if (n >= t.deleted_from) {
-          back++;
-          const std::string what = std::string(cut ? "power cut " : "kill ") +
-                                   std::to_string(n) + ": deleted object " + Hex(t.obj.id) +
-                                   " came back";
-          MESSAGE(what);
-        }
-      } else if (n >= t.spilled_from && n < t.delete_sent && n < stopping) {
-        lost++;
-        const std::string what = std::string(cut ? "power cut " : "kill ") +
-                                 std::to_string(n) + ": spilled object " + Hex(t.obj.id) +
-                                 " was lost";
-        MESSAGE(what);
-      }
-    }
-    CHECK(Stats(rc.get()).object_count == present);
-    rc.reset();
-    CHECK(ExitedZero(r.Stop()));
-    fs::remove_all(dir);
+  CheckCrashes(crashes.path, total, stopping, objs);
+}
+
+// The same for the changes a store started with --recover makes to what a crash left (a
+// half-written file removed, a file of leased objects removed, a damaged file linked into
+// quarantine, the old instance's directory adopted) and then while its recovered objects are
+// deleted until the old directory goes: a crash at any of those moments, recovered again, serves
+// the same objects, none deleted, nothing damaged.
+TEST_CASE("a kill or a power cut at any step of a recovery and of the deletes after it loses no "
+          "recovered object and brings back no deleted one") {
+  TempDir work;
+  const std::string left = work.Sub("left");  // what the first store's crash left
+  std::vector<Tracked> objs;
+  for (int i = 0; i < 12; i++) {
+    objs.push_back({MakeObj("recovered-" + std::to_string(i), 3000 + i, 80 * kKiB + 8 * i,
+                            i % 2 ? 24 : 0)});
   }
-  CHECK(failed == 0);
-  CHECK(lost == 0);
-  CHECK(back == 0);
-  CHECK(damaged == 0);
+  std::vector<Tracked> leased;
+  for (int i = 0; i < 4; i++) {
+    leased.push_back({MakeObj("recovered-leased-" + std::to_string(i), 3100 + i, 64 * kKiB)});
+  }
+  {
+    InProcessStore s;
+    ClientPtr c = Connect(s);
+    // Three spill files of four objects, and one of objects created leased.
+    for (int f = 0; f < 3; f++) {
+      for (int i = 4 * f; i < 4 * f + 4; i++) Put(c.get(), objs[i].obj);
+      uint64_t spilled = 0;
+      REQUIRE(EvictSucceeds(c.get(), &spilled));
+    }
+    ClientPtr holder = Connect(s);
+    for (Tracked& t : leased) {
+      std::vector<uint8_t> data = Bytes(t.obj.seed, t.obj.size);
+      store_create_options o = STORE_CREATE_OPTIONS_INIT;
+      o.flags = STORE_CREATE_LEASED;
+      REQUIRE(store_put(holder.get(), &t.obj.id, data.data(), data.size(), &o) == STORE_OK);
+      t.deleted_from = 0;  // its lease holders go with the store
+    }
+    uint64_t spilled = 0;
+    REQUIRE(EvictSucceeds(c.get(), &spilled));
+    for (const Tracked& t : objs) REQUIRE(IsSpilled(c.get(), t.obj));
+    for (const Tracked& t : leased) REQUIRE(IsSpilled(c.get(), t.obj));
+    // One of the first file and one of the second deleted (tombstones in the log).
+    for (int i : {1, 6}) {
+      Delete(c.get(), objs[i].obj);
+      objs[i].deleted_from = 0;
+    }
+    // The third file's index damaged (its last entry): the file goes into quarantine, and the
+    // records the rest of the index names are served.
+    const std::string damaged_file = UrlOf(c.get(), objs[9].obj).path;
+    const uint64_t at = fs::file_size(damaged_file) - 40 - 44 + 30;
+    REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+    // The crash: the spill directory as it is now, with a spill file half-written.
+    fs::copy(s.spill_dir(), left, fs::copy_options::recursive);
+    const std::string instance = fs::path(damaged_file).parent_path().filename().string();
+    FlipByte(left + "/" + instance + "/" + fs::path(damaged_file).filename().string(), at);
+    WriteJunk(left + "/" + instance + "/spill-99.bin.tmp", 7, 5000);
+    holder.reset();
+    c.reset();
+    CHECK(s.Stop() == 0);
+  }
+  for (int i = 0; i < 12; i++) {
+    if (i != 1 && i != 6) objs[i].spilled_from = 0;  // on disk all along
+  }
+
+  const std::string crashes = work.Sub("crashes");
+  std::atomic<uint64_t> steps{0};
+  std::atomic<int> image_errors{0};
+  uint64_t stopping = 0;
+  {
+    StderrCapture err(work.path + "/stderr");  // the recovery's log
+    InProcessStore s(left, true, [&](store::spill::FaultInjectionEnv& env) {
+      RecordCrashes(env, left, crashes, &steps, &image_errors);
+    });
+    ClientPtr c = Connect(s);
+    int unnamed = 0;  // the damaged entry's record: the index no longer names it
+    for (size_t i = 0; i < objs.size(); i++) {
+      Tracked& t = objs[i];
+      INFO(Hex(t.obj.id));
+      const bool there = Contains(c.get(), t.obj);
+      if (!there && t.spilled_from == 0 && i >= 8) {
+        unnamed++;
+        t.spilled_from = kNever;
+        continue;
+      }
+      CHECK(there == (t.spilled_from == 0));
+    }
+    CHECK(unnamed == 1);
+    for (const Tracked& t : leased) CHECK_FALSE(Contains(c.get(), t.obj));
+    auto del = [&](int i) {
+      objs[i].delete_sent = steps.load();
+      Delete(c.get(), objs[i].obj);
+      objs[i].deleted_from = steps.load();
+    };
+    // The rest of the second file (it goes), two read back first; then all the others (the
+    // old directory goes).
+    ReadBack(c.get(), objs[4].obj);
+    ReadBack(c.get(), objs[5].obj);
+    for (int i : {4, 5, 7}) del(i);
+    REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
+    for (int i : {0, 2, 3, 8, 9, 10, 11}) {
+      if (objs[i].spilled_from == 0) del(i);
+    }
+    REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && Stats(c.get()).spill_files == 0; }));
+    stopping = steps.load();
+    c.reset();
+    CHECK(s.Stop() == 0);
+    s.env().BeforeEachChange(nullptr);
+    const std::string log = err.Text();
+    INFO(log);
+    CHECK(log.find("quarantine") != std::string::npos);
+  }
+  const uint64_t total = steps.load();
+  MESSAGE(total << " changes to the spill files, " << stopping << " before the stop");
+  REQUIRE(total > 10);
+  REQUIRE(image_errors == 0);
+  objs.insert(objs.end(), leased.begin(), leased.end());
+  CheckCrashes(crashes, total, stopping, objs);
 }
 
 TEST_CASE("compactions that fail one after another are logged once a second at most") {
