@@ -60,17 +60,43 @@ void Server::KeepLeased(Object* o, bool kept) {
   table_.Mutate(o, [kept](Object* x) { x->lease_kept = kept; });
 }
 
+bool Server::NoRoomStands(uint64_t size) {
+  if (size < no_room_.size) return false;
+  if (no_room_.epoch == region_->free_count() + table_.evictable_joins()) return true;
+  const int64_t now = MonotonicNs();
+  if (now >= no_room_.recheck_ns) return false;
+  // Standing: asked again once its time is over, by a pump from the timer.
+  if (!room_timer_active_ && !stopping_) {
+    const int64_t ms = (no_room_.recheck_ns - now + 999999) / 1000000;
+    uv_timer_start(&room_timer_, OnRoomTimer, static_cast<uint64_t>(ms), 0);
+    room_timer_active_ = true;
+  }
+  return true;
+}
+
 bool Server::RoomPossible(uint64_t size) {
+  if (NoRoomStands(size)) return false;
   const uint64_t epoch = region_->free_count() + table_.evictable_joins();
-  if (no_room_.epoch == epoch && size >= no_room_.size) return false;
+  const int64_t t0 = MonotonicNs();
   std::vector<uint64_t> offsets;
   table_.ForEachEvictable([&](Object* o) {
     if (o->data) offsets.push_back(region_->OffsetOf(o->data));
     return true;
   });
-  if (region_->FitsIfFreed(size, offsets)) return true;
-  no_room_ = NoRoom{epoch, size};  // a new epoch, or a smaller size than the one known
+  if (region_->FitsIfFreed(size, offsets)) {
+    if (size >= no_room_.size) no_room_ = NoRoom{};  // that "no" was out of date
+    return true;
+  }
+  // A new epoch, or a smaller size than the one known.
+  const int64_t t1 = MonotonicNs();
+  no_room_ = NoRoom{epoch, size, t1 + 20 * (t1 - t0)};
   return false;
+}
+
+void Server::OnRoomTimer(uv_timer_t* t) {
+  auto* s = static_cast<Server*>(t->data);
+  s->room_timer_active_ = false;
+  s->Pump();
 }
 
 void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
@@ -78,6 +104,8 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
     uint64_t used = region_->allocated_bytes(), cap = region_->capacity();
     return cap > used ? cap - used : 0;
   };
+  // Known not to make room: nothing to choose (choosing costs O(victims log victims)).
+  if (NoRoomStands(size)) return nullptr;
   // Every object in the eviction order may go: leased ones are out of it in this mode.
   std::vector<Object*> victims = ChooseDrops(table_, free_now(), size, {});
   // None chosen: all of them would not free enough bytes, or enough are free but not in one

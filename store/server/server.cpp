@@ -219,6 +219,8 @@ int Server::Run() {
   closer_.data = this;
   uv_idle_init(&loop_, &turn_);
   turn_.data = this;
+  uv_timer_init(&loop_, &room_timer_);
+  room_timer_.data = this;
   drop_log_.Init(&loop_, [this] { FlushDropLog(); });
   protocol_log_.Init(&loop_, LogLevel::kWarn, "connections closed for protocol errors");
   if (!Listen()) {
@@ -280,6 +282,9 @@ void Server::Shutdown() {
   uv_close(reinterpret_cast<uv_handle_t*>(&async_stop_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&closer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&turn_), nullptr);
+  uv_timer_stop(&room_timer_);
+  room_timer_active_ = false;
+  uv_close(reinterpret_cast<uv_handle_t*>(&room_timer_), nullptr);
   spiller_.CloseLogs();
   drop_log_.Close();
   protocol_log_.Close();
