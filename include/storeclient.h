@@ -715,7 +715,9 @@ STORE_API int store_prefetch(store_client *client, const store_object_id *ids, s
 
 /* Spills at least `bytes` of evictable objects to disk now, or all there are, and waits until
  * they are written. *spilled (may be NULL) receives the memory freed, in bytes. STORE_ENOTSUP if
- * the server has no spill directory. */
+ * the server has no spill directory; STORE_ENODISK if spilling fails; STORE_ELIMIT if this
+ * client already has as many requests waiting as the store allows (its --max-client-waiting
+ * and --max-waiting-bytes count evicts too). */
 STORE_API int store_evict(store_client *client, uint64_t bytes, uint64_t *spilled);
 
 /* Writes the URL of the object's copy on disk ("file://PATH?offset=O&size=S", size including

@@ -2520,6 +2520,83 @@ TEST_CASE("a create waiting on holes no drop or spill could join costs the other
   CHECK(s.Alive());
 }
 
+// store_evict waits for the spill jobs it started. Every evict used to wait outside the
+// waiting limits: one connection that sent evicts of a byte each by the thousand, in one write,
+// had the store start a spill job, and a spill file, for each of them at once. They count toward
+// --max-client-waiting now, as gets and creates do; a client that goes drops its count.
+TEST_CASE("evicts waiting for their spills count toward --max-client-waiting") {
+  test::TempDir spill;
+  test::TestStore s("64M", {"--spill-dir", spill.path, "--max-client-waiting", "8"});
+  REQUIRE(s.started());
+  RawConn owner(s.socket());
+  REQUIRE(Handshake(owner) > 0);
+  constexpr int kObjects = 256;
+  uint64_t seq = 10;
+  Bytes batch;
+  for (int k = 0; k < kObjects; k++) {
+    CreateArgs a;
+    a.key = "evictable-" + std::to_string(k);
+    a.data_size = 4096;
+    a.data = Bytes(4096, static_cast<uint8_t>(k));
+    Bytes m = CreateMsg(seq++, a);
+    batch.insert(batch.end(), m.begin(), m.end());
+  }
+  REQUIRE(owner.Send(batch));
+  for (int k = 0; k < kObjects; k++) {
+    Reply r;
+    REQUIRE(owner.Next(&r) == Got::kMessage);
+    REQUIRE(r.msg->status() == 0);
+  }
+  auto evicts = [](int n) {
+    Bytes b;
+    for (int k = 0; k < n; k++) {
+      flatbuffers::FlatBufferBuilder eb(64);
+      Bytes m = Finish(eb, 100 + static_cast<uint64_t>(k), Body::EvictRequest,
+                       proto::CreateEvictRequest(eb, 1).Union());
+      b.insert(b.end(), m.begin(), m.end());
+    }
+    return b;
+  };
+  constexpr int kEvicts = 64;
+  RawConn evictor(s.socket());
+  REQUIRE(Handshake(evictor) > 0);
+  REQUIRE(evictor.Send(evicts(kEvicts)));
+  int served = 0, refused = 0;
+  for (int k = 0; k < kEvicts; k++) {
+    Reply r;
+    REQUIRE(evictor.Next(&r) == Got::kMessage);
+    if (r.msg->status() == STORE_ELIMIT) {
+      refused++;
+    } else {
+      REQUIRE(r.msg->status() == 0);
+      served++;
+    }
+  }
+  MESSAGE(served << " evicts served, " << refused << " refused");
+  CHECK(refused > 0);
+  CHECK(served >= 8);
+  StatsProbe probe(s.socket());
+  CHECK(probe.Read([](const auto& st) { return st.spilled_count(); }) == uint64_t(served));
+  // Those answered count no more; a client that goes with evicts waiting leaves no count
+  // behind.
+  {
+    RawConn gone(s.socket());
+    REQUIRE(Handshake(gone) > 0);
+    REQUIRE(gone.Send(evicts(8)));
+  }
+  REQUIRE(evictor.Send(evicts(8)));
+  for (int k = 0; k < 8; k++) {
+    Reply r;
+    REQUIRE(evictor.Next(&r) == Got::kMessage);
+    CHECK(r.msg->status() == 0);
+  }
+  CHECK(test::WaitFor([&] {
+    return probe.Read([](const auto& st) { return st.waiting_bytes(); }) == 0 &&
+           probe.Read([](const auto& st) { return st.client_count(); }) == 3;
+  }));
+  CHECK(s.Alive());
+}
+
 TEST_CASE("clients that never read their replies are disconnected past --max-backlog, the largest first") {
   Attacked s("64M", {"--max-backlog", "32M", "--max-client-backlog", "64M"});
   Witnesses before(s);

@@ -290,9 +290,12 @@ void Server::ReleaseClientState(Client* c) {
   // Leases: an object created leased goes with its last one.
   for (auto& [uid, held] : c->leases) freed |= DropLeases(uid, held.n);
   c->leases.clear();
-  for (EvictWaiter* ew : evict_waiters_) {
-    if (ew->client == c) ew->client = nullptr;
+  // Evicts: their spill jobs go on, and end them with nobody to answer.
+  for (EvictWaiter* ew : c->evicts) {
+    EndWaiting(c, ew->held);
+    ew->client = nullptr;
   }
+  c->evicts.clear();
   // Objects it was still writing are aborted.
   for (uint64_t uid : c->creating) {
     Object* o = table_.FindUid(uid);

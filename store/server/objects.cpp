@@ -777,9 +777,9 @@ void Server::HandleUnpin(Client* c, uint64_t seq, const proto::UnpinRequest* r) 
 // Requests for the spiller: evict, prefetch; and importance, which orders its victims.
 
 void Server::FinishEvict(EvictWaiter* ew) {
-  evict_waiters_.erase(std::remove(evict_waiters_.begin(), evict_waiters_.end(), ew),
-                       evict_waiters_.end());
   if (ew->client) {
+    ew->client->evicts.erase(ew);
+    EndWaiting(ew->client, ew->held);
     fbb_.Clear();
     SendEmpty(ew->client, ew->seq, Body::EvictReply,
               proto::CreateEvictReply(fbb_, ew->spilled).Union());
@@ -797,17 +797,22 @@ void Server::HandleEvict(Client* c, uint64_t seq, const proto::EvictRequest* r) 
     return SendError(c, seq, STORE_ENODISK,
                      "spilling failed a moment ago: " + spiller_.last_message());
   }
+  // It waits for the spill jobs it starts: it counts against the waiting limits meanwhile.
+  const uint64_t held = sizeof(EvictWaiter);
+  if (!AdmitWaiting(c, seq, held)) return;
   auto* ew = new EvictWaiter;
   ew->client = c;
   ew->seq = seq;
+  ew->held = held;
   ew->target = r->bytes();
-  evict_waiters_.push_back(ew);
+  c->evicts.insert(ew);
   ew->pending++;  // held while the batches start
   spiller_.SpillStep(0, ew);
   int err = spiller_.last_error();
   if (--ew->pending == 0) {
     if (err == STORE_ENODISK && ew->spilled == 0) {
-      evict_waiters_.pop_back();
+      c->evicts.erase(ew);
+      EndWaiting(c, held);
       delete ew;
       SendError(c, seq, STORE_ENODISK, spiller_.last_message());
     } else {

@@ -358,7 +358,6 @@ class Server final : private Spiller::Host {
 
   // Spilling: the Spiller, and the evict requests waiting for its writes.
   Spiller spiller_;
-  std::vector<EvictWaiter*> evict_waiters_;
   // --when-full drop: totals since start (stats), and the drops not logged yet.
   struct DropTotals {
     uint64_t objects = 0, bytes = 0;

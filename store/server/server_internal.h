@@ -62,6 +62,7 @@ struct Server::Client {
   }
   std::unordered_set<WaitingGet*> gets;
   std::unordered_set<WaitingCreate*> creates;
+  std::unordered_set<EvictWaiter*> evicts;
   std::unique_ptr<ListCursor> list;  // its store_list in progress, if any
   int64_t connect_ns = 0;
   uint64_t objects_created = 0;
@@ -71,7 +72,7 @@ struct Server::Client {
   bool corked = false;
   std::vector<uint8_t> out;
   // What it makes the server hold, as the limits count it (server/limits.cpp).
-  uint32_t waiting = 0;        // its waiting gets and creates
+  uint32_t waiting = 0;        // its waiting gets, creates and evicts
   uint64_t waiting_bytes = 0;  // the bytes they hold
   uint64_t backlog = 0;        // reply bytes queued to it, as last counted
   uint32_t pending_fds = 0;    // descriptors in its replies not yet written
@@ -167,6 +168,7 @@ struct Server::WaitingCreate {
 struct Server::EvictWaiter : Spiller::Eviction {
   Client* client = nullptr;  // nullptr once it disconnected
   uint64_t seq = 0;
+  uint64_t held = 0;  // what the waiting limits count for it
 };
 
 // Appends to the replies held back for c a copy of the reply in *tmpl (built by build() the
