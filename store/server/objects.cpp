@@ -76,20 +76,25 @@ bool Server::NoRoomStands(uint64_t size) {
 
 bool Server::RoomPossible(uint64_t size) {
   if (NoRoomStands(size)) return false;
-  const uint64_t epoch = region_->free_count() + table_.evictable_joins();
   const int64_t t0 = MonotonicNs();
+  // A "yes" stands as long (a stale one only spills or drops as if it were asked every time).
+  if (size <= room_yes_.size && t0 < room_yes_.until_ns) return true;
+  const uint64_t epoch = region_->free_count() + table_.evictable_joins();
   std::vector<uint64_t> offsets;
   table_.ForEachEvictable([&](Object* o) {
     if (o->data) offsets.push_back(region_->OffsetOf(o->data));
     return true;
   });
-  if (region_->FitsIfFreed(size, offsets)) {
+  const bool fits = region_->FitsIfFreed(size, offsets);
+  const int64_t t1 = MonotonicNs();
+  if (fits) {
     if (size >= no_room_.size) no_room_ = NoRoom{};  // that "no" was out of date
+    room_yes_ = RoomYes{size, t1 + 20 * (t1 - t0)};
     return true;
   }
   // A new epoch, or a smaller size than the one known.
-  const int64_t t1 = MonotonicNs();
   no_room_ = NoRoom{epoch, size, t1 + 20 * (t1 - t0)};
+  room_yes_ = RoomYes{};
   return false;
 }
 
@@ -321,9 +326,10 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
   if (rc != STORE_ENOSPACE || timeout == 0) {
     if (rc == STORE_ENOSPACE) {
       totals_.full++;
-      if (spiller_.enabled() && a.device < 0) {
+      const uint64_t size = a.data_size + a.metadata.size();
+      if (spiller_.enabled() && a.device < 0 && RoomPossible(size)) {
         // It will not wait, but the next one may fit: spill down to the low mark now.
-        spiller_.SpillStep(a.data_size + a.metadata.size(), nullptr);
+        spiller_.SpillStep(size, nullptr);
         message += "; spilling has started to make room";
       }
     }
@@ -436,7 +442,14 @@ void Server::Pump() {
     }
     bool blocked = !ServeWaitingCreates() || (!restores_busy && spiller_.HeadRestore() != nullptr);
     if (!spiller_.enabled() || stopping_) continue;  // without spilling, waiters wait for deletes
-    if (spiller_.SpillStep(0, nullptr)) pump_again_ = true;  // memory is free now
+    // What the waiters need counts only if spilling could make their room at all: where
+    // objects that stay cut the memory up, it could not, and their bytes' worth of objects
+    // would go to disk for nothing.
+    const uint64_t need = spiller_.NeedNow();
+    const bool for_waiters = need <= region_->capacity() - std::min(region_->capacity(),
+                                                                   region_->allocated_bytes()) ||
+                             RoomPossible(need);
+    if (spiller_.SpillStep(0, nullptr, for_waiters)) pump_again_ = true;  // memory is free now
     if (!blocked || pump_again_) continue;
     // Enough bytes are free in all but not in one piece: spill what the head needs anyway, if
     // spilling every candidate could make a run long enough (else all would go to disk for

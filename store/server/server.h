@@ -169,11 +169,12 @@ class Server final : private Spiller::Host {
   // nothing and returns nullptr when all of those would not free enough.
   void* DropForRoom(uint64_t size, uint64_t* usable);
   // Whether freeing every object in the eviction order (spilled or dropped) could make a run
-  // of `size` bytes in one piece. O(n log n). A create that waits on holes asks at every pump;
-  // a "no" stands until memory is freed or an object joins the order, and even then, for a
-  // time 20 times as long as finding it took (so that a client whose gets, releases or unpins
-  // put objects back in the order cannot make the loop spend more than about a twentieth of
-  // its time on it); a timer pumps when that time is over (OnRoomTimer).
+  // of `size` bytes in one piece. O(n log n). Asked at every pump while something waits for
+  // more memory than is free; a "no" stands until memory is freed or an object joins the
+  // order, and even then, like a "yes", for a time 20 times as long as finding it took (so
+  // that a client whose gets, releases or unpins put objects back in the order cannot make the
+  // loop spend more than about a twentieth of its time on it); a timer pumps when a standing
+  // "no" is over (OnRoomTimer).
   bool RoomPossible(uint64_t size);
   // Whether a "no" of RoomPossible stands for `size` now (O(1)).
   bool NoRoomStands(uint64_t size);
@@ -182,6 +183,10 @@ class Server final : private Spiller::Host {
     uint64_t size = 0;            // the smallest size found not to fit then
     int64_t recheck_ns = 0;       // MonotonicNs() before which it stands whatever the epoch
   } no_room_;
+  struct RoomYes {
+    uint64_t size = 0;     // the largest size found to fit
+    int64_t until_ns = 0;  // MonotonicNs() before which that stands
+  } room_yes_;
   static void OnRoomTimer(uv_timer_t* t);
   uv_timer_t room_timer_{};
   bool room_timer_active_ = false;

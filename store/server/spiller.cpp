@@ -319,15 +319,15 @@ bool Spiller::CanSpillMore() const {
   return table_.counters().evictable_count > 0 || spill_jobs_ > 0;
 }
 
-bool Spiller::SpillStep(uint64_t at_least, Eviction* ew) {
+bool Spiller::SpillStep(uint64_t at_least, Eviction* ew, bool for_waiters) {
   if (!dirs_ || stopping_) return false;
   bool drops_only = MonotonicNs() < spill_backoff_until_;  // writes pause after a failure
   uint64_t need;
   if (ew) {
     need = ew->target;
   } else {
-    need = BytesToFree(region_->allocated_bytes(), region_->capacity(), policy_, NeedNow(),
-                       spill_in_flight_);
+    need = BytesToFree(region_->allocated_bytes(), region_->capacity(), policy_,
+                       for_waiters ? NeedNow() : 0, spill_in_flight_);
     need = std::max(need, at_least);
   }
   last_spill_error_ = 0;

@@ -171,10 +171,11 @@ class Spiller {
   uint64_t NeedNow();
   // Whether spilling can free more memory: an evictable object, or a spill write in flight.
   bool CanSpillMore() const;
-  // Spills what the water marks and the waiting requests call for, and at least `at_least`
-  // bytes (or, for an evict request, its target). Returns whether it freed memory at once
-  // (objects with a copy on disk dropped from memory).
-  bool SpillStep(uint64_t at_least, Eviction* ew);
+  // Spills what the water marks and the waiting requests call for (the waiting requests only
+  // if for_waiters: the server leaves them out when no spilling could make their room), and at
+  // least `at_least` bytes (or, for an evict request, its target). Returns whether it freed
+  // memory at once (objects with a copy on disk dropped from memory).
+  bool SpillStep(uint64_t at_least, Eviction* ew, bool for_waiters = true);
   // Spill files being written.
   int jobs() const { return spill_jobs_; }
   // Whether new spill writes pause after a failed one.
