@@ -98,6 +98,14 @@ bool Server::RoomPossible(uint64_t size) {
   return false;
 }
 
+bool Server::SpillingMayFit(uint64_t size) {
+  if (NoRoomStands(size)) return false;
+  // Asked before any spilling for it: with more candidates than this, finding out could hold
+  // the loop for milliseconds; it spills then, and asks once that is done (Pump).
+  constexpr uint64_t kAskUpTo = 16384;
+  return table_.counters().evictable_count > kAskUpTo || RoomPossible(size);
+}
+
 void Server::OnRoomTimer(uv_timer_t* t) {
   auto* s = static_cast<Server*>(t->data);
   s->room_timer_active_ = false;
@@ -327,7 +335,7 @@ void Server::HandleCreate(Client* c, uint64_t seq, const proto::CreateRequest* r
     if (rc == STORE_ENOSPACE) {
       totals_.full++;
       const uint64_t size = a.data_size + a.metadata.size();
-      if (spiller_.enabled() && a.device < 0 && RoomPossible(size)) {
+      if (spiller_.enabled() && a.device < 0 && SpillingMayFit(size)) {
         // It will not wait, but the next one may fit: spill down to the low mark now.
         spiller_.SpillStep(size, nullptr);
         message += "; spilling has started to make room";
@@ -448,7 +456,7 @@ void Server::Pump() {
     const uint64_t need = spiller_.NeedNow();
     const bool for_waiters = need <= region_->capacity() - std::min(region_->capacity(),
                                                                    region_->allocated_bytes()) ||
-                             RoomPossible(need);
+                             SpillingMayFit(need);
     if (spiller_.SpillStep(0, nullptr, for_waiters)) pump_again_ = true;  // memory is free now
     if (!blocked || pump_again_) continue;
     // Enough bytes are free in all but not in one piece: spill what the head needs anyway, if

@@ -178,6 +178,9 @@ class Server final : private Spiller::Host {
   bool RoomPossible(uint64_t size);
   // Whether a "no" of RoomPossible stands for `size` now (O(1)).
   bool NoRoomStands(uint64_t size);
+  // Whether spilling for `size` may make its room: RoomPossible where it is cheap to ask (up to
+  // 16,384 candidates), else yes unless a "no" stands.
+  bool SpillingMayFit(uint64_t size);
   struct NoRoom {
     uint64_t epoch = UINT64_MAX;  // region frees + eviction-order joins when it was found
     uint64_t size = 0;            // the smallest size found not to fit then
