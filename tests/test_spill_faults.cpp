@@ -696,9 +696,9 @@ TEST_CASE("a kill or a power cut just before any change to the spill files loses
     store_stats st = Stats(c.get());
     return st.total_compactions >= 1 && st.spill_files == 3 && Quiet(c.get());
   }));
-  // The moved object, then the rest of file 1; then the rest: every spill file and the
-  // tombstone log go.
-  for (int i : {3, 4, 6}) del(i);
+  // The rest of file 1, then the moved object (its old file gone); then the rest: every spill
+  // file and the tombstone log go.
+  for (int i : {4, 6, 3}) del(i);
   REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
   for (int i : {7, 12, 14, 15}) del(i);
   REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && Stats(c.get()).spill_files == 0; }));
@@ -805,13 +805,20 @@ TEST_CASE("a kill or a power cut at any step of a recovery and of the deletes af
       Delete(c.get(), objs[i].obj);
       objs[i].deleted_from = steps.load();
     };
-    // The rest of the second file (it goes), two read back first; then all the others (the
-    // old directory goes).
+    // The rest of the second file (it goes), two read back first; then three quarters of the
+    // first (it is compacted: its last object moves to a file of the new store's directory),
+    // the moved object once its old file is gone, and all the others (the old directory goes).
     ReadBack(c.get(), objs[4].obj);
     ReadBack(c.get(), objs[5].obj);
     for (int i : {4, 5, 7}) del(i);
     REQUIRE(test::WaitFor([&] { return Quiet(c.get()); }));
-    for (int i : {0, 2, 3, 8, 9, 10, 11}) {
+    const std::string first_file = UrlOf(c.get(), objs[3].obj).path;
+    for (int i : {0, 2}) del(i);
+    REQUIRE(test::WaitFor([&] {
+      return Quiet(c.get()) && UrlOf(c.get(), objs[3].obj).path != first_file &&
+             !fs::exists(first_file);
+    }));
+    for (int i : {8, 9, 10, 11, 3}) {
       if (objs[i].spilled_from == 0) del(i);
     }
     REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && Stats(c.get()).spill_files == 0; }));

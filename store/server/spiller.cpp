@@ -530,6 +530,9 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
   }
   // Unlinking a large file can take tens of milliseconds: do it on the threadpool, then let
   // SpillDirs tidy its directory on the loop and the directory's log follow (SpillFileGone).
+  // The removal is made durable (an fsync of the directory) before SpillFileGone: from then on
+  // a delete of an object a compaction moved out of the file tombstones only its new record,
+  // and after a power cut that lost the removal the file would serve the old one again.
   struct UnlinkJob {
     uv_work_t req;
     Spiller* spiller;
@@ -555,6 +558,7 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
       [](uv_work_t* req) {
         auto* j = static_cast<UnlinkJob*>(req->data);
         j->spiller->env_->Unlink(j->path);
+        j->spiller->env_->SyncDir(Dirname(j->path));
       },
       [](uv_work_t* req, int) {
         auto* j = static_cast<UnlinkJob*>(req->data);
@@ -564,6 +568,7 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
       });
   if (rc != 0) {
     env_->Unlink(job->path);
+    env_->SyncDir(Dirname(job->path));
     if (dirs_) dirs_->Remove(job->path);
     SpillFileGone(job->dir, job->number);
     delete job;

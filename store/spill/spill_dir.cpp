@@ -277,6 +277,14 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
       step = "rename";
       rc = env_->Rename(creating, mine);
     }
+    if (rc == 0) {
+      // Its name made durable before any file in it is relied on: after a power cut the spill
+      // directory could otherwise name only the files of older stores, and records a compaction
+      // moved in here from one of them would be lost once the old file's removal was durable.
+      step = "fsync";
+      rc = env_->SyncDir(dir);
+      if (rc < 0) env_->Rename(mine, creating);
+    }
     if (rc < 0) {
       env_->Unlink(lock_path);
       env_->Rmdir(creating);
