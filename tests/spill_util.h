@@ -157,6 +157,26 @@ inline void ReadBack(store_client* c, const Obj& obj) {
   CHECK(intact);
 }
 
+// Cuts a store's memory into 1 MiB holes between objects that stay: creates 1 MiB objects
+// through hog, never sealed (never spilled or dropped), until the store is full (at least 24),
+// then aborts every other one. Returns them all, the aborted ones null (the even places).
+inline std::vector<WriterPtr> CutIntoHoles(store_client* hog) {
+  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
+  opts.timeout_ms = 0;
+  std::vector<WriterPtr> unsealed;
+  for (int i = 0; i < 64; i++) {
+    const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
+    store_writer* w = nullptr;
+    if (store_create(hog, &w, &o.id, o.size, &opts) != STORE_OK) break;
+    unsealed.emplace_back(w);
+  }
+  REQUIRE(unsealed.size() >= 24);
+  for (size_t i = 0; i < unsealed.size(); i += 2) {
+    REQUIRE(store_writer_abort(unsealed[i].release()) == STORE_OK);
+  }
+  return unsealed;
+}
+
 inline ReaderPtr Open(store_client* c, const Obj& obj) {
   store_reader* r = nullptr;
   int rc = store_open_reader(c, &r, &obj.id, 0);

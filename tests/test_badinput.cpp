@@ -2303,6 +2303,42 @@ TEST_CASE("the list of clients costs the same however many objects clients hold"
   CHECK(s.Alive());
 }
 
+Bytes PinMsg(uint64_t seq, const std::string& key, bool pin) {
+  flatbuffers::FlatBufferBuilder b(128);
+  proto::ObjectId id = IdOf(key);
+  if (pin) return Finish(b, seq, Body::PinRequest, proto::CreatePinRequest(b, &id).Union());
+  return Finish(b, seq, Body::UnpinRequest, proto::CreateUnpinRequest(b, &id).Union());
+}
+
+// Puts n objects "<prefix><k>" of `size` bytes (each byte k) through c, 1024 creates a write,
+// each write's replies read before the next; with pin_every > 0, every pin_every-th object is
+// pinned right after its create. Requests are numbered from *seq on.
+void PutMany(RawConn& c, uint64_t* seq, const std::string& prefix, int n, uint64_t size,
+             int pin_every = 0) {
+  constexpr int kBatch = 1024;
+  for (int at = 0; at < n; at += kBatch) {
+    Bytes batch;
+    std::vector<std::pair<uint64_t, Body>> sent;
+    auto add = [&](Bytes m, Body reply) {
+      batch.insert(batch.end(), m.begin(), m.end());
+      sent.emplace_back((*seq)++, reply);
+    };
+    for (int k = at; k < std::min(n, at + kBatch); k++) {
+      CreateArgs a;
+      a.key = prefix + std::to_string(k);
+      a.data_size = size;
+      a.data = Bytes(size, static_cast<uint8_t>(k));
+      add(CreateMsg(*seq, a), Body::CreateReply);
+      if (pin_every > 0 && k % pin_every == 0) add(PinMsg(*seq, a.key, true), Body::PinReply);
+    }
+    REQUIRE(c.Send(batch));
+    for (const auto& [k, type] : sent) {
+      Reply r;
+      REQUIRE(ExpectReply(c, k, type, &r));
+    }
+  }
+}
+
 // A store with a spill dir whose n small objects ("spilled-<k>", 64 bytes of k) are on disk,
 // and whose memory is all taken by an object being written: no restore fits, and nothing can
 // be spilled to make room, until Release.
@@ -2312,28 +2348,12 @@ struct StalledRestores {
   RawConn owner;
   uint64_t seq = 10;
   uint64_t hold_uid = 0;
-  static constexpr int kBatch = 1024;
 
   explicit StalledRestores(int n, std::vector<std::string> extra = {})
       : s("64M", With(std::move(extra), {"--spill-dir", spill.path})), owner(s.socket()) {
     REQUIRE(s.started());
     REQUIRE(Handshake(owner) > 0);
-    for (int at = 0; at < n; at += kBatch) {
-      Bytes batch;
-      for (int k = at; k < std::min(n, at + kBatch); k++) {
-        CreateArgs a;
-        a.key = "spilled-" + std::to_string(k);
-        a.data_size = 64;
-        a.data = Bytes(64, static_cast<uint8_t>(k));
-        Bytes m = CreateMsg(seq++, a);
-        batch.insert(batch.end(), m.begin(), m.end());
-      }
-      REQUIRE(owner.Send(batch));
-      for (uint64_t k = seq - static_cast<uint64_t>(std::min(n - at, kBatch)); k < seq; k++) {
-        Reply r;
-        REQUIRE(ExpectReply(owner, k, Body::CreateReply, &r));
-      }
-    }
+    PutMany(owner, &seq, "spilled-", n, 64);
     flatbuffers::FlatBufferBuilder eb(64);
     REQUIRE(owner.Send(Finish(eb, seq, Body::EvictRequest,
                               proto::CreateEvictRequest(eb, 1ull << 40).Union())));
@@ -2425,13 +2445,6 @@ TEST_CASE("a quarter million gets of one spilled object wait in linear time whil
   CHECK(st.s.Alive());
 }
 
-Bytes PinMsg(uint64_t seq, const std::string& key, bool pin) {
-  flatbuffers::FlatBufferBuilder b(128);
-  proto::ObjectId id = IdOf(key);
-  if (pin) return Finish(b, seq, Body::PinRequest, proto::CreatePinRequest(b, &id).Union());
-  return Finish(b, seq, Body::UnpinRequest, proto::CreateUnpinRequest(b, &id).Union());
-}
-
 // A create that neither drops nor spills could fit waits (the store full of 20 KiB objects, one
 // in 40 pinned, so that no run of its size could ever form), while 4 connections pin and unpin
 // an object 16,384 times each. Each unpin puts an object back in the eviction order, which made
@@ -2455,33 +2468,7 @@ TEST_CASE("a create waiting on holes no drop or spill could join costs the other
   constexpr uint64_t kSize = 20 << 10;
   const int n = static_cast<int>((capacity - (24ull << 20)) / kSize);
   uint64_t seq = 10;
-  constexpr int kBatch = 1024;
-  for (int at = 0; at < n; at += kBatch) {
-    Bytes batch;
-    const int end = std::min(n, at + kBatch);
-    for (int k = at; k < end; k++) {
-      CreateArgs a;
-      a.key = "holed-" + std::to_string(k);
-      a.data_size = kSize;
-      a.data = Bytes(kSize, static_cast<uint8_t>(k));
-      Bytes m = CreateMsg(seq++, a);
-      batch.insert(batch.end(), m.begin(), m.end());
-      if (k % 40 == 0) {
-        m = PinMsg(seq++, a.key, true);
-        batch.insert(batch.end(), m.begin(), m.end());
-      }
-    }
-    REQUIRE(owner.Send(batch));
-    for (int k = at; k < end; k++) {
-      Reply r;
-      REQUIRE(owner.Next(&r) == Got::kMessage);
-      REQUIRE(r.msg->status() == 0);
-      if (k % 40 == 0) {
-        REQUIRE(owner.Next(&r) == Got::kMessage);
-        REQUIRE(r.msg->status() == 0);
-      }
-    }
-  }
+  PutMany(owner, &seq, "holed-", n, kSize, 40);
   REQUIRE(probe.Read([](const auto& st) { return st.total_dropped_objects(); }) == 0);
   const std::string churned = "holed-" + std::to_string(n - 2);  // the last ones stay in memory
   // 64 MiB: more than the free run at the top and the pinned objects' neighbours could make.
@@ -2530,23 +2517,8 @@ TEST_CASE("evicts waiting for their spills count toward --max-client-waiting") {
   REQUIRE(s.started());
   RawConn owner(s.socket());
   REQUIRE(Handshake(owner) > 0);
-  constexpr int kObjects = 256;
   uint64_t seq = 10;
-  Bytes batch;
-  for (int k = 0; k < kObjects; k++) {
-    CreateArgs a;
-    a.key = "evictable-" + std::to_string(k);
-    a.data_size = 4096;
-    a.data = Bytes(4096, static_cast<uint8_t>(k));
-    Bytes m = CreateMsg(seq++, a);
-    batch.insert(batch.end(), m.begin(), m.end());
-  }
-  REQUIRE(owner.Send(batch));
-  for (int k = 0; k < kObjects; k++) {
-    Reply r;
-    REQUIRE(owner.Next(&r) == Got::kMessage);
-    REQUIRE(r.msg->status() == 0);
-  }
+  PutMany(owner, &seq, "evictable-", 256, 4096);
   auto evicts = [](int n) {
     Bytes b;
     for (int k = 0; k < n; k++) {

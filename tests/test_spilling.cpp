@@ -1096,9 +1096,9 @@ TEST_CASE("a create that needs spilling when everything else is pinned waits for
 
 // Objects being written every other MiB: no run of 3 MiB can be made whatever is spilled. A
 // create of 3 MiB used to spill what it needed, then more at every pump, until every sealed
-// object (16) was on disk, for nothing. Now, once the bytes it needs are free but not in one
-// piece, the store checks that spilling every candidate could make a run long enough, and
-// spills no more otherwise: what it needed (3 objects, still readable) is all that goes.
+// object (16) was on disk, for nothing; later still its own size's worth (3 objects). Now the
+// store checks first that spilling every candidate could make a run long enough, and spills
+// nothing otherwise.
 TEST_CASE("a create that no spilling could fit spills nothing") {
   TempDir tmp;
   // No spilling past a high mark: only for room.
@@ -1106,20 +1106,9 @@ TEST_CASE("a create that no spilling could fit spills nothing") {
   REQUIRE(s.started());
   ClientPtr hog = Connect(s.socket());
   ClientPtr c = Connect(s.socket());
-  store_create_options opts = STORE_CREATE_OPTIONS_INIT;
-  opts.timeout_ms = 0;
-  std::vector<store_writer*> unsealed;
-  for (int i = 0; i < 64; i++) {
-    const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
-    store_writer* w = nullptr;
-    if (store_create(hog.get(), &w, &o.id, o.size, &opts) != STORE_OK) break;
-    unsealed.push_back(w);
-  }
-  REQUIRE(unsealed.size() >= 24);
+  std::vector<WriterPtr> unsealed = CutIntoHoles(hog.get());
   std::vector<Obj> kept;
   for (size_t i = 0; i < unsealed.size(); i += 2) {
-    REQUIRE(store_writer_abort(unsealed[i]) == STORE_OK);
-    unsealed[i] = nullptr;
     kept.push_back(MakeObj("kept-" + std::to_string(i), 1100 + i, kMiB));
   }
   // Every hole filled, one at a time so each goes in a hole (none is spilled for room).
@@ -1132,8 +1121,8 @@ TEST_CASE("a create that no spilling could fit spills nothing") {
   CHECK(st.total_spilled_objects == 0);
   CHECK(st.spilled_count == 0);
   // Once the objects being written go, the same create spills what it needs and fits.
-  for (store_writer* w : unsealed) {
-    if (w) REQUIRE(store_writer_abort(w) == STORE_OK);
+  for (WriterPtr& w : unsealed) {
+    if (w) REQUIRE(store_writer_abort(w.release()) == STORE_OK);
   }
   Put(c.get(), big, 0, -1);
   for (const Obj& o : kept) ReadBack(c.get(), o);

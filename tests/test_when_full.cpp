@@ -350,18 +350,7 @@ struct Holed {
     REQUIRE(s.started());
     hog = Connect(s.socket(), "hog");
     c = Connect(s.socket(), "when_full");
-    store_create_options opts = STORE_CREATE_OPTIONS_INIT;
-    opts.timeout_ms = 0;
-    for (int i = 0; i < 64; i++) {
-      const Obj o = MakeObj("hog-" + std::to_string(i), 1000 + i, kMiB);
-      store_writer* w = nullptr;
-      if (store_create(hog.get(), &w, &o.id, o.size, &opts) != STORE_OK) break;
-      unsealed.emplace_back(w);
-    }
-    REQUIRE(unsealed.size() >= 24);
-    for (size_t i = 0; i < unsealed.size(); i += 2) {
-      REQUIRE(store_writer_abort(unsealed[i].release()) == STORE_OK);
-    }
+    unsealed = CutIntoHoles(hog.get());
   }
 };
 

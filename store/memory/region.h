@@ -61,6 +61,7 @@ class Region {
   void Free(void* p);
 
   uint64_t allocated_bytes() const { return allocated_; }
+  uint64_t free_bytes() const { return capacity_ > allocated_ ? capacity_ - allocated_ : 0; }
   uint64_t allocation_count() const { return allocations_; }
   // Frees so far: what FitsIfFreed says for given objects holds until this or they change.
   uint64_t free_count() const { return frees_; }
@@ -73,9 +74,10 @@ class Region {
   // pages. O(1).
   uint64_t LargestFree();
   // Whether `size` bytes would fit in one run of pages if the objects at these offsets were
-  // freed too. O(n log n). What a drop of those objects could make room for, at most. True (no telling) when one of them is a small object: freeing it may empty its
-  // jemalloc extent, which a purge gives back to the pages. True for a size below a page heap
-  // object's (a small object's room comes from any freed object, page or not).
+  // freed too. O(n log n). What a drop of those objects could make room for, at most. True (no
+  // telling) when one of them is a small object: freeing it may empty its jemalloc extent,
+  // which a purge gives back to the pages. True for a size below a page heap object's (a small
+  // object's room comes from any freed object, page or not).
   bool FitsIfFreed(uint64_t size, const std::vector<uint64_t>& offsets);
   // The same, leaving out a free run long enough by itself (the caller knows there is none).
   bool FitsIfFreedNear(uint64_t size, const std::vector<uint64_t>& offsets);

@@ -87,13 +87,14 @@ bool Server::RoomPossible(uint64_t size) {
   });
   const bool fits = region_->FitsIfFreed(size, offsets);
   const int64_t t1 = MonotonicNs();
+  const int64_t stands_until = t1 + 20 * (t1 - t0);
   if (fits) {
     if (size >= no_room_.size) no_room_ = NoRoom{};  // that "no" was out of date
-    room_yes_ = RoomYes{size, t1 + 20 * (t1 - t0)};
+    room_yes_ = RoomYes{size, stands_until};
     return true;
   }
   // A new epoch, or a smaller size than the one known.
-  no_room_ = NoRoom{epoch, size, t1 + 20 * (t1 - t0)};
+  no_room_ = NoRoom{epoch, size, stands_until};
   room_yes_ = RoomYes{};
   return false;
 }
@@ -113,17 +114,13 @@ void Server::OnRoomTimer(uv_timer_t* t) {
 }
 
 void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
-  auto free_now = [this] {
-    uint64_t used = region_->allocated_bytes(), cap = region_->capacity();
-    return cap > used ? cap - used : 0;
-  };
   // Known not to make room: nothing to choose (choosing costs O(victims log victims)).
   if (NoRoomStands(size)) return nullptr;
   // Every object in the eviction order may go: leased ones are out of it in this mode.
-  std::vector<Object*> victims = ChooseDrops(table_, free_now(), size, {});
+  std::vector<Object*> victims = ChooseDrops(table_, region_->free_bytes(), size, {});
   // None chosen: all of them would not free enough bytes, or enough are free but not in one
   // piece (then the loop drops one candidate at a time).
-  if (victims.empty() && free_now() < size) return nullptr;
+  if (victims.empty() && region_->free_bytes() < size) return nullptr;
   bool could_fit = false;
   if (!victims.empty()) {
     // Before any goes: when these would not make a run long enough, go on only if dropping
@@ -142,7 +139,7 @@ void* Server::DropForRoom(uint64_t size, uint64_t* usable) {
   void* p = nullptr;
   size_t next = 0;
   while (true) {
-    if (free_now() >= size && (p = region_->Allocate(size, usable)) != nullptr) break;
+    if (region_->free_bytes() >= size && (p = region_->Allocate(size, usable)) != nullptr) break;
     if (next == victims.size()) {
       // Enough bytes are free but not in one piece: the next candidate, one at a time. But only
       // if dropping every candidate could make a run long enough: where objects that stay cut
@@ -454,9 +451,7 @@ void Server::Pump() {
     // objects that stay cut the memory up, it could not, and their bytes' worth of objects
     // would go to disk for nothing.
     const uint64_t need = spiller_.NeedNow();
-    const bool for_waiters = need <= region_->capacity() - std::min(region_->capacity(),
-                                                                   region_->allocated_bytes()) ||
-                             SpillingMayFit(need);
+    const bool for_waiters = need <= region_->free_bytes() || SpillingMayFit(need);
     if (spiller_.SpillStep(0, nullptr, for_waiters)) pump_again_ = true;  // memory is free now
     if (!blocked || pump_again_) continue;
     // Enough bytes are free in all but not in one piece: spill what the head needs anyway, if

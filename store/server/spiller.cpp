@@ -557,8 +557,7 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
       loop_, &job->req,
       [](uv_work_t* req) {
         auto* j = static_cast<UnlinkJob*>(req->data);
-        j->spiller->env_->Unlink(j->path);
-        j->spiller->env_->SyncDir(Dirname(j->path));
+        j->spiller->UnlinkDurably(j->path);
       },
       [](uv_work_t* req, int) {
         auto* j = static_cast<UnlinkJob*>(req->data);
@@ -567,12 +566,16 @@ void Spiller::RemoveSpillFile(SpillFile* f) {
         delete j;
       });
   if (rc != 0) {
-    env_->Unlink(job->path);
-    env_->SyncDir(Dirname(job->path));
+    UnlinkDurably(job->path);
     if (dirs_) dirs_->Remove(job->path);
     SpillFileGone(job->dir, job->number);
     delete job;
   }
+}
+
+void Spiller::UnlinkDurably(const std::string& path) {
+  env_->Unlink(path);
+  env_->SyncDir(Dirname(path));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -350,6 +350,8 @@ class Spiller {
     const uint64_t id = f->id;
     spill_files_.emplace(id, std::move(f));
   }
+  // Unlinks a spill file and fsyncs its directory (on any thread): see RemoveSpillFile.
+  void UnlinkDurably(const std::string& path);
   void AddDead(SpillFile* f, uint64_t bytes) {
     f->dead_bytes += bytes;
     dead_total_ += bytes;
