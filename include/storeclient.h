@@ -626,7 +626,8 @@ STORE_API int store_contains(store_client *client, const store_object_id *id, in
  * the delete durable on disk first; deletes arriving together share that write).
  * STORE_ENOTFOUND if absent, STORE_ENOTSEALED if it is still being written; STORE_ENODISK if it
  * is deleted but the record of the delete could not be written (the message says why): a store
- * restarted with --recover after a crash could then serve it again. */
+ * restarted with --recover after a crash could then serve it again, until the store writes that
+ * record with a later one, or on its own once the disk works again (it tries each second). */
 STORE_API int store_delete(store_client *client, const store_object_id *id);
 
 /* Deletes n objects with one request per 65536. Every id is tried: returns STORE_OK if all were

@@ -45,10 +45,12 @@ class InProcessStore {
   explicit InProcessStore(uint64_t memory = 64 * kMiB)
       : InProcessStore("", false, nullptr, memory) {}
   // A store on spill_dir ("" = a new one of its own), with --recover if recover; prepare (may
-  // be empty) is called with the fault injector before the store starts.
+  // be empty) is called with the fault injector before the store starts, configure (may be
+  // empty) with its options.
   InProcessStore(const std::string& spill_dir, bool recover,
                  const std::function<void(store::spill::FaultInjectionEnv&)>& prepare,
-                 uint64_t memory = 64 * kMiB)
+                 uint64_t memory = 64 * kMiB,
+                 const std::function<void(store::ServerOptions&)>& configure = nullptr)
       : env_(store::spill::Env::Default()) {
     socket_ = tmp_.path + "/store.sock";
     spill_dir_ = spill_dir.empty() ? tmp_.path + "/spill" : spill_dir;
@@ -60,6 +62,7 @@ class InProcessStore {
     o.spill_dirs = {spill_dir_};
     o.recover = recover;
     o.log_level = store::LogLevel::kWarn;
+    if (configure) configure(o);
     store::SetLogLevel(store::LogLevel::kWarn);
     server_ = std::make_unique<store::Server>(o, &env_);
     thread_ = std::thread([this] { rc_ = server_->Run(); });
@@ -450,6 +453,106 @@ TEST_CASE("a tombstone that cannot be written: the delete says it is not durable
   CHECK(s.Stop() == 0);
 }
 
+// A delete told STORE_ENODISK is still a delete: its tombstone is kept and written with the next
+// one, or by the store itself once the disk works again, so that a store recovered from what is
+// on disk after that does not serve the object again. The same when the write that failed was a
+// rewrite of the log (--recover reads the log as it was before it).
+TEST_CASE("a tombstone that could not be written is written once the disk works again") {
+  for (const bool rewrite : {false, true}) {
+    CAPTURE(rewrite);
+    // No compaction: the deleted objects' records stay on disk beside the kept one's. The log
+    // rewritten once it holds 3 entries and most name records of removed files: the first
+    // delete below, after two of a removed file, makes it a rewrite, which fails.
+    InProcessStore s("", false, nullptr, 64 * kMiB, [&](store::ServerOptions& o) {
+      o.spill_compact = 1.0;
+      if (rewrite) o.tombstone_rewrite_entries = 3;
+    });
+    ClientPtr c = Connect(s);
+    std::vector<Obj> gone = PutMany(c.get(), "tomb-gone", 2, kMiB, 900);
+    uint64_t spilled = 0;
+    REQUIRE(EvictSucceeds(c.get(), &spilled));
+    std::vector<Obj> objs = PutMany(c.get(), "tomb-kept", 4, kMiB, 910);
+    REQUIRE(EvictSucceeds(c.get(), &spilled));
+    for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+    const std::string log = fs::path(UrlOf(c.get(), objs[0]).path).parent_path() / "DELETED";
+    if (rewrite) {
+      // Two tombstones whose file then goes: the next write rewrites the log.
+      for (const Obj& o : gone) Delete(c.get(), o);
+      REQUIRE(test::WaitFor([&] { return Quiet(c.get()) && Stats(c.get()).spill_files == 1; }));
+    }
+
+    // Not written: the delete says so; then written with the next delete's.
+    s.env().FailWritesTo("/DELETED", EIO);
+    CHECK(store_delete(c.get(), &objs[0].id) == STORE_ENODISK);
+    s.env().FailWritesTo("", 0);
+    CHECK(store_delete(c.get(), &objs[1].id) == STORE_OK);
+    // Not written; then written by the store alone (after its pause after a failure).
+    s.env().FailWritesTo("/DELETED", EIO);
+    CHECK(store_delete(c.get(), &objs[2].id) == STORE_ENODISK);
+    s.env().FailWritesTo("", 0);
+    CHECK(test::WaitFor([&] {
+      std::error_code ec;
+      return fs::file_size(log, ec) == (rewrite ? 5 : 3) * 16 && !ec;
+    }, std::chrono::seconds(10)));
+
+    // A crash now: the spill directory as it is, recovered. (The log holds the three, and with
+    // a rewrite, the two of the removed file: the rewrite failed, the appends did not.)
+    TempDir image;
+    fs::copy(s.spill_dir(), image.path + "/spill", fs::copy_options::recursive);
+    test::TestStore r("16M", SpillArgs(image.path + "/spill", {"--recover", "--no-prefault"}));
+    INFO(r.Log());
+    REQUIRE(r.started());
+    ClientPtr rc = test::Connect(r.socket(), "after the crash");
+    for (int i = 0; i < 3; i++) {
+      bool intact = false;
+      CHECK(TryRead(rc.get(), objs[i], &intact) == STORE_ENOTFOUND);
+    }
+    ReadBack(rc.get(), objs[3]);
+    CHECK(Stats(rc.get()).object_count == (rewrite ? 1 : 3));
+    rc.reset();
+    CHECK(ExitedZero(r.Stop()));
+
+    CHECK(store_delete(c.get(), &objs[3].id) == STORE_OK);
+    if (!rewrite) {
+      for (const Obj& o : gone) Delete(c.get(), o);
+    }
+    CHECK(test::WaitFor([&] { return FilesUnder(s.spill_dir()).empty(); }));
+    c.reset();
+    CHECK(s.Stop() == 0);
+  }
+}
+
+TEST_CASE("a tombstone that could not be written is written at a clean stop") {
+  InProcessStore s("", false, nullptr, 64 * kMiB,
+                   [](store::ServerOptions& o) { o.spill_compact = 1.0; });
+  ClientPtr c = Connect(s);
+  std::vector<Obj> objs = PutMany(c.get(), "tomb-stop", 2, kMiB, 920);
+  uint64_t spilled = 0;
+  REQUIRE(EvictSucceeds(c.get(), &spilled));
+  for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+  const std::string spill_dir = fs::path(UrlOf(c.get(), objs[0]).path).parent_path();
+  s.env().FailWritesTo("/DELETED", EIO);
+  CHECK(store_delete(c.get(), &objs[0].id) == STORE_ENODISK);
+  s.env().FailWritesTo("", 0);
+  c.reset();
+  CHECK(s.Stop() == 0);  // well before the store's own try, a second after the failure
+  std::error_code ec;
+  CHECK(fs::file_size(spill_dir + "/DELETED", ec) == 16);
+  CHECK_FALSE(ec);
+  // What the stop left, recovered: the deleted object is not served, the other one is.
+  test::TestStore r("16M", SpillArgs(s.spill_dir(), {"--recover", "--no-prefault"}));
+  INFO(r.Log());
+  REQUIRE(r.started());
+  ClientPtr rc = test::Connect(r.socket(), "after the stop");
+  bool intact = false;
+  CHECK(TryRead(rc.get(), objs[0], &intact) == STORE_ENOTFOUND);
+  ReadBack(rc.get(), objs[1]);
+  Delete(rc.get(), objs[1]);
+  CHECK(test::WaitFor([&] { return Quiet(rc.get()) && FilesUnder(s.spill_dir()).empty(); }));
+  rc.reset();
+  CHECK(ExitedZero(r.Stop()));
+}
+
 TEST_CASE("a compaction that cannot write its new file: counted as failed, the old file stays") {
   InProcessStore s;  // --spill-compact 0.5 (the default)
   ClientPtr c = Connect(s);
@@ -646,6 +749,26 @@ void RecordCrashes(store::spill::FaultInjectionEnv& env, const std::string& spil
   env.ModelPowerCuts(spill_dir);
 }
 
+// How many of the kill images under dir (of changes before `total`) hold a file named `name`.
+int ImagesWith(const std::string& dir, uint64_t total, const std::string& name) {
+  int n = 0;
+  for (uint64_t i = 0; i < total; i++) {
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(dir + "/kill-" + std::to_string(i), ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().filename() == name) {
+        n++;
+        break;
+      }
+    }
+  }
+  return n;
+}
+
+// Tombstone logs rewritten (without the entries of removed files) at a few entries, so that
+// the crash tests see rewrites: --recover reads either log whole, never a part of the new one.
+constexpr uint64_t kCrashTestRewriteEntries = 4;
+
 }  // namespace
 
 // A crash just before each change the spiller makes to the disk, one after another: every file
@@ -660,7 +783,10 @@ void RecordCrashes(store::spill::FaultInjectionEnv& env, const std::string& spil
 TEST_CASE("a kill or a power cut just before any change to the spill files loses no spilled "
           "object and brings back no deleted one") {
   TempDir crashes;
-  InProcessStore s;  // --spill-compact 0.5 (the default)
+  // --spill-compact 0.5 (the default)
+  InProcessStore s("", false, nullptr, 64 * kMiB, [](store::ServerOptions& o) {
+    o.tombstone_rewrite_entries = kCrashTestRewriteEntries;
+  });
   ClientPtr c = Connect(s);
   // The crashes, numbered by the change they come before: steps is the next one's number.
   std::atomic<uint64_t> steps{0};
@@ -709,6 +835,8 @@ TEST_CASE("a kill or a power cut just before any change to the spill files loses
   const uint64_t total = steps.load();
   MESSAGE(total << " changes to the spill files, " << stopping << " before the stop");
   REQUIRE(total > 40);
+  // The log was rewritten (after files 0 and 2 went, 2 of its 9 entries name a record).
+  CHECK(ImagesWith(crashes.path, total, "DELETED.tmp") >= 3);
 
   REQUIRE(image_errors == 0);
   CheckCrashes(crashes.path, total, stopping, objs);
@@ -782,9 +910,13 @@ TEST_CASE("a kill or a power cut at any step of a recovery and of the deletes af
   uint64_t stopping = 0;
   {
     StderrCapture err(work.path + "/stderr");  // the recovery's log
-    InProcessStore s(left, true, [&](store::spill::FaultInjectionEnv& env) {
-      RecordCrashes(env, left, crashes, &steps, &image_errors);
-    });
+    InProcessStore s(
+        left, true,
+        [&](store::spill::FaultInjectionEnv& env) {
+          RecordCrashes(env, left, crashes, &steps, &image_errors);
+        },
+        64 * kMiB,
+        [](store::ServerOptions& o) { o.tombstone_rewrite_entries = kCrashTestRewriteEntries; });
     ClientPtr c = Connect(s);
     int unnamed = 0;  // the damaged entry's record: the index no longer names it
     for (size_t i = 0; i < objs.size(); i++) {
@@ -833,6 +965,9 @@ TEST_CASE("a kill or a power cut at any step of a recovery and of the deletes af
   const uint64_t total = steps.load();
   MESSAGE(total << " changes to the spill files, " << stopping << " before the stop");
   REQUIRE(total > 10);
+  // The old directory's log was rewritten (after the second file went, 3 of its 5 entries
+  // name none): an image before the new log's write, its sync and its rename.
+  CHECK(ImagesWith(crashes, total, "DELETED.tmp") >= 3);
   REQUIRE(image_errors == 0);
   objs.insert(objs.end(), leased.begin(), leased.end());
   CheckCrashes(crashes, total, stopping, objs);

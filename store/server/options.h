@@ -27,6 +27,9 @@ struct ServerOptions {
   double disk_threshold = 0.95;         // --disk-threshold
   double spill_compact = 0.5;           // --spill-compact: rewrite a file once this much is dead
   uint64_t restore_readahead = 128ull << 20;  // --restore-readahead: bytes restored ahead; 0 = off
+  // A DELETED log is rewritten with only the tombstones that still name a record once it holds
+  // this many and fewer than half still do. No flag: tests set it low to crash a rewrite.
+  uint64_t tombstone_rewrite_entries = 4096;
   bool recover = false;                 // --recover
   WhenFull when_full = WhenFull::kRefuse;  // --when-full refuse|drop (drop: not with --spill-dir)
   LogLevel log_level = LogLevel::kInfo;

@@ -129,6 +129,7 @@ struct Spiller::TombJob {
     int fd = -1;                // the log, if open (kAppend); the job opens it otherwise
     uint64_t offset = 0;        // kAppend: where the entries go
     std::vector<uint8_t> bytes;  // kAppend: entries to add; kRewrite: the whole new log
+    std::vector<uint8_t> carried;  // kRewrite: the entries pending before it (kept if it fails)
     int rc = 0;                 // 0 or -errno
     std::string error;
   };
@@ -193,12 +194,30 @@ bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
   restore_log_.Init(loop_, LogLevel::kError, "restores failed");
   compact_log_.Init(loop_, LogLevel::kInfo, "spill files compacted");
   compact_fail_log_.Init(loop_, LogLevel::kWarn, "compactions failed");
+  uv_timer_init(loop_, &tomb_timer_);
+  tomb_timer_.data = this;
+  tomb_timer_open_ = true;
   return true;
 }
 
-void Spiller::Stop() { stopping_ = true; }
+void Spiller::Stop() {
+  stopping_ = true;
+  // A last try, without the pause, for tombstones a failed write left: the spill files stay.
+  bool unwritten = false;
+  for (auto& [path, dir] : dir_states_) {
+    if (dir->unwritten == 0) continue;
+    dir->retry_after_ns = 0;
+    unwritten = true;
+  }
+  if (unwritten) MaybeStartTombJob();
+}
 
 void Spiller::CloseLogs() {
+  if (tomb_timer_open_) {
+    uv_timer_stop(&tomb_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&tomb_timer_), nullptr);
+    tomb_timer_open_ = false;
+  }
   restore_log_.Close();
   compact_log_.Close();
   compact_fail_log_.Close();
@@ -585,9 +604,6 @@ namespace {
 
 constexpr const char* kDeletedLog = "DELETED";
 constexpr size_t kTombstone = 16;
-// A log is rewritten without the entries of removed files once it holds this many entries
-// and most of them are such.
-constexpr uint64_t kRewriteEntries = 4096;
 
 void PutEntry(std::vector<uint8_t>* out, uint64_t number, uint64_t offset) {
   uint8_t e[kTombstone];
@@ -727,16 +743,21 @@ void Spiller::MaybeStartTombJob() {
         (dir->log_bytes > 0 || dir->log_fd >= 0)) {
       // No file left that a tombstone could name.
       item.kind = TombJob::Item::kRemove;
-    } else if (housekeeping && entries >= kRewriteEntries && 2 * dir->live_entries < entries) {
+    } else if (housekeeping && entries >= options_.tombstone_rewrite_entries &&
+               2 * dir->live_entries < entries) {
+      // Most of its entries name records of removed files: a new log of only the others.
       item.kind = TombJob::Item::kRewrite;
       for (const auto& [number, offsets] : dir->live) {
         for (uint64_t off : offsets) PutEntry(&item.bytes, number, off);
       }
-      dir->pending.clear();  // the rewrite holds them
-    } else if (!dir->pending.empty()) {
+      item.carried.swap(dir->pending);  // the rewrite holds them
+      dir->unwritten = 0;
+    } else if (!dir->pending.empty() && (housekeeping || dir->pending.size() > dir->unwritten)) {
+      // (What a failed write left waits for the pause to end, unless new entries come.)
       item.kind = TombJob::Item::kAppend;
       item.offset = dir->log_bytes;
       item.bytes.swap(dir->pending);
+      dir->unwritten = 0;
     } else {
       continue;
     }
@@ -857,13 +878,30 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
     SpillDirState* dir = item.dir;
     dir->log_fd = item.fd;
     if (item.rc != 0) {
-      // Not retried at once: the deletes that needed it are told; the next ones try again.
+      // The deletes that needed it are told. Its entries are kept, before any queued since,
+      // and go with the next write: one for new entries, or one after the pause.
       dir->retry_after_ns = MonotonicNs() + kSpillBackoffNs;
       failed[dir] = &item;
-      LOG_ERROR("%s: deletes of spilled objects in %s are not durable (a store restarted with "
-                "--recover could serve them again)",
-                item.error.c_str(), item.path.c_str());
+      std::vector<uint8_t>& kept =
+          item.kind == TombJob::Item::kRewrite ? item.carried : item.bytes;
+      if (item.kind != TombJob::Item::kRemove && !kept.empty()) {
+        kept.insert(kept.end(), dir->pending.begin(), dir->pending.end());
+        dir->unwritten += kept.size() - dir->pending.size();
+        dir->pending.swap(kept);
+      }
+      if (!dir->failing) {
+        LOG_ERROR("%s: deletes of spilled objects in %s are not durable until a write of its "
+                  "log succeeds (a store restarted with --recover could serve them again); "
+                  "tried again every %d s",
+                  item.error.c_str(), item.path.c_str(),
+                  static_cast<int>(kSpillBackoffNs / 1000000000));
+      }
+      dir->failing = true;
       continue;
+    }
+    if (dir->failing) {
+      LOG_INFO("the deletes of spilled objects in %s are durable again", item.path.c_str());
+      dir->failing = false;
     }
     switch (item.kind) {
       case TombJob::Item::kAppend:
@@ -891,6 +929,12 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
   }
   delete job;
   s->MaybeStartTombJob();
+  if (!failed.empty() && s->tomb_timer_open_ && !s->stopping_) {
+    uv_timer_start(
+        &s->tomb_timer_,
+        [](uv_timer_t* t) { static_cast<Spiller*>(t->data)->MaybeStartTombJob(); },
+        static_cast<uint64_t>(kSpillBackoffNs / 1000000) + 1, 0);
+  }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -76,6 +76,11 @@ struct SpillDirState {
   bool adopted = false;
   uint64_t files = 0;            // spill files in it that exist or are being written
   std::vector<uint8_t> pending;  // tombstones not written yet
+  // Of pending, the bytes at its front that a failed write left (their deletes were told
+  // STORE_ENODISK): written with the next tombstones, or after the pause that follows a failure
+  // (Spiller::tomb_timer_), so that what is on disk comes to say they are deleted after all.
+  uint64_t unwritten = 0;
+  bool failing = false;          // its last write failed (logged once until one succeeds)
   uint64_t log_bytes = 0;        // bytes of the log on disk (whole entries)
   int log_fd = -1;               // open while it has entries; used by the tomb job only
   int64_t retry_after_ns = 0;    // after a failed write: no rewrite or removal before then
@@ -400,6 +405,8 @@ class Spiller {
   std::set<uint64_t> compact_wanted_;  // ids of files to look at once it is done
   CompactTotals compact_totals_;
   TombJob* tomb_job_ = nullptr;                    // the one in flight
+  uv_timer_t tomb_timer_{};  // tries again the tombstones a failed write left (unwritten)
+  bool tomb_timer_open_ = false;
   std::vector<DeferredDelete*> deletes_waiting_;   // for the next tomb job
   Totals spill_totals_;
 };

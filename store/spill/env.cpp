@@ -244,8 +244,8 @@ struct FaultInjectionEnv::State {
   int read_err = 0;
   int64_t corrupt_at = -1;
   double used_fraction = -1.0;
-  std::string fail_suffix;  // FailWritesTo
-  int fail_suffix_err = 0;
+  std::string fail_part;  // FailWritesTo
+  int fail_part_err = 0;
   std::unordered_map<int, std::string> paths;  // open fds -> their paths (for FailWritesTo)
   uint64_t hold_at_least = 0;  // HoldNextReadOf: 0 = none armed
   bool holding = false, released = false;
@@ -432,10 +432,10 @@ void FaultInjectionEnv::SetDiskUsedFraction(double f) {
   state_->used_fraction = f;
 }
 
-void FaultInjectionEnv::FailWritesTo(const std::string& suffix, int err) {
+void FaultInjectionEnv::FailWritesTo(const std::string& part, int err) {
   std::lock_guard<std::mutex> lock(state_->mu);
-  state_->fail_suffix = suffix;
-  state_->fail_suffix_err = err;
+  state_->fail_part = part;
+  state_->fail_part_err = err;
 }
 
 uint64_t FaultInjectionEnv::bytes_written() const {
@@ -470,12 +470,12 @@ ssize_t FaultInjectionEnv::WriteWithFaults(int fd, const iovec* iov, int iovcnt,
   // The lock is held across the write so that concurrent writers see one exact byte limit.
   std::lock_guard<std::mutex> lock(state_->mu);
   State& s = *state_;
-  if (s.fail_suffix_err != 0) {
+  if (s.fail_part_err != 0) {
     auto it = s.paths.find(fd);
     const std::string& p = it == s.paths.end() ? std::string() : it->second;
-    const std::string& x = s.fail_suffix;
-    if (p.size() >= x.size() && p.compare(p.size() - x.size(), x.size(), x) == 0) {
-      return -s.fail_suffix_err;
+    const std::string& x = s.fail_part;
+    if (p.find(x) != std::string::npos) {
+      return -s.fail_part_err;
     }
   }
   size_t total = TotalLen(iov, iovcnt);

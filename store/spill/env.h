@@ -75,9 +75,9 @@ class FaultInjectionEnv : public Env {
   void CorruptReadsAt(int64_t offset);
   // DiskSpace reports this fraction used (negative = ask the base Env).
   void SetDiskUsedFraction(double f);
-  // Writes to files whose name ends with `suffix` fail with -err (err 0 = off); other files
-  // are written as usual.
-  void FailWritesTo(const std::string& suffix, int err);
+  // Writes to files whose path (as opened) contains `part` fail with -err (err 0 = off); other
+  // files are written as usual.
+  void FailWritesTo(const std::string& part, int err);
   // The next read of at least `bytes` waits, before it reads, until ReleaseHeldRead (a slow
   // disk under one read, at a moment the test chooses); later reads go on as usual.
   void HoldNextReadOf(uint64_t bytes);
