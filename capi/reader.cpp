@@ -197,6 +197,13 @@ int store_open_reader(store_client* client, store_reader** out, const store_obje
           return Fail(STORE_ECORRUPT,
                       "object %s could not be read back from disk intact (the server's log "
                       "says why); it is not served", hex);
+        case STORE_ELIMIT:
+          return Fail(STORE_ELIMIT, "object %s is on disk and the store is out of file "
+                      "descriptors to read it back now (the server's log says why); it stays on "
+                      "disk", hex);
+        case STORE_ENOMEM:
+          return Fail(STORE_ENOMEM, "object %s is on disk and the store ran out of memory "
+                      "reading it back (the server's log says why); it stays on disk", hex);
         case STORE_ENOSPACE:
           return Fail(STORE_ENOSPACE, "object %s is on disk and no memory could be freed to "
                       "restore it into%s", hex, timeout_ms > 0 ? " within the timeout" : "");

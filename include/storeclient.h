@@ -556,8 +556,10 @@ STORE_API int store_put_many(store_client *client, const store_object_id *ids,
  * take; STORE_ECORRUPT if its copy on disk fails its checksum or cannot be read (never wrong
  * bytes); STORE_EMISUSE if the object already has as many readers as a count holds (2^32-1);
  * STORE_ELIMIT if it would wait and the store holds as many waiting requests as it allows (as
- * for store_create()); STORE_EINVAL for bad arguments; STORE_ECONN if the connection is lost;
- * STORE_ENOMEM. */
+ * for store_create()), or if it is on disk and the store is out of file descriptors to read it
+ * back now; STORE_EINVAL for bad arguments; STORE_ECONN if the connection is lost; STORE_ENOMEM
+ * (also when the store ran out of memory reading it back). After STORE_ELIMIT or STORE_ENOMEM
+ * for an object on disk, it stays there: a later open tries again. */
 STORE_API int store_open_reader(store_client *client, store_reader **out,
                                 const store_object_id *id, int64_t timeout_ms);
 

@@ -311,6 +311,50 @@ TEST_CASE("read errors: the restore fails with STORE_ECORRUPT and the object sta
   CHECK(st.total_restore_failures == before.total_restore_failures + 3);
 }
 
+// Out of descriptors or of memory, the bytes on disk are fine: the restore's error says what ran
+// out (a client told STORE_ECORRUPT might drop or recompute good data), and the object reads
+// once there is enough again.
+TEST_CASE("a restore that runs out of descriptors or memory says so, not STORE_ECORRUPT") {
+  InProcessStore s;
+  ClientPtr c = Connect(s);
+  std::vector<Obj> objs = PutMany(c.get(), "resources", 3, kMiB, 250);
+  uint64_t spilled = 0;
+  REQUIRE(store_evict(c.get(), kAll, &spilled) == STORE_OK);
+  for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+  struct Case {
+    const char* what;
+    int err;
+    bool open;  // the open of the spill file fails, else its read
+    int code;
+    const char* text;
+  };
+  for (const Case& k : {Case{"EMFILE", EMFILE, true, STORE_ELIMIT, "file descriptors"},
+                        Case{"ENFILE", ENFILE, true, STORE_ELIMIT, "file descriptors"},
+                        Case{"ENOMEM", ENOMEM, false, STORE_ENOMEM, "out of memory"}}) {
+    INFO(k.what);
+    if (k.open) {
+      s.env().FailOpens("/spill-", k.err);
+    } else {
+      s.env().FailReads(k.err);
+    }
+    store_reader* r = nullptr;
+    CHECK(store_open_reader(c.get(), &r, &objs[0].id, 1000) == k.code);
+    std::string err = store_last_error_message();
+    INFO(err);
+    CHECK(err.find(k.text) != std::string::npos);
+    CHECK(r == nullptr);
+    CHECK(IsSpilled(c.get(), objs[0]));
+    s.env().FailOpens("", 0);
+    s.env().FailReads(0);
+  }
+  // Damaged bytes still say STORE_ECORRUPT, and a read error too.
+  s.env().FailReads(EIO);
+  store_reader* r = nullptr;
+  CHECK(store_open_reader(c.get(), &r, &objs[1].id, 1000) == STORE_ECORRUPT);
+  s.env().FailReads(0);
+  for (const Obj& o : objs) ReadBack(c.get(), o);
+}
+
 TEST_CASE("a corrupted read of an object's data: STORE_ECORRUPT, never wrong bytes") {
   InProcessStore s;
   ClientPtr c = Connect(s);

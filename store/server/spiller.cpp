@@ -1432,8 +1432,11 @@ void Spiller::RestoreDone(uv_work_t* req, int /*status*/) {
   } else {
     s->spill_totals_.restore_failures++;
     s->DropToDisk(o);  // the memory read into is not served
-    // Corrupt or unreadable: either way the bytes cannot be served.
-    int code = STORE_ECORRUPT;
+    // Out of descriptors or memory: the bytes on disk may well be good, and the next get tries
+    // again. Else corrupt or unreadable: either way the bytes cannot be served.
+    int code = job->rc == -EMFILE || job->rc == -ENFILE ? STORE_ELIMIT
+               : job->rc == -ENOMEM                      ? STORE_ENOMEM
+                                                         : STORE_ECORRUPT;
     std::string why = job->error;
     delete job;
     if (deleted) {

@@ -246,6 +246,8 @@ struct FaultInjectionEnv::State {
   double used_fraction = -1.0;
   std::string fail_part;  // FailWritesTo
   int fail_part_err = 0;
+  std::string fail_open_part;  // FailOpens
+  int fail_open_err = 0;
   std::unordered_map<int, std::string> paths;  // open fds -> their paths (for FailWritesTo)
   uint64_t hold_at_least = 0;  // HoldNextReadOf: 0 = none armed
   bool holding = false, released = false;
@@ -443,7 +445,19 @@ uint64_t FaultInjectionEnv::bytes_written() const {
   return state_->written;
 }
 
+void FaultInjectionEnv::FailOpens(const std::string& part, int err) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->fail_open_part = part;
+  state_->fail_open_err = err;
+}
+
 int FaultInjectionEnv::Open(const std::string& path, int flags, int mode) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->fail_open_err != 0 && path.find(state_->fail_open_part) != std::string::npos) {
+      return -state_->fail_open_err;
+    }
+  }
   int fd = (flags & (O_CREAT | O_TRUNC)) != 0
                ? Change([&] { return base_->Open(path, flags, mode); })
                : base_->Open(path, flags, mode);

@@ -78,6 +78,8 @@ class FaultInjectionEnv : public Env {
   // Writes to files whose path (as opened) contains `part` fail with -err (err 0 = off); other
   // files are written as usual.
   void FailWritesTo(const std::string& part, int err);
+  // Opens of files whose path contains `part` fail with -err (err 0 = off).
+  void FailOpens(const std::string& part, int err);
   // The next read of at least `bytes` waits, before it reads, until ReleaseHeldRead (a slow
   // disk under one read, at a moment the test chooses); later reads go on as usual.
   void HoldNextReadOf(uint64_t bytes);
