@@ -59,6 +59,10 @@ for f in figs:
 first = next(f for f in figs if f["name"] == "large_put_first")
 assert {l["name"] for l in first["limits"]} == {"memcpy_touched", "memcpy_fresh", "memcpy_mapped",
                                                "memcpy_idle"}, first["limits"]
+for name in ("restore", "restore_prefetch", "restore_cold"):
+    f = next(f for f in figs if f["name"] == name)
+    assert {l["name"] for l in f["limits"]} == {"file_read_cold", "file_read_warm",
+                                               "file_read_warm_spread"}, f["limits"]
 assert d["cleanup"]["left"] == 0, d["cleanup"]
 memory = next(f for f in figs if f["name"] == "table_memory")
 assert memory["figure"]["unit"] == "B/object" and not memory["limits"], memory

@@ -201,7 +201,9 @@ const char* Population();
 void RemoveScratch(Run& run);
 double WriteScratch(Run& run, const uint8_t* src, uint64_t bytes);
 void WarmPageCache(Run& run, const uint8_t* src, uint64_t bytes);
-double ReadScratch(Run& run, uint8_t* buf, uint64_t expect);
+// Reads the limits' file in kSpillObject reads into buf: each into buf itself, or with spread
+// each to its own place (buf then holds expect bytes), as a restore fills as much memory.
+double ReadScratch(Run& run, uint8_t* buf, uint64_t expect, bool spread = false);
 void DropFromCache(Run& run, const std::string& path);
 void CountResident(const std::string& path, uint64_t off, uint64_t len, uint64_t* resident,
                    uint64_t* total);

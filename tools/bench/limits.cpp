@@ -367,13 +367,16 @@ void WarmPageCache(Run& run, const uint8_t* src, uint64_t bytes) {
 }
 
 // Reads the whole of run.scratch sequentially into buf (kSpillObject bytes). Seconds.
-double ReadScratch(Run& run, uint8_t* buf, uint64_t expect) {
+double ReadScratch(Run& run, uint8_t* buf, uint64_t expect, bool spread) {
   double t0 = Now();
   int fd = open(run.scratch.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) DieErrno(run, ("open " + run.scratch).c_str());
   uint64_t done = 0;
   for (;;) {
-    ssize_t k = read(fd, buf, kSpillObject);
+    char end;  // spread: past expect only the end of the file, or a byte to say it grew
+    ssize_t k = !spread ? read(fd, buf, kSpillObject)
+                : done < expect ? read(fd, buf + done, std::min<uint64_t>(kSpillObject, expect - done))
+                                : read(fd, &end, 1);
     if (k < 0) {
       if (errno == EINTR) continue;
       DieErrno(run, ("read " + run.scratch).c_str());

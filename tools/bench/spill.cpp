@@ -355,12 +355,16 @@ void SpillRestore(Run& run, const store_stats& st) {
   for (Result* r : {&restore, &prefetch, &cold}) {
     r->limits.push_back(Series{"file_read_cold", "GB/s", {}});
     r->limits.push_back(Series{"file_read_warm", "GB/s", {}});
+    r->limits.push_back(Series{"file_read_warm_spread", "GB/s", {}});
     r->also.push_back(Series{r->name + "_server", "GB/s", {}});
   }
 
   uint8_t* pattern = TouchedBuffer(run, kSpillObject, 0);
   FillPattern(pattern, kSpillObject);
   uint8_t* rbuf = TouchedBuffer(run, kSpillObject, 1);
+  // A restore writes each object to its own place in the store's memory: as much memory, read
+  // into the same way each round (its first round pays for first touches, as the restore's).
+  uint8_t* spread = TouchedBuffer(run, bytes, 1);
   {
     char name[64];
     snprintf(name, sizeof name, "/.store-bench-%d-%s.tmp", static_cast<int>(getpid()),
@@ -460,7 +464,7 @@ void SpillRestore(Run& run, const store_stats& st) {
     // Restore, as the spill left the files: the limits right before the figure. A read of a
     // file just dropped from the page cache varies by 2x from one to the next here, so each
     // round takes several (each sample is in the series).
-    std::vector<double> cold_s, warm_s_reads;
+    std::vector<double> cold_s, warm_s_reads, spread_s_reads;
     w0 = Now();
     WarmPageCache(run, pattern, warm_bytes);  // for the reads: the spill files hold the others
     warm_s += Now() - w0;
@@ -470,6 +474,7 @@ void SpillRestore(Run& run, const store_stats& st) {
       if (round == 0 && k == 0) scratch_cold_resident = cold_pct;
       cold_s.push_back(ReadScratch(run, rbuf, bytes));
       warm_s_reads.push_back(ReadScratch(run, rbuf, bytes));
+      spread_s_reads.push_back(ReadScratch(run, spread, bytes, true));
     }
     RemoveScratch(run);
     double warm_pct = ResidentPercent(recs);
@@ -480,6 +485,7 @@ void SpillRestore(Run& run, const store_stats& st) {
     for (Result* r : {&restore, &prefetch, &cold}) {
       for (double t : cold_s) r->limits[0].v.push_back(Rate(bytes, t));
       for (double t : warm_s_reads) r->limits[1].v.push_back(Rate(bytes, t));
+      for (double t : spread_s_reads) r->limits[2].v.push_back(Rate(bytes, t));
     }
     restore.figure.v.push_back(Rate(bytes, rt));
     restore.also[0].v.push_back(ServerRestoreRate(a, b));
@@ -514,6 +520,7 @@ void SpillRestore(Run& run, const store_stats& st) {
   run.scratch.clear();
   munmap(pattern, kSpillObject);
   munmap(rbuf, kSpillObject);
+  munmap(spread, bytes);
 
   // Spill files of deleted objects go with the last of them.
   store_stats end = STORE_STATS_INIT;
