@@ -753,11 +753,18 @@ void Spiller::MaybeStartTombJob() {
       item.carried.swap(dir->pending);  // the rewrite holds them
       dir->unwritten = 0;
     } else if (!dir->pending.empty() && (housekeeping || dir->pending.size() > dir->unwritten)) {
-      // (What a failed write left waits for the pause to end, unless new entries come.)
       item.kind = TombJob::Item::kAppend;
       item.offset = dir->log_bytes;
-      item.bytes.swap(dir->pending);
-      dir->unwritten = 0;
+      if (housekeeping) {
+        item.bytes.swap(dir->pending);
+        dir->unwritten = 0;
+      } else {
+        // During the pause after a failure, only the new entries: what failed waits for its
+        // end, so that deletes on a failing disk do not each try the whole backlog again.
+        item.bytes.assign(dir->pending.begin() + static_cast<ptrdiff_t>(dir->unwritten),
+                          dir->pending.end());
+        dir->pending.resize(dir->unwritten);
+      }
     } else {
       continue;
     }
@@ -878,8 +885,8 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
     SpillDirState* dir = item.dir;
     dir->log_fd = item.fd;
     if (item.rc != 0) {
-      // The deletes that needed it are told. Its entries are kept, before any queued since,
-      // and go with the next write: one for new entries, or one after the pause.
+      // The deletes that needed it are told. Its entries join what failed before, ahead of
+      // any queued since, and are tried again once the pause is over (by tomb_timer_).
       dir->retry_after_ns = MonotonicNs() + kSpillBackoffNs;
       failed[dir] = &item;
       std::vector<uint8_t>& kept =

@@ -76,9 +76,10 @@ struct SpillDirState {
   bool adopted = false;
   uint64_t files = 0;            // spill files in it that exist or are being written
   std::vector<uint8_t> pending;  // tombstones not written yet
-  // Of pending, the bytes at its front that a failed write left (their deletes were told
-  // STORE_ENODISK): written with the next tombstones, or after the pause that follows a failure
-  // (Spiller::tomb_timer_), so that what is on disk comes to say they are deleted after all.
+  // Of pending, the bytes at its front that failed writes left (their deletes were told
+  // STORE_ENODISK): tried again once the pause that follows a failure is over (by
+  // Spiller::tomb_timer_, or with the next tombstones then), so that what is on disk comes to
+  // say they are deleted after all. Writes during the pause take only the new entries.
   uint64_t unwritten = 0;
   bool failing = false;          // its last write failed (logged once until one succeeds)
   uint64_t log_bytes = 0;        // bytes of the log on disk (whole entries)

@@ -246,6 +246,7 @@ struct FaultInjectionEnv::State {
   double used_fraction = -1.0;
   std::string fail_part;  // FailWritesTo
   int fail_part_err = 0;
+  uint64_t refused_bytes = 0;   // by FailWritesTo
   std::string fail_open_part;  // FailOpens
   int fail_open_err = 0;
   std::unordered_map<int, std::string> paths;  // open fds -> their paths (for FailWritesTo)
@@ -445,6 +446,11 @@ uint64_t FaultInjectionEnv::bytes_written() const {
   return state_->written;
 }
 
+uint64_t FaultInjectionEnv::refused_write_bytes() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->refused_bytes;
+}
+
 void FaultInjectionEnv::FailOpens(const std::string& part, int err) {
   std::lock_guard<std::mutex> lock(state_->mu);
   state_->fail_open_part = part;
@@ -489,6 +495,7 @@ ssize_t FaultInjectionEnv::WriteWithFaults(int fd, const iovec* iov, int iovcnt,
     const std::string& p = it == s.paths.end() ? std::string() : it->second;
     const std::string& x = s.fail_part;
     if (p.find(x) != std::string::npos) {
+      s.refused_bytes += TotalLen(iov, iovcnt);
       return -s.fail_part_err;
     }
   }

@@ -78,6 +78,8 @@ class FaultInjectionEnv : public Env {
   // Writes to files whose path (as opened) contains `part` fail with -err (err 0 = off); other
   // files are written as usual.
   void FailWritesTo(const std::string& part, int err);
+  // Bytes of the writes FailWritesTo refused, in all.
+  uint64_t refused_write_bytes() const;
   // Opens of files whose path contains `part` fail with -err (err 0 = off).
   void FailOpens(const std::string& part, int err);
   // The next read of at least `bytes` waits, before it reads, until ReleaseHeldRead (a slow
