@@ -369,6 +369,7 @@ int store_stats_get(store_client* client, store_stats* stats) {
     full.total_compact_failures = s->total_compact_failures();
     full.limit_objects = s->limit_objects();
     full.refused_objects = s->refused_objects();
+    full.spill_undurable_deletes = s->spill_undurable_deletes();
     storeclient::WriteOutStruct(full, stats, caller_size);
     return STORE_OK;
   });

@@ -325,6 +325,11 @@ typedef struct store_stats {
     uint64_t limit_objects;              /* --max-objects (by default one object per 2 KiB of
                                             the machine's memory, at least 2^20) */
     uint64_t refused_objects;            /* creates refused over it since start */
+    /* Added in 0.2: deletes of objects with a copy on disk whose record (in a spill directory's
+     * DELETED log) is not durable yet, because its write failed (the delete answered
+     * STORE_ENODISK). A store restarted with --recover after a crash now could serve them
+     * again. The store tries again each second; 0 once a write succeeds. */
+    uint64_t spill_undurable_deletes;
 } store_stats;
 #if defined(__cplusplus)
 #define STORE_STATS_INIT                                              \
@@ -629,7 +634,8 @@ STORE_API int store_contains(store_client *client, const store_object_id *id, in
  * STORE_ENOTFOUND if absent, STORE_ENOTSEALED if it is still being written; STORE_ENODISK if it
  * is deleted but the record of the delete could not be written (the message says why): a store
  * restarted with --recover after a crash could then serve it again, until the store writes that
- * record with a later one, or on its own once the disk works again (it tries each second). */
+ * record (it tries again each second; store_stats' spill_undurable_deletes counts those
+ * waiting). */
 STORE_API int store_delete(store_client *client, const store_object_id *id);
 
 /* Deletes n objects with one request per 65536. Every id is tried: returns STORE_OK if all were

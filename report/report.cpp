@@ -115,6 +115,7 @@ Json JsonStats(const store_stats& s) {
   j["total_compact_bytes_copied"] = s.total_compact_bytes_copied;
   j["total_compact_bytes_freed"] = s.total_compact_bytes_freed;
   j["total_compact_failures"] = s.total_compact_failures;
+  j["spill_undurable_deletes"] = s.spill_undurable_deletes;
   j["waiting_bytes"] = s.waiting_bytes;
   j["backlog_bytes"] = s.backlog_bytes;
   j["partial_bytes"] = s.partial_bytes;
@@ -481,6 +482,10 @@ void PrintText(const Snapshot& snap, const std::string& socket, FILE* out) {
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed spills", s.total_spill_failures);
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed restores", s.total_restore_failures);
     fprintf(out, "  %-22s %12" PRIu64 "\n", "failed compactions", s.total_compact_failures);
+    if (s.spill_undurable_deletes > 0) {
+      fprintf(out, "  %-22s %12" PRIu64 " (their record's write failed: a crash now could "
+              "bring them back)\n", "undurable deletes", s.spill_undurable_deletes);
+    }
   }
   if (s.when_full_drop) {
     fprintf(out, "when full: drop unused objects (lowest importance, least recently used first)\n");
@@ -715,6 +720,7 @@ void PrintInfoSections(const Snapshot& snap, FILE* out) {
   u("total_compact_bytes_copied", s.total_compact_bytes_copied);
   u("total_compact_bytes_freed", s.total_compact_bytes_freed);
   u("total_compact_failures", s.total_compact_failures);
+  u("spill_undurable_deletes", s.spill_undurable_deletes);
   fputc('\n', out);
 
   // Each limit (a flag of the store), what it watches now, and how often it was hit.

@@ -529,15 +529,19 @@ TEST_CASE("a tombstone that could not be written is written once the disk works 
     // tries the first again once its pause after a failure is over.
     s.env().FailWritesTo("/DELETED", EIO);
     CHECK(store_delete(c.get(), &objs[0].id) == STORE_ENODISK);
+    CHECK(Stats(c.get()).spill_undurable_deletes == 1);
     s.env().FailWritesTo("", 0);
     CHECK(store_delete(c.get(), &objs[1].id) == STORE_OK);
     s.env().FailWritesTo("/DELETED", EIO);
     CHECK(store_delete(c.get(), &objs[2].id) == STORE_ENODISK);
+    CHECK(Stats(c.get()).spill_undurable_deletes >= 1);  // 2 unless the first was written since
     s.env().FailWritesTo("", 0);
     CHECK(test::WaitFor([&] {
       std::error_code ec;
       return fs::file_size(log, ec) == (rewrite ? 5 : 3) * 16 && !ec;
     }, std::chrono::seconds(10)));
+    // (Counted once the loop hears of the write, a moment after the file shows it.)
+    CHECK(test::WaitFor([&] { return Stats(c.get()).spill_undurable_deletes == 0; }));
 
     // A crash now: the spill directory as it is, recovered. (The log holds the three, and with
     // a rewrite, the two of the removed file: the rewrite failed, the appends did not.)
@@ -584,6 +588,7 @@ TEST_CASE("deletes while the tombstone log fails try their own tombstones, not a
   int refused = 0;
   for (int i = 0; i + 1 < kN; i++) refused += store_delete(c.get(), &objs[i].id) == STORE_ENODISK;
   CHECK(refused == kN - 1);
+  CHECK(Stats(c.get()).spill_undurable_deletes == kN - 1);
   // Each tombstone once with its delete, and all of them once a second (the deletes take well
   // under a second here; under the sanitizers a few).
   const uint64_t tried = s.env().refused_write_bytes();
@@ -594,6 +599,7 @@ TEST_CASE("deletes while the tombstone log fails try their own tombstones, not a
     std::error_code ec;
     return fs::file_size(log, ec) == 16 * (kN - 1) && !ec;
   }, std::chrono::seconds(10)));
+  CHECK(test::WaitFor([&] { return Stats(c.get()).spill_undurable_deletes == 0; }));
   Delete(c.get(), objs.back());
   CHECK(test::WaitFor([&] { return Quiet(c.get()) && FilesUnder(s.spill_dir()).empty(); }));
   c.reset();

@@ -701,7 +701,8 @@ TEST_CASE("store-top shows spilled objects") {
   CHECK(j["stats"]["spilled_count"].U() == st.spilled_count);
   CHECK(j["stats"]["total_spilled_bytes"].U() == st.total_spilled_bytes);
   for (const char* k : {"total_compactions", "total_compact_bytes_copied",
-                        "total_compact_bytes_freed", "total_compact_failures"}) {
+                        "total_compact_bytes_freed", "total_compact_failures",
+                        "spill_undurable_deletes"}) {
     CHECK_MESSAGE(j["stats"][k].U() == 0, k);  // nothing deleted: no compaction
   }
   CHECK(j["derived"]["spill_write_bytes_per_second"].type == Json::kNumber);
@@ -758,7 +759,8 @@ TEST_CASE("PrintInfo prints INFO sections") {
   CHECK(kv["server_pid"] == std::to_string(store.pid()));
   CHECK(kv["spilled_count"] == "0");
   for (const char* k : {"total_compactions", "total_compact_bytes_copied",
-                        "total_compact_bytes_freed", "total_compact_failures"}) {
+                        "total_compact_bytes_freed", "total_compact_failures",
+                        "spill_undurable_deletes"}) {
     CHECK_MESSAGE(kv[k] == "0", k);
   }
   CHECK(kv.count("client0") == 1);

@@ -842,11 +842,15 @@ int Top::DrawHeader(int y) {
   }
   Put(y, 1, spill);
   uint64_t failures = s.total_spill_failures + s.total_restore_failures + s.total_compact_failures;
-  if (failures > 0) {
+  if (failures > 0 || s.spill_undurable_deletes > 0) {
     std::string failed = Fmt("failed: %" PRIu64 " spills, %" PRIu64 " restores",
                              s.total_spill_failures, s.total_restore_failures);
     if (s.total_compact_failures > 0) {
       failed += Fmt(", %" PRIu64 " compactions", s.total_compact_failures);
+    }
+    if (s.spill_undurable_deletes > 0) {
+      // Deletes whose record could not be written yet: a crash now could bring them back.
+      failed += Fmt("; %" PRIu64 " deletes not durable", s.spill_undurable_deletes);
     }
     Put(y, 3 + Cols(spill), failed, (colors_ ? COLOR_PAIR(kAlert) : A_NORMAL) | A_BOLD);
   }

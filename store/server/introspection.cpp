@@ -200,6 +200,7 @@ void Server::HandleStats(Client* c, uint64_t seq) {
   b.add_total_compact_failures(compact.failures);
   b.add_limit_objects(max_objects_);
   b.add_refused_objects(limits_[kLimitObjects].hits);
+  b.add_spill_undurable_deletes(spiller_.undurable_deletes());
   auto body = b.Finish();
   SendEmpty(c, seq, Body::StatsReply, body.Union());
 }

@@ -94,6 +94,9 @@ void Server::WriteMetrics() {
   metric("spill_files", "gauge", "Spill files on disk.", spiller_.files().size());
   metric("spill_disk_bytes", "gauge", "Bytes of the spill files.", disk);
   metric("spill_dead_bytes", "gauge", "Of which records of deleted objects.", dead);
+  metric("spill_undurable_deletes", "gauge",
+         "Deletes of spilled objects whose record's write failed and is not yet done.",
+         spiller_.undurable_deletes());
   metric("spilled_objects_total", "counter", "Objects written to spill files.", spill.objects);
   metric("spilled_bytes_total", "counter", "Record bytes written to spill files.", spill.bytes);
   metric("restored_objects_total", "counter", "Objects read back from spill files.",

@@ -130,6 +130,7 @@ struct Spiller::TombJob {
     uint64_t offset = 0;        // kAppend: where the entries go
     std::vector<uint8_t> bytes;  // kAppend: entries to add; kRewrite: the whole new log
     std::vector<uint8_t> carried;  // kRewrite: the entries pending before it (kept if it fails)
+    uint64_t retried = 0;       // of those, or of bytes (kAppend), the ones that failed before
     int rc = 0;                 // 0 or -errno
     std::string error;
   };
@@ -751,12 +752,14 @@ void Spiller::MaybeStartTombJob() {
         for (uint64_t off : offsets) PutEntry(&item.bytes, number, off);
       }
       item.carried.swap(dir->pending);  // the rewrite holds them
+      item.retried = dir->unwritten;
       dir->unwritten = 0;
     } else if (!dir->pending.empty() && (housekeeping || dir->pending.size() > dir->unwritten)) {
       item.kind = TombJob::Item::kAppend;
       item.offset = dir->log_bytes;
       if (housekeeping) {
         item.bytes.swap(dir->pending);
+        item.retried = dir->unwritten;
         dir->unwritten = 0;
       } else {
         // During the pause after a failure, only the new entries: what failed waits for its
@@ -892,6 +895,7 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
       std::vector<uint8_t>& kept =
           item.kind == TombJob::Item::kRewrite ? item.carried : item.bytes;
       if (item.kind != TombJob::Item::kRemove && !kept.empty()) {
+        s->undurable_entries_ += (kept.size() - item.retried) / kTombstone;
         kept.insert(kept.end(), dir->pending.begin(), dir->pending.end());
         dir->unwritten += kept.size() - dir->pending.size();
         dir->pending.swap(kept);
@@ -906,6 +910,7 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
       dir->failing = true;
       continue;
     }
+    s->undurable_entries_ -= item.retried / kTombstone;
     if (dir->failing) {
       LOG_INFO("the deletes of spilled objects in %s are durable again", item.path.c_str());
       dir->failing = false;

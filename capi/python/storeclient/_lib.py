@@ -171,6 +171,7 @@ class store_stats(Structure):
         ("total_compact_failures", c_uint64),
         ("limit_objects", c_uint64),
         ("refused_objects", c_uint64),
+        ("spill_undurable_deletes", c_uint64),
     ]
 
 

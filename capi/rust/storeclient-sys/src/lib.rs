@@ -210,6 +210,9 @@ pub struct store_stats {
     pub total_compact_failures: u64,
     pub limit_objects: u64,
     pub refused_objects: u64,
+    /// Deletes of spilled objects whose record is not durable yet (its write failed; the delete
+    /// answered `STORE_ENODISK`): a store recovered after a crash now could serve them again.
+    pub spill_undurable_deletes: u64,
 }
 
 impl Default for store_object_info {

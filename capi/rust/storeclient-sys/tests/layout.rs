@@ -61,6 +61,7 @@ fn rust_layouts() -> Vec<Layout> {
             instance_id, start_time_ns, when_full_drop, total_dropped_objects,
             total_dropped_bytes, total_compactions, total_compact_bytes_copied,
             total_compact_bytes_freed, total_compact_failures, limit_objects, refused_objects,
+            spill_undurable_deletes,
         }),
         layout!(store_connect_options { version, client_name, read_only, reserved_ }),
         layout!(store_create_options {
