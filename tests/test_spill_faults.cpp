@@ -145,6 +145,12 @@ std::vector<Obj> PutMany(store_client* c, const std::string& prefix, int n, uint
   return objs;
 }
 
+bool Contains(store_client* c, const Obj& o) {
+  int present = -1;
+  REQUIRE(store_contains(c, &o.id, &present) == STORE_OK);
+  return present == 1;
+}
+
 // Evicts everything once spilling works again (after a failed write new spills pause ~1 s).
 bool EvictSucceeds(store_client* c, uint64_t* spilled) {
   return test::WaitFor(
@@ -606,6 +612,59 @@ TEST_CASE("deletes while the tombstone log fails try their own tombstones, not a
   CHECK(s.Stop() == 0);
 }
 
+// --recover cannot tell the deleted objects of a directory whose DELETED log it cannot read from
+// the others: it serves none of that directory's files (they stay on disk, and an error says
+// why), never the deleted ones. Once the log reads, a later --recover serves the others.
+TEST_CASE("--recover with a DELETED log it cannot read serves nothing of that directory") {
+  TempDir work;
+  const std::string dir = work.Sub("spill");
+  std::vector<Obj> objs;
+  {
+    InProcessStore s(dir, false, nullptr, 64 * kMiB,
+                     [](store::ServerOptions& o) { o.spill_compact = 1.0; });
+    ClientPtr c = Connect(s);
+    objs = PutMany(c.get(), "unreadable-log", 4, kMiB, 960);
+    uint64_t spilled = 0;
+    REQUIRE(EvictSucceeds(c.get(), &spilled));
+    for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+    Delete(c.get(), objs[0]);
+    Delete(c.get(), objs[1]);
+    c.reset();
+    CHECK(s.Stop() == 0);  // the spill file of the other two stays, and the log
+  }
+  const size_t files = FilesUnder(dir).size();
+  REQUIRE(files == 2);  // the spill file and its DELETED log
+  {
+    StderrCapture err(work.path + "/stderr");
+    InProcessStore s(dir, true, [](store::spill::FaultInjectionEnv& env) {
+      env.FailOpens("/DELETED", EIO);
+    });
+    ClientPtr c = Connect(s);
+    for (const Obj& o : objs) CHECK_FALSE(Contains(c.get(), o));
+    CHECK(Stats(c.get()).object_count == 0);
+    c.reset();
+    CHECK(s.Stop() == 0);
+    const std::string log = err.Text();
+    INFO(log);
+    CHECK(log.find("DELETED") != std::string::npos);
+    CHECK(log.find("not served") != std::string::npos);
+  }
+  CHECK(FilesUnder(dir).size() == files);  // nothing removed
+  {
+    InProcessStore s(dir, true, nullptr);
+    ClientPtr c = Connect(s);
+    CHECK_FALSE(Contains(c.get(), objs[0]));
+    CHECK_FALSE(Contains(c.get(), objs[1]));
+    ReadBack(c.get(), objs[2]);
+    ReadBack(c.get(), objs[3]);
+    Delete(c.get(), objs[2]);
+    Delete(c.get(), objs[3]);
+    CHECK(test::WaitFor([&] { return Quiet(c.get()) && FilesUnder(dir).empty(); }));
+    c.reset();
+    CHECK(s.Stop() == 0);
+  }
+}
+
 TEST_CASE("a tombstone that could not be written is written at a clean stop") {
   InProcessStore s("", false, nullptr, 64 * kMiB,
                    [](store::ServerOptions& o) { o.spill_compact = 1.0; });
@@ -808,12 +867,6 @@ void CheckCrashes(const std::string& dir, uint64_t total, uint64_t stopping,
   CHECK(lost == 0);
   CHECK(back == 0);
   CHECK(damaged == 0);
-}
-
-bool Contains(store_client* c, const Obj& o) {
-  int present = -1;
-  REQUIRE(store_contains(c, &o.id, &present) == STORE_OK);
-  return present == 1;
 }
 
 // Before each change the fault injector sees, the kill image and the power-cut image of the

@@ -271,7 +271,21 @@ bool Spiller::OpenDirs(std::string* error) {
     SpillDirState* dir = DirState(Dirname(f->path));
     dir->adopted = true;
     auto it = deleted.find(dir);
-    if (it == deleted.end()) it = deleted.emplace(dir, LoadTombstones(dir)).first;
+    if (it == deleted.end()) {
+      it = deleted.emplace(dir, std::set<std::pair<uint64_t, uint64_t>>{}).first;
+      std::string why;
+      if (!LoadTombstones(dir, &it->second, &why)) {
+        // Its deleted objects cannot be told from the others: none is served.
+        dir->log_unreadable = true;
+        LOG_ERROR("%s: the spill files in %s are left in place and not served (objects deleted "
+                  "there would come back); restart with --recover once the log reads",
+                  why.c_str(), dir->path.c_str());
+      }
+    }
+    if (dir->log_unreadable) {
+      dir->files++;  // left in place, as an unreadable file
+      continue;
+    }
     RecoverFile(*f, dir, it->second);
   }
   if (options_.recover) {
@@ -626,31 +640,44 @@ SpillDirState* Spiller::DirState(const std::string& dir) {
   return slot.get();
 }
 
-std::set<std::pair<uint64_t, uint64_t>> Spiller::LoadTombstones(SpillDirState* dir) {
-  std::set<std::pair<uint64_t, uint64_t>> set;
+bool Spiller::LoadTombstones(SpillDirState* dir, std::set<std::pair<uint64_t, uint64_t>>* set,
+                             std::string* error) {
   std::string path = dir->path + "/" + kDeletedLog;
   int fd = env_->Open(path, O_RDONLY, 0);
-  if (fd < 0) return set;
+  if (fd == -ENOENT) return true;  // nothing deleted there
+  auto fail = [&](const char* what, int rc) {
+    *error = std::string(what) + " " + path + ": " + std::strerror(-rc);
+    if (fd >= 0) env_->Close(fd);
+    return false;
+  };
+  if (fd < 0) return fail("cannot open", fd);
   uint64_t size = 0;
-  env_->FileSize(path, &size);
+  if (int rc = env_->FileSize(path, &size); rc < 0) return fail("cannot stat", rc);
   std::vector<uint8_t> buf(size - size % kTombstone);
-  iovec iov{buf.data(), buf.size()};
-  ssize_t n = buf.empty() ? 0 : env_->PReadv(fd, &iov, 1, 0);
+  uint64_t got = 0;
+  while (got < buf.size()) {
+    iovec iov{buf.data() + got, buf.size() - got};
+    ssize_t n = env_->PReadv(fd, &iov, 1, static_cast<off_t>(got));
+    if (n < 0) return fail("cannot read", static_cast<int>(n));
+    if (n == 0) break;  // shorter than it was a moment ago: what is there
+    got += static_cast<uint64_t>(n);
+  }
   env_->Close(fd);
+  const ssize_t n = static_cast<ssize_t>(got);
   for (ssize_t i = 0; i + static_cast<ssize_t>(kTombstone) <= n; i += kTombstone) {
     uint64_t number = 0, offset = 0;  // a torn last entry is ignored
     for (int b = 0; b < 8; b++) {
       number |= uint64_t{buf[i + b]} << (8 * b);
       offset |= uint64_t{buf[i + 8 + b]} << (8 * b);
     }
-    if (set.emplace(number, offset).second) {
+    if (set->emplace(number, offset).second) {
       dir->live[number].push_back(offset);
       dir->live_entries++;
     }
   }
   // New entries go after the whole ones (a torn tail is overwritten).
-  dir->log_bytes = n > 0 ? static_cast<uint64_t>(n) - static_cast<uint64_t>(n) % kTombstone : 0;
-  return set;
+  dir->log_bytes = got - got % kTombstone;
+  return true;
 }
 
 void Spiller::QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset) {
@@ -734,6 +761,7 @@ void Spiller::MaybeStartTombJob() {
   const int64_t now = MonotonicNs();
   for (auto& [path, d] : dir_states_) {
     SpillDirState* dir = d.get();
+    if (dir->log_unreadable) continue;  // nothing of it is served: no tombstone goes there
     TombJob::Item item;
     item.dir = dir;
     item.path = dir->path;

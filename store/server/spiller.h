@@ -82,6 +82,7 @@ struct SpillDirState {
   // say they are deleted after all. Writes during the pause take only the new entries.
   uint64_t unwritten = 0;
   bool failing = false;          // its last write failed (logged once until one succeeds)
+  bool log_unreadable = false;   // --recover could not read its log: nothing of it is served
   uint64_t log_bytes = 0;        // bytes of the log on disk (whole entries)
   int log_fd = -1;               // open while it has entries; used by the tomb job only
   int64_t retry_after_ns = 0;    // after a failed write: no rewrite or removal before then
@@ -299,7 +300,10 @@ class Spiller {
   static void TombWork(uv_work_t* req);
   static void TombDone(uv_work_t* req, int status);
   void SpillFileGone(SpillDirState* dir, uint64_t number);
-  std::set<std::pair<uint64_t, uint64_t>> LoadTombstones(SpillDirState* dir);
+  // Reads dir's DELETED log into *set (and dir's live entries). False, with *error, if the log
+  // is there but cannot be read: then dir's deleted objects cannot be told from the others.
+  bool LoadTombstones(SpillDirState* dir, std::set<std::pair<uint64_t, uint64_t>>* set,
+                      std::string* error);
   // Compaction: a spill file whose dead records pass --spill-compact of its size is rewritten
   // with its live records only, one file at a time.
   void MaybeCompact(SpillFile* f);
