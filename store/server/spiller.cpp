@@ -969,12 +969,25 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
   }
   delete job;
   s->MaybeStartTombJob();
-  if (!failed.empty() && s->tomb_timer_open_ && !s->stopping_) {
-    uv_timer_start(
-        &s->tomb_timer_,
-        [](uv_timer_t* t) { static_cast<Spiller*>(t->data)->MaybeStartTombJob(); },
-        static_cast<uint64_t>(kSpillBackoffNs / 1000000) + 1, 0);
+  if (!failed.empty()) s->ArmTombTimer();
+}
+
+void Spiller::ArmTombTimer() {
+  if (!tomb_timer_open_ || stopping_) return;
+  const int64_t now = MonotonicNs();
+  int64_t next = INT64_MAX;
+  for (auto& [path, dir] : dir_states_) {
+    if (dir->unwritten > 0 && dir->retry_after_ns > now) next = std::min(next, dir->retry_after_ns);
   }
+  if (next == INT64_MAX) return;
+  uv_timer_start(
+      &tomb_timer_,
+      [](uv_timer_t* t) {
+        auto* s = static_cast<Spiller*>(t->data);
+        s->MaybeStartTombJob();
+        s->ArmTombTimer();  // the loop's clock may run a little behind: fired early, again
+      },
+      static_cast<uint64_t>((next - now) / 1000000) + 1, 0);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -304,6 +304,9 @@ class Spiller {
   // is there but cannot be read: then dir's deleted objects cannot be told from the others.
   bool LoadTombstones(SpillDirState* dir, std::set<std::pair<uint64_t, uint64_t>>* set,
                       std::string* error);
+  // Starts tomb_timer_ for the first directory whose failed tombstones wait for the end of
+  // their pause (none: nothing).
+  void ArmTombTimer();
   // Compaction: a spill file whose dead records pass --spill-compact of its size is rewritten
   // with its live records only, one file at a time.
   void MaybeCompact(SpillFile* f);
