@@ -344,7 +344,12 @@ TEST_CASE("the list of clients counts pins on spilled and deleted objects") {
     REQUIRE(store_pin(c, &big) == STORE_OK);
     REQUIRE(store_pin(c, &big) == STORE_OK);
     REQUIRE(store_pin(c, &small) == STORE_OK);
-    REQUIRE(test::WaitFor([&] { return Stats(c).spilled_count == 0; }));
+    // Back in memory: neither on disk nor being read (a delete during the read frees the object,
+    // and its pins go, only once the read is done).
+    REQUIRE(test::WaitFor([&] {
+      store_stats st = Stats(c);
+      return st.spilled_count == 0 && st.restoring_count == 0;
+    }));
     store_client_info me = mine();
     CHECK(me.pins_held == 3);
     CHECK(me.bytes_held == Stats(c).pinned_bytes);
