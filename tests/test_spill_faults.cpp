@@ -158,6 +158,24 @@ bool EvictSucceeds(store_client* c, uint64_t* spilled) {
       std::chrono::seconds(10));
 }
 
+// Spill files keep the records of deleted objects beside the others (no compaction).
+void NoCompaction(store::ServerOptions& o) { o.spill_compact = 1.0; }
+
+// n objects put and then spilled, each checked to be on disk.
+std::vector<Obj> PutSpilled(store_client* c, const std::string& prefix, int n, uint64_t size,
+                            uint64_t seed) {
+  std::vector<Obj> objs = PutMany(c, prefix, n, size, seed);
+  uint64_t spilled = 0;
+  REQUIRE(EvictSucceeds(c, &spilled));
+  for (const Obj& o : objs) REQUIRE(IsSpilled(c, o));
+  return objs;
+}
+
+// The directory holding obj's spill file.
+std::string SpillDirOf(store_client* c, const Obj& obj) {
+  return fs::path(UrlOf(c, obj).path).parent_path();
+}
+
 // What this process writes to its standard error (the in-process server's log) while it lives.
 class StderrCapture {
  public:
@@ -514,17 +532,13 @@ TEST_CASE("a tombstone that could not be written is written once the disk works 
     // rewritten once it holds 3 entries and most name records of removed files: the first
     // delete below, after two of a removed file, makes it a rewrite, which fails.
     InProcessStore s("", false, nullptr, 64 * kMiB, [&](store::ServerOptions& o) {
-      o.spill_compact = 1.0;
+      NoCompaction(o);
       if (rewrite) o.tombstone_rewrite_entries = 3;
     });
     ClientPtr c = Connect(s);
-    std::vector<Obj> gone = PutMany(c.get(), "tomb-gone", 2, kMiB, 900);
-    uint64_t spilled = 0;
-    REQUIRE(EvictSucceeds(c.get(), &spilled));
-    std::vector<Obj> objs = PutMany(c.get(), "tomb-kept", 4, kMiB, 910);
-    REQUIRE(EvictSucceeds(c.get(), &spilled));
-    for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
-    const std::string log = fs::path(UrlOf(c.get(), objs[0]).path).parent_path() / "DELETED";
+    std::vector<Obj> gone = PutSpilled(c.get(), "tomb-gone", 2, kMiB, 900);
+    std::vector<Obj> objs = PutSpilled(c.get(), "tomb-kept", 4, kMiB, 910);
+    const std::string log = SpillDirOf(c.get(), objs[0]) + "/DELETED";
     if (rewrite) {
       // Two tombstones whose file then goes: the next write rewrites the log.
       for (const Obj& o : gone) Delete(c.get(), o);
@@ -580,15 +594,11 @@ TEST_CASE("a tombstone that could not be written is written once the disk works 
 // before are tried again once a second. (Each delete used to try them all: 2,000 deletes tried
 // 32 MB.)
 TEST_CASE("deletes while the tombstone log fails try their own tombstones, not all that failed") {
-  InProcessStore s("", false, nullptr, 64 * kMiB,
-                   [](store::ServerOptions& o) { o.spill_compact = 1.0; });
+  InProcessStore s("", false, nullptr, 64 * kMiB, NoCompaction);
   ClientPtr c = Connect(s);
   constexpr int kN = 2000;
-  std::vector<Obj> objs = PutMany(c.get(), "backlog", kN, 4 * kKiB, 940);
-  uint64_t spilled = 0;
-  REQUIRE(EvictSucceeds(c.get(), &spilled));
-  REQUIRE(Stats(c.get()).spilled_count == kN);
-  const std::string log = fs::path(UrlOf(c.get(), objs[0]).path).parent_path() / "DELETED";
+  std::vector<Obj> objs = PutSpilled(c.get(), "backlog", kN, 4 * kKiB, 940);
+  const std::string log = SpillDirOf(c.get(), objs[0]) + "/DELETED";
   // All but the last, which keeps the file and so the log.
   s.env().FailWritesTo("/DELETED", EIO);
   int refused = 0;
@@ -620,13 +630,9 @@ TEST_CASE("--recover with a DELETED log it cannot read serves nothing of that di
   const std::string dir = work.Sub("spill");
   std::vector<Obj> objs;
   {
-    InProcessStore s(dir, false, nullptr, 64 * kMiB,
-                     [](store::ServerOptions& o) { o.spill_compact = 1.0; });
+    InProcessStore s(dir, false, nullptr, 64 * kMiB, NoCompaction);
     ClientPtr c = Connect(s);
-    objs = PutMany(c.get(), "unreadable-log", 4, kMiB, 960);
-    uint64_t spilled = 0;
-    REQUIRE(EvictSucceeds(c.get(), &spilled));
-    for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
+    objs = PutSpilled(c.get(), "unreadable-log", 4, kMiB, 960);
     Delete(c.get(), objs[0]);
     Delete(c.get(), objs[1]);
     c.reset();
@@ -666,14 +672,10 @@ TEST_CASE("--recover with a DELETED log it cannot read serves nothing of that di
 }
 
 TEST_CASE("a tombstone that could not be written is written at a clean stop") {
-  InProcessStore s("", false, nullptr, 64 * kMiB,
-                   [](store::ServerOptions& o) { o.spill_compact = 1.0; });
+  InProcessStore s("", false, nullptr, 64 * kMiB, NoCompaction);
   ClientPtr c = Connect(s);
-  std::vector<Obj> objs = PutMany(c.get(), "tomb-stop", 2, kMiB, 920);
-  uint64_t spilled = 0;
-  REQUIRE(EvictSucceeds(c.get(), &spilled));
-  for (const Obj& o : objs) REQUIRE(IsSpilled(c.get(), o));
-  const std::string spill_dir = fs::path(UrlOf(c.get(), objs[0]).path).parent_path();
+  std::vector<Obj> objs = PutSpilled(c.get(), "tomb-stop", 2, kMiB, 920);
+  const std::string spill_dir = SpillDirOf(c.get(), objs[0]);
   s.env().FailWritesTo("/DELETED", EIO);
   CHECK(store_delete(c.get(), &objs[0].id) == STORE_ENODISK);
   s.env().FailWritesTo("", 0);

@@ -663,8 +663,7 @@ bool Spiller::LoadTombstones(SpillDirState* dir, std::set<std::pair<uint64_t, ui
     got += static_cast<uint64_t>(n);
   }
   env_->Close(fd);
-  const ssize_t n = static_cast<ssize_t>(got);
-  for (ssize_t i = 0; i + static_cast<ssize_t>(kTombstone) <= n; i += kTombstone) {
+  for (uint64_t i = 0; i + kTombstone <= got; i += kTombstone) {
     uint64_t number = 0, offset = 0;  // a torn last entry is ignored
     for (int b = 0; b < 8; b++) {
       number |= uint64_t{buf[i + b]} << (8 * b);
@@ -923,7 +922,6 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
       std::vector<uint8_t>& kept =
           item.kind == TombJob::Item::kRewrite ? item.carried : item.bytes;
       if (item.kind != TombJob::Item::kRemove && !kept.empty()) {
-        s->undurable_entries_ += (kept.size() - item.retried) / kTombstone;
         kept.insert(kept.end(), dir->pending.begin(), dir->pending.end());
         dir->unwritten += kept.size() - dir->pending.size();
         dir->pending.swap(kept);
@@ -938,7 +936,6 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
       dir->failing = true;
       continue;
     }
-    s->undurable_entries_ -= item.retried / kTombstone;
     if (dir->failing) {
       LOG_INFO("the deletes of spilled objects in %s are durable again", item.path.c_str());
       dir->failing = false;
@@ -970,6 +967,15 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
   delete job;
   s->MaybeStartTombJob();
   if (!failed.empty()) s->ArmTombTimer();
+}
+
+uint64_t Spiller::undurable_deletes() const {
+  uint64_t bytes = 0;
+  for (const auto& [path, dir] : dir_states_) bytes += dir->unwritten;
+  if (tomb_job_) {
+    for (const TombJob::Item& item : tomb_job_->items) bytes += item.retried;  // set before it ran
+  }
+  return bytes / kTombstone;
 }
 
 void Spiller::ArmTombTimer() {

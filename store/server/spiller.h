@@ -254,7 +254,7 @@ class Spiller {
   const CompactTotals& compact_totals() const { return compact_totals_; }
   // Tombstones whose write failed and that are not written yet, in all directories: records of
   // deletes answered STORE_ENODISK (one per copy of the object on disk, usually one).
-  uint64_t undurable_deletes() const { return undurable_entries_; }
+  uint64_t undurable_deletes() const;
 
  private:
   struct SpillJob;
@@ -417,7 +417,6 @@ class Spiller {
   CompactTotals compact_totals_;
   TombJob* tomb_job_ = nullptr;                    // the one in flight
   uv_timer_t tomb_timer_{};  // tries again the tombstones a failed write left (unwritten)
-  uint64_t undurable_entries_ = 0;  // the sum of unwritten, and of those a write in flight retries
   bool tomb_timer_open_ = false;
   std::vector<DeferredDelete*> deletes_waiting_;   // for the next tomb job
   Totals spill_totals_;
