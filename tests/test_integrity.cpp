@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -363,6 +364,250 @@ TEST_CASE("--recover serves the intact records of a damaged spill file, says wha
   CHECK(Quarantined(dir).size() == 1);
   c.reset();
   CHECK(ExitedZero(s.Stop()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DELETED log: damaged bits and torn writes.
+
+namespace {
+
+// A spill directory (dir) holding one spill file of 8 objects, the first 4 of them deleted one
+// at a time (four writes of the DELETED log) by a store stopped since. Returns the log's path.
+std::string DeletedLogFixture(const std::string& dir, std::vector<Obj>* gone,
+                              std::vector<Obj>* kept, std::vector<SpillUrl>* gone_urls = nullptr) {
+  test::TestStore s("64M", SpillArgs(dir, {"--spill-compact", "1"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket(), "fixture");
+  std::vector<Obj> objs;
+  for (int i = 0; i < 8; i++) {
+    objs.push_back(MakeObj("dlog-" + std::to_string(i), 7700 + i, 64 * 1024, i % 2 ? 24 : 0));
+    Put(c.get(), objs.back());
+  }
+  Evict(c.get(), kAll);
+  const std::string file = UrlOf(c.get(), objs[0]).path;
+  for (const Obj& o : objs) {
+    REQUIRE(IsSpilled(c.get(), o));
+    REQUIRE(UrlOf(c.get(), o).path == file);
+  }
+  for (int i = 0; i < 4; i++) {
+    if (gone_urls) gone_urls->push_back(UrlOf(c.get(), objs[i]));
+    Delete(c.get(), objs[i]);
+  }
+  c.reset();
+  REQUIRE(ExitedZero(s.Stop()));
+  gone->assign(objs.begin(), objs.begin() + 4);
+  kept->assign(objs.begin() + 4, objs.end());
+  const std::string log = (fs::path(file).parent_path() / "DELETED").string();
+  // A 16-byte header, then one write per delete: its tombstone twice, each copy with a 16-byte
+  // header.
+  REQUIRE(fs::file_size(log) == 16 + 4 * 64);
+  return log;
+}
+
+struct Recovered {
+  int back = 0;    // of the deleted objects
+  int served = 0;  // of the others, each read back byte-exact
+  uint64_t objects = 0;
+  std::string log;
+};
+
+// A real store started with --recover on dir: what it serves.
+Recovered RecoverAndCount(const std::string& dir, const std::vector<Obj>& gone,
+                          const std::vector<Obj>& kept) {
+  Recovered r;
+  test::TestStore s("64M", SpillArgs(dir, {"--recover", "--spill-compact", "1"}));
+  REQUIRE(s.started());
+  ClientPtr c = Connect(s.socket(), "after");
+  for (const Obj& o : gone) {
+    if (Present(c.get(), o)) {
+      r.back++;
+      MESSAGE("deleted object ", Hex(o.id), " came back");
+    }
+  }
+  for (const Obj& o : kept) {
+    if (!Present(c.get(), o)) continue;
+    ReadBack(c.get(), o);
+    r.served++;
+  }
+  r.objects = Stats(c.get()).object_count;
+  c.reset();
+  CHECK(ExitedZero(s.Stop()));
+  r.log = s.Log();
+  return r;
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  REQUIRE(f != nullptr);
+  REQUIRE(std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+  std::fclose(f);
+}
+
+}  // namespace
+
+// A flipped bit in the log must neither revive the object its record deletes nor hide another:
+// each write of the log holds its records twice, each copy with its checksum.
+TEST_CASE("a flipped bit anywhere in the DELETED log revives no deleted object and hides no "
+          "live one") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  std::vector<Obj> gone, kept;
+  const std::string log = DeletedLogFixture(dir, &gone, &kept);
+  const std::string whole = ReadFile(log);
+  const std::string rel = fs::relative(log, dir).string();
+  // One bit of each 16 bytes, at a different place in each.
+  for (size_t slot = 0; slot * 16 < whole.size(); slot++) {
+    const size_t at = slot * 16 + slot % 16;
+    if (at >= whole.size()) break;
+    CAPTURE(at);
+    const std::string copy = tmp.path + "/copy-" + std::to_string(slot);
+    fs::copy(dir, copy, fs::copy_options::recursive);
+    FlipByte(copy + "/" + rel, at);
+    const std::string damaged = ReadFile(copy + "/" + rel);
+    Recovered r = RecoverAndCount(copy, gone, kept);
+    INFO(r.log);
+    CHECK(r.back == 0);
+    CHECK(r.served == 4);
+    CHECK(r.objects == 4);
+    CHECK(Count(r.log, "] error: ") == 0);
+    // The store wrote the log anew: it reads the same, from both copies.
+    CHECK(ReadFile(copy + "/" + rel) != damaged);
+    r = RecoverAndCount(copy, gone, kept);
+    CHECK(r.back == 0);
+    CHECK(r.served == 4);
+    fs::remove_all(copy);
+  }
+}
+
+// Where both copies of one write are damaged, the deleted objects of that directory cannot be
+// told from the others: none of its objects is served, and nothing of it is changed or removed.
+// The log repaired, they are served as usual.
+TEST_CASE("a DELETED log damaged in both copies of a write: nothing of its directory is served, "
+          "and nothing removed") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  std::vector<Obj> gone, kept;
+  const std::string log = DeletedLogFixture(dir, &gone, &kept);
+  const std::string whole = ReadFile(log);
+  // The second write (at 16 + 64): its tombstone in copy A (+16) and in copy B (+48).
+  FlipByte(log, 16 + 64 + 16 + 2);
+  FlipByte(log, 16 + 64 + 48 + 2);
+  const std::string damaged = ReadFile(log);
+  std::vector<std::string> files = SpillFiles(dir);
+  REQUIRE(files.size() == 1);
+  const std::string file = ReadFile(files[0]);
+  Recovered r = RecoverAndCount(dir, gone, kept);
+  INFO(r.log);
+  CHECK(r.back == 0);
+  CHECK(r.served == 0);
+  CHECK(r.objects == 0);
+  CHECK(Count(r.log, "] error: ") >= 1);
+  CHECK(r.log.find(log) != std::string::npos);
+  CHECK(r.log.find("damaged") != std::string::npos);
+  CHECK(r.log.find("not served") != std::string::npos);
+  CHECK(ReadFile(log) == damaged);
+  REQUIRE(SpillFiles(dir) == files);
+  CHECK(ReadFile(files[0]) == file);
+  WriteFile(log, whole);
+  r = RecoverAndCount(dir, gone, kept);
+  CHECK(r.back == 0);
+  CHECK(r.served == 4);
+}
+
+// A power cut during a write of the log leaves a write cut short, or its bytes zero where the
+// filesystem had grown the file first. That delete was never acknowledged: it may or may not
+// hold; every earlier one holds, no live object is hidden, and later writes of the log go on
+// from the writes that are whole.
+TEST_CASE("a DELETED log whose last write a power cut tore: the writes before it hold, and the "
+          "log goes on after them") {
+  struct Tear {
+    const char* what;
+    std::function<void(const std::string&, const std::string&)> apply;
+    bool last_holds;  // its first copy is whole: the last delete holds
+  };
+  const size_t last = 16 + 3 * 64;  // the fourth write
+  std::vector<Tear> tears = {
+      {"cut inside its first copy",
+       [&](const std::string& log, const std::string&) {
+         REQUIRE(truncate(log.c_str(), static_cast<off_t>(last + 20)) == 0);
+       },
+       false},
+      {"its bytes zero",
+       [&](const std::string& log, const std::string& whole) {
+         WriteFile(log, whole.substr(0, last) + std::string(64, '\0'));
+       },
+       false},
+      {"cut inside its second copy",
+       [&](const std::string& log, const std::string&) {
+         REQUIRE(truncate(log.c_str(), static_cast<off_t>(last + 40)) == 0);
+       },
+       true},
+  };
+  for (const Tear& t : tears) {
+    CAPTURE(t.what);
+    TempDir tmp;
+    const std::string dir = tmp.Sub("spill");
+    std::vector<Obj> gone, kept;
+    const std::string log = DeletedLogFixture(dir, &gone, &kept);
+    t.apply(log, ReadFile(log));
+    std::vector<Obj> sure(gone.begin(), gone.begin() + (t.last_holds ? 4 : 3));
+    {
+      test::TestStore s("64M", SpillArgs(dir, {"--recover", "--spill-compact", "1"}));
+      REQUIRE(s.started());
+      ClientPtr c = Connect(s.socket(), "after the tear");
+      INFO(s.Log());
+      for (const Obj& o : sure) CHECK_FALSE(Present(c.get(), o));
+      for (const Obj& o : kept) ReadBack(c.get(), o);
+      CHECK(Count(s.Log(), "] error: ") == 0);
+      // A delete now: written where the torn write was.
+      Delete(c.get(), kept[0]);
+      c.reset();
+      CHECK(ExitedZero(s.Stop()));
+    }
+    std::vector<Obj> now_gone = sure;
+    now_gone.push_back(kept[0]);
+    const std::vector<Obj> now_kept(kept.begin() + 1, kept.end());
+    Recovered r = RecoverAndCount(dir, now_gone, now_kept);
+    INFO(r.log);
+    CHECK(r.back == 0);
+    CHECK(r.served == 3);
+    CHECK(Count(r.log, "] error: ") == 0);
+  }
+}
+
+// A log of the first format (16-byte tombstones, no checksum) still reads; the store writes it
+// anew in the current format at once.
+TEST_CASE("a DELETED log of the first format is read, and written anew in the current one") {
+  TempDir tmp;
+  const std::string dir = tmp.Sub("spill");
+  std::vector<Obj> gone, kept;
+  std::vector<SpillUrl> urls;
+  const std::string log = DeletedLogFixture(dir, &gone, &kept, &urls);
+  std::string v1;
+  for (const SpillUrl& u : urls) {
+    const std::string name = fs::path(u.path).filename().string();  // spill-<n>.bin
+    const uint64_t number = std::stoull(name.substr(6));
+    for (uint64_t v : {number, u.offset}) {
+      for (int b = 0; b < 8; b++) v1.push_back(static_cast<char>(v >> (8 * b)));
+    }
+  }
+  WriteFile(log, v1 + "torn");  // and a torn last entry, as a crash could leave it
+  {
+    test::TestStore s("64M", SpillArgs(dir, {"--recover", "--spill-compact", "1"}));
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket(), "first format");
+    INFO(s.Log());
+    for (const Obj& o : gone) CHECK_FALSE(Present(c.get(), o));
+    for (const Obj& o : kept) ReadBack(c.get(), o);
+    CHECK(test::WaitFor([&] { return ReadFile(log).rfind("STDELLOG", 0) == 0; }));
+    c.reset();
+    CHECK(ExitedZero(s.Stop()));
+  }
+  Recovered r = RecoverAndCount(dir, gone, kept);
+  INFO(r.log);
+  CHECK(r.back == 0);
+  CHECK(r.served == 4);
+  CHECK(Count(r.log, "] error: ") == 0);
 }
 
 TEST_CASE("--recover with more spilled objects than --max-objects: every one comes back; creates "

@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "spill/deleted_log.h"
 #include "spill/env.h"
 #include "spill/hash.h"
 #include "spill/spill_dir.h"
@@ -1227,4 +1228,154 @@ TEST_CASE("copying some records of a spill file into a new one (compaction)") {
   CHECK(CopySpillFile(&faulty, from, pick, kFileVersion, third, &moved, &size, &error) == -ENOSPC);
   CHECK(!Exists(third));
   CHECK(!Exists(third + ".tmp"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DELETED log's format (spill/deleted_log.h): what --recover reads of it, damaged or torn.
+
+namespace {
+
+using Tombs = std::set<std::pair<uint64_t, uint64_t>>;
+
+// A log of three writes: 3, 1 and 5 tombstones. *at: where each write starts.
+std::vector<uint8_t> ThreeWrites(Tombs* all, std::vector<size_t>* at) {
+  std::vector<uint8_t> log;
+  store::spill::PutDeletedLogHeader(&log);
+  uint64_t number = 1;
+  for (int n : {3, 1, 5}) {
+    std::vector<uint8_t> entries;
+    for (int i = 0; i < n; i++) {
+      const uint64_t offset = 4096 * static_cast<uint64_t>(i) + 16 * number;
+      store::spill::PutTombstone(&entries, number, offset);
+      all->emplace(number, offset);
+      number++;
+    }
+    at->push_back(log.size());
+    store::spill::PutDeletedLogUnit(&log, log.size(), entries.data(), entries.size());
+  }
+  return log;
+}
+
+Tombs SetOf(const store::spill::DeletedLog& l) { return Tombs(l.tombstones.begin(), l.tombstones.end()); }
+
+}  // namespace
+
+TEST_CASE("DELETED log: each write holds its tombstones twice, and reads back whole") {
+  Tombs all;
+  std::vector<size_t> at;
+  std::vector<uint8_t> log = ThreeWrites(&all, &at);
+  REQUIRE(log.size() == 16 + store::spill::DeletedLogUnitBytes(3) +
+                            store::spill::DeletedLogUnitBytes(1) +
+                            store::spill::DeletedLogUnitBytes(5));
+  store::spill::DeletedLog l = store::spill::ParseDeletedLog(log.data(), log.size());
+  CHECK(l.version == 2);
+  CHECK(l.tombstones.size() == 9);
+  CHECK(SetOf(l) == all);
+  CHECK(l.end == log.size());
+  CHECK(l.repaired == 0);
+  CHECK(l.torn_bytes == 0);
+  CHECK_FALSE(l.damaged);
+  store::spill::DeletedLog empty = store::spill::ParseDeletedLog(nullptr, 0);
+  CHECK(empty.tombstones.empty());
+  CHECK(empty.end == 0);
+}
+
+// One flipped bit, wherever it is, gives back exactly the tombstones written, and the place of
+// the next write. (Before the log had checksums, each one revived or hid an object.)
+TEST_CASE("DELETED log: any one flipped bit gives back exactly the tombstones written") {
+  Tombs all;
+  std::vector<size_t> at;
+  const std::vector<uint8_t> log = ThreeWrites(&all, &at);
+  int repaired = 0;
+  for (size_t bit = 0; bit < 8 * log.size(); bit++) {
+    std::vector<uint8_t> bad = log;
+    bad[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    store::spill::DeletedLog l = store::spill::ParseDeletedLog(bad.data(), bad.size());
+    CAPTURE(bit);
+    REQUIRE_FALSE(l.damaged);
+    REQUIRE_FALSE(l.unsupported);
+    REQUIRE(SetOf(l) == all);
+    REQUIRE(l.end == log.size());
+    repaired += l.repaired > 0 || l.version == 1;
+  }
+  // Every bit but those of the header's check of its version is worth a rewrite.
+  CHECK(repaired == 8 * static_cast<int>(log.size()) - 32);
+}
+
+// A write a power cut tore (cut short anywhere, or its bytes zero): the writes before it are
+// read, and the next write goes where it began; if its first copy is whole, it counts.
+TEST_CASE("DELETED log: a torn last write is where the log ends") {
+  Tombs all;
+  std::vector<size_t> at;
+  const std::vector<uint8_t> log = ThreeWrites(&all, &at);
+  Tombs before;
+  for (const auto& t : all) {
+    if (t.first <= 4) before.insert(t);
+  }
+  const size_t last = at[2];
+  const size_t first_copy = last + 16 + 5 * 16;
+  for (size_t cut = last; cut < log.size(); cut++) {
+    CAPTURE(cut);
+    for (const bool zeros : {false, true}) {
+      CAPTURE(zeros);
+      std::vector<uint8_t> torn = log;
+      if (zeros) {
+        std::fill(torn.begin() + static_cast<ptrdiff_t>(cut), torn.end(), 0);
+      } else {
+        torn.resize(cut);
+      }
+      store::spill::DeletedLog l = store::spill::ParseDeletedLog(torn.data(), torn.size());
+      REQUIRE_FALSE(l.damaged);
+      // (Zeros may leave it whole: the high bytes of a record offset are zero.)
+      const bool first_whole =
+          torn.size() >= first_copy &&
+          std::equal(torn.begin() + static_cast<ptrdiff_t>(last),
+                     torn.begin() + static_cast<ptrdiff_t>(first_copy),
+                     log.begin() + static_cast<ptrdiff_t>(last));
+      if (first_whole) {
+        CHECK(SetOf(l) == all);
+        CHECK(l.end == log.size());
+        CHECK(l.repaired == (torn == log ? 0u : 1u));
+      } else {
+        CHECK(SetOf(l) == before);
+        CHECK(l.end == last);
+        CHECK(l.torn_bytes == torn.size() - last);
+      }
+    }
+  }
+}
+
+// Both copies of a write damaged, with whole writes after it: the log cannot say what it
+// deleted, and says so. Both copies of the last write damaged reads as a torn write (a power
+// cut and damage there cannot be told apart).
+TEST_CASE("DELETED log: both copies of a write damaged, whole ones after it, is damage") {
+  Tombs all;
+  std::vector<size_t> at;
+  const std::vector<uint8_t> log = ThreeWrites(&all, &at);
+  std::vector<uint8_t> bad = log;
+  const size_t unit = at[1];
+  bad[unit + 16 + 3] ^= 4;       // copy A's entry
+  bad[unit + 32 + 16 + 3] ^= 4;  // copy B's
+  store::spill::DeletedLog l = store::spill::ParseDeletedLog(bad.data(), bad.size());
+  CHECK(l.damaged);
+  CHECK(l.damaged_at == unit);
+  // A later format is refused, not guessed at.
+  std::vector<uint8_t> later = log;
+  later[8] = 3;
+  later[12] = static_cast<uint8_t>(~3u);
+  store::spill::DeletedLog v3 = store::spill::ParseDeletedLog(later.data(), later.size());
+  CHECK(v3.unsupported);
+  CHECK(v3.found_version == 3);
+}
+
+// The first format: 16-byte tombstones, a torn last one ignored.
+TEST_CASE("DELETED log: the first format is read") {
+  std::vector<uint8_t> v1;
+  store::spill::PutTombstone(&v1, 7, 4096);
+  store::spill::PutTombstone(&v1, 9, 0);
+  v1.insert(v1.end(), {1, 2, 3});
+  store::spill::DeletedLog l = store::spill::ParseDeletedLog(v1.data(), v1.size());
+  CHECK(l.version == 1);
+  CHECK(SetOf(l) == Tombs{{7, 4096}, {9, 0}});
+  CHECK(l.end == 32);
 }

@@ -54,6 +54,7 @@
 
 #include "server/log.h"
 #include "server/util.h"
+#include "spill/deleted_log.h"
 #include "spill/spill_file.h"
 #include "storeclient.h"
 
@@ -128,9 +129,12 @@ struct Spiller::TombJob {
     std::string path;           // the directory
     int fd = -1;                // the log, if open (kAppend); the job opens it otherwise
     uint64_t offset = 0;        // kAppend: where the entries go
-    std::vector<uint8_t> bytes;  // kAppend: entries to add; kRewrite: the whole new log
-    std::vector<uint8_t> carried;  // kRewrite: the entries pending before it (kept if it fails)
-    uint64_t retried = 0;       // of those, or of bytes (kAppend), the ones that failed before
+    std::vector<uint8_t> bytes;  // kAppend: what goes at offset; kRewrite: the whole new log
+    // The pending tombstones it takes (16 bytes each): on disk once it succeeds, pending again
+    // if it fails.
+    std::vector<uint8_t> taken;
+    uint64_t retried = 0;       // of taken, the bytes that failed before
+    uint64_t entries = 0;       // kRewrite: tombstones in the new log
     int rc = 0;                 // 0 or -errno
     std::string error;
   };
@@ -198,6 +202,13 @@ bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
   uv_timer_init(loop_, &tomb_timer_);
   tomb_timer_.data = this;
   tomb_timer_open_ = true;
+  // Logs --recover found in the first format, or with a damaged copy: written anew now.
+  for (auto& [path, dir] : dir_states_) {
+    if (dir->log_rewrite) {
+      MaybeStartTombJob();
+      break;
+    }
+  }
   return true;
 }
 
@@ -618,16 +629,7 @@ void Spiller::UnlinkDurably(const std::string& path) {
 namespace {
 
 constexpr const char* kDeletedLog = "DELETED";
-constexpr size_t kTombstone = 16;
-
-void PutEntry(std::vector<uint8_t>* out, uint64_t number, uint64_t offset) {
-  uint8_t e[kTombstone];
-  for (int i = 0; i < 8; i++) {
-    e[i] = static_cast<uint8_t>(number >> (8 * i));
-    e[8 + i] = static_cast<uint8_t>(offset >> (8 * i));
-  }
-  out->insert(out->end(), e, e + kTombstone);
-}
+constexpr size_t kTombstone = spill::kTombstoneBytes;
 
 }  // namespace
 
@@ -653,7 +655,7 @@ bool Spiller::LoadTombstones(SpillDirState* dir, std::set<std::pair<uint64_t, ui
   if (fd < 0) return fail("cannot open", fd);
   uint64_t size = 0;
   if (int rc = env_->FileSize(path, &size); rc < 0) return fail("cannot stat", rc);
-  std::vector<uint8_t> buf(size - size % kTombstone);
+  std::vector<uint8_t> buf(size);
   uint64_t got = 0;
   while (got < buf.size()) {
     iovec iov{buf.data() + got, buf.size() - got};
@@ -663,24 +665,41 @@ bool Spiller::LoadTombstones(SpillDirState* dir, std::set<std::pair<uint64_t, ui
     got += static_cast<uint64_t>(n);
   }
   env_->Close(fd);
-  for (uint64_t i = 0; i + kTombstone <= got; i += kTombstone) {
-    uint64_t number = 0, offset = 0;  // a torn last entry is ignored
-    for (int b = 0; b < 8; b++) {
-      number |= uint64_t{buf[i + b]} << (8 * b);
-      offset |= uint64_t{buf[i + 8 + b]} << (8 * b);
-    }
-    if (set->emplace(number, offset).second) {
-      dir->live[number].push_back(offset);
+  const spill::DeletedLog log = spill::ParseDeletedLog(buf.data(), got);
+  if (log.unsupported) {
+    *error = path + " is a DELETED log of format version " + std::to_string(log.found_version) +
+             ", which this store does not read";
+    return false;
+  }
+  if (log.damaged) {
+    *error = path + " is damaged: neither copy of the deletes written at byte " +
+             std::to_string(log.damaged_at) + " reads back whole, and later writes do";
+    return false;
+  }
+  for (const auto& t : log.tombstones) {
+    if (set->insert(t).second) {
+      dir->live[t.first].push_back(t.second);
       dir->live_entries++;
     }
   }
-  // New entries go after the whole ones (a torn tail is overwritten).
-  dir->log_bytes = got - got % kTombstone;
+  dir->log_bytes = log.end;
+  dir->log_entries = log.tombstones.size();
+  if (log.version == 1) {
+    dir->log_rewrite = true;  // in the current format, at its first write
+  } else if (log.repaired > 0) {
+    LOG_WARN("%s: %" PRIu64 " of its writes read from one of their two copies (the other "
+             "does not read back whole); the log is written anew", path.c_str(), log.repaired);
+    dir->log_rewrite = true;
+  }
+  if (log.torn_bytes > 0) {
+    LOG_INFO("%s: its last %" PRIu64 " bytes are a write a crash cut short (never "
+             "acknowledged): ignored", path.c_str(), log.torn_bytes);
+  }
   return true;
 }
 
 void Spiller::QueueTombstone(SpillDirState* dir, uint64_t number, uint64_t offset) {
-  PutEntry(&dir->pending, number, offset);
+  spill::PutTombstone(&dir->pending, number, offset);
   dir->live[number].push_back(offset);
   dir->live_entries++;
 }
@@ -765,36 +784,48 @@ void Spiller::MaybeStartTombJob() {
     item.dir = dir;
     item.path = dir->path;
     item.fd = dir->log_fd;
-    const uint64_t entries = dir->log_bytes / kTombstone + dir->pending.size() / kTombstone;
+    const uint64_t entries = dir->log_entries + dir->pending.size() / kTombstone;
     const bool housekeeping = now >= dir->retry_after_ns;
+    const bool fresh = dir->pending.size() > dir->unwritten;  // tombstones no write tried yet
     if (housekeeping && dir->files == 0 && dir->pending.empty() &&
-        (dir->log_bytes > 0 || dir->log_fd >= 0)) {
+        (dir->log_bytes > 0 || dir->log_fd >= 0 || dir->log_rewrite)) {
       // No file left that a tombstone could name.
       item.kind = TombJob::Item::kRemove;
-    } else if (housekeeping && entries >= options_.tombstone_rewrite_entries &&
-               2 * dir->live_entries < entries) {
-      // Most of its entries name records of removed files: a new log of only the others.
+    } else if ((dir->log_rewrite && (housekeeping || fresh)) ||
+               (housekeeping && entries >= options_.tombstone_rewrite_entries &&
+                2 * dir->live_entries < entries)) {
+      // Most of its entries name records of removed files, or it is to be written anew: a new
+      // log of the others.
       item.kind = TombJob::Item::kRewrite;
+      std::vector<uint8_t> all;
       for (const auto& [number, offsets] : dir->live) {
-        for (uint64_t off : offsets) PutEntry(&item.bytes, number, off);
+        for (uint64_t off : offsets) spill::PutTombstone(&all, number, off);
       }
-      item.carried.swap(dir->pending);  // the rewrite holds them
+      item.entries = all.size() / kTombstone;
+      spill::PutDeletedLogHeader(&item.bytes);
+      if (!all.empty()) {
+        spill::PutDeletedLogUnit(&item.bytes, item.bytes.size(), all.data(), all.size());
+      }
+      item.taken.swap(dir->pending);  // the rewrite holds them
       item.retried = dir->unwritten;
       dir->unwritten = 0;
-    } else if (!dir->pending.empty() && (housekeeping || dir->pending.size() > dir->unwritten)) {
+    } else if (!dir->pending.empty() && (housekeeping || fresh)) {
       item.kind = TombJob::Item::kAppend;
       item.offset = dir->log_bytes;
       if (housekeeping) {
-        item.bytes.swap(dir->pending);
+        item.taken.swap(dir->pending);
         item.retried = dir->unwritten;
         dir->unwritten = 0;
       } else {
         // During the pause after a failure, only the new entries: what failed waits for its
         // end, so that deletes on a failing disk do not each try the whole backlog again.
-        item.bytes.assign(dir->pending.begin() + static_cast<ptrdiff_t>(dir->unwritten),
+        item.taken.assign(dir->pending.begin() + static_cast<ptrdiff_t>(dir->unwritten),
                           dir->pending.end());
         dir->pending.resize(dir->unwritten);
       }
+      if (item.offset == 0) spill::PutDeletedLogHeader(&item.bytes);  // a new log
+      spill::PutDeletedLogUnit(&item.bytes, item.offset + item.bytes.size(), item.taken.data(),
+                               item.taken.size());
     } else {
       continue;
     }
@@ -919,8 +950,7 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
       // any queued since, and are tried again once the pause is over (by tomb_timer_).
       dir->retry_after_ns = MonotonicNs() + kSpillBackoffNs;
       failed[dir] = &item;
-      std::vector<uint8_t>& kept =
-          item.kind == TombJob::Item::kRewrite ? item.carried : item.bytes;
+      std::vector<uint8_t>& kept = item.taken;
       if (item.kind != TombJob::Item::kRemove && !kept.empty()) {
         kept.insert(kept.end(), dir->pending.begin(), dir->pending.end());
         dir->unwritten += kept.size() - dir->pending.size();
@@ -943,12 +973,17 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
     switch (item.kind) {
       case TombJob::Item::kAppend:
         dir->log_bytes = item.offset + item.bytes.size();
+        dir->log_entries += item.taken.size() / kTombstone;
         break;
       case TombJob::Item::kRewrite:
         dir->log_bytes = item.bytes.size();
+        dir->log_entries = item.entries;
+        dir->log_rewrite = false;
         break;
       case TombJob::Item::kRemove:
         dir->log_bytes = 0;
+        dir->log_entries = 0;
+        dir->log_rewrite = false;
         if (dir->adopted && s->dirs_) s->dirs_->RemoveIfEmpty(dir->path);
         break;
     }

@@ -68,9 +68,10 @@ struct SpillFile {
 };
 
 // A directory holding spill files (one this store owns, or one --recover adopted) and its
-// DELETED log: 16-byte tombstones [u64 LE file number][u64 LE record offset] of deleted objects
-// whose records live on in files that other objects keep. A store started with --recover
-// serves no record a tombstone names. The log is written only by the TombJob in flight.
+// DELETED log: tombstones (file number, record offset) of deleted objects whose records live on
+// in files that other objects keep, each write of them twice with checksums
+// (spill/deleted_log.h). A store started with --recover serves no record a tombstone names. The
+// log is written only by the TombJob in flight.
 struct SpillDirState {
   std::string path;
   bool adopted = false;
@@ -83,7 +84,11 @@ struct SpillDirState {
   uint64_t unwritten = 0;
   bool failing = false;          // its last write failed (logged once until one succeeds)
   bool log_unreadable = false;   // --recover could not read its log: nothing of it is served
-  uint64_t log_bytes = 0;        // bytes of the log on disk (whole entries)
+  uint64_t log_bytes = 0;        // bytes of the log on disk (up to its last whole write)
+  uint64_t log_entries = 0;      // tombstones in it
+  // Its next write is a rewrite: --recover found it in the first format, or read a write of it
+  // from one copy only.
+  bool log_rewrite = false;
   int log_fd = -1;               // open while it has entries; used by the tomb job only
   int64_t retry_after_ns = 0;    // after a failed write: no rewrite or removal before then
   // The log's entries whose file may still exist, by file number: what a rewrite keeps.
