@@ -610,6 +610,90 @@ TEST_CASE("a DELETED log of the first format is read, and written anew in the cu
   CHECK(Count(r.log, "] error: ") == 0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The spill directory and other users.
+
+// A spill directory other users can write to would let them plant what the store then trusts: a
+// link named as a dead store's directory, whose target's files the store would remove (or,
+// with --recover, serve as objects). The store refuses such a directory, and one owned by
+// another user, and says why; in its own directory it follows no link.
+TEST_CASE("a spill directory other users could write to is refused; links in it are never "
+          "followed") {
+  TempDir tmp;
+  const std::string victim = tmp.Sub("victim");
+  const std::string precious = victim + "/precious";
+  WriteFile(precious, "precious");
+  const std::string dir = tmp.Sub("spill");
+  // Planted by another user: a name a dead store's directory would have, linking elsewhere.
+  const std::string planted = dir + "/store-1-1";
+  REQUIRE(symlink(victim.c_str(), planted.c_str()) == 0);
+  struct Case {
+    std::string what;
+    mode_t mode;
+    uid_t owner;
+    const char* says;
+  };
+  std::vector<Case> refused = {{"writable by all", 0777, 0, "other users"},
+                               {"writable by its group", 0770, 0, "other users"},
+                               {"sticky and writable by all, as /tmp", 01777, 0, "other users"}};
+  if (geteuid() == 0) refused.push_back({"owned by another user", 0700, 65534, "owned by"});
+  for (const Case& k : refused) {
+    CAPTURE(k.what);
+    REQUIRE(chmod(dir.c_str(), k.mode) == 0);
+    REQUIRE(lchown(dir.c_str(), k.owner == 0 ? geteuid() : k.owner, static_cast<gid_t>(-1)) == 0);
+    for (bool recover : {false, true}) {
+      CAPTURE(recover);
+      test::TestStore s("16M", SpillArgs(dir, recover ? std::vector<std::string>{"--recover"}
+                                                     : std::vector<std::string>{}));
+      const std::string log = s.Log();
+      INFO(log);
+      CHECK_FALSE(s.started());
+      CHECK(log.find(dir) != std::string::npos);
+      CHECK(log.find(k.says) != std::string::npos);
+      CHECK(ReadFile(precious) == "precious");
+      CHECK(fs::is_symlink(planted));
+    }
+  }
+  REQUIRE(lchown(dir.c_str(), geteuid(), static_cast<gid_t>(-1)) == 0);
+  REQUIRE(chmod(dir.c_str(), 0700) == 0);
+  if (geteuid() == 0) {
+    // Given as a link another user made (to a directory of this user's): not followed.
+    const std::string link = tmp.path + "/link";
+    REQUIRE(symlink(dir.c_str(), link.c_str()) == 0);
+    REQUIRE(lchown(link.c_str(), 65534, static_cast<gid_t>(-1)) == 0);
+    test::TestStore s("16M", SpillArgs(link));
+    INFO(s.Log());
+    CHECK_FALSE(s.started());
+    CHECK(s.Log().find("a link made by uid 65534") != std::string::npos);
+    REQUIRE(lchown(link.c_str(), geteuid(), static_cast<gid_t>(-1)) == 0);
+    test::TestStore own("16M", SpillArgs(link));  // one this user made is followed
+    CHECK(own.started());
+    CHECK(ExitedZero(own.Stop()));
+  }
+  // Its own directory, with the link still there (as if planted by this user): served, and
+  // the link left alone.
+  {
+    test::TestStore s("16M", SpillArgs(dir, {"--recover"}));
+    INFO(s.Log());
+    REQUIRE(s.started());
+    ClientPtr c = Connect(s.socket(), "own dir");
+    Obj o = MakeObj("own-dir", 42, 64 * 1024);
+    Put(c.get(), o);
+    Evict(c.get(), kAll);
+    REQUIRE(IsSpilled(c.get(), o));
+    ReadBack(c.get(), o);
+    Delete(c.get(), o);
+    c.reset();
+    CHECK(ExitedZero(s.Stop()));
+  }
+  CHECK(ReadFile(precious) == "precious");
+  CHECK(fs::is_symlink(planted));
+  CHECK(fs::directory_iterator(victim) != fs::directory_iterator());
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(victim)) left.push_back(e.path().filename());
+  CHECK(left == std::vector<std::string>{"precious"});
+}
+
 TEST_CASE("--recover with more spilled objects than --max-objects: every one comes back; creates "
           "are refused until deletes bring it under") {
   TempDir tmp;

@@ -1,6 +1,8 @@
 // test_observe.cpp - the figures a store reports about itself (stats, client list, object pages,
 // metrics file), checked against a workload whose figures are known exactly.
 #include <doctest.h>
+#include <sys/stat.h>
+#include <iterator>
 
 #include <algorithm>
 #include <chrono>
@@ -313,6 +315,40 @@ TEST_CASE("the metrics file follows the store and goes away with it") {
   }
   CHECK(access(path.c_str(), F_OK) != 0);
   CHECK(access((path + ".tmp").c_str(), F_OK) != 0);
+  std::filesystem::remove_all(dir);
+}
+
+// The metrics file often lives in a directory other users write to (a node exporter's): a link
+// planted where the store writes the file's next version (PATH.tmp), before it starts or while
+// it runs, is replaced, never written through.
+TEST_CASE("the metrics file is never written through a link planted in its place") {
+  std::string dir = test::MakeTempDir();
+  const std::string victim = dir + "/victim";
+  { std::ofstream(victim) << "precious\n"; }
+  const std::string path = dir + "/store.prom";
+  const std::string tmp = path + ".tmp";
+  auto planted = [&] {
+    struct stat st;
+    return lstat(tmp.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+  };
+  REQUIRE(symlink(victim.c_str(), tmp.c_str()) == 0);
+  {
+    test::TestStore s("32M", {"--metrics-file", path, "--metrics-interval", "0.05"});
+    REQUIRE(s.started());
+    REQUIRE(test::WaitFor([&] { return ReadMetrics(path).count("store_capacity_bytes") == 1; }));
+    int replaced = 0;
+    for (int i = 0; i < 20; i++) {
+      unlink(tmp.c_str());
+      if (symlink(victim.c_str(), tmp.c_str()) != 0) continue;  // the store's own, that moment
+      replaced += test::WaitFor([&] { return !planted(); });
+    }
+    CHECK(replaced >= 10);
+    CHECK(ReadMetrics(path).count("store_capacity_bytes") == 1);
+    CHECK(s.Stop() == 0);
+  }
+  std::ifstream f(victim);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(text == "precious\n");
   std::filesystem::remove_all(dir);
 }
 

@@ -157,7 +157,10 @@ void Server::WriteMetrics() {
           [](const GpuDevice& d) { return d.objects; });
 
   std::string tmp = options_.metrics_file + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A new file, never one found there: the directory may be one other users write to (a node
+  // exporter's), and a link planted as tmp would have the store write through it.
+  unlink(tmp.c_str());
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   bool ok = fd >= 0;
   size_t done = 0;
   while (ok && done < out.size()) {

@@ -210,6 +210,10 @@ class PosixEnv final : public Env {
     return 0;
   }
 
+  int Stat(const std::string& path, bool follow, struct stat* st) override {
+    return (follow ? ::stat(path.c_str(), st) : ::lstat(path.c_str(), st)) == 0 ? 0 : Err();
+  }
+
   int DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) override {
     struct statvfs sv;
     if (::statvfs(path.c_str(), &sv) != 0) return Err();
@@ -598,6 +602,9 @@ int FaultInjectionEnv::ListDir(const std::string& dir, std::vector<std::string>*
 }
 int FaultInjectionEnv::FileSize(const std::string& path, uint64_t* size) {
   return base_->FileSize(path, size);
+}
+int FaultInjectionEnv::Stat(const std::string& path, bool follow, struct stat* st) {
+  return base_->Stat(path, follow, st);
 }
 
 int FaultInjectionEnv::DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <climits>
@@ -53,6 +54,8 @@ class Env {
   // Names in dir, without "." and "..".
   virtual int ListDir(const std::string& dir, std::vector<std::string>* names) = 0;
   virtual int FileSize(const std::string& path, uint64_t* size) = 0;
+  // stat(2) of path, or lstat(2) (the link itself) unless follow; 0 or -errno.
+  virtual int Stat(const std::string& path, bool follow, struct stat* st) = 0;
   // Size and free space of the filesystem holding path.
   virtual int DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) = 0;
   // An exclusive advisory lock on an open fd (flock LOCK_EX|LOCK_NB): 0, or -EWOULDBLOCK if
@@ -119,6 +122,7 @@ class FaultInjectionEnv : public Env {
   int Rmdir(const std::string& path) override;
   int ListDir(const std::string& dir, std::vector<std::string>* names) override;
   int FileSize(const std::string& path, uint64_t* size) override;
+  int Stat(const std::string& path, bool follow, struct stat* st) override;
   int DiskSpace(const std::string& path, uint64_t* total, uint64_t* avail) override;
   int TryLock(int fd) override;
 

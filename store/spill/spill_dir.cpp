@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -160,6 +162,44 @@ void RecoverOne(Env* env, const std::string& parent, const std::string& sub,
   }
 }
 
+// Why the spill directory dir cannot be trusted, or "": it must be a directory of this user
+// (or root) that no other user may write to. Another user who could write there could plant
+// what the store then trusts: a link named as a dead store's directory, whose target's files the
+// store would remove, or spill files that --recover would serve as objects.
+std::string Untrusted(Env* env, const std::string& dir) {
+  struct stat st;
+  const uid_t me = geteuid();
+  // A link is followed only if this user or root made it.
+  if (int rc = env->Stat(dir, false, &st); rc < 0) return "spill dir " + dir + ": " + ErrnoText(rc);
+  if (S_ISLNK(st.st_mode) && st.st_uid != me && st.st_uid != 0) {
+    return "spill dir " + dir + " is a link made by uid " + std::to_string(st.st_uid) +
+           ", not by this user (uid " + std::to_string(me) + ") or root; use the directory itself";
+  }
+  if (int rc = env->Stat(dir, true, &st); rc < 0) return "spill dir " + dir + ": " + ErrnoText(rc);
+  if (!S_ISDIR(st.st_mode)) return "spill dir " + dir + " is not a directory";
+  if (st.st_uid != me && st.st_uid != 0) {
+    return "spill dir " + dir + " is owned by uid " + std::to_string(st.st_uid) +
+           ", not by this user (uid " + std::to_string(me) +
+           "): its owner could plant files the store would serve, or links it would follow; "
+           "use a directory of this user's";
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return "spill dir " + dir + " (mode " + mode +
+           ") may be written by other users: they could plant files the store would serve, "
+           "or links it would follow; use a directory only its owner may write to (chmod "
+           "go-w), such as a new one under it";
+  }
+  return "";
+}
+
+// Whether path is a directory (not a link to one) of this user.
+bool OwnDirectory(Env* env, const std::string& path) {
+  struct stat st;
+  return env->Stat(path, false, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid();
+}
+
 }  // namespace
 
 bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold, bool recover,
@@ -188,6 +228,7 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
 
     int rc = env_->Mkdir(dir, 0700);
     if (rc < 0 && rc != -EEXIST) return fail("spill dir " + dir + ": mkdir: " + ErrnoText(rc));
+    if (std::string why = Untrusted(env_, dir); !why.empty()) return fail(why);
     std::vector<std::string> names;
     rc = env_->ListDir(dir, &names);
     if (rc < 0) return fail("spill dir " + dir + ": " + ErrnoText(rc));
@@ -202,6 +243,7 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
       if (end == digits || *end != '-' || pid <= 0 || pid == getpid()) continue;
       if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive
       const std::string sub = Join(dir, n);
+      if (!OwnDirectory(env_, sub)) continue;
       env_->Unlink(Join(sub, kLockName));
       env_->Rmdir(sub);
     }
@@ -210,6 +252,13 @@ bool SpillDirs::Open(const std::vector<std::string>& dirs, double disk_threshold
     for (const std::string& n : names) {
       if (!StartsWith(n, kInstancePrefix) || n == name) continue;
       const std::string sub = Join(dir, n);
+      if (!OwnDirectory(env_, sub)) {
+        if (notes) {
+          notes->push_back({false, "left alone " + sub + ": not a directory of this user (a "
+                                   "link, or another user's), so not a store's"});
+        }
+        continue;
+      }
       int fd = env_->Open(Join(sub, kLockName), O_RDWR | O_CREAT, 0600);
       if (fd < 0) continue;          // not a directory, or not ours to touch
       if (env_->TryLock(fd) != 0) {  // a live store
