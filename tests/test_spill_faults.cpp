@@ -679,6 +679,71 @@ TEST_CASE("--recover with a DELETED log it cannot read serves nothing of that di
   }
 }
 
+// A log --recover found in the first format is written anew at start. If that write fails, no
+// delete is at stake: the log on disk still holds them all. A warning says so (not the error
+// about deletes that are not durable), and the next delete there writes it anew.
+TEST_CASE("a log to be written anew that cannot be stays as it is; the next delete writes it") {
+  TempDir work;
+  const std::string dir = work.Sub("spill");
+  std::vector<Obj> objs;
+  std::string log;
+  {
+    InProcessStore s(dir, false, nullptr, 64 * kMiB, NoCompaction);
+    ClientPtr c = Connect(s);
+    objs = PutSpilled(c.get(), "first-format", 4, kMiB, 970);
+    const std::string file = UrlOf(c.get(), objs[0]).path;
+    const uint64_t number = std::stoull(fs::path(file).filename().string().substr(6));
+    const uint64_t offset = RecordOffset(c.get(), objs[0]);
+    log = SpillDirOf(c.get(), objs[0]) + "/DELETED";
+    Delete(c.get(), objs[0]);
+    c.reset();
+    CHECK(s.Stop() == 0);
+    // The log as a store of the first format wrote it: one bare record.
+    std::ofstream f(log, std::ios::binary | std::ios::trunc);
+    for (uint64_t v : {number, offset}) {
+      for (int b = 0; b < 8; b++) f.put(static_cast<char>(v >> (8 * b)));
+    }
+  }
+  REQUIRE(fs::file_size(log) == 16);
+  {
+    StderrCapture err(work.path + "/stderr");
+    InProcessStore s(dir, true, [](store::spill::FaultInjectionEnv& env) {
+      env.FailWritesTo("/DELETED", EIO);
+    }, 64 * kMiB, NoCompaction);
+    ClientPtr c = Connect(s);
+    CHECK_FALSE(Contains(c.get(), objs[0]));
+    ReadBack(c.get(), objs[1]);
+    CHECK(test::WaitFor([&] { return err.Text().find("stays as it is") != std::string::npos; }));
+    CHECK(Stats(c.get()).spill_undurable_deletes == 0);
+    CHECK(fs::file_size(log) == 16);
+    s.env().FailWritesTo("", 0);
+    CHECK(store_delete(c.get(), &objs[1].id) == STORE_OK);
+    CHECK(TombstonesIn(log) == 2);
+    c.reset();
+    CHECK(s.Stop() == 0);
+    const std::string text = err.Text();
+    INFO(text);
+    CHECK(text.find("not durable") == std::string::npos);
+  }
+  std::ifstream f(log, std::ios::binary);
+  std::string head(8, '\0');
+  f.read(head.data(), 8);
+  CHECK(head == "STDELLOG");
+  {
+    InProcessStore s(dir, true, nullptr, 64 * kMiB, NoCompaction);
+    ClientPtr c = Connect(s);
+    CHECK_FALSE(Contains(c.get(), objs[0]));
+    CHECK_FALSE(Contains(c.get(), objs[1]));
+    ReadBack(c.get(), objs[2]);
+    ReadBack(c.get(), objs[3]);
+    Delete(c.get(), objs[2]);
+    Delete(c.get(), objs[3]);
+    CHECK(test::WaitFor([&] { return Quiet(c.get()) && FilesUnder(dir).empty(); }));
+    c.reset();
+    CHECK(s.Stop() == 0);
+  }
+}
+
 TEST_CASE("a tombstone that could not be written is written at a clean stop") {
   InProcessStore s("", false, nullptr, 64 * kMiB, NoCompaction);
   ClientPtr c = Connect(s);

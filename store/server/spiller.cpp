@@ -956,6 +956,15 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
         dir->unwritten += kept.size() - dir->pending.size();
         dir->pending.swap(kept);
       }
+      if (kept.empty()) {
+        // A rewrite or removal no tombstone rode on: the log on disk still says what it said.
+        if (!dir->tidy_failing) {
+          LOG_WARN("%s: the log stays as it is, which keeps every delete it holds; tried again "
+                   "later", item.error.c_str());
+        }
+        dir->tidy_failing = true;
+        continue;
+      }
       if (!dir->failing) {
         LOG_ERROR("%s: deletes of spilled objects in %s are not durable until a write of its "
                   "log succeeds (a store restarted with --recover could serve them again); "
@@ -970,6 +979,7 @@ void Spiller::TombDone(uv_work_t* req, int /*status*/) {
       LOG_INFO("the deletes of spilled objects in %s are durable again", item.path.c_str());
       dir->failing = false;
     }
+    dir->tidy_failing = false;
     switch (item.kind) {
       case TombJob::Item::kAppend:
         dir->log_bytes = item.offset + item.bytes.size();

@@ -83,6 +83,7 @@ struct SpillDirState {
   // say they are deleted after all. Writes during the pause take only the new entries.
   uint64_t unwritten = 0;
   bool failing = false;          // its last write failed (logged once until one succeeds)
+  bool tidy_failing = false;     // likewise for a rewrite or removal that carried no tombstone
   bool log_unreadable = false;   // --recover could not read its log: nothing of it is served
   uint64_t log_bytes = 0;        // bytes of the log on disk (up to its last whole write)
   uint64_t log_entries = 0;      // tombstones in it
