@@ -29,7 +29,8 @@
 // written to disk) queues a 16-byte tombstone (file number, record offset) for the DELETED log
 // of that file's directory, and the delete's reply waits until the log is durable: one tomb job
 // at a time appends what is queued and fdatasyncs (group commit: the deletes that arrive while
-// it runs go out with the next). A store started with --recover serves no record a tombstone
+// it runs go out with the next); each write holds its tombstones twice, each copy checksummed
+// (spill/deleted_log.h), so that damage to one copy neither revives nor hides an object. A store started with --recover serves no record a tombstone
 // names. The offsets of a file being written are known before it is written (RecordOffsets), so
 // an object deleted mid-write gets its tombstone like any other. A log is removed only when its
 // directory holds no spill file any more, and only after an fsync of the directory made the
