@@ -630,6 +630,22 @@ TEST_CASE("deletes while the tombstone log fails try their own tombstones, not a
   CHECK(s.Stop() == 0);
 }
 
+// A store recovered from dir serves objs[2] and objs[3] (each read back), not objs[0] and
+// objs[1]; once it deletes the two, dir is empty.
+void RecoveredServesLastTwo(const std::string& dir, const std::vector<Obj>& objs) {
+  InProcessStore s(dir, true, nullptr, 64 * kMiB, NoCompaction);
+  ClientPtr c = Connect(s);
+  CHECK_FALSE(Contains(c.get(), objs[0]));
+  CHECK_FALSE(Contains(c.get(), objs[1]));
+  ReadBack(c.get(), objs[2]);
+  ReadBack(c.get(), objs[3]);
+  Delete(c.get(), objs[2]);
+  Delete(c.get(), objs[3]);
+  CHECK(test::WaitFor([&] { return Quiet(c.get()) && FilesUnder(dir).empty(); }));
+  c.reset();
+  CHECK(s.Stop() == 0);
+}
+
 // --recover cannot tell the deleted objects of a directory whose DELETED log it cannot read from
 // the others: it serves none of that directory's files (they stay on disk, and an error says
 // why), never the deleted ones. Once the log reads, a later --recover serves the others.
@@ -664,19 +680,7 @@ TEST_CASE("--recover with a DELETED log it cannot read serves nothing of that di
     CHECK(log.find("not served") != std::string::npos);
   }
   CHECK(FilesUnder(dir).size() == files);  // nothing removed
-  {
-    InProcessStore s(dir, true, nullptr);
-    ClientPtr c = Connect(s);
-    CHECK_FALSE(Contains(c.get(), objs[0]));
-    CHECK_FALSE(Contains(c.get(), objs[1]));
-    ReadBack(c.get(), objs[2]);
-    ReadBack(c.get(), objs[3]);
-    Delete(c.get(), objs[2]);
-    Delete(c.get(), objs[3]);
-    CHECK(test::WaitFor([&] { return Quiet(c.get()) && FilesUnder(dir).empty(); }));
-    c.reset();
-    CHECK(s.Stop() == 0);
-  }
+  RecoveredServesLastTwo(dir, objs);
 }
 
 // A log --recover found in the first format is written anew at start. If that write fails, no
@@ -729,19 +733,7 @@ TEST_CASE("a log to be written anew that cannot be stays as it is; the next dele
   std::string head(8, '\0');
   f.read(head.data(), 8);
   CHECK(head == "STDELLOG");
-  {
-    InProcessStore s(dir, true, nullptr, 64 * kMiB, NoCompaction);
-    ClientPtr c = Connect(s);
-    CHECK_FALSE(Contains(c.get(), objs[0]));
-    CHECK_FALSE(Contains(c.get(), objs[1]));
-    ReadBack(c.get(), objs[2]);
-    ReadBack(c.get(), objs[3]);
-    Delete(c.get(), objs[2]);
-    Delete(c.get(), objs[3]);
-    CHECK(test::WaitFor([&] { return Quiet(c.get()) && FilesUnder(dir).empty(); }));
-    c.reset();
-    CHECK(s.Stop() == 0);
-  }
+  RecoveredServesLastTwo(dir, objs);
 }
 
 TEST_CASE("a tombstone that could not be written is written at a clean stop") {
