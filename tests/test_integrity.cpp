@@ -1433,7 +1433,13 @@ TEST_CASE("a prefetch of 65536 spilled objects whose files are gone fails each r
   const std::string log = s.Log();
   const size_t lines = static_cast<size_t>(Count(log, "\n")) - lines_before;
   INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
-  CHECK(lines <= 10);
+  // At most one failure named a second, and one line a second counting the others: the burst
+  // takes 2-3 s here, 6 s under the sanitizers on a busy machine (12 lines), never a line per
+  // object.
+  const int named = Count(log, "cannot restore object");
+  const int counted = Count(log, "more restores failed");
+  CHECK(named <= counted + 1);
+  CHECK(lines <= 100);
   // Each reads as corrupt, never as wrong bytes; the server still serves.
   store_reader* r = nullptr;
   CHECK(store_open_reader(c.get(), &r, &ids[7], 0) == STORE_ECORRUPT);
