@@ -30,8 +30,8 @@
 // of that file's directory, and the delete's reply waits until the log is durable: one tomb job
 // at a time appends what is queued and fdatasyncs (group commit: the deletes that arrive while
 // it runs go out with the next); each write holds its tombstones twice, each copy checksummed
-// (spill/deleted_log.h), so that damage to one copy neither revives nor hides an object. A store started with --recover serves no record a tombstone
-// names. The offsets of a file being written are known before it is written (RecordOffsets), so
+// (spill/deleted_log.h), so that damage to one copy neither revives nor hides an object. A
+// store started with --recover serves no record a tombstone names. The offsets of a file being written are known before it is written (RecordOffsets), so
 // an object deleted mid-write gets its tombstone like any other. A log is removed only when its
 // directory holds no spill file any more, and only after an fsync of the directory made the
 // files' removal durable; it is rewritten without the entries of removed files once those are
@@ -203,13 +203,7 @@ bool Spiller::Open(uv_loop_t* loop, Region* region, std::string* error) {
   uv_timer_init(loop_, &tomb_timer_);
   tomb_timer_.data = this;
   tomb_timer_open_ = true;
-  // Logs --recover found in the first format, or with a damaged copy: written anew now.
-  for (auto& [path, dir] : dir_states_) {
-    if (dir->log_rewrite) {
-      MaybeStartTombJob();
-      break;
-    }
-  }
+  MaybeStartTombJob();  // logs --recover found to be written anew (log_rewrite): now
   return true;
 }
 
